@@ -1,0 +1,262 @@
+//! `engram`: the command-line front door to the runtime.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+use engram::gguf::Gguf;
+use engram::{ChatMessage, Engine, EngineOptions, GenerateOptions, SamplingConfig};
+
+mod bench;
+mod info;
+
+/// File name of the default model that `scripts/fetch-model` places in `models/`.
+const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[derive(Parser)]
+#[command(
+    name = "engram",
+    version,
+    about = "Run and teach a small language model on your own device"
+)]
+struct Cli {
+    /// Model file (GGUF). Default: models/SmolLM2-135M-Instruct.Q4_1.gguf (or $ENGRAM_MODEL).
+    #[arg(short, long, global = true)]
+    model: Option<PathBuf>,
+    /// CPU threads (0 = one per core).
+    #[arg(short, long, global = true, default_value_t = 0)]
+    threads: usize,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Architecture, sizes, quantization types and tokenizer facts of a model file.
+    Info {
+        /// Model file (same as -m).
+        file: Option<PathBuf>,
+    },
+    /// Raw completion: prints only the continuation of the prompt.
+    Generate {
+        /// Text to continue.
+        #[arg(short, long)]
+        prompt: String,
+        #[command(flatten)]
+        sampling: GenArgs,
+    },
+    /// Interactive chat through the model's chat template (/reset clears, /quit or EOF ends).
+    Chat {
+        /// Optional system message.
+        #[arg(long)]
+        system: Option<String>,
+        #[command(flatten)]
+        sampling: GenArgs,
+    },
+    /// Prints the token ids of TEXT, e.g. [19556, 905, 28].
+    Tokenize {
+        /// Text to tokenize (special-token markup such as <|im_start|> is recognized).
+        text: String,
+        /// Prepend BOS if the model asks for it.
+        #[arg(long)]
+        bos: bool,
+    },
+    /// Prefill and decode speed in tokens/s.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct GenArgs {
+    /// Most tokens to generate.
+    #[arg(short = 'n', long, default_value_t = 128)]
+    max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Keep the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Nucleus sampling threshold.
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Penalty for recently generated tokens (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Random seed (same seed, same text).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Context window in tokens (0 = the model's).
+    #[arg(long, default_value_t = 0)]
+    ctx: usize,
+}
+
+impl GenArgs {
+    fn options(&self) -> GenerateOptions {
+        GenerateOptions {
+            max_tokens: self.max_tokens,
+            sampling: SamplingConfig {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                repeat_penalty: self.repeat_penalty,
+                seed: self.seed,
+                ..SamplingConfig::default()
+            },
+        }
+    }
+}
+
+/// The model to use: -m, then $ENGRAM_MODEL, then models/ in this or a parent directory.
+fn resolve_model(given: Option<PathBuf>) -> Result<PathBuf, String> {
+    if let Some(p) = given.or_else(|| std::env::var_os("ENGRAM_MODEL").map(PathBuf::from)) {
+        return Ok(p);
+    }
+    let cwd =
+        std::env::current_dir().map_err(|e| format!("cannot read the current directory: {e}"))?;
+    for dir in cwd.ancestors() {
+        let candidate = dir.join("models").join(DEFAULT_MODEL);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    Err(format!(
+        "no model given (-m MODEL) and the default model models/{DEFAULT_MODEL} is missing; fetch it with: scripts/fetch-model"
+    ))
+}
+
+fn open(model: Option<PathBuf>, threads: usize, ctx: usize) -> Result<Engine, String> {
+    let path = resolve_model(model)?;
+    let start = Instant::now();
+    let engine = Engine::open(
+        &path,
+        &EngineOptions {
+            threads,
+            context: ctx,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    eprintln!(
+        "loaded {} in {:.0} ms",
+        path.display(),
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(engine)
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Info { file } => {
+            let path = match file {
+                Some(f) => f,
+                None => resolve_model(cli.model)?,
+            };
+            let gguf = Gguf::open(&path).map_err(|e| e.to_string())?;
+            info::print(&path, &gguf).map_err(|e| e.to_string())
+        }
+        Command::Generate { prompt, sampling } => {
+            let engine = open(cli.model, cli.threads, sampling.ctx)?;
+            let mut stdout = std::io::stdout();
+            let g = engine
+                .generate(&prompt, &sampling.options(), |piece| {
+                    let _ = stdout.write_all(piece.as_bytes());
+                    let _ = stdout.flush();
+                    true
+                })
+                .map_err(|e| e.to_string())?;
+            println!();
+            report(&g);
+            Ok(())
+        }
+        Command::Chat { system, sampling } => chat(
+            open(cli.model, cli.threads, sampling.ctx)?,
+            system,
+            &sampling.options(),
+        ),
+        Command::Tokenize { text, bos } => {
+            let path = resolve_model(cli.model)?;
+            let gguf = Gguf::open(&path).map_err(|e| e.to_string())?;
+            let tok = engram::Tokenizer::from_gguf(&gguf).map_err(|e| e.to_string())?;
+            let ids = tok.encode(&text, bos).map_err(|e| e.to_string())?;
+            println!("{ids:?}");
+            Ok(())
+        }
+        Command::Bench(args) => bench::run(open(cli.model, cli.threads, 0)?, &args),
+    }
+}
+
+fn report(g: &engram::Generation) {
+    let tps = |n: usize, d: std::time::Duration| n as f64 / d.as_secs_f64().max(1e-9);
+    eprintln!(
+        "[{} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s, stop: {:?}]",
+        g.prompt_tokens,
+        tps(g.prompt_tokens, g.prefill_time),
+        g.tokens.len(),
+        tps(g.tokens.len(), g.decode_time),
+        g.stop
+    );
+}
+
+fn chat(engine: Engine, system: Option<String>, options: &GenerateOptions) -> Result<(), String> {
+    let mut messages: Vec<ChatMessage> = system
+        .iter()
+        .map(|s| ChatMessage::new("system", s))
+        .collect();
+    let mut session = engine.session();
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout();
+    eprintln!("chat with the model; /reset starts over, /quit or Ctrl-D ends");
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?
+            == 0
+        {
+            return Ok(());
+        }
+        let line = line.trim();
+        match line {
+            "" => continue,
+            "/quit" | "/exit" => return Ok(()),
+            "/reset" => {
+                messages.retain(|m| m.role == "system");
+                continue;
+            }
+            _ => {}
+        }
+        messages.push(ChatMessage::new("user", line));
+        let prompt = engine
+            .tokenizer()
+            .apply_chat_template(&messages, true)
+            .map_err(|e| e.to_string())?;
+        let tokens = engine
+            .tokenizer()
+            .encode(&prompt, true)
+            .map_err(|e| e.to_string())?;
+        let g = session
+            .generate(&tokens, options, |piece| {
+                let _ = stdout.write_all(piece.as_bytes());
+                let _ = stdout.flush();
+                true
+            })
+            .map_err(|e| e.to_string())?;
+        println!();
+        messages.push(ChatMessage::new("assistant", g.text.trim()));
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

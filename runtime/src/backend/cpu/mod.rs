@@ -1,0 +1,377 @@
+//! The reference backend: SIMD dot products (runtime-detected) on a rayon thread pool.
+
+use rayon::prelude::*;
+
+use super::{AttentionShape, Backend, Rope, RopeLayout, WeightSource};
+use crate::quant::{GgmlType, Q8Act, QK, dequantize_row, dot_row, quantize_activations};
+use crate::{Error, Result};
+
+/// Runs every op on the host CPU.
+pub struct CpuBackend {
+    pool: rayon::ThreadPool,
+}
+
+/// A row-major f32 matrix in host memory.
+#[derive(Clone, Debug)]
+pub struct CpuTensor {
+    /// Row-major values.
+    pub data: Vec<f32>,
+    /// Number of rows (tokens).
+    pub rows: usize,
+    /// Number of columns (features).
+    pub cols: usize,
+}
+
+/// A weight matrix read in place from the mapped model file.
+pub struct CpuWeight {
+    src: WeightSource,
+    row_bytes: usize,
+}
+
+impl CpuWeight {
+    fn row(&self, r: usize) -> &[u8] {
+        &self.src.bytes.as_slice()[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+}
+
+/// Keys and values of every layer, appended as tokens arrive.
+pub struct CpuKvCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    kv_dim: usize,
+}
+
+impl CpuBackend {
+    /// A backend using `threads` worker threads (0 = one per core).
+    pub fn new(threads: usize) -> Result<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("engram-cpu-{i}"))
+            .build()
+            .map_err(|e| Error::InvalidArgument(format!("cannot start {threads} threads: {e}")))?;
+        Ok(CpuBackend { pool })
+    }
+
+    /// Number of worker threads.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+}
+
+fn is_float(dtype: GgmlType) -> bool {
+    matches!(dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+}
+
+/// Rows of weights per parallel task: enough tasks to balance threads, few enough to amortize.
+fn rows_per_task(rows: usize, threads: usize) -> usize {
+    (rows / (threads * 8)).clamp(4, 256)
+}
+
+impl Backend for CpuBackend {
+    type Tensor = CpuTensor;
+    type Weight = CpuWeight;
+    type KvCache = CpuKvCache;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", self.threads())
+    }
+
+    fn load_weight(&self, w: &WeightSource) -> Result<CpuWeight> {
+        let row_bytes = w.dtype.row_bytes(w.cols).ok_or_else(|| {
+            Error::Model(format!(
+                "{}: {} columns is not whole {} blocks",
+                w.name, w.cols, w.dtype
+            ))
+        })?;
+        if row_bytes * w.rows != w.bytes.as_slice().len() {
+            return Err(Error::Model(format!(
+                "{}: byte size does not match {}×{} {}",
+                w.name, w.rows, w.cols, w.dtype
+            )));
+        }
+        if !is_float(w.dtype) && w.cols % QK != 0 {
+            return Err(Error::Model(format!(
+                "{}: {} columns is not a multiple of {QK}",
+                w.name, w.cols
+            )));
+        }
+        Ok(CpuWeight {
+            src: w.clone(),
+            row_bytes,
+        })
+    }
+
+    fn upload(&self, data: &[f32], rows: usize, cols: usize) -> CpuTensor {
+        assert_eq!(data.len(), rows * cols, "upload: data does not match shape");
+        CpuTensor {
+            data: data.to_vec(),
+            rows,
+            cols,
+        }
+    }
+
+    fn download(&self, t: &CpuTensor) -> Vec<f32> {
+        t.data.clone()
+    }
+
+    fn shape(&self, t: &CpuTensor) -> (usize, usize) {
+        (t.rows, t.cols)
+    }
+
+    fn slice_rows(&self, t: &CpuTensor, start: usize, end: usize) -> CpuTensor {
+        CpuTensor {
+            data: t.data[start * t.cols..end * t.cols].to_vec(),
+            rows: end - start,
+            cols: t.cols,
+        }
+    }
+
+    fn embed(&self, table: &CpuWeight, tokens: &[u32]) -> Result<CpuTensor> {
+        let cols = table.src.cols;
+        let mut data = vec![0f32; tokens.len() * cols];
+        for (out, &t) in data.chunks_exact_mut(cols).zip(tokens) {
+            if t as usize >= table.src.rows {
+                return Err(Error::InvalidArgument(format!(
+                    "token id {t} outside the vocabulary of {}",
+                    table.src.rows
+                )));
+            }
+            dequantize_row(table.src.dtype, table.row(t as usize), out);
+        }
+        Ok(CpuTensor {
+            data,
+            rows: tokens.len(),
+            cols,
+        })
+    }
+
+    fn matmul(&self, w: &CpuWeight, x: &CpuTensor) -> CpuTensor {
+        assert_eq!(x.cols, w.src.cols, "matmul {}: input width", w.src.name);
+        let (n, k, rows) = (x.rows, x.cols, w.src.rows);
+        let dtype = w.src.dtype;
+        self.pool.install(|| {
+            let mut xq: Vec<Q8Act> = Vec::new();
+            if !is_float(dtype) {
+                let mut tmp = Vec::new();
+                xq.reserve(n * k / QK);
+                for row in x.data.chunks_exact(k) {
+                    quantize_activations(row, &mut tmp);
+                    xq.extend_from_slice(&tmp);
+                }
+            }
+            let blocks = k / QK;
+            let act = |t: usize| {
+                (
+                    &x.data[t * k..(t + 1) * k],
+                    if xq.is_empty() {
+                        &[][..]
+                    } else {
+                        &xq[t * blocks..(t + 1) * blocks]
+                    },
+                )
+            };
+            let chunk = rows_per_task(rows, self.threads());
+            if n == 1 {
+                let (xf, xb) = act(0);
+                let mut data = vec![0f32; rows];
+                data.par_chunks_mut(chunk)
+                    .enumerate()
+                    .for_each(|(ci, out)| {
+                        for (j, o) in out.iter_mut().enumerate() {
+                            *o = dot_row(dtype, w.row(ci * chunk + j), xf, xb);
+                        }
+                    });
+                return CpuTensor {
+                    data,
+                    rows: 1,
+                    cols: rows,
+                };
+            }
+            // Weight-row-major so each row is decoded from memory once for all tokens.
+            let mut transposed = vec![0f32; rows * n];
+            transposed
+                .par_chunks_mut(chunk * n)
+                .enumerate()
+                .for_each(|(ci, out)| {
+                    for (j, o) in out.chunks_exact_mut(n).enumerate() {
+                        let wr = w.row(ci * chunk + j);
+                        for (t, v) in o.iter_mut().enumerate() {
+                            let (xf, xb) = act(t);
+                            *v = dot_row(dtype, wr, xf, xb);
+                        }
+                    }
+                });
+            let mut data = vec![0f32; n * rows];
+            for (r, col) in transposed.chunks_exact(n).enumerate() {
+                for (t, v) in col.iter().enumerate() {
+                    data[t * rows + r] = *v;
+                }
+            }
+            CpuTensor {
+                data,
+                rows: n,
+                cols: rows,
+            }
+        })
+    }
+
+    fn rms_norm(&self, x: &CpuTensor, weight: &CpuTensor, eps: f32) -> CpuTensor {
+        let mut data = x.data.clone();
+        for row in data.chunks_exact_mut(x.cols) {
+            let ms = row.iter().map(|v| v * v).sum::<f32>() / x.cols as f32;
+            let inv = 1.0 / (ms + eps).sqrt();
+            for (v, w) in row.iter_mut().zip(&weight.data) {
+                *v *= inv * w;
+            }
+        }
+        CpuTensor {
+            data,
+            rows: x.rows,
+            cols: x.cols,
+        }
+    }
+
+    fn rope(&self, x: &mut CpuTensor, n_heads: usize, head_dim: usize, pos0: usize, rope: &Rope) {
+        let half = rope.dims / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| rope.base.powf(-2.0 * i as f32 / rope.dims as f32))
+            .collect();
+        let mut cs = vec![(0f32, 0f32); half];
+        for (t, row) in x.data.chunks_exact_mut(x.cols).enumerate() {
+            let pos = (pos0 + t) as f32;
+            for (c, f) in cs.iter_mut().zip(&inv_freq) {
+                let (s, co) = (pos * f).sin_cos();
+                *c = (co, s);
+            }
+            for head in row.chunks_exact_mut(head_dim).take(n_heads) {
+                for (i, &(c, s)) in cs.iter().enumerate() {
+                    let (a, b) = match rope.layout {
+                        RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+                        RopeLayout::Halves => (i, i + half),
+                    };
+                    let (x0, x1) = (head[a], head[b]);
+                    head[a] = x0 * c - x1 * s;
+                    head[b] = x0 * s + x1 * c;
+                }
+            }
+        }
+    }
+
+    fn silu_mul(&self, gate: &CpuTensor, up: &CpuTensor) -> CpuTensor {
+        let data = gate
+            .data
+            .iter()
+            .zip(&up.data)
+            .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
+            .collect();
+        CpuTensor {
+            data,
+            rows: gate.rows,
+            cols: gate.cols,
+        }
+    }
+
+    fn add_assign(&self, x: &mut CpuTensor, y: &CpuTensor) {
+        for (a, b) in x.data.iter_mut().zip(&y.data) {
+            *a += b;
+        }
+    }
+
+    fn new_kv_cache(&self, n_layers: usize, kv_dim: usize, capacity: usize) -> CpuKvCache {
+        let reserve = capacity.min(512) * kv_dim;
+        CpuKvCache {
+            k: (0..n_layers).map(|_| Vec::with_capacity(reserve)).collect(),
+            v: (0..n_layers).map(|_| Vec::with_capacity(reserve)).collect(),
+            kv_dim,
+        }
+    }
+
+    fn kv_len(&self, cache: &CpuKvCache) -> usize {
+        cache.k.iter().map(Vec::len).min().unwrap_or(0) / cache.kv_dim
+    }
+
+    fn kv_truncate(&self, cache: &mut CpuKvCache, len: usize) {
+        for buf in cache.k.iter_mut().chain(cache.v.iter_mut()) {
+            buf.truncate(len * cache.kv_dim);
+        }
+    }
+
+    fn attention(
+        &self,
+        q: &CpuTensor,
+        k: &CpuTensor,
+        v: &CpuTensor,
+        cache: &mut CpuKvCache,
+        layer: usize,
+        shape: AttentionShape,
+    ) -> CpuTensor {
+        let AttentionShape {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+        } = shape;
+        let kv_dim = cache.kv_dim;
+        cache.k[layer].extend_from_slice(&k.data);
+        cache.v[layer].extend_from_slice(&v.data);
+        let (keys, values) = (&cache.k[layer], &cache.v[layer]);
+        let total = keys.len() / kv_dim;
+        let n = q.rows;
+        let pos0 = total - n;
+        let group = n_heads / n_kv_heads;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let mut data = vec![0f32; n * n_heads * head_dim];
+        self.pool.install(|| {
+            data.par_chunks_mut(head_dim)
+                .enumerate()
+                .for_each(|(idx, out)| {
+                    let (t, h) = (idx / n_heads, idx % n_heads);
+                    let qh = &q.data[t * q.cols + h * head_dim..][..head_dim];
+                    let kvh = h / group;
+                    let visible = pos0 + t + 1;
+                    let mut scores: Vec<f32> = (0..visible)
+                        .map(|j| {
+                            let kj = &keys[j * kv_dim + kvh * head_dim..][..head_dim];
+                            dot_f32(qh, kj) * scale
+                        })
+                        .collect();
+                    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0f32;
+                    for s in scores.iter_mut() {
+                        *s = (*s - max).exp();
+                        sum += *s;
+                    }
+                    let inv = 1.0 / sum;
+                    for (j, &p) in scores.iter().enumerate() {
+                        let vj = &values[j * kv_dim + kvh * head_dim..][..head_dim];
+                        let w = p * inv;
+                        for (o, x) in out.iter_mut().zip(vj) {
+                            *o += w * x;
+                        }
+                    }
+                });
+        });
+        CpuTensor {
+            data,
+            rows: n,
+            cols: n_heads * head_dim,
+        }
+    }
+}
+
+/// Plain dot product written in 8 lanes so the compiler vectorizes it.
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}

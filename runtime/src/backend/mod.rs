@@ -1,0 +1,110 @@
+//! The ops the transformer graph needs, and the devices that run them.
+//!
+//! The model is written once against [`Backend`]; tensors are backend-owned so that a GPU
+//! backend can keep weights, KV cache and activations resident.
+
+pub mod cpu;
+
+use crate::Result;
+use crate::gguf::TensorBytes;
+use crate::quant::GgmlType;
+
+/// A weight matrix as stored in the model file: `rows` rows of `cols` elements of `dtype`.
+#[derive(Clone)]
+pub struct WeightSource {
+    /// Tensor name, for error messages.
+    pub name: String,
+    /// Block format of the rows.
+    pub dtype: GgmlType,
+    /// Output features (rows).
+    pub rows: usize,
+    /// Input features (elements per row).
+    pub cols: usize,
+    /// The bytes, zero-copy from the mapped file.
+    pub bytes: TensorBytes,
+}
+
+/// How RoPE pairs up the dimensions of a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeLayout {
+    /// Dimensions (2i, 2i+1) rotate together (llama in GGUF).
+    Interleaved,
+    /// Dimensions (i, i + d/2) rotate together (NeoX style: qwen2, gemma).
+    Halves,
+}
+
+/// Parameters of rotary position embeddings.
+#[derive(Clone, Copy, Debug)]
+pub struct Rope {
+    /// Rotated dimensions per head.
+    pub dims: usize,
+    /// Frequency base θ.
+    pub base: f32,
+    /// Pairing of dimensions.
+    pub layout: RopeLayout,
+}
+
+/// Shape of multi-head attention for one layer.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionShape {
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `n_heads`).
+    pub n_kv_heads: usize,
+    /// Dimensions per head.
+    pub head_dim: usize,
+}
+
+/// A device that runs the graph's ops.
+pub trait Backend: Send + Sync {
+    /// A 2-D f32 activation tensor (`rows` tokens × `cols` features) owned by the device.
+    type Tensor: Send + Sync;
+    /// A weight matrix resident on the device in its quantized form.
+    type Weight: Send + Sync;
+    /// Per-sequence key/value cache for every layer.
+    type KvCache: Send;
+
+    /// Human-readable device name.
+    fn name(&self) -> String;
+    /// Makes a weight matrix resident (zero-copy where the device can read host memory).
+    fn load_weight(&self, w: &WeightSource) -> Result<Self::Weight>;
+    /// Copies host data to a `rows × cols` tensor.
+    fn upload(&self, data: &[f32], rows: usize, cols: usize) -> Self::Tensor;
+    /// Copies a tensor back to the host, row-major.
+    fn download(&self, t: &Self::Tensor) -> Vec<f32>;
+    /// `(rows, cols)` of a tensor.
+    fn shape(&self, t: &Self::Tensor) -> (usize, usize);
+    /// Rows `start..end` as a new tensor.
+    fn slice_rows(&self, t: &Self::Tensor, start: usize, end: usize) -> Self::Tensor;
+
+    /// Looks up embedding rows for `tokens`.
+    fn embed(&self, table: &Self::Weight, tokens: &[u32]) -> Result<Self::Tensor>;
+    /// y = x · Wᵀ: each row of `x` (n × cols) against every weight row, giving n × rows.
+    fn matmul(&self, w: &Self::Weight, x: &Self::Tensor) -> Self::Tensor;
+    /// Root-mean-square norm of each row, scaled by `weight` (1 × cols).
+    fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f32) -> Self::Tensor;
+    /// Rotates each head of each row by its position (`pos0 + row`), in place.
+    fn rope(&self, x: &mut Self::Tensor, n_heads: usize, head_dim: usize, pos0: usize, rope: &Rope);
+    /// silu(gate) ⊙ up.
+    fn silu_mul(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Self::Tensor;
+    /// x += y.
+    fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor);
+
+    /// An empty cache for `n_layers` layers of `kv_dim` features each, up to `capacity` positions.
+    fn new_kv_cache(&self, n_layers: usize, kv_dim: usize, capacity: usize) -> Self::KvCache;
+    /// Positions already held by the cache.
+    fn kv_len(&self, cache: &Self::KvCache) -> usize;
+    /// Drops cached positions from `len` on (to rewind a conversation).
+    fn kv_truncate(&self, cache: &mut Self::KvCache, len: usize);
+    /// Appends `k`, `v` for `layer` at the end of the cache and returns causal attention of
+    /// `q` over every cached position up to and including each query's own.
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        shape: AttentionShape,
+    ) -> Self::Tensor;
+}

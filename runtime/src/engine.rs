@@ -1,0 +1,348 @@
+//! The engine: a model file, its tokenizer and a backend, behind one easy API.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::backend::Backend;
+use crate::backend::cpu::CpuBackend;
+use crate::gguf::Gguf;
+use crate::model::{Logits, Model};
+use crate::sampling::{Sampler, SamplingConfig};
+use crate::tokenizer::{ChatMessage, Tokenizer};
+use crate::{Error, Result};
+
+/// Where the model runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Device {
+    /// The best available device (today: the CPU).
+    #[default]
+    Auto,
+    /// The host CPU.
+    Cpu,
+}
+
+/// How an engine is opened.
+#[derive(Clone, Debug, Default)]
+pub struct EngineOptions {
+    /// Device to run on.
+    pub device: Device,
+    /// CPU worker threads (0 = one per core).
+    pub threads: usize,
+    /// Context window in tokens (0 = what the model was trained for).
+    pub context: usize,
+}
+
+/// Settings of one generation.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Token choice.
+    pub sampling: SamplingConfig,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_tokens: 128,
+            sampling: SamplingConfig::default(),
+        }
+    }
+}
+
+/// Why generation stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model produced an end-of-text / end-of-turn token.
+    EndOfText,
+    /// `max_tokens` were generated.
+    MaxTokens,
+    /// The context window is full.
+    ContextFull,
+    /// The token callback asked to stop.
+    Cancelled,
+}
+
+/// The result of a generation.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// The generated text (prompt not included).
+    pub text: String,
+    /// The generated token ids (stop token not included).
+    pub tokens: Vec<u32>,
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Why it stopped.
+    pub stop: StopReason,
+    /// Time spent on the prompt.
+    pub prefill_time: Duration,
+    /// Time spent generating.
+    pub decode_time: Duration,
+}
+
+/// A loaded model ready to generate.
+pub struct Engine {
+    model: Model<CpuBackend>,
+    tokenizer: Tokenizer,
+    gguf: Gguf,
+    path: PathBuf,
+    context: usize,
+}
+
+/// Turns a stream of token bytes into text pieces that are whole UTF-8 characters.
+#[derive(Default)]
+pub struct TextStream {
+    pending: Vec<u8>,
+}
+
+impl TextStream {
+    /// Adds bytes and returns the text that is complete so far.
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        let valid = match std::str::from_utf8(&self.pending) {
+            Ok(_) => self.pending.len(),
+            // An incomplete character at the end waits for the next token; invalid bytes do not.
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => self.pending.len(),
+        };
+        let out: Vec<u8> = self.pending.drain(..valid).collect();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Whatever is left (lossily decoded).
+    pub fn finish(&mut self) -> String {
+        let out = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        out
+    }
+}
+
+impl Engine {
+    /// Opens a GGUF model (memory-mapped; weights are not read until used).
+    pub fn open(path: impl AsRef<Path>, options: &EngineOptions) -> Result<Self> {
+        let path = path.as_ref();
+        if !path.exists() {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "model file not found"),
+            ));
+        }
+        let gguf = Gguf::open(path)?;
+        let backend = match options.device {
+            Device::Auto | Device::Cpu => CpuBackend::new(options.threads)?,
+        };
+        let model = Model::load(&gguf, backend)?;
+        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        if tokenizer.vocab_size() != model.config.vocab_size {
+            return Err(Error::Model(format!(
+                "tokenizer has {} tokens but the embedding table {}",
+                tokenizer.vocab_size(),
+                model.config.vocab_size
+            )));
+        }
+        let trained = model.config.context_length;
+        let context = if options.context == 0 {
+            trained
+        } else {
+            options.context.min(trained)
+        };
+        Ok(Engine {
+            model,
+            tokenizer,
+            gguf,
+            path: path.to_owned(),
+            context,
+        })
+    }
+
+    /// The model graph.
+    pub fn model(&self) -> &Model<CpuBackend> {
+        &self.model
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The parsed model file.
+    pub fn gguf(&self) -> &Gguf {
+        &self.gguf
+    }
+
+    /// Path the model was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Context window in tokens.
+    pub fn context(&self) -> usize {
+        self.context
+    }
+
+    /// Completes `prompt` as raw text, streaming each piece of text to `on_text`
+    /// (return `false` from it to stop).
+    pub fn generate(
+        &self,
+        prompt: &str,
+        options: &GenerateOptions,
+        on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        let tokens = self.tokenizer.encode(prompt, true)?;
+        let mut session = self.session();
+        session.generate(&tokens, options, on_text)
+    }
+
+    /// Answers a conversation through the model's chat template.
+    pub fn chat(
+        &self,
+        messages: &[ChatMessage],
+        options: &GenerateOptions,
+        on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        let prompt = self.tokenizer.apply_chat_template(messages, true)?;
+        let tokens = self.tokenizer.encode(&prompt, true)?;
+        self.session().generate(&tokens, options, on_text)
+    }
+
+    /// A stateful session whose KV cache carries over between calls (for interactive chat).
+    pub fn session(&self) -> Session<'_> {
+        Session {
+            engine: self,
+            cache: self.model.new_cache(self.context),
+            tokens: Vec::new(),
+        }
+    }
+
+    /// Logits for every position of `tokens` (vocab-wide rows), from an empty cache.
+    pub fn logits(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.check_fits(tokens.len())?;
+        let mut cache = self.model.new_cache(tokens.len());
+        self.model.forward(tokens, &mut cache, Logits::All)
+    }
+
+    /// Mean negative log-likelihood (nats/token) of `tokens` scored in windows of `window`
+    /// tokens; only the second half of each window is scored, as llama.cpp's perplexity does.
+    pub fn perplexity(&self, tokens: &[u32], window: usize) -> Result<(f64, usize)> {
+        if window < 2 || tokens.len() < window {
+            return Err(Error::InvalidArgument(format!(
+                "perplexity needs at least {window} tokens, got {}",
+                tokens.len()
+            )));
+        }
+        let vocab = self.model.config.vocab_size;
+        let (mut nll, mut count) = (0f64, 0usize);
+        for chunk in tokens.chunks_exact(window) {
+            let logits = self.logits(chunk)?;
+            for i in window / 2..window - 1 {
+                let row = &logits[i * vocab..(i + 1) * vocab];
+                nll += log_softmax_at(row, chunk[i + 1] as usize);
+                count += 1;
+            }
+        }
+        Ok((nll / count as f64, count))
+    }
+
+    fn check_fits(&self, n: usize) -> Result<()> {
+        if n > self.context {
+            return Err(Error::ContextOverflow {
+                tokens: n,
+                context: self.context,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// −log p(target) under `logits`.
+pub fn log_softmax_at(logits: &[f32], target: usize) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = logits
+        .iter()
+        .map(|&l| (l as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
+    lse - logits[target] as f64
+}
+
+/// A conversation's state: the tokens already in the KV cache.
+pub struct Session<'e> {
+    engine: &'e Engine,
+    cache: <CpuBackend as Backend>::KvCache,
+    tokens: Vec<u32>,
+}
+
+impl Session<'_> {
+    /// Generates after `prompt`, reusing the cache for the longest prefix it shares with
+    /// what was processed before.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        options.sampling.validate()?;
+        let e = self.engine;
+        if prompt.is_empty() {
+            return Err(Error::InvalidArgument("the prompt is empty".into()));
+        }
+        e.check_fits(prompt.len())?;
+        let b = e.model.backend();
+        let common = self
+            .tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prompt.len() - 1);
+        b.kv_truncate(&mut self.cache, common);
+        self.tokens.truncate(common);
+
+        let start = Instant::now();
+        let mut logits = e
+            .model
+            .forward(&prompt[common..], &mut self.cache, Logits::Last)?;
+        self.tokens.extend_from_slice(&prompt[common..]);
+        let prefill_time = start.elapsed();
+
+        let start = Instant::now();
+        let mut sampler = Sampler::new(options.sampling.clone());
+        let mut stream = TextStream::default();
+        let mut out = Vec::new();
+        let mut text = String::new();
+        let stop = loop {
+            if out.len() >= options.max_tokens {
+                break StopReason::MaxTokens;
+            }
+            let next = sampler.sample(&mut logits, &self.tokens);
+            if e.tokenizer.stop_tokens.contains(&next) {
+                break StopReason::EndOfText;
+            }
+            out.push(next);
+            let piece = stream.push(e.tokenizer.token_bytes(next));
+            text.push_str(&piece);
+            if !piece.is_empty() && !on_text(&piece) {
+                break StopReason::Cancelled;
+            }
+            if self.tokens.len() + 1 > e.context {
+                break StopReason::ContextFull;
+            }
+            logits = e.model.forward(&[next], &mut self.cache, Logits::Last)?;
+            self.tokens.push(next);
+        };
+        let rest = stream.finish();
+        if !rest.is_empty() {
+            on_text(&rest);
+            text.push_str(&rest);
+        }
+        Ok(Generation {
+            text,
+            tokens: out,
+            prompt_tokens: prompt.len(),
+            stop,
+            prefill_time,
+            decode_time: start.elapsed(),
+        })
+    }
+}

@@ -1,0 +1,68 @@
+//! The one error type every engram API returns.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in engram, each variant naming what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be opened, read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// A GGUF file is malformed; `field` names the part that failed the check.
+    #[error("invalid GGUF ({field}): {reason}")]
+    Gguf {
+        /// The header field, metadata key or tensor the check failed on.
+        field: String,
+        /// Why the value was rejected.
+        reason: String,
+    },
+    /// The file is well-formed but uses something engram does not implement.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The model's metadata or tensors do not describe a usable model.
+    #[error("model: {0}")]
+    Model(String),
+    /// Building or running the tokenizer failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// The chat template could not be parsed or rendered.
+    #[error("chat template: {0}")]
+    Template(String),
+    /// A caller-supplied argument is out of range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The prompt does not fit into the model's context window.
+    #[error("prompt has {tokens} tokens but the context holds {context}")]
+    ContextOverflow {
+        /// Tokens requested (prompt plus already cached).
+        tokens: usize,
+        /// The context length in tokens.
+        context: usize,
+    },
+}
+
+/// Shorthand for results whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A malformed-GGUF error naming the field that failed.
+    pub(crate) fn gguf(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Gguf {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// An I/O error tagged with the path it happened on.
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! engram: a runtime that lets a small language model keep learning on the user's device.
+//!
+//! Data flows one way: file bytes → [`gguf`] views → [`model`] (calling [`backend`] ops) →
+//! [`Engine`].
+
+pub mod backend;
+mod engine;
+mod error;
+pub mod gguf;
+pub mod model;
+pub mod quant;
+pub mod sampling;
+pub mod tokenizer;
+
+pub use engine::{
+    Device, Engine, EngineOptions, GenerateOptions, Generation, Session, StopReason, TextStream,
+    log_softmax_at,
+};
+pub use error::{Error, Result};
+pub use sampling::SamplingConfig;
+pub use tokenizer::{ChatMessage, Tokenizer};

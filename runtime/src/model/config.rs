@@ -1,0 +1,132 @@
+//! Model hyper-parameters read from GGUF metadata.
+
+use crate::backend::{Rope, RopeLayout};
+use crate::gguf::Gguf;
+use crate::{Error, Result};
+
+/// Architectures whose graph engram implements.
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
+
+/// The numbers that define a llama-style transformer.
+#[derive(Clone, Debug)]
+pub struct ModelConfig {
+    /// `general.architecture`.
+    pub architecture: String,
+    /// `general.name`, if present.
+    pub name: Option<String>,
+    /// Hidden size d.
+    pub dim: usize,
+    /// Transformer blocks.
+    pub n_layers: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Dimensions per head.
+    pub head_dim: usize,
+    /// Feed-forward hidden size.
+    pub ffn_dim: usize,
+    /// Vocabulary size (rows of the embedding table).
+    pub vocab_size: usize,
+    /// Context length the model was trained for.
+    pub context_length: usize,
+    /// RMSNorm epsilon.
+    pub norm_eps: f32,
+    /// Rotary embedding parameters.
+    pub rope: Rope,
+    /// Whether the LM head reuses the embedding table.
+    pub tied_embeddings: bool,
+}
+
+impl ModelConfig {
+    /// Reads and validates the config; an unknown architecture is named in the error.
+    pub fn from_gguf(gguf: &Gguf) -> Result<Self> {
+        let arch = gguf.get_str("general.architecture")?.to_owned();
+        if !SUPPORTED_ARCHITECTURES.contains(&arch.as_str()) {
+            return Err(Error::Unsupported(format!(
+                "architecture {arch:?} (supported: {})",
+                SUPPORTED_ARCHITECTURES.join(", ")
+            )));
+        }
+        let key = |k: &str| format!("{arch}.{k}");
+        let usize_key = |k: &str| -> Result<usize> {
+            let v = gguf.get_u64(&key(k))?;
+            usize::try_from(v)
+                .ok()
+                .filter(|&v| v > 0 && v < 1 << 24)
+                .ok_or_else(|| Error::Model(format!("{} = {v} is out of range", key(k))))
+        };
+        let dim = usize_key("embedding_length")?;
+        let n_layers = usize_key("block_count")?;
+        let n_heads = usize_key("attention.head_count")?;
+        let n_kv_heads = match gguf.get(&key("attention.head_count_kv")) {
+            Some(_) => usize_key("attention.head_count_kv")?,
+            None => n_heads,
+        };
+        let ffn_dim = usize_key("feed_forward_length")?;
+        let context_length = usize_key("context_length")?;
+        let norm_eps = gguf.get_f64(&key("attention.layer_norm_rms_epsilon"))? as f32;
+        let head_dim = match gguf.get(&key("attention.key_length")) {
+            Some(_) => usize_key("attention.key_length")?,
+            None => dim / n_heads,
+        };
+        if n_heads % n_kv_heads != 0 {
+            return Err(Error::Model(format!(
+                "{n_heads} heads not divisible by {n_kv_heads} kv heads"
+            )));
+        }
+        if head_dim % 2 != 0 {
+            return Err(Error::Model(format!("head dimension {head_dim} is odd")));
+        }
+        let rope_dims = match gguf.get(&key("rope.dimension_count")) {
+            Some(_) => usize_key("rope.dimension_count")?,
+            None => head_dim,
+        };
+        if rope_dims > head_dim || rope_dims % 2 != 0 {
+            return Err(Error::Model(format!(
+                "rope dimension count {rope_dims} invalid for head dim {head_dim}"
+            )));
+        }
+        let rope_base = gguf
+            .get(&key("rope.freq_base"))
+            .and_then(|v| v.as_f64())
+            .unwrap_or(10_000.0) as f32;
+        let embd = gguf
+            .tensor("token_embd.weight")
+            .ok_or_else(|| Error::Model("tensor token_embd.weight is missing".into()))?;
+        if embd.dims.len() != 2 || embd.dims[0] as usize != dim {
+            return Err(Error::Model(format!(
+                "token_embd.weight has dims {:?}, expected [{dim}, vocab]",
+                embd.dims
+            )));
+        }
+        let vocab_size = embd.dims[1] as usize;
+        Ok(ModelConfig {
+            name: gguf
+                .get("general.name")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned),
+            architecture: arch,
+            dim,
+            n_layers,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            ffn_dim,
+            vocab_size,
+            context_length,
+            norm_eps,
+            rope: Rope {
+                dims: rope_dims,
+                base: rope_base,
+                layout: RopeLayout::Interleaved,
+            },
+            tied_embeddings: gguf.tensor("output.weight").is_none(),
+        })
+    }
+
+    /// Width of the key/value projections.
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+}

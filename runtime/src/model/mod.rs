@@ -1,0 +1,192 @@
+//! The transformer graph, written once against [`Backend`].
+
+mod config;
+
+pub use config::{ModelConfig, SUPPORTED_ARCHITECTURES};
+
+use crate::backend::{AttentionShape, Backend, WeightSource};
+use crate::gguf::{Gguf, TensorInfo};
+use crate::quant::{GgmlType, dequantize_row};
+use crate::{Error, Result};
+
+struct Layer<B: Backend> {
+    attn_norm: B::Tensor,
+    wq: B::Weight,
+    wk: B::Weight,
+    wv: B::Weight,
+    wo: B::Weight,
+    ffn_norm: B::Tensor,
+    w_gate: B::Weight,
+    w_up: B::Weight,
+    w_down: B::Weight,
+}
+
+/// Which positions' logits a forward pass returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position (generation).
+    Last,
+    /// Every position (scoring, perplexity).
+    All,
+}
+
+/// A llama-architecture model whose weights stay in the mapped GGUF.
+pub struct Model<B: Backend> {
+    /// Hyper-parameters.
+    pub config: ModelConfig,
+    backend: B,
+    token_embd: B::Weight,
+    layers: Vec<Layer<B>>,
+    output_norm: B::Tensor,
+    output: Option<B::Weight>,
+}
+
+fn tensor<'a>(gguf: &'a Gguf, name: &str) -> Result<&'a TensorInfo> {
+    gguf.tensor(name)
+        .ok_or_else(|| Error::Model(format!("tensor {name} is missing")))
+}
+
+fn weight_source(gguf: &Gguf, name: &str, rows: usize, cols: usize) -> Result<WeightSource> {
+    let t = tensor(gguf, name)?;
+    if t.dims.len() != 2 || t.dims[0] as usize != cols || t.dims[1] as usize != rows {
+        return Err(Error::Model(format!(
+            "tensor {name} has dims {:?}, expected [{cols}, {rows}]",
+            t.dims
+        )));
+    }
+    Ok(WeightSource {
+        name: name.into(),
+        dtype: t.dtype,
+        rows,
+        cols,
+        bytes: gguf.tensor_view(t),
+    })
+}
+
+fn vector<B: Backend>(backend: &B, gguf: &Gguf, name: &str, len: usize) -> Result<B::Tensor> {
+    let t = tensor(gguf, name)?;
+    if t.n_elements() != len || t.dims[0] as usize != len {
+        return Err(Error::Model(format!(
+            "tensor {name} has dims {:?}, expected [{len}]",
+            t.dims
+        )));
+    }
+    let mut v = vec![0f32; len];
+    if t.dtype.row_bytes(len) != Some(t.size) {
+        return Err(Error::Model(format!(
+            "tensor {name}: {} is not a valid vector type",
+            t.dtype
+        )));
+    }
+    dequantize_row(t.dtype, gguf.tensor_data(t), &mut v);
+    Ok(backend.upload(&v, 1, len))
+}
+
+impl<B: Backend> Model<B> {
+    /// Builds the graph over the GGUF's tensors (no weight bytes are copied on the CPU).
+    pub fn load(gguf: &Gguf, backend: B) -> Result<Self> {
+        let c = ModelConfig::from_gguf(gguf)?;
+        let (d, kv, ff, qd) = (c.dim, c.kv_dim(), c.ffn_dim, c.n_heads * c.head_dim);
+        let w = |name: String, rows, cols| -> Result<B::Weight> {
+            backend.load_weight(&weight_source(gguf, &name, rows, cols)?)
+        };
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for i in 0..c.n_layers {
+            let p = |s: &str| format!("blk.{i}.{s}.weight");
+            layers.push(Layer {
+                attn_norm: vector(&backend, gguf, &p("attn_norm"), d)?,
+                wq: w(p("attn_q"), qd, d)?,
+                wk: w(p("attn_k"), kv, d)?,
+                wv: w(p("attn_v"), kv, d)?,
+                wo: w(p("attn_output"), d, qd)?,
+                ffn_norm: vector(&backend, gguf, &p("ffn_norm"), d)?,
+                w_gate: w(p("ffn_gate"), ff, d)?,
+                w_up: w(p("ffn_up"), ff, d)?,
+                w_down: w(p("ffn_down"), d, ff)?,
+            });
+        }
+        let token_embd = w("token_embd.weight".into(), c.vocab_size, d)?;
+        let output = if c.tied_embeddings {
+            None
+        } else {
+            Some(w("output.weight".into(), c.vocab_size, d)?)
+        };
+        let output_norm = vector(&backend, gguf, "output_norm.weight", d)?;
+        Ok(Model {
+            config: c,
+            backend,
+            token_embd,
+            layers,
+            output_norm,
+            output,
+        })
+    }
+
+    /// The backend running this model.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// An empty KV cache able to hold `capacity` positions.
+    pub fn new_cache(&self, capacity: usize) -> B::KvCache {
+        self.backend
+            .new_kv_cache(self.config.n_layers, self.config.kv_dim(), capacity)
+    }
+
+    /// Runs `tokens` after whatever `cache` holds and returns logits (vocab-wide rows).
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut B::KvCache,
+        which: Logits,
+    ) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(Error::InvalidArgument(
+                "forward needs at least one token".into(),
+            ));
+        }
+        let b = &self.backend;
+        let c = &self.config;
+        let pos0 = b.kv_len(cache);
+        let shape = AttentionShape {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+        };
+        let mut x = b.embed(&self.token_embd, tokens)?;
+        for (i, l) in self.layers.iter().enumerate() {
+            let h = b.rms_norm(&x, &l.attn_norm, c.norm_eps);
+            let mut q = b.matmul(&l.wq, &h);
+            let mut k = b.matmul(&l.wk, &h);
+            let v = b.matmul(&l.wv, &h);
+            b.rope(&mut q, c.n_heads, c.head_dim, pos0, &c.rope);
+            b.rope(&mut k, c.n_kv_heads, c.head_dim, pos0, &c.rope);
+            let attn = b.attention(&q, &k, &v, cache, i, shape);
+            b.add_assign(&mut x, &b.matmul(&l.wo, &attn));
+            let h = b.rms_norm(&x, &l.ffn_norm, c.norm_eps);
+            let ff = b.silu_mul(&b.matmul(&l.w_gate, &h), &b.matmul(&l.w_up, &h));
+            b.add_assign(&mut x, &b.matmul(&l.w_down, &ff));
+        }
+        if which == Logits::Last && tokens.len() > 1 {
+            x = b.slice_rows(&x, tokens.len() - 1, tokens.len());
+        }
+        let x = b.rms_norm(&x, &self.output_norm, c.norm_eps);
+        let head = self.output.as_ref().unwrap_or(&self.token_embd);
+        Ok(b.download(&b.matmul(head, &x)))
+    }
+}
+
+/// Summary of one tensor type's share of the model, for `engram info`.
+pub fn tensor_type_counts(gguf: &Gguf) -> Vec<(GgmlType, usize, usize)> {
+    let mut out: Vec<(GgmlType, usize, usize)> = Vec::new();
+    for t in gguf.tensors() {
+        match out.iter_mut().find(|(d, _, _)| *d == t.dtype) {
+            Some(e) => {
+                e.1 += 1;
+                e.2 += t.size;
+            }
+            None => out.push((t.dtype, 1, t.size)),
+        }
+    }
+    out
+}

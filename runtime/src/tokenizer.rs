@@ -1,0 +1,338 @@
+//! The model's own tokenizer, built from GGUF metadata, and its chat template.
+
+use std::collections::HashMap;
+
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer as HfTokenizer};
+
+use crate::gguf::{Gguf, Value};
+use crate::{Error, Result};
+
+/// GGUF token types (`tokenizer.ggml.token_type`) as llama.cpp defines them.
+const TOKEN_TYPE_CONTROL: i64 = 3;
+const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+
+/// The GPT-2 split regex that most byte-level BPE vocabularies build on.
+const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+/// The Llama 3 split regex.
+const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Encodes text to token ids and back, as the GGUF's tokenizer defines it.
+pub struct Tokenizer {
+    inner: HfTokenizer,
+    /// Raw bytes each token id stands for (byte-level decoded), or its text for special tokens.
+    token_bytes: Vec<Vec<u8>>,
+    special: Vec<bool>,
+    /// Beginning-of-sequence token, if the vocabulary has one.
+    pub bos: Option<u32>,
+    /// End-of-sequence token, if the vocabulary has one.
+    pub eos: Option<u32>,
+    /// Tokens that end a generation (end-of-text, end-of-turn).
+    pub stop_tokens: Vec<u32>,
+    /// Whether prompts should start with BOS (`tokenizer.ggml.add_bos_token`).
+    pub add_bos: bool,
+    /// The pre-tokenizer name from the GGUF (`tokenizer.ggml.pre`).
+    pub pre: String,
+    chat_template: Option<String>,
+}
+
+fn strings(gguf: &Gguf, key: &str) -> Result<Vec<String>> {
+    let arr = gguf
+        .get(key)
+        .and_then(Value::as_array)
+        .ok_or_else(|| Error::Tokenizer(format!("{key} is missing or not an array")))?;
+    arr.iter()
+        .map(|v| {
+            v.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| Error::Tokenizer(format!("{key} holds a non-string")))
+        })
+        .collect()
+}
+
+/// GPT-2's reversible map from bytes to printable characters, inverted.
+fn unicode_to_byte() -> HashMap<char, u8> {
+    let mut bytes: Vec<u8> = (b'!'..=b'~')
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut chars: Vec<u32> = bytes.iter().map(|&b| b as u32).collect();
+    let mut extra = 0;
+    for b in 0..=255u8 {
+        if !bytes.contains(&b) {
+            bytes.push(b);
+            chars.push(256 + extra);
+            extra += 1;
+        }
+    }
+    chars
+        .into_iter()
+        .zip(bytes)
+        .filter_map(|(c, b)| char::from_u32(c).map(|c| (c, b)))
+        .collect()
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer described by `tokenizer.ggml.*` metadata.
+    pub fn from_gguf(gguf: &Gguf) -> Result<Self> {
+        let model = gguf
+            .get_str("tokenizer.ggml.model")
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        if model != "gpt2" {
+            return Err(Error::Unsupported(format!(
+                "tokenizer model {model:?} (only byte-level BPE, \"gpt2\", is implemented)"
+            )));
+        }
+        let pre = gguf
+            .get_str("tokenizer.ggml.pre")
+            .unwrap_or("default")
+            .to_owned();
+        let tokens = strings(gguf, "tokenizer.ggml.tokens")?;
+        let merges = strings(gguf, "tokenizer.ggml.merges")?;
+        let types: Vec<i64> = match gguf
+            .get("tokenizer.ggml.token_type")
+            .and_then(Value::as_array)
+        {
+            Some(a) => a.iter().map(|v| v.as_i64().unwrap_or(1)).collect(),
+            None => vec![1; tokens.len()],
+        };
+        if types.len() != tokens.len() {
+            return Err(Error::Tokenizer(format!(
+                "{} token types for {} tokens",
+                types.len(),
+                tokens.len()
+            )));
+        }
+
+        let vocab: tokenizers::models::bpe::Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let merges: Vec<(String, String)> = merges
+            .iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                    .ok_or_else(|| Error::Tokenizer(format!("merge {m:?} has no space")))
+            })
+            .collect::<Result<_>>()?;
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let mut inner = HfTokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(pre_tokenizer(&pre)?));
+
+        let special: Vec<bool> = types
+            .iter()
+            .map(|&t| t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED)
+            .collect();
+        let added: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&special)
+            .filter(|(_, s)| **s)
+            .map(|(t, _)| AddedToken::from(t.clone(), true).normalized(false))
+            .collect();
+        inner
+            .add_special_tokens(added)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+
+        let to_byte = unicode_to_byte();
+        let token_bytes = tokens
+            .iter()
+            .zip(&special)
+            .map(|(t, &s)| {
+                if s {
+                    t.as_bytes().to_vec()
+                } else {
+                    // Byte-level tokens are strings over GPT-2's 256-character alphabet.
+                    t.chars()
+                        .map(|c| to_byte.get(&c).copied().unwrap_or(b'?'))
+                        .collect()
+                }
+            })
+            .collect();
+
+        let id = |key: &str| -> Option<u32> {
+            gguf.get(key)
+                .and_then(Value::as_u64)
+                .filter(|&i| (i as usize) < tokens.len())
+                .map(|i| i as u32)
+        };
+        let bos = id("tokenizer.ggml.bos_token_id");
+        let eos = id("tokenizer.ggml.eos_token_id");
+        let eot = id("tokenizer.ggml.eot_token_id");
+        let mut stop_tokens: Vec<u32> = eos.into_iter().chain(eot).collect();
+        for name in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>"] {
+            if let Some(&i) = tokens.iter().position(|t| t == name).as_ref()
+                && special[i]
+                && !stop_tokens.contains(&(i as u32))
+            {
+                stop_tokens.push(i as u32);
+            }
+        }
+        let add_bos = matches!(
+            gguf.get("tokenizer.ggml.add_bos_token"),
+            Some(Value::Bool(true))
+        );
+        let chat_template = gguf
+            .get("tokenizer.chat_template")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        Ok(Tokenizer {
+            inner,
+            token_bytes,
+            special,
+            bos,
+            eos,
+            stop_tokens,
+            add_bos,
+            pre,
+            chat_template,
+        })
+    }
+
+    /// Number of tokens in the vocabulary.
+    pub fn vocab_size(&self) -> usize {
+        self.token_bytes.len()
+    }
+
+    /// Token ids for `text`; special-token markup such as `<|im_start|>` is recognized.
+    /// BOS is prepended when `add_bos` is set and the model asks for it.
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if add_bos && self.add_bos {
+            ids.extend(self.bos);
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// The raw bytes of one token (special tokens give their markup text).
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        self.token_bytes.get(id as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether `id` is a control / user-defined token.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.special.get(id as usize).copied().unwrap_or(false)
+    }
+
+    /// Text of a token sequence; invalid UTF-8 is replaced.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> String {
+        let bytes: Vec<u8> = ids
+            .iter()
+            .filter(|&&id| !(skip_special && self.is_special(id)))
+            .flat_map(|&id| self.token_bytes(id).iter().copied())
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// The GGUF's Jinja chat template, if it has one.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
+    }
+
+    /// Renders `messages` through the model's own chat template, ending with the assistant
+    /// prompt when `add_generation_prompt` is set.
+    pub fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let source = self
+            .chat_template
+            .as_deref()
+            .ok_or_else(|| Error::Template("the model has no tokenizer.chat_template".into()))?;
+        let mut env = minijinja::Environment::new();
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
+        env.add_template("chat", source)
+            .map_err(|e| Error::Template(e.to_string()))?;
+        let tmpl = env
+            .get_template("chat")
+            .map_err(|e| Error::Template(e.to_string()))?;
+        let msgs: Vec<_> = messages
+            .iter()
+            .map(|m| minijinja::context! { role => m.role.as_str(), content => m.content.as_str() })
+            .collect();
+        let token = |id: Option<u32>| id.map(|i| self.decode(&[i], false)).unwrap_or_default();
+        tmpl.render(minijinja::context! {
+            messages => msgs,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => token(self.bos),
+            eos_token => token(self.eos),
+        })
+        .map_err(|e| Error::Template(e.to_string()))
+    }
+}
+
+/// One turn of a conversation.
+#[derive(Clone, Debug)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// What was said.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A message with the given role.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// llama.cpp's pre-tokenizer for each `tokenizer.ggml.pre` name engram supports.
+fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
+    let byte_level =
+        |regex: bool| PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, regex));
+    let split = |re: &str| -> Result<PreTokenizerWrapper> {
+        Split::new(
+            SplitPattern::Regex(re.into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map(PreTokenizerWrapper::Split)
+        .map_err(|e| Error::Tokenizer(e.to_string()))
+    };
+    Ok(match pre {
+        "default" | "gpt2" | "mpt" | "olmo" => byte_level(true),
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
+            PreTokenizerWrapper::Sequence(Sequence::new(vec![
+                PreTokenizerWrapper::Digits(Digits::new(true)),
+                split(GPT2_REGEX)?,
+                byte_level(false),
+            ]))
+        }
+        "llama3" | "llama-bpe" | "falcon3" | "pixtral" => {
+            PreTokenizerWrapper::Sequence(Sequence::new(vec![
+                split(LLAMA3_REGEX)?,
+                byte_level(false),
+            ]))
+        }
+        other => {
+            return Err(Error::Unsupported(format!("pre-tokenizer {other:?}")));
+        }
+    })
+}
