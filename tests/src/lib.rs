@@ -1,1 +1,210 @@
-//! Shared helpers for the end-to-end tests.
+//! Shared helpers for the end-to-end tests: where the model is, and llama.cpp as the oracle.
+
+use std::ffi::CString;
+use std::path::PathBuf;
+use std::sync::Once;
+
+use llama_cpp_sys_2 as sys;
+
+/// The workspace root (parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The default model; a missing file fails the test with the command that fetches it.
+pub fn default_model() -> PathBuf {
+    let p = workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.is_file(),
+        "default model missing at {}: run scripts/fetch-model",
+        p.display()
+    );
+    p
+}
+
+/// Held-out English text for perplexity: Debian's `fortunes` files (never used for anything
+/// else in engram). Fails with the install command when the package is absent.
+pub fn held_out_text() -> String {
+    let dir = std::path::Path::new("/usr/share/games/fortunes");
+    let mut text = String::new();
+    for name in ["literature", "science", "wisdom", "education"] {
+        if let Ok(t) = std::fs::read_to_string(dir.join(name)) {
+            text.push_str(&t.replace("\n%\n", "\n\n"));
+        }
+    }
+    assert!(
+        !text.is_empty(),
+        "held-out text missing: install Debian's fortunes package (apt-get install fortunes)"
+    );
+    text
+}
+
+unsafe extern "C" fn quiet_log(
+    _: sys::ggml_log_level,
+    _: *const std::os::raw::c_char,
+    _: *mut std::os::raw::c_void,
+) {
+}
+
+fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| unsafe {
+        sys::llama_log_set(Some(quiet_log), std::ptr::null_mut());
+        sys::ggml_log_set(Some(quiet_log), std::ptr::null_mut());
+        sys::llama_backend_init();
+    });
+}
+
+/// llama.cpp with the same GGUF: its tokenizer and logits are the reference engram must match.
+pub struct LlamaCpp {
+    model: *mut sys::llama_model,
+    ctx: *mut sys::llama_context,
+    vocab: *const sys::llama_vocab,
+    n_ctx: usize,
+}
+
+impl LlamaCpp {
+    /// Loads `path` on the CPU with an f32 KV cache and no flash attention, so that the only
+    /// differences left against engram are kernel rounding.
+    pub fn open(path: &std::path::Path, n_ctx: usize, threads: i32) -> Self {
+        Self::open_with_kv(path, n_ctx, threads, sys::GGML_TYPE_F32)
+    }
+
+    /// Like [`LlamaCpp::open`] with the KV cache in `kv_type` (llama.cpp's default is F16).
+    pub fn open_with_kv(
+        path: &std::path::Path,
+        n_ctx: usize,
+        threads: i32,
+        kv_type: sys::ggml_type,
+    ) -> Self {
+        init();
+        let c_path = CString::new(path.to_str().expect("utf-8 path")).expect("no NUL in path");
+        unsafe {
+            let mut mp = sys::llama_model_default_params();
+            mp.n_gpu_layers = 0;
+            let model = sys::llama_model_load_from_file(c_path.as_ptr(), mp);
+            assert!(
+                !model.is_null(),
+                "llama.cpp could not load {}",
+                path.display()
+            );
+            let mut cp = sys::llama_context_default_params();
+            cp.n_ctx = n_ctx as u32;
+            cp.n_batch = n_ctx as u32;
+            cp.n_ubatch = n_ctx as u32;
+            cp.n_threads = threads;
+            cp.n_threads_batch = threads;
+            cp.type_k = kv_type;
+            cp.type_v = kv_type;
+            cp.flash_attn_type = sys::LLAMA_FLASH_ATTN_TYPE_DISABLED;
+            let ctx = sys::llama_init_from_model(model, cp);
+            assert!(!ctx.is_null(), "llama.cpp could not create a context");
+            let vocab = sys::llama_model_get_vocab(model);
+            LlamaCpp {
+                model,
+                ctx,
+                vocab,
+                n_ctx,
+            }
+        }
+    }
+
+    /// Token ids as llama.cpp produces them; `parse_special` recognizes markup tokens.
+    pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
+        let mut buf = vec![0i32; text.len() + 8];
+        let n = unsafe {
+            sys::llama_tokenize(
+                self.vocab,
+                text.as_ptr() as *const _,
+                text.len() as i32,
+                buf.as_mut_ptr(),
+                buf.len() as i32,
+                add_special,
+                parse_special,
+            )
+        };
+        assert!(n >= 0, "llama_tokenize failed ({n})");
+        buf.truncate(n as usize);
+        buf.into_iter().map(|t| t as u32).collect()
+    }
+
+    /// Vocabulary size.
+    pub fn n_vocab(&self) -> usize {
+        unsafe { sys::llama_vocab_n_tokens(self.vocab) as usize }
+    }
+
+    /// Logits for every position of `tokens`, from an empty KV cache.
+    pub fn logits(&mut self, tokens: &[u32]) -> Vec<f32> {
+        assert!(tokens.len() <= self.n_ctx, "oracle context too small");
+        let n_vocab = self.n_vocab();
+        unsafe {
+            sys::llama_memory_clear(sys::llama_get_memory(self.ctx), true);
+            let mut batch = sys::llama_batch_init(tokens.len() as i32, 0, 1);
+            for (i, &t) in tokens.iter().enumerate() {
+                *batch.token.add(i) = t as i32;
+                *batch.pos.add(i) = i as i32;
+                *batch.n_seq_id.add(i) = 1;
+                *(*batch.seq_id.add(i)) = 0;
+                *batch.logits.add(i) = 1;
+            }
+            batch.n_tokens = tokens.len() as i32;
+            let rc = sys::llama_decode(self.ctx, batch);
+            assert_eq!(rc, 0, "llama_decode failed");
+            let mut out = Vec::with_capacity(tokens.len() * n_vocab);
+            for i in 0..tokens.len() {
+                let p = sys::llama_get_logits_ith(self.ctx, i as i32);
+                assert!(!p.is_null());
+                out.extend_from_slice(std::slice::from_raw_parts(p, n_vocab));
+            }
+            sys::llama_batch_free(batch);
+            out
+        }
+    }
+}
+
+impl Drop for LlamaCpp {
+    fn drop(&mut self) {
+        unsafe {
+            sys::llama_free(self.ctx);
+            sys::llama_model_free(self.model);
+        }
+    }
+}
+
+/// ggml's own reference quantizer and dequantizer for a type, by ggml type id.
+pub fn ggml_roundtrip(type_id: u32, x: &[f32]) -> (Vec<u8>, Vec<f32>) {
+    init();
+    unsafe {
+        let traits = &*sys::ggml_get_type_traits(type_id as sys::ggml_type);
+        let row_bytes = x.len() / traits.blck_size as usize * traits.type_size;
+        let mut q = vec![0u8; row_bytes];
+        match traits.from_float_ref {
+            Some(from) => from(x.as_ptr(), q.as_mut_ptr() as *mut _, x.len() as i64),
+            None => q = x.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+        let mut y = vec![0f32; x.len()];
+        ggml_dequantize(type_id, &q, &mut y);
+        (q, y)
+    }
+}
+
+/// ggml's dequantizer applied to `q`.
+pub fn ggml_dequantize(type_id: u32, q: &[u8], out: &mut [f32]) {
+    init();
+    unsafe {
+        let traits = &*sys::ggml_get_type_traits(type_id as sys::ggml_type);
+        match traits.to_float {
+            Some(to) => to(q.as_ptr() as *const _, out.as_mut_ptr(), out.len() as i64),
+            // ggml has no converter for F32 itself: the bytes are the values.
+            None => {
+                assert_eq!(type_id, 0, "ggml type {type_id} has no dequantizer");
+                for (o, c) in out.iter_mut().zip(q.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+        }
+    }
+}

@@ -30,16 +30,18 @@ pub fn quantize_activations(x: &[f32], out: &mut Vec<Q8Act>) {
     out.extend(x.chunks_exact(QK).map(|b| {
         let amax = b.iter().fold(0f32, |a, v| a.max(v.abs()));
         let d = amax / 127.0;
-        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
         let mut qs = [0i8; QK];
         let mut s = 0i32;
         for (q, v) in qs.iter_mut().zip(b) {
             *q = (v * id).round() as i8;
             s += *q as i32;
         }
+        // Scales are rounded through f16 as ggml's Q8_0/Q8_1 activation blocks store them,
+        // so that engram and llama.cpp see the same quantized activations.
         Q8Act {
-            d,
-            sum: d * s as f32,
+            d: f16::from_f32(d).to_f32(),
+            sum: f16::from_f32(d * s as f32).to_f32(),
             qs,
         }
     }));

@@ -218,10 +218,13 @@ impl Backend for CpuBackend {
     fn rms_norm(&self, x: &CpuTensor, weight: &CpuTensor, eps: f32) -> CpuTensor {
         let mut data = x.data.clone();
         for row in data.chunks_exact_mut(x.cols) {
-            let ms = row.iter().map(|v| v * v).sum::<f32>() / x.cols as f32;
-            let inv = 1.0 / (ms + eps).sqrt();
+            // Sum of squares in f64, and x·scale before ·weight: ggml's order, so rounding
+            // matches llama.cpp where activations are large.
+            let sum: f64 = row.iter().map(|&v| (v * v) as f64).sum();
+            let mean = (sum / x.cols as f64) as f32;
+            let scale = 1.0 / (mean + eps).sqrt();
             for (v, w) in row.iter_mut().zip(&weight.data) {
-                *v *= inv * w;
+                *v = (*v * scale) * w;
             }
         }
         CpuTensor {
