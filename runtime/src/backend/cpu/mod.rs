@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 use super::{AttentionShape, Backend, Rope, RopeLayout, WeightSource};
-use crate::quant::{GgmlType, Q8Act, QK, dequantize_row, dot_row, quantize_activations};
+use crate::quant::{GgmlType, Q8Act, QK, dequantize_row, dot_row, dot_rows, quantize_activations};
 use crate::{Error, Result};
 
 /// Runs every op on the host CPU.
@@ -150,16 +150,24 @@ impl Backend for CpuBackend {
         let (n, k, rows) = (x.rows, x.cols, w.src.rows);
         let dtype = w.src.dtype;
         self.pool.install(|| {
+            let blocks = k / QK;
             let mut xq: Vec<Q8Act> = Vec::new();
             if !is_float(dtype) {
-                let mut tmp = Vec::new();
-                xq.reserve(n * k / QK);
-                for row in x.data.chunks_exact(k) {
-                    quantize_activations(row, &mut tmp);
-                    xq.extend_from_slice(&tmp);
-                }
+                xq = vec![
+                    Q8Act {
+                        d: 0.0,
+                        sum: 0.0,
+                        qs: [0; QK]
+                    };
+                    n * blocks
+                ];
+                xq.par_chunks_mut(blocks)
+                    .zip(x.data.par_chunks(k))
+                    .for_each_init(Vec::new, |tmp, (out, row)| {
+                        quantize_activations(row, tmp);
+                        out.copy_from_slice(tmp);
+                    });
             }
-            let blocks = k / QK;
             let act = |t: usize| {
                 (
                     &x.data[t * k..(t + 1) * k],
@@ -187,7 +195,9 @@ impl Backend for CpuBackend {
                     cols: rows,
                 };
             }
-            // Weight-row-major so each row is decoded from memory once for all tokens.
+            // Weight-row-major so each row is decoded once for a tile of four tokens.
+            let tiled =
+                !xq.is_empty() && dot_rows::<4>(dtype, w.row(0), [&xq[..blocks]; 4]).is_some();
             let mut transposed = vec![0f32; rows * n];
             transposed
                 .par_chunks_mut(chunk * n)
@@ -195,18 +205,26 @@ impl Backend for CpuBackend {
                 .for_each(|(ci, out)| {
                     for (j, o) in out.chunks_exact_mut(n).enumerate() {
                         let wr = w.row(ci * chunk + j);
-                        for (t, v) in o.iter_mut().enumerate() {
+                        let mut t = 0;
+                        while tiled && t + 4 <= n {
+                            let tile = [act(t).1, act(t + 1).1, act(t + 2).1, act(t + 3).1];
+                            if let Some(v) = dot_rows(dtype, wr, tile) {
+                                o[t..t + 4].copy_from_slice(&v);
+                            }
+                            t += 4;
+                        }
+                        for (v, t) in o[t..].iter_mut().zip(t..) {
                             let (xf, xb) = act(t);
                             *v = dot_row(dtype, wr, xf, xb);
                         }
                     }
                 });
             let mut data = vec![0f32; n * rows];
-            for (r, col) in transposed.chunks_exact(n).enumerate() {
-                for (t, v) in col.iter().enumerate() {
-                    data[t * rows + r] = *v;
+            data.par_chunks_mut(rows).enumerate().for_each(|(t, out)| {
+                for (r, v) in out.iter_mut().enumerate() {
+                    *v = transposed[r * n + t];
                 }
-            }
+            });
             CpuTensor {
                 data,
                 rows: n,
