@@ -55,25 +55,29 @@ fn strings(gguf: &Gguf, key: &str) -> Result<Vec<String>> {
         .collect()
 }
 
-/// GPT-2's reversible map from bytes to printable characters, inverted.
-fn unicode_to_byte() -> HashMap<char, u8> {
-    let mut bytes: Vec<u8> = (b'!'..=b'~')
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .collect();
-    let mut chars: Vec<u32> = bytes.iter().map(|&b| b as u32).collect();
+/// GPT-2's reversible map from bytes to printable characters: entry `b` is the character
+/// byte-level BPE vocabularies use for byte `b`.
+pub fn byte_level_alphabet() -> [char; 256] {
+    let mut alphabet = ['\0'; 256];
     let mut extra = 0;
     for b in 0..=255u8 {
-        if !bytes.contains(&b) {
-            bytes.push(b);
-            chars.push(256 + extra);
+        let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+        let code = if printable {
+            b as u32
+        } else {
             extra += 1;
-        }
+            255 + extra
+        };
+        alphabet[b as usize] = char::from_u32(code).unwrap_or('?');
     }
-    chars
-        .into_iter()
-        .zip(bytes)
-        .filter_map(|(c, b)| char::from_u32(c).map(|c| (c, b)))
+    alphabet
+}
+
+fn unicode_to_byte() -> HashMap<char, u8> {
+    byte_level_alphabet()
+        .iter()
+        .enumerate()
+        .map(|(b, &c)| (c, b as u8))
         .collect()
 }
 

@@ -1,0 +1,235 @@
+//! The `engram` binary as a user runs it: answers on the default model, and one-line errors
+//! with a non-zero exit for bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use engram::gguf::{GgufWriter, Value};
+
+fn engram() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_engram"));
+    c.env_remove("ENGRAM_MODEL");
+    c
+}
+
+fn model() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.is_file(),
+        "default model missing: run scripts/fetch-model"
+    );
+    p
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("engram-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Asserts a failed run whose stderr ends in exactly one `error:` line mentioning `needle`.
+fn assert_one_line_error(o: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "expected one error line, stderr: {err}");
+    assert!(!errors[0].contains('\n'));
+    assert!(
+        errors[0].to_lowercase().contains(&needle.to_lowercase()),
+        "error {:?} does not mention {needle:?}",
+        errors[0]
+    );
+}
+
+#[test]
+fn greedy_completion_knows_paris() {
+    let o = engram()
+        .args(["generate", "-p", "The capital of France is", "-n", "8"])
+        .arg("-m")
+        .arg(model())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = stdout(&o);
+    assert!(text.contains("Paris"), "continuation was {text:?}");
+    assert!(
+        !text.contains("The capital of France"),
+        "generate must print only the continuation"
+    );
+}
+
+#[test]
+fn chat_answers_tokyo() {
+    use std::io::Write;
+    let mut child = engram()
+        .args(["chat", "-n", "32"])
+        .arg("-m")
+        .arg(model())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"What is the capital of Japan?\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout(&o).contains("Tokyo"), "answer was {:?}", stdout(&o));
+}
+
+#[test]
+fn tokenize_prints_ids() {
+    let o = engram()
+        .args(["tokenize", "Hello world."])
+        .arg("-m")
+        .arg(model())
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert_eq!(stdout(&o).trim(), "[19556, 905, 30]");
+}
+
+#[test]
+fn bench_json_has_both_rates() {
+    let o = engram()
+        .args([
+            "bench",
+            "--json",
+            "--prefill",
+            "16",
+            "--decode",
+            "4",
+            "--reps",
+            "1",
+        ])
+        .arg("-m")
+        .arg(model())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON object");
+    assert!(v["prefill_tps"].as_f64().unwrap() > 0.0);
+    assert!(v["decode_tps"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn info_describes_the_model() {
+    let o = engram().arg("info").arg(model()).output().unwrap();
+    assert!(o.status.success());
+    let text = stdout(&o);
+    for needle in [
+        "architecture  llama",
+        "layers        30",
+        "Q4_1",
+        "pre-tokenizer \"smollm\"",
+        "49152",
+    ] {
+        assert!(text.contains(needle), "info lacks {needle:?}:\n{text}");
+    }
+}
+
+#[test]
+fn missing_default_model_prints_the_fetch_command() {
+    let dir = scratch("empty-dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    let o = engram()
+        .current_dir(&dir)
+        .args(["generate", "-p", "hi"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, "scripts/fetch-model");
+}
+
+#[test]
+fn missing_file_is_one_line_error() {
+    let o = engram()
+        .args(["info", "/nonexistent/model.gguf"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, "/nonexistent/model.gguf");
+}
+
+#[test]
+fn truncated_model_is_one_line_error() {
+    let bytes = std::fs::read(model()).unwrap();
+    for cut in [3usize, 1000, 2_000_000, bytes.len() - 1] {
+        let p = scratch(&format!("truncated-{cut}.gguf"));
+        std::fs::write(&p, &bytes[..cut]).unwrap();
+        let o = engram()
+            .args(["generate", "-p", "hi"])
+            .arg("-m")
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert_one_line_error(&o, "invalid GGUF");
+    }
+}
+
+#[test]
+fn absurd_counts_and_sizes_are_one_line_errors() {
+    let bytes = std::fs::read(model()).unwrap();
+    let mut huge_count = bytes[..4096].to_vec();
+    huge_count[8..16].copy_from_slice(&(1u64 << 62).to_le_bytes());
+    let p = scratch("huge-count.gguf");
+    std::fs::write(&p, &huge_count).unwrap();
+    assert_one_line_error(
+        &engram().arg("info").arg(&p).output().unwrap(),
+        "tensor_count",
+    );
+
+    // A tensor claiming 2^40 × 2^20 elements.
+    let mut w = GgufWriter::new();
+    w.set("general.architecture", Value::String("llama".into()));
+    w.add_f32("t", &[4], &[0.0; 4]).unwrap();
+    let mut b = w.to_bytes();
+    let dims_at = b
+        .windows(8)
+        .position(|win| win == 4u64.to_le_bytes())
+        .unwrap();
+    b[dims_at..dims_at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let p = scratch("huge-tensor.gguf");
+    std::fs::write(&p, &b).unwrap();
+    assert_one_line_error(
+        &engram().arg("info").arg(&p).output().unwrap(),
+        "exceeds the file",
+    );
+}
+
+#[test]
+fn unsupported_architecture_is_one_line_error() {
+    let mut w = GgufWriter::new();
+    w.set("general.architecture", Value::String("mamba".into()));
+    w.add_f32("t", &[4], &[0.0; 4]).unwrap();
+    let p = scratch("mamba.gguf");
+    w.write_atomic(&p).unwrap();
+    let o = engram()
+        .args(["generate", "-p", "hi"])
+        .arg("-m")
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, "architecture \"mamba\"");
+}
+
+#[test]
+fn prompt_longer_than_context_is_one_line_error() {
+    let prompt = "word ".repeat(100);
+    let o = engram()
+        .args(["generate", "--ctx", "32", "-p", &prompt])
+        .arg("-m")
+        .arg(model())
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, "context holds 32");
+}
