@@ -69,7 +69,7 @@ fn mutated_files_never_panic_hang_or_overallocate() {
                 let v: u64 = match next() % 4 {
                     0 => u64::MAX,
                     1 => 1 << (next() % 64),
-                    2 => (next() % 1_000_000) as u64,
+                    2 => next() % 1_000_000,
                     _ => next(),
                 };
                 bytes[at..at + 8].copy_from_slice(&v.to_le_bytes());

@@ -125,7 +125,9 @@ fn logits_match_llama_cpp() {
         "Once upon a time, in a small village by the sea, there lived an old fisherman who",
         "Photosynthesis is the process by which green plants use sunlight to synthesize foods from carbon dioxide and water.",
     ];
-    let runs: Vec<(Vec<u32>, Vec<f32>, Vec<f32>, Vec<f32>)> = prompts
+    // (tokens, engram logits, llama.cpp logits, llama.cpp f16-KV logits) per prompt.
+    type Run = (Vec<u32>, Vec<f32>, Vec<f32>, Vec<f32>);
+    let runs: Vec<Run> = prompts
         .iter()
         .map(|p| {
             let tokens = engine.tokenizer().encode(p, true).unwrap();

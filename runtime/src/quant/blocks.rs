@@ -113,7 +113,7 @@ pub fn dequantize_row(dtype: GgmlType, bytes: &[u8], out: &mut [f32]) {
 pub fn quantize_row(dtype: GgmlType, x: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(dtype.row_bytes(x.len()).unwrap_or(0));
     assert!(
-        x.len() % dtype.block_size() == 0,
+        x.len().is_multiple_of(dtype.block_size()),
         "row length must be whole blocks"
     );
     match dtype {

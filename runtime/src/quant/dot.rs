@@ -28,7 +28,7 @@ pub struct Q8Act {
 /// Like ggml's Q8 activation blocks: scale amax/127 stored at f16 precision, values rounded
 /// to nearest-even, so that engram and llama.cpp see the same quantized activations.
 pub fn quantize_activations(x: &[f32], out: &mut Vec<Q8Act>) {
-    debug_assert!(x.len() % QK == 0);
+    debug_assert!(x.len().is_multiple_of(QK));
     out.clear();
     out.extend(x.chunks_exact(QK).map(|b| {
         #[cfg(target_arch = "x86_64")]

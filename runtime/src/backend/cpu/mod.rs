@@ -89,7 +89,7 @@ impl Backend for CpuBackend {
                 w.name, w.rows, w.cols, w.dtype
             )));
         }
-        if !is_float(w.dtype) && w.cols % QK != 0 {
+        if !is_float(w.dtype) && !w.cols.is_multiple_of(QK) {
             return Err(Error::Model(format!(
                 "{}: {} columns is not a multiple of {QK}",
                 w.name, w.cols
