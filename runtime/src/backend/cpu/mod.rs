@@ -254,15 +254,16 @@ impl Backend for CpuBackend {
 
     fn rope(&self, x: &mut CpuTensor, n_heads: usize, head_dim: usize, pos0: usize, rope: &Rope) {
         let half = rope.dims / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| rope.base.powf(-2.0 * i as f32 / rope.dims as f32))
-            .collect();
+        // Angles as pos·s^i with s = base^(−2/dims), built by repeated f32 multiplication
+        // the way ggml builds its RoPE cache, so engram rotates by the same rounded angles.
+        let step = rope.base.powf(-2.0 / rope.dims as f32);
         let mut cs = vec![(0f32, 0f32); half];
         for (t, row) in x.data.chunks_exact_mut(x.cols).enumerate() {
-            let pos = (pos0 + t) as f32;
-            for (c, f) in cs.iter_mut().zip(&inv_freq) {
-                let (s, co) = (pos * f).sin_cos();
+            let mut theta = (pos0 + t) as f32;
+            for c in cs.iter_mut() {
+                let (s, co) = theta.sin_cos();
                 *c = (co, s);
+                theta *= step;
             }
             for head in row.chunks_exact_mut(head_dim).take(n_heads) {
                 for (i, &(c, s)) in cs.iter().enumerate() {
