@@ -27,6 +27,14 @@ fn scratch(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// A minimal GGUF declaring `arch` with one 4-element tensor `t`.
+fn minimal_gguf(arch: &str) -> GgufWriter {
+    let mut w = GgufWriter::new();
+    w.set("general.architecture", Value::String(arch.into()));
+    w.add_f32("t", &[4], &[0.0; 4]).unwrap();
+    w
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -189,10 +197,7 @@ fn absurd_counts_and_sizes_are_one_line_errors() {
     );
 
     // A tensor claiming 2^40 × 2^20 elements.
-    let mut w = GgufWriter::new();
-    w.set("general.architecture", Value::String("llama".into()));
-    w.add_f32("t", &[4], &[0.0; 4]).unwrap();
-    let mut b = w.to_bytes();
+    let mut b = minimal_gguf("llama").to_bytes();
     let dims_at = b
         .windows(8)
         .position(|win| win == 4u64.to_le_bytes())
@@ -208,11 +213,8 @@ fn absurd_counts_and_sizes_are_one_line_errors() {
 
 #[test]
 fn unsupported_architecture_is_one_line_error() {
-    let mut w = GgufWriter::new();
-    w.set("general.architecture", Value::String("mamba".into()));
-    w.add_f32("t", &[4], &[0.0; 4]).unwrap();
     let p = scratch("mamba.gguf");
-    w.write_atomic(&p).unwrap();
+    minimal_gguf("mamba").write_atomic(&p).unwrap();
     let o = engram()
         .args(["generate", "-p", "hi"])
         .arg("-m")

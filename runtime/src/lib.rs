@@ -3,6 +3,8 @@
 //! Data flows one way: file bytes → [`gguf`] views → [`model`] (calling [`backend`] ops) →
 //! [`Engine`].
 
+#![warn(missing_docs)]
+
 pub mod backend;
 mod engine;
 mod error;
