@@ -35,6 +35,16 @@ fn minimal_gguf(arch: &str) -> GgufWriter {
     w
 }
 
+/// Runs `engram ARGS -m MODEL` to completion.
+fn run_on(model: impl AsRef<Path>, args: &[&str]) -> Output {
+    engram()
+        .args(args)
+        .arg("-m")
+        .arg(model.as_ref())
+        .output()
+        .unwrap()
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -58,12 +68,10 @@ fn assert_one_line_error(o: &Output, needle: &str) {
 
 #[test]
 fn greedy_completion_knows_paris() {
-    let o = engram()
-        .args(["generate", "-p", "The capital of France is", "-n", "8"])
-        .arg("-m")
-        .arg(model())
-        .output()
-        .unwrap();
+    let o = run_on(
+        model(),
+        &["generate", "-p", "The capital of France is", "-n", "8"],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = stdout(&o);
     assert!(text.contains("Paris"), "continuation was {text:?}");
@@ -98,20 +106,16 @@ fn chat_answers_tokyo() {
 
 #[test]
 fn tokenize_prints_ids() {
-    let o = engram()
-        .args(["tokenize", "Hello world."])
-        .arg("-m")
-        .arg(model())
-        .output()
-        .unwrap();
+    let o = run_on(model(), &["tokenize", "Hello world."]);
     assert!(o.status.success());
     assert_eq!(stdout(&o).trim(), "[19556, 905, 30]");
 }
 
 #[test]
 fn bench_json_has_both_rates() {
-    let o = engram()
-        .args([
+    let o = run_on(
+        model(),
+        &[
             "bench",
             "--json",
             "--prefill",
@@ -120,11 +124,8 @@ fn bench_json_has_both_rates() {
             "4",
             "--reps",
             "1",
-        ])
-        .arg("-m")
-        .arg(model())
-        .output()
-        .unwrap();
+        ],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON object");
     assert!(v["prefill_tps"].as_f64().unwrap() > 0.0);
@@ -174,12 +175,7 @@ fn truncated_model_is_one_line_error() {
     for cut in [3usize, 1000, 2_000_000, bytes.len() - 1] {
         let p = scratch(&format!("truncated-{cut}.gguf"));
         std::fs::write(&p, &bytes[..cut]).unwrap();
-        let o = engram()
-            .args(["generate", "-p", "hi"])
-            .arg("-m")
-            .arg(&p)
-            .output()
-            .unwrap();
+        let o = run_on(&p, &["generate", "-p", "hi"]);
         assert_one_line_error(&o, "invalid GGUF");
     }
 }
@@ -215,23 +211,13 @@ fn absurd_counts_and_sizes_are_one_line_errors() {
 fn unsupported_architecture_is_one_line_error() {
     let p = scratch("mamba.gguf");
     minimal_gguf("mamba").write_atomic(&p).unwrap();
-    let o = engram()
-        .args(["generate", "-p", "hi"])
-        .arg("-m")
-        .arg(&p)
-        .output()
-        .unwrap();
+    let o = run_on(&p, &["generate", "-p", "hi"]);
     assert_one_line_error(&o, "architecture \"mamba\"");
 }
 
 #[test]
 fn prompt_longer_than_context_is_one_line_error() {
     let prompt = "word ".repeat(100);
-    let o = engram()
-        .args(["generate", "--ctx", "32", "-p", &prompt])
-        .arg("-m")
-        .arg(model())
-        .output()
-        .unwrap();
+    let o = run_on(model(), &["generate", "--ctx", "32", "-p", &prompt]);
     assert_one_line_error(&o, "context holds 32");
 }
