@@ -36,44 +36,89 @@ fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
-/// Runs the benchmark and prints tokens/s.
-pub fn run(engine: Engine, args: &BenchArgs) -> Result<(), String> {
+/// Seconds of one prefill of `toks` from an empty cache.
+fn time_prefill(engine: &Engine, toks: &[u32]) -> Result<f64, String> {
     let model = engine.model();
-    let vocab = model.config.vocab_size;
+    let mut cache = model.new_cache(toks.len());
+    let start = Instant::now();
+    model
+        .forward(toks, &mut cache, Logits::Last)
+        .map_err(|e| e.to_string())?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Seconds to decode `toks` one at a time from an empty cache.
+fn time_decode(engine: &Engine, toks: &[u32]) -> Result<f64, String> {
+    let model = engine.model();
+    let mut cache = model.new_cache(toks.len());
+    let start = Instant::now();
+    for t in toks {
+        model
+            .forward(std::slice::from_ref(t), &mut cache, Logits::Last)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Throughput of one engine.
+#[derive(Default)]
+struct Speeds {
+    /// Seconds per prefill length, summed over repetitions.
+    prefill_secs: Vec<f64>,
+    decode_secs: f64,
+}
+
+/// Runs the benchmark and prints tokens/s. With a memory engine, both are measured in turns
+/// within each repetition so that machine noise hits them alike.
+pub fn run(engine: Engine, with_memory: Option<Engine>, args: &BenchArgs) -> Result<(), String> {
+    let vocab = engine.model().config.vocab_size;
     let reps = args.reps.max(1);
-    let mut prefill = Vec::new();
-    for &n in &args.prefill {
-        let toks = tokens(n, vocab, n as u64);
-        let mut total = 0f64;
-        // One warm-up pass faults the mapped weights in, as llama-bench's warm-up does.
-        for rep in 0..=reps {
-            let mut cache = model.new_cache(n);
-            let start = Instant::now();
-            model
-                .forward(&toks, &mut cache, Logits::Last)
-                .map_err(|e| e.to_string())?;
+    let engines: Vec<&Engine> = std::iter::once(&engine)
+        .chain(with_memory.as_ref())
+        .collect();
+    let mut speeds: Vec<Speeds> = engines
+        .iter()
+        .map(|_| Speeds {
+            prefill_secs: vec![0.0; args.prefill.len()],
+            ..Default::default()
+        })
+        .collect();
+    let decode_toks = tokens(args.decode, vocab, 7);
+    // Repetition 0 is a warm-up that faults the mapped weights in, as llama-bench's does.
+    for rep in 0..=reps {
+        for (e, s) in engines.iter().zip(speeds.iter_mut()) {
+            for (i, &n) in args.prefill.iter().enumerate() {
+                let t = time_prefill(e, &tokens(n, vocab, n as u64))?;
+                if rep > 0 {
+                    s.prefill_secs[i] += t;
+                }
+            }
+            let t = time_decode(e, &decode_toks)?;
             if rep > 0 {
-                total += start.elapsed().as_secs_f64();
+                s.decode_secs += t;
             }
         }
-        prefill.push((n, n as f64 * reps as f64 / total));
     }
-    let toks = tokens(args.decode, vocab, 7);
-    let mut total = 0f64;
-    for rep in 0..=reps {
-        let mut cache = model.new_cache(args.decode);
-        let start = Instant::now();
-        for t in &toks {
-            model
-                .forward(std::slice::from_ref(t), &mut cache, Logits::Last)
-                .map_err(|e| e.to_string())?;
-        }
-        if rep > 0 {
-            total += start.elapsed().as_secs_f64();
-        }
-    }
-    let decode_tps = args.decode as f64 * reps as f64 / total;
-    let threads = model.backend().threads();
+    let tps = |n: usize, secs: f64| n as f64 * reps as f64 / secs;
+    let threads = engine.model().backend().threads();
+    let base = &speeds[0];
+    let decode_tps = tps(args.decode, base.decode_secs);
+    let prefill: Vec<(usize, f64)> = args
+        .prefill
+        .iter()
+        .zip(&base.prefill_secs)
+        .map(|(&n, &s)| (n, tps(n, s)))
+        .collect();
+    let memory = speeds.get(1).map(|m| {
+        (
+            tps(args.decode, m.decode_secs),
+            args.prefill
+                .iter()
+                .zip(&m.prefill_secs)
+                .map(|(&n, &s)| (n, tps(n, s)))
+                .collect::<Vec<_>>(),
+        )
+    });
     if args.json {
         let mut obj = serde_json::json!({
             "model": engine.path().display().to_string(),
@@ -82,18 +127,40 @@ pub fn run(engine: Engine, args: &BenchArgs) -> Result<(), String> {
             "decode_tps": decode_tps,
             "decode_tokens": args.decode,
         });
-        for (n, tps) in &prefill {
-            obj[format!("prefill{n}_tps")] = serde_json::json!(tps);
+        for (n, t) in &prefill {
+            obj[format!("prefill{n}_tps")] = serde_json::json!(t);
+        }
+        if let Some((dec, pre)) = &memory {
+            obj["memory_decode_tps"] = serde_json::json!(dec);
+            obj["memory_decode_overhead"] = serde_json::json!(decode_tps / dec - 1.0);
+            for (n, t) in pre {
+                obj[format!("memory_prefill{n}_tps")] = serde_json::json!(t);
+            }
         }
         println!("{obj}");
     } else {
-        for (n, tps) in &prefill {
-            println!("prefill {n:>4} tokens: {tps:8.1} tokens/s");
+        let with = if memory.is_some() {
+            "  (base model)"
+        } else {
+            ""
+        };
+        for (n, t) in &prefill {
+            println!("prefill {n:>4} tokens: {t:8.1} tokens/s{with}");
         }
         println!(
-            "decode  {:>4} tokens: {decode_tps:8.1} tokens/s ({threads} threads)",
+            "decode  {:>4} tokens: {decode_tps:8.1} tokens/s ({threads} threads){with}",
             args.decode
         );
+        if let Some((dec, pre)) = &memory {
+            for (n, t) in pre {
+                println!("prefill {n:>4} tokens: {t:8.1} tokens/s  (with memory)");
+            }
+            println!(
+                "decode  {:>4} tokens: {dec:8.1} tokens/s  (with memory: {:+.1}% time per token)",
+                args.decode,
+                100.0 * (decode_tps / dec - 1.0)
+            );
+        }
     }
     Ok(())
 }

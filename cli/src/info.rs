@@ -4,10 +4,81 @@ use std::path::Path;
 
 use engram::Tokenizer;
 use engram::gguf::Gguf;
+use engram::memory::MemoryStore;
 use engram::model::{ModelConfig, tensor_type_counts};
 
-/// Prints architecture, sizes, tensor types and tokenizer facts.
+/// Prints what a memory store holds: config, provenance and background slot usage.
+fn print_memory(path: &Path, gguf: &Gguf) -> engram::Result<()> {
+    let store = MemoryStore::from_gguf(gguf)?;
+    let c = &store.config;
+    println!(
+        "file          {} ({:.1} MB, engram memory store v{})",
+        path.display(),
+        gguf.file_len() as f64 / 1e6,
+        engram::memory::STORE_FORMAT_VERSION
+    );
+    println!("base model    fingerprint {}", store.base_fingerprint);
+    println!("init          fingerprint {}", store.init_fingerprint);
+    for (k, v) in &store.info {
+        println!("  {k:<18}{v}");
+    }
+    println!("layers        {:?}", c.layers);
+    println!(
+        "slots         {} ({} sub-keys per half), values {} wide (f32)",
+        c.slots(),
+        c.n_keys,
+        store.dim
+    );
+    println!(
+        "lookup        {} heads, top-k {}, k_dim {}, {}",
+        c.heads,
+        c.top_k,
+        c.k_dim,
+        if c.gated {
+            "gated output W2 (y ⊙ silu(W1 x))"
+        } else {
+            "plain output y"
+        }
+    );
+    let b = &store.background;
+    println!(
+        "background    {} tokens in {} batches of {}",
+        b.tokens, b.batches, b.batch_tokens
+    );
+    for (layer, u) in store.layers.iter().zip(store.usage()) {
+        let nonzero = layer.values.iter().filter(|&&v| v != 0.0).count();
+        let rows = layer
+            .values
+            .chunks_exact(store.dim)
+            .filter(|r| r.iter().any(|&v| v != 0.0))
+            .count();
+        println!("layer {:<7} slot usage over the background:", layer.layer);
+        println!(
+            "  touched     {} of {} ({:.1}%)",
+            u.touched,
+            u.slots,
+            100.0 * u.touched_fraction()
+        );
+        println!(
+            "  entropy     {:.3} nats ({:.3} of the maximum)",
+            u.entropy, u.normalized_entropy
+        );
+        println!(
+            "  busiest 1%  take {:.2}% of {} accesses (busiest slot {})",
+            100.0 * u.busiest_1pct_share,
+            u.accesses,
+            u.max_count
+        );
+        println!("  values      {rows} rows hold learned values ({nonzero} non-zero numbers)");
+    }
+    Ok(())
+}
+
+/// Prints architecture, sizes, tensor types and tokenizer facts (or a memory store's summary).
 pub fn print(path: &Path, gguf: &Gguf) -> engram::Result<()> {
+    if gguf.get("engram.kind").is_some() {
+        return print_memory(path, gguf);
+    }
     println!(
         "file          {} ({:.1} MB, GGUF v{})",
         path.display(),

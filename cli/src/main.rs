@@ -11,6 +11,7 @@ use engram::{ChatMessage, Engine, EngineOptions, GenerateOptions, SamplingConfig
 
 mod bench;
 mod info;
+mod retrofit;
 
 /// File name of the default model that `scripts/fetch-model` places in `models/`.
 const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -28,15 +29,18 @@ struct Cli {
     /// CPU threads (0 = one per core).
     #[arg(short, long, global = true, default_value_t = 0)]
     threads: usize,
+    /// Memory store to attach (from `engram retrofit`) for generate, chat and bench.
+    #[arg(long, global = true)]
+    memory: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Architecture, sizes, quantization types and tokenizer facts of a model file.
+    /// What a model file or a memory store holds (config, sizes, types, slot usage).
     Info {
-        /// Model file (same as -m).
+        /// Model file (same as -m) or memory store.
         file: Option<PathBuf>,
     },
     /// Raw completion: prints only the continuation of the prompt.
@@ -63,8 +67,11 @@ enum Command {
         #[arg(long)]
         bos: bool,
     },
-    /// Prefill and decode speed in tokens/s.
+    /// Prefill and decode speed in tokens/s (with --memory: also without it, same run).
     Bench(bench::BenchArgs),
+    /// Fit a memory layer into the model and write a memory store (values start at zero, so
+    /// the model answers exactly as before).
+    Retrofit(retrofit::RetrofitArgs),
 }
 
 #[derive(Args)]
@@ -126,7 +133,12 @@ fn resolve_model(given: Option<PathBuf>) -> Result<PathBuf, String> {
     ))
 }
 
-fn open(model: Option<PathBuf>, threads: usize, ctx: usize) -> Result<Engine, String> {
+fn open(
+    model: Option<PathBuf>,
+    memory: Option<PathBuf>,
+    threads: usize,
+    ctx: usize,
+) -> Result<Engine, String> {
     let path = resolve_model(model)?;
     let start = Instant::now();
     let engine = Engine::open(
@@ -134,12 +146,14 @@ fn open(model: Option<PathBuf>, threads: usize, ctx: usize) -> Result<Engine, St
         &EngineOptions {
             threads,
             context: ctx,
+            memory: memory.clone(),
             ..Default::default()
         },
     )
     .map_err(|e| e.to_string())?;
+    let with = memory.map_or(String::new(), |m| format!(" with memory {}", m.display()));
     eprintln!(
-        "loaded {} in {:.0} ms",
+        "loaded {}{with} in {:.0} ms",
         path.display(),
         start.elapsed().as_secs_f64() * 1e3
     );
@@ -157,7 +171,7 @@ fn run(cli: Cli) -> Result<(), String> {
             info::print(&path, &gguf).map_err(|e| e.to_string())
         }
         Command::Generate { prompt, sampling } => {
-            let engine = open(cli.model, cli.threads, sampling.ctx)?;
+            let engine = open(cli.model, cli.memory, cli.threads, sampling.ctx)?;
             let mut stdout = std::io::stdout();
             let g = engine
                 .generate(&prompt, &sampling.options(), |piece| {
@@ -171,7 +185,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Chat { system, sampling } => chat(
-            open(cli.model, cli.threads, sampling.ctx)?,
+            open(cli.model, cli.memory, cli.threads, sampling.ctx)?,
             system,
             &sampling.options(),
         ),
@@ -183,7 +197,20 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("{ids:?}");
             Ok(())
         }
-        Command::Bench(args) => bench::run(open(cli.model, cli.threads, 0)?, &args),
+        Command::Bench(args) => {
+            let base = open(cli.model.clone(), None, cli.threads, 0)?;
+            let with_memory = match cli.memory {
+                Some(m) => Some(open(cli.model, Some(m), cli.threads, 0)?),
+                None => None,
+            };
+            bench::run(base, with_memory, &args)
+        }
+        Command::Retrofit(args) => {
+            if cli.memory.is_some() {
+                return Err("retrofit makes a new store; it takes no --memory".into());
+            }
+            retrofit::run(open(cli.model, None, cli.threads, 0)?, &args)
+        }
     }
 }
 

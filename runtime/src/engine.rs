@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
 use crate::gguf::Gguf;
-use crate::model::{Logits, Model};
+use crate::memory::{MemoryBlock, MemoryConfig, MemoryStore, SlotUsage};
+use crate::model::{Logits, Model, fingerprint};
 use crate::sampling::{Sampler, SamplingConfig};
 use crate::tokenizer::{ChatMessage, Tokenizer};
 use crate::{Error, Result};
@@ -30,6 +31,8 @@ pub struct EngineOptions {
     pub threads: usize,
     /// Context window in tokens (0 = what the model was trained for).
     pub context: usize,
+    /// Memory store to attach (made by `engram retrofit` for this model).
+    pub memory: Option<PathBuf>,
 }
 
 /// Settings of one generation.
@@ -87,6 +90,13 @@ pub struct Engine {
     gguf: Gguf,
     path: PathBuf,
     context: usize,
+    memory: Option<AttachedMemory>,
+}
+
+/// The store a memory layer came from; its value rows live on the backend, not here.
+struct AttachedMemory {
+    path: Option<PathBuf>,
+    store: MemoryStore,
 }
 
 /// Turns a stream of token bytes into text pieces that are whole UTF-8 characters.
@@ -146,13 +156,63 @@ impl Engine {
         } else {
             options.context.min(trained)
         };
-        Ok(Engine {
+        let mut engine = Engine {
             model,
             tokenizer,
             gguf,
             path: path.to_owned(),
             context,
-        })
+            memory: None,
+        };
+        if let Some(m) = &options.memory {
+            let store = MemoryStore::open(m)?;
+            engine.attach_memory(store, Some(m.clone()))?;
+        }
+        Ok(engine)
+    }
+
+    /// The fingerprint of this model's weights (what a memory store must have been made for).
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.gguf)
+    }
+
+    /// Attaches a memory store's layers to the model, after checking that the store belongs
+    /// to this model. `path` is where it came from, if anywhere (for messages).
+    pub fn attach_memory(&mut self, mut store: MemoryStore, path: Option<PathBuf>) -> Result<()> {
+        store.check_model(&self.model.config, &self.fingerprint())?;
+        let b = self.model.backend();
+        let mut blocks = Vec::with_capacity(store.layers.len());
+        for layer in &mut store.layers {
+            let mut params = layer.clone_without_values();
+            params.values = std::mem::take(&mut layer.values);
+            blocks.push(MemoryBlock::load(b, &store.config, store.dim, params)?);
+        }
+        self.model.set_memory(blocks)?;
+        self.memory = Some(AttachedMemory { path, store });
+        Ok(())
+    }
+
+    /// Takes the memory layer off; the engine is the base model again.
+    pub fn detach_memory(&mut self) {
+        self.model.take_memory();
+        self.memory = None;
+    }
+
+    /// Config of the attached memory, if any.
+    pub fn memory_config(&self) -> Option<&MemoryConfig> {
+        self.memory.as_ref().map(|m| &m.store.config)
+    }
+
+    /// Path of the attached memory store, if it came from a file.
+    pub fn memory_path(&self) -> Option<&Path> {
+        self.memory.as_ref().and_then(|m| m.path.as_deref())
+    }
+
+    /// Background slot usage of each attached memory layer.
+    pub fn memory_usage(&self) -> Vec<SlotUsage> {
+        self.memory
+            .as_ref()
+            .map_or_else(Vec::new, |m| m.store.usage())
     }
 
     /// The model graph.

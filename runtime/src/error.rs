@@ -33,6 +33,12 @@ pub enum Error {
     /// The chat template could not be parsed or rendered.
     #[error("chat template: {0}")]
     Template(String),
+    /// A memory store is malformed or does not belong to the model it is used with.
+    #[error("memory store: {0}")]
+    Memory(String),
+    /// Long work was stopped by the caller (e.g. Ctrl-C); nothing was written.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
     /// A caller-supplied argument is out of range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

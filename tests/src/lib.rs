@@ -25,6 +25,23 @@ pub fn default_model() -> PathBuf {
     p
 }
 
+/// Documents of the default background corpus (`data/background.txt`, built by
+/// `scripts/build-background`); fails with that command when the file is missing.
+pub fn background_documents() -> Vec<String> {
+    let p = workspace_root().join("data/background.txt");
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: build the background corpus with scripts/build-background",
+            p.display()
+        )
+    });
+    text.split("\n\n")
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Held-out English text for perplexity: Debian's `fortunes` files (never used for anything
 /// else in engram). Fails with the install command when the package is absent.
 pub fn held_out_text() -> String {

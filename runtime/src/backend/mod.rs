@@ -7,6 +7,7 @@ pub mod cpu;
 
 use crate::Result;
 use crate::gguf::TensorBytes;
+pub use crate::memory::ProductKeyShape;
 use crate::quant::GgmlType;
 
 /// A weight matrix as stored in the model file: `rows` rows of `cols` elements of `dtype`.
@@ -63,6 +64,8 @@ pub trait Backend: Send + Sync {
     type Weight: Send + Sync;
     /// Per-sequence key/value cache for every layer.
     type KvCache: Send;
+    /// Memory slot ids chosen by a product-key lookup (`rows` tokens × picks), on the device.
+    type Slots: Send + Sync;
 
     /// Human-readable device name.
     fn name(&self) -> String;
@@ -70,6 +73,10 @@ pub trait Backend: Send + Sync {
     fn load_weight(&self, w: &WeightSource) -> Result<Self::Weight>;
     /// Copies host data to a `rows × cols` tensor.
     fn upload(&self, data: &[f32], rows: usize, cols: usize) -> Self::Tensor;
+    /// Moves host data into a tensor, without a copy where the device reads host memory.
+    fn upload_vec(&self, data: Vec<f32>, rows: usize, cols: usize) -> Self::Tensor {
+        self.upload(&data, rows, cols)
+    }
     /// Copies a tensor back to the host, row-major.
     fn download(&self, t: &Self::Tensor) -> Vec<f32>;
     /// `(rows, cols)` of a tensor.
@@ -89,6 +96,28 @@ pub trait Backend: Send + Sync {
     fn silu_mul(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Self::Tensor;
     /// x += y.
     fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor);
+    /// Adds the 1 × cols `row` to every row of `x`.
+    fn add_row(&self, x: &mut Self::Tensor, row: &Self::Tensor);
+
+    /// Product-key memory lookup. `q` is tokens × (heads·k_dim); `keys` holds, for head h and
+    /// half s, the `n_keys` sub-keys at rows `(2h + s)·n_keys ..` (k_dim/2 columns). Returns for
+    /// every token and head the top-k slots (best first) and their softmax weights, both
+    /// tokens × (heads·top_k).
+    fn product_key_topk(
+        &self,
+        q: &Self::Tensor,
+        keys: &Self::Tensor,
+        shape: ProductKeyShape,
+    ) -> (Self::Slots, Self::Tensor);
+    /// Slot ids back on the host, row-major.
+    fn download_slots(&self, slots: &Self::Slots) -> Vec<u32>;
+    /// Row t of the result is Σ_j weights[t, j] · values[slots[t, j]].
+    fn gather_values(
+        &self,
+        values: &Self::Tensor,
+        slots: &Self::Slots,
+        weights: &Self::Tensor,
+    ) -> Self::Tensor;
 
     /// An empty cache for `n_layers` layers of `kv_dim` features each, up to `capacity` positions.
     fn new_kv_cache(&self, n_layers: usize, kv_dim: usize, capacity: usize) -> Self::KvCache;

@@ -1,11 +1,14 @@
 //! The transformer graph, written once against [`Backend`].
 
 mod config;
+mod fingerprint;
 
 pub use config::{ModelConfig, SUPPORTED_ARCHITECTURES};
+pub use fingerprint::fingerprint;
 
 use crate::backend::{AttentionShape, Backend, WeightSource};
 use crate::gguf::{Gguf, TensorInfo};
+use crate::memory::MemoryBlock;
 use crate::quant::{GgmlType, dequantize_row};
 use crate::{Error, Result};
 
@@ -39,6 +42,7 @@ pub struct Model<B: Backend> {
     layers: Vec<Layer<B>>,
     output_norm: B::Tensor,
     output: Option<B::Weight>,
+    memory: Vec<MemoryBlock<B>>,
 }
 
 fn tensor<'a>(gguf: &'a Gguf, name: &str) -> Result<&'a TensorInfo> {
@@ -119,12 +123,37 @@ impl<B: Backend> Model<B> {
             layers,
             output_norm,
             output,
+            memory: Vec::new(),
         })
     }
 
     /// The backend running this model.
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// Puts memory layers beside their transformer blocks (replacing any there were).
+    pub fn set_memory(&mut self, blocks: Vec<MemoryBlock<B>>) -> Result<()> {
+        for m in &blocks {
+            if m.layer >= self.config.n_layers {
+                return Err(Error::InvalidArgument(format!(
+                    "memory layer {} is out of range (the model has {} layers)",
+                    m.layer, self.config.n_layers
+                )));
+            }
+        }
+        self.memory = blocks;
+        Ok(())
+    }
+
+    /// The attached memory layers.
+    pub fn memory(&self) -> &[MemoryBlock<B>] {
+        &self.memory
+    }
+
+    /// Takes the memory layers off the model (it is the base model again).
+    pub fn take_memory(&mut self) -> Vec<MemoryBlock<B>> {
+        std::mem::take(&mut self.memory)
     }
 
     /// An empty KV cache able to hold `capacity` positions.
@@ -140,11 +169,61 @@ impl<B: Backend> Model<B> {
         cache: &mut B::KvCache,
         which: Logits,
     ) -> Result<Vec<f32>> {
-        if tokens.is_empty() {
-            return Err(Error::InvalidArgument(
-                "forward needs at least one token".into(),
-            ));
+        let b = &self.backend;
+        let c = &self.config;
+        let mut x = b.embed(&self.token_embd, tokens_checked(tokens)?)?;
+        self.run_layers(&mut x, cache, c.n_layers, &mut |_, _| {});
+        if which == Logits::Last && tokens.len() > 1 {
+            x = b.slice_rows(&x, tokens.len() - 1, tokens.len());
         }
+        let x = b.rms_norm(&x, &self.output_norm, c.norm_eps);
+        let head = self.output.as_ref().unwrap_or(&self.token_embd);
+        Ok(b.download(&b.matmul(head, &x)))
+    }
+
+    /// The normalized hidden states that feed the FFN of each block in `layers` (what a memory
+    /// there reads). Runs only the blocks up to the last one asked for.
+    pub fn ffn_inputs(
+        &self,
+        tokens: &[u32],
+        cache: &mut B::KvCache,
+        layers: &[usize],
+    ) -> Result<Vec<B::Tensor>> {
+        let last = match layers.iter().max() {
+            Some(&l) if l < self.config.n_layers => l,
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "layers {layers:?} must be non-empty and below {}",
+                    self.config.n_layers
+                )));
+            }
+        };
+        let mut x = self
+            .backend
+            .embed(&self.token_embd, tokens_checked(tokens)?)?;
+        let mut found: Vec<(usize, B::Tensor)> = Vec::new();
+        self.run_layers(&mut x, cache, last + 1, &mut |i, h| {
+            if layers.contains(&i) {
+                found.push((i, self.backend.slice_rows(h, 0, self.backend.shape(h).0)));
+            }
+        });
+        Ok(layers
+            .iter()
+            .map(|l| {
+                let i = found.iter().position(|(i, _)| i == l).expect("layer ran");
+                found.swap_remove(i).1
+            })
+            .collect())
+    }
+
+    /// Runs blocks `0..end` over `x`, calling `observe(i, h)` with each block's FFN input.
+    fn run_layers(
+        &self,
+        x: &mut B::Tensor,
+        cache: &mut B::KvCache,
+        end: usize,
+        observe: &mut dyn FnMut(usize, &B::Tensor),
+    ) {
         let b = &self.backend;
         let c = &self.config;
         let pos0 = b.kv_len(cache);
@@ -153,27 +232,35 @@ impl<B: Backend> Model<B> {
             n_kv_heads: c.n_kv_heads,
             head_dim: c.head_dim,
         };
-        let mut x = b.embed(&self.token_embd, tokens)?;
-        for (i, l) in self.layers.iter().enumerate() {
-            let h = b.rms_norm(&x, &l.attn_norm, c.norm_eps);
+        for (i, l) in self.layers.iter().enumerate().take(end) {
+            let h = b.rms_norm(x, &l.attn_norm, c.norm_eps);
             let mut q = b.matmul(&l.wq, &h);
             let mut k = b.matmul(&l.wk, &h);
             let v = b.matmul(&l.wv, &h);
             b.rope(&mut q, c.n_heads, c.head_dim, pos0, &c.rope);
             b.rope(&mut k, c.n_kv_heads, c.head_dim, pos0, &c.rope);
             let attn = b.attention(&q, &k, &v, cache, i, shape);
-            b.add_assign(&mut x, &b.matmul(&l.wo, &attn));
-            let h = b.rms_norm(&x, &l.ffn_norm, c.norm_eps);
+            b.add_assign(x, &b.matmul(&l.wo, &attn));
+            let h = b.rms_norm(x, &l.ffn_norm, c.norm_eps);
+            observe(i, &h);
             let ff = b.silu_mul(&b.matmul(&l.w_gate, &h), &b.matmul(&l.w_up, &h));
-            b.add_assign(&mut x, &b.matmul(&l.w_down, &ff));
+            b.add_assign(x, &b.matmul(&l.w_down, &ff));
+            // Beside the FFN: with all values zero this adds exact zeros, so the model is
+            // bit-for-bit the base model.
+            for m in self.memory.iter().filter(|m| m.layer == i) {
+                b.add_assign(x, &m.forward(b, &h));
+            }
         }
-        if which == Logits::Last && tokens.len() > 1 {
-            x = b.slice_rows(&x, tokens.len() - 1, tokens.len());
-        }
-        let x = b.rms_norm(&x, &self.output_norm, c.norm_eps);
-        let head = self.output.as_ref().unwrap_or(&self.token_embd);
-        Ok(b.download(&b.matmul(head, &x)))
     }
+}
+
+fn tokens_checked(tokens: &[u32]) -> Result<&[u32]> {
+    if tokens.is_empty() {
+        return Err(Error::InvalidArgument(
+            "forward needs at least one token".into(),
+        ));
+    }
+    Ok(tokens)
 }
 
 /// Summary of one tensor type's share of the model, for `engram info`.

@@ -53,6 +53,24 @@ pub fn quantize_activations(x: &[f32], out: &mut Vec<Q8Act>) {
     }));
 }
 
+/// Plain dot product written in 8 lanes so the compiler vectorizes it.
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Dot product of one weight row (`dtype` blocks) with an activation row given both as f32
 /// (`x`, used by float formats) and as Q8 blocks (`xq`, used by integer formats).
 #[inline]

@@ -7,7 +7,7 @@ mod blocks;
 mod dot;
 
 pub use blocks::{dequantize_row, quantize_row};
-pub use dot::{Q8Act, QK, dot_row, dot_rows, quantize_activations};
+pub use dot::{Q8Act, QK, dot_f32, dot_row, dot_rows, quantize_activations};
 
 use crate::{Error, Result};
 

@@ -2,8 +2,11 @@
 
 use rayon::prelude::*;
 
-use super::{AttentionShape, Backend, Rope, RopeLayout, WeightSource};
-use crate::quant::{GgmlType, Q8Act, QK, dequantize_row, dot_row, dot_rows, quantize_activations};
+use super::{AttentionShape, Backend, ProductKeyShape, Rope, RopeLayout, WeightSource};
+use crate::memory::product_keys::{lookup_head, softmax};
+use crate::quant::{
+    GgmlType, Q8Act, QK, dequantize_row, dot_f32, dot_row, dot_rows, quantize_activations,
+};
 use crate::{Error, Result};
 
 /// Runs every op on the host CPU.
@@ -32,6 +35,17 @@ impl CpuWeight {
     fn row(&self, r: usize) -> &[u8] {
         &self.src.bytes.as_slice()[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
+}
+
+/// Memory slot ids in host memory: `rows` tokens × `cols` picks.
+#[derive(Clone, Debug)]
+pub struct CpuSlots {
+    /// Row-major slot ids.
+    pub ids: Vec<u32>,
+    /// Tokens.
+    pub rows: usize,
+    /// Picks per token.
+    pub cols: usize,
 }
 
 /// Keys and values of every layer, appended as tokens arrive.
@@ -71,6 +85,7 @@ impl Backend for CpuBackend {
     type Tensor = CpuTensor;
     type Weight = CpuWeight;
     type KvCache = CpuKvCache;
+    type Slots = CpuSlots;
 
     fn name(&self) -> String {
         format!("cpu ({} threads)", self.threads())
@@ -108,6 +123,11 @@ impl Backend for CpuBackend {
             rows,
             cols,
         }
+    }
+
+    fn upload_vec(&self, data: Vec<f32>, rows: usize, cols: usize) -> CpuTensor {
+        assert_eq!(data.len(), rows * cols, "upload: data does not match shape");
+        CpuTensor { data, rows, cols }
     }
 
     fn download(&self, t: &CpuTensor) -> Vec<f32> {
@@ -299,6 +319,110 @@ impl Backend for CpuBackend {
         }
     }
 
+    fn add_row(&self, x: &mut CpuTensor, row: &CpuTensor) {
+        assert_eq!(row.data.len(), x.cols, "add_row: width");
+        for r in x.data.chunks_exact_mut(x.cols) {
+            for (a, b) in r.iter_mut().zip(&row.data) {
+                *a += b;
+            }
+        }
+    }
+
+    fn product_key_topk(
+        &self,
+        q: &CpuTensor,
+        keys: &CpuTensor,
+        shape: ProductKeyShape,
+    ) -> (CpuSlots, CpuTensor) {
+        let ProductKeyShape {
+            heads,
+            n_keys,
+            top_k,
+            k_dim,
+        } = shape;
+        assert_eq!(q.cols, shape.query_cols(), "product_key_topk: query width");
+        assert_eq!(
+            (keys.rows, keys.cols),
+            (shape.key_rows(), k_dim / 2),
+            "product_key_topk: sub-key table shape"
+        );
+        let picks = shape.picks();
+        let mut ids = vec![0u32; q.rows * picks];
+        let mut weights = vec![0f32; q.rows * picks];
+        let head_keys = 2 * n_keys * (k_dim / 2);
+        self.pool.install(|| {
+            ids.par_chunks_mut(top_k)
+                .zip(weights.par_chunks_mut(top_k))
+                .enumerate()
+                .for_each(|(idx, (ids, ws))| {
+                    let (t, h) = (idx / heads, idx % heads);
+                    let qh = &q.data[t * q.cols + h * k_dim..][..k_dim];
+                    let kh = &keys.data[h * head_keys..][..head_keys];
+                    let best = lookup_head(qh, kh, n_keys, top_k);
+                    for ((id, w), (score, slot)) in ids.iter_mut().zip(ws.iter_mut()).zip(best) {
+                        *id = slot;
+                        *w = score;
+                    }
+                    softmax(ws);
+                });
+        });
+        (
+            CpuSlots {
+                ids,
+                rows: q.rows,
+                cols: picks,
+            },
+            CpuTensor {
+                data: weights,
+                rows: q.rows,
+                cols: picks,
+            },
+        )
+    }
+
+    fn download_slots(&self, slots: &CpuSlots) -> Vec<u32> {
+        slots.ids.clone()
+    }
+
+    fn gather_values(
+        &self,
+        values: &CpuTensor,
+        slots: &CpuSlots,
+        weights: &CpuTensor,
+    ) -> CpuTensor {
+        assert_eq!(
+            (slots.rows, slots.cols),
+            (weights.rows, weights.cols),
+            "gather_values: slots and weights differ in shape"
+        );
+        let d = values.cols;
+        let mut data = vec![0f32; slots.rows * d];
+        let row = |t: usize, out: &mut [f32]| {
+            let ids = &slots.ids[t * slots.cols..][..slots.cols];
+            let ws = &weights.data[t * slots.cols..][..slots.cols];
+            for (&id, &w) in ids.iter().zip(ws) {
+                let v = &values.data[id as usize * d..][..d];
+                for (o, x) in out.iter_mut().zip(v) {
+                    *o += w * x;
+                }
+            }
+        };
+        if slots.rows == 1 {
+            row(0, &mut data);
+        } else {
+            self.pool.install(|| {
+                data.par_chunks_mut(d)
+                    .enumerate()
+                    .for_each(|(t, out)| row(t, out));
+            });
+        }
+        CpuTensor {
+            data,
+            rows: slots.rows,
+            cols: d,
+        }
+    }
+
     fn new_kv_cache(&self, n_layers: usize, kv_dim: usize, capacity: usize) -> CpuKvCache {
         let reserve = capacity.min(512) * kv_dim;
         CpuKvCache {
@@ -378,22 +502,4 @@ impl Backend for CpuBackend {
             cols: n_heads * head_dim,
         }
     }
-}
-
-/// Plain dot product written in 8 lanes so the compiler vectorizes it.
-fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }

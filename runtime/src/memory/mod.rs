@@ -1,0 +1,20 @@
+//! The memory layer: product-key lookup, its parameters and store file, and the retrofit that
+//! fits it into a pretrained model without changing what the model computes.
+
+mod config;
+mod layer;
+mod linalg;
+pub mod product_keys;
+mod retrofit;
+mod store;
+mod usage;
+
+pub use config::{MAX_KEYS, MemoryConfig};
+pub use layer::{MemoryBlock, MemoryLookup, SlotLookup};
+pub use product_keys::ProductKeyShape;
+pub use retrofit::{Init, RetrofitOptions, RetrofitProgress, retrofit};
+pub use store::{
+    BackgroundInfo, BackgroundStats, MemoryLayerParams, MemoryStore, STORE_FORMAT_VERSION,
+    STORE_KIND,
+};
+pub use usage::SlotUsage;

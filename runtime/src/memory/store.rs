@@ -1,0 +1,371 @@
+//! The memory store file: a GGUF container with `engram.*` metadata and f32 tensors.
+
+use std::path::Path;
+
+use xxhash_rust::xxh3::Xxh3;
+
+use super::config::MemoryConfig;
+use super::usage::SlotUsage;
+use crate::gguf::{Gguf, GgufWriter, Value, ValueType};
+use crate::model::ModelConfig;
+use crate::quant::GgmlType;
+use crate::{Error, Result};
+
+/// Version of the memory-store layout this build reads and writes.
+pub const STORE_FORMAT_VERSION: u32 = 1;
+/// `engram.kind` of a memory store.
+pub const STORE_KIND: &str = "memory";
+
+/// Per-slot statistics of the background corpus.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BackgroundStats {
+    /// Accesses per slot over all background tokens, heads and top-k picks.
+    pub count: Vec<f32>,
+    /// Background batches that touched each slot at least once (document frequency).
+    pub df: Vec<f32>,
+}
+
+/// How the background statistics were gathered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackgroundInfo {
+    /// Batches (B in the TF-IDF formula).
+    pub batches: u64,
+    /// Tokens seen.
+    pub tokens: u64,
+    /// Tokens per batch.
+    pub batch_tokens: u64,
+}
+
+/// The parameters of the memory beside one transformer block, in host memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemoryLayerParams {
+    /// The transformer block.
+    pub layer: usize,
+    /// Query projection, (heads·k_dim) × dim, row-major.
+    pub query: Vec<f32>,
+    /// Query bias, heads·k_dim.
+    pub query_bias: Vec<f32>,
+    /// Sub-keys, (heads·2·n_keys) × (k_dim/2): head h, half s at rows (2h+s)·n_keys.
+    pub keys: Vec<f32>,
+    /// Gate projection W1 (dim × dim), when gated.
+    pub gate_in: Option<Vec<f32>>,
+    /// Output projection W2 (dim × dim), when gated.
+    pub gate_out: Option<Vec<f32>>,
+    /// Value rows, slots × dim.
+    pub values: Vec<f32>,
+    /// Background usage of each slot.
+    pub background: BackgroundStats,
+}
+
+impl MemoryLayerParams {
+    /// A copy of everything but the value rows (left empty), which are the bulk of the size.
+    pub fn clone_without_values(&self) -> Self {
+        MemoryLayerParams {
+            layer: self.layer,
+            query: self.query.clone(),
+            query_bias: self.query_bias.clone(),
+            keys: self.keys.clone(),
+            gate_in: self.gate_in.clone(),
+            gate_out: self.gate_out.clone(),
+            values: Vec::new(),
+            background: self.background.clone(),
+        }
+    }
+}
+
+/// A memory layer and everything known about it: what a user's learning lives in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemoryStore {
+    /// Shape and placement.
+    pub config: MemoryConfig,
+    /// Model width (value rows have this many columns).
+    pub dim: usize,
+    /// [`crate::model::fingerprint`] of the base model the store belongs to.
+    pub base_fingerprint: String,
+    /// Hash of the initial (frozen) parameters: stores with equal ids can exchange deltas.
+    pub init_fingerprint: String,
+    /// How the background statistics were gathered.
+    pub background: BackgroundInfo,
+    /// One entry per memory layer, in `config.layers` order.
+    pub layers: Vec<MemoryLayerParams>,
+    /// Free-form provenance (`engram.info.*`): how the store was made.
+    pub info: Vec<(String, String)>,
+}
+
+fn tensor_name(layer: usize, part: &str) -> String {
+    format!("mem.{layer}.{part}")
+}
+
+impl MemoryStore {
+    /// Hash of the parameters that learning never changes (query, keys, gates) and the config.
+    pub fn compute_init_fingerprint(config: &MemoryConfig, layers: &[MemoryLayerParams]) -> String {
+        let mut h = Xxh3::new();
+        h.update(format!("{config:?}").as_bytes());
+        let mut put = |v: &[f32]| {
+            h.update(&(v.len() as u64).to_le_bytes());
+            for x in v {
+                h.update(&x.to_le_bytes());
+            }
+        };
+        for l in layers {
+            put(&l.query);
+            put(&l.query_bias);
+            put(&l.keys);
+            put(l.gate_in.as_deref().unwrap_or(&[]));
+            put(l.gate_out.as_deref().unwrap_or(&[]));
+        }
+        format!("{:032x}", h.digest128())
+    }
+
+    /// Expected element count and GGUF dims (innermost first) of each tensor of a layer.
+    fn tensor_shapes(&self) -> Vec<(&'static str, Vec<u64>)> {
+        let c = &self.config;
+        let (d, qk, slots) = (
+            self.dim as u64,
+            (c.heads * c.k_dim) as u64,
+            c.slots() as u64,
+        );
+        let mut v = vec![
+            ("query.weight", vec![d, qk]),
+            ("query.bias", vec![qk]),
+            (
+                "keys",
+                vec![c.half_dim() as u64, c.n_keys as u64, 2 * c.heads as u64],
+            ),
+            ("values", vec![d, slots]),
+            ("background.count", vec![slots]),
+            ("background.df", vec![slots]),
+        ];
+        if c.gated {
+            v.push(("gate_in.weight", vec![d, d]));
+            v.push(("gate_out.weight", vec![d, d]));
+        }
+        v
+    }
+
+    /// Checks the config against the model and the fingerprint against the model's.
+    pub fn check_model(&self, model: &ModelConfig, model_fingerprint: &str) -> Result<()> {
+        self.config.validate(model)?;
+        if self.dim != model.dim {
+            return Err(Error::Memory(format!(
+                "the store's value rows have {} columns but the model's width is {}",
+                self.dim, model.dim
+            )));
+        }
+        if self.base_fingerprint != model_fingerprint {
+            return Err(Error::Memory(format!(
+                "the store was made for another base model (fingerprint {}, this model {}); \
+                 retrofit a new store for this model",
+                self.base_fingerprint, model_fingerprint
+            )));
+        }
+        Ok(())
+    }
+
+    /// Serializes the store (values and statistics included) into a GGUF writer.
+    pub fn to_writer(&self) -> Result<GgufWriter> {
+        let c = &self.config;
+        let mut w = GgufWriter::new();
+        let s = |v: &str| Value::String(v.to_owned());
+        let u = |v: usize| Value::U64(v as u64);
+        w.set("general.architecture", s("engram-memory"));
+        w.set("engram.kind", s(STORE_KIND));
+        w.set("engram.format_version", Value::U32(STORE_FORMAT_VERSION));
+        w.set("engram.base.fingerprint", s(&self.base_fingerprint));
+        w.set("engram.memory.init_fingerprint", s(&self.init_fingerprint));
+        w.set(
+            "engram.memory.layers",
+            Value::Array(
+                ValueType::U64,
+                c.layers.iter().map(|&l| Value::U64(l as u64)).collect(),
+            ),
+        );
+        w.set("engram.memory.n_keys", u(c.n_keys));
+        w.set("engram.memory.heads", u(c.heads));
+        w.set("engram.memory.top_k", u(c.top_k));
+        w.set("engram.memory.k_dim", u(c.k_dim));
+        w.set("engram.memory.v_dim", u(self.dim));
+        w.set("engram.memory.gated", Value::Bool(c.gated));
+        w.set(
+            "engram.background.batches",
+            Value::U64(self.background.batches),
+        );
+        w.set(
+            "engram.background.tokens",
+            Value::U64(self.background.tokens),
+        );
+        w.set(
+            "engram.background.batch_tokens",
+            Value::U64(self.background.batch_tokens),
+        );
+        for (k, v) in &self.info {
+            w.set(format!("engram.info.{k}"), s(v));
+        }
+        let shapes = self.tensor_shapes();
+        for l in &self.layers {
+            for (part, dims) in &shapes {
+                let data: &[f32] = match *part {
+                    "query.weight" => &l.query,
+                    "query.bias" => &l.query_bias,
+                    "keys" => &l.keys,
+                    "values" => &l.values,
+                    "background.count" => &l.background.count,
+                    "background.df" => &l.background.df,
+                    "gate_in.weight" => l.gate_in.as_deref().unwrap_or(&[]),
+                    _ => l.gate_out.as_deref().unwrap_or(&[]),
+                };
+                w.add_f32(tensor_name(l.layer, part), dims, data)?;
+            }
+        }
+        Ok(w)
+    }
+
+    /// Writes the store atomically (a crash leaves either the old file or the new one).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.to_writer()?.write_atomic(path)
+    }
+
+    /// Reads a store, checking that it is one and that every tensor matches its config.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let gguf = Gguf::open(path)?;
+        Self::from_gguf(&gguf).map_err(|e| match e {
+            Error::Memory(m) => Error::Memory(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Reads a store from a parsed GGUF.
+    pub fn from_gguf(g: &Gguf) -> Result<Self> {
+        let bad = |m: String| Error::Memory(m);
+        match g.get("engram.kind").and_then(Value::as_str) {
+            Some(STORE_KIND) => {}
+            _ => {
+                return Err(bad(
+                    "not an engram memory store (engram.kind is not \"memory\")".into(),
+                ));
+            }
+        }
+        let version = g.get_u64("engram.format_version")?;
+        if version != STORE_FORMAT_VERSION as u64 {
+            return Err(Error::Unsupported(format!(
+                "memory store format version {version} (this build reads {STORE_FORMAT_VERSION})"
+            )));
+        }
+        let size = |k: &str| -> Result<usize> {
+            let v = g.get_u64(k)?;
+            usize::try_from(v)
+                .ok()
+                .filter(|&v| v <= 1 << 24)
+                .ok_or_else(|| bad(format!("{k} = {v} is out of range")))
+        };
+        let layers = g
+            .get("engram.memory.layers")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("engram.memory.layers is missing or not an array".into()))?
+            .iter()
+            .map(|v| {
+                v.as_u64()
+                    .and_then(|l| usize::try_from(l).ok())
+                    .filter(|&l| l < 1 << 16)
+                    .ok_or_else(|| bad("engram.memory.layers holds a non-layer value".into()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let config = MemoryConfig {
+            layers,
+            n_keys: size("engram.memory.n_keys")?,
+            heads: size("engram.memory.heads")?,
+            top_k: size("engram.memory.top_k")?,
+            k_dim: size("engram.memory.k_dim")?,
+            gated: matches!(g.get("engram.memory.gated"), Some(Value::Bool(true))),
+        };
+        let dim = size("engram.memory.v_dim")?;
+        config.validate_shape().map_err(|e| bad(e.to_string()))?;
+        if dim == 0 {
+            return Err(bad("engram.memory.v_dim is 0".into()));
+        }
+        let string = |k: &str| -> Result<String> { Ok(g.get_str(k)?.to_owned()) };
+        let mut store = MemoryStore {
+            dim,
+            base_fingerprint: string("engram.base.fingerprint")?,
+            init_fingerprint: string("engram.memory.init_fingerprint")?,
+            background: BackgroundInfo {
+                batches: g.get_u64("engram.background.batches")?,
+                tokens: g.get_u64("engram.background.tokens")?,
+                batch_tokens: g.get_u64("engram.background.batch_tokens")?,
+            },
+            layers: Vec::new(),
+            info: g
+                .metadata()
+                .iter()
+                .filter_map(|(k, v)| {
+                    let key = k.strip_prefix("engram.info.")?;
+                    Some((key.to_owned(), v.as_str()?.to_owned()))
+                })
+                .collect(),
+            config,
+        };
+        let shapes = store.tensor_shapes();
+        for &layer in &store.config.layers {
+            let read = |part: &str| -> Result<Vec<f32>> {
+                let name = tensor_name(layer, part);
+                let t = g
+                    .tensor(&name)
+                    .ok_or_else(|| bad(format!("tensor {name} is missing")))?;
+                let dims = &shapes
+                    .iter()
+                    .find(|(p, _)| *p == part)
+                    .expect("known part")
+                    .1;
+                if t.dtype != GgmlType::F32 || &t.dims != dims {
+                    return Err(bad(format!(
+                        "tensor {name} is {} {:?}, the config needs f32 {dims:?}",
+                        t.dtype, t.dims
+                    )));
+                }
+                let v: Vec<f32> = g
+                    .tensor_data(t)
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                    return Err(bad(format!(
+                        "tensor {name} holds a non-finite value at {i}"
+                    )));
+                }
+                Ok(v)
+            };
+            let gated = store.config.gated;
+            store.layers.push(MemoryLayerParams {
+                layer,
+                query: read("query.weight")?,
+                query_bias: read("query.bias")?,
+                keys: read("keys")?,
+                gate_in: if gated {
+                    Some(read("gate_in.weight")?)
+                } else {
+                    None
+                },
+                gate_out: if gated {
+                    Some(read("gate_out.weight")?)
+                } else {
+                    None
+                },
+                values: read("values")?,
+                background: BackgroundStats {
+                    count: read("background.count")?,
+                    df: read("background.df")?,
+                },
+            });
+        }
+        Ok(store)
+    }
+
+    /// Slot-usage statistics of each layer's background counts.
+    pub fn usage(&self) -> Vec<SlotUsage> {
+        self.layers
+            .iter()
+            .map(|l| SlotUsage::from_counts(&l.background.count))
+            .collect()
+    }
+}
