@@ -221,3 +221,194 @@ fn prompt_longer_than_context_is_one_line_error() {
     let o = run_on(model(), &["generate", "--ctx", "32", "-p", &prompt]);
     assert_one_line_error(&o, "context holds 32");
 }
+
+/// The background corpus built by scripts/build-background.
+fn background() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/background.txt");
+    assert!(
+        p.is_file(),
+        "background corpus missing: run scripts/build-background"
+    );
+    p
+}
+
+/// A small fitted store (4,096 slots over 512 background tokens) at `out`.
+fn small_store(out: &Path) -> Output {
+    let bg = background();
+    run_on(
+        model(),
+        &[
+            "retrofit",
+            "--background",
+            bg.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--max-tokens",
+            "512",
+            "--batch-tokens",
+            "128",
+            "--n-keys",
+            "64",
+            "--fit-samples",
+            "512",
+        ],
+    )
+}
+
+#[test]
+fn retrofit_store_answers_like_the_base_model_and_info_shows_usage() {
+    let store = scratch("small.engram");
+    let o = small_store(&store);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(stdout(&o).trim(), store.to_str().unwrap());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("slots touched"));
+
+    let info = engram().arg("info").arg(&store).output().unwrap();
+    assert!(info.status.success());
+    let text = stdout(&info);
+    for needle in [
+        "engram memory store",
+        "slots         4096",
+        "layers        [20]",
+        "touched",
+        "busiest 1%",
+        "0 rows hold learned values",
+    ] {
+        assert!(text.contains(needle), "info lacks {needle:?}:\n{text}");
+    }
+
+    let prompt = ["generate", "-p", "The capital of France is", "-n", "8"];
+    let base = run_on(model(), &prompt);
+    let mut args = prompt.to_vec();
+    args.extend(["--memory", store.to_str().unwrap()]);
+    let with = run_on(model(), &args);
+    assert!(
+        with.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
+    assert_eq!(stdout(&with), stdout(&base));
+    assert!(stdout(&with).contains("Paris"));
+}
+
+#[test]
+fn retrofit_refuses_bad_config_and_writes_nothing() {
+    let bg = background();
+    let out = scratch("never.engram");
+    for (flag, value, needle) in [
+        ("--layer", "30", "layer 30 is out of range"),
+        ("--k-dim", "255", "k_dim 255 must be even"),
+        ("--top-k", "300", "top_k 300"),
+        ("--heads", "0", "heads 0"),
+        ("--n-keys", "70000", "n_keys 70000"),
+    ] {
+        let o = run_on(
+            model(),
+            &[
+                "retrofit",
+                "--background",
+                bg.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+                flag,
+                value,
+            ],
+        );
+        assert_one_line_error(&o, needle);
+        assert!(!out.exists(), "{flag} {value}: a file was written");
+    }
+    let o = run_on(
+        model(),
+        &[
+            "retrofit",
+            "--background",
+            "/nonexistent/bg.txt",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_one_line_error(&o, "scripts/build-background");
+    assert!(!out.exists());
+}
+
+#[test]
+fn retrofit_keeps_an_existing_store() {
+    let out = scratch("precious.engram");
+    std::fs::write(&out, b"what the user taught").unwrap();
+    let bg = background();
+    let o = run_on(
+        model(),
+        &[
+            "retrofit",
+            "--background",
+            bg.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_one_line_error(&o, "--force");
+    assert_eq!(std::fs::read(&out).unwrap(), b"what the user taught");
+}
+
+#[test]
+fn ctrl_c_stops_retrofit_without_writing_anything() {
+    let dir = scratch("interrupt-dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("stopped.engram");
+    let bg = background();
+    let child = engram()
+        .args([
+            "retrofit",
+            "--background",
+            bg.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .arg("-m")
+        .arg(model())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Well into the hidden-state collection (the full corpus takes minutes).
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let o = child.wait_with_output().unwrap();
+    assert_one_line_error(&o, "interrupted");
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert!(left.is_empty(), "files left behind: {left:?}");
+}
+
+#[test]
+fn wrong_or_damaged_memory_stores_are_one_line_errors() {
+    let m = model();
+    let args = |store: &Path| {
+        run_on(
+            model(),
+            &[
+                "generate",
+                "-p",
+                "hi",
+                "-n",
+                "1",
+                "--memory",
+                store.to_str().unwrap(),
+            ],
+        )
+    };
+    assert_one_line_error(&args(&m), "not an engram memory store");
+    assert_one_line_error(
+        &args(Path::new("/nonexistent/x.engram")),
+        "/nonexistent/x.engram",
+    );
+    let store = scratch("to-cut.engram");
+    let o = small_store(&store);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bytes = std::fs::read(&store).unwrap();
+    let cut = scratch("cut.engram");
+    std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
+    assert_one_line_error(&args(&cut), "invalid GGUF");
+}

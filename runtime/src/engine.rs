@@ -220,6 +220,11 @@ impl Engine {
         &self.model
     }
 
+    /// The model graph, mutable (learning changes the memory's values through it).
+    pub fn model_mut(&mut self) -> &mut Model<CpuBackend> {
+        &mut self.model
+    }
+
     /// The tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer

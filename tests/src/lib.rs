@@ -242,10 +242,20 @@ pub fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
 /// A tiny random llama model (2 layers, d = 64, 258-token byte-level vocabulary) written with
 /// engram's GGUF writer; weight types vary by tensor so every block format is exercised.
 pub fn tiny_llama_gguf(seed: u64) -> Vec<u8> {
+    tiny_llama(seed, 2, false)
+}
+
+/// Like [`tiny_llama_gguf`] with `layers` blocks whose weights are all f32 and whose norm
+/// weights are not all one: every op is then smooth, for finite-difference gradient checks.
+pub fn tiny_llama_f32_gguf(seed: u64, layers: usize) -> Vec<u8> {
+    tiny_llama(seed, layers, true)
+}
+
+fn tiny_llama(seed: u64, layers: usize, all_f32: bool) -> Vec<u8> {
     use engram::gguf::{GgufWriter, Value, ValueType};
     use engram::quant::{GgmlType, quantize_row};
 
-    let (dim, layers, heads, kv_heads, ffn) = (64usize, 2usize, 4usize, 2usize, 256usize);
+    let (dim, heads, kv_heads, ffn) = (64usize, 4usize, 2usize, 256usize);
     let head_dim = dim / heads;
     let alphabet = engram::tokenizer::byte_level_alphabet();
     let mut tokens: Vec<String> = alphabet.iter().map(|c| c.to_string()).collect();
@@ -287,8 +297,10 @@ pub fn tiny_llama_gguf(seed: u64) -> Vec<u8> {
     w.set("tokenizer.ggml.bos_token_id", Value::U32(256));
     w.set("tokenizer.ggml.eos_token_id", Value::U32(257));
 
+    let norm_seed = seed ^ 77;
     let mut seed = seed;
     let mut matrix = |w: &mut GgufWriter, name: &str, dtype: GgmlType, rows: usize, cols: usize| {
+        let dtype = if all_f32 { GgmlType::F32 } else { dtype };
         seed += 1;
         let values = noise(rows * cols, seed, 0.5);
         let bytes: Vec<u8> = values
@@ -298,7 +310,11 @@ pub fn tiny_llama_gguf(seed: u64) -> Vec<u8> {
         w.add_tensor(name, dtype, &[cols as u64, rows as u64], bytes)
             .expect("valid tensor");
     };
-    let ones = vec![1f32; dim];
+    let ones: Vec<f32> = if all_f32 {
+        noise(dim, norm_seed, 0.3).iter().map(|v| 1.0 + v).collect()
+    } else {
+        vec![1f32; dim]
+    };
     matrix(
         &mut w,
         "token_embd.weight",

@@ -81,6 +81,8 @@ pub trait Backend: Send + Sync {
     fn download(&self, t: &Self::Tensor) -> Vec<f32>;
     /// `(rows, cols)` of a tensor.
     fn shape(&self, t: &Self::Tensor) -> (usize, usize);
+    /// A `total`-row tensor of zeros with `t` placed at rows `start..`.
+    fn pad_rows(&self, t: &Self::Tensor, start: usize, total: usize) -> Self::Tensor;
     /// Rows `start..end` as a new tensor.
     fn slice_rows(&self, t: &Self::Tensor, start: usize, end: usize) -> Self::Tensor;
 
@@ -118,6 +120,59 @@ pub trait Backend: Send + Sync {
         slots: &Self::Slots,
         weights: &Self::Tensor,
     ) -> Self::Tensor;
+
+    // Backward ops: gradients with respect to activations only (weights stay frozen).
+
+    /// dx = dy · W, the transpose of [`Backend::matmul`]: dy is n × rows, dx is n × cols.
+    fn matmul_backward(&self, w: &Self::Weight, dy: &Self::Tensor) -> Self::Tensor;
+    /// Gradient of [`Backend::rms_norm`] with respect to its input `x`.
+    fn rms_norm_backward(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        eps: f32,
+        dy: &Self::Tensor,
+    ) -> Self::Tensor;
+    /// Gradient of [`Backend::rope`]: the inverse rotation, in place.
+    fn rope_backward(
+        &self,
+        dy: &mut Self::Tensor,
+        n_heads: usize,
+        head_dim: usize,
+        pos0: usize,
+        rope: &Rope,
+    );
+    /// Gradients (d gate, d up) of [`Backend::silu_mul`].
+    fn silu_mul_backward(
+        &self,
+        gate: &Self::Tensor,
+        up: &Self::Tensor,
+        dy: &Self::Tensor,
+    ) -> (Self::Tensor, Self::Tensor);
+    /// Gradients (dq, dk, dv) of causal attention over one whole sequence (`q`, `k`, `v` after
+    /// RoPE, position 0 first), given the gradient of its output.
+    fn attention_backward(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        dout: &Self::Tensor,
+        shape: AttentionShape,
+    ) -> (Self::Tensor, Self::Tensor, Self::Tensor);
+    /// Softmax cross-entropy of each logits row against `targets` (one per row): the losses
+    /// (nats) and d loss_sum / d logits.
+    fn cross_entropy(&self, logits: &Self::Tensor, targets: &[u32]) -> (Vec<f32>, Self::Tensor);
+    /// Gradients of the rows `rows` of the value table: row r gets
+    /// Σ over (t, j) with slots[t, j] = rows[r] of weights[t, j] · dy[t] (|rows| × dim).
+    fn value_grads(
+        &self,
+        slots: &Self::Slots,
+        weights: &Self::Tensor,
+        dy: &Self::Tensor,
+        rows: &[u32],
+    ) -> Self::Tensor;
+    /// values[rows[r]] -= lr · grads[r]: the sparse SGD step.
+    fn sgd_rows(&self, values: &mut Self::Tensor, rows: &[u32], grads: &Self::Tensor, lr: f32);
 
     /// An empty cache for `n_layers` layers of `kv_dim` features each, up to `capacity` positions.
     fn new_kv_cache(&self, n_layers: usize, kv_dim: usize, capacity: usize) -> Self::KvCache;

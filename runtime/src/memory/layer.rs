@@ -28,6 +28,14 @@ pub struct MemoryBlock<B: Backend> {
     pub values: B::Tensor,
 }
 
+/// Activations of the gated output kept for its backward pass.
+pub struct GateTape<B: Backend> {
+    /// W1 x (before silu).
+    g: B::Tensor,
+    /// The gathered values.
+    y: B::Tensor,
+}
+
 /// What a lookup selected: slots and their softmax weights, tokens × (heads·top_k).
 pub struct MemoryLookup<B: Backend> {
     /// Chosen slots.
@@ -133,11 +141,35 @@ impl<B: Backend> MemoryBlock<B> {
 
     /// The memory's output for `h`: what is added to the residual stream beside the FFN.
     pub fn forward(&self, b: &B, h: &B::Tensor) -> B::Tensor {
-        let found = self.lookup.lookup(b, h);
+        self.forward_from(b, &self.lookup.lookup(b, h), h).0
+    }
+
+    /// The output for an earlier lookup of `h`, and what the gate's backward pass needs.
+    pub fn forward_from(
+        &self,
+        b: &B,
+        found: &MemoryLookup<B>,
+        h: &B::Tensor,
+    ) -> (B::Tensor, Option<GateTape<B>>) {
         let y = b.gather_values(&self.values, &found.slots, &found.weights);
         match &self.gate {
-            Some((w1, w2)) => b.matmul(w2, &b.silu_mul(&b.matmul(w1, h), &y)),
-            None => y,
+            Some((w1, w2)) => {
+                let g = b.matmul(w1, h);
+                let out = b.matmul(w2, &b.silu_mul(&g, &y));
+                (out, Some(GateTape { g, y }))
+            }
+            None => (y, None),
+        }
+    }
+
+    /// Gradient at y (the gathered values) from the gradient at the memory's output.
+    pub fn backward_to_y(&self, b: &B, dout: &B::Tensor, tape: Option<&GateTape<B>>) -> B::Tensor {
+        match (&self.gate, tape) {
+            (Some((_, w2)), Some(t)) => {
+                let dmul = b.matmul_backward(w2, dout);
+                b.silu_mul_backward(&t.g, &t.y, &dmul).1
+            }
+            _ => b.slice_rows(dout, 0, b.shape(dout).0),
         }
     }
 }

@@ -6,13 +6,15 @@ mod layer;
 mod linalg;
 pub mod product_keys;
 mod retrofit;
+mod selection;
 mod store;
 mod usage;
 
 pub use config::{MAX_KEYS, MemoryConfig};
-pub use layer::{MemoryBlock, MemoryLookup, SlotLookup};
+pub use layer::{GateTape, MemoryBlock, MemoryLookup, SlotLookup};
 pub use product_keys::ProductKeyShape;
 pub use retrofit::{Init, RetrofitOptions, RetrofitProgress, retrofit};
+pub use selection::{SlotScoring, count_accesses, select_slots};
 pub use store::{
     BackgroundInfo, BackgroundStats, MemoryLayerParams, MemoryStore, STORE_FORMAT_VERSION,
     STORE_KIND,

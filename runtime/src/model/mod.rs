@@ -2,9 +2,11 @@
 
 mod config;
 mod fingerprint;
+mod train;
 
 pub use config::{ModelConfig, SUPPORTED_ARCHITECTURES};
 pub use fingerprint::fingerprint;
+pub use train::{PreparedSequence, SequenceGradient};
 
 use crate::backend::{AttentionShape, Backend, WeightSource};
 use crate::gguf::{Gguf, TensorInfo};
@@ -151,6 +153,11 @@ impl<B: Backend> Model<B> {
         &self.memory
     }
 
+    /// The attached memory layers, for learning steps that change their values.
+    pub fn memory_mut(&mut self) -> &mut [MemoryBlock<B>] {
+        &mut self.memory
+    }
+
     /// Takes the memory layers off the model (it is the base model again).
     pub fn take_memory(&mut self) -> Vec<MemoryBlock<B>> {
         std::mem::take(&mut self.memory)
@@ -172,7 +179,7 @@ impl<B: Backend> Model<B> {
         let b = &self.backend;
         let c = &self.config;
         let mut x = b.embed(&self.token_embd, tokens_checked(tokens)?)?;
-        self.run_layers(&mut x, cache, c.n_layers, &mut |_, _| {});
+        self.run_layers(&mut x, cache, c.n_layers, true, &mut |_, _| {});
         if which == Logits::Last && tokens.len() > 1 {
             x = b.slice_rows(&x, tokens.len() - 1, tokens.len());
         }
@@ -202,7 +209,7 @@ impl<B: Backend> Model<B> {
             .backend
             .embed(&self.token_embd, tokens_checked(tokens)?)?;
         let mut found: Vec<(usize, B::Tensor)> = Vec::new();
-        self.run_layers(&mut x, cache, last + 1, &mut |i, h| {
+        self.run_layers(&mut x, cache, last + 1, true, &mut |i, h| {
             if layers.contains(&i) {
                 found.push((i, self.backend.slice_rows(h, 0, self.backend.shape(h).0)));
             }
@@ -216,22 +223,28 @@ impl<B: Backend> Model<B> {
             .collect())
     }
 
-    /// Runs blocks `0..end` over `x`, calling `observe(i, h)` with each block's FFN input.
+    fn attention_shape(&self) -> AttentionShape {
+        AttentionShape {
+            n_heads: self.config.n_heads,
+            n_kv_heads: self.config.n_kv_heads,
+            head_dim: self.config.head_dim,
+        }
+    }
+
+    /// Runs blocks `0..end` over `x` (with their memories when `with_memory`), calling
+    /// `observe(i, h)` with each block's FFN input.
     fn run_layers(
         &self,
         x: &mut B::Tensor,
         cache: &mut B::KvCache,
         end: usize,
+        with_memory: bool,
         observe: &mut dyn FnMut(usize, &B::Tensor),
     ) {
         let b = &self.backend;
         let c = &self.config;
         let pos0 = b.kv_len(cache);
-        let shape = AttentionShape {
-            n_heads: c.n_heads,
-            n_kv_heads: c.n_kv_heads,
-            head_dim: c.head_dim,
-        };
+        let shape = self.attention_shape();
         for (i, l) in self.layers.iter().enumerate().take(end) {
             let h = b.rms_norm(x, &l.attn_norm, c.norm_eps);
             let mut q = b.matmul(&l.wq, &h);
@@ -247,7 +260,7 @@ impl<B: Backend> Model<B> {
             b.add_assign(x, &b.matmul(&l.w_down, &ff));
             // Beside the FFN: with all values zero this adds exact zeros, so the model is
             // bit-for-bit the base model.
-            for m in self.memory.iter().filter(|m| m.layer == i) {
+            for m in self.memory.iter().filter(|m| with_memory && m.layer == i) {
                 b.add_assign(x, &m.forward(b, &h));
             }
         }

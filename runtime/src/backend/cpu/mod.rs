@@ -138,6 +138,17 @@ impl Backend for CpuBackend {
         (t.rows, t.cols)
     }
 
+    fn pad_rows(&self, t: &CpuTensor, start: usize, total: usize) -> CpuTensor {
+        assert!(start + t.rows <= total, "pad_rows: rows do not fit");
+        let mut data = vec![0f32; total * t.cols];
+        data[start * t.cols..(start + t.rows) * t.cols].copy_from_slice(&t.data);
+        CpuTensor {
+            data,
+            rows: total,
+            cols: t.cols,
+        }
+    }
+
     fn slice_rows(&self, t: &CpuTensor, start: usize, end: usize) -> CpuTensor {
         CpuTensor {
             data: t.data[start * t.cols..end * t.cols].to_vec(),
@@ -273,30 +284,7 @@ impl Backend for CpuBackend {
     }
 
     fn rope(&self, x: &mut CpuTensor, n_heads: usize, head_dim: usize, pos0: usize, rope: &Rope) {
-        let half = rope.dims / 2;
-        // Angles as pos·s^i with s = base^(−2/dims), built by repeated f32 multiplication
-        // the way ggml builds its RoPE cache, so engram rotates by the same rounded angles.
-        let step = rope.base.powf(-2.0 / rope.dims as f32);
-        let mut cs = vec![(0f32, 0f32); half];
-        for (t, row) in x.data.chunks_exact_mut(x.cols).enumerate() {
-            let mut theta = (pos0 + t) as f32;
-            for c in cs.iter_mut() {
-                let (s, co) = theta.sin_cos();
-                *c = (co, s);
-                theta *= step;
-            }
-            for head in row.chunks_exact_mut(head_dim).take(n_heads) {
-                for (i, &(c, s)) in cs.iter().enumerate() {
-                    let (a, b) = match rope.layout {
-                        RopeLayout::Interleaved => (2 * i, 2 * i + 1),
-                        RopeLayout::Halves => (i, i + half),
-                    };
-                    let (x0, x1) = (head[a], head[b]);
-                    head[a] = x0 * c - x1 * s;
-                    head[b] = x0 * s + x1 * c;
-                }
-            }
-        }
+        rotate(x, n_heads, head_dim, pos0, rope, 1.0);
     }
 
     fn silu_mul(&self, gate: &CpuTensor, up: &CpuTensor) -> CpuTensor {
@@ -423,6 +411,288 @@ impl Backend for CpuBackend {
         }
     }
 
+    fn matmul_backward(&self, w: &CpuWeight, dy: &CpuTensor) -> CpuTensor {
+        let (n, rows, cols) = (dy.rows, w.src.rows, w.src.cols);
+        assert_eq!(
+            dy.cols, rows,
+            "matmul_backward {}: gradient width",
+            w.src.name
+        );
+        let dtype = w.src.dtype;
+        let chunk = rows.div_ceil(self.threads() * 8).max(1);
+        // Each task decodes its weight rows once and scatters them into its own partial dx.
+        let data = self.pool.install(|| {
+            (0..rows.div_ceil(chunk))
+                .into_par_iter()
+                .fold(
+                    || vec![0f32; n * cols],
+                    |mut acc, ci| {
+                        let mut row = vec![0f32; cols];
+                        for r in ci * chunk..((ci + 1) * chunk).min(rows) {
+                            let mut decoded = false;
+                            for t in 0..n {
+                                let g = dy.data[t * rows + r];
+                                if g == 0.0 {
+                                    continue;
+                                }
+                                if !decoded {
+                                    dequantize_row(dtype, w.row(r), &mut row);
+                                    decoded = true;
+                                }
+                                axpy(&mut acc[t * cols..(t + 1) * cols], g, &row);
+                            }
+                        }
+                        acc
+                    },
+                )
+                .reduce(
+                    || vec![0f32; n * cols],
+                    |mut a, b| {
+                        a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                        a
+                    },
+                )
+        });
+        CpuTensor {
+            data,
+            rows: n,
+            cols,
+        }
+    }
+
+    fn rms_norm_backward(
+        &self,
+        x: &CpuTensor,
+        weight: &CpuTensor,
+        eps: f32,
+        dy: &CpuTensor,
+    ) -> CpuTensor {
+        let d = x.cols;
+        let mut data = vec![0f32; x.data.len()];
+        for ((out, xr), gr) in data
+            .chunks_exact_mut(d)
+            .zip(x.data.chunks_exact(d))
+            .zip(dy.data.chunks_exact(d))
+        {
+            let sum: f64 = xr.iter().map(|&v| (v * v) as f64).sum();
+            let s = 1.0 / ((sum / d as f64) + eps as f64).sqrt();
+            // y = x·s·w  ⇒  dx = s·(w⊙dy) − x·s³/d·Σ(w⊙dy⊙x)
+            let dot: f64 = gr
+                .iter()
+                .zip(&weight.data)
+                .zip(xr)
+                .map(|((&g, &w), &v)| (g * w) as f64 * v as f64)
+                .sum();
+            let k = s * s * s * dot / d as f64;
+            for (((o, &g), &w), &v) in out.iter_mut().zip(gr).zip(&weight.data).zip(xr) {
+                *o = (s * (g * w) as f64 - k * v as f64) as f32;
+            }
+        }
+        CpuTensor {
+            data,
+            rows: x.rows,
+            cols: d,
+        }
+    }
+
+    fn rope_backward(
+        &self,
+        dy: &mut CpuTensor,
+        n_heads: usize,
+        head_dim: usize,
+        pos0: usize,
+        rope: &Rope,
+    ) {
+        rotate(dy, n_heads, head_dim, pos0, rope, -1.0);
+    }
+
+    fn silu_mul_backward(
+        &self,
+        gate: &CpuTensor,
+        up: &CpuTensor,
+        dy: &CpuTensor,
+    ) -> (CpuTensor, CpuTensor) {
+        let n = gate.data.len();
+        let (mut dg, mut du) = (vec![0f32; n], vec![0f32; n]);
+        for i in 0..n {
+            let (g, u, d) = (gate.data[i], up.data[i], dy.data[i]);
+            let sig = 1.0 / (1.0 + (-g).exp());
+            dg[i] = d * u * sig * (1.0 + g * (1.0 - sig));
+            du[i] = d * g * sig;
+        }
+        let t = |data| CpuTensor {
+            data,
+            rows: gate.rows,
+            cols: gate.cols,
+        };
+        (t(dg), t(du))
+    }
+
+    fn attention_backward(
+        &self,
+        q: &CpuTensor,
+        k: &CpuTensor,
+        v: &CpuTensor,
+        dout: &CpuTensor,
+        shape: AttentionShape,
+    ) -> (CpuTensor, CpuTensor, CpuTensor) {
+        let AttentionShape {
+            n_heads,
+            n_kv_heads,
+            head_dim: hd,
+        } = shape;
+        let n = q.rows;
+        let group = n_heads / n_kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (qc, kc) = (q.cols, k.cols);
+        // One task per kv head: it owns that head's dk, dv and its query heads' dq.
+        let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = self.pool.install(|| {
+            (0..n_kv_heads)
+                .into_par_iter()
+                .map(|kvh| {
+                    let mut dq = vec![0f32; n * group * hd];
+                    let mut dk = vec![0f32; n * hd];
+                    let mut dv = vec![0f32; n * hd];
+                    let kj = |j: usize| &k.data[j * kc + kvh * hd..][..hd];
+                    let vj = |j: usize| &v.data[j * kc + kvh * hd..][..hd];
+                    let mut p = vec![0f32; n];
+                    let mut dp = vec![0f32; n];
+                    for g in 0..group {
+                        let h = kvh * group + g;
+                        for t in 0..n {
+                            let qt = &q.data[t * qc + h * hd..][..hd];
+                            let dot = &dout.data[t * qc + h * hd..][..hd];
+                            let mut max = f32::NEG_INFINITY;
+                            for (j, pj) in p[..=t].iter_mut().enumerate() {
+                                *pj = dot_f32(qt, kj(j)) * scale;
+                                max = max.max(*pj);
+                            }
+                            let mut sum = 0f32;
+                            for pj in &mut p[..=t] {
+                                *pj = (*pj - max).exp();
+                                sum += *pj;
+                            }
+                            let mut weighted = 0f32;
+                            for (j, (pj, dpj)) in p[..=t].iter_mut().zip(&mut dp[..=t]).enumerate()
+                            {
+                                *pj /= sum;
+                                *dpj = dot_f32(dot, vj(j));
+                                weighted += *pj * *dpj;
+                            }
+                            let dqt = &mut dq[(t * group + g) * hd..][..hd];
+                            for j in 0..=t {
+                                let ds = p[j] * (dp[j] - weighted) * scale;
+                                axpy(dqt, ds, kj(j));
+                                axpy(&mut dk[j * hd..(j + 1) * hd], ds, qt);
+                                axpy(&mut dv[j * hd..(j + 1) * hd], p[j], dot);
+                            }
+                        }
+                    }
+                    (dq, dk, dv)
+                })
+                .collect()
+        });
+        let mut dq = vec![0f32; n * qc];
+        let mut dk = vec![0f32; n * kc];
+        let mut dv = vec![0f32; n * kc];
+        for (kvh, (pq, pk, pv)) in parts.into_iter().enumerate() {
+            for t in 0..n {
+                for g in 0..group {
+                    let h = kvh * group + g;
+                    dq[t * qc + h * hd..][..hd].copy_from_slice(&pq[(t * group + g) * hd..][..hd]);
+                }
+                dk[t * kc + kvh * hd..][..hd].copy_from_slice(&pk[t * hd..][..hd]);
+                dv[t * kc + kvh * hd..][..hd].copy_from_slice(&pv[t * hd..][..hd]);
+            }
+        }
+        let t = |data, cols| CpuTensor {
+            data,
+            rows: n,
+            cols,
+        };
+        (t(dq, qc), t(dk, kc), t(dv, kc))
+    }
+
+    fn cross_entropy(&self, logits: &CpuTensor, targets: &[u32]) -> (Vec<f32>, CpuTensor) {
+        assert_eq!(
+            targets.len(),
+            logits.rows,
+            "cross_entropy: one target per row"
+        );
+        let c = logits.cols;
+        let mut grad = logits.data.clone();
+        let mut losses = vec![0f32; logits.rows];
+        self.pool.install(|| {
+            grad.par_chunks_mut(c)
+                .zip(losses.par_iter_mut())
+                .zip(targets.par_iter())
+                .for_each(|((row, loss), &target)| {
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let sum: f64 = row.iter().map(|&l| ((l - max) as f64).exp()).sum();
+                    let lse = sum.ln() + max as f64;
+                    *loss = (lse - row[target as usize] as f64) as f32;
+                    for l in row.iter_mut() {
+                        *l = ((*l as f64 - lse).exp()) as f32;
+                    }
+                    row[target as usize] -= 1.0;
+                });
+        });
+        (
+            losses,
+            CpuTensor {
+                data: grad,
+                rows: logits.rows,
+                cols: c,
+            },
+        )
+    }
+
+    fn value_grads(
+        &self,
+        slots: &CpuSlots,
+        weights: &CpuTensor,
+        dy: &CpuTensor,
+        rows: &[u32],
+    ) -> CpuTensor {
+        let d = dy.cols;
+        let index: std::collections::HashMap<u32, usize> =
+            rows.iter().enumerate().map(|(i, &r)| (r, i)).collect();
+        let mut data = vec![0f32; rows.len() * d];
+        for t in 0..slots.rows {
+            let g = &dy.data[t * d..(t + 1) * d];
+            for j in 0..slots.cols {
+                if let Some(&i) = index.get(&slots.ids[t * slots.cols + j]) {
+                    axpy(
+                        &mut data[i * d..(i + 1) * d],
+                        weights.data[t * slots.cols + j],
+                        g,
+                    );
+                }
+            }
+        }
+        CpuTensor {
+            data,
+            rows: rows.len(),
+            cols: d,
+        }
+    }
+
+    fn sgd_rows(&self, values: &mut CpuTensor, rows: &[u32], grads: &CpuTensor, lr: f32) {
+        let d = values.cols;
+        assert_eq!(
+            (grads.rows, grads.cols),
+            (rows.len(), d),
+            "sgd_rows: gradient shape"
+        );
+        for (&r, g) in rows.iter().zip(grads.data.chunks_exact(d)) {
+            axpy(
+                &mut values.data[r as usize * d..(r as usize + 1) * d],
+                -lr,
+                g,
+            );
+        }
+    }
+
     fn new_kv_cache(&self, n_layers: usize, kv_dim: usize, capacity: usize) -> CpuKvCache {
         let reserve = capacity.min(512) * kv_dim;
         CpuKvCache {
@@ -501,5 +771,48 @@ impl Backend for CpuBackend {
             rows: n,
             cols: n_heads * head_dim,
         }
+    }
+}
+
+/// RoPE rotation by `direction`·θ (1 forward, −1 for the gradient, which is the inverse).
+fn rotate(
+    x: &mut CpuTensor,
+    n_heads: usize,
+    head_dim: usize,
+    pos0: usize,
+    rope: &Rope,
+    direction: f32,
+) {
+    let half = rope.dims / 2;
+    // Angles as pos·s^i with s = base^(−2/dims), built by repeated f32 multiplication
+    // the way ggml builds its RoPE cache, so engram rotates by the same rounded angles.
+    let step = rope.base.powf(-2.0 / rope.dims as f32);
+    let mut cs = vec![(0f32, 0f32); half];
+    for (t, row) in x.data.chunks_exact_mut(x.cols).enumerate() {
+        let mut theta = (pos0 + t) as f32;
+        for c in cs.iter_mut() {
+            let (s, co) = theta.sin_cos();
+            *c = (co, direction * s);
+            theta *= step;
+        }
+        for head in row.chunks_exact_mut(head_dim).take(n_heads) {
+            for (i, &(c, s)) in cs.iter().enumerate() {
+                let (a, b) = match rope.layout {
+                    RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+                    RopeLayout::Halves => (i, i + half),
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * c - x1 * s;
+                head[b] = x0 * s + x1 * c;
+            }
+        }
+    }
+}
+
+/// out += a · x.
+#[inline]
+fn axpy(out: &mut [f32], a: f32, x: &[f32]) {
+    for (o, v) in out.iter_mut().zip(x) {
+        *o += a * v;
     }
 }

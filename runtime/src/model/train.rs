@@ -1,0 +1,218 @@
+//! Backward from the loss to the memory's value rows, through the frozen blocks above it.
+//!
+//! Everything below the memory layer, the lookup itself (query, keys) and the FFN beside it
+//! do not depend on the values, so a sequence is run up to the memory once
+//! ([`Model::prepare`]); each learning step then only runs the blocks above it forward with a
+//! tape and backward ([`Model::value_gradients`]).
+
+use super::{Layer, Model};
+use crate::backend::Backend;
+use crate::memory::MemoryLookup;
+use crate::{Error, Result};
+
+/// A sequence run up to (and including) the memory layer, ready for learning steps.
+pub struct PreparedSequence<B: Backend> {
+    /// Token ids.
+    pub tokens: Vec<u32>,
+    /// Positions whose next token is scored: position p predicts `tokens[p + 1]`.
+    pub loss_positions: std::ops::Range<usize>,
+    /// Residual stream after the memory block, minus the memory's own output.
+    base: B::Tensor,
+    /// The normalized FFN input of the memory block (what the memory and its gate read).
+    h: B::Tensor,
+    /// What the memory read at every position (fixed: it depends only on frozen parts).
+    pub lookup: MemoryLookup<B>,
+}
+
+/// Activations of one block, kept for its backward pass.
+struct Tape<B: Backend> {
+    x_in: B::Tensor,
+    q: B::Tensor,
+    k: B::Tensor,
+    v: B::Tensor,
+    x_mid: B::Tensor,
+    gate: B::Tensor,
+    up: B::Tensor,
+}
+
+/// Loss and gradient of one sequence.
+pub struct SequenceGradient<B: Backend> {
+    /// Summed next-token cross-entropy over the loss positions (nats).
+    pub loss: f64,
+    /// Scored positions.
+    pub count: usize,
+    /// Gradient of the summed loss with respect to the requested value rows (rows × dim).
+    pub grads: B::Tensor,
+}
+
+impl<B: Backend> Model<B> {
+    fn learning_block(&self) -> Result<usize> {
+        match self.memory.as_slice() {
+            [m] => Ok(m.layer),
+            [] => Err(Error::InvalidArgument(
+                "learning needs a memory layer (attach a memory store)".into(),
+            )),
+            _ => Err(Error::Unsupported(
+                "learning into more than one memory layer".into(),
+            )),
+        }
+    }
+
+    /// Runs `tokens` through the blocks up to the memory layer and records what the memory
+    /// reads. `loss_positions` must lie within `0..tokens.len() - 1`.
+    pub fn prepare(
+        &self,
+        tokens: &[u32],
+        loss_positions: std::ops::Range<usize>,
+    ) -> Result<PreparedSequence<B>> {
+        let layer = self.learning_block()?;
+        if tokens.len() < 2 || loss_positions.is_empty() || loss_positions.end > tokens.len() - 1 {
+            return Err(Error::InvalidArgument(format!(
+                "loss positions {loss_positions:?} must be a non-empty range inside a \
+                 sequence of {} tokens (the last position has no next token)",
+                tokens.len()
+            )));
+        }
+        let b = &self.backend;
+        let mut cache = self.new_cache(tokens.len());
+        let mut x = b.embed(&self.token_embd, tokens)?;
+        let memory = &self.memory[0];
+        let mut found = None;
+        self.run_layers(&mut x, &mut cache, layer + 1, false, &mut |i, h| {
+            if i == layer {
+                found = Some((memory.lookup.lookup(b, h), b.slice_rows(h, 0, b.shape(h).0)));
+            }
+        });
+        let (lookup, h) = found.expect("the memory block ran");
+        Ok(PreparedSequence {
+            tokens: tokens.to_vec(),
+            loss_positions,
+            base: x,
+            h,
+            lookup,
+        })
+    }
+
+    /// Summed loss of a prepared sequence under the current values, and its gradient with
+    /// respect to the value rows `rows`.
+    pub fn value_gradients(
+        &self,
+        seq: &PreparedSequence<B>,
+        rows: &[u32],
+    ) -> Result<SequenceGradient<B>> {
+        let layer = self.learning_block()?;
+        let b = &self.backend;
+        let c = &self.config;
+        let memory = &self.memory[0];
+        let n = seq.tokens.len();
+        // Forward above the memory, keeping a tape.
+        let mut x = b.slice_rows(&seq.base, 0, n);
+        let (mem_out, gate_tape) = memory.forward_from(b, &seq.lookup, &seq.h);
+        b.add_assign(&mut x, &mem_out);
+        let mut tapes = Vec::with_capacity(c.n_layers - layer - 1);
+        for l in &self.layers[layer + 1..] {
+            tapes.push(self.block_forward_taped(l, &mut x));
+        }
+        let range = seq.loss_positions.clone();
+        let xs = b.slice_rows(&x, range.start, range.end);
+        let normed = b.rms_norm(&xs, &self.output_norm, c.norm_eps);
+        let head = self.output.as_ref().unwrap_or(&self.token_embd);
+        let logits = b.matmul(head, &normed);
+        let targets: Vec<u32> = seq.tokens[range.start + 1..range.end + 1].to_vec();
+        let (losses, dlogits) = b.cross_entropy(&logits, &targets);
+        let loss: f64 = losses.iter().map(|&l| l as f64).sum();
+        if !loss.is_finite() {
+            return Err(Error::InvalidArgument(format!(
+                "the loss is not finite ({loss}); the memory values are damaged"
+            )));
+        }
+
+        // Backward.
+        let dnormed = b.matmul_backward(head, &dlogits);
+        let dxs = b.rms_norm_backward(&xs, &self.output_norm, c.norm_eps, &dnormed);
+        let mut dx = b.pad_rows(&dxs, range.start, n);
+        for (l, tape) in self.layers[layer + 1..].iter().zip(&tapes).rev() {
+            self.block_backward(l, tape, &mut dx);
+        }
+        let dy = memory.backward_to_y(b, &dx, gate_tape.as_ref());
+        let grads = b.value_grads(&seq.lookup.slots, &seq.lookup.weights, &dy, rows);
+        Ok(SequenceGradient {
+            loss,
+            count: range.len(),
+            grads,
+        })
+    }
+
+    /// values[rows[r]] −= lr · grads[r] in the learning memory: the sparse SGD step.
+    pub fn sgd_values(&mut self, rows: &[u32], grads: &B::Tensor, lr: f32) -> Result<()> {
+        self.learning_block()?;
+        let slots = self.memory[0].lookup.shape.n_keys * self.memory[0].lookup.shape.n_keys;
+        if let Some(r) = rows.iter().find(|&&r| r as usize >= slots) {
+            return Err(Error::InvalidArgument(format!(
+                "value row {r} is outside the memory's {slots} slots"
+            )));
+        }
+        self.backend
+            .sgd_rows(&mut self.memory[0].values, rows, grads, lr);
+        Ok(())
+    }
+
+    /// One block forward (no KV cache: the sequence is whole), recording its activations.
+    fn block_forward_taped(&self, l: &Layer<B>, x: &mut B::Tensor) -> Tape<B> {
+        let b = &self.backend;
+        let c = &self.config;
+        let shape = self.attention_shape();
+        let x_in = b.slice_rows(x, 0, b.shape(x).0);
+        let h = b.rms_norm(x, &l.attn_norm, c.norm_eps);
+        let mut q = b.matmul(&l.wq, &h);
+        let mut k = b.matmul(&l.wk, &h);
+        let v = b.matmul(&l.wv, &h);
+        b.rope(&mut q, c.n_heads, c.head_dim, 0, &c.rope);
+        b.rope(&mut k, c.n_kv_heads, c.head_dim, 0, &c.rope);
+        let mut cache = b.new_kv_cache(1, c.kv_dim(), b.shape(x).0);
+        let attn = b.attention(&q, &k, &v, &mut cache, 0, shape);
+        b.add_assign(x, &b.matmul(&l.wo, &attn));
+        let x_mid = b.slice_rows(x, 0, b.shape(x).0);
+        let h2 = b.rms_norm(x, &l.ffn_norm, c.norm_eps);
+        let gate = b.matmul(&l.w_gate, &h2);
+        let up = b.matmul(&l.w_up, &h2);
+        b.add_assign(x, &b.matmul(&l.w_down, &b.silu_mul(&gate, &up)));
+        Tape {
+            x_in,
+            q,
+            k,
+            v,
+            x_mid,
+            gate,
+            up,
+        }
+    }
+
+    /// Turns `dx` (gradient at the block's output) into the gradient at its input.
+    fn block_backward(&self, l: &Layer<B>, t: &Tape<B>, dx: &mut B::Tensor) {
+        let b = &self.backend;
+        let c = &self.config;
+        // FFN: x_out = x_mid + W_down (silu(W_g h2) ⊙ W_u h2), h2 = norm(x_mid).
+        let dff = b.matmul_backward(&l.w_down, dx);
+        let (dgate, dup) = b.silu_mul_backward(&t.gate, &t.up, &dff);
+        let mut dh2 = b.matmul_backward(&l.w_gate, &dgate);
+        b.add_assign(&mut dh2, &b.matmul_backward(&l.w_up, &dup));
+        b.add_assign(
+            dx,
+            &b.rms_norm_backward(&t.x_mid, &l.ffn_norm, c.norm_eps, &dh2),
+        );
+        // Attention: x_mid = x_in + W_o attn(rope(W_q h1), rope(W_k h1), W_v h1), h1 = norm(x_in).
+        let dattn = b.matmul_backward(&l.wo, dx);
+        let (mut dq, mut dk, dv) =
+            b.attention_backward(&t.q, &t.k, &t.v, &dattn, self.attention_shape());
+        b.rope_backward(&mut dq, c.n_heads, c.head_dim, 0, &c.rope);
+        b.rope_backward(&mut dk, c.n_kv_heads, c.head_dim, 0, &c.rope);
+        let mut dh1 = b.matmul_backward(&l.wq, &dq);
+        b.add_assign(&mut dh1, &b.matmul_backward(&l.wk, &dk));
+        b.add_assign(&mut dh1, &b.matmul_backward(&l.wv, &dv));
+        b.add_assign(
+            dx,
+            &b.rms_norm_backward(&t.x_in, &l.attn_norm, c.norm_eps, &dh1),
+        );
+    }
+}
