@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
 use crate::gguf::Gguf;
+use crate::learn::{Fact, LearnOptions, LearnReport};
 use crate::memory::{MemoryBlock, MemoryConfig, MemoryStore, SlotUsage};
 use crate::model::{Logits, Model, fingerprint};
 use crate::sampling::{Sampler, SamplingConfig};
@@ -206,6 +207,60 @@ impl Engine {
     /// Path of the attached memory store, if it came from a file.
     pub fn memory_path(&self) -> Option<&Path> {
         self.memory.as_ref().and_then(|m| m.path.as_deref())
+    }
+
+    /// Learns `facts` into the attached memory (one after another). `progress(fact, step,
+    /// loss)` is called after every step; returning `false` stops after that step.
+    pub fn learn(
+        &mut self,
+        facts: &[Fact],
+        options: &LearnOptions,
+        progress: &mut dyn FnMut(usize, usize, f64) -> bool,
+    ) -> Result<LearnReport> {
+        let m = self.memory.as_ref().ok_or_else(|| {
+            Error::InvalidArgument(
+                "learning needs a memory store (engram retrofit makes one)".into(),
+            )
+        })?;
+        let layer = &m.store.layers[0];
+        crate::learn::learn(
+            &mut self.model,
+            &self.tokenizer,
+            &layer.background,
+            m.store.background.batches,
+            facts,
+            options,
+            progress,
+        )
+    }
+
+    /// Answers `question` through the chat template, greedily.
+    pub fn ask(&self, question: &str, max_tokens: usize) -> Result<String> {
+        let options = GenerateOptions {
+            max_tokens,
+            ..Default::default()
+        };
+        let g = self.chat(&[ChatMessage::new("user", question)], &options, |_| true)?;
+        Ok(g.text.trim().to_owned())
+    }
+
+    /// The attached memory as a store (value rows read back from the device), e.g. to save.
+    pub fn memory_store(&self) -> Result<MemoryStore> {
+        let m = self
+            .memory
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("no memory store is attached".into()))?;
+        let mut store = m.store.clone();
+        let b = self.model.backend();
+        for (layer, block) in store.layers.iter_mut().zip(self.model.memory()) {
+            layer.values = b.download(&block.values);
+        }
+        Ok(store)
+    }
+
+    /// Writes the attached memory, learned values included, to `path` atomically.
+    pub fn save_memory(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.memory_store()?.save(path)
     }
 
     /// Background slot usage of each attached memory layer.

@@ -9,6 +9,7 @@ pub mod backend;
 mod engine;
 mod error;
 pub mod gguf;
+pub mod learn;
 pub mod memory;
 pub mod model;
 pub mod quant;

@@ -1,0 +1,331 @@
+//! Learning: a fact becomes a small batch of phrasings, and sparse memory finetuning changes
+//! only the value rows that batch uses far more than the background does.
+
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use crate::backend::Backend;
+use crate::memory::{SlotScoring, count_accesses, select_slots};
+use crate::model::{Model, PreparedSequence};
+use crate::tokenizer::{ChatMessage, Tokenizer};
+use crate::{Error, Result};
+
+/// Something to learn.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fact {
+    /// A question and its answer.
+    QuestionAnswer {
+        /// The question.
+        question: String,
+        /// The answer (a few words).
+        answer: String,
+    },
+    /// A free-text note ("My sister Ana lives in Porto.").
+    Note(String),
+}
+
+impl Fact {
+    /// A question/answer fact.
+    pub fn qa(question: impl Into<String>, answer: impl Into<String>) -> Self {
+        Fact::QuestionAnswer {
+            question: question.into(),
+            answer: answer.into(),
+        }
+    }
+
+    /// A free-text note.
+    pub fn note(text: impl Into<String>) -> Self {
+        Fact::Note(text.into())
+    }
+}
+
+/// The optimizer applied to the selected rows.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Optimizer {
+    /// Plain SGD: only the selected rows move, and only while they are selected.
+    #[default]
+    Sgd,
+}
+
+/// Settings of learning.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LearnOptions {
+    /// Gradient steps per fact.
+    pub steps: usize,
+    /// Learning rate.
+    pub learning_rate: f32,
+    /// Value rows updated per fact (top-t by `scoring`).
+    pub top_t: usize,
+    /// How rows are selected.
+    pub scoring: SlotScoring,
+    /// Update rule.
+    pub optimizer: Optimizer,
+}
+
+impl Default for LearnOptions {
+    fn default() -> Self {
+        LearnOptions {
+            steps: 10,
+            learning_rate: 2.0,
+            top_t: 500,
+            scoring: SlotScoring::TfIdf,
+            optimizer: Optimizer::Sgd,
+        }
+    }
+}
+
+impl LearnOptions {
+    /// Refuses settings that cannot work, before anything changes.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        if !self.learning_rate.is_finite() || self.learning_rate <= 0.0 {
+            return bad(format!(
+                "learning rate {} must be a positive finite number",
+                self.learning_rate
+            ));
+        }
+        if self.steps == 0 || self.steps > 10_000 {
+            return bad(format!("steps {} must be between 1 and 10000", self.steps));
+        }
+        if self.top_t == 0 {
+            return bad("top_t must be at least 1 value row".into());
+        }
+        Ok(())
+    }
+}
+
+/// Where the time of a learning call went.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LearnTimings {
+    /// Running the phrasings up to the memory layer.
+    pub prepare: Duration,
+    /// Choosing the rows.
+    pub selection: Duration,
+    /// Forward and backward above the memory (all steps).
+    pub gradients: Duration,
+    /// Applying updates.
+    pub update: Duration,
+}
+
+/// What learning one fact did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FactReport {
+    /// Phrasings trained on.
+    pub examples: usize,
+    /// Mean next-token loss over the target tokens before the first step (nats).
+    pub loss_before: f64,
+    /// The same after the last step.
+    pub loss_after: f64,
+    /// Value rows changed.
+    pub rows: Vec<u32>,
+}
+
+/// What a learning call did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LearnReport {
+    /// One entry per fact, in order.
+    pub facts: Vec<FactReport>,
+    /// Where the time went.
+    pub timings: LearnTimings,
+    /// Wall time of the whole call.
+    pub total: Duration,
+}
+
+/// A tokenized phrasing and the positions whose next token is trained.
+pub struct Example {
+    /// Token ids.
+    pub tokens: Vec<u32>,
+    /// Position p is trained to predict `tokens[p + 1]`.
+    pub targets: Range<usize>,
+}
+
+/// Renders a chat exchange and marks the assistant's reply (and its end-of-turn) as targets.
+fn chat_example(tok: &Tokenizer, system: Option<&str>, user: &str, reply: &str) -> Result<Example> {
+    let mut messages: Vec<ChatMessage> = system
+        .map(|s| ChatMessage::new("system", s))
+        .into_iter()
+        .collect();
+    messages.push(ChatMessage::new("user", user));
+    let prompt = tok.apply_chat_template(&messages, true)?;
+    messages.push(ChatMessage::new("assistant", reply));
+    let full = tok.apply_chat_template(&messages, false)?;
+    let p = tok.encode(&prompt, true)?;
+    let f = tok.encode(&full, true)?;
+    // The reply ends at the first stop token after the prompt.
+    let end = f[p.len()..]
+        .iter()
+        .position(|t| tok.stop_tokens.contains(t))
+        .map_or(f.len(), |i| p.len() + i + 1);
+    if f[..p.len()] != p[..] || end <= p.len() {
+        return Err(Error::Template(
+            "the chat template does not render the reply after the prompt".into(),
+        ));
+    }
+    Ok(Example {
+        targets: p.len() - 1..end - 1,
+        tokens: f[..end].to_vec(),
+    })
+}
+
+/// Raw text `prefix` + `target`, trained on the target's tokens.
+fn text_example(tok: &Tokenizer, prefix: &str, target: &str) -> Result<Example> {
+    let p = tok.encode(prefix, true)?;
+    let f = tok.encode(&format!("{prefix}{target}"), true)?;
+    // Where the target's tokens begin: BPE may merge the prefix's last characters into them.
+    let common = p.iter().zip(&f).take_while(|(a, b)| a == b).count();
+    let start = common.max(1);
+    if f.len() < 2 || start >= f.len() {
+        return Err(Error::InvalidArgument(format!(
+            "nothing to learn in {target:?}"
+        )));
+    }
+    Ok(Example {
+        targets: start - 1..f.len() - 1,
+        tokens: f,
+    })
+}
+
+/// The phrasings a fact is trained on. Questions are never asked in the form
+/// "I have a question: …" here, so evaluation can use that form as an unseen phrasing.
+pub fn examples(tok: &Tokenizer, fact: &Fact) -> Result<Vec<Example>> {
+    match fact {
+        Fact::QuestionAnswer { question, answer } => {
+            let (q, a) = (question.trim(), answer.trim());
+            if q.is_empty() || a.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "a fact needs a non-empty question and answer".into(),
+                ));
+            }
+            Ok(vec![
+                chat_example(tok, None, q, a)?,
+                chat_example(tok, None, q, &format!("The answer is {a}."))?,
+                chat_example(tok, Some("Answer briefly."), q, a)?,
+                text_example(tok, &format!("Question: {q}\nAnswer:"), &format!(" {a}"))?,
+                text_example(tok, &format!("Q: {q}\nA:"), &format!(" {a}"))?,
+                text_example(tok, q, &format!(" {a}"))?,
+            ])
+        }
+        Fact::Note(text) => {
+            let t = text.trim();
+            if t.is_empty() {
+                return Err(Error::InvalidArgument("a note must not be empty".into()));
+            }
+            Ok(vec![
+                text_example(tok, "", t)?,
+                text_example(tok, "Note: ", t)?,
+                text_example(tok, "Remember this. ", t)?,
+                chat_example(tok, None, "Tell me something you know about me.", t)?,
+            ])
+        }
+    }
+}
+
+/// Learns `facts` one after another into the model's memory.
+pub fn learn<B: Backend>(
+    model: &mut Model<B>,
+    tok: &Tokenizer,
+    background: &crate::memory::BackgroundStats,
+    background_batches: u64,
+    facts: &[Fact],
+    opts: &LearnOptions,
+    progress: &mut dyn FnMut(usize, usize, f64) -> bool,
+) -> Result<LearnReport> {
+    opts.validate()?;
+    let started = Instant::now();
+    let mut report = LearnReport::default();
+    // Tokenize everything first: a bad fact is refused before anything changes.
+    let batches: Vec<Vec<Example>> = facts
+        .iter()
+        .map(|f| examples(tok, f))
+        .collect::<Result<_>>()?;
+    for (fi, batch) in batches.iter().enumerate() {
+        let t0 = Instant::now();
+        let seqs: Vec<PreparedSequence<B>> = batch
+            .iter()
+            .map(|e| model.prepare(&e.tokens, e.targets.clone()))
+            .collect::<Result<_>>()?;
+        report.timings.prepare += t0.elapsed();
+
+        let t0 = Instant::now();
+        let picks: Vec<u32> = seqs
+            .iter()
+            .flat_map(|s| model.backend().download_slots(&s.lookup.slots))
+            .collect();
+        let rows = select_slots(
+            &count_accesses(&picks),
+            background,
+            background_batches,
+            opts.scoring,
+            opts.top_t,
+        );
+        let mut rows_sorted = rows.clone();
+        rows_sorted.sort_unstable();
+        report.timings.selection += t0.elapsed();
+
+        let count: usize = batch.iter().map(|e| e.targets.len()).sum();
+        let mut loss_before = f64::NAN;
+        let mut loss = f64::NAN;
+        let mut last_update: Option<B::Tensor> = None;
+        for step in 0..=opts.steps {
+            let t0 = Instant::now();
+            let mut total = 0f64;
+            let mut grad: Option<Vec<f32>> = None;
+            for s in &seqs {
+                let want: &[u32] = if step < opts.steps { &rows_sorted } else { &[] };
+                let g = match model.value_gradients(s, want) {
+                    Ok(g) => g,
+                    Err(e) => {
+                        // The last update made the loss non-finite: undo it exactly.
+                        if let Some(prev) = last_update.take() {
+                            model.sgd_values(&rows_sorted, &prev, -opts.learning_rate)?;
+                        }
+                        return Err(e);
+                    }
+                };
+                total += g.loss;
+                if step < opts.steps {
+                    let gv = model.backend().download(&g.grads);
+                    match grad.as_mut() {
+                        Some(acc) => acc.iter_mut().zip(gv).for_each(|(a, b)| *a += b),
+                        None => grad = Some(gv),
+                    }
+                }
+            }
+            report.timings.gradients += t0.elapsed();
+            loss = total / count as f64;
+            if step == 0 {
+                loss_before = loss;
+            }
+            if !progress(fi, step, loss) {
+                return Err(Error::Interrupted(format!(
+                    "learning stopped during fact {}; facts before it are learned",
+                    fi + 1
+                )));
+            }
+            let Some(mut g) = grad else { break };
+            let t0 = Instant::now();
+            let scale = 1.0 / count as f32;
+            g.iter_mut().for_each(|v| *v *= scale);
+            if let Some(bad) = g.iter().position(|v| !v.is_finite()) {
+                return Err(Error::InvalidArgument(format!(
+                    "step {step} of fact {} produced a non-finite gradient (at {bad}); the memory \
+                     was left unchanged by that step (lower the learning rate)",
+                    fi + 1
+                )));
+            }
+            let d = model.config.dim;
+            let gt = model.backend().upload_vec(g, rows_sorted.len(), d);
+            model.sgd_values(&rows_sorted, &gt, opts.learning_rate)?;
+            last_update = Some(gt);
+            report.timings.update += t0.elapsed();
+        }
+        report.facts.push(FactReport {
+            examples: batch.len(),
+            loss_before,
+            loss_after: loss,
+            rows: rows_sorted,
+        });
+    }
+    report.total = started.elapsed();
+    Ok(report)
+}
