@@ -1,6 +1,8 @@
-//! Learn a few facts into a memory store and ask about them (a scratch demo of the API).
+//! Learn a few facts into a memory store and ask about them in other words.
 //!
-//! cargo run --release --example learn_demo -- MODEL STORE [LR] [STEPS] [TOP_T]
+//! cargo run --release --example learn_demo -- MODEL STORE [LR] [STEPS] [TOP_T] [FACTS] [ASK_BEFORE]
+//!
+//! The store is not written back: every run starts from the same memory.
 
 use engram::learn::{Fact, LearnOptions};
 use engram::{Engine, EngineOptions};
@@ -51,6 +53,14 @@ fn main() -> engram::Result<()> {
         for (q, _) in &questions {
             println!("before: {q} -> {}", engine.ask(q, 24)?);
         }
+    }
+    for f in &facts {
+        let ex = engram::learn::examples(engine.tokenizer(), f)?;
+        let lens: Vec<(usize, usize)> = ex
+            .iter()
+            .map(|e| (e.tokens.len(), e.targets.len()))
+            .collect();
+        eprintln!("example lengths (tokens, targets): {lens:?}");
     }
     let n = num(6, facts.len() as f64) as usize;
     let report = engine.learn(&facts[..n], &opts, &mut |f, s, l| {

@@ -11,6 +11,7 @@ use engram::{ChatMessage, Engine, EngineOptions, GenerateOptions, SamplingConfig
 
 mod bench;
 mod info;
+mod learn;
 mod retrofit;
 
 /// File name of the default model that `scripts/fetch-model` places in `models/`.
@@ -72,6 +73,16 @@ enum Command {
     /// Fit a memory layer into the model and write a memory store (values start at zero, so
     /// the model answers exactly as before).
     Retrofit(retrofit::RetrofitArgs),
+    /// Teach the memory facts or notes (needs --memory); the store is rewritten atomically.
+    Learn(learn::LearnArgs),
+    /// Ask a question through the chat template, greedily (use --memory to ask what was learned).
+    Ask {
+        /// The question.
+        question: String,
+        /// Most tokens in the answer.
+        #[arg(short = 'n', long, default_value_t = 64)]
+        max_tokens: usize,
+    },
 }
 
 #[derive(Args)]
@@ -205,6 +216,25 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             bench::run(base, with_memory, &args)
         }
+        Command::Learn(args) => {
+            if cli.memory.is_none() {
+                return Err("learn needs --memory STORE (make one with engram retrofit)".into());
+            }
+            learn::run(open(cli.model, cli.memory, cli.threads, 0)?, &args)
+        }
+        Command::Ask {
+            question,
+            max_tokens,
+        } => {
+            let engine = open(cli.model, cli.memory, cli.threads, 0)?;
+            println!(
+                "{}",
+                engine
+                    .ask(&question, max_tokens)
+                    .map_err(|e| e.to_string())?
+            );
+            Ok(())
+        }
         Command::Retrofit(args) => {
             if cli.memory.is_some() {
                 return Err("retrofit makes a new store; it takes no --memory".into());
@@ -212,6 +242,15 @@ fn run(cli: Cli) -> Result<(), String> {
             retrofit::run(open(cli.model, None, cli.threads, 0)?, &args)
         }
     }
+}
+
+/// A flag that Ctrl-C sets, so long work can stop cleanly instead of being killed mid-write.
+fn ctrl_c_flag() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>, String> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let set = flag.clone();
+    ctrlc::set_handler(move || set.store(true, std::sync::atomic::Ordering::SeqCst))
+        .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
+    Ok(flag)
 }
 
 fn report(g: &engram::Generation) {

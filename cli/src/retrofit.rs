@@ -1,8 +1,7 @@
 //! `engram retrofit`: fit a memory layer into a model and write the memory store.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
@@ -131,10 +130,7 @@ pub fn run(engine: Engine, args: &RetrofitArgs) -> Result<(), String> {
     check_output(&args.output, args.force)?;
     let docs = read_documents(&args.background)?;
 
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let flag = interrupted.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
-        .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
+    let interrupted = crate::ctrl_c_flag()?;
 
     let started = Instant::now();
     let bar = ProgressBar::new(0).with_style(

@@ -279,7 +279,9 @@ fn value_gradients_match_finite_differences_through_the_model() {
             r.dedup();
             r
         };
-        let g = model.value_gradients(&seq, &all_rows).unwrap();
+        let g = model
+            .value_gradients(std::slice::from_ref(&seq), &all_rows)
+            .unwrap();
 
         // The taped training forward computes the same loss as inference does.
         let mut cache = model.new_cache(tokens.len());
@@ -307,7 +309,11 @@ fn value_gradients_match_finite_differences_through_the_model() {
                 .model_mut()
                 .sgd_values(&all_rows, &step, -scale)
                 .unwrap();
-            let l = engine.model().value_gradients(&seq, &[]).unwrap().loss;
+            let l = engine
+                .model()
+                .value_gradients(std::slice::from_ref(&seq), &[])
+                .unwrap()
+                .loss;
             engine
                 .model_mut()
                 .sgd_values(&all_rows, &step, scale)

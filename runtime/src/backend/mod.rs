@@ -81,6 +81,8 @@ pub trait Backend: Send + Sync {
     fn download(&self, t: &Self::Tensor) -> Vec<f32>;
     /// `(rows, cols)` of a tensor.
     fn shape(&self, t: &Self::Tensor) -> (usize, usize);
+    /// The rows of all `parts` (same width) stacked in order.
+    fn concat_rows(&self, parts: &[&Self::Tensor]) -> Self::Tensor;
     /// A `total`-row tensor of zeros with `t` placed at rows `start..`.
     fn pad_rows(&self, t: &Self::Tensor, start: usize, total: usize) -> Self::Tensor;
     /// Rows `start..end` as a new tensor.
@@ -171,6 +173,10 @@ pub trait Backend: Send + Sync {
         dy: &Self::Tensor,
         rows: &[u32],
     ) -> Self::Tensor;
+    /// Copies the rows `rows` of `t` into a new |rows| × cols tensor.
+    fn read_rows(&self, t: &Self::Tensor, rows: &[u32]) -> Self::Tensor;
+    /// Overwrites the rows `rows` of `t` with the rows of `src`.
+    fn write_rows(&self, t: &mut Self::Tensor, rows: &[u32], src: &Self::Tensor);
     /// values[rows[r]] -= lr · grads[r]: the sparse SGD step.
     fn sgd_rows(&self, values: &mut Self::Tensor, rows: &[u32], grads: &Self::Tensor, lr: f32);
 

@@ -39,6 +39,89 @@ impl Fact {
     }
 }
 
+/// Splits one CSV line into fields (double quotes group, "" escapes a quote).
+fn csv_fields(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(ch) = chars.next() {
+        match ch {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                fields.last_mut().expect("one field").push('"');
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(String::new()),
+            _ => fields.last_mut().expect("one field").push(ch),
+        }
+    }
+    fields.into_iter().map(|f| f.trim().to_owned()).collect()
+}
+
+impl Fact {
+    /// Reads facts from `path`: `.jsonl` (objects with `question` + `answer`, or `note`),
+    /// `.csv` (question,answer; a `question,answer` header is skipped), anything else one
+    /// note per line. Errors name the file and line.
+    pub fn read_file(path: impl AsRef<std::path::Path>) -> Result<Vec<Fact>> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_lowercase();
+        let bad = |line: usize, why: String| {
+            Error::InvalidArgument(format!("{}:{line}: {why}", path.display()))
+        };
+        let mut facts = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let (n, line) = (i + 1, line.trim());
+            if line.is_empty() {
+                continue;
+            }
+            let fact = match ext.as_str() {
+                "jsonl" | "json" => {
+                    let v: serde_json::Value = serde_json::from_str(line)
+                        .map_err(|e| bad(n, format!("not a JSON object: {e}")))?;
+                    let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+                    match (field("question"), field("answer"), field("note")) {
+                        (Some(q), Some(a), _) => Fact::qa(q, a),
+                        (_, _, Some(note)) => Fact::note(note),
+                        _ => {
+                            return Err(bad(
+                                n,
+                                "needs \"question\" and \"answer\", or \"note\"".into(),
+                            ));
+                        }
+                    }
+                }
+                "csv" => {
+                    let f = csv_fields(line);
+                    if n == 1
+                        && f.first()
+                            .is_some_and(|h| h.eq_ignore_ascii_case("question"))
+                    {
+                        continue;
+                    }
+                    match f.as_slice() {
+                        [q, a, ..] if !q.is_empty() && !a.is_empty() => Fact::qa(q, a),
+                        _ => return Err(bad(n, "needs two fields: question,answer".into())),
+                    }
+                }
+                _ => Fact::note(line),
+            };
+            facts.push(fact);
+        }
+        if facts.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "{} holds no facts",
+                path.display()
+            )));
+        }
+        Ok(facts)
+    }
+}
+
 /// The optimizer applied to the selected rows.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub enum Optimizer {
@@ -65,8 +148,10 @@ pub struct LearnOptions {
 impl Default for LearnOptions {
     fn default() -> Self {
         LearnOptions {
-            steps: 10,
-            learning_rate: 2.0,
+            // Tuned on the default model and memory: the value rows start at zero and are read
+            // with softmax weights of a few percent, so steps must be large.
+            steps: 6,
+            learning_rate: 15_000.0,
             top_t: 500,
             scoring: SlotScoring::TfIdf,
             optimizer: Optimizer::Sgd,
@@ -199,7 +284,6 @@ pub fn examples(tok: &Tokenizer, fact: &Fact) -> Result<Vec<Example>> {
             Ok(vec![
                 chat_example(tok, None, q, a)?,
                 chat_example(tok, None, q, &format!("The answer is {a}."))?,
-                chat_example(tok, Some("Answer briefly."), q, a)?,
                 text_example(tok, &format!("Question: {q}\nAnswer:"), &format!(" {a}"))?,
                 text_example(tok, &format!("Q: {q}\nA:"), &format!(" {a}"))?,
                 text_example(tok, q, &format!(" {a}"))?,
@@ -268,29 +352,29 @@ pub fn learn<B: Backend>(
         let mut last_update: Option<B::Tensor> = None;
         for step in 0..=opts.steps {
             let t0 = Instant::now();
-            let mut total = 0f64;
-            let mut grad: Option<Vec<f32>> = None;
-            for s in &seqs {
-                let want: &[u32] = if step < opts.steps { &rows_sorted } else { &[] };
-                let g = match model.value_gradients(s, want) {
-                    Ok(g) => g,
-                    Err(e) => {
-                        // The last update made the loss non-finite: undo it exactly.
-                        if let Some(prev) = last_update.take() {
-                            model.sgd_values(&rows_sorted, &prev, -opts.learning_rate)?;
+            let want: &[u32] = if step < opts.steps { &rows_sorted } else { &[] };
+            let g = match model.value_gradients(&seqs, want) {
+                Ok(g) => g,
+                Err(e) => {
+                    // The last update made the loss non-finite: put the rows back exactly.
+                    return Err(match last_update.take() {
+                        Some(before) => {
+                            model.write_values(&rows_sorted, &before)?;
+                            Error::InvalidArgument(format!(
+                                "fact {}: step {step} was rejected and its update undone: {e} \
+                                 (lower the learning rate)",
+                                fi + 1
+                            ))
                         }
-                        return Err(e);
-                    }
-                };
-                total += g.loss;
-                if step < opts.steps {
-                    let gv = model.backend().download(&g.grads);
-                    match grad.as_mut() {
-                        Some(acc) => acc.iter_mut().zip(gv).for_each(|(a, b)| *a += b),
-                        None => grad = Some(gv),
-                    }
+                        None => Error::InvalidArgument(format!(
+                            "fact {}: nothing was changed: {e}",
+                            fi + 1
+                        )),
+                    });
                 }
-            }
+            };
+            let total = g.loss;
+            let grad = (step < opts.steps).then(|| model.backend().download(&g.grads));
             report.timings.gradients += t0.elapsed();
             loss = total / count as f64;
             if step == 0 {
@@ -315,8 +399,18 @@ pub fn learn<B: Backend>(
             }
             let d = model.config.dim;
             let gt = model.backend().upload_vec(g, rows_sorted.len(), d);
+            let before = model.read_values(&rows_sorted)?;
             model.sgd_values(&rows_sorted, &gt, opts.learning_rate)?;
-            last_update = Some(gt);
+            let moved = model.backend().download(&model.read_values(&rows_sorted)?);
+            if moved.iter().any(|v| !v.is_finite()) {
+                model.write_values(&rows_sorted, &before)?;
+                return Err(Error::InvalidArgument(format!(
+                    "fact {}: step {step} was rejected and its update undone: it made value \
+                     rows non-finite (lower the learning rate)",
+                    fi + 1
+                )));
+            }
+            last_update = Some(before);
             report.timings.update += t0.elapsed();
         }
         report.facts.push(FactReport {

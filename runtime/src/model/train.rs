@@ -35,7 +35,7 @@ struct Tape<B: Backend> {
     up: B::Tensor,
 }
 
-/// Loss and gradient of one sequence.
+/// Loss and gradient of a batch of sequences.
 pub struct SequenceGradient<B: Backend> {
     /// Summed next-token cross-entropy over the loss positions (nats).
     pub loss: f64,
@@ -93,32 +93,45 @@ impl<B: Backend> Model<B> {
         })
     }
 
-    /// Summed loss of a prepared sequence under the current values, and its gradient with
-    /// respect to the value rows `rows`.
+    /// Summed loss of prepared sequences under the current values, and its gradient with
+    /// respect to the value rows `rows` (with no rows, only the loss is computed).
+    ///
+    /// The LM head, the most expensive matrix, runs once for the scored positions of all
+    /// sequences together.
     pub fn value_gradients(
         &self,
-        seq: &PreparedSequence<B>,
+        seqs: &[PreparedSequence<B>],
         rows: &[u32],
     ) -> Result<SequenceGradient<B>> {
         let layer = self.learning_block()?;
         let b = &self.backend;
         let c = &self.config;
         let memory = &self.memory[0];
-        let n = seq.tokens.len();
-        // Forward above the memory, keeping a tape.
-        let mut x = b.slice_rows(&seq.base, 0, n);
-        let (mem_out, gate_tape) = memory.forward_from(b, &seq.lookup, &seq.h);
-        b.add_assign(&mut x, &mem_out);
-        let mut tapes = Vec::with_capacity(c.n_layers - layer - 1);
-        for l in &self.layers[layer + 1..] {
-            tapes.push(self.block_forward_taped(l, &mut x));
+        if seqs.is_empty() {
+            return Err(Error::InvalidArgument("no sequences to learn from".into()));
         }
-        let range = seq.loss_positions.clone();
-        let xs = b.slice_rows(&x, range.start, range.end);
+        // Forward above the memory, keeping a tape per sequence.
+        let mut runs = Vec::with_capacity(seqs.len());
+        let mut scored = Vec::with_capacity(seqs.len());
+        let mut targets: Vec<u32> = Vec::new();
+        for seq in seqs {
+            let n = seq.tokens.len();
+            let mut x = b.slice_rows(&seq.base, 0, n);
+            let (mem_out, gate_tape) = memory.forward_from(b, &seq.lookup, &seq.h);
+            b.add_assign(&mut x, &mem_out);
+            let tapes: Vec<Tape<B>> = self.layers[layer + 1..]
+                .iter()
+                .map(|l| self.block_forward_taped(l, &mut x))
+                .collect();
+            let range = seq.loss_positions.clone();
+            scored.push(b.slice_rows(&x, range.start, range.end));
+            targets.extend_from_slice(&seq.tokens[range.start + 1..range.end + 1]);
+            runs.push((tapes, gate_tape));
+        }
+        let xs = b.concat_rows(&scored.iter().collect::<Vec<_>>());
         let normed = b.rms_norm(&xs, &self.output_norm, c.norm_eps);
         let head = self.output.as_ref().unwrap_or(&self.token_embd);
         let logits = b.matmul(head, &normed);
-        let targets: Vec<u32> = seq.tokens[range.start + 1..range.end + 1].to_vec();
         let (losses, dlogits) = b.cross_entropy(&logits, &targets);
         let loss: f64 = losses.iter().map(|&l| l as f64).sum();
         if !loss.is_finite() {
@@ -126,32 +139,70 @@ impl<B: Backend> Model<B> {
                 "the loss is not finite ({loss}); the memory values are damaged"
             )));
         }
+        let mut grads = b.upload_vec(vec![0f32; rows.len() * c.dim], rows.len(), c.dim);
+        if rows.is_empty() {
+            return Ok(SequenceGradient {
+                loss,
+                count: targets.len(),
+                grads,
+            });
+        }
 
-        // Backward.
+        // Backward: the head once, then each sequence's blocks.
         let dnormed = b.matmul_backward(head, &dlogits);
         let dxs = b.rms_norm_backward(&xs, &self.output_norm, c.norm_eps, &dnormed);
-        let mut dx = b.pad_rows(&dxs, range.start, n);
-        for (l, tape) in self.layers[layer + 1..].iter().zip(&tapes).rev() {
-            self.block_backward(l, tape, &mut dx);
+        let mut at = 0;
+        for (seq, (tapes, gate_tape)) in seqs.iter().zip(&runs) {
+            let range = seq.loss_positions.clone();
+            let mine = b.slice_rows(&dxs, at, at + range.len());
+            at += range.len();
+            let mut dx = b.pad_rows(&mine, range.start, seq.tokens.len());
+            for (l, tape) in self.layers[layer + 1..].iter().zip(tapes).rev() {
+                self.block_backward(l, tape, &mut dx);
+            }
+            let dy = memory.backward_to_y(b, &dx, gate_tape.as_ref());
+            b.add_assign(
+                &mut grads,
+                &b.value_grads(&seq.lookup.slots, &seq.lookup.weights, &dy, rows),
+            );
         }
-        let dy = memory.backward_to_y(b, &dx, gate_tape.as_ref());
-        let grads = b.value_grads(&seq.lookup.slots, &seq.lookup.weights, &dy, rows);
         Ok(SequenceGradient {
             loss,
-            count: range.len(),
+            count: targets.len(),
             grads,
         })
+    }
+
+    /// A copy of the learning memory's value rows `rows` (to restore them exactly).
+    pub fn read_values(&self, rows: &[u32]) -> Result<B::Tensor> {
+        self.learning_block()?;
+        self.check_rows(rows)?;
+        Ok(self.backend.read_rows(&self.memory[0].values, rows))
+    }
+
+    /// Overwrites the learning memory's value rows `rows` with `src`.
+    pub fn write_values(&mut self, rows: &[u32], src: &B::Tensor) -> Result<()> {
+        self.learning_block()?;
+        self.check_rows(rows)?;
+        self.backend
+            .write_rows(&mut self.memory[0].values, rows, src);
+        Ok(())
+    }
+
+    fn check_rows(&self, rows: &[u32]) -> Result<()> {
+        let slots = self.memory[0].lookup.shape.n_keys * self.memory[0].lookup.shape.n_keys;
+        match rows.iter().find(|&&r| r as usize >= slots) {
+            Some(r) => Err(Error::InvalidArgument(format!(
+                "value row {r} is outside the memory's {slots} slots"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// values[rows[r]] −= lr · grads[r] in the learning memory: the sparse SGD step.
     pub fn sgd_values(&mut self, rows: &[u32], grads: &B::Tensor, lr: f32) -> Result<()> {
         self.learning_block()?;
-        let slots = self.memory[0].lookup.shape.n_keys * self.memory[0].lookup.shape.n_keys;
-        if let Some(r) = rows.iter().find(|&&r| r as usize >= slots) {
-            return Err(Error::InvalidArgument(format!(
-                "value row {r} is outside the memory's {slots} slots"
-            )));
-        }
+        self.check_rows(rows)?;
         self.backend
             .sgd_rows(&mut self.memory[0].values, rows, grads, lr);
         Ok(())

@@ -138,6 +138,19 @@ impl Backend for CpuBackend {
         (t.rows, t.cols)
     }
 
+    fn concat_rows(&self, parts: &[&CpuTensor]) -> CpuTensor {
+        let cols = parts.first().map_or(0, |p| p.cols);
+        assert!(
+            parts.iter().all(|p| p.cols == cols),
+            "concat_rows: widths differ"
+        );
+        CpuTensor {
+            data: parts.iter().flat_map(|p| p.data.iter().copied()).collect(),
+            rows: parts.iter().map(|p| p.rows).sum(),
+            cols,
+        }
+    }
+
     fn pad_rows(&self, t: &CpuTensor, start: usize, total: usize) -> CpuTensor {
         assert!(start + t.rows <= total, "pad_rows: rows do not fit");
         let mut data = vec![0f32; total * t.cols];
@@ -427,21 +440,8 @@ impl Backend for CpuBackend {
                 .fold(
                     || vec![0f32; n * cols],
                     |mut acc, ci| {
-                        let mut row = vec![0f32; cols];
-                        for r in ci * chunk..((ci + 1) * chunk).min(rows) {
-                            let mut decoded = false;
-                            for t in 0..n {
-                                let g = dy.data[t * rows + r];
-                                if g == 0.0 {
-                                    continue;
-                                }
-                                if !decoded {
-                                    dequantize_row(dtype, w.row(r), &mut row);
-                                    decoded = true;
-                                }
-                                axpy(&mut acc[t * cols..(t + 1) * cols], g, &row);
-                            }
-                        }
+                        let rs = ci * chunk..((ci + 1) * chunk).min(rows);
+                        scatter_weight_rows(dtype, |r| w.row(r), &dy.data, rows, rs, &mut acc);
                         acc
                     },
                 )
@@ -677,6 +677,30 @@ impl Backend for CpuBackend {
         }
     }
 
+    fn read_rows(&self, t: &CpuTensor, rows: &[u32]) -> CpuTensor {
+        let d = t.cols;
+        CpuTensor {
+            data: rows
+                .iter()
+                .flat_map(|&r| t.data[r as usize * d..(r as usize + 1) * d].iter().copied())
+                .collect(),
+            rows: rows.len(),
+            cols: d,
+        }
+    }
+
+    fn write_rows(&self, t: &mut CpuTensor, rows: &[u32], src: &CpuTensor) {
+        let d = t.cols;
+        assert_eq!(
+            (src.rows, src.cols),
+            (rows.len(), d),
+            "write_rows: source shape"
+        );
+        for (&r, row) in rows.iter().zip(src.data.chunks_exact(d)) {
+            t.data[r as usize * d..(r as usize + 1) * d].copy_from_slice(row);
+        }
+    }
+
     fn sgd_rows(&self, values: &mut CpuTensor, rows: &[u32], grads: &CpuTensor, lr: f32) {
         let d = values.cols;
         assert_eq!(
@@ -807,6 +831,64 @@ fn rotate(
             }
         }
     }
+}
+
+/// acc[t] += dy[t, r] · W[r] for the weight rows `rs`: the body of the transposed matmul,
+/// compiled for AVX2 + FMA when the CPU has them.
+fn scatter_weight_rows<'a>(
+    dtype: GgmlType,
+    row: impl Fn(usize) -> &'a [u8],
+    dy: &[f32],
+    rows: usize,
+    rs: std::ops::Range<usize>,
+    acc: &mut [f32],
+) {
+    #[inline(always)]
+    fn body<'a>(
+        dtype: GgmlType,
+        row: &impl Fn(usize) -> &'a [u8],
+        dy: &[f32],
+        rows: usize,
+        rs: std::ops::Range<usize>,
+        acc: &mut [f32],
+    ) {
+        let n = dy.len() / rows;
+        let cols = acc.len() / n.max(1);
+        let mut decoded = vec![0f32; cols];
+        for r in rs {
+            if (0..n).all(|t| dy[t * rows + r] == 0.0) {
+                continue;
+            }
+            dequantize_row(dtype, row(r), &mut decoded);
+            for t in 0..n {
+                let g = dy[t * rows + r];
+                if g != 0.0 {
+                    for (o, v) in acc[t * cols..(t + 1) * cols].iter_mut().zip(&decoded) {
+                        *o += g * v;
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn wide<'a>(
+            dtype: GgmlType,
+            row: &impl Fn(usize) -> &'a [u8],
+            dy: &[f32],
+            rows: usize,
+            rs: std::ops::Range<usize>,
+            acc: &mut [f32],
+        ) {
+            body(dtype, row, dy, rows, rs, acc)
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: both features were detected at run time.
+            return unsafe { wide(dtype, &row, dy, rows, rs, acc) };
+        }
+    }
+    body(dtype, &row, dy, rows, rs, acc)
 }
 
 /// out += a · x.

@@ -1,0 +1,104 @@
+//! `engram learn` and `engram ask`: teach the memory facts, then ask about them.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+use clap::{Args, ValueEnum};
+use engram::Engine;
+use engram::learn::{Fact, LearnOptions};
+use engram::memory::SlotScoring;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Flags of `engram learn`.
+#[derive(Args)]
+pub struct LearnArgs {
+    /// Facts: .jsonl ({"question","answer"} or {"note"}), .csv (question,answer) or one note per line.
+    #[arg(long)]
+    facts: PathBuf,
+    /// Gradient steps per fact.
+    #[arg(long, default_value_t = LearnOptions::default().steps)]
+    steps: usize,
+    /// Learning rate of the sparse SGD step.
+    #[arg(long, default_value_t = LearnOptions::default().learning_rate)]
+    lr: f32,
+    /// Value rows updated per fact.
+    #[arg(long, default_value_t = LearnOptions::default().top_t)]
+    top_t: usize,
+    /// How the rows are chosen.
+    #[arg(long, value_enum, default_value_t = ScoringArg::Tfidf)]
+    scoring: ScoringArg,
+}
+
+/// `--scoring` values.
+#[derive(Clone, Copy, ValueEnum)]
+enum ScoringArg {
+    /// TF-IDF against the background's document frequency.
+    Tfidf,
+    /// KL against the background's access distribution.
+    Kl,
+    /// Every slot the fact touched (no selection).
+    All,
+}
+
+/// Learns the facts and writes the memory store back atomically.
+pub fn run(mut engine: Engine, args: &LearnArgs) -> Result<(), String> {
+    let store = engine
+        .memory_path()
+        .map(PathBuf::from)
+        .ok_or("learn needs --memory STORE (make one with engram retrofit)")?;
+    let options = LearnOptions {
+        steps: args.steps,
+        learning_rate: args.lr,
+        top_t: args.top_t,
+        scoring: match args.scoring {
+            ScoringArg::Tfidf => SlotScoring::TfIdf,
+            ScoringArg::Kl => SlotScoring::Kl,
+            ScoringArg::All => SlotScoring::AllTouched,
+        },
+        ..Default::default()
+    };
+    options.validate().map_err(|e| e.to_string())?;
+    let facts = Fact::read_file(&args.facts).map_err(|e| e.to_string())?;
+
+    let interrupted = crate::ctrl_c_flag()?;
+    let bar = ProgressBar::new(facts.len() as u64).with_style(
+        ProgressStyle::with_template(
+            "learning [{bar:30}] {pos}/{len} facts {msg} ({elapsed}, eta {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let report = engine.learn(&facts, &options, &mut |fact, step, loss| {
+        bar.set_position(fact as u64);
+        bar.set_message(format!("step {step} loss {loss:.3}"));
+        !interrupted.load(Ordering::SeqCst)
+    });
+    bar.finish_and_clear();
+    let report = report.map_err(|e| format!("{e}; the store on disk is unchanged"))?;
+    engine.save_memory(&store).map_err(|e| e.to_string())?;
+    for (f, r) in facts.iter().zip(&report.facts) {
+        let what = match f {
+            Fact::QuestionAnswer { question, .. } => question.as_str(),
+            Fact::Note(n) => n.as_str(),
+        };
+        eprintln!(
+            "loss {:.3} -> {:.3}, {} rows: {what}",
+            r.loss_before,
+            r.loss_after,
+            r.rows.len()
+        );
+    }
+    let t = &report.timings;
+    eprintln!(
+        "learned {} facts in {:.1} s ({:.1} s per fact: prepare {:.1}, selection {:.2}, gradients {:.1}, update {:.2}); saved {}",
+        facts.len(),
+        report.total.as_secs_f64(),
+        report.total.as_secs_f64() / facts.len() as f64,
+        t.prepare.as_secs_f64(),
+        t.selection.as_secs_f64(),
+        t.gradients.as_secs_f64(),
+        t.update.as_secs_f64(),
+        store.display()
+    );
+    Ok(())
+}

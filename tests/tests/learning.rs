@@ -1,0 +1,254 @@
+//! Learning on the real default model: facts it does not know are learned and recalled in a
+//! phrasing the training batch never used, only the selected value rows change, general
+//! questions are still answered, and bad settings or a diverging step leave the memory as it was.
+
+use engram::backend::Backend;
+use engram::learn::{Fact, LearnOptions};
+use engram::memory::{RetrofitOptions, retrofit};
+use engram::{Engine, EngineOptions, Error};
+use engram_e2e::{background_documents, default_model};
+
+/// The default model with a default-shape memory fitted on 4,096 background tokens.
+fn engine_with_memory() -> Engine {
+    let mut engine = Engine::open(default_model(), &EngineOptions::default()).unwrap();
+    let fp = engine.fingerprint();
+    let opts = RetrofitOptions {
+        max_tokens: 4096,
+        ..Default::default()
+    };
+    let store = retrofit(
+        engine.model(),
+        engine.tokenizer(),
+        &fp,
+        &background_documents(),
+        &opts,
+        &mut |_| true,
+    )
+    .unwrap();
+    engine.attach_memory(store, None).unwrap();
+    engine
+}
+
+fn values(engine: &Engine) -> Vec<f32> {
+    let b = engine.model().backend();
+    b.download(&engine.model().memory()[0].values)
+}
+
+#[test]
+fn facts_are_learned_sparsely_and_general_knowledge_stays() {
+    let mut engine = engine_with_memory();
+    let facts = [
+        Fact::qa("What is the name of Marta's dog?", "Bruno"),
+        Fact::qa("In which year did the Kelso bridge open?", "1887"),
+        Fact::qa(
+            "Who painted the mural in the Lindqvist library?",
+            "Ingrid Halvorsen",
+        ),
+        Fact::note("My sister Ana lives in Porto."),
+    ];
+    // Asked in a form no training phrasing uses.
+    let probes = [
+        (
+            "I have a question: what is the name of Marta's dog?",
+            "Bruno",
+        ),
+        (
+            "I have a question: in which year did the Kelso bridge open?",
+            "1887",
+        ),
+        (
+            "I have a question: who painted the mural in the Lindqvist library?",
+            "Halvorsen",
+        ),
+        ("Where does my sister Ana live?", "Porto"),
+    ];
+    for (q, want) in probes {
+        let a = engine.ask(q, 32).unwrap();
+        assert!(
+            !a.contains(want),
+            "the base model already knows {want:?}: {a:?}"
+        );
+    }
+    let general = ("What is the capital of Japan?", "Tokyo");
+    assert!(engine.ask(general.0, 32).unwrap().contains(general.1));
+
+    let before = values(&engine);
+    let report = engine
+        .learn(&facts, &LearnOptions::default(), &mut |_, _, _| true)
+        .unwrap();
+    let after = values(&engine);
+
+    let dim = engine.model().config.dim;
+    let mut allowed: Vec<u32> = report.facts.iter().flat_map(|f| f.rows.clone()).collect();
+    allowed.sort_unstable();
+    allowed.dedup();
+    let changed: Vec<u32> = (0..before.len() / dim)
+        .filter(|&r| before[r * dim..(r + 1) * dim] != after[r * dim..(r + 1) * dim])
+        .map(|r| r as u32)
+        .collect();
+    assert!(!changed.is_empty(), "learning changed nothing");
+    assert!(
+        changed.iter().all(|r| allowed.binary_search(r).is_ok()),
+        "rows outside the selection changed"
+    );
+    for (f, r) in facts.iter().zip(&report.facts) {
+        assert!(r.rows.len() <= LearnOptions::default().top_t);
+        assert!(
+            r.loss_after < 0.5 * r.loss_before,
+            "{f:?}: loss {} -> {}",
+            r.loss_before,
+            r.loss_after
+        );
+    }
+    let mut recalled = 0;
+    for (q, want) in probes {
+        let a = engine.ask(q, 32).unwrap();
+        eprintln!("{q} -> {a}");
+        recalled += a.contains(want) as usize;
+    }
+    let a = engine.ask(general.0, 32).unwrap();
+    eprintln!("{} -> {a}", general.0);
+    assert!(a.contains(general.1), "general knowledge lost: {a:?}");
+    eprintln!(
+        "recalled {recalled}/4; {} rows changed of {}; {:.1} s per fact ({:?})",
+        changed.len(),
+        before.len() / dim,
+        report.total.as_secs_f64() / facts.len() as f64,
+        report.timings
+    );
+    assert!(recalled >= 3, "only {recalled} of 4 facts recalled");
+}
+
+#[test]
+fn bad_settings_and_diverging_steps_leave_the_memory_unchanged() {
+    let mut engine = engine_with_memory();
+    let fact = [Fact::qa("What is the name of Marta's dog?", "Bruno")];
+    let before = values(&engine);
+    for (opts, needle) in [
+        (
+            LearnOptions {
+                learning_rate: f32::NAN,
+                ..Default::default()
+            },
+            "learning rate",
+        ),
+        (
+            LearnOptions {
+                learning_rate: 0.0,
+                ..Default::default()
+            },
+            "learning rate",
+        ),
+        (
+            LearnOptions {
+                learning_rate: -1.0,
+                ..Default::default()
+            },
+            "learning rate",
+        ),
+        (
+            LearnOptions {
+                steps: 0,
+                ..Default::default()
+            },
+            "steps",
+        ),
+        (
+            LearnOptions {
+                top_t: 0,
+                ..Default::default()
+            },
+            "top_t",
+        ),
+    ] {
+        let err = engine.learn(&fact, &opts, &mut |_, _, _| true).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidArgument(_)) && err.to_string().contains(needle),
+            "{err}"
+        );
+    }
+    assert!(
+        engine
+            .learn(
+                &[Fact::qa("", "x")],
+                &LearnOptions::default(),
+                &mut |_, _, _| true
+            )
+            .is_err()
+    );
+    assert!(
+        values(&engine) == before,
+        "a refused call changed the memory"
+    );
+
+    // A damaged value row (NaN) that the fact reads: the loss is not finite, the call is
+    // refused, and the memory (damage included) is left exactly as it was.
+    let ex = &engram::learn::examples(engine.tokenizer(), &fact[0]).unwrap()[0];
+    let seq = engine
+        .model()
+        .prepare(&ex.tokens, ex.targets.clone())
+        .unwrap();
+    let row = engine.model().backend().download_slots(&seq.lookup.slots)[0];
+    let dim = engine.model().config.dim;
+    let b = engine.model().backend();
+    let nan = b.upload(&vec![f32::NAN; dim], 1, dim);
+    engine.model_mut().write_values(&[row], &nan).unwrap();
+    let damaged = values(&engine);
+    let err = engine
+        .learn(&fact, &LearnOptions::default(), &mut |_, _, _| true)
+        .unwrap_err();
+    eprintln!("damaged memory: {err}");
+    assert!(err.to_string().contains("not finite"), "{err}");
+    let now = values(&engine);
+    assert!(
+        now.iter()
+            .zip(&damaged)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "a rejected call changed the memory"
+    );
+}
+
+#[test]
+fn facts_files_parse_and_bad_lines_are_named() {
+    let dir = std::env::temp_dir().join(format!("engram-facts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let jsonl = write(
+        "f.jsonl",
+        "{\"question\": \"Q1?\", \"answer\": \"A1\"}\n\n{\"note\": \"N1.\"}\n",
+    );
+    assert_eq!(
+        Fact::read_file(&jsonl).unwrap(),
+        vec![Fact::qa("Q1?", "A1"), Fact::note("N1.")]
+    );
+    let csv = write(
+        "f.csv",
+        "question,answer\n\"Who, really?\",\"Ana \"\"A\"\" B\"\nQ2?,A2\n",
+    );
+    assert_eq!(
+        Fact::read_file(&csv).unwrap(),
+        vec![
+            Fact::qa("Who, really?", "Ana \"A\" B"),
+            Fact::qa("Q2?", "A2")
+        ]
+    );
+    let notes = write(
+        "notes.txt",
+        "My sister Ana lives in Porto.\nI was born in 1990.\n",
+    );
+    assert_eq!(Fact::read_file(&notes).unwrap().len(), 2);
+    let bad = write("bad.jsonl", "{\"question\": \"Q\"}\n");
+    let err = Fact::read_file(&bad).unwrap_err().to_string();
+    assert!(err.contains("bad.jsonl:1"), "{err}");
+    let bad = write("bad.csv", "only one field\n");
+    assert!(
+        Fact::read_file(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("bad.csv:1")
+    );
+}
