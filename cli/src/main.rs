@@ -10,6 +10,7 @@ use engram::gguf::Gguf;
 use engram::{ChatMessage, Engine, EngineOptions, GenerateOptions, SamplingConfig};
 
 mod bench;
+mod eval;
 mod info;
 mod learn;
 mod retrofit;
@@ -75,6 +76,9 @@ enum Command {
     Retrofit(retrofit::RetrofitArgs),
     /// Teach the memory facts or notes (needs --memory); the store is rewritten atomically.
     Learn(learn::LearnArgs),
+    /// Learn facts the model gets wrong one after another; measure learned accuracy, retention
+    /// and held-out NLL per slot-selection method (needs --memory; the store is not changed).
+    Eval(eval::EvalArgs),
     /// Ask a question through the chat template, greedily (use --memory to ask what was learned).
     Ask {
         /// The question.
@@ -221,6 +225,12 @@ fn run(cli: Cli) -> Result<(), String> {
                 return Err("learn needs --memory STORE (make one with engram retrofit)".into());
             }
             learn::run(open(cli.model, cli.memory, cli.threads, 0)?, &args)
+        }
+        Command::Eval(args) => {
+            if cli.memory.is_none() {
+                return Err("eval needs --memory STORE (make one with engram retrofit)".into());
+            }
+            eval::run(open(cli.model, cli.memory, cli.threads, 0)?, &args)
         }
         Command::Ask {
             question,

@@ -1,0 +1,268 @@
+//! `engram eval`: learn facts the model gets wrong, one after another, and measure learned
+//! accuracy, retention of what it knew and held-out NLL, for each slot-selection method.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use engram::Engine;
+use engram::learn::{Fact, LearnOptions};
+use engram::memory::SlotScoring;
+use serde_json::json;
+
+/// Flags of `engram eval`.
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Facts to learn (JSONL question/answer; default: data/simpleqa.jsonl from scripts/fetch-simpleqa).
+    #[arg(long, default_value = "data/simpleqa.jsonl")]
+    facts: PathBuf,
+    /// Retention candidates (default: data/retention-candidates.jsonl from scripts/build-retention).
+    #[arg(long, default_value = "data/retention-candidates.jsonl")]
+    retention: PathBuf,
+    /// Held-out text for NLL (default: data/heldout.txt from scripts/build-background).
+    #[arg(long, default_value = "data/heldout.txt")]
+    heldout: PathBuf,
+    /// Facts to learn (only ones the base model answers wrong).
+    #[arg(long, default_value_t = 100)]
+    n: usize,
+    /// Retention questions (only ones the base model answers right).
+    #[arg(long, default_value_t = 150)]
+    retention_n: usize,
+    /// Held-out tokens scored for NLL.
+    #[arg(long, default_value_t = 2048)]
+    heldout_tokens: usize,
+    /// Slot selection methods to compare (comma-separated: tfidf, kl, all).
+    #[arg(long, value_delimiter = ',', default_value = "tfidf,kl,all")]
+    scoring: Vec<String>,
+    /// Measure the learning curve every this many facts.
+    #[arg(long, default_value_t = 10)]
+    every: usize,
+    /// Gradient steps per fact.
+    #[arg(long, default_value_t = LearnOptions::default().steps)]
+    steps: usize,
+    /// Learning rate (the same for every method).
+    #[arg(long, default_value_t = LearnOptions::default().learning_rate)]
+    lr: f32,
+    /// Value rows per fact.
+    #[arg(long, default_value_t = LearnOptions::default().top_t)]
+    top_t: usize,
+    /// Where the JSON report goes.
+    #[arg(short, long, default_value = "eval.json")]
+    output: PathBuf,
+}
+
+/// Lower case, letters and digits only, single spaces: so "Michio  Sugeno." matches "michio sugeno".
+pub fn normalize(s: &str) -> String {
+    let kept: String = s
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() {
+                c.to_lowercase().next().unwrap_or(c)
+            } else {
+                ' '
+            }
+        })
+        .collect();
+    kept.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Whether `reply` contains the normalized `answer`.
+pub fn correct(reply: &str, answer: &str) -> bool {
+    let (r, a) = (normalize(reply), normalize(answer));
+    !a.is_empty() && format!(" {r} ").contains(&format!(" {a} "))
+}
+
+/// The phrasing evaluation asks in; no training phrasing starts like this.
+fn unseen(q: &str) -> String {
+    format!("I have a question: {q}")
+}
+
+fn qa(f: &Fact) -> (&str, &str) {
+    match f {
+        Fact::QuestionAnswer { question, answer } => (question, answer),
+        Fact::Note(n) => (n, ""),
+    }
+}
+
+fn accuracy(
+    engine: &Engine,
+    items: &[Fact],
+    phrase: &dyn Fn(&str) -> String,
+) -> Result<f64, String> {
+    let mut right = 0;
+    for f in items {
+        let (q, a) = qa(f);
+        let reply = engine.ask(&phrase(q), 32).map_err(|e| e.to_string())?;
+        right += correct(&reply, a) as usize;
+    }
+    Ok(right as f64 / items.len().max(1) as f64)
+}
+
+fn mean_nll(engine: &Engine, tokens: &[u32]) -> Result<f64, String> {
+    engine
+        .perplexity(tokens, 256)
+        .map(|(nll, _)| nll)
+        .map_err(|e| e.to_string())
+}
+
+/// Runs the evaluation and writes the JSON report.
+pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
+    let started = Instant::now();
+    let initial = engine
+        .memory_store()
+        .map_err(|e| format!("eval needs --memory STORE: {e}"))?;
+    let methods: Vec<(String, SlotScoring)> = args
+        .scoring
+        .iter()
+        .map(|s| match s.as_str() {
+            "tfidf" => Ok((s.clone(), SlotScoring::TfIdf)),
+            "kl" => Ok((s.clone(), SlotScoring::Kl)),
+            "all" => Ok((s.clone(), SlotScoring::AllTouched)),
+            other => Err(format!("unknown scoring {other:?} (use tfidf, kl, all)")),
+        })
+        .collect::<Result<_, _>>()?;
+    let read = |p: &PathBuf, hint: &str| {
+        Fact::read_file(p).map_err(|e| format!("{e} (make it with {hint})"))
+    };
+    let pool = read(&args.facts, "scripts/fetch-simpleqa")?;
+    let candidates = read(&args.retention, "scripts/build-retention")?;
+    let heldout = std::fs::read_to_string(&args.heldout).map_err(|e| {
+        format!(
+            "{}: {e} (make it with scripts/build-background)",
+            args.heldout.display()
+        )
+    })?;
+    let mut held = engine
+        .tokenizer()
+        .encode(&heldout, false)
+        .map_err(|e| e.to_string())?;
+    held.truncate(args.heldout_tokens);
+
+    // Facts the base model gets wrong, questions it gets right: both by running it.
+    eprintln!("choosing {} facts the base model answers wrong ...", args.n);
+    let mut facts = Vec::new();
+    let mut scanned = 0;
+    for f in &pool {
+        if facts.len() == args.n {
+            break;
+        }
+        scanned += 1;
+        let (q, a) = qa(f);
+        if !correct(&engine.ask(&unseen(q), 32).map_err(|e| e.to_string())?, a) {
+            facts.push(f.clone());
+        }
+    }
+    eprintln!(
+        "choosing {} retention questions the base model answers right ...",
+        args.retention_n
+    );
+    let mut retained = Vec::new();
+    let mut tried = 0;
+    for f in &candidates {
+        if retained.len() == args.retention_n {
+            break;
+        }
+        tried += 1;
+        let (q, a) = qa(f);
+        if correct(&engine.ask(q, 32).map_err(|e| e.to_string())?, a) {
+            retained.push(f.clone());
+        }
+    }
+    if retained.len() < args.retention_n {
+        eprintln!(
+            "warning: only {} of {tried} candidates were answered right",
+            retained.len()
+        );
+    }
+    let nll_before = mean_nll(&engine, &held)?;
+    let probe = &retained[..retained.len().min(30)];
+
+    let mut runs = Vec::new();
+    for (name, scoring) in &methods {
+        engine.detach_memory();
+        engine
+            .attach_memory(initial.clone(), None)
+            .map_err(|e| e.to_string())?;
+        let opts = LearnOptions {
+            steps: args.steps,
+            learning_rate: args.lr,
+            top_t: args.top_t,
+            scoring: *scoring,
+            ..Default::default()
+        };
+        let mut curve = Vec::new();
+        let mut learn_secs = 0f64;
+        for (i, fact) in facts.iter().enumerate() {
+            let r = engine
+                .learn(std::slice::from_ref(fact), &opts, &mut |_, _, _| true)
+                .map_err(|e| e.to_string())?;
+            learn_secs += r.total.as_secs_f64();
+            let done = i + 1;
+            if done % args.every.max(1) == 0 || done == facts.len() {
+                let learned = accuracy(&engine, &facts[..done], &unseen)?;
+                let kept = accuracy(&engine, probe, &|q| q.to_owned())?;
+                eprintln!(
+                    "{name}: {done} facts, learned {:.1}%, retention (probe) {:.1}%",
+                    100.0 * learned,
+                    100.0 * kept
+                );
+                curve.push(
+                    json!({"facts": done, "learned_accuracy": learned, "retention_probe": kept}),
+                );
+            }
+        }
+        let learned = accuracy(&engine, &facts, &unseen)?;
+        let retention = accuracy(&engine, &retained, &|q| q.to_owned())?;
+        let nll_after = mean_nll(&engine, &held)?;
+        eprintln!(
+            "{name}: learned {:.1}%, retention {:.1}%, held-out NLL {nll_before:.4} -> {nll_after:.4} ({:+.2}%)",
+            100.0 * learned,
+            100.0 * retention,
+            100.0 * (nll_after / nll_before - 1.0)
+        );
+        runs.push(json!({
+            "scoring": name,
+            "learned_accuracy": learned,
+            "retention": retention,
+            "heldout_nll_before": nll_before,
+            "heldout_nll_after": nll_after,
+            "heldout_nll_change": nll_after / nll_before - 1.0,
+            "seconds_per_fact": learn_secs / facts.len().max(1) as f64,
+            "curve": curve,
+        }));
+    }
+    let report = json!({
+        "facts": facts.len(),
+        "facts_scanned": scanned,
+        "retention_questions": retained.len(),
+        "retention_candidates_tried": tried,
+        "heldout_tokens": held.len(),
+        "steps": args.steps,
+        "learning_rate": args.lr,
+        "top_t": args.top_t,
+        "runs": runs,
+        "retention_set": retained.iter().map(|f| qa(f).0).collect::<Vec<_>>(),
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    let tmp = args.output.with_extension("json.tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, &args.output))
+        .map_err(|e| format!("{}: {e}", args.output.display()))?;
+    println!("{}", args.output.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_match_after_normalization_only_as_whole_words() {
+        assert!(correct("The answer is Michio  Sugeno.", "Michio Sugeno"));
+        assert!(correct("It opened in 1887!", "1887"));
+        assert!(!correct("It opened in 18870.", "1887"));
+        assert!(!correct("Paris", ""));
+        assert!(correct("Tōkyō, of course", "tōkyō"));
+    }
+}
