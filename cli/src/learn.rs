@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use clap::{Args, ValueEnum};
 use engram::Engine;
-use engram::learn::{Fact, LearnOptions};
+use engram::learn::{Fact, LearnOptions, Optimizer};
 use engram::memory::SlotScoring;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -27,6 +27,29 @@ pub struct LearnArgs {
     /// How the rows are chosen.
     #[arg(long, value_enum, default_value_t = ScoringArg::Tfidf)]
     scoring: ScoringArg,
+    /// Update rule (AdamW's state is kept only for the rows selected for the current fact;
+    /// its learning rate is per element, e.g. --lr 0.5).
+    #[arg(long, value_enum, default_value_t = OptimizerArg::Sgd)]
+    optimizer: OptimizerArg,
+}
+
+/// `--optimizer` values.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum OptimizerArg {
+    /// Plain SGD.
+    Sgd,
+    /// AdamW masked to the selected rows.
+    Adamw,
+}
+
+impl OptimizerArg {
+    /// The runtime's optimizer.
+    pub fn optimizer(self) -> Optimizer {
+        match self {
+            OptimizerArg::Sgd => Optimizer::Sgd,
+            OptimizerArg::Adamw => Optimizer::adamw(),
+        }
+    }
 }
 
 /// `--scoring` values.
@@ -55,7 +78,7 @@ pub fn run(mut engine: Engine, args: &LearnArgs) -> Result<(), String> {
             ScoringArg::Kl => SlotScoring::Kl,
             ScoringArg::All => SlotScoring::AllTouched,
         },
-        ..Default::default()
+        optimizer: args.optimizer.optimizer(),
     };
     options.validate().map_err(|e| e.to_string())?;
     let facts = Fact::read_file(&args.facts).map_err(|e| e.to_string())?;

@@ -3,7 +3,7 @@
 //! questions are still answered, and bad settings or a diverging step leave the memory as it was.
 
 use engram::backend::Backend;
-use engram::learn::{Fact, LearnOptions};
+use engram::learn::{Fact, LearnOptions, Optimizer};
 use engram::memory::{RetrofitOptions, retrofit};
 use engram::{Engine, EngineOptions, Error};
 use engram_e2e::{background_documents, default_model};
@@ -117,6 +117,27 @@ fn facts_are_learned_sparsely_and_general_knowledge_stays() {
         report.timings
     );
     assert!(recalled >= 3, "only {recalled} of 4 facts recalled");
+
+    // Masked AdamW on one more fact: the loss falls and only its selected rows move.
+    let before = values(&engine);
+    let adam = LearnOptions {
+        learning_rate: 0.5,
+        optimizer: Optimizer::adamw(),
+        ..Default::default()
+    };
+    let fact = Fact::qa("Which street is the Orvell bakery on?", "Lindengasse");
+    let r = engine.learn(&[fact], &adam, &mut |_, _, _| true).unwrap();
+    let after = values(&engine);
+    let f = &r.facts[0];
+    eprintln!("AdamW: loss {:.3} -> {:.3}", f.loss_before, f.loss_after);
+    assert!(f.loss_after < 0.5 * f.loss_before);
+    for row in 0..before.len() / dim {
+        let same = before[row * dim..(row + 1) * dim] == after[row * dim..(row + 1) * dim];
+        assert!(
+            same || f.rows.binary_search(&(row as u32)).is_ok(),
+            "row {row} moved"
+        );
+    }
 }
 
 #[test]
