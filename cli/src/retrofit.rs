@@ -57,6 +57,10 @@ pub struct RetrofitArgs {
     /// Random seed.
     #[arg(long, default_value_t = RetrofitOptions::default().seed)]
     seed: u64,
+    /// Share of background documents rendered through the model's chat template (so the
+    /// slots chat markup reads count as background and learning leaves them alone).
+    #[arg(long, default_value_t = RetrofitOptions::default().chat_fraction)]
+    chat_fraction: f32,
 }
 
 /// `--init` values.
@@ -123,6 +127,7 @@ pub fn run(engine: Engine, args: &RetrofitArgs) -> Result<(), String> {
         fit_samples: args.fit_samples,
         kmeans_iters: args.kmeans_iters,
         seed: args.seed,
+        chat_fraction: args.chat_fraction,
     };
     // Everything that can be refused is refused before the long work starts.
     opts.validate(&engine.model().config)

@@ -412,3 +412,86 @@ fn wrong_or_damaged_memory_stores_are_one_line_errors() {
     std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
     assert_one_line_error(&args(&cut), "invalid GGUF");
 }
+
+/// A data file made by one of the scripts/ (fetch-simpleqa, build-retention, build-background).
+fn data(name: &str, script: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../data")
+        .join(name);
+    assert!(p.is_file(), "{} missing: run scripts/{script}", p.display());
+    p
+}
+
+#[test]
+fn eval_learns_simpleqa_facts_and_reports_retention() {
+    let store = scratch("eval.engram");
+    let bg = background();
+    let o = run_on(
+        model(),
+        &[
+            "retrofit",
+            "--background",
+            bg.to_str().unwrap(),
+            "-o",
+            store.to_str().unwrap(),
+            "--max-tokens",
+            "4096",
+            // Enough background batches for document frequencies to mean something.
+            "--batch-tokens",
+            "64",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let before = std::fs::read(&store).unwrap();
+    let report = scratch("eval.json");
+    let facts = data("simpleqa.jsonl", "fetch-simpleqa");
+    let retention = data("retention-candidates.jsonl", "build-retention");
+    let heldout = data("heldout.txt", "build-background");
+    let o = run_on(
+        model(),
+        &[
+            "eval",
+            "--memory",
+            store.to_str().unwrap(),
+            "--facts",
+            facts.to_str().unwrap(),
+            "--retention",
+            retention.to_str().unwrap(),
+            "--heldout",
+            heldout.to_str().unwrap(),
+            "--n",
+            "3",
+            "--retention-n",
+            "8",
+            "--scoring",
+            "tfidf",
+            "--every",
+            "3",
+            "--heldout-tokens",
+            "512",
+            "-o",
+            report.to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    eprintln!("{err}");
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(v["facts"], 3);
+    assert_eq!(v["retention_questions"], 8);
+    let run = &v["runs"][0];
+    let learned = run["learned_accuracy"].as_f64().unwrap();
+    let kept = run["retention"].as_f64().unwrap();
+    let nll = run["heldout_nll_change"].as_f64().unwrap();
+    assert!(learned >= 1.0 / 3.0, "no SimpleQA fact was learned: {run}");
+    // A collapse (0 % and 12.5 % before the background included chat markup) must fail.
+    assert!(kept >= 0.5, "retention collapsed: {run}");
+    assert!(nll.abs() < 0.05, "held-out NLL moved by {nll}");
+    assert_eq!(run["curve"].as_array().unwrap().len(), 1);
+    // Evaluation never writes the store.
+    assert!(
+        std::fs::read(&store).unwrap() == before,
+        "eval changed the store"
+    );
+}

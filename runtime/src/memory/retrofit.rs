@@ -17,7 +17,7 @@ use super::linalg::{
 use super::store::{BackgroundInfo, BackgroundStats, MemoryLayerParams, MemoryStore};
 use crate::backend::Backend;
 use crate::model::Model;
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{ChatMessage, Tokenizer};
 use crate::{Error, Result};
 
 /// How the query projection and sub-keys are initialised.
@@ -47,6 +47,11 @@ pub struct RetrofitOptions {
     pub kmeans_iters: usize,
     /// Seed of every random choice (same seed and corpus, same store).
     pub seed: u64,
+    /// Share of background documents rendered as a chat exchange through the model's own
+    /// template. The slots that chat markup reads then count as background; without them
+    /// TF-IDF would rank those slots first for every fact and learning would rewrite rows
+    /// that every chat answer reads.
+    pub chat_fraction: f32,
 }
 
 impl Default for RetrofitOptions {
@@ -59,6 +64,7 @@ impl Default for RetrofitOptions {
             fit_samples: 12_288,
             kmeans_iters: 12,
             seed: 1,
+            chat_fraction: 0.5,
         }
     }
 }
@@ -94,6 +100,12 @@ impl RetrofitOptions {
     pub fn validate(&self, model: &crate::model::ModelConfig) -> Result<()> {
         self.config.validate(model)?;
         let bad = |m: String| Err(Error::InvalidArgument(m));
+        if !(0.0..=1.0).contains(&self.chat_fraction) {
+            return bad(format!(
+                "chat_fraction {} must be between 0 and 1",
+                self.chat_fraction
+            ));
+        }
         if self.batch_tokens < 2 || self.batch_tokens > model.context_length {
             return bad(format!(
                 "batch_tokens {} must be between 2 and the context length {}",
@@ -257,6 +269,7 @@ pub fn retrofit<B: Backend>(
     let info = vec![
         ("init".to_owned(), format!("{:?}", opts.init).to_lowercase()),
         ("seed".to_owned(), opts.seed.to_string()),
+        ("chat_fraction".to_owned(), opts.chat_fraction.to_string()),
         (
             "retrofit_seconds".to_owned(),
             format!("{:.1}", started.elapsed().as_secs_f64()),
@@ -295,12 +308,32 @@ fn background_batches(
     } else {
         opts.max_tokens
     };
-    for doc in documents {
+    // Generic requests: the point is the chat markup around the document, not the wording.
+    const REQUESTS: [&str; 5] = [
+        "Tell me something.",
+        "What does this mean?",
+        "Can you explain?",
+        "Write a short text.",
+        "Go on.",
+    ];
+    let mut chat_credit = 0f32;
+    for (i, doc) in documents.iter().enumerate() {
         if stream.len() >= cap {
             break;
         }
-        stream.extend(tokenizer.encode(doc.trim(), false)?);
-        stream.extend(&separator);
+        chat_credit += opts.chat_fraction;
+        if chat_credit >= 1.0 && tokenizer.chat_template().is_some() {
+            chat_credit -= 1.0;
+            let messages = [
+                ChatMessage::new("user", REQUESTS[i % REQUESTS.len()]),
+                ChatMessage::new("assistant", doc.trim()),
+            ];
+            let text = tokenizer.apply_chat_template(&messages, false)?;
+            stream.extend(tokenizer.encode(&text, true)?);
+        } else {
+            stream.extend(tokenizer.encode(doc.trim(), false)?);
+            stream.extend(&separator);
+        }
     }
     stream.truncate(cap);
     let mut batches: Vec<Vec<u32>> = stream
