@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use clap::Args;
 use engram::Engine;
-use engram::learn::{Fact, LearnOptions};
-use engram::memory::SlotScoring;
+use engram::learn::{Fact, Optimizer};
+
+use crate::learn::{ScoringArg, StepFlags};
 use serde_json::json;
 
 /// Flags of `engram eval`.
@@ -32,20 +33,19 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 2048)]
     heldout_tokens: usize,
     /// Slot selection methods to compare (comma-separated: tfidf, kl, all).
-    #[arg(long, value_delimiter = ',', default_value = "tfidf,kl,all")]
-    scoring: Vec<String>,
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "tfidf,kl,all"
+    )]
+    scoring: Vec<ScoringArg>,
     /// Measure the learning curve every this many facts.
     #[arg(long, default_value_t = 10)]
     every: usize,
-    /// Gradient steps per fact.
-    #[arg(long, default_value_t = LearnOptions::default().steps)]
-    steps: usize,
-    /// Learning rate (the same for every method).
-    #[arg(long, default_value_t = LearnOptions::default().learning_rate)]
-    lr: f32,
-    /// Value rows per fact.
-    #[arg(long, default_value_t = LearnOptions::default().top_t)]
-    top_t: usize,
+    /// The same step settings for every method.
+    #[command(flatten)]
+    step: StepFlags,
     /// Where the JSON report goes.
     #[arg(short, long, default_value = "eval.json")]
     output: PathBuf,
@@ -111,16 +111,6 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
     let initial = engine
         .memory_store()
         .map_err(|e| format!("eval needs --memory STORE: {e}"))?;
-    let methods: Vec<(String, SlotScoring)> = args
-        .scoring
-        .iter()
-        .map(|s| match s.as_str() {
-            "tfidf" => Ok((s.clone(), SlotScoring::TfIdf)),
-            "kl" => Ok((s.clone(), SlotScoring::Kl)),
-            "all" => Ok((s.clone(), SlotScoring::AllTouched)),
-            other => Err(format!("unknown scoring {other:?} (use tfidf, kl, all)")),
-        })
-        .collect::<Result<_, _>>()?;
     let read = |p: &PathBuf, hint: &str| {
         Fact::read_file(p).map_err(|e| format!("{e} (make it with {hint})"))
     };
@@ -178,18 +168,13 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
     let probe = &retained[..retained.len().min(30)];
 
     let mut runs = Vec::new();
-    for (name, scoring) in &methods {
+    for method in &args.scoring {
+        let name = method.name();
         engine.detach_memory();
         engine
             .attach_memory(initial.clone(), None)
             .map_err(|e| e.to_string())?;
-        let opts = LearnOptions {
-            steps: args.steps,
-            learning_rate: args.lr,
-            top_t: args.top_t,
-            scoring: *scoring,
-            ..Default::default()
-        };
+        let opts = args.step.options(method.scoring(), Optimizer::Sgd);
         let mut curve = Vec::new();
         let mut learn_secs = 0f64;
         for (i, fact) in facts.iter().enumerate() {
@@ -237,9 +222,9 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
         "retention_questions": retained.len(),
         "retention_candidates_tried": tried,
         "heldout_tokens": held.len(),
-        "steps": args.steps,
-        "learning_rate": args.lr,
-        "top_t": args.top_t,
+        "steps": args.step.steps,
+        "learning_rate": args.step.lr,
+        "top_t": args.step.top_t,
         "runs": runs,
         "retention_set": retained.iter().map(|f| qa(f).0).collect::<Vec<_>>(),
         "seconds": started.elapsed().as_secs_f64(),

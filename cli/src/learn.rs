@@ -15,15 +15,8 @@ pub struct LearnArgs {
     /// Facts: .jsonl ({"question","answer"} or {"note"}), .csv (question,answer) or one note per line.
     #[arg(long)]
     facts: PathBuf,
-    /// Gradient steps per fact.
-    #[arg(long, default_value_t = LearnOptions::default().steps)]
-    steps: usize,
-    /// Learning rate of the sparse SGD step.
-    #[arg(long, default_value_t = LearnOptions::default().learning_rate)]
-    lr: f32,
-    /// Value rows updated per fact.
-    #[arg(long, default_value_t = LearnOptions::default().top_t)]
-    top_t: usize,
+    #[command(flatten)]
+    step: StepFlags,
     /// How the rows are chosen.
     #[arg(long, value_enum, default_value_t = ScoringArg::Tfidf)]
     scoring: ScoringArg,
@@ -31,6 +24,26 @@ pub struct LearnArgs {
     /// its learning rate is per element, e.g. --lr 0.5).
     #[arg(long, value_enum, default_value_t = OptimizerArg::Sgd)]
     optimizer: OptimizerArg,
+}
+
+impl ScoringArg {
+    /// The runtime's scoring.
+    pub fn scoring(self) -> SlotScoring {
+        match self {
+            ScoringArg::Tfidf => SlotScoring::TfIdf,
+            ScoringArg::Kl => SlotScoring::Kl,
+            ScoringArg::All => SlotScoring::AllTouched,
+        }
+    }
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScoringArg::Tfidf => "tfidf",
+            ScoringArg::Kl => "kl",
+            ScoringArg::All => "all",
+        }
+    }
 }
 
 /// `--optimizer` values.
@@ -52,9 +65,36 @@ impl OptimizerArg {
     }
 }
 
+/// Per-fact step settings shared by `learn` and `eval`.
+#[derive(Args)]
+pub struct StepFlags {
+    /// Gradient steps per fact.
+    #[arg(long, default_value_t = LearnOptions::default().steps)]
+    pub steps: usize,
+    /// Learning rate (SGD: per row update scale; AdamW: per element).
+    #[arg(long, default_value_t = LearnOptions::default().learning_rate)]
+    pub lr: f32,
+    /// Value rows updated per fact.
+    #[arg(long, default_value_t = LearnOptions::default().top_t)]
+    pub top_t: usize,
+}
+
+impl StepFlags {
+    /// Learning options with these steps, `scoring` and `optimizer`.
+    pub fn options(&self, scoring: SlotScoring, optimizer: Optimizer) -> LearnOptions {
+        LearnOptions {
+            steps: self.steps,
+            learning_rate: self.lr,
+            top_t: self.top_t,
+            scoring,
+            optimizer,
+        }
+    }
+}
+
 /// `--scoring` values.
 #[derive(Clone, Copy, ValueEnum)]
-enum ScoringArg {
+pub enum ScoringArg {
     /// TF-IDF against the background's document frequency.
     Tfidf,
     /// KL against the background's access distribution.
@@ -69,17 +109,9 @@ pub fn run(mut engine: Engine, args: &LearnArgs) -> Result<(), String> {
         .memory_path()
         .map(PathBuf::from)
         .ok_or("learn needs --memory STORE (make one with engram retrofit)")?;
-    let options = LearnOptions {
-        steps: args.steps,
-        learning_rate: args.lr,
-        top_t: args.top_t,
-        scoring: match args.scoring {
-            ScoringArg::Tfidf => SlotScoring::TfIdf,
-            ScoringArg::Kl => SlotScoring::Kl,
-            ScoringArg::All => SlotScoring::AllTouched,
-        },
-        optimizer: args.optimizer.optimizer(),
-    };
+    let options = args
+        .step
+        .options(args.scoring.scoring(), args.optimizer.optimizer());
     options.validate().map_err(|e| e.to_string())?;
     let facts = Fact::read_file(&args.facts).map_err(|e| e.to_string())?;
 
