@@ -24,6 +24,12 @@ pub struct LearnArgs {
     /// its learning rate is per element, e.g. --lr 0.5).
     #[arg(long, value_enum, default_value_t = OptimizerArg::Sgd)]
     optimizer: OptimizerArg,
+    /// Print "durable FACT STEP" on stdout as each step reaches the journal.
+    #[arg(long)]
+    print_steps: bool,
+    /// Leave the steps in the journal instead of folding them into the store at the end.
+    #[arg(long)]
+    no_checkpoint: bool,
 }
 
 impl ScoringArg {
@@ -103,7 +109,7 @@ pub enum ScoringArg {
     All,
 }
 
-/// Learns the facts and writes the memory store back atomically.
+/// Learns the facts (each step journaled as it happens), then checkpoints the store.
 pub fn run(mut engine: Engine, args: &LearnArgs) -> Result<(), String> {
     let store = engine
         .memory_path()
@@ -123,14 +129,24 @@ pub fn run(mut engine: Engine, args: &LearnArgs) -> Result<(), String> {
         .expect("valid template")
         .progress_chars("=> "),
     );
+    let print_steps = args.print_steps;
     let report = engine.learn(&facts, &options, &mut |fact, step, loss| {
+        if print_steps && step < options.steps {
+            println!("durable {fact} {step}");
+        }
         bar.set_position(fact as u64);
         bar.set_message(format!("step {step} loss {loss:.3}"));
         !interrupted.load(Ordering::SeqCst)
     });
     bar.finish_and_clear();
-    let report = report.map_err(|e| format!("{e}; the store on disk is unchanged"))?;
-    engine.save_memory(&store).map_err(|e| e.to_string())?;
+    let report = report.map_err(|e| {
+        format!("{e}; the steps reported before this are kept in the store's journal")
+    })?;
+    let checkpoint = std::time::Instant::now();
+    if !args.no_checkpoint {
+        engine.checkpoint().map_err(|e| e.to_string())?;
+    }
+    let checkpoint = checkpoint.elapsed();
     for (f, r) in facts.iter().zip(&report.facts) {
         let what = match f {
             Fact::QuestionAnswer { question, .. } => question.as_str(),
@@ -145,7 +161,7 @@ pub fn run(mut engine: Engine, args: &LearnArgs) -> Result<(), String> {
     }
     let t = &report.timings;
     eprintln!(
-        "learned {} facts in {:.1} s ({:.1} s per fact: prepare {:.1}, selection {:.2}, gradients {:.1}, update {:.2}); saved {}",
+        "learned {} facts in {:.1} s ({:.1} s per fact: prepare {:.1}, selection {:.2}, gradients {:.1}, update {:.2}); {} {} ({:.2} s)",
         facts.len(),
         report.total.as_secs_f64(),
         report.total.as_secs_f64() / facts.len() as f64,
@@ -153,7 +169,13 @@ pub fn run(mut engine: Engine, args: &LearnArgs) -> Result<(), String> {
         t.selection.as_secs_f64(),
         t.gradients.as_secs_f64(),
         t.update.as_secs_f64(),
-        store.display()
+        if args.no_checkpoint {
+            "journaled in"
+        } else {
+            "checkpointed"
+        },
+        store.display(),
+        checkpoint.as_secs_f64()
     );
     Ok(())
 }

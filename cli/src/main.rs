@@ -6,10 +6,12 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
+use engram::delta::MemoryAccess;
 use engram::gguf::Gguf;
 use engram::{ChatMessage, Engine, EngineOptions, GenerateOptions, SamplingConfig};
 
 mod bench;
+mod delta;
 mod eval;
 mod info;
 mod learn;
@@ -79,6 +81,19 @@ enum Command {
     /// Learn facts the model gets wrong one after another; measure learned accuracy, retention
     /// and held-out NLL per slot-selection method (needs --memory; the store is not changed).
     Eval(eval::EvalArgs),
+    /// Exchange what was learned: export, import, revert, inspect and list deltas.
+    Delta {
+        #[command(subcommand)]
+        command: delta::DeltaCommand,
+    },
+    /// Name the memory's current state (a later `delta export --since NAME` holds only what
+    /// was learned after it).
+    Snapshot {
+        /// The snapshot's name.
+        name: String,
+    },
+    /// Fold the journal into the store file now (learn does this when it finishes).
+    Checkpoint,
     /// Ask a question through the chat template, greedily (use --memory to ask what was learned).
     Ask {
         /// The question.
@@ -154,18 +169,33 @@ fn open(
     threads: usize,
     ctx: usize,
 ) -> Result<Engine, String> {
+    open_with(model, memory, MemoryAccess::Read, threads, ctx)
+}
+
+/// Opens the model; a memory store is opened with `access` and its repair notes printed.
+fn open_with(
+    model: Option<PathBuf>,
+    memory: Option<PathBuf>,
+    access: MemoryAccess,
+    threads: usize,
+    ctx: usize,
+) -> Result<Engine, String> {
     let path = resolve_model(model)?;
     let start = Instant::now();
-    let engine = Engine::open(
+    let mut engine = Engine::open(
         &path,
         &EngineOptions {
             threads,
             context: ctx,
-            memory: memory.clone(),
             ..Default::default()
         },
     )
     .map_err(|e| e.to_string())?;
+    if let Some(m) = &memory {
+        for warning in engine.open_memory(m, access).map_err(|e| e.to_string())? {
+            eprintln!("warning: {warning}");
+        }
+    }
     let with = memory.map_or(String::new(), |m| format!(" with memory {}", m.display()));
     eprintln!(
         "loaded {}{with} in {:.0} ms",
@@ -224,7 +254,10 @@ fn run(cli: Cli) -> Result<(), String> {
             if cli.memory.is_none() {
                 return Err("learn needs --memory STORE (make one with engram retrofit)".into());
             }
-            learn::run(open(cli.model, cli.memory, cli.threads, 0)?, &args)
+            learn::run(
+                open_with(cli.model, cli.memory, MemoryAccess::Write, cli.threads, 0)?,
+                &args,
+            )
         }
         Command::Eval(args) => {
             if cli.memory.is_none() {
@@ -242,6 +275,39 @@ fn run(cli: Cli) -> Result<(), String> {
                 engine
                     .ask(&question, max_tokens)
                     .map_err(|e| e.to_string())?
+            );
+            Ok(())
+        }
+        Command::Delta { command } => delta::run(cli.model, cli.memory, cli.threads, command),
+        Command::Snapshot { name } => {
+            let memory = cli.memory.ok_or("snapshot needs --memory STORE")?;
+            let mut engine = open_with(
+                cli.model,
+                Some(memory.clone()),
+                MemoryAccess::Write,
+                cli.threads,
+                0,
+            )?;
+            engine.snapshot(&name).map_err(|e| e.to_string())?;
+            println!("snapshot {name:?} of {} taken", memory.display());
+            Ok(())
+        }
+        Command::Checkpoint => {
+            let memory = cli.memory.ok_or("checkpoint needs --memory STORE")?;
+            let mut engine = open_with(
+                cli.model,
+                Some(memory.clone()),
+                MemoryAccess::Write,
+                cli.threads,
+                0,
+            )?;
+            let journal = engine.journal_len();
+            let t = Instant::now();
+            engine.checkpoint().map_err(|e| e.to_string())?;
+            println!(
+                "checkpointed {} ({journal} journal bytes folded in, {:.2} s)",
+                memory.display(),
+                t.elapsed().as_secs_f64()
             );
             Ok(())
         }

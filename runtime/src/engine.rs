@@ -5,8 +5,12 @@ use std::time::{Duration, Instant};
 
 use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
+use crate::delta::{
+    Applied, Change, Delta, DeltaPrecision, DurableMemory, ImportedDelta, LearnedEntry,
+    MemoryAccess, RowAccess, RowSet, Snapshot, open_store, unix_now,
+};
 use crate::gguf::Gguf;
-use crate::learn::{Fact, LearnOptions, LearnReport};
+use crate::learn::{Committed, Fact, LearnOptions, LearnReport};
 use crate::memory::{MemoryBlock, MemoryConfig, MemoryStore, SlotUsage};
 use crate::model::{Logits, Model, fingerprint};
 use crate::sampling::{Sampler, SamplingConfig};
@@ -34,6 +38,8 @@ pub struct EngineOptions {
     pub context: usize,
     /// Memory store to attach (made by `engram retrofit` for this model).
     pub memory: Option<PathBuf>,
+    /// Whether the memory store is opened for writing (journaled, locked) or only read.
+    pub memory_access: MemoryAccess,
 }
 
 /// Settings of one generation.
@@ -98,6 +104,100 @@ pub struct Engine {
 struct AttachedMemory {
     path: Option<PathBuf>,
     store: MemoryStore,
+    durable: DurableMemory,
+}
+
+/// The value rows of the attached memory, addressed by global row id, on the backend.
+struct ModelRows<'m> {
+    model: &'m mut Model<CpuBackend>,
+    slots: usize,
+}
+
+impl RowAccess for ModelRows<'_> {
+    fn dim(&self) -> usize {
+        self.model.config.dim
+    }
+    fn total_rows(&self) -> usize {
+        self.slots * self.model.memory().len()
+    }
+    fn read_rows(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(ids.len() * self.dim());
+        for (layer, part) in split_by_layer(ids, self.slots) {
+            out.extend(self.model.memory_rows(layer, &part)?);
+        }
+        Ok(out)
+    }
+    fn write_rows(&mut self, ids: &[u32], values: &[f32]) -> Result<()> {
+        let dim = self.dim();
+        let mut at = 0;
+        for (layer, part) in split_by_layer(ids, self.slots) {
+            let n = part.len() * dim;
+            self.model
+                .set_memory_rows(layer, &part, values[at..at + n].to_vec())?;
+            at += n;
+        }
+        Ok(())
+    }
+}
+
+/// Ascending global ids → (layer index, slot ids in it), in order.
+fn split_by_layer(ids: &[u32], slots: usize) -> Vec<(usize, Vec<u32>)> {
+    let mut out: Vec<(usize, Vec<u32>)> = Vec::new();
+    for &id in ids {
+        let (layer, slot) = (id as usize / slots, (id as usize % slots) as u32);
+        match out.last_mut() {
+            Some((l, v)) if *l == layer => v.push(slot),
+            _ => out.push((layer, vec![slot])),
+        }
+    }
+    out
+}
+
+/// What importing a delta did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportReport {
+    /// The delta's id.
+    pub id: String,
+    /// Rows it changed (0 when it was already imported).
+    pub rows: usize,
+    /// Of those, rows that earlier imported deltas had changed too (the differences add up).
+    pub overlapping: usize,
+    /// It was imported before, so nothing changed.
+    pub already_imported: bool,
+}
+
+/// What reverting a delta did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevertReport {
+    /// The delta's id.
+    pub id: String,
+    /// Rows put back exactly as they were before the import.
+    pub exact: usize,
+    /// Rows changed since the import (by learning or another delta): its difference was
+    /// subtracted, keeping the later change.
+    pub adjusted: usize,
+}
+
+fn no_memory() -> Error {
+    Error::InvalidArgument("no memory store is attached (engram retrofit makes one)".into())
+}
+
+/// Row access for changes that touch no rows.
+struct NoRows(usize);
+
+impl RowAccess for NoRows {
+    fn dim(&self) -> usize {
+        self.0
+    }
+    fn total_rows(&self) -> usize {
+        0
+    }
+    fn read_rows(&self, _: &[u32]) -> Result<Vec<f32>> {
+        Ok(Vec::new())
+    }
+    fn write_rows(&mut self, _: &[u32], _: &[f32]) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Turns a stream of token bytes into text pieces that are whole UTF-8 characters.
@@ -166,8 +266,7 @@ impl Engine {
             memory: None,
         };
         if let Some(m) = &options.memory {
-            let store = MemoryStore::open(m)?;
-            engine.attach_memory(store, Some(m.clone()))?;
+            engine.open_memory(m, options.memory_access)?;
         }
         Ok(engine)
     }
@@ -177,9 +276,36 @@ impl Engine {
         fingerprint(&self.gguf)
     }
 
+    /// Opens the memory store at `path` (journal replayed) and attaches it. With
+    /// [`MemoryAccess::Write`] this process holds the store's lock and every learning step,
+    /// snapshot and delta import is journaled before it returns. Returns what opening noticed
+    /// and repaired (e.g. a torn journal tail that was dropped).
+    pub fn open_memory(
+        &mut self,
+        path: impl AsRef<Path>,
+        access: MemoryAccess,
+    ) -> Result<Vec<String>> {
+        let path = path.as_ref();
+        let (store, durable) = open_store(path, access)?;
+        let warnings = durable.warnings.clone();
+        self.attach(store, Some(path.to_owned()), durable)?;
+        Ok(warnings)
+    }
+
     /// Attaches a memory store's layers to the model, after checking that the store belongs
-    /// to this model. `path` is where it came from, if anywhere (for messages).
+    /// to this model. `path` is where it came from, if anywhere (for messages); changes are
+    /// kept in this process only (use [`Engine::open_memory`] to make them durable).
     pub fn attach_memory(&mut self, mut store: MemoryStore, path: Option<PathBuf>) -> Result<()> {
+        let durable = DurableMemory::in_process(std::mem::take(&mut store.history));
+        self.attach(store, path, durable)
+    }
+
+    fn attach(
+        &mut self,
+        mut store: MemoryStore,
+        path: Option<PathBuf>,
+        durable: DurableMemory,
+    ) -> Result<()> {
         store.check_model(&self.model.config, &self.fingerprint())?;
         let b = self.model.backend();
         let mut blocks = Vec::with_capacity(store.layers.len());
@@ -189,7 +315,11 @@ impl Engine {
             blocks.push(MemoryBlock::load(b, &store.config, store.dim, params)?);
         }
         self.model.set_memory(blocks)?;
-        self.memory = Some(AttachedMemory { path, store });
+        self.memory = Some(AttachedMemory {
+            path,
+            store,
+            durable,
+        });
         Ok(())
     }
 
@@ -210,19 +340,18 @@ impl Engine {
     }
 
     /// Learns `facts` into the attached memory (one after another). `progress(fact, step,
-    /// loss)` is called after every step; returning `false` stops after that step.
+    /// loss)` is called after every step, once the step is durable (journaled when the store
+    /// was opened for writing); returning `false` stops after that step.
     pub fn learn(
         &mut self,
         facts: &[Fact],
         options: &LearnOptions,
         progress: &mut dyn FnMut(usize, usize, f64) -> bool,
     ) -> Result<LearnReport> {
-        let m = self.memory.as_ref().ok_or_else(|| {
-            Error::InvalidArgument(
-                "learning needs a memory store (engram retrofit makes one)".into(),
-            )
-        })?;
+        let m = self.memory.as_mut().ok_or_else(no_memory)?;
         let layer = &m.store.layers[0];
+        let dim = self.model.config.dim;
+        let durable = &mut m.durable;
         crate::learn::learn(
             &mut self.model,
             &self.tokenizer,
@@ -231,7 +360,228 @@ impl Engine {
             facts,
             options,
             progress,
+            &mut |c| match c {
+                // The learning memory is the first layer: slot ids are global row ids.
+                Committed::Step {
+                    rows,
+                    before,
+                    after,
+                } => durable.commit_written(rows, before, after, dim),
+                Committed::Fact(f) => durable
+                    .commit(
+                        Change::Learned(LearnedEntry {
+                            at: unix_now(),
+                            text: f.describe(),
+                        }),
+                        &mut NoRows(dim),
+                    )
+                    .map(|_| ()),
+            },
         )
+    }
+
+    fn attached(&mut self) -> Result<(&mut AttachedMemory, ModelRows<'_>)> {
+        let m = self.memory.as_mut().ok_or_else(no_memory)?;
+        let slots = m.store.config.slots();
+        Ok((
+            m,
+            ModelRows {
+                model: &mut self.model,
+                slots,
+            },
+        ))
+    }
+
+    /// Names the current state so a later delta can hold only what was learned after it.
+    pub fn snapshot(&mut self, name: &str) -> Result<()> {
+        let (m, mut rows) = self.attached()?;
+        m.durable.commit(
+            Change::Snapshot {
+                name: name.to_owned(),
+                created: unix_now(),
+            },
+            &mut rows,
+        )?;
+        Ok(())
+    }
+
+    /// Snapshots of the attached memory, oldest first.
+    pub fn snapshots(&self) -> &[Snapshot] {
+        self.memory
+            .as_ref()
+            .map_or(&[], |m| m.durable.history.snapshots.as_slice())
+    }
+
+    /// Deltas imported into the attached memory and not reverted, oldest first.
+    pub fn imported_deltas(&self) -> &[ImportedDelta] {
+        self.memory
+            .as_ref()
+            .map_or(&[], |m| m.durable.history.imports.as_slice())
+    }
+
+    /// Facts learned into the attached memory, oldest first.
+    pub fn learned_facts(&self) -> &[LearnedEntry] {
+        self.memory
+            .as_ref()
+            .map_or(&[], |m| m.durable.history.learned.as_slice())
+    }
+
+    /// What was learned since the beginning (`since = None`: every row that differs from
+    /// the all-zero initial values) or since the snapshot named `since`, as a delta.
+    ///
+    /// ```no_run
+    /// # use engram::{Engine, EngineOptions, delta::{DeltaPrecision, MemoryAccess}};
+    /// let mut engine = Engine::open("models/SmolLM2-135M-Instruct.Q4_1.gguf", &EngineOptions {
+    ///     memory: Some("my.engram".into()),
+    ///     memory_access: MemoryAccess::Write,
+    ///     ..Default::default()
+    /// })?;
+    /// let delta = engine.export_delta(None, DeltaPrecision::F32, "notes app")?;
+    /// delta.write("taught.delta")?;
+    /// # Ok::<(), engram::Error>(())
+    /// ```
+    pub fn export_delta(
+        &mut self,
+        since: Option<&str>,
+        precision: DeltaPrecision,
+        app_label: &str,
+    ) -> Result<Delta> {
+        let (m, rows) = self.attached()?;
+        let dim = rows.dim();
+        let h = &m.durable.history;
+        let (set, learned, since_text) = match since {
+            None => {
+                let total = rows.total_rows() as u32;
+                let all: Vec<u32> = (0..total).collect();
+                let values = rows.read_rows(&all)?;
+                let mut set = RowSet::default();
+                for (id, row) in all.iter().zip(values.chunks_exact(dim)) {
+                    if row.iter().any(|&v| v != 0.0) {
+                        set.ids.push(*id);
+                        set.values.extend_from_slice(row);
+                    }
+                }
+                let learned = h.learned.iter().map(|e| e.text.clone()).collect();
+                (set, learned, "beginning".to_owned())
+            }
+            Some(name) => {
+                let (i, snap) = h.snapshot(name)?;
+                let current = rows.read_rows(&snap.before.ids)?;
+                let mut set = RowSet::default();
+                for (k, id) in snap.before.ids.iter().enumerate() {
+                    let old = snap.before.row(k, dim);
+                    let diff: Vec<f32> = current[k * dim..(k + 1) * dim]
+                        .iter()
+                        .zip(old)
+                        .map(|(c, o)| c - o)
+                        .collect();
+                    if diff.iter().any(|&d| d != 0.0) {
+                        set.ids.push(*id);
+                        set.values.extend(diff);
+                    }
+                }
+                let from = h.learned_at_snapshot.get(i).copied().unwrap_or(0) as usize;
+                let learned = h.learned[from.min(h.learned.len())..]
+                    .iter()
+                    .map(|e| e.text.clone())
+                    .collect();
+                (set, learned, format!("snapshot {name}"))
+            }
+        };
+        let s = &m.store;
+        Ok(Delta::new(
+            s.base_fingerprint.clone(),
+            s.init_fingerprint.clone(),
+            s.config.clone(),
+            dim,
+            precision,
+            set,
+            since_text,
+            app_label.to_owned(),
+            learned,
+            unix_now(),
+        ))
+    }
+
+    /// Adds a delta's differences to the attached memory. Importing the same delta again
+    /// changes nothing. Where deltas touch the same rows their differences add up.
+    pub fn import_delta(&mut self, delta: &Delta) -> Result<ImportReport> {
+        let (m, mut rows) = self.attached()?;
+        let s = &m.store;
+        if delta.base_fingerprint != s.base_fingerprint {
+            return Err(Error::Delta(format!(
+                "delta {} was made for another base model (fingerprint {}, this store's model {})",
+                delta.id, delta.base_fingerprint, s.base_fingerprint
+            )));
+        }
+        if delta.config != s.config || delta.dim != s.dim {
+            return Err(Error::Delta(format!(
+                "delta {} was made for another memory shape ({:?} × {}, this store {:?} × {})",
+                delta.id, delta.config, delta.dim, s.config, s.dim
+            )));
+        }
+        if delta.init_fingerprint != s.init_fingerprint {
+            return Err(Error::Delta(format!(
+                "delta {} was made for another memory init ({}, this store {}): it was retrofitted \
+                 separately; import needs a store made by the same retrofit",
+                delta.id, delta.init_fingerprint, s.init_fingerprint
+            )));
+        }
+        if m.durable.history.has_import(&delta.id) {
+            return Ok(ImportReport {
+                id: delta.id.clone(),
+                rows: 0,
+                overlapping: 0,
+                already_imported: true,
+            });
+        }
+        let Applied {
+            rows: n,
+            overlapping,
+            ..
+        } = m.durable.commit(
+            Change::Import {
+                id: delta.id.clone(),
+                label: delta.app_label.clone(),
+                imported: unix_now(),
+                diff: delta.rows.clone(),
+            },
+            &mut rows,
+        )?;
+        Ok(ImportReport {
+            id: delta.id.clone(),
+            rows: n,
+            overlapping,
+            already_imported: false,
+        })
+    }
+
+    /// Undoes an imported delta (`id` or a unique prefix of it). Rows nothing changed since
+    /// the import get their previous values back bit-exactly.
+    pub fn revert_delta(&mut self, id: &str) -> Result<RevertReport> {
+        let (m, mut rows) = self.attached()?;
+        let full = m.durable.history.import(id)?.id.clone();
+        let a = m
+            .durable
+            .commit(Change::Revert { id: full.clone() }, &mut rows)?;
+        Ok(RevertReport {
+            id: full,
+            exact: a.exact,
+            adjusted: a.overlapping,
+        })
+    }
+
+    /// Writes the attached memory as a new checkpoint of its store (atomically) and empties
+    /// the journal. Needs the store opened for writing.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        let store = self.memory_store()?;
+        let m = self.memory.as_mut().ok_or_else(no_memory)?;
+        m.durable.checkpoint(store)
+    }
+
+    /// Bytes in the attached store's journal (what a checkpoint would fold in).
+    pub fn journal_len(&self) -> u64 {
+        self.memory.as_ref().map_or(0, |m| m.durable.journal_len())
     }
 
     /// Answers `question` through the chat template, greedily.
@@ -251,6 +601,7 @@ impl Engine {
             .as_ref()
             .ok_or_else(|| Error::InvalidArgument("no memory store is attached".into()))?;
         let mut store = m.store.clone();
+        store.history = m.durable.history.clone();
         let b = self.model.backend();
         for (layer, block) in store.layers.iter_mut().zip(self.model.memory()) {
             layer.values = b.download(&block.values);

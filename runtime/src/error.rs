@@ -36,6 +36,12 @@ pub enum Error {
     /// A memory store is malformed or does not belong to the model it is used with.
     #[error("memory store: {0}")]
     Memory(String),
+    /// A delta file is malformed, damaged, or made for another base model or memory.
+    #[error("delta: {0}")]
+    Delta(String),
+    /// Another process has the memory store open for writing.
+    #[error("in use: {0}")]
+    InUse(String),
     /// Long work was stopped by the caller (e.g. Ctrl-C); nothing was written.
     #[error("interrupted: {0}")]
     Interrupted(String),

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod delta;
 mod engine;
 mod error;
 pub mod gguf;
@@ -17,8 +18,8 @@ pub mod sampling;
 pub mod tokenizer;
 
 pub use engine::{
-    Device, Engine, EngineOptions, GenerateOptions, Generation, Session, StopReason, TextStream,
-    log_softmax_at,
+    Device, Engine, EngineOptions, GenerateOptions, Generation, ImportReport, RevertReport,
+    Session, StopReason, TextStream, log_softmax_at,
 };
 pub use error::{Error, Result};
 pub use sampling::SamplingConfig;

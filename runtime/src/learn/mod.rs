@@ -385,7 +385,39 @@ pub fn examples(tok: &Tokenizer, fact: &Fact) -> Result<Vec<Example>> {
     }
 }
 
+/// A change learning made, handed to the caller to make durable before it is reported.
+pub enum Committed<'a> {
+    /// A step overwrote `rows` (ascending): their values before and after (rows × dim).
+    Step {
+        /// Slot ids in the learning memory.
+        rows: &'a [u32],
+        /// Values until this step.
+        before: &'a [f32],
+        /// Values from this step on.
+        after: &'a [f32],
+    },
+    /// A fact finished learning.
+    Fact(&'a Fact),
+}
+
+impl Fact {
+    /// The fact as one line of text (for histories and delta metadata).
+    pub fn describe(&self) -> String {
+        match self {
+            Fact::QuestionAnswer { question, answer } => {
+                format!("Q: {} A: {}", question.trim(), answer.trim())
+            }
+            Fact::Note(text) => text.trim().to_owned(),
+        }
+    }
+}
+
 /// Learns `facts` one after another into the model's memory.
+///
+/// After every step's update, `commit` gets the rows it changed (an error from it undoes the
+/// step and stops); only then is `progress(fact, step, loss)` told the step is done, so a
+/// caller that journals in `commit` never reports a step that a crash could lose.
+#[allow(clippy::too_many_arguments)]
 pub fn learn<B: Backend>(
     model: &mut Model<B>,
     tok: &Tokenizer,
@@ -394,6 +426,7 @@ pub fn learn<B: Backend>(
     facts: &[Fact],
     opts: &LearnOptions,
     progress: &mut dyn FnMut(usize, usize, f64) -> bool,
+    commit: &mut dyn FnMut(Committed<'_>) -> Result<()>,
 ) -> Result<LearnReport> {
     opts.validate()?;
     let started = Instant::now();
@@ -430,7 +463,8 @@ pub fn learn<B: Backend>(
         let count: usize = batch.iter().map(|e| e.targets.len()).sum();
         let mut loss_before = f64::NAN;
         let mut loss = f64::NAN;
-        let mut last_update: Option<B::Tensor> = None;
+        // The last step's rows before it, on the backend and the host, and after it.
+        let mut last_update: Option<(B::Tensor, Vec<f32>, Vec<f32>)> = None;
         // Masked AdamW: moments exist only for this fact's selected rows.
         let mut adam: Option<AdamState> = None;
         for step in 0..=opts.steps {
@@ -441,8 +475,14 @@ pub fn learn<B: Backend>(
                 Err(e) => {
                     // The last update made the loss non-finite: put the rows back exactly.
                     return Err(match last_update.take() {
-                        Some(before) => {
+                        Some((before, before_host, after_host)) => {
                             model.write_values(&rows_sorted, &before)?;
+                            // The undo is a change too: make it as durable as the step was.
+                            commit(Committed::Step {
+                                rows: &rows_sorted,
+                                before: &after_host,
+                                after: &before_host,
+                            })?;
                             Error::InvalidArgument(format!(
                                 "fact {}: step {step} was rejected and its update undone: {e} \
                                  (lower the learning rate)",
@@ -463,13 +503,18 @@ pub fn learn<B: Backend>(
             if step == 0 {
                 loss_before = loss;
             }
-            if !progress(fi, step, loss) {
-                return Err(Error::Interrupted(format!(
+            let stop = |fi: usize| {
+                Error::Interrupted(format!(
                     "learning stopped during fact {}; facts before it are learned",
                     fi + 1
-                )));
-            }
-            let Some(mut g) = grad else { break };
+                ))
+            };
+            let Some(mut g) = grad else {
+                if !progress(fi, step, loss) {
+                    return Err(stop(fi));
+                }
+                break;
+            };
             let t0 = Instant::now();
             let scale = 1.0 / count as f32;
             g.iter_mut().for_each(|v| *v *= scale);
@@ -503,9 +548,22 @@ pub fn learn<B: Backend>(
                     fi + 1
                 )));
             }
-            last_update = Some(before);
+            let before_host = model.backend().download(&before);
+            if let Err(e) = commit(Committed::Step {
+                rows: &rows_sorted,
+                before: &before_host,
+                after: &moved,
+            }) {
+                model.write_values(&rows_sorted, &before)?;
+                return Err(e);
+            }
+            last_update = Some((before, before_host, moved));
             report.timings.update += t0.elapsed();
+            if !progress(fi, step, loss) {
+                return Err(stop(fi));
+            }
         }
+        commit(Committed::Fact(&facts[fi]))?;
         report.facts.push(FactReport {
             examples: batch.len(),
             loss_before,

@@ -291,6 +291,7 @@ pub fn retrofit<B: Backend>(
         },
         layers: params,
         info,
+        history: Default::default(),
     })
 }
 

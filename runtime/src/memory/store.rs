@@ -6,6 +6,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 use super::config::MemoryConfig;
 use super::usage::SlotUsage;
+use crate::delta::{ImportedDelta, LearnedEntry, RowSet, Snapshot, StoreHistory};
 use crate::gguf::{Gguf, GgufWriter, Value, ValueType};
 use crate::model::ModelConfig;
 use crate::quant::GgmlType;
@@ -90,6 +91,15 @@ pub struct MemoryStore {
     pub layers: Vec<MemoryLayerParams>,
     /// Free-form provenance (`engram.info.*`): how the store was made.
     pub info: Vec<(String, String)>,
+    /// Snapshots, imported deltas and learned facts (empty for a fresh retrofit).
+    pub history: StoreHistory,
+}
+
+fn read_f32(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 fn tensor_name(layer: usize, part: &str) -> String {
@@ -217,6 +227,7 @@ impl MemoryStore {
                 w.add_f32(tensor_name(l.layer, part), dims, data)?;
             }
         }
+        self.write_history(&mut w)?;
         Ok(w)
     }
 
@@ -295,6 +306,7 @@ impl MemoryStore {
                 batch_tokens: g.get_u64("engram.background.batch_tokens")?,
             },
             layers: Vec::new(),
+            history: StoreHistory::default(),
             info: g
                 .metadata()
                 .iter()
@@ -323,11 +335,7 @@ impl MemoryStore {
                         t.dtype, t.dims
                     )));
                 }
-                let v: Vec<f32> = g
-                    .tensor_data(t)
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
+                let v = read_f32(g.tensor_data(t));
                 if let Some(i) = v.iter().position(|x| !x.is_finite()) {
                     return Err(bad(format!(
                         "tensor {name} holds a non-finite value at {i}"
@@ -358,7 +366,200 @@ impl MemoryStore {
                 },
             });
         }
+        store.read_history(g)?;
         Ok(store)
+    }
+
+    /// Rows in all layers together (global row ids run layer by layer).
+    pub fn total_rows(&self) -> usize {
+        self.config.slots() * self.layers.len()
+    }
+
+    fn write_history(&self, w: &mut GgufWriter) -> Result<()> {
+        let h = &self.history;
+        let s = |v: &str| Value::String(v.to_owned());
+        let strings =
+            |v: Vec<&str>| Value::Array(ValueType::String, v.into_iter().map(s).collect());
+        let u64s =
+            |v: Vec<u64>| Value::Array(ValueType::U64, v.into_iter().map(Value::U64).collect());
+        let ids = |r: &RowSet| {
+            Value::Array(
+                ValueType::U32,
+                r.ids.iter().map(|&i| Value::U32(i)).collect(),
+            )
+        };
+        w.set("engram.history.journal_seq", Value::U64(h.journal_seq));
+        w.set(
+            "engram.history.learned.text",
+            strings(h.learned.iter().map(|e| e.text.as_str()).collect()),
+        );
+        w.set(
+            "engram.history.learned.at",
+            u64s(h.learned.iter().map(|e| e.at).collect()),
+        );
+        w.set(
+            "engram.history.snapshot.names",
+            strings(h.snapshots.iter().map(|x| x.name.as_str()).collect()),
+        );
+        w.set(
+            "engram.history.snapshot.created",
+            u64s(h.snapshots.iter().map(|x| x.created).collect()),
+        );
+        w.set(
+            "engram.history.snapshot.learned",
+            u64s(h.learned_at_snapshot.clone()),
+        );
+        for (i, snap) in h.snapshots.iter().enumerate() {
+            w.set(
+                format!("engram.history.snapshot.{i}.rows"),
+                ids(&snap.before),
+            );
+            if !snap.before.is_empty() {
+                w.add_f32(
+                    format!("history.snapshot.{i}.before"),
+                    &[self.dim as u64, snap.before.len() as u64],
+                    &snap.before.values,
+                )?;
+            }
+        }
+        w.set(
+            "engram.history.import.ids",
+            strings(h.imports.iter().map(|x| x.id.as_str()).collect()),
+        );
+        w.set(
+            "engram.history.import.labels",
+            strings(h.imports.iter().map(|x| x.label.as_str()).collect()),
+        );
+        w.set(
+            "engram.history.import.at",
+            u64s(h.imports.iter().map(|x| x.imported).collect()),
+        );
+        for (i, d) in h.imports.iter().enumerate() {
+            w.set(format!("engram.history.import.{i}.rows"), ids(&d.previous));
+            if !d.previous.is_empty() {
+                let shape = [self.dim as u64, d.previous.len() as u64];
+                w.add_f32(
+                    format!("history.import.{i}.previous"),
+                    &shape,
+                    &d.previous.values,
+                )?;
+                w.add_f32(format!("history.import.{i}.diff"), &shape, &d.diff)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn read_history(&mut self, g: &Gguf) -> Result<()> {
+        let bad = |m: String| Error::Memory(m);
+        // Stores written before the history existed have none of these keys.
+        let Some(seq) = g.get("engram.history.journal_seq") else {
+            return Ok(());
+        };
+        let seq = seq
+            .as_u64()
+            .ok_or_else(|| bad("engram.history.journal_seq is not a number".into()))?;
+        let strings = |k: &str| -> Result<Vec<String>> {
+            g.get(k)
+                .and_then(Value::as_array)
+                .and_then(|a| a.iter().map(|v| v.as_str().map(str::to_owned)).collect())
+                .ok_or_else(|| bad(format!("{k} is missing or not a list of strings")))
+        };
+        let u64s = |k: &str| -> Result<Vec<u64>> {
+            g.get(k)
+                .and_then(Value::as_array)
+                .and_then(|a| a.iter().map(Value::as_u64).collect())
+                .ok_or_else(|| bad(format!("{k} is missing or not a list of numbers")))
+        };
+        let dim = self.dim;
+        let total = self.total_rows();
+        let rows = |key: &str, tensor: &str| -> Result<RowSet> {
+            let ids: Vec<u32> = u64s(key)?
+                .into_iter()
+                .map(|v| {
+                    u32::try_from(v).map_err(|_| bad(format!("{key}: row {v} is out of range")))
+                })
+                .collect::<Result<_>>()?;
+            let values = if ids.is_empty() {
+                Vec::new()
+            } else {
+                let t = g
+                    .tensor(tensor)
+                    .ok_or_else(|| bad(format!("tensor {tensor} is missing")))?;
+                if t.dtype != GgmlType::F32 || t.dims != [dim as u64, ids.len() as u64] {
+                    return Err(bad(format!(
+                        "tensor {tensor} is {} {:?}, expected f32 [{dim}, {}]",
+                        t.dtype,
+                        t.dims,
+                        ids.len()
+                    )));
+                }
+                read_f32(g.tensor_data(t))
+            };
+            let set = RowSet { ids, values };
+            set.validate(dim, total, tensor)?;
+            Ok(set)
+        };
+        let texts = strings("engram.history.learned.text")?;
+        let ats = u64s("engram.history.learned.at")?;
+        let names = strings("engram.history.snapshot.names")?;
+        let created = u64s("engram.history.snapshot.created")?;
+        let learned_at = u64s("engram.history.snapshot.learned")?;
+        let ids = strings("engram.history.import.ids")?;
+        let labels = strings("engram.history.import.labels")?;
+        let imported = u64s("engram.history.import.at")?;
+        if texts.len() != ats.len()
+            || names.len() != created.len()
+            || names.len() != learned_at.len()
+            || ids.len() != labels.len()
+            || ids.len() != imported.len()
+        {
+            return Err(bad("engram.history.* lists disagree in length".into()));
+        }
+        let mut h = StoreHistory {
+            journal_seq: seq,
+            learned: texts
+                .into_iter()
+                .zip(ats)
+                .map(|(text, at)| LearnedEntry { at, text })
+                .collect(),
+            learned_at_snapshot: learned_at,
+            ..Default::default()
+        };
+        for (i, (name, created)) in names.into_iter().zip(created).enumerate() {
+            let before = rows(
+                &format!("engram.history.snapshot.{i}.rows"),
+                &format!("history.snapshot.{i}.before"),
+            )?;
+            h.snapshots.push(Snapshot {
+                name,
+                created,
+                before,
+            });
+        }
+        for (i, ((id, label), imported)) in ids.into_iter().zip(labels).zip(imported).enumerate() {
+            let previous = rows(
+                &format!("engram.history.import.{i}.rows"),
+                &format!("history.import.{i}.previous"),
+            )?;
+            let diff = if previous.is_empty() {
+                Vec::new()
+            } else {
+                rows(
+                    &format!("engram.history.import.{i}.rows"),
+                    &format!("history.import.{i}.diff"),
+                )?
+                .values
+            };
+            h.imports.push(ImportedDelta {
+                id,
+                label,
+                imported,
+                previous,
+                diff,
+            });
+        }
+        self.history = h;
+        Ok(())
     }
 
     /// Slot-usage statistics of each layer's background counts.

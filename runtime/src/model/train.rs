@@ -199,6 +199,44 @@ impl<B: Backend> Model<B> {
         }
     }
 
+    /// Rows `ids` of memory layer `index` (by position in the attached memory), on the host.
+    pub fn memory_rows(&self, index: usize, ids: &[u32]) -> Result<Vec<f32>> {
+        let block = self.memory_block(index, ids)?;
+        Ok(self
+            .backend
+            .download(&self.backend.read_rows(&block.values, ids)))
+    }
+
+    /// Overwrites rows `ids` of memory layer `index` with `values` (ids.len() × dim).
+    pub fn set_memory_rows(&mut self, index: usize, ids: &[u32], values: Vec<f32>) -> Result<()> {
+        self.memory_block(index, ids)?;
+        let dim = self.config.dim;
+        if values.len() != ids.len() * dim {
+            return Err(Error::InvalidArgument(format!(
+                "{} values for {} rows of {dim}",
+                values.len(),
+                ids.len()
+            )));
+        }
+        let src = self.backend.upload_vec(values, ids.len(), dim);
+        self.backend
+            .write_rows(&mut self.memory[index].values, ids, &src);
+        Ok(())
+    }
+
+    fn memory_block(&self, index: usize, ids: &[u32]) -> Result<&crate::memory::MemoryBlock<B>> {
+        let block = self.memory.get(index).ok_or_else(|| {
+            Error::InvalidArgument(format!("memory layer {index} is not attached"))
+        })?;
+        let slots = block.lookup.shape.n_keys * block.lookup.shape.n_keys;
+        match ids.iter().find(|&&r| r as usize >= slots) {
+            Some(r) => Err(Error::InvalidArgument(format!(
+                "row {r} is outside the memory ({slots} slots)"
+            ))),
+            None => Ok(block),
+        }
+    }
+
     /// values[rows[r]] −= lr · grads[r] in the learning memory: the sparse SGD step.
     pub fn sgd_values(&mut self, rows: &[u32], grads: &B::Tensor, lr: f32) -> Result<()> {
         self.learning_block()?;

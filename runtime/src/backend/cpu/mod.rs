@@ -432,27 +432,26 @@ impl Backend for CpuBackend {
             w.src.name
         );
         let dtype = w.src.dtype;
-        let chunk = rows.div_ceil(self.threads() * 8).max(1);
-        // Each task decodes its weight rows once and scatters them into its own partial dx.
-        let data = self.pool.install(|| {
+        // A fixed split into partial sums added in a fixed order: the same inputs give the
+        // same bits on every run (rayon's fold/reduce would group by work-stealing luck).
+        let parts = (self.threads() * 4).clamp(1, rows.max(1));
+        let chunk = rows.div_ceil(parts).max(1);
+        let partials: Vec<Vec<f32>> = self.pool.install(|| {
             (0..rows.div_ceil(chunk))
                 .into_par_iter()
-                .fold(
-                    || vec![0f32; n * cols],
-                    |mut acc, ci| {
-                        let rs = ci * chunk..((ci + 1) * chunk).min(rows);
-                        scatter_weight_rows(dtype, |r| w.row(r), &dy.data, rows, rs, &mut acc);
-                        acc
-                    },
-                )
-                .reduce(
-                    || vec![0f32; n * cols],
-                    |mut a, b| {
-                        a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                        a
-                    },
-                )
+                .map(|ci| {
+                    let mut acc = vec![0f32; n * cols];
+                    let rs = ci * chunk..((ci + 1) * chunk).min(rows);
+                    scatter_weight_rows(dtype, |r| w.row(r), &dy.data, rows, rs, &mut acc);
+                    acc
+                })
+                .collect()
         });
+        let mut partials = partials.into_iter();
+        let mut data = partials.next().unwrap_or_else(|| vec![0f32; n * cols]);
+        for p in partials {
+            data.iter_mut().zip(p).for_each(|(x, y)| *x += y);
+        }
         CpuTensor {
             data,
             rows: n,

@@ -1,0 +1,113 @@
+//! Helpers shared by the CLI test files: run the real binary on the default model.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use engram::gguf::{GgufWriter, Value};
+
+/// The `engram` binary under test, with no model from the environment.
+pub fn engram() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_engram"));
+    c.env_remove("ENGRAM_MODEL");
+    c
+}
+
+/// The default model (fetched by scripts/fetch-model).
+pub fn model() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.is_file(),
+        "default model missing: run scripts/fetch-model"
+    );
+    p
+}
+
+/// A path in this test process's scratch directory.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("engram-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// A minimal GGUF declaring `arch` with one 4-element tensor `t`.
+pub fn minimal_gguf(arch: &str) -> GgufWriter {
+    let mut w = GgufWriter::new();
+    w.set("general.architecture", Value::String(arch.into()));
+    w.add_f32("t", &[4], &[0.0; 4]).unwrap();
+    w
+}
+
+/// Runs `engram ARGS -m MODEL` to completion.
+pub fn run_on(model: impl AsRef<Path>, args: &[&str]) -> Output {
+    engram()
+        .args(args)
+        .arg("-m")
+        .arg(model.as_ref())
+        .output()
+        .unwrap()
+}
+
+/// A run's stdout as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Asserts a failed run whose stderr ends in exactly one `error:` line mentioning `needle`.
+pub fn assert_one_line_error(o: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "expected one error line, stderr: {err}");
+    assert!(!errors[0].contains('\n'));
+    assert!(
+        errors[0].to_lowercase().contains(&needle.to_lowercase()),
+        "error {:?} does not mention {needle:?}",
+        errors[0]
+    );
+}
+
+/// The background corpus (scripts/build-background).
+pub fn background() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/background.txt");
+    assert!(
+        p.is_file(),
+        "background corpus missing: run scripts/build-background"
+    );
+    p
+}
+
+/// A small fitted store (4,096 slots over 512 background tokens) at `out`.
+pub fn small_store(out: &Path) -> Output {
+    let bg = background();
+    run_on(
+        model(),
+        &[
+            "retrofit",
+            "--background",
+            bg.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--max-tokens",
+            "512",
+            "--batch-tokens",
+            "128",
+            "--n-keys",
+            "64",
+            "--fit-samples",
+            "512",
+        ],
+    )
+}
+
+/// A data file made by `scripts/SCRIPT`.
+pub fn data(name: &str, script: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../data")
+        .join(name);
+    assert!(p.is_file(), "{} missing: run scripts/{script}", p.display());
+    p
+}

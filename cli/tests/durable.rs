@@ -1,0 +1,559 @@
+//! The user's memory survives crashes, and what they taught travels as a delta: real `engram`
+//! processes on the default model, killed, locked out, fed damaged files.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::*;
+use engram::delta::{
+    Change, Delta, MemoryAccess, journal_path, lock_path, open_store, read_journal,
+};
+use engram::memory::MemoryStore;
+
+const STEPS: usize = 3;
+
+/// A small fitted store made once for this test process (4,096 slots).
+fn initial_store() -> &'static Path {
+    static STORE: OnceLock<PathBuf> = OnceLock::new();
+    STORE.get_or_init(|| {
+        let p = scratch("initial.engram");
+        let o = small_store(&p);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        p
+    })
+}
+
+/// A fresh copy of the initial store at `name` (no journal, no lock).
+fn fresh(name: &str) -> PathBuf {
+    let p = scratch(name);
+    for extra in [journal_path(&p), lock_path(&p)] {
+        let _ = std::fs::remove_file(extra);
+    }
+    std::fs::copy(initial_store(), &p).unwrap();
+    p
+}
+
+fn facts_file(name: &str, lines: &[&str]) -> PathBuf {
+    let p = scratch(name);
+    std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+    p
+}
+
+fn learn_args<'a>(store: &'a Path, facts: &'a Path) -> Vec<String> {
+    vec![
+        "learn".into(),
+        "--memory".into(),
+        store.display().to_string(),
+        "--facts".into(),
+        facts.display().to_string(),
+        "--steps".into(),
+        STEPS.to_string(),
+        "--threads".into(),
+        "2".into(),
+    ]
+}
+
+/// The values of a store after replaying its journal (read-only, as a reader would).
+fn values(store: &Path) -> Vec<f32> {
+    let (s, _) = open_store(store, MemoryAccess::Read).unwrap();
+    s.layers.into_iter().flat_map(|l| l.values).collect()
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Tiny deterministic generator for kill moments (seed printed so a failure can be replayed).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next_f64(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[test]
+fn sigkill_at_random_moments_never_loses_a_reported_step() {
+    let facts = facts_file(
+        "crash-facts.txt",
+        &[
+            "My sister Ana lives in Porto.",
+            "The wifi password at the cabin is heron-42.",
+        ],
+    );
+    // Reference: the same run, uninterrupted, every step left in the journal.
+    let reference = fresh("crash-reference.engram");
+    let t = Instant::now();
+    let mut args = learn_args(&reference, &facts);
+    args.push("--no-checkpoint".into());
+    let o = engram()
+        .args(&args)
+        .arg("-m")
+        .arg(model())
+        .output()
+        .unwrap();
+    let full_run = t.elapsed();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let records = read_journal(&journal_path(&reference)).unwrap().records;
+    let mut replay = MemoryStore::open(initial_store()).unwrap();
+    let mut history = std::mem::take(&mut replay.history);
+    let mut states = vec![bits(&replay.layers[0].values)];
+    for r in &records {
+        history.apply(&r.change, &mut replay).unwrap();
+        if matches!(r.change, Change::Rows(_)) {
+            states.push(bits(&replay.layers[0].values));
+        }
+    }
+    assert_eq!(states.len(), 2 * STEPS + 1, "one journal record per step");
+    assert_eq!(
+        bits(&values(&reference)),
+        states[2 * STEPS],
+        "replaying the journal on open gives the final state"
+    );
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("kill moments seeded with {seed}; an uninterrupted run took {full_run:?}");
+    let mut rng = Lcg(seed);
+    let kills = 12;
+    let mut seen = vec![0usize; states.len()];
+    for i in 0..kills {
+        let store = fresh("crash.engram");
+        let mut args = learn_args(&store, &facts);
+        args.push("--print-steps".into());
+        let mut child = engram()
+            .args(&args)
+            .arg("-m")
+            .arg(model())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            BufReader::new(out)
+                .lines()
+                .map_while(Result::ok)
+                .filter(|l| l.starts_with("durable "))
+                .count()
+        });
+        // Spread over the whole run, the final checkpoint included.
+        let at = Duration::from_secs_f64(full_run.as_secs_f64() * 1.15 * rng.next_f64());
+        std::thread::sleep(at);
+        let _ = child.kill(); // SIGKILL
+        let status = child.wait().unwrap();
+        let reported = reader.join().unwrap();
+        let now = bits(&values(&store));
+        let matched = states.iter().position(|s| *s == now);
+        eprintln!(
+            "kill {i} after {at:?} ({status}): {reported} steps reported, store = state after {matched:?} steps"
+        );
+        let j = matched.unwrap_or_else(|| {
+            panic!("kill {i}: the store is not the state after any prefix of steps")
+        });
+        assert!(
+            j >= reported,
+            "kill {i}: {reported} steps were reported durable but the store holds {j}"
+        );
+        seen[j] += 1;
+        // The killed writer's lock is gone: the store opens for writing (cutting a torn tail).
+        let (_, durable) = open_store(&store, MemoryAccess::Write).unwrap();
+        for w in &durable.warnings {
+            eprintln!("  warning on reopen: {w}");
+        }
+    }
+    eprintln!("stores found after kills, by steps completed: {seen:?}");
+}
+
+#[test]
+fn a_second_writer_is_refused_while_readers_are_fine() {
+    let store = fresh("locked.engram");
+    let facts = facts_file("lock-facts.txt", &["My cat is called Miso."]);
+    let held = open_store(&store, MemoryAccess::Write).unwrap();
+    let o = engram()
+        .args(learn_args(&store, &facts))
+        .arg("-m")
+        .arg(model())
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, "in use");
+    let reader = run_on(
+        model(),
+        &[
+            "ask",
+            "--memory",
+            store.to_str().unwrap(),
+            "-n",
+            "8",
+            "What is the capital of France?",
+        ],
+    );
+    assert!(
+        reader.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reader.stderr)
+    );
+    drop(held);
+    let o = engram()
+        .args(learn_args(&store, &facts))
+        .arg("-m")
+        .arg(model())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn a_torn_journal_tail_is_dropped_with_a_warning() {
+    let store = fresh("torn.engram");
+    let facts = facts_file("torn-facts.txt", &["My cat is called Miso."]);
+    let mut args = learn_args(&store, &facts);
+    args.push("--no-checkpoint".into());
+    let o = engram()
+        .args(&args)
+        .arg("-m")
+        .arg(model())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let intact = values(&store);
+    let journal = journal_path(&store);
+    let good = std::fs::read(&journal).unwrap();
+    // Half a record more, as a crash in the middle of a write leaves it.
+    let last = read_journal(&journal)
+        .unwrap()
+        .records
+        .last()
+        .unwrap()
+        .encode();
+    let mut torn = good.clone();
+    torn.extend_from_slice(&last[..last.len() / 2]);
+    std::fs::write(&journal, &torn).unwrap();
+    let o = run_on(
+        model(),
+        &[
+            "ask",
+            "--memory",
+            store.to_str().unwrap(),
+            "-n",
+            "4",
+            "Hello",
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("warning:") && err.contains("torn"), "{err}");
+    assert_eq!(bits(&values(&store)), bits(&intact));
+    // A writer cuts the tail off; the journal is byte-identical to before the damage.
+    drop(open_store(&store, MemoryAccess::Write).unwrap());
+    assert!(std::fs::read(&journal).unwrap() == good);
+}
+
+/// Runs `engram ARGS` on the default model and asserts success; returns stdout.
+fn ok(args: &[&str]) -> String {
+    let o = run_on(model(), args);
+    assert!(
+        o.status.success(),
+        "engram {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout(&o)
+}
+
+fn ask(store: &Path, q: &str) -> String {
+    ok(&["ask", "--memory", store.to_str().unwrap(), "-n", "24", q])
+}
+
+#[test]
+fn export_import_and_revert_move_rows_exactly() {
+    let a = fresh("export-a.engram");
+    let facts = facts_file(
+        "export-facts.jsonl",
+        &[
+            r#"{"question": "What is the name of my neighbour's dog?", "answer": "Bruno"}"#,
+            r#"{"note": "My sister Ana lives in Porto."}"#,
+        ],
+    );
+    let a_str = a.to_str().unwrap();
+    ok(&[
+        "learn",
+        "--memory",
+        a_str,
+        "--facts",
+        facts.to_str().unwrap(),
+    ]);
+    ok(&["snapshot", "--memory", a_str, "after-first"]);
+    let more = facts_file("export-more.txt", &["The cabin key is under the blue pot."]);
+    ok(&[
+        "learn",
+        "--memory",
+        a_str,
+        "--facts",
+        more.to_str().unwrap(),
+    ]);
+    let delta = scratch("a.delta");
+    let d_str = delta.to_str().unwrap();
+    let printed = ok(&[
+        "delta", "export", "--memory", a_str, "-o", d_str, "--label", "phone",
+    ]);
+    assert!(printed.contains("3 facts"), "{printed}");
+    let inspected = ok(&["delta", "inspect", d_str]);
+    assert!(
+        inspected.contains("phone") && inspected.contains("Porto"),
+        "{inspected}"
+    );
+
+    // Into a fresh store from the same retrofit: the same rows, bit for bit, the same answers.
+    let b = fresh("export-b.engram");
+    let b_str = b.to_str().unwrap();
+    ok(&["delta", "import", "--memory", b_str, d_str]);
+    let (va, vb) = (values(&a), values(&b));
+    let touched = va.iter().filter(|v| **v != 0.0).count();
+    assert!(touched > 1000, "only {touched} learned values");
+    assert_eq!(bits(&va), bits(&vb));
+    for q in [
+        "What is the name of my neighbour's dog?",
+        "Where does my sister Ana live?",
+        "What is the capital of France?",
+    ] {
+        assert_eq!(ask(&a, q), ask(&b, q), "{q}");
+    }
+    // Importing again changes nothing.
+    let bytes = std::fs::read(&b).unwrap();
+    assert!(ok(&["delta", "import", "--memory", b_str, d_str]).contains("already imported"));
+    assert!(std::fs::read(&b).unwrap() == bytes);
+
+    // Into a store with its own learning: revert gives its rows back bit-exactly.
+    let c = fresh("export-c.engram");
+    let c_str = c.to_str().unwrap();
+    let own = facts_file("export-own.txt", &["My cat is called Miso."]);
+    ok(&["learn", "--memory", c_str, "--facts", own.to_str().unwrap()]);
+    let before = values(&c);
+    let imported = ok(&["delta", "import", "--memory", c_str, d_str]);
+    assert!(values(&c) != before, "{imported}");
+    let listed = ok(&["delta", "list", "--memory", c_str]);
+    assert!(listed.contains("phone"), "{listed}");
+    let reverted = ok(&["delta", "revert", "--memory", c_str, d_str]);
+    assert!(
+        reverted.contains("changed since") && reverted.contains(" 0 changed"),
+        "{reverted}"
+    );
+    assert_eq!(bits(&values(&c)), bits(&before));
+
+    // Since a snapshot: only the rows the last fact changed, applied on top of the first part.
+    let part = scratch("a-since.delta");
+    let p_str = part.to_str().unwrap();
+    ok(&[
+        "delta",
+        "export",
+        "--memory",
+        a_str,
+        "-o",
+        p_str,
+        "--since",
+        "after-first",
+    ]);
+    let since = Delta::read(&part).unwrap();
+    let full = Delta::read(&delta).unwrap();
+    assert_eq!(
+        since.learned,
+        vec!["The cabin key is under the blue pot.".to_owned()]
+    );
+    assert!(
+        since.rows.len() < full.rows.len(),
+        "{} vs {}",
+        since.rows.len(),
+        full.rows.len()
+    );
+
+    // f16: half the size, rows within f16 rounding of the original.
+    let half = scratch("a16.delta");
+    ok(&[
+        "delta",
+        "export",
+        "--memory",
+        a_str,
+        "-o",
+        half.to_str().unwrap(),
+        "--f16",
+    ]);
+    let (n32, n16) = (
+        std::fs::metadata(&delta).unwrap().len(),
+        std::fs::metadata(&half).unwrap().len(),
+    );
+    assert!(n16 * 10 < n32 * 6, "f16 {n16} bytes vs f32 {n32}");
+    let d = fresh("export-d.engram");
+    ok(&[
+        "delta",
+        "import",
+        "--memory",
+        d.to_str().unwrap(),
+        half.to_str().unwrap(),
+    ]);
+    let vd = values(&d);
+    let worst = va
+        .iter()
+        .zip(&vd)
+        .map(|(x, y)| (x - y).abs() / x.abs().max(1e-3))
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-3, "f16 import differs by {worst} (relative)");
+    eprintln!(
+        "delta for 3 facts: {n32} bytes f32, {n16} bytes f16, {} rows",
+        full.rows.len()
+    );
+}
+
+#[test]
+fn bad_deltas_are_refused_and_the_store_is_untouched() {
+    let a = fresh("bad-a.engram");
+    let facts = facts_file("bad-facts.txt", &["My sister Ana lives in Porto."]);
+    let a_str = a.to_str().unwrap();
+    ok(&[
+        "learn",
+        "--memory",
+        a_str,
+        "--facts",
+        facts.to_str().unwrap(),
+        "--steps",
+        "2",
+    ]);
+    let delta = scratch("good.delta");
+    ok(&[
+        "delta",
+        "export",
+        "--memory",
+        a_str,
+        "-o",
+        delta.to_str().unwrap(),
+    ]);
+    let good = std::fs::read(&delta).unwrap();
+
+    // A store of another shape (32 keys), and a delta made for another base model.
+    let other = scratch("other-shape.engram");
+    let bg = background();
+    ok(&[
+        "retrofit",
+        "--background",
+        bg.to_str().unwrap(),
+        "-o",
+        other.to_str().unwrap(),
+        "--max-tokens",
+        "256",
+        "--batch-tokens",
+        "128",
+        "--n-keys",
+        "32",
+        "--fit-samples",
+        "256",
+    ]);
+    let target = fresh("bad-target.engram");
+    let t_str = target.to_str().unwrap();
+    let parsed = Delta::read(&delta).unwrap();
+    let foreign_base = Delta::new(
+        "0123456789abcdef0123456789abcdef".into(),
+        parsed.init_fingerprint.clone(),
+        parsed.config.clone(),
+        parsed.dim,
+        parsed.precision,
+        parsed.rows.clone(),
+        parsed.since.clone(),
+        "other model".into(),
+        parsed.learned.clone(),
+        parsed.created,
+    );
+    let foreign_path = scratch("foreign-base.delta");
+    foreign_base.write(&foreign_path).unwrap();
+
+    let mut cases: Vec<(String, Vec<u8>, &str)> = vec![(
+        "base model".into(),
+        std::fs::read(&foreign_path).unwrap(),
+        "another base model",
+    )];
+    for cut in [0, 7, 20, good.len() / 3, good.len() - 17, good.len() - 1] {
+        cases.push((format!("truncated at {cut}"), good[..cut].to_vec(), "delta"));
+    }
+    for at in [9, 30, good.len() / 2, good.len() - 20] {
+        let mut flipped = good.clone();
+        flipped[at] ^= 0x04;
+        cases.push((format!("bit flip at {at}"), flipped, "checksum"));
+    }
+    let mut bad_sum = good.clone();
+    let n = bad_sum.len();
+    bad_sum[n - 1] ^= 0xff;
+    cases.push(("checksum bytes".into(), bad_sum, "checksum"));
+
+    let store_bytes = std::fs::read(&target).unwrap();
+    for (what, bytes, needle) in cases {
+        let p = scratch("case.delta");
+        std::fs::write(&p, &bytes).unwrap();
+        let o = run_on(
+            model(),
+            &["delta", "import", "--memory", t_str, p.to_str().unwrap()],
+        );
+        assert_one_line_error(&o, needle);
+        assert!(
+            std::fs::read(&target).unwrap() == store_bytes,
+            "{what}: store changed"
+        );
+        assert!(
+            std::fs::read(journal_path(&target)).map_or(true, |j| j.is_empty()),
+            "{what}: journal written"
+        );
+    }
+    // The other-shape store refuses this delta; this store refuses the other's.
+    let other_delta = scratch("other.delta");
+    let o_str = other.to_str().unwrap();
+    let other_bytes = std::fs::read(&other).unwrap();
+    let o = run_on(
+        model(),
+        &[
+            "delta",
+            "import",
+            "--memory",
+            o_str,
+            delta.to_str().unwrap(),
+        ],
+    );
+    assert_one_line_error(&o, "memory shape");
+    assert!(std::fs::read(&other).unwrap() == other_bytes);
+    ok(&[
+        "delta",
+        "export",
+        "--memory",
+        o_str,
+        "-o",
+        other_delta.to_str().unwrap(),
+    ]);
+    let o = run_on(
+        model(),
+        &[
+            "delta",
+            "import",
+            "--memory",
+            t_str,
+            other_delta.to_str().unwrap(),
+        ],
+    );
+    assert_one_line_error(&o, "memory shape");
+    assert!(std::fs::read(&target).unwrap() == store_bytes);
+    // And the good delta still imports.
+    ok(&[
+        "delta",
+        "import",
+        "--memory",
+        t_str,
+        delta.to_str().unwrap(),
+    ]);
+    assert!(std::fs::read(&target).unwrap() != store_bytes);
+}

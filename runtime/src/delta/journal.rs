@@ -1,0 +1,405 @@
+//! The append-only journal beside a store: one checksummed record per change, fsynced before
+//! the change is reported done.
+//!
+//! Record layout (little-endian): `"EGJR"`, body length `u32`, body, xxh3-64 of the body.
+//! Body: sequence number `u64`, kind `u8`, then the kind's fields (strings and row sets are
+//! length-prefixed). A record that is cut short or fails its checksum ends the journal: it
+//! and everything after it are dropped, never applied.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::history::{Change, LearnedEntry, RowSet};
+use crate::{Error, Result};
+
+const RECORD_MAGIC: &[u8; 4] = b"EGJR";
+/// Largest body a record may claim (a few thousand rows of a wide model fit easily).
+const MAX_BODY: u32 = 1 << 30;
+
+/// One journal record: a change and its place in the store's history.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    /// 1 for the first change after the store was created, then consecutive.
+    pub seq: u64,
+    /// What changed.
+    pub change: Change,
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend(v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend(v.to_le_bytes());
+    }
+    fn str(&mut self, s: &str) {
+        self.u32(s.len() as u32);
+        self.0.extend(s.as_bytes());
+    }
+    fn rows(&mut self, r: &RowSet) {
+        self.u32(r.ids.len() as u32);
+        for &id in &r.ids {
+            self.u32(id);
+        }
+        self.u32(r.values.len() as u32);
+        for &v in &r.values {
+            self.0.extend(v.to_le_bytes());
+        }
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len())?;
+        let bytes: &'a [u8] = self.bytes;
+        let s = &bytes[self.at..end];
+        self.at = end;
+        Some(s)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8).map(|b| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            u64::from_le_bytes(a)
+        })
+    }
+    fn str(&mut self) -> Option<String> {
+        let n = self.u32()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+    fn rows(&mut self) -> Option<RowSet> {
+        let n = self.u32()? as usize;
+        let ids = self
+            .take(n.checked_mul(4)?)?
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let m = self.u32()? as usize;
+        let values = self
+            .take(m.checked_mul(4)?)?
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Some(RowSet { ids, values })
+    }
+}
+
+impl Record {
+    /// The record's bytes, framing and checksum included.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer(Vec::new());
+        w.u64(self.seq);
+        match &self.change {
+            Change::Rows(r) => {
+                w.u8(1);
+                w.rows(r);
+            }
+            Change::Learned(e) => {
+                w.u8(2);
+                w.u64(e.at);
+                w.str(&e.text);
+            }
+            Change::Snapshot { name, created } => {
+                w.u8(3);
+                w.str(name);
+                w.u64(*created);
+            }
+            Change::Import {
+                id,
+                label,
+                imported,
+                diff,
+            } => {
+                w.u8(4);
+                w.str(id);
+                w.str(label);
+                w.u64(*imported);
+                w.rows(diff);
+            }
+            Change::Revert { id } => {
+                w.u8(5);
+                w.str(id);
+            }
+        }
+        let body = w.0;
+        let mut out = Vec::with_capacity(body.len() + 16);
+        out.extend(RECORD_MAGIC);
+        out.extend((body.len() as u32).to_le_bytes());
+        out.extend(&body);
+        out.extend(xxh3_64(&body).to_le_bytes());
+        out
+    }
+
+    /// Decodes one record at the start of `bytes`: the record and its length, or `None` if
+    /// it is cut short, damaged or not a record.
+    pub fn decode(bytes: &[u8]) -> Option<(Record, usize)> {
+        let mut r = Reader { bytes, at: 0 };
+        if r.take(4)? != RECORD_MAGIC {
+            return None;
+        }
+        let len = r.u32()?;
+        if len > MAX_BODY {
+            return None;
+        }
+        let body = r.take(len as usize)?;
+        let sum = r.u64()?;
+        if xxh3_64(body) != sum {
+            return None;
+        }
+        let total = r.at;
+        let mut b = Reader { bytes: body, at: 0 };
+        let seq = b.u64()?;
+        let change = match b.u8()? {
+            1 => Change::Rows(b.rows()?),
+            2 => Change::Learned(LearnedEntry {
+                at: b.u64()?,
+                text: b.str()?,
+            }),
+            3 => Change::Snapshot {
+                name: b.str()?,
+                created: b.u64()?,
+            },
+            4 => Change::Import {
+                id: b.str()?,
+                label: b.str()?,
+                imported: b.u64()?,
+                diff: b.rows()?,
+            },
+            5 => Change::Revert { id: b.str()? },
+            _ => return None,
+        };
+        (b.at == body.len()).then_some((Record { seq, change }, total))
+    }
+}
+
+/// The journal file of a store: `<store>.journal`.
+pub fn journal_path(store: &Path) -> PathBuf {
+    let mut name = store.as_os_str().to_owned();
+    name.push(".journal");
+    PathBuf::from(name)
+}
+
+/// What reading a journal found.
+#[derive(Debug, Default)]
+pub struct JournalContents {
+    /// Intact records, in file order.
+    pub records: Vec<Record>,
+    /// Bytes of intact records (where the next record goes).
+    pub valid_len: u64,
+    /// Bytes after them that were dropped (a torn or damaged tail).
+    pub dropped_bytes: u64,
+}
+
+/// Reads every intact record of the journal at `path` (a missing journal is empty).
+pub fn read_journal(path: &Path) -> Result<JournalContents> {
+    let mut bytes = Vec::new();
+    match File::open(path) {
+        Ok(mut f) => {
+            f.read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(path, e)),
+    }
+    let mut out = JournalContents::default();
+    let mut at = 0;
+    while at < bytes.len() {
+        match Record::decode(&bytes[at..]) {
+            Some((record, n)) => {
+                out.records.push(record);
+                at += n;
+            }
+            None => break,
+        }
+    }
+    out.valid_len = at as u64;
+    out.dropped_bytes = (bytes.len() - at) as u64;
+    Ok(out)
+}
+
+/// An open journal that appends durably.
+pub struct Journal {
+    file: File,
+    path: PathBuf,
+    len: u64,
+}
+
+impl Journal {
+    /// Opens (creating) the journal at `path` for appending after its first `valid_len`
+    /// bytes; anything beyond them (a torn tail) is cut off first.
+    pub fn open(path: &Path, valid_len: u64) -> Result<Self> {
+        let io = |e| Error::io(path, e);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io)?;
+        if file.metadata().map_err(io)?.len() != valid_len {
+            file.set_len(valid_len).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        file.seek(SeekFrom::Start(valid_len)).map_err(io)?;
+        sync_parent(path)?;
+        Ok(Journal {
+            file,
+            path: path.to_owned(),
+            len: valid_len,
+        })
+    }
+
+    /// Appends a record and waits until it is on disk.
+    pub fn append(&mut self, record: &Record) -> Result<()> {
+        let bytes = record.encode();
+        let io = |e| Error::io(&self.path, e);
+        if let Err(e) = self
+            .file
+            .write_all(&bytes)
+            .and_then(|_| self.file.sync_data())
+        {
+            // Leave no partial record behind for the next append to follow.
+            let _ = self.file.set_len(self.len);
+            let _ = self.file.seek(SeekFrom::Start(self.len));
+            return Err(io(e));
+        }
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Empties the journal (after a checkpoint made its records part of the store).
+    pub fn clear(&mut self) -> Result<()> {
+        let io = |e| Error::io(&self.path, e);
+        self.file.set_len(0).map_err(io)?;
+        self.file.seek(SeekFrom::Start(0)).map_err(io)?;
+        self.file.sync_all().map_err(io)?;
+        self.len = 0;
+        Ok(())
+    }
+
+    /// Current size in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the journal holds no records.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Makes a file's creation or rename durable by syncing its directory.
+pub fn sync_parent(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<Record> {
+        vec![
+            Record {
+                seq: 1,
+                change: Change::Rows(RowSet {
+                    ids: vec![3, 9],
+                    values: vec![1.0, -2.5, 0.125, 7.0],
+                }),
+            },
+            Record {
+                seq: 2,
+                change: Change::Learned(LearnedEntry {
+                    at: 17,
+                    text: "Q: x? A: y".into(),
+                }),
+            },
+            Record {
+                seq: 3,
+                change: Change::Snapshot {
+                    name: "before trip".into(),
+                    created: 99,
+                },
+            },
+            Record {
+                seq: 4,
+                change: Change::Import {
+                    id: "ab12".into(),
+                    label: "notes".into(),
+                    imported: 5,
+                    diff: RowSet {
+                        ids: vec![1],
+                        values: vec![0.5, 0.25],
+                    },
+                },
+            },
+            Record {
+                seq: 5,
+                change: Change::Revert { id: "ab12".into() },
+            },
+        ]
+    }
+
+    #[test]
+    fn records_round_trip_and_every_cut_or_flip_is_caught() {
+        let all: Vec<u8> = sample().iter().flat_map(Record::encode).collect();
+        let dir = std::env::temp_dir().join(format!("engram-journal-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("j");
+        std::fs::write(&path, &all).unwrap();
+        let read = read_journal(&path).unwrap();
+        assert_eq!(read.records, sample());
+        assert_eq!(read.dropped_bytes, 0);
+        let first = sample()[0].encode().len();
+        // Any cut inside the second record keeps exactly the first.
+        let second_end = first + sample()[1].encode().len();
+        for cut in first..second_end {
+            std::fs::write(&path, &all[..cut]).unwrap();
+            let r = read_journal(&path).unwrap();
+            assert_eq!(r.records.len(), 1, "cut at {cut}");
+            assert_eq!(r.valid_len, first as u64);
+        }
+        // Any single flipped bit in the first record drops everything from it on.
+        for byte in 0..first {
+            let mut bad = all.clone();
+            bad[byte] ^= 0x10;
+            std::fs::write(&path, &bad).unwrap();
+            assert!(
+                read_journal(&path).unwrap().records.is_empty(),
+                "flip at {byte}"
+            );
+        }
+        // Appending after a torn tail cuts the tail first.
+        std::fs::write(&path, &all[..first + 5]).unwrap();
+        let r = read_journal(&path).unwrap();
+        let mut j = Journal::open(&path, r.valid_len).unwrap();
+        j.append(&sample()[1]).unwrap();
+        let r = read_journal(&path).unwrap();
+        assert_eq!(r.records, sample()[..2].to_vec());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
