@@ -5,6 +5,33 @@
 //! change is appended and fsynced before it is reported done, and `my.engram.lock`, which the
 //! one writer holds. Opening replays the journal over the checkpoint; a checkpoint writes a
 //! new store atomically and then empties the journal.
+//!
+//! ```no_run
+//! use engram::delta::{Delta, DeltaPrecision, MemoryAccess};
+//! use engram::learn::{Fact, LearnOptions};
+//! use engram::{Engine, EngineOptions};
+//!
+//! let model = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+//! // The phone: learn, then hand what was learned since "synced" to another device.
+//! let mut phone = Engine::open(model, &EngineOptions::default())?;
+//! phone.open_memory("phone.engram", MemoryAccess::Write)?; // journaled, locked
+//! phone.snapshot("synced")?;
+//! let facts = [Fact::note("My sister Ana lives in Porto.")];
+//! phone.learn(&facts, &LearnOptions::default(), &mut |_, _, _| true)?; // each step durable
+//! phone.checkpoint()?; // fold the journal into phone.engram
+//! let delta = phone.export_delta(Some("synced"), DeltaPrecision::F16, "phone")?;
+//! delta.write("ana.delta")?;
+//!
+//! // The laptop: a copy of the same retrofit store.
+//! let mut laptop = Engine::open(model, &EngineOptions::default())?;
+//! laptop.open_memory("laptop.engram", MemoryAccess::Write)?;
+//! let report = laptop.import_delta(&Delta::read("ana.delta")?)?;
+//! println!("{} rows, {} shared with earlier imports", report.rows, report.overlapping);
+//! println!("{}", laptop.ask("Where does my sister Ana live?", 32)?);
+//! laptop.revert_delta(&report.id)?; // changed its mind: rows back exactly
+//! laptop.checkpoint()?;
+//! # Ok::<(), engram::Error>(())
+//! ```
 
 mod durable;
 mod file;
