@@ -49,6 +49,9 @@ pub struct EvalArgs {
     /// Where the JSON report goes.
     #[arg(short, long, default_value = "eval.json")]
     output: PathBuf,
+    /// Where the learning-curve plot goes (default: the report's path with .png).
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 /// Lower case, letters and digits only, single spaces: so "Michio  Sugeno." matches "michio sugeno".
@@ -168,6 +171,7 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
     let probe = &retained[..retained.len().min(30)];
 
     let mut runs = Vec::new();
+    let mut curves = Vec::new();
     for method in &args.scoring {
         let name = method.name();
         engine.detach_memory();
@@ -176,6 +180,8 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         let opts = args.step.options(method.scoring(), Optimizer::Sgd);
         let mut curve = Vec::new();
+        // Before learning: no fact known, every retention question right (how both were chosen).
+        let mut points = vec![(0usize, 0.0f64, 1.0f64)];
         let mut learn_secs = 0f64;
         for (i, fact) in facts.iter().enumerate() {
             let r = engine
@@ -194,6 +200,7 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
                 curve.push(
                     json!({"facts": done, "learned_accuracy": learned, "retention_probe": kept}),
                 );
+                points.push((done, learned, kept));
             }
         }
         let learned = accuracy(&engine, &facts, &unseen)?;
@@ -205,6 +212,10 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
             100.0 * retention,
             100.0 * (nll_after / nll_before - 1.0)
         );
+        curves.push(crate::plot::Curve {
+            name: name.to_owned(),
+            points,
+        });
         runs.push(json!({
             "scoring": name,
             "learned_accuracy": learned,
@@ -234,7 +245,13 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
     std::fs::write(&tmp, text)
         .and_then(|_| std::fs::rename(&tmp, &args.output))
         .map_err(|e| format!("{}: {e}", args.output.display()))?;
+    let plot = args
+        .plot
+        .clone()
+        .unwrap_or_else(|| args.output.with_extension("png"));
+    crate::plot::learning_curves(&plot, &curves, facts.len())?;
     println!("{}", args.output.display());
+    println!("{}", plot.display());
     Ok(())
 }
 

@@ -15,6 +15,7 @@ mod delta;
 mod eval;
 mod info;
 mod learn;
+mod plot;
 mod retrofit;
 
 /// File name of the default model that `scripts/fetch-model` places in `models/`.

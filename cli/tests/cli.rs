@@ -391,6 +391,12 @@ fn eval_learns_simpleqa_facts_and_reports_retention() {
     assert!(kept >= 0.5, "retention collapsed: {run}");
     assert!(nll.abs() < 0.05, "held-out NLL moved by {nll}");
     assert_eq!(run["curve"].as_array().unwrap().len(), 1);
+    let png = std::fs::read(report.with_extension("png")).expect("the learning-curve plot");
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 5_000,
+        "{} bytes",
+        png.len()
+    );
     // Evaluation never writes the store.
     assert!(
         std::fs::read(&store).unwrap() == before,

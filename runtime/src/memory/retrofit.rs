@@ -297,6 +297,19 @@ pub fn retrofit<B: Backend>(
 
 /// Tokenizes the documents into one stream (documents separated by a blank line) and cuts it
 /// into batches of `batch_tokens`; a short tail shorter than a quarter batch is dropped.
+/// `"Question: Q\nAnswer: A"` or `"Q: Q\nA: A"` → (Q, A).
+fn split_question(doc: &str) -> Option<(&str, &str)> {
+    let doc = doc.trim();
+    [("Question: ", "\nAnswer: "), ("Q: ", "\nA: ")]
+        .iter()
+        .find_map(|(q, a)| {
+            let rest = doc.strip_prefix(q)?;
+            let (question, answer) = rest.split_once(a)?;
+            let (question, answer) = (question.trim(), answer.trim());
+            (!question.is_empty() && !answer.is_empty()).then_some((question, answer))
+        })
+}
+
 fn background_batches(
     tokenizer: &Tokenizer,
     documents: &[String],
@@ -325,9 +338,12 @@ fn background_batches(
         chat_credit += opts.chat_fraction;
         if chat_credit >= 1.0 && tokenizer.chat_template().is_some() {
             chat_credit -= 1.0;
+            // A question-and-answer document is asked as itself; others get a generic request.
+            let (user, reply) =
+                split_question(doc).unwrap_or((REQUESTS[i % REQUESTS.len()], doc.trim()));
             let messages = [
-                ChatMessage::new("user", REQUESTS[i % REQUESTS.len()]),
-                ChatMessage::new("assistant", doc.trim()),
+                ChatMessage::new("user", user),
+                ChatMessage::new("assistant", reply),
             ];
             let text = tokenizer.apply_chat_template(&messages, false)?;
             stream.extend(tokenizer.encode(&text, true)?);
