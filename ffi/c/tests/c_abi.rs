@@ -1,0 +1,291 @@
+//! Compiles `bindings/c/test_engram.c` with `gcc -Wall -Wextra -Werror` against the shared and
+//! the static library, runs both on the default model, and runs the shared one under
+//! valgrind (no leaks, no errors). Needs gcc and valgrind (`.ci/run` installs valgrind).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use engram::memory::{MemoryConfig, RetrofitOptions, retrofit};
+use engram::{Engine, EngineOptions};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Where cargo put libengram_c.{so,a}: the profile directory above this test binary.
+fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().to_owned();
+    for lib in ["libengram_c.so", "libengram_c.a"] {
+        assert!(
+            dir.join(lib).is_file(),
+            "{} is missing: build the engram-c crate (cargo test builds it)",
+            dir.join(lib).display()
+        );
+    }
+    dir
+}
+
+fn model() -> PathBuf {
+    let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.is_file(),
+        "default model missing: run scripts/fetch-model"
+    );
+    p
+}
+
+fn scratch() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("engram-c-test-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A small fitted store (4,096 slots) from the background corpus, made once per process.
+fn make_store(dir: &Path) -> PathBuf {
+    static STORE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    STORE.get_or_init(|| build_store(dir)).clone()
+}
+
+fn build_store(dir: &Path) -> PathBuf {
+    let bg = root().join("data/background.txt");
+    let text = std::fs::read_to_string(&bg)
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-background)", bg.display()));
+    let docs: Vec<String> = text.split("\n\n").take(200).map(str::to_owned).collect();
+    let engine = Engine::open(model(), &EngineOptions::default()).unwrap();
+    let opts = RetrofitOptions {
+        config: MemoryConfig {
+            n_keys: 64,
+            ..Default::default()
+        },
+        max_tokens: 1024,
+        batch_tokens: 128,
+        fit_samples: 1024,
+        ..Default::default()
+    };
+    let store = retrofit(
+        engine.model(),
+        engine.tokenizer(),
+        &engine.fingerprint(),
+        &docs,
+        &opts,
+        &mut |_| true,
+    )
+    .unwrap();
+    let path = dir.join("fresh.engram");
+    store.save(&path).unwrap();
+    path
+}
+
+fn gcc(out: &Path, link: &[&str]) {
+    let include = root().join("ffi/c/include");
+    let source = root().join("bindings/c/test_engram.c");
+    let o = Command::new("gcc")
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g", "-O1", "-I"])
+        .arg(&include)
+        .arg(&source)
+        .arg("-o")
+        .arg(out)
+        .args(link)
+        .output()
+        .expect("gcc runs");
+    assert!(
+        o.status.success(),
+        "gcc failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Runs the C test (optionally under a wrapper) on fresh copies of the store.
+fn run(dir: &Path, fresh: &Path, tag: &str, wrapper: &[&str], exe: &Path) -> String {
+    let light = !wrapper.is_empty();
+    let (a, b) = (
+        dir.join(format!("{tag}-a.engram")),
+        dir.join(format!("{tag}-b.engram")),
+    );
+    for p in [&a, &b] {
+        std::fs::copy(fresh, p).unwrap();
+    }
+    let mut cmd = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let o = cmd
+        .arg(model())
+        .arg(&a)
+        .arg(&b)
+        .arg(dir)
+        .env("LD_LIBRARY_PATH", lib_dir())
+        .envs(light.then_some(("ENGRAM_TEST_LIGHT", "1")))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    eprintln!("--- {tag} ---\n{out}{err}");
+    assert!(
+        o.status.success(),
+        "{tag}: the C test failed:\n{out}\n{err}"
+    );
+    assert!(out.contains("failed 0"), "{tag}: {out}");
+    out
+}
+
+#[test]
+fn c_tests_pass_on_shared_and_static_libraries_and_under_valgrind() {
+    let dir = scratch();
+    let fresh = make_store(&dir);
+    let lib = lib_dir();
+    let shared = dir.join("test_shared");
+    gcc(&shared, &["-L", lib.to_str().unwrap(), "-lengram_c"]);
+    let static_exe = dir.join("test_static");
+    gcc(
+        &static_exe,
+        &[
+            lib.join("libengram_c.a").to_str().unwrap(),
+            "-lpthread",
+            "-ldl",
+            "-lm",
+        ],
+    );
+    run(&dir, &fresh, "shared", &[], &shared);
+    run(&dir, &fresh, "static", &[], &static_exe);
+    let valgrind = Command::new("valgrind").arg("--version").output();
+    assert!(
+        valgrind.is_ok_and(|o| o.status.success()),
+        "valgrind is not installed (apt-get install valgrind); the leak check cannot run"
+    );
+    let log = dir.join("valgrind.log");
+    let log_arg = format!("--log-file={}", log.display());
+    let out = run(
+        &dir,
+        &fresh,
+        "valgrind",
+        &[
+            "valgrind",
+            "--error-exitcode=99",
+            "--leak-check=full",
+            "--errors-for-leak-kinds=definite,indirect",
+            "--show-leak-kinds=definite,indirect",
+            &log_arg,
+        ],
+        &shared,
+    );
+    let report = std::fs::read_to_string(&log).unwrap();
+    let summary: Vec<&str> = report
+        .lines()
+        .filter(|l| {
+            l.contains("ERROR SUMMARY")
+                || l.contains("definitely lost")
+                || l.contains("indirectly lost")
+                || l.contains("possibly lost")
+        })
+        .collect();
+    eprintln!("valgrind: {}", summary.join("\n"));
+    assert!(out.contains("passed"));
+    assert!(
+        report.contains("ERROR SUMMARY: 0 errors"),
+        "valgrind found errors:\n{report}"
+    );
+    assert!(
+        report.contains("definitely lost: 0 bytes")
+            || report.contains("All heap blocks were freed"),
+        "valgrind found leaks:\n{report}"
+    );
+}
+
+/// Generation from 4 threads while a learning call runs on the same engine: every text is
+/// what the model says either before or after the learning (never a half-updated memory),
+/// and everything finishes.
+#[test]
+fn four_generating_threads_and_a_learning_call_share_one_engine() {
+    use engram_c::*;
+    use std::ffi::{CStr, CString, c_char};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let dir = scratch();
+    let store = dir.join("threads.engram");
+    std::fs::copy(make_store(&dir), &store).unwrap();
+    let c = |s: &str| CString::new(s).unwrap();
+    let (model_c, store_c) = (c(model().to_str().unwrap()), c(store.to_str().unwrap()));
+    let mut engine: *mut EngramEngine = std::ptr::null_mut();
+    let status = unsafe { engram_open(model_c.as_ptr(), store_c.as_ptr(), true, 2, &mut engine) };
+    assert_eq!(status, EngramStatus::Ok);
+    let handle = engine as usize;
+    let prompt = "My sister Ana lives in";
+    let generate = move || -> String {
+        let p = CString::new(prompt).unwrap();
+        let mut out: *mut c_char = std::ptr::null_mut();
+        let s = unsafe {
+            engram_generate(
+                handle as *const EngramEngine,
+                p.as_ptr(),
+                6,
+                None,
+                std::ptr::null_mut(),
+                &mut out,
+            )
+        };
+        assert_eq!(s, EngramStatus::Ok);
+        let text = unsafe { CStr::from_ptr(out) }.to_str().unwrap().to_owned();
+        unsafe { engram_string_free(out) };
+        text
+    };
+    let before = generate();
+    let (tx, rx) = mpsc::channel();
+    let mut workers = Vec::new();
+    for t in 0..4 {
+        let tx = tx.clone();
+        workers.push(std::thread::spawn(move || {
+            for _ in 0..3 {
+                tx.send((t, generate())).unwrap();
+            }
+        }));
+    }
+    let note = c("My sister Ana lives in Porto.");
+    let learned = unsafe {
+        engram_learn_note(
+            handle as *const EngramEngine,
+            note.as_ptr(),
+            4,
+            None,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(learned, EngramStatus::Ok);
+    drop(tx);
+    let mut texts = Vec::new();
+    while let Ok(r) = rx.recv_timeout(Duration::from_secs(600)) {
+        texts.push(r);
+    }
+    assert_eq!(
+        texts.len(),
+        12,
+        "a generating thread did not finish (deadlock?)"
+    );
+    for w in workers {
+        w.join().unwrap();
+    }
+    let after = generate();
+    eprintln!("before learning: {before:?}; after: {after:?}");
+    assert_ne!(
+        before, after,
+        "learning changed nothing, so the check below could not fail"
+    );
+    for (t, text) in &texts {
+        assert!(
+            *text == before || *text == after,
+            "thread {t} saw a memory neither before nor after learning: {text:?}"
+        );
+    }
+    let n_after = texts.iter().filter(|(_, t)| *t == after).count();
+    eprintln!(
+        "{} generations saw the memory before learning, {n_after} after",
+        12 - n_after
+    );
+    assert_eq!(engram_close(engine), EngramStatus::Ok);
+}
