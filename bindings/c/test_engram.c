@@ -122,9 +122,10 @@ int main(int argc, char **argv) {
           "learn a note: progress per step, loss falls");
     printf("     loss %.3f -> %.3f\n", lp.first_loss, lp.last_loss);
     struct progress halt = {0, 0, 0, 1};
-    CHECK(engram_learn_qa(a, "What is my cat called?", "Miso", 1, on_progress, &halt) ==
-                  ENGRAM_STATUS_INTERRUPTED,
-          "a progress callback returning false stops learning");
+    if (!light) /* a whole learning step: too slow under valgrind, nothing new crosses */
+        CHECK(engram_learn_qa(a, "What is my cat called?", "Miso", 1, on_progress, &halt) ==
+                      ENGRAM_STATUS_INTERRUPTED,
+              "a progress callback returning false stops learning");
     CHECK(engram_learn_note(a, "", 1, NULL, NULL) == ENGRAM_STATUS_INVALID_ARGUMENT,
           "an empty note is refused");
     CHECK(engram_snapshot(a, "after-ana") == ENGRAM_STATUS_OK, "snapshot");

@@ -246,6 +246,8 @@ fn four_generating_threads_and_a_learning_call_share_one_engine() {
             }
         }));
     }
+    // Learn while the other generations are running: start once the first one is back.
+    let mut texts = vec![rx.recv_timeout(Duration::from_secs(600)).unwrap()];
     let note = c("My sister Ana lives in Porto.");
     let learned = unsafe {
         engram_learn_note(
@@ -258,7 +260,6 @@ fn four_generating_threads_and_a_learning_call_share_one_engine() {
     };
     assert_eq!(learned, EngramStatus::Ok);
     drop(tx);
-    let mut texts = Vec::new();
     while let Ok(r) = rx.recv_timeout(Duration::from_secs(600)) {
         texts.push(r);
     }

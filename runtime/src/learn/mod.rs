@@ -303,10 +303,6 @@ pub struct Example {
     pub tokens: Vec<u32>,
     /// Position p is trained to predict `tokens[p + 1]`.
     pub targets: Range<usize>,
-    /// Positions before this hold only the template (e.g. the chat's default system prompt),
-    /// identical for every fact: their slots are left out of slot selection, since every
-    /// conversation reads them.
-    pub content_from: usize,
 }
 
 /// Renders a chat exchange and marks the assistant's reply (and its end-of-turn) as targets.
@@ -331,15 +327,9 @@ fn chat_example(tok: &Tokenizer, system: Option<&str>, user: &str, reply: &str) 
             "the chat template does not render the reply after the prompt".into(),
         ));
     }
-    // Where this exchange stops looking like any other in the same template.
-    let mut other = messages[..messages.len() - 2].to_vec();
-    other.push(ChatMessage::new("user", "x"));
-    let other = tok.encode(&tok.apply_chat_template(&other, true)?, true)?;
-    let content_from = f.iter().zip(&other).take_while(|(a, b)| a == b).count();
     Ok(Example {
         targets: p.len() - 1..end - 1,
         tokens: f[..end].to_vec(),
-        content_from,
     })
 }
 
@@ -358,7 +348,6 @@ fn text_example(tok: &Tokenizer, prefix: &str, target: &str) -> Result<Example> 
     Ok(Example {
         targets: start - 1..f.len() - 1,
         tokens: f,
-        content_from: 0,
     })
 }
 
@@ -456,14 +445,9 @@ pub fn learn<B: Backend>(
         report.timings.prepare += t0.elapsed();
 
         let t0 = Instant::now();
-        let per_position = model.memory()[0].lookup.shape.picks();
         let picks: Vec<u32> = seqs
             .iter()
-            .zip(batch)
-            .flat_map(|(s, e)| {
-                let all = model.backend().download_slots(&s.lookup.slots);
-                all[(e.content_from * per_position).min(all.len())..].to_vec()
-            })
+            .flat_map(|s| model.backend().download_slots(&s.lookup.slots))
             .collect();
         let rows = select_slots(
             &count_accesses(&picks),
