@@ -13,9 +13,25 @@ fn root() -> PathBuf {
 }
 
 /// Where cargo put libengram_c.{so,a}: the profile directory above this test binary.
+/// `cargo test` builds only the rlib, so the C libraries are built here, by the same cargo
+/// with the same profile (a no-op when they are current).
 fn lib_dir() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap().to_owned();
+    BUILT.call_once(|| {
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo.args(["build", "-p", "engram-c", "--lib"]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cargo.arg("--release");
+        }
+        let o = cargo.output().expect("cargo runs");
+        assert!(
+            o.status.success(),
+            "building the C libraries failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    });
     for lib in ["libengram_c.so", "libengram_c.a"] {
         assert!(
             dir.join(lib).is_file(),
