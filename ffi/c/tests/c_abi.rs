@@ -5,92 +5,25 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use engram::memory::{MemoryConfig, RetrofitOptions, retrofit};
-use engram::{Engine, EngineOptions};
+#[path = "../../test_support.rs"]
+mod support;
+use support::{make_store, model, root};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Where cargo put libengram_c.{so,a}: the profile directory above this test binary.
-/// `cargo test` builds only the rlib, so the C libraries are built here, by the same cargo
-/// with the same profile (a no-op when they are current).
+/// Where cargo put libengram_c.{so,a}, after building them.
 fn lib_dir() -> PathBuf {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_owned();
-    BUILT.call_once(|| {
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo.args(["build", "-p", "engram-c", "--lib"]);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cargo.arg("--release");
-        }
-        let o = cargo.output().expect("cargo runs");
-        assert!(
-            o.status.success(),
-            "building the C libraries failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    });
+    let dir = support::cargo_build("engram-c", &["--lib"]);
     for lib in ["libengram_c.so", "libengram_c.a"] {
         assert!(
             dir.join(lib).is_file(),
-            "{} is missing: build the engram-c crate (cargo test builds it)",
+            "{} is missing after building engram-c",
             dir.join(lib).display()
         );
     }
     dir
 }
 
-fn model() -> PathBuf {
-    let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.is_file(),
-        "default model missing: run scripts/fetch-model"
-    );
-    p
-}
-
 fn scratch() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("engram-c-test-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A small fitted store (4,096 slots) from the background corpus, made once per process.
-fn make_store(dir: &Path) -> PathBuf {
-    static STORE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    STORE.get_or_init(|| build_store(dir)).clone()
-}
-
-fn build_store(dir: &Path) -> PathBuf {
-    let bg = root().join("data/background.txt");
-    let text = std::fs::read_to_string(&bg)
-        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-background)", bg.display()));
-    let docs: Vec<String> = text.split("\n\n").take(200).map(str::to_owned).collect();
-    let engine = Engine::open(model(), &EngineOptions::default()).unwrap();
-    let opts = RetrofitOptions {
-        config: MemoryConfig {
-            n_keys: 64,
-            ..Default::default()
-        },
-        max_tokens: 1024,
-        batch_tokens: 128,
-        fit_samples: 1024,
-        ..Default::default()
-    };
-    let store = retrofit(
-        engine.model(),
-        engine.tokenizer(),
-        &engine.fingerprint(),
-        &docs,
-        &opts,
-        &mut |_| true,
-    )
-    .unwrap();
-    let path = dir.join("fresh.engram");
-    store.save(&path).unwrap();
-    path
+    support::scratch("c")
 }
 
 fn gcc(out: &Path, link: &[&str]) {
@@ -305,4 +238,29 @@ fn four_generating_threads_and_a_learning_call_share_one_engine() {
         12 - n_after
     );
     assert_eq!(engram_close(engine), EngramStatus::Ok);
+}
+
+/// `examples/notebook/notebook.c` builds warning-free and adds a note, asks, exports a delta.
+#[test]
+fn notebook_example_in_c_adds_asks_and_exports() {
+    let dir = scratch();
+    let lib = lib_dir();
+    let exe = dir.join("notebook");
+    let o = Command::new("gcc")
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-I"])
+        .arg(root().join("ffi/c/include"))
+        .arg(root().join("examples/notebook/notebook.c"))
+        .arg("-o")
+        .arg(&exe)
+        .args(["-L", lib.to_str().unwrap(), "-lengram_c"])
+        .output()
+        .expect("gcc runs");
+    assert!(
+        o.status.success(),
+        "gcc failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let mut program = Command::new(&exe);
+    program.env("LD_LIBRARY_PATH", &lib);
+    support::run_notebook(program, &dir, "c");
 }

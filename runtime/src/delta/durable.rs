@@ -159,7 +159,7 @@ fn take_lock(path: &Path) -> Result<File> {
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(TryLockError::WouldBlock) => Err(Error::InUse(format!(
-            "{} is open for writing in another process (lock {}); close it there first",
+            "{} is open for writing by another engine or process (lock {}); close it there first",
             path.display(),
             lpath.display()
         ))),

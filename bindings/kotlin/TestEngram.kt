@@ -1,0 +1,110 @@
+// The Kotlin binding on the real default model: learn a fact, ask, export a delta, import it
+// into a second store, errors as exceptions, and 4 threads generating while learning runs.
+// Usage: TestEngramKt MODEL STORE_A STORE_B DELTA_PATH (run by ffi/uniffi/tests/bindings.rs).
+
+import java.util.concurrent.CountDownLatch
+import java.util.concurrent.TimeUnit
+import kotlin.system.exitProcess
+import uniffi.engram.Engram
+import uniffi.engram.EngramException
+import uniffi.engram.LearnListener
+import uniffi.engram.TokenListener
+import uniffi.engram.version
+
+var passed = 0
+var failed = 0
+
+fun check(ok: Boolean, what: String) {
+    if (ok) passed++ else failed++
+    println("${if (ok) "ok  " else "FAIL"} $what")
+}
+
+inline fun <reified E : Throwable> throws(what: String, body: () -> Unit) {
+    try {
+        body()
+        check(false, "$what (nothing thrown)")
+    } catch (e: Throwable) {
+        check(e is E, "$what: ${e::class.simpleName}: ${e.message}")
+    }
+}
+
+fun main(args: Array<String>) {
+    val (model, storeA, storeB, deltaPath) = args
+    val question = "What is the name of my neighbour's parrot?"
+    val answer = "Captain Biscuit"
+    check(version().count { it == '.' } == 2, "version ${version()}")
+
+    throws<EngramException.Io>("a missing model") { Engram.open("/nonexistent/model.gguf") }
+    throws<EngramException.BadFile>("a model that is not GGUF") { Engram.open(storeA, null) }
+
+    Engram.open(model, storeA, true, 2u).use { a ->
+        throws<EngramException.InUse>("a second writer of the same store") { Engram.open(model, storeA) }
+        val before = a.ask(question)
+        val steps = mutableListOf<Double>()
+        val report = a.learnQa(question, answer, 0u, object : LearnListener {
+            override fun onStep(fact: UInt, step: UInt, loss: Double): Boolean {
+                steps.add(loss)
+                return true
+            }
+        })
+        val fact = report.facts.single()
+        check(fact.lossAfter < fact.lossBefore / 2 && steps.size >= 2,
+            "learn a fact: loss ${"%.3f".format(fact.lossBefore)} -> ${"%.3f".format(fact.lossAfter)} over ${steps.size} steps")
+        val after = a.ask(question)
+        println("     before: $before | after: $after")
+        check(!before.contains(answer) && after.contains(answer), "the answer is learned")
+
+        val pieces = StringBuilder()
+        var count = 0
+        val text = a.generate("The capital of France is", 12u, object : TokenListener {
+            override fun onToken(piece: String): Boolean {
+                pieces.append(piece)
+                return ++count < 4
+            }
+        })
+        check(count == 4 && pieces.toString() == text, "streaming: 4 pieces, then stopped")
+
+        val exported = a.exportDelta(deltaPath, null, false, "kotlin test")
+        check(exported.rows > 0u && exported.facts.any { it.contains(answer) }, "export a delta (${exported.rows} rows)")
+        throws<EngramException.InvalidArgument>("export since an unknown snapshot") {
+            a.exportDelta(deltaPath + ".x", "no-such-snapshot", false, "")
+        }
+        throws<EngramException.InvalidArgument>("an empty note") { a.learnNote("", 1u, null) }
+
+        // 4 threads generate while a note is learned on the same engine: each sees the memory
+        // before or after the learning, and all finish.
+        val prompt = "My sister Ana lives in"
+        val old = a.generate(prompt, 6u, null)
+        val texts = java.util.Collections.synchronizedList(mutableListOf<String>())
+        val started = CountDownLatch(1)
+        val threads = (0 until 4).map {
+            Thread {
+                repeat(3) {
+                    texts.add(a.generate(prompt, 6u, null))
+                    started.countDown()
+                }
+            }.apply { start() }
+        }
+        started.await(600, TimeUnit.SECONDS)
+        a.learnNote("My sister Ana lives in Porto.", 4u, null)
+        threads.forEach { it.join(600_000) }
+        val new = a.generate(prompt, 6u, null)
+        check(texts.size == 12, "4 threads x 3 generations finished (${texts.size})")
+        check(old != new && texts.all { it == old || it == new },
+            "every generation saw the memory before or after learning (${texts.count { it == new }} after)")
+
+        Engram.open(model, storeB, true, 2u).use { b ->
+            check(b.ask(question) == before, "B does not know the fact")
+            val imported = b.importDelta(deltaPath)
+            check(imported.id == exported.id && imported.rows == exported.rows, "import into B")
+            check(b.ask(question) == after, "B answers like A")
+            check(b.importDelta(deltaPath).alreadyImported, "a second import changes nothing")
+            throws<EngramException.BadFile>("importing a model as a delta") { b.importDelta(model) }
+            val reverted = b.revertDelta(exported.id)
+            check(reverted.exact == exported.rows && b.ask(question) == before, "revert restores B")
+            throws<EngramException.InvalidArgument>("revert twice") { b.revertDelta(exported.id) }
+        }
+    }
+    println("$passed passed, $failed failed")
+    exitProcess(if (failed == 0) 0 else 1)
+}

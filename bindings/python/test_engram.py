@@ -1,0 +1,137 @@
+"""The Python binding on the real default model: learn a fact, ask, export a delta, import it
+into a second store, and errors arriving as Python exceptions.
+
+Run by `cargo test -p engram-uniffi` (ffi/uniffi/tests/bindings.rs), which puts the generated
+module and its library on PYTHONPATH and passes the model and two fresh stores:
+ENGRAM_MODEL, ENGRAM_STORE_A, ENGRAM_STORE_B, ENGRAM_SCRATCH.
+"""
+
+import os
+import threading
+
+import pytest
+
+import engram
+
+MODEL = os.environ["ENGRAM_MODEL"]
+STORE_A = os.environ["ENGRAM_STORE_A"]
+STORE_B = os.environ["ENGRAM_STORE_B"]
+SCRATCH = os.environ["ENGRAM_SCRATCH"]
+
+QUESTION = "What is the name of my neighbour's parrot?"
+ANSWER = "Captain Biscuit"
+
+
+@pytest.fixture(scope="module")
+def learned():
+    """Store A after learning one fact, and the delta exported from it."""
+    a = engram.Engram.open(MODEL, memory_path=STORE_A, threads=2)
+    before = a.ask(QUESTION)
+    steps = []
+
+    class Progress(engram.LearnListener):
+        def on_step(self, fact, step, loss):
+            steps.append((fact, step, loss))
+            return True
+
+    report = a.learn_qa(QUESTION, ANSWER, listener=Progress())
+    after = a.ask(QUESTION)
+    delta = os.path.join(SCRATCH, "parrot.delta")
+    exported = a.export_delta(delta, label="pytest")
+    print(f"before: {before!r}; after: {after!r}; report: {report}")
+    yield dict(engine=a, before=before, after=after, steps=steps, report=report,
+               delta=delta, exported=exported)
+    del a
+
+
+def test_version():
+    assert engram.version().count(".") == 2
+
+
+def test_learning_a_fact_changes_the_answer(learned):
+    report = learned["report"]
+    assert len(report.facts) == 1
+    fact = report.facts[0]
+    assert fact.loss_after < fact.loss_before / 2, fact
+    assert fact.rows_changed > 0
+    assert [s[1] for s in learned["steps"]] == list(range(len(learned["steps"])))
+    assert len(learned["steps"]) >= 2
+    assert ANSWER.lower() not in learned["before"].lower()
+    assert ANSWER.lower() in learned["after"].lower(), learned["after"]
+    facts = [f.text for f in learned["engine"].learned_facts()]
+    assert any(ANSWER in f for f in facts), facts
+
+
+def test_delta_moves_the_fact_to_a_second_store(learned):
+    exported = learned["exported"]
+    assert len(exported.id) == 32 and exported.rows > 0
+    assert any(ANSWER in f for f in exported.facts)
+    b = engram.Engram.open(MODEL, memory_path=STORE_B, threads=2)
+    assert b.ask(QUESTION) == learned["before"]
+    report = b.import_delta(learned["delta"])
+    assert report.id == exported.id
+    assert report.rows == exported.rows and not report.already_imported
+    assert b.ask(QUESTION) == learned["after"]
+    again = b.import_delta(learned["delta"])
+    assert again.already_imported and again.rows == 0
+    assert [d.id for d in b.imported_deltas()] == [exported.id]
+    reverted = b.revert_delta(exported.id)
+    assert reverted.exact == exported.rows and reverted.adjusted == 0
+    assert b.ask(QUESTION) == learned["before"]
+
+
+def test_streaming_pieces_make_the_whole_text(learned):
+    pieces = []
+
+    class Collect(engram.TokenListener):
+        def on_token(self, piece):
+            pieces.append(piece)
+            return len(pieces) < 5
+
+    text = learned["engine"].generate("The capital of France is", 12, Collect())
+    assert len(pieces) == 5, "returning False stops generation"
+    assert "".join(pieces) == text
+
+
+def test_generation_from_threads(learned):
+    a = learned["engine"]
+    expected = a.generate("Once upon a time", 6)
+    results = []
+
+    def worker():
+        results.append(a.generate("Once upon a time", 6))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert results == [expected] * 4
+
+
+def test_errors_arrive_as_exceptions(learned):
+    with pytest.raises(engram.EngramError.Io) as e:
+        engram.Engram.open("/nonexistent/model.gguf")
+    assert "/nonexistent/model.gguf" in str(e.value)
+    with pytest.raises(engram.EngramError.BadFile):
+        engram.Engram.open(__file__)
+    with pytest.raises(engram.EngramError.InUse):
+        engram.Engram.open(MODEL, memory_path=STORE_A)
+    a = learned["engine"]
+    with pytest.raises(engram.EngramError.BadFile):
+        a.import_delta(MODEL)
+    with pytest.raises(engram.EngramError.InvalidArgument):
+        a.export_delta(os.path.join(SCRATCH, "x.delta"), since="no-such-snapshot")
+    with pytest.raises(engram.EngramError.InvalidArgument):
+        a.learn_note("")
+    with pytest.raises(engram.EngramError.InvalidArgument):
+        a.revert_delta("0123456789abcdef")
+
+    class Halt(engram.LearnListener):
+        def on_step(self, fact, step, loss):
+            return False
+
+    with pytest.raises(engram.EngramError.Interrupted):
+        a.learn_note("My cat is called Miso.", steps=1, listener=Halt())
+    # The engine still works after every error.
+    assert a.generate("The capital of France is", 3)
