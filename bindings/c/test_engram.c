@@ -54,6 +54,14 @@ static bool on_progress(uint32_t fact, uint32_t step, double loss, void *user_da
     return p->stop_after == 0 || p->calls < p->stop_after;
 }
 
+/* What an engine says about the note. Under valgrind (light) a short raw prompt instead of a
+ * chat question: a chat prompt's prefill takes a minute there, and `ask` is covered above. */
+static EngramStatus recall(const EngramEngine *engine, int light, char **out) {
+    if (light)
+        return engram_generate(engine, "Ana lives in", 2, NULL, NULL, out);
+    return engram_ask(engine, "Where does my sister Ana live?", 8, out);
+}
+
 int main(int argc, char **argv) {
     if (argc != 5) {
         fprintf(stderr, "usage: %s MODEL STORE_A STORE_B SCRATCH_DIR\n", argv[0]);
@@ -140,7 +148,7 @@ int main(int argc, char **argv) {
           "export since an unknown snapshot is refused");
     CHECK(engram_checkpoint(a) == ENGRAM_STATUS_OK, "checkpoint");
     char *answer_a = NULL;
-    CHECK(engram_ask(a, "Where does my sister Ana live?", answer_tokens, &answer_a) == ENGRAM_STATUS_OK,
+    CHECK(recall(a, light, &answer_a) == ENGRAM_STATUS_OK,
           "ask A about the note");
 
     /* Import into B: the same answer; twice is fine; revert; a second revert fails. */
@@ -156,7 +164,7 @@ int main(int argc, char **argv) {
     engram_string_free(imported);
     CHECK(engram_delta_import(b, delta_path, NULL) == ENGRAM_STATUS_OK, "import again: no-op");
     char *answer_b = NULL;
-    CHECK(engram_ask(b, "Where does my sister Ana live?", answer_tokens, &answer_b) == ENGRAM_STATUS_OK &&
+    CHECK(recall(b, light, &answer_b) == ENGRAM_STATUS_OK &&
               answer_a != NULL && strcmp(answer_a, answer_b) == 0,
           "B answers like A");
     printf("     A and B: %s\n", answer_b ? answer_b : "(none)");

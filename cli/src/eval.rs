@@ -183,11 +183,15 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
         // Before learning: no fact known, every retention question right (how both were chosen).
         let mut points = vec![(0usize, 0.0f64, 1.0f64)];
         let mut learn_secs = 0f64;
+        // Each fact asked (unseen phrasing) right after it was learned: what one fact's learning
+        // achieves before later facts can overwrite it.
+        let mut right_after = 0usize;
         for (i, fact) in facts.iter().enumerate() {
             let r = engine
                 .learn(std::slice::from_ref(fact), &opts, &mut |_, _, _| true)
                 .map_err(|e| e.to_string())?;
             learn_secs += r.total.as_secs_f64();
+            right_after += (accuracy(&engine, std::slice::from_ref(fact), &unseen)? > 0.5) as usize;
             let done = i + 1;
             if done % args.every.max(1) == 0 || done == facts.len() {
                 let learned = accuracy(&engine, &facts[..done], &unseen)?;
@@ -206,9 +210,11 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
         let learned = accuracy(&engine, &facts, &unseen)?;
         let retention = accuracy(&engine, &retained, &|q| q.to_owned())?;
         let nll_after = mean_nll(&engine, &held)?;
+        let learned_right_after = right_after as f64 / facts.len().max(1) as f64;
         eprintln!(
-            "{name}: learned {:.1}%, retention {:.1}%, held-out NLL {nll_before:.4} -> {nll_after:.4} ({:+.2}%)",
+            "{name}: learned {:.1}% ({:.1}% right after each fact), retention {:.1}%, held-out NLL {nll_before:.4} -> {nll_after:.4} ({:+.2}%)",
             100.0 * learned,
+            100.0 * learned_right_after,
             100.0 * retention,
             100.0 * (nll_after / nll_before - 1.0)
         );
@@ -219,6 +225,7 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
         runs.push(json!({
             "scoring": name,
             "learned_accuracy": learned,
+            "learned_right_after": learned_right_after,
             "retention": retention,
             "heldout_nll_before": nll_before,
             "heldout_nll_after": nll_after,

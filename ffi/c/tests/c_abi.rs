@@ -63,6 +63,7 @@ fn run(dir: &Path, fresh: &Path, tag: &str, wrapper: &[&str], exe: &Path) -> Str
         }
         None => Command::new(exe),
     };
+    let started = std::time::Instant::now();
     let o = cmd
         .arg(model())
         .arg(&a)
@@ -74,7 +75,10 @@ fn run(dir: &Path, fresh: &Path, tag: &str, wrapper: &[&str], exe: &Path) -> Str
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    eprintln!("--- {tag} ---\n{out}{err}");
+    eprintln!(
+        "--- {tag} ({:.1} s) ---\n{out}{err}",
+        started.elapsed().as_secs_f64()
+    );
     assert!(
         o.status.success(),
         "{tag}: the C test failed:\n{out}\n{err}"
