@@ -242,21 +242,19 @@ pub unsafe extern "C" fn engram_open(
         }
         let model = unsafe { text(model_path, "model_path") }?;
         let memory = unsafe { optional_text(memory_path, "memory_path") }?;
-        let mut engine = Engine::open(
+        let engine = Engine::open(
             model,
             &EngineOptions {
                 threads: threads as usize,
+                memory: memory.map(Into::into),
+                memory_access: if writable {
+                    MemoryAccess::Write
+                } else {
+                    MemoryAccess::Read
+                },
                 ..Default::default()
             },
         )?;
-        if let Some(m) = memory {
-            let access = if writable {
-                MemoryAccess::Write
-            } else {
-                MemoryAccess::Read
-            };
-            engine.open_memory(m, access)?;
-        }
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed) * 16;
         let mut map = HANDLES.lock().unwrap_or_else(|e| e.into_inner());
         map.get_or_insert_with(HashMap::new).insert(

@@ -26,9 +26,12 @@ fn scratch() -> PathBuf {
     support::scratch("c")
 }
 
-fn gcc(out: &Path, link: &[&str]) {
+const TEST_SOURCE: &str = "bindings/c/test_engram.c";
+
+/// Compiles `source` (relative to the repository root) warning-free against the header.
+fn gcc(source: &str, out: &Path, link: &[&str]) {
     let include = root().join("ffi/c/include");
-    let source = root().join("bindings/c/test_engram.c");
+    let source = root().join(source);
     let o = Command::new("gcc")
         .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g", "-O1", "-I"])
         .arg(&include)
@@ -93,9 +96,14 @@ fn c_tests_pass_on_shared_and_static_libraries_and_under_valgrind() {
     let fresh = make_store(&dir);
     let lib = lib_dir();
     let shared = dir.join("test_shared");
-    gcc(&shared, &["-L", lib.to_str().unwrap(), "-lengram_c"]);
+    gcc(
+        TEST_SOURCE,
+        &shared,
+        &["-L", lib.to_str().unwrap(), "-lengram_c"],
+    );
     let static_exe = dir.join("test_static");
     gcc(
+        TEST_SOURCE,
         &static_exe,
         &[
             lib.join("libengram_c.a").to_str().unwrap(),
@@ -250,19 +258,10 @@ fn notebook_example_in_c_adds_asks_and_exports() {
     let dir = scratch();
     let lib = lib_dir();
     let exe = dir.join("notebook");
-    let o = Command::new("gcc")
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-I"])
-        .arg(root().join("ffi/c/include"))
-        .arg(root().join("examples/notebook/notebook.c"))
-        .arg("-o")
-        .arg(&exe)
-        .args(["-L", lib.to_str().unwrap(), "-lengram_c"])
-        .output()
-        .expect("gcc runs");
-    assert!(
-        o.status.success(),
-        "gcc failed: {}",
-        String::from_utf8_lossy(&o.stderr)
+    gcc(
+        "examples/notebook/notebook.c",
+        &exe,
+        &["-L", lib.to_str().unwrap(), "-lengram_c"],
     );
     let mut program = Command::new(&exe);
     program.env("LD_LIBRARY_PATH", &lib);

@@ -232,21 +232,19 @@ impl Engram {
         writable: bool,
         threads: u32,
     ) -> Result<Arc<Self>, EngramError> {
-        let mut engine = Engine::open(
+        let engine = Engine::open(
             &model_path,
             &EngineOptions {
                 threads: threads as usize,
+                memory: memory_path.map(Into::into),
+                memory_access: if writable {
+                    MemoryAccess::Write
+                } else {
+                    MemoryAccess::Read
+                },
                 ..Default::default()
             },
         )?;
-        if let Some(m) = memory_path {
-            let access = if writable {
-                MemoryAccess::Write
-            } else {
-                MemoryAccess::Read
-            };
-            engine.open_memory(&m, access)?;
-        }
         Ok(Arc::new(Self {
             engine: RwLock::new(engine),
         }))
