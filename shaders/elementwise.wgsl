@@ -1,0 +1,59 @@
+// Per-element ops; one invocation per element, 256 per workgroup, workgroups laid out 2-D
+// so tensors past 65,535 workgroups still fit one dispatch.
+
+struct Params {
+    n: u32,     // elements
+    cols: u32,  // row width (add_row)
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read> c: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out2: array<f32>;
+
+fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
+    return (wid.x + wid.y * nwg.x) * 256u + lid.x;
+}
+
+fn sigmoid(g: f32) -> f32 {
+    return 1.0 / (1.0 + exp(-g));
+}
+
+@compute @workgroup_size(256)
+fn add_assign(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wid, nwg, lid);
+    if i < p.n { out[i] += a[i]; }
+}
+
+@compute @workgroup_size(256)
+fn add_row(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wid, nwg, lid);
+    if i < p.n { out[i] += a[i % p.cols]; }
+}
+
+@compute @workgroup_size(256)
+fn silu_mul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wid, nwg, lid);
+    if i < p.n {
+        let g = a[i];
+        out[i] = g * sigmoid(g) * b[i];
+    }
+}
+
+// a = gate, b = up, c = dy; out = d gate, out2 = d up.
+@compute @workgroup_size(256)
+fn silu_mul_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wid, nwg, lid);
+    if i < p.n {
+        let g = a[i];
+        let s = sigmoid(g);
+        out[i] = c[i] * b[i] * s * (1.0 + g * (1.0 - s));
+        out2[i] = c[i] * g * s;
+    }
+}
