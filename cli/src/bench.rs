@@ -100,7 +100,7 @@ pub fn run(engine: Engine, with_memory: Option<Engine>, args: &BenchArgs) -> Res
         }
     }
     let tps = |n: usize, secs: f64| n as f64 * reps as f64 / secs;
-    let threads = engine.model().backend().threads();
+    let device = engine.device_name();
     let base = &speeds[0];
     let decode_tps = tps(args.decode, base.decode_secs);
     let prefill: Vec<(usize, f64)> = args
@@ -122,7 +122,7 @@ pub fn run(engine: Engine, with_memory: Option<Engine>, args: &BenchArgs) -> Res
     if args.json {
         let mut obj = serde_json::json!({
             "model": engine.path().display().to_string(),
-            "threads": threads,
+            "device": device,
             "prefill_tps": prefill.last().map(|p| p.1),
             "decode_tps": decode_tps,
             "decode_tokens": args.decode,
@@ -148,7 +148,7 @@ pub fn run(engine: Engine, with_memory: Option<Engine>, args: &BenchArgs) -> Res
             println!("prefill {n:>4} tokens: {t:8.1} tokens/s{with}");
         }
         println!(
-            "decode  {:>4} tokens: {decode_tps:8.1} tokens/s ({threads} threads){with}",
+            "decode  {:>4} tokens: {decode_tps:8.1} tokens/s on {device}{with}",
             args.decode
         );
         if let Some((dec, pre)) = &memory {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use clap::Subcommand;
 use engram::delta::{Delta, DeltaPrecision, MemoryAccess};
 
-use crate::open_with;
+use crate::{Placement, open_with};
 
 /// Subcommands of `engram delta`.
 #[derive(Subcommand)]
@@ -52,7 +52,7 @@ fn need_memory(memory: Option<PathBuf>, what: &str) -> Result<PathBuf, String> {
 pub fn run(
     model: Option<PathBuf>,
     memory: Option<PathBuf>,
-    threads: usize,
+    place: Placement,
     command: DeltaCommand,
 ) -> Result<(), String> {
     let err = |e: engram::Error| e.to_string();
@@ -68,7 +68,7 @@ pub fn run(
             label,
         } => {
             let memory = need_memory(memory, "export")?;
-            let mut engine = open_with(model, Some(memory), MemoryAccess::Read, threads, 0)?;
+            let mut engine = open_with(model, Some(memory), MemoryAccess::Read, place, 0)?;
             let precision = if f16 {
                 DeltaPrecision::F16
             } else {
@@ -93,7 +93,7 @@ pub fn run(
             // Read and check the file before taking the store's lock.
             let delta = Delta::read(&file).map_err(err)?;
             let mut engine =
-                open_with(model, Some(memory.clone()), MemoryAccess::Write, threads, 0)?;
+                open_with(model, Some(memory.clone()), MemoryAccess::Write, place, 0)?;
             let r = engine.import_delta(&delta).map_err(err)?;
             if r.already_imported {
                 println!(
@@ -121,7 +121,7 @@ pub fn run(
                 delta
             };
             let mut engine =
-                open_with(model, Some(memory.clone()), MemoryAccess::Write, threads, 0)?;
+                open_with(model, Some(memory.clone()), MemoryAccess::Write, place, 0)?;
             let r = engine.revert_delta(&id).map_err(err)?;
             engine.checkpoint().map_err(err)?;
             println!(
@@ -135,7 +135,7 @@ pub fn run(
         }
         DeltaCommand::List => {
             let memory = need_memory(memory, "list")?;
-            let engine = open_with(model, Some(memory), MemoryAccess::Read, threads, 0)?;
+            let engine = open_with(model, Some(memory), MemoryAccess::Read, place, 0)?;
             println!("imported deltas: {}", engine.imported_deltas().len());
             for d in engine.imported_deltas() {
                 println!(

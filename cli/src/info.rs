@@ -149,3 +149,33 @@ pub fn print(path: &Path, gguf: &Gguf) -> engram::Result<()> {
     );
     Ok(())
 }
+
+/// Prints the compute devices: the CPU and every wgpu adapter, with what `--device` picks.
+pub fn print_devices() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("cpu       host CPU, {cores} threads   (--device cpu)");
+    let adapters = engram::backend::wgpu::adapters();
+    if adapters.is_empty() {
+        println!("wgpu      no adapter (no Vulkan, Metal or DX12 driver found)");
+    }
+    for a in &adapters {
+        println!(
+            "wgpu:{}    {} — {} {}, driver {}, storage binding ≤ {} MiB{}",
+            a.index,
+            a.name,
+            a.kind,
+            a.api,
+            if a.driver.is_empty() { "?" } else { &a.driver },
+            a.max_binding >> 20,
+            if a.is_gpu { "" } else { " (software)" }
+        );
+    }
+    let auto = adapters
+        .iter()
+        .filter(|a| a.is_gpu)
+        .min_by_key(|a| (a.kind != "DiscreteGpu", a.index));
+    match auto {
+        Some(a) => println!("auto      → wgpu:{} ({})", a.index, a.name),
+        None => println!("auto      → cpu (no discrete or integrated GPU)"),
+    }
+}

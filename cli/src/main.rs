@@ -8,7 +8,7 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 use engram::delta::MemoryAccess;
 use engram::gguf::Gguf;
-use engram::{ChatMessage, Engine, EngineOptions, GenerateOptions, SamplingConfig};
+use engram::{ChatMessage, Device, Engine, EngineOptions, GenerateOptions, SamplingConfig};
 
 mod bench;
 mod delta;
@@ -34,6 +34,11 @@ struct Cli {
     /// CPU threads (0 = one per core).
     #[arg(short, long, global = true, default_value_t = 0)]
     threads: usize,
+    /// Where the model runs: auto (a GPU if there is one, else the CPU), cpu, wgpu (any wgpu
+    /// adapter, software ones included), wgpu:N (adapter N of `engram info --devices`), cuda.
+    /// $ENGRAM_DEVICE sets it when this is auto.
+    #[arg(long, global = true, default_value = "auto", value_parser = parse_device)]
+    device: Device,
     /// Memory store to attach (from `engram retrofit`) for generate, chat and bench.
     #[arg(long, global = true)]
     memory: Option<PathBuf>,
@@ -47,6 +52,9 @@ enum Command {
     Info {
         /// Model file (same as -m) or memory store.
         file: Option<PathBuf>,
+        /// List the compute devices (the CPU and every wgpu adapter) instead.
+        #[arg(long)]
+        devices: bool,
     },
     /// Raw completion: prints only the continuation of the prompt.
     Generate {
@@ -164,13 +172,35 @@ fn resolve_model(given: Option<PathBuf>) -> Result<PathBuf, String> {
     ))
 }
 
+fn parse_device(s: &str) -> Result<Device, String> {
+    s.parse().map_err(|e: engram::Error| e.to_string())
+}
+
+/// Where an engine runs: the device and the CPU thread count.
+#[derive(Clone, Copy)]
+pub struct Placement {
+    /// CPU worker threads (0 = one per core).
+    pub threads: usize,
+    /// Device to run on.
+    pub device: Device,
+}
+
+impl Cli {
+    fn placement(&self) -> Placement {
+        Placement {
+            threads: self.threads,
+            device: self.device,
+        }
+    }
+}
+
 fn open(
     model: Option<PathBuf>,
     memory: Option<PathBuf>,
-    threads: usize,
+    place: Placement,
     ctx: usize,
 ) -> Result<Engine, String> {
-    open_with(model, memory, MemoryAccess::Read, threads, ctx)
+    open_with(model, memory, MemoryAccess::Read, place, ctx)
 }
 
 /// Opens the model; a memory store is opened with `access` and its repair notes printed.
@@ -178,7 +208,7 @@ fn open_with(
     model: Option<PathBuf>,
     memory: Option<PathBuf>,
     access: MemoryAccess,
-    threads: usize,
+    place: Placement,
     ctx: usize,
 ) -> Result<Engine, String> {
     let path = resolve_model(model)?;
@@ -186,12 +216,16 @@ fn open_with(
     let mut engine = Engine::open(
         &path,
         &EngineOptions {
-            threads,
+            threads: place.threads,
+            device: place.device,
             context: ctx,
             ..Default::default()
         },
     )
     .map_err(|e| e.to_string())?;
+    if let Some(note) = engine.device_note() {
+        eprintln!("note: {note}");
+    }
     if let Some(m) = &memory {
         for warning in engine.open_memory(m, access).map_err(|e| e.to_string())? {
             eprintln!("warning: {warning}");
@@ -199,16 +233,22 @@ fn open_with(
     }
     let with = memory.map_or(String::new(), |m| format!(" with memory {}", m.display()));
     eprintln!(
-        "loaded {}{with} in {:.0} ms",
+        "loaded {}{with} on {} in {:.0} ms",
         path.display(),
+        engine.device_name(),
         start.elapsed().as_secs_f64() * 1e3
     );
     Ok(engine)
 }
 
 fn run(cli: Cli) -> Result<(), String> {
+    let place = cli.placement();
     match cli.command {
-        Command::Info { file } => {
+        Command::Info { devices: true, .. } => {
+            info::print_devices();
+            Ok(())
+        }
+        Command::Info { file, .. } => {
             let path = match file {
                 Some(f) => f,
                 None => resolve_model(cli.model)?,
@@ -217,7 +257,7 @@ fn run(cli: Cli) -> Result<(), String> {
             info::print(&path, &gguf).map_err(|e| e.to_string())
         }
         Command::Generate { prompt, sampling } => {
-            let engine = open(cli.model, cli.memory, cli.threads, sampling.ctx)?;
+            let engine = open(cli.model, cli.memory, place, sampling.ctx)?;
             let mut stdout = std::io::stdout();
             let g = engine
                 .generate(&prompt, &sampling.options(), |piece| {
@@ -231,7 +271,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Chat { system, sampling } => chat(
-            open(cli.model, cli.memory, cli.threads, sampling.ctx)?,
+            open(cli.model, cli.memory, place, sampling.ctx)?,
             system,
             &sampling.options(),
         ),
@@ -244,9 +284,9 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Bench(args) => {
-            let base = open(cli.model.clone(), None, cli.threads, 0)?;
+            let base = open(cli.model.clone(), None, place, 0)?;
             let with_memory = match cli.memory {
-                Some(m) => Some(open(cli.model, Some(m), cli.threads, 0)?),
+                Some(m) => Some(open(cli.model, Some(m), place, 0)?),
                 None => None,
             };
             bench::run(base, with_memory, &args)
@@ -256,7 +296,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 return Err("learn needs --memory STORE (make one with engram retrofit)".into());
             }
             learn::run(
-                open_with(cli.model, cli.memory, MemoryAccess::Write, cli.threads, 0)?,
+                open_with(cli.model, cli.memory, MemoryAccess::Write, place, 0)?,
                 &args,
             )
         }
@@ -264,13 +304,13 @@ fn run(cli: Cli) -> Result<(), String> {
             if cli.memory.is_none() {
                 return Err("eval needs --memory STORE (make one with engram retrofit)".into());
             }
-            eval::run(open(cli.model, cli.memory, cli.threads, 0)?, &args)
+            eval::run(open(cli.model, cli.memory, place, 0)?, &args)
         }
         Command::Ask {
             question,
             max_tokens,
         } => {
-            let engine = open(cli.model, cli.memory, cli.threads, 0)?;
+            let engine = open(cli.model, cli.memory, place, 0)?;
             println!(
                 "{}",
                 engine
@@ -279,14 +319,14 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
-        Command::Delta { command } => delta::run(cli.model, cli.memory, cli.threads, command),
+        Command::Delta { command } => delta::run(cli.model, cli.memory, place, command),
         Command::Snapshot { name } => {
             let memory = cli.memory.ok_or("snapshot needs --memory STORE")?;
             let mut engine = open_with(
                 cli.model,
                 Some(memory.clone()),
                 MemoryAccess::Write,
-                cli.threads,
+                place,
                 0,
             )?;
             engine.snapshot(&name).map_err(|e| e.to_string())?;
@@ -299,7 +339,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 cli.model,
                 Some(memory.clone()),
                 MemoryAccess::Write,
-                cli.threads,
+                place,
                 0,
             )?;
             let journal = engine.journal_len();
@@ -316,7 +356,7 @@ fn run(cli: Cli) -> Result<(), String> {
             if cli.memory.is_some() {
                 return Err("retrofit makes a new store; it takes no --memory".into());
             }
-            retrofit::run(open(cli.model, None, cli.threads, 0)?, &args)
+            retrofit::run(open(cli.model, None, place, 0)?, &args)
         }
     }
 }

@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
+use crate::backend::device::DeviceBackend;
+use crate::backend::wgpu::{WgpuBackend, WgpuOptions};
 use crate::delta::{
     Applied, Change, Delta, DeltaPrecision, DurableMemory, ImportedDelta, LearnedEntry,
     MemoryAccess, RowAccess, RowSet, Snapshot, open_store, unix_now,
@@ -20,11 +22,77 @@ use crate::{Error, Result};
 /// Where the model runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Device {
-    /// The best available device (today: the CPU).
+    /// A discrete or integrated GPU through wgpu when one exists, else the CPU (the reason
+    /// is kept in [`Engine::device_note`]). `$ENGRAM_DEVICE` (same names as `--device`)
+    /// overrides it.
     #[default]
     Auto,
     /// The host CPU.
     Cpu,
+    /// The best wgpu adapter, a software one such as lavapipe included.
+    Wgpu,
+    /// wgpu adapter number N of `engram info --devices`.
+    WgpuAdapter(usize),
+    /// NVIDIA GPUs through CUDA (not in this build: the error says to use wgpu).
+    Cuda,
+}
+
+impl std::str::FromStr for Device {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "wgpu" | "gpu" => Ok(Device::Wgpu),
+            "cuda" => Ok(Device::Cuda),
+            _ => match s.strip_prefix("wgpu:").map(str::parse) {
+                Some(Ok(i)) => Ok(Device::WgpuAdapter(i)),
+                _ => Err(Error::InvalidArgument(format!(
+                    "unknown device {s:?}: expected auto, cpu, wgpu, wgpu:N or cuda"
+                ))),
+            },
+        }
+    }
+}
+
+/// The backend for `device`, and why Auto fell back to the CPU if it did.
+fn open_backend(device: Device, threads: usize) -> Result<(DeviceBackend, Option<String>)> {
+    if device == Device::Auto
+        && let Ok(chosen) = std::env::var("ENGRAM_DEVICE")
+        && !chosen.is_empty()
+    {
+        let named: Device = chosen
+            .parse()
+            .map_err(|e| Error::InvalidArgument(format!("ENGRAM_DEVICE: {e}")))?;
+        if named != Device::Auto {
+            return open_backend(named, threads);
+        }
+    }
+    let wgpu = |adapter, allow_software| {
+        WgpuBackend::new(&WgpuOptions {
+            adapter,
+            allow_software,
+            max_binding: None,
+        })
+        .map(DeviceBackend::Wgpu)
+    };
+    match device {
+        Device::Cpu => Ok((DeviceBackend::Cpu(CpuBackend::new(threads)?), None)),
+        Device::Wgpu => Ok((wgpu(None, true)?, None)),
+        Device::WgpuAdapter(i) => Ok((wgpu(Some(i), true)?, None)),
+        Device::Cuda => Err(Error::Unsupported(
+            "this build of engram has no CUDA backend; NVIDIA GPUs run through wgpu \
+             (--device wgpu, Vulkan)"
+                .into(),
+        )),
+        Device::Auto => match wgpu(None, false) {
+            Ok(b) => Ok((b, None)),
+            Err(e) => Ok((
+                DeviceBackend::Cpu(CpuBackend::new(threads)?),
+                Some(format!("running on the CPU: {e}")),
+            )),
+        },
+    }
 }
 
 /// How an engine is opened.
@@ -92,7 +160,8 @@ pub struct Generation {
 
 /// A loaded model ready to generate.
 pub struct Engine {
-    model: Model<CpuBackend>,
+    model: Model<DeviceBackend>,
+    device_note: Option<String>,
     tokenizer: Tokenizer,
     gguf: Gguf,
     path: PathBuf,
@@ -109,7 +178,7 @@ struct AttachedMemory {
 
 /// The value rows of the attached memory, addressed by global row id, on the backend.
 struct ModelRows<'m> {
-    model: &'m mut Model<CpuBackend>,
+    model: &'m mut Model<DeviceBackend>,
     slots: usize,
 }
 
@@ -239,9 +308,7 @@ impl Engine {
             ));
         }
         let gguf = Gguf::open(path)?;
-        let backend = match options.device {
-            Device::Auto | Device::Cpu => CpuBackend::new(options.threads)?,
-        };
+        let (backend, device_note) = open_backend(options.device, options.threads)?;
         let model = Model::load(&gguf, backend)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
         if tokenizer.vocab_size() != model.config.vocab_size {
@@ -259,6 +326,7 @@ impl Engine {
         };
         let mut engine = Engine {
             model,
+            device_note,
             tokenizer,
             gguf,
             path: path.to_owned(),
@@ -622,13 +690,23 @@ impl Engine {
     }
 
     /// The model graph.
-    pub fn model(&self) -> &Model<CpuBackend> {
+    pub fn model(&self) -> &Model<DeviceBackend> {
         &self.model
     }
 
     /// The model graph, mutable (learning changes the memory's values through it).
-    pub fn model_mut(&mut self) -> &mut Model<CpuBackend> {
+    pub fn model_mut(&mut self) -> &mut Model<DeviceBackend> {
         &mut self.model
+    }
+
+    /// The device the model runs on, e.g. "cpu (2 threads)".
+    pub fn device_name(&self) -> String {
+        self.model.backend().name()
+    }
+
+    /// Why [`Device::Auto`] chose the CPU, when it did.
+    pub fn device_note(&self) -> Option<&str> {
+        self.device_note.as_deref()
     }
 
     /// The tokenizer.
@@ -740,7 +818,7 @@ pub fn log_softmax_at(logits: &[f32], target: usize) -> f64 {
 /// A conversation's state: the tokens already in the KV cache.
 pub struct Session<'e> {
     engine: &'e Engine,
-    cache: <CpuBackend as Backend>::KvCache,
+    cache: <DeviceBackend as Backend>::KvCache,
     tokens: Vec<u32>,
 }
 

@@ -4,6 +4,7 @@
 //! backend can keep weights, KV cache and activations resident.
 
 pub mod cpu;
+pub mod device;
 pub mod wgpu;
 
 use crate::Result;

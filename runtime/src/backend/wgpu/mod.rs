@@ -113,7 +113,19 @@ pub struct WgpuBackend {
     /// Bytes one storage binding may cover: the split size for large tensors.
     max_binding: u64,
     pipelines: Mutex<HashMap<(&'static str, u32), Arc<wgpu::ComputePipeline>>>,
+    /// Work recorded but not yet submitted: one submit per read-back (or per
+    /// `FLUSH_EVERY` ops) instead of one per op, which is what a decode step costs otherwise.
+    pending: Mutex<Pending>,
 }
+
+#[derive(Default)]
+struct Pending {
+    encoder: Option<wgpu::CommandEncoder>,
+    ops: usize,
+}
+
+/// Recorded ops after which the encoder is submitted anyway, to bound its size.
+const FLUSH_EVERY: usize = 1024;
 
 /// One row range of a tensor or weight, in its own buffer.
 struct Part {
@@ -219,18 +231,19 @@ impl WgpuBackend {
     pub fn new(options: &WgpuOptions) -> Result<Self> {
         let instance = instance();
         let all = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
-        let adapter = match options.adapter {
-            Some(i) => all.into_iter().nth(i).ok_or_else(|| {
-                Error::InvalidArgument(format!(
+        let index = match options.adapter {
+            Some(i) if i < all.len() => i,
+            Some(i) => {
+                return Err(Error::InvalidArgument(format!(
                     "no wgpu adapter {i} (`engram info --devices` lists them)"
-                ))
-            })?,
+                )));
+            }
             None => {
-                let mut ranked: Vec<wgpu::Adapter> = all;
-                ranked.sort_by_key(|a| rank(a.get_info().device_type));
-                ranked
+                let mut order: Vec<usize> = (0..all.len()).collect();
+                order.sort_by_key(|&i| rank(all[i].get_info().device_type));
+                order
                     .into_iter()
-                    .find(|a| options.allow_software || rank(a.get_info().device_type) <= 1)
+                    .find(|&i| options.allow_software || rank(all[i].get_info().device_type) <= 1)
                     .ok_or_else(|| {
                         Error::Unsupported(if options.allow_software {
                             "no wgpu adapter found (no Vulkan, Metal or DX12 driver)".into()
@@ -240,8 +253,8 @@ impl WgpuBackend {
                     })?
             }
         };
-        let index = options.adapter.unwrap_or(0);
-        let summary = summary(index, &adapter);
+        let adapter = &all[index];
+        let summary = summary(index, adapter);
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("engram"),
@@ -262,6 +275,7 @@ impl WgpuBackend {
             adapter: summary,
             max_binding,
             pipelines: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Pending::default()),
         })
     }
 
@@ -337,10 +351,7 @@ impl WgpuBackend {
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        let mut enc = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(entry) });
-        {
+        self.record(|enc| {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(entry),
                 timestamp_writes: None,
@@ -348,8 +359,34 @@ impl WgpuBackend {
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &bind, &[]);
             pass.dispatch_workgroups(groups.0, groups.1, 1);
+        });
+    }
+
+    /// Appends work to the pending encoder (submitted by [`Self::flush`]).
+    fn record(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let enc = pending.encoder.get_or_insert_with(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ops") })
+        });
+        f(enc);
+        pending.ops += 1;
+        if pending.ops >= FLUSH_EVERY {
+            Self::submit(&self.queue, &mut pending);
         }
-        self.queue.submit([enc.finish()]);
+    }
+
+    fn submit(queue: &wgpu::Queue, pending: &mut Pending) {
+        if let Some(enc) = pending.encoder.take() {
+            queue.submit([enc.finish()]);
+        }
+        pending.ops = 0;
+    }
+
+    /// Submits everything recorded so far.
+    fn flush(&self) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        Self::submit(&self.queue, &mut pending);
     }
 
     fn storage(&self, bytes: usize) -> wgpu::Buffer {
@@ -420,13 +457,8 @@ impl WgpuBackend {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let mut enc = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("read"),
-            });
-        enc.copy_buffer_to_buffer(buf, 0, &staging, 0, size);
-        self.queue.submit([enc.finish()]);
+        self.record(|enc| enc.copy_buffer_to_buffer(buf, 0, &staging, 0, size));
+        self.flush();
         let (tx, rx) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
@@ -455,13 +487,9 @@ impl WgpuBackend {
         if bytes == 0 {
             return;
         }
-        let mut enc = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("copy"),
-            });
-        enc.copy_buffer_to_buffer(src, src_off as u64, dst, dst_off as u64, bytes as u64);
-        self.queue.submit([enc.finish()]);
+        self.record(|enc| {
+            enc.copy_buffer_to_buffer(src, src_off as u64, dst, dst_off as u64, bytes as u64)
+        });
     }
 
     fn elementwise(
