@@ -1,4 +1,4 @@
-// Decodes 32 consecutive elements of a weight row stored in a ggml block format.
+// Reads weights stored in a ggml block format.
 // Weights stay in the file's bytes (a u32 array); DTYPE is a constant prepended by the host:
 // 0 F32, 1 F16, 2 BF16, 3 Q8_0, 4 Q4_0, 5 Q4_1, 6 Q4_K, 7 Q6_K.
 
@@ -16,62 +16,54 @@ fn f16_at(o: u32) -> f32 {
     return unpack2x16float(half_at(o)).x;
 }
 
+// Four bytes starting at any 2-aligned byte offset (blocks of 18, 34 or 210 bytes are).
+fn word_at(o: u32) -> u32 {
+    let i = o >> 2u;
+    let s = (o & 3u) * 8u;
+    if s == 0u { return w[i]; }
+    return (w[i] >> s) | (w[i + 1u] << (32u - s));
+}
+
+// One float-format weight element: F32, F16 or BF16.
+fn float_at(rb: u32, c: u32) -> f32 {
+    if DTYPE == 0u { return bitcast<f32>(w[(rb >> 2u) + c]); }
+    let o = rb + 2u * c;
+    let h = (w[o >> 2u] >> ((o & 2u) * 8u)) & 0xffffu;
+    if DTYPE == 1u { return unpack2x16float(h).x; }
+    return bitcast<f32>(h << 16u);
+}
+
 fn i8_of(b: u32) -> f32 {
     return f32(bitcast<i32>(b << 24u) >> 24u);
 }
 
-// Elements 32·blk .. 32·blk+32 of the row starting at byte `rb` (zero past `cols` for floats).
-fn dequant32(rb: u32, blk: u32, cols: u32) -> array<f32, 32> {
-    var o: array<f32, 32>;
+// Element `c` of the weight row starting at byte `rb`, decoded on its own: the transposed
+// matmul and the embedding walk weights by column, so no block is decoded whole.
+fn weight_at(rb: u32, c: u32) -> f32 {
+    let blk = c / 32u;
+    let l = c % 32u;
     switch DTYPE {
-        case 0u: {
-            for (var i = 0u; i < 32u; i++) {
-                let c = blk * 32u + i;
-                if c < cols { o[i] = bitcast<f32>(w[(rb >> 2u) + c]); }
-            }
-        }
-        case 1u: {
-            for (var i = 0u; i < 32u; i++) {
-                let c = blk * 32u + i;
-                if c < cols { o[i] = f16_at(rb + 2u * c); }
-            }
-        }
-        case 2u: {
-            for (var i = 0u; i < 32u; i++) {
-                let c = blk * 32u + i;
-                if c < cols { o[i] = bitcast<f32>(half_at(rb + 2u * c) << 16u); }
-            }
-        }
+        case 0u, 1u, 2u: { return float_at(rb, c); }
         case 3u: {
             let base = rb + 34u * blk;
-            let d = f16_at(base);
-            for (var i = 0u; i < 32u; i++) { o[i] = d * i8_of(byte_at(base + 2u + i)); }
+            return f16_at(base) * i8_of(byte_at(base + 2u + l));
         }
         case 4u: {
             let base = rb + 18u * blk;
-            let d = f16_at(base);
-            for (var j = 0u; j < 16u; j++) {
-                let q = byte_at(base + 2u + j);
-                o[j] = d * (f32(q & 15u) - 8.0);
-                o[j + 16u] = d * (f32(q >> 4u) - 8.0);
-            }
+            let q = (byte_at(base + 2u + l % 16u) >> (4u * (l / 16u))) & 15u;
+            return f16_at(base) * (f32(q) - 8.0);
         }
         case 5u: {
             let base = rb + 20u * blk;
-            let d = f16_at(base);
-            let m = f16_at(base + 2u);
-            for (var j = 0u; j < 16u; j++) {
-                let q = byte_at(base + 4u + j);
-                o[j] = d * f32(q & 15u) + m;
-                o[j + 16u] = d * f32(q >> 4u) + m;
-            }
+            let dm = unpack2x16float(word_at(base));
+            let q = (byte_at(base + 4u + l % 16u) >> (4u * (l / 16u))) & 15u;
+            return dm.x * f32(q) + dm.y;
         }
         case 6u: {
             // 256-element super-block: 8 sub-blocks of 32 with 6-bit scales and mins.
             let s = blk % 8u;
             let base = rb + 144u * (blk / 8u);
-            let d = f16_at(base);
-            let dmin = f16_at(base + 2u);
+            let dm = unpack2x16float(w[base >> 2u]);
             let sc = base + 4u;
             var scale: u32;
             var mn: u32;
@@ -82,11 +74,8 @@ fn dequant32(rb: u32, blk: u32, cols: u32) -> array<f32, 32> {
                 scale = (byte_at(sc + s + 4u) & 15u) | ((byte_at(sc + s - 4u) >> 6u) << 4u);
                 mn = (byte_at(sc + s + 4u) >> 4u) | ((byte_at(sc + s) >> 6u) << 4u);
             }
-            let q = base + 16u + 32u * (s / 2u);
-            let shift = (s % 2u) * 4u;
-            let a = d * f32(scale);
-            let b = dmin * f32(mn);
-            for (var l = 0u; l < 32u; l++) { o[l] = a * f32((byte_at(q + l) >> shift) & 15u) - b; }
+            let q = (byte_at(base + 16u + 32u * (s / 2u) + l) >> ((s % 2u) * 4u)) & 15u;
+            return dm.x * f32(scale) * f32(q) - dm.y * f32(mn);
         }
         default: {
             // Q6_K: ql[128], qh[64], i8 scales[16], f16 d; sub-block s covers y[128n + 32j ..].
@@ -94,17 +83,12 @@ fn dequant32(rb: u32, blk: u32, cols: u32) -> array<f32, 32> {
             let base = rb + 210u * (blk / 8u);
             let n = s / 4u;
             let j = s % 4u;
-            let d = f16_at(base + 208u);
-            for (var l = 0u; l < 32u; l++) {
-                let qlb = byte_at(base + 64u * n + l + 32u * (j % 2u));
-                var low = qlb & 15u;
-                if j >= 2u { low = qlb >> 4u; }
-                let hb = (byte_at(base + 128u + 32u * n + l) >> (2u * j)) & 3u;
-                let q = f32(i32(low | (hb << 4u)) - 32);
-                let scale = i8_of(byte_at(base + 192u + 8u * n + l / 16u + 2u * j));
-                o[l] = d * scale * q;
-            }
+            let qlb = byte_at(base + 64u * n + l + 32u * (j % 2u));
+            let low = (qlb >> (4u * (j / 2u))) & 15u;
+            let hb = (byte_at(base + 128u + 32u * n + l) >> (2u * j)) & 3u;
+            let q = f32(i32(low | (hb << 4u)) - 32);
+            let scale = i8_of(byte_at(base + 192u + 8u * n + l / 16u + 2u * j));
+            return f16_at(base + 208u) * scale * q;
         }
     }
-    return o;
 }

@@ -92,8 +92,7 @@ pub fn run(
             let memory = need_memory(memory, "import")?;
             // Read and check the file before taking the store's lock.
             let delta = Delta::read(&file).map_err(err)?;
-            let mut engine =
-                open_with(model, Some(memory.clone()), MemoryAccess::Write, place, 0)?;
+            let mut engine = open_with(model, Some(memory.clone()), MemoryAccess::Write, place, 0)?;
             let r = engine.import_delta(&delta).map_err(err)?;
             if r.already_imported {
                 println!(
@@ -120,8 +119,7 @@ pub fn run(
             } else {
                 delta
             };
-            let mut engine =
-                open_with(model, Some(memory.clone()), MemoryAccess::Write, place, 0)?;
+            let mut engine = open_with(model, Some(memory.clone()), MemoryAccess::Write, place, 0)?;
             let r = engine.revert_delta(&id).map_err(err)?;
             engine.checkpoint().map_err(err)?;
             println!(

@@ -74,7 +74,7 @@ fn open_backend(device: Device, threads: usize) -> Result<(DeviceBackend, Option
             allow_software,
             max_binding: None,
         })
-        .map(DeviceBackend::Wgpu)
+        .map(|b| DeviceBackend::Wgpu(Box::new(b)))
     };
     match device {
         Device::Cpu => Ok((DeviceBackend::Cpu(CpuBackend::new(threads)?), None)),

@@ -304,7 +304,7 @@ fn value_gradients_match_finite_differences_through_the_model() {
         let dim = model.config.dim;
         let grads = model.backend().download(&g.grads);
         let loss_at = |engine: &mut Engine, delta: &[f32], scale: f32| -> f64 {
-            let step = tensor(delta.to_vec(), all_rows.len(), dim);
+            let step = engine.model().backend().upload(delta, all_rows.len(), dim);
             engine
                 .model_mut()
                 .sgd_values(&all_rows, &step, -scale)

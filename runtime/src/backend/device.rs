@@ -11,8 +11,8 @@ use crate::Result;
 pub enum DeviceBackend {
     /// The host CPU.
     Cpu(CpuBackend),
-    /// A GPU (or lavapipe) through wgpu.
-    Wgpu(WgpuBackend),
+    /// A GPU (or lavapipe) through wgpu (boxed: it is much larger than the cpu backend).
+    Wgpu(Box<WgpuBackend>),
 }
 
 /// A tensor of whichever device made it.
@@ -138,7 +138,8 @@ macro_rules! on {
                 type $M = CpuBackend;
                 $body
             }
-            DeviceBackend::Wgpu($b) => {
+            DeviceBackend::Wgpu(boxed) => {
+                let $b: &WgpuBackend = boxed;
                 #[allow(dead_code)]
                 type $M = WgpuBackend;
                 $body
@@ -223,12 +224,27 @@ impl Backend for DeviceBackend {
         )))
     }
 
-    fn rope(&self, x: &mut DeviceTensor, n_heads: usize, head_dim: usize, pos0: usize, rope: &Rope) {
-        on!(self, |b, M| b.rope(M::tensor_mut(x), n_heads, head_dim, pos0, rope))
+    fn rope(
+        &self,
+        x: &mut DeviceTensor,
+        n_heads: usize,
+        head_dim: usize,
+        pos0: usize,
+        rope: &Rope,
+    ) {
+        on!(self, |b, M| b.rope(
+            M::tensor_mut(x),
+            n_heads,
+            head_dim,
+            pos0,
+            rope
+        ))
     }
 
     fn silu_mul(&self, gate: &DeviceTensor, up: &DeviceTensor) -> DeviceTensor {
-        on!(self, |b, M| M::wrap(b.silu_mul(M::tensor(gate), M::tensor(up))))
+        on!(self, |b, M| M::wrap(
+            b.silu_mul(M::tensor(gate), M::tensor(up))
+        ))
     }
 
     fn add_assign(&self, x: &mut DeviceTensor, y: &DeviceTensor) {
@@ -269,7 +285,9 @@ impl Backend for DeviceBackend {
     }
 
     fn matmul_backward(&self, w: &DeviceWeight, dy: &DeviceTensor) -> DeviceTensor {
-        on!(self, |b, M| M::wrap(b.matmul_backward(M::weight(w), M::tensor(dy))))
+        on!(self, |b, M| M::wrap(
+            b.matmul_backward(M::weight(w), M::tensor(dy))
+        ))
     }
 
     fn rms_norm_backward(
@@ -363,7 +381,11 @@ impl Backend for DeviceBackend {
     }
 
     fn write_rows(&self, t: &mut DeviceTensor, rows: &[u32], src: &DeviceTensor) {
-        on!(self, |b, M| b.write_rows(M::tensor_mut(t), rows, M::tensor(src)))
+        on!(self, |b, M| b.write_rows(
+            M::tensor_mut(t),
+            rows,
+            M::tensor(src)
+        ))
     }
 
     fn sgd_rows(&self, values: &mut DeviceTensor, rows: &[u32], grads: &DeviceTensor, lr: f32) {
@@ -376,7 +398,9 @@ impl Backend for DeviceBackend {
     }
 
     fn new_kv_cache(&self, n_layers: usize, kv_dim: usize, capacity: usize) -> DeviceKvCache {
-        on!(self, |b, M| M::wrap_cache(b.new_kv_cache(n_layers, kv_dim, capacity)))
+        on!(self, |b, M| M::wrap_cache(
+            b.new_kv_cache(n_layers, kv_dim, capacity)
+        ))
     }
 
     fn kv_len(&self, cache: &DeviceKvCache) -> usize {

@@ -116,6 +116,23 @@ pub struct WgpuBackend {
     /// Work recorded but not yet submitted: one submit per read-back (or per
     /// `FLUSH_EVERY` ops) instead of one per op, which is what a decode step costs otherwise.
     pending: Mutex<Pending>,
+    /// With `ENGRAM_WGPU_PROFILE=1`: seconds and calls per entry point (each op waited for),
+    /// printed when the backend is dropped.
+    profile: Option<Mutex<HashMap<&'static str, (f64, usize)>>>,
+}
+
+impl Drop for WgpuBackend {
+    fn drop(&mut self) {
+        if let Some(profile) = &self.profile {
+            let table = profile.lock().unwrap_or_else(|e| e.into_inner());
+            let mut rows: Vec<_> = table.iter().collect();
+            rows.sort_by(|a, b| b.1.0.total_cmp(&a.1.0));
+            eprintln!("wgpu profile (seconds, calls):");
+            for (entry, (secs, calls)) in rows {
+                eprintln!("  {entry:<24} {secs:>9.3} {calls:>8}");
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -276,6 +293,8 @@ impl WgpuBackend {
             max_binding,
             pipelines: Mutex::new(HashMap::new()),
             pending: Mutex::new(Pending::default()),
+            profile: (std::env::var("ENGRAM_WGPU_PROFILE").as_deref() == Ok("1"))
+                .then(|| Mutex::new(HashMap::new())),
         })
     }
 
@@ -360,6 +379,15 @@ impl WgpuBackend {
             pass.set_bind_group(0, &bind, &[]);
             pass.dispatch_workgroups(groups.0, groups.1, 1);
         });
+        if let Some(profile) = &self.profile {
+            let start = std::time::Instant::now();
+            self.flush();
+            let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
+            let mut table = profile.lock().unwrap_or_else(|e| e.into_inner());
+            let e = table.entry(entry).or_insert((0.0, 0));
+            e.0 += start.elapsed().as_secs_f64();
+            e.1 += 1;
+        }
     }
 
     /// Appends work to the pending encoder (submitted by [`Self::flush`]).
@@ -558,6 +586,26 @@ impl WgpuBackend {
         );
     }
 
+    /// `x` as 8-bit blocks of 32 (10 words each), exactly as the cpu backend quantizes
+    /// activations for integer weight formats, so both backends sum the same integers.
+    fn quantize_activations(&self, x: &WgpuTensor) -> wgpu::Buffer {
+        assert!(
+            x.cols.is_multiple_of(32),
+            "activations of width {} are not whole 32-blocks",
+            x.cols
+        );
+        let blocks = x.cols / 32;
+        let xq = self.storage(x.rows * blocks * 10 * 4);
+        let p = params(&[P::U(0), P::U(x.cols), P::U(x.rows)]);
+        self.dispatch(
+            ("matmul", "quantize_q8", 0),
+            &p,
+            &[(2, x.buf()), (5, &xq)],
+            (blocks.div_ceil(64) as u32, x.rows.max(1) as u32),
+        );
+        xq
+    }
+
     fn grow_cache(&self, cache: &mut WgpuKvCache, needed: usize) {
         if needed <= cache.allocated {
             return;
@@ -714,10 +762,7 @@ impl Backend for WgpuBackend {
                 ("matmul", "embed", dtype_code(table.dtype)),
                 &p,
                 &[(1, &part.buf), (3, &out), (4, &ids)],
-                (
-                    table.cols.div_ceil(32).div_ceil(64) as u32,
-                    tokens.len().max(1) as u32,
-                ),
+                (table.cols.div_ceil(64) as u32, tokens.len().max(1) as u32),
             );
         }
         Ok(self.tensor(out, tokens.len(), table.cols))
@@ -726,6 +771,9 @@ impl Backend for WgpuBackend {
     fn matmul(&self, w: &WgpuWeight, x: &WgpuTensor) -> WgpuTensor {
         assert_eq!(x.cols, w.cols, "matmul {}: input width", w.name);
         let out = self.storage(x.rows * w.rows * 4);
+        let integer = !matches!(w.dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
+        let quantized = integer.then(|| self.quantize_activations(x));
+        let entry = if integer { "matmul_q8" } else { "matmul" };
         for part in &w.parts {
             let p = params(&[
                 P::U(part.rows),
@@ -735,10 +783,15 @@ impl Backend for WgpuBackend {
                 P::U(w.rows),
                 P::U(part.row0),
             ]);
+            let mut bufs = vec![(1, &part.buf), (3, &out)];
+            match &quantized {
+                Some(xq) => bufs.push((5, xq)),
+                None => bufs.push((2, x.buf())),
+            }
             self.dispatch(
-                ("matmul", "matmul", dtype_code(w.dtype)),
+                ("matmul", entry, dtype_code(w.dtype)),
                 &p,
-                &[(1, &part.buf), (2, x.buf()), (3, &out)],
+                &bufs,
                 (
                     part.rows.div_ceil(64) as u32,
                     x.rows.div_ceil(4).max(1) as u32,
@@ -890,8 +943,8 @@ impl Backend for WgpuBackend {
                 &p,
                 &[(1, &part.buf), (2, dy.buf()), (3, &out)],
                 (
-                    w.cols.div_ceil(32).div_ceil(64) as u32,
-                    dy.rows.max(1) as u32,
+                    w.cols.div_ceil(64) as u32,
+                    dy.rows.div_ceil(4).max(1) as u32,
                 ),
             );
         }
