@@ -55,6 +55,23 @@ impl std::str::FromStr for Device {
     }
 }
 
+/// Whether this machine can have a GPU at all. On Linux a GPU driver exposes a device node;
+/// without one `auto` skips loading the Vulkan loader and software drivers (which cost time
+/// and, headless, print warnings of their own).
+fn gpu_device_nodes_exist() -> bool {
+    if !cfg!(target_os = "linux") {
+        return true;
+    }
+    let has = |dir: &str, prefix: &str| {
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        })
+    };
+    has("/dev/dri", "renderD") || has("/dev", "nvidia")
+}
+
 /// The backend for `device`, and why Auto fell back to the CPU if it did.
 fn open_backend(device: Device, threads: usize) -> Result<(DeviceBackend, Option<String>)> {
     if device == Device::Auto
@@ -84,6 +101,10 @@ fn open_backend(device: Device, threads: usize) -> Result<(DeviceBackend, Option
             "this build of engram has no CUDA backend; NVIDIA GPUs run through wgpu \
              (--device wgpu, Vulkan)"
                 .into(),
+        )),
+        Device::Auto if !gpu_device_nodes_exist() => Ok((
+            DeviceBackend::Cpu(CpuBackend::new(threads)?),
+            Some("running on the CPU: no GPU device node (/dev/dri/renderD*, /dev/nvidia*)".into()),
         )),
         Device::Auto => match wgpu(None, false) {
             Ok(b) => Ok((b, None)),

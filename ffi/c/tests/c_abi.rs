@@ -74,6 +74,10 @@ fn run(dir: &Path, fresh: &Path, tag: &str, wrapper: &[&str], exe: &Path) -> Str
         .arg(dir)
         .env("LD_LIBRARY_PATH", lib_dir())
         .envs(light.then_some(("ENGRAM_TEST_LIGHT", "1")))
+        // Under valgrind, `auto`'s adapter probe would load the Vulkan loader and Mesa's
+        // driver, whose one-time allocations and shader JIT are not engram's to check and
+        // slow the run many times over; device selection is tested by the wgpu tests.
+        .envs(light.then_some(("ENGRAM_DEVICE", "cpu")))
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
