@@ -34,13 +34,15 @@ fn matmul(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var tt = 0u; tt < nt; tt++) { y[(t0 + tt) * p.out_cols + p.row0 + r] = acc[tt]; }
 }
 
-// dx[t, c] += Σ_r dy[t, row0 + r] · W[r, c]: one invocation per (column, 4 tokens), so each
-// weight element is decoded once for four tokens and neighbouring invocations read
+// dx[t, c] += Σ_r dy[t, row0 + r] · W[r, c]: one invocation per (column, 8 tokens), so each
+// weight element is decoded once for eight tokens and neighbouring invocations read
 // neighbouring bytes. x holds dy here and y accumulates dx, so parts of a split weight add up.
+const BACKWARD_TOKENS: u32 = 8u;
+
 @compute @workgroup_size(64)
 fn matmul_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = gid.x;
-    let t0 = gid.y * TOKENS;
+    let t0 = gid.y * BACKWARD_TOKENS;
     if c >= p.cols || t0 >= p.n { return; }
     // Rows of dy for tokens past the end repeat the last one; their sums are not stored.
     let last = p.n - 1u;
@@ -48,13 +50,20 @@ fn matmul_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let g1 = min(t0 + 1u, last) * p.out_cols + p.row0;
     let g2 = min(t0 + 2u, last) * p.out_cols + p.row0;
     let g3 = min(t0 + 3u, last) * p.out_cols + p.row0;
-    var acc = vec4<f32>(0.0);
+    let g4 = min(t0 + 4u, last) * p.out_cols + p.row0;
+    let g5 = min(t0 + 5u, last) * p.out_cols + p.row0;
+    let g6 = min(t0 + 6u, last) * p.out_cols + p.row0;
+    let g7 = min(t0 + 7u, last) * p.out_cols + p.row0;
+    var a = vec4<f32>(0.0);
+    var b = vec4<f32>(0.0);
     for (var r = 0u; r < p.rows; r++) {
         let v = weight_at(r * p.row_bytes, c);
-        acc += v * vec4<f32>(x[g0 + r], x[g1 + r], x[g2 + r], x[g3 + r]);
+        a += v * vec4<f32>(x[g0 + r], x[g1 + r], x[g2 + r], x[g3 + r]);
+        b += v * vec4<f32>(x[g4 + r], x[g5 + r], x[g6 + r], x[g7 + r]);
     }
-    let nt = min(TOKENS, p.n - t0);
-    for (var tt = 0u; tt < nt; tt++) { y[(t0 + tt) * p.cols + c] += acc[tt]; }
+    let nt = min(BACKWARD_TOKENS, p.n - t0);
+    for (var tt = 0u; tt < min(nt, 4u); tt++) { y[(t0 + tt) * p.cols + c] += a[tt]; }
+    for (var tt = 4u; tt < nt; tt++) { y[(t0 + tt) * p.cols + c] += b[tt - 4u]; }
 }
 
 // One invocation per (column, token): the token's row, if it lies in this part.
@@ -109,35 +118,49 @@ fn dot4(a: u32, b: u32) -> i32 {
     return dot4I8Packed(a, b);
 }
 
-// Block `blk` of the weight row at byte `rb` against the quantized activation block at word `xo`.
-fn block_dot(rb: u32, blk: u32, xo: u32) -> f32 {
-    let xd = bitcast<f32>(xq[xo]);
-    let xsum = bitcast<f32>(xq[xo + 1u]);
+// One weight block decoded for the integer dot: 32 values as signed bytes (elements 0..15 in
+// `lo`, 16..31 in `hi`, four to a word, in the activation block's order) and the factors of
+// Σ(lo·x) and Σ(hi·x) and of the activation block's sum (for formats with an offset).
+struct Decoded {
+    lo: vec4<u32>,
+    hi: vec4<u32>,
+    scale: vec2<f32>,
+    offset: f32,
+}
+
+fn words_at(o: u32) -> vec4<u32> {
+    return vec4<u32>(word_at(o), word_at(o + 4u), word_at(o + 8u), word_at(o + 12u));
+}
+
+fn decode(rb: u32, blk: u32) -> Decoded {
+    var out: Decoded;
+    let nib = vec4<u32>(0x0f0f0f0fu);
     switch DTYPE {
         case 3u: {
             let base = rb + 34u * blk;
-            var s = 0;
-            for (var k = 0u; k < 8u; k++) { s += dot4(word_at(base + 2u + 4u * k), xq[xo + 2u + k]); }
-            return f16_at(base) * xd * f32(s);
+            let d = f16_at(base);
+            out.lo = words_at(base + 2u);
+            out.hi = words_at(base + 18u);
+            out.scale = vec2<f32>(d);
+            out.offset = 0.0;
         }
         case 4u: {
             let base = rb + 18u * blk;
-            var s = 0;
-            for (var k = 0u; k < 4u; k++) {
-                let q = word_at(base + 2u + 4u * k);
-                s += dot4(q & 0x0f0f0f0fu, xq[xo + 2u + k]) + dot4((q >> 4u) & 0x0f0f0f0fu, xq[xo + 6u + k]);
-            }
-            return f16_at(base) * (xd * f32(s) - 8.0 * xsum);
+            let d = f16_at(base);
+            let q = words_at(base + 2u);
+            out.lo = q & nib;
+            out.hi = (q >> vec4<u32>(4u)) & nib;
+            out.scale = vec2<f32>(d);
+            out.offset = -8.0 * d;
         }
         case 5u: {
             let base = rb + 20u * blk;
             let dm = unpack2x16float(word_at(base));
-            var s = 0;
-            for (var k = 0u; k < 4u; k++) {
-                let q = word_at(base + 4u + 4u * k);
-                s += dot4(q & 0x0f0f0f0fu, xq[xo + 2u + k]) + dot4((q >> 4u) & 0x0f0f0f0fu, xq[xo + 6u + k]);
-            }
-            return dm.x * xd * f32(s) + dm.y * xsum;
+            let q = words_at(base + 4u);
+            out.lo = q & nib;
+            out.hi = (q >> vec4<u32>(4u)) & nib;
+            out.scale = vec2<f32>(dm.x);
+            out.offset = dm.y;
         }
         case 6u: {
             let j = blk % 8u;
@@ -153,34 +176,56 @@ fn block_dot(rb: u32, blk: u32, xo: u32) -> f32 {
                 scale = (byte_at(sc + j + 4u) & 15u) | ((byte_at(sc + j - 4u) >> 6u) << 4u);
                 mn = (byte_at(sc + j + 4u) >> 4u) | ((byte_at(sc + j) >> 6u) << 4u);
             }
-            let q0 = (base + 16u + 32u * (j / 2u)) >> 2u;
-            let shift = (j % 2u) * 4u;
-            var s = 0;
-            for (var k = 0u; k < 8u; k++) { s += dot4((w[q0 + k] >> shift) & 0x0f0f0f0fu, xq[xo + 2u + k]); }
-            return dm.x * f32(scale) * xd * f32(s) - dm.y * f32(mn) * xsum;
+            let q0 = base + 16u + 32u * (j / 2u);
+            let shift = vec4<u32>((j % 2u) * 4u);
+            out.lo = (words_at(q0) >> shift) & nib;
+            out.hi = (words_at(q0 + 16u) >> shift) & nib;
+            out.scale = vec2<f32>(dm.x * f32(scale));
+            out.offset = -dm.y * f32(mn);
         }
         default: {
-            // Q6_K: 6-bit q = low nibble | 2 high bits << 4, value (q − 32)·scale, a scale per 16.
+            // Q6_K: q = low nibble | 2 high bits << 4, value (q − 32)·scale, a scale per 16.
+            // (q + 0x60) ^ 0x80 is q − 32 as a signed byte, with no carry between bytes.
             let sb = blk % 8u;
             let base = rb + 210u * (blk / 8u);
             let n = sb / 4u;
             let j = sb % 4u;
-            let lshift = (j / 2u) * 4u;
-            var half_sums = vec2<i32>(0);
-            for (var k = 0u; k < 8u; k++) {
-                let lo = (word_at(base + 64u * n + 32u * (j % 2u) + 4u * k) >> lshift) & 0x0f0f0f0fu;
-                let hi = (word_at(base + 128u + 32u * n + 4u * k) >> (2u * j)) & 0x03030303u;
-                let xw = xq[xo + 2u + k];
-                half_sums[k / 4u] += dot4(lo | (hi << 4u), xw) - 32 * dot4(0x01010101u, xw);
-            }
-            let sc0 = i8_of(byte_at(base + 192u + 8u * n + 2u * j));
-            let sc1 = i8_of(byte_at(base + 192u + 8u * n + 1u + 2u * j));
-            return f16_at(base + 208u) * xd * (sc0 * f32(half_sums.x) + sc1 * f32(half_sums.y));
+            let lshift = vec4<u32>((j / 2u) * 4u);
+            let hshift = vec4<u32>(2u * j);
+            let ql = base + 64u * n + 32u * (j % 2u);
+            let qh = base + 128u + 32u * n;
+            let bias = vec4<u32>(0x60606060u);
+            let flip = vec4<u32>(0x80808080u);
+            let low_lo = (words_at(ql) >> lshift) & nib;
+            let low_hi = (words_at(ql + 16u) >> lshift) & nib;
+            let high_lo = (words_at(qh) >> hshift) & vec4<u32>(0x03030303u);
+            let high_hi = (words_at(qh + 16u) >> hshift) & vec4<u32>(0x03030303u);
+            out.lo = ((low_lo | (high_lo << vec4<u32>(4u))) + bias) ^ flip;
+            out.hi = ((low_hi | (high_hi << vec4<u32>(4u))) + bias) ^ flip;
+            let d = f16_at(base + 208u);
+            out.scale = vec2<f32>(
+                d * i8_of(byte_at(base + 192u + 8u * n + 2u * j)),
+                d * i8_of(byte_at(base + 192u + 8u * n + 1u + 2u * j)),
+            );
+            out.offset = 0.0;
         }
     }
+    return out;
 }
 
-// y = x · Wᵀ for integer formats: one invocation per (weight row, 4 tokens).
+// A decoded block against the quantized activation block at word `xo`.
+fn block_dot(k: Decoded, xo: u32) -> f32 {
+    let xd = bitcast<f32>(xq[xo]);
+    let xsum = bitcast<f32>(xq[xo + 1u]);
+    let s_lo = dot4(k.lo.x, xq[xo + 2u]) + dot4(k.lo.y, xq[xo + 3u])
+        + dot4(k.lo.z, xq[xo + 4u]) + dot4(k.lo.w, xq[xo + 5u]);
+    let s_hi = dot4(k.hi.x, xq[xo + 6u]) + dot4(k.hi.y, xq[xo + 7u])
+        + dot4(k.hi.z, xq[xo + 8u]) + dot4(k.hi.w, xq[xo + 9u]);
+    return xd * (k.scale.x * f32(s_lo) + k.scale.y * f32(s_hi)) + k.offset * xsum;
+}
+
+// y = x · Wᵀ for integer formats: one invocation per (weight row, 4 tokens); each block is
+// decoded once for the four.
 @compute @workgroup_size(64)
 fn matmul_q8(@builtin(global_invocation_id) gid: vec3<u32>) {
     let r = gid.x;
@@ -189,10 +234,16 @@ fn matmul_q8(@builtin(global_invocation_id) gid: vec3<u32>) {
     let nt = min(TOKENS, p.n - t0);
     let blocks = p.cols / 32u;
     let rb = r * p.row_bytes;
-    for (var tt = 0u; tt < nt; tt++) {
-        let xo = (t0 + tt) * blocks * XQ_WORDS;
-        var acc = 0.0;
-        for (var b = 0u; b < blocks; b++) { acc += block_dot(rb, b, xo + b * XQ_WORDS); }
-        y[(t0 + tt) * p.out_cols + p.row0 + r] = acc;
+    let stride = blocks * XQ_WORDS;
+    let x0 = t0 * stride;
+    var acc = vec4<f32>(0.0);
+    for (var b = 0u; b < blocks; b++) {
+        let k = decode(rb, b);
+        let xo = x0 + b * XQ_WORDS;
+        acc.x += block_dot(k, xo);
+        if nt > 1u { acc.y += block_dot(k, xo + stride); }
+        if nt > 2u { acc.z += block_dot(k, xo + 2u * stride); }
+        if nt > 3u { acc.w += block_dot(k, xo + 3u * stride); }
     }
+    for (var tt = 0u; tt < nt; tt++) { y[(t0 + tt) * p.out_cols + p.row0 + r] = acc[tt]; }
 }

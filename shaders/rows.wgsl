@@ -22,8 +22,10 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read> targets: array<u32>;
 @group(0) @binding(6) var<storage, read_write> losses: array<f32>;
+@group(0) @binding(7) var<storage, read_write> indices: array<u32>;
 
 var<workgroup> red: array<f32, 64>;
+var<workgroup> red_index: array<u32, 64>;
 
 fn row_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
@@ -145,4 +147,33 @@ fn rope(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let x1 = out[base + b];
     out[base + a] = x0 * cs.x - x1 * s;
     out[base + b] = x0 * s + x1 * cs.x;
+}
+
+// Index of each row's largest value, the first one on ties (as the cpu sampler's argmax), so
+// greedy decoding reads back one word per token instead of the whole vocabulary.
+@compute @workgroup_size(64)
+fn argmax_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let r = row_of(wid, nwg);
+    if r >= p.rows { return; }
+    let base = r * p.cols;
+    var best = min(lid, p.cols - 1u);
+    for (var i = lid; i < p.cols; i += 64u) {
+        if x[base + i] > x[base + best] { best = i; }
+    }
+    red[lid] = x[base + best];
+    red_index[lid] = best;
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s >>= 1u) {
+        if lid < s {
+            let v = red[lid + s];
+            let j = red_index[lid + s];
+            if v > red[lid] || (v == red[lid] && j < red_index[lid]) {
+                red[lid] = v;
+                red_index[lid] = j;
+            }
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u { indices[r] = red_index[0]; }
 }

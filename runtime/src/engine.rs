@@ -843,6 +843,14 @@ pub struct Session<'e> {
     tokens: Vec<u32>,
 }
 
+/// What one forward step hands the sampler.
+enum Next {
+    /// The greedy choice, made on the device.
+    Token(u32),
+    /// Logits of the last position, for samplers that need them.
+    Logits(Vec<f32>),
+}
+
 impl Session<'_> {
     /// Generates after `prompt`, reusing the cache for the longest prefix it shares with
     /// what was processed before.
@@ -869,10 +877,22 @@ impl Session<'_> {
         b.kv_truncate(&mut self.cache, common);
         self.tokens.truncate(common);
 
+        // Plain greedy needs only the argmax, which the device computes: a GPU then sends back
+        // one word per token instead of the vocabulary's logits.
+        let greedy = options.sampling.temperature <= 0.0 && options.sampling.repeat_penalty == 1.0;
+        let step = |tokens: &[u32], cache: &mut _| -> Result<Next> {
+            if greedy {
+                Ok(Next::Token(e.model.forward_greedy(tokens, cache)?))
+            } else {
+                Ok(Next::Logits(e.model.forward(
+                    tokens,
+                    cache,
+                    Logits::Last,
+                )?))
+            }
+        };
         let start = Instant::now();
-        let mut logits = e
-            .model
-            .forward(&prompt[common..], &mut self.cache, Logits::Last)?;
+        let mut next_step = step(&prompt[common..], &mut self.cache)?;
         self.tokens.extend_from_slice(&prompt[common..]);
         let prefill_time = start.elapsed();
 
@@ -885,7 +905,10 @@ impl Session<'_> {
             if out.len() >= options.max_tokens {
                 break StopReason::MaxTokens;
             }
-            let next = sampler.sample(&mut logits, &self.tokens);
+            let next = match &mut next_step {
+                Next::Token(t) => *t,
+                Next::Logits(logits) => sampler.sample(logits, &self.tokens),
+            };
             if e.tokenizer.stop_tokens.contains(&next) {
                 break StopReason::EndOfText;
             }
@@ -898,7 +921,7 @@ impl Session<'_> {
             if self.tokens.len() + 1 > e.context {
                 break StopReason::ContextFull;
             }
-            logits = e.model.forward(&[next], &mut self.cache, Logits::Last)?;
+            next_step = step(&[next], &mut self.cache)?;
             self.tokens.push(next);
         };
         let rest = stream.finish();

@@ -205,6 +205,15 @@ fn norms_rope_and_elementwise_ops() {
     let w: Vec<f32> = noise(d, 2, 0.5).iter().map(|v| v + 1.0).collect();
     let (wc, wg) = p.up(&w, 1, d);
     let (dc, dg) = p.up(&noise(n * d, 3, 1.0), n, d);
+    // Greedy decoding's argmax: the first maximum wins, also where a row repeats it.
+    let mut logits = noise(4 * 1000, 4, 5.0);
+    logits[2 * 1000 + 700] = 99.0;
+    logits[2 * 1000 + 300] = 99.0;
+    logits[3 * 1000 + 999] = 99.0;
+    let (lc, lg) = p.up(&logits, 4, 1000);
+    let want = p.c.argmax_rows(&lc);
+    assert_eq!(p.g.argmax_rows(&lg), want, "argmax_rows");
+    assert_eq!((want[2], want[3]), (300, 999));
     p.check(
         "rms_norm",
         &p.c.rms_norm(&xc, &wc, 1e-5),

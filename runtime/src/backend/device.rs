@@ -189,6 +189,10 @@ impl Backend for DeviceBackend {
         on!(self, |b, M| b.download(M::tensor(t)))
     }
 
+    fn argmax_rows(&self, t: &DeviceTensor) -> Vec<u32> {
+        on!(self, |b, M| b.argmax_rows(M::tensor(t)))
+    }
+
     fn shape(&self, t: &DeviceTensor) -> (usize, usize) {
         on!(self, |b, M| b.shape(M::tensor(t)))
     }

@@ -81,6 +81,15 @@ pub trait Backend: Send + Sync {
     }
     /// Copies a tensor back to the host, row-major.
     fn download(&self, t: &Self::Tensor) -> Vec<f32>;
+    /// Index of each row's largest value (the first on ties): greedy decoding on a GPU then
+    /// reads back one word per token instead of the vocabulary's logits.
+    fn argmax_rows(&self, t: &Self::Tensor) -> Vec<u32> {
+        let (rows, cols) = self.shape(t);
+        let data = self.download(t);
+        (0..rows)
+            .map(|r| crate::sampling::argmax(&data[r * cols..(r + 1) * cols]))
+            .collect()
+    }
     /// `(rows, cols)` of a tensor.
     fn shape(&self, t: &Self::Tensor) -> (usize, usize);
     /// The rows of all `parts` (same width) stacked in order.

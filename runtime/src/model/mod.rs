@@ -176,6 +176,23 @@ impl<B: Backend> Model<B> {
         cache: &mut B::KvCache,
         which: Logits,
     ) -> Result<Vec<f32>> {
+        let logits = self.logits_on_device(tokens, cache, which)?;
+        Ok(self.backend.download(&logits))
+    }
+
+    /// Like [`Model::forward`] with [`Logits::Last`], but returns only the most likely next
+    /// token: what greedy decoding needs, read back as one word.
+    pub fn forward_greedy(&self, tokens: &[u32], cache: &mut B::KvCache) -> Result<u32> {
+        let logits = self.logits_on_device(tokens, cache, Logits::Last)?;
+        Ok(self.backend.argmax_rows(&logits)[0])
+    }
+
+    fn logits_on_device(
+        &self,
+        tokens: &[u32],
+        cache: &mut B::KvCache,
+        which: Logits,
+    ) -> Result<B::Tensor> {
         let b = &self.backend;
         let c = &self.config;
         let mut x = b.embed(&self.token_embd, tokens_checked(tokens)?)?;
@@ -185,7 +202,7 @@ impl<B: Backend> Model<B> {
         }
         let x = b.rms_norm(&x, &self.output_norm, c.norm_eps);
         let head = self.output.as_ref().unwrap_or(&self.token_embd);
-        Ok(b.download(&b.matmul(head, &x)))
+        Ok(b.matmul(head, &x))
     }
 
     /// The normalized hidden states that feed the FFN of each block in `layers` (what a memory

@@ -697,6 +697,21 @@ impl Backend for WgpuBackend {
         out
     }
 
+    fn argmax_rows(&self, t: &WgpuTensor) -> Vec<u32> {
+        if t.rows == 0 || t.cols == 0 {
+            return vec![0; t.rows];
+        }
+        let out = self.storage(t.rows * 4);
+        let p = params(&[P::U(t.rows), P::U(t.cols), P::F(0.0)]);
+        self.dispatch(
+            ("rows", "argmax_rows", 0),
+            &p,
+            &[(1, t.buf()), (7, &out)],
+            grid(t.rows),
+        );
+        bytemuck::pod_collect_to_vec(&self.read_back(&out, t.rows * 4))
+    }
+
     fn shape(&self, t: &WgpuTensor) -> (usize, usize) {
         (t.rows, t.cols)
     }
@@ -944,7 +959,7 @@ impl Backend for WgpuBackend {
                 &[(1, &part.buf), (2, dy.buf()), (3, &out)],
                 (
                     w.cols.div_ceil(64) as u32,
-                    dy.rows.div_ceil(4).max(1) as u32,
+                    dy.rows.div_ceil(8).max(1) as u32,
                 ),
             );
         }
