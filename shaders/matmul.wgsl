@@ -165,23 +165,13 @@ fn decode(rb: u32, blk: u32) -> Decoded {
         case 6u: {
             let j = blk % 8u;
             let base = rb + 144u * (blk / 8u);
-            let dm = unpack2x16float(w[base >> 2u]);
-            let sc = base + 4u;
-            var scale: u32;
-            var mn: u32;
-            if j < 4u {
-                scale = byte_at(sc + j) & 63u;
-                mn = byte_at(sc + j + 4u) & 63u;
-            } else {
-                scale = (byte_at(sc + j + 4u) & 15u) | ((byte_at(sc + j - 4u) >> 6u) << 4u);
-                mn = (byte_at(sc + j + 4u) >> 4u) | ((byte_at(sc + j) >> 6u) << 4u);
-            }
+            let k = q4k_factors(base, j);
             let q0 = base + 16u + 32u * (j / 2u);
             let shift = vec4<u32>((j % 2u) * 4u);
             out.lo = (words_at(q0) >> shift) & nib;
             out.hi = (words_at(q0 + 16u) >> shift) & nib;
-            out.scale = vec2<f32>(dm.x * f32(scale));
-            out.offset = -dm.y * f32(mn);
+            out.scale = vec2<f32>(k.x);
+            out.offset = -k.y;
         }
         default: {
             // Q6_K: q = low nibble | 2 high bits << 4, value (q − 32)·scale, a scale per 16.

@@ -37,6 +37,23 @@ fn i8_of(b: u32) -> f32 {
     return f32(bitcast<i32>(b << 24u) >> 24u);
 }
 
+// Q4_K sub-block `s` of the super-block at byte `base`: (d·scale, dmin·min), from the 6-bit
+// scales and mins packed in 12 bytes.
+fn q4k_factors(base: u32, s: u32) -> vec2<f32> {
+    let dm = unpack2x16float(w[base >> 2u]);
+    let sc = base + 4u;
+    var scale: u32;
+    var mn: u32;
+    if s < 4u {
+        scale = byte_at(sc + s) & 63u;
+        mn = byte_at(sc + s + 4u) & 63u;
+    } else {
+        scale = (byte_at(sc + s + 4u) & 15u) | ((byte_at(sc + s - 4u) >> 6u) << 4u);
+        mn = (byte_at(sc + s + 4u) >> 4u) | ((byte_at(sc + s) >> 6u) << 4u);
+    }
+    return vec2<f32>(dm.x * f32(scale), dm.y * f32(mn));
+}
+
 // Element `c` of the weight row starting at byte `rb`, decoded on its own: the transposed
 // matmul and the embedding walk weights by column, so no block is decoded whole.
 fn weight_at(rb: u32, c: u32) -> f32 {
@@ -63,19 +80,9 @@ fn weight_at(rb: u32, c: u32) -> f32 {
             // 256-element super-block: 8 sub-blocks of 32 with 6-bit scales and mins.
             let s = blk % 8u;
             let base = rb + 144u * (blk / 8u);
-            let dm = unpack2x16float(w[base >> 2u]);
-            let sc = base + 4u;
-            var scale: u32;
-            var mn: u32;
-            if s < 4u {
-                scale = byte_at(sc + s) & 63u;
-                mn = byte_at(sc + s + 4u) & 63u;
-            } else {
-                scale = (byte_at(sc + s + 4u) & 15u) | ((byte_at(sc + s - 4u) >> 6u) << 4u);
-                mn = (byte_at(sc + s + 4u) >> 4u) | ((byte_at(sc + s) >> 6u) << 4u);
-            }
+            let k = q4k_factors(base, s);
             let q = (byte_at(base + 16u + 32u * (s / 2u) + l) >> ((s % 2u) * 4u)) & 15u;
-            return dm.x * f32(scale) * f32(q) - dm.y * f32(mn);
+            return k.x * f32(q) - k.y;
         }
         default: {
             // Q6_K: ql[128], qh[64], i8 scales[16], f16 d; sub-block s covers y[128n + 32j ..].
