@@ -34,14 +34,14 @@ fn matmul(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var tt = 0u; tt < nt; tt++) { y[(t0 + tt) * p.out_cols + p.row0 + r] = acc[tt]; }
 }
 
-// dx[t, c] += Σ_r dy[t, row0 + r] · W[r, c]: one invocation per (column, 8 tokens), so each
-// weight element is decoded once for eight tokens and neighbouring invocations read
-// neighbouring bytes. x holds dy here and y accumulates dx, so parts of a split weight add up.
+// dx[t, c] += Σ_r dy[t, row0 + r] · W[r, c]: one invocation per (4 columns, 8 tokens), so a
+// block header and a word of quants are decoded once for 32 products. x holds dy here and y
+// accumulates dx, so parts of a split weight add up in turn.
 const BACKWARD_TOKENS: u32 = 8u;
 
 @compute @workgroup_size(64)
 fn matmul_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let c = gid.x;
+    let c = gid.x * 4u;
     let t0 = gid.y * BACKWARD_TOKENS;
     if c >= p.cols || t0 >= p.n { return; }
     // Rows of dy for tokens past the end repeat the last one; their sums are not stored.
@@ -54,16 +54,39 @@ fn matmul_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let g5 = min(t0 + 5u, last) * p.out_cols + p.row0;
     let g6 = min(t0 + 6u, last) * p.out_cols + p.row0;
     let g7 = min(t0 + 7u, last) * p.out_cols + p.row0;
-    var a = vec4<f32>(0.0);
-    var b = vec4<f32>(0.0);
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var a2 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
+    var a4 = vec4<f32>(0.0);
+    var a5 = vec4<f32>(0.0);
+    var a6 = vec4<f32>(0.0);
+    var a7 = vec4<f32>(0.0);
     for (var r = 0u; r < p.rows; r++) {
-        let v = weight_at(r * p.row_bytes, c);
-        a += v * vec4<f32>(x[g0 + r], x[g1 + r], x[g2 + r], x[g3 + r]);
-        b += v * vec4<f32>(x[g4 + r], x[g5 + r], x[g6 + r], x[g7 + r]);
+        let v = weight_at4(r * p.row_bytes, c);
+        a0 += x[g0 + r] * v;
+        a1 += x[g1 + r] * v;
+        a2 += x[g2 + r] * v;
+        a3 += x[g3 + r] * v;
+        a4 += x[g4 + r] * v;
+        a5 += x[g5 + r] * v;
+        a6 += x[g6 + r] * v;
+        a7 += x[g7 + r] * v;
     }
     let nt = min(BACKWARD_TOKENS, p.n - t0);
-    for (var tt = 0u; tt < min(nt, 4u); tt++) { y[(t0 + tt) * p.cols + c] += a[tt]; }
-    for (var tt = 4u; tt < nt; tt++) { y[(t0 + tt) * p.cols + c] += b[tt - 4u]; }
+    add_columns(t0, c, a0);
+    if nt > 1u { add_columns(t0 + 1u, c, a1); }
+    if nt > 2u { add_columns(t0 + 2u, c, a2); }
+    if nt > 3u { add_columns(t0 + 3u, c, a3); }
+    if nt > 4u { add_columns(t0 + 4u, c, a4); }
+    if nt > 5u { add_columns(t0 + 5u, c, a5); }
+    if nt > 6u { add_columns(t0 + 6u, c, a6); }
+    if nt > 7u { add_columns(t0 + 7u, c, a7); }
+}
+
+// y[t, c..c+4] += v, within the row.
+fn add_columns(t: u32, c: u32, v: vec4<f32>) {
+    for (var j = 0u; j < min(4u, p.cols - c); j++) { y[t * p.cols + c + j] += v[j]; }
 }
 
 // One invocation per (column, token): the token's row, if it lies in this part.

@@ -99,3 +99,56 @@ fn weight_at(rb: u32, c: u32) -> f32 {
         }
     }
 }
+
+// Elements c..c+3 (c a multiple of 4) of the weight row at byte `rb`: one block header and one
+// word of quants serve four columns of the transposed matmul.
+fn weight_at4(rb: u32, c: u32) -> vec4<f32> {
+    let blk = c / 32u;
+    let l = c % 32u;
+    let four = vec4<u32>(0u, 8u, 16u, 24u);
+    switch DTYPE {
+        case 0u, 1u, 2u: {
+            return vec4<f32>(float_at(rb, c), float_at(rb, c + 1u), float_at(rb, c + 2u),
+                             float_at(rb, c + 3u));
+        }
+        case 3u: {
+            let base = rb + 34u * blk;
+            let q = vec4<i32>((vec4<u32>(word_at(base + 2u + l)) << (vec4<u32>(24u) - four)))
+                >> vec4<u32>(24u);
+            return f16_at(base) * vec4<f32>(q);
+        }
+        case 4u, 5u: {
+            var base = rb + 18u * blk;
+            var head = 2u;
+            if DTYPE == 5u {
+                base = rb + 20u * blk;
+                head = 4u;
+            }
+            let word = word_at(base + head + l % 16u) >> (4u * (l / 16u));
+            let q = vec4<f32>((vec4<u32>(word) >> four) & vec4<u32>(15u));
+            if DTYPE == 4u { return f16_at(base) * (q - 8.0); }
+            let dm = unpack2x16float(word_at(base));
+            return dm.x * q + dm.y;
+        }
+        case 6u: {
+            let s = blk % 8u;
+            let base = rb + 144u * (blk / 8u);
+            let k = q4k_factors(base, s);
+            let word = word_at(base + 16u + 32u * (s / 2u) + l) >> ((s % 2u) * 4u);
+            return k.x * vec4<f32>((vec4<u32>(word) >> four) & vec4<u32>(15u)) - k.y;
+        }
+        default: {
+            let s = blk % 8u;
+            let base = rb + 210u * (blk / 8u);
+            let n = s / 4u;
+            let j = s % 4u;
+            let low = (vec4<u32>(word_at(base + 64u * n + l + 32u * (j % 2u)) >> (4u * (j / 2u)))
+                >> four) & vec4<u32>(15u);
+            let high = (vec4<u32>(word_at(base + 128u + 32u * n + l) >> (2u * j)) >> four)
+                & vec4<u32>(3u);
+            let q = vec4<f32>(vec4<i32>(low | (high << vec4<u32>(4u))) - vec4<i32>(32));
+            let scale = i8_of(byte_at(base + 192u + 8u * n + l / 16u + 2u * j));
+            return f16_at(base + 208u) * scale * q;
+        }
+    }
+}

@@ -958,7 +958,7 @@ impl Backend for WgpuBackend {
                 &p,
                 &[(1, &part.buf), (2, dy.buf()), (3, &out)],
                 (
-                    w.cols.div_ceil(64) as u32,
+                    w.cols.div_ceil(4).div_ceil(64) as u32,
                     dy.rows.div_ceil(8).max(1) as u32,
                 ),
             );
