@@ -18,9 +18,91 @@ pub struct BenchArgs {
     /// Repetitions; the mean is reported.
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// Also learn this many facts with the default settings (needs --memory; the store is
+    /// not changed) and report time per fact, where it goes and peak memory.
+    #[arg(long, default_value_t = 0)]
+    learn: usize,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// Facts for the learning benchmark: made up, so the model cannot already know them.
+const BENCH_FACTS: [(&str, &str); 5] = [
+    ("What is the name of Marta's dog?", "Bruno"),
+    ("In which year did the Kelso bridge open?", "1887"),
+    (
+        "Who painted the mural in the Lindqvist library?",
+        "Ingrid Halvorsen",
+    ),
+    (
+        "What colour is the door of the Abernethy lighthouse?",
+        "Teal",
+    ),
+    (
+        "Which river flows past the village of Dunmarrow?",
+        "The Calder",
+    ),
+];
+
+/// Peak resident memory of this process so far (Linux: VmHWM), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// What the learning benchmark measured.
+struct LearnBench {
+    facts: usize,
+    total: f64,
+    timings: engram::learn::LearnTimings,
+    steps: usize,
+    rss_before: Option<f64>,
+    rss_after: Option<f64>,
+}
+
+/// Learns `n` facts one at a time into an in-memory copy of the engine's memory.
+fn learn_bench(engine: &mut Engine, n: usize) -> Result<LearnBench, String> {
+    let store = engine.memory_store().map_err(|e| e.to_string())?;
+    // Learn into a copy that is not backed by the file: the user's store stays as it was.
+    engine.detach_memory();
+    engine
+        .attach_memory(store, None)
+        .map_err(|e| e.to_string())?;
+    let opts = engram::learn::LearnOptions::default();
+    let rss_before = peak_rss_mib();
+    let mut timings = engram::learn::LearnTimings::default();
+    let mut total = 0.0;
+    let mut steps = 0;
+    let bar = indicatif::ProgressBar::new(n as u64).with_message("learning");
+    for i in 0..n {
+        let (q, a) = BENCH_FACTS[i % BENCH_FACTS.len()];
+        let r = engine
+            .learn(&[engram::learn::Fact::qa(q, a)], &opts, &mut |_, s, _| {
+                steps = steps.max(s);
+                true
+            })
+            .map_err(|e| e.to_string())?;
+        total += r.total.as_secs_f64();
+        let t = &r.timings;
+        timings.prepare += t.prepare;
+        timings.selection += t.selection;
+        timings.forward += t.forward;
+        timings.backward += t.backward;
+        timings.update += t.update;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(LearnBench {
+        facts: n,
+        total,
+        timings,
+        steps,
+        rss_before,
+        rss_after: peak_rss_mib(),
+    })
 }
 
 /// Deterministic pseudo-random token ids, like llama-bench's random prompt.
@@ -70,7 +152,11 @@ struct Speeds {
 
 /// Runs the benchmark and prints tokens/s. With a memory engine, both are measured in turns
 /// within each repetition so that machine noise hits them alike.
-pub fn run(engine: Engine, with_memory: Option<Engine>, args: &BenchArgs) -> Result<(), String> {
+pub fn run(
+    engine: Engine,
+    mut with_memory: Option<Engine>,
+    args: &BenchArgs,
+) -> Result<(), String> {
     let vocab = engine.model().config.vocab_size;
     let reps = args.reps.max(1);
     let engines: Vec<&Engine> = std::iter::once(&engine)
@@ -119,6 +205,12 @@ pub fn run(engine: Engine, with_memory: Option<Engine>, args: &BenchArgs) -> Res
                 .collect::<Vec<_>>(),
         )
     });
+    let learned = match (args.learn, with_memory.as_mut()) {
+        (0, _) => None,
+        (n, Some(e)) => Some(learn_bench(e, n)?),
+        (_, None) => return Err("bench --learn needs --memory STORE".into()),
+    };
+    let per_fact = |d: std::time::Duration, l: &LearnBench| d.as_secs_f64() / l.facts as f64;
     if args.json {
         let mut obj = serde_json::json!({
             "model": engine.path().display().to_string(),
@@ -136,6 +228,18 @@ pub fn run(engine: Engine, with_memory: Option<Engine>, args: &BenchArgs) -> Res
             for (n, t) in pre {
                 obj[format!("memory_prefill{n}_tps")] = serde_json::json!(t);
             }
+        }
+        if let Some(l) = &learned {
+            let t = &l.timings;
+            obj["learn_facts"] = serde_json::json!(l.facts);
+            obj["learn_seconds_per_fact"] = serde_json::json!(l.total / l.facts as f64);
+            obj["learn_prepare_seconds_per_fact"] = serde_json::json!(per_fact(t.prepare, l));
+            obj["learn_selection_seconds_per_fact"] = serde_json::json!(per_fact(t.selection, l));
+            obj["learn_forward_seconds_per_fact"] = serde_json::json!(per_fact(t.forward, l));
+            obj["learn_backward_seconds_per_fact"] = serde_json::json!(per_fact(t.backward, l));
+            obj["learn_update_seconds_per_fact"] = serde_json::json!(per_fact(t.update, l));
+            obj["peak_rss_mib_before_learning"] = serde_json::json!(l.rss_before);
+            obj["peak_rss_mib"] = serde_json::json!(l.rss_after);
         }
         println!("{obj}");
     } else {
@@ -159,6 +263,26 @@ pub fn run(engine: Engine, with_memory: Option<Engine>, args: &BenchArgs) -> Res
                 "decode  {:>4} tokens: {dec:8.1} tokens/s  (with memory: {:+.1}% time per token)",
                 args.decode,
                 100.0 * (decode_tps / dec - 1.0)
+            );
+        }
+        if let Some(l) = &learned {
+            let t = &l.timings;
+            let mib = |m: Option<f64>| m.map_or("n/a".to_owned(), |m| format!("{m:.0} MiB"));
+            println!(
+                "learn   {:>4} facts:  {:8.2} s per fact (up to {} steps; prepare {:.2}, selection {:.3}, forward {:.2}, backward {:.2}, update {:.3})",
+                l.facts,
+                l.total / l.facts as f64,
+                l.steps,
+                per_fact(t.prepare, l),
+                per_fact(t.selection, l),
+                per_fact(t.forward, l),
+                per_fact(t.backward, l),
+                per_fact(t.update, l),
+            );
+            println!(
+                "peak resident memory: {} before learning, {} after",
+                mib(l.rss_before),
+                mib(l.rss_after)
             );
         }
     }

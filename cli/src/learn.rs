@@ -83,6 +83,12 @@ pub struct StepFlags {
     /// Value rows updated per fact.
     #[arg(long, default_value_t = LearnOptions::default().top_t)]
     pub top_t: usize,
+    /// Stop a fact's steps once its mean loss is at or below this (nats; 0 = every step).
+    #[arg(long, default_value_t = LearnOptions::default().stop_loss)]
+    pub stop_loss: f32,
+    /// Largest L2 norm a value row may reach (0 = no limit).
+    #[arg(long, default_value_t = LearnOptions::default().max_row_norm)]
+    pub max_row_norm: f32,
 }
 
 impl StepFlags {
@@ -94,6 +100,8 @@ impl StepFlags {
             top_t: self.top_t,
             scoring,
             optimizer,
+            stop_loss: self.stop_loss,
+            max_row_norm: self.max_row_norm,
         }
     }
 }
@@ -161,13 +169,14 @@ pub fn run(mut engine: Engine, args: &LearnArgs) -> Result<(), String> {
     }
     let t = &report.timings;
     eprintln!(
-        "learned {} facts in {:.1} s ({:.1} s per fact: prepare {:.1}, selection {:.2}, gradients {:.1}, update {:.2}); {} {} ({:.2} s)",
+        "learned {} facts in {:.1} s ({:.1} s per fact: prepare {:.1}, selection {:.2}, forward {:.1}, backward {:.1}, update {:.2}); {} {} ({:.2} s)",
         facts.len(),
         report.total.as_secs_f64(),
         report.total.as_secs_f64() / facts.len() as f64,
         t.prepare.as_secs_f64(),
         t.selection.as_secs_f64(),
-        t.gradients.as_secs_f64(),
+        t.forward.as_secs_f64(),
+        t.backward.as_secs_f64(),
         t.update.as_secs_f64(),
         if args.no_checkpoint {
             "journaled in"

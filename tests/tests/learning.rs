@@ -141,6 +141,62 @@ fn facts_are_learned_sparsely_and_general_knowledge_stays() {
 }
 
 #[test]
+fn steps_stop_at_the_loss_target() {
+    let mut engine = engine_with_memory();
+    let fact = [Fact::qa("What is the name of Marta's dog?", "Bruno")];
+    // Without the norm cap, so that only the stop rule decides the number of steps.
+    let opts = LearnOptions {
+        steps: 12,
+        stop_loss: 1.5,
+        max_row_norm: 0.0,
+        ..Default::default()
+    };
+    let mut losses = Vec::new();
+    engine
+        .learn(&fact, &opts, &mut |_, step, loss| {
+            losses.push((step, loss));
+            true
+        })
+        .unwrap();
+    eprintln!("losses per step: {losses:?}");
+    let &(last_step, last_loss) = losses.last().unwrap();
+    for &(step, loss) in &losses[..losses.len() - 1] {
+        assert!(
+            step == 0 || loss > 1.5,
+            "step {step} at loss {loss} should have stopped"
+        );
+    }
+    assert!(
+        last_step < 12 && last_loss <= 1.5,
+        "the loss never reached 1.5 in 12 steps: {losses:?}"
+    );
+}
+
+#[test]
+fn learned_rows_stay_within_the_norm_limit() {
+    let mut engine = engine_with_memory();
+    let fact = [Fact::qa("What is the name of Marta's dog?", "Bruno")];
+    let opts = LearnOptions {
+        max_row_norm: 4.0,
+        ..Default::default()
+    };
+    let report = engine.learn(&fact, &opts, &mut |_, _, _| true).unwrap();
+    let rows = &report.facts[0].rows;
+    let dim = engine.model().config.dim;
+    let learned = engine.model().memory_rows(0, rows).unwrap();
+    let max = learned
+        .chunks(dim)
+        .map(|r| r.iter().map(|v| v * v).sum::<f32>().sqrt())
+        .fold(0f32, f32::max);
+    eprintln!("largest learned row norm {max:.4} (limit 4)");
+    assert!(max <= 4.0 * (1.0 + 1e-5), "a row grew to norm {max}");
+    assert!(
+        max > 3.9,
+        "no row reached the limit, so the test proves nothing: {max}"
+    );
+}
+
+#[test]
 fn bad_settings_and_diverging_steps_leave_the_memory_unchanged() {
     let mut engine = engine_with_memory();
     let fact = [Fact::qa("What is the name of Marta's dog?", "Bruno")];
@@ -180,6 +236,20 @@ fn bad_settings_and_diverging_steps_leave_the_memory_unchanged() {
                 ..Default::default()
             },
             "top_t",
+        ),
+        (
+            LearnOptions {
+                stop_loss: f32::NAN,
+                ..Default::default()
+            },
+            "stop loss",
+        ),
+        (
+            LearnOptions {
+                max_row_norm: -1.0,
+                ..Default::default()
+            },
+            "max row norm",
         ),
     ] {
         let err = engine.learn(&fact, &opts, &mut |_, _, _| true).unwrap_err();

@@ -43,6 +43,10 @@ pub struct SequenceGradient<B: Backend> {
     pub count: usize,
     /// Gradient of the summed loss with respect to the requested value rows (rows × dim).
     pub grads: B::Tensor,
+    /// Host time spent recording the forward pass above the memory and the LM head.
+    pub forward_time: std::time::Duration,
+    /// Host time spent on the backward pass (zero when no rows were asked for).
+    pub backward_time: std::time::Duration,
 }
 
 impl<B: Backend> Model<B> {
@@ -111,6 +115,7 @@ impl<B: Backend> Model<B> {
             return Err(Error::InvalidArgument("no sequences to learn from".into()));
         }
         // Forward above the memory, keeping a tape per sequence.
+        let started = std::time::Instant::now();
         let mut runs = Vec::with_capacity(seqs.len());
         let mut scored = Vec::with_capacity(seqs.len());
         let mut targets: Vec<u32> = Vec::new();
@@ -140,13 +145,17 @@ impl<B: Backend> Model<B> {
             )));
         }
         let mut grads = b.upload_vec(vec![0f32; rows.len() * c.dim], rows.len(), c.dim);
+        let forward_time = started.elapsed();
         if rows.is_empty() {
             return Ok(SequenceGradient {
                 loss,
                 count: targets.len(),
                 grads,
+                forward_time,
+                backward_time: Default::default(),
             });
         }
+        let started = std::time::Instant::now();
 
         // Backward: the head once, then each sequence's blocks.
         let dnormed = b.matmul_backward(head, &dlogits);
@@ -170,6 +179,8 @@ impl<B: Backend> Model<B> {
             loss,
             count: targets.len(),
             grads,
+            forward_time,
+            backward_time: started.elapsed(),
         })
     }
 
