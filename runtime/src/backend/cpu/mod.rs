@@ -851,20 +851,39 @@ fn scatter_weight_rows<'a>(
         rs: std::ops::Range<usize>,
         acc: &mut [f32],
     ) {
+        // Four weight rows at a time: each pass over a token's accumulator row then carries
+        // four products, and that load/store traffic, not the arithmetic, is what bounds this.
+        const GROUP: usize = 4;
         let n = dy.len() / rows;
         let cols = acc.len() / n.max(1);
-        let mut decoded = vec![0f32; cols];
-        for r in rs {
-            if (0..n).all(|t| dy[t * rows + r] == 0.0) {
-                continue;
+        let mut decoded = vec![0f32; GROUP * cols];
+        let mut live = rs
+            .filter(|&r| (0..n).any(|t| dy[t * rows + r] != 0.0))
+            .peekable();
+        while live.peek().is_some() {
+            let mut group = [usize::MAX; GROUP];
+            for (k, r) in live.by_ref().take(GROUP).enumerate() {
+                group[k] = r;
+                dequantize_row(dtype, row(r), &mut decoded[k * cols..(k + 1) * cols]);
             }
-            dequantize_row(dtype, row(r), &mut decoded);
+            let (d0, rest) = decoded.split_at(cols);
+            let (d1, rest) = rest.split_at(cols);
+            let (d2, d3) = rest.split_at(cols);
             for t in 0..n {
-                let g = dy[t * rows + r];
-                if g != 0.0 {
-                    for (o, v) in acc[t * cols..(t + 1) * cols].iter_mut().zip(&decoded) {
-                        *o += g * v;
+                // A missing row (the last group may be short) contributes a zero factor.
+                let g = group.map(|r| {
+                    if r == usize::MAX {
+                        0.0
+                    } else {
+                        dy[t * rows + r]
                     }
+                });
+                if g == [0.0; GROUP] {
+                    continue;
+                }
+                let out = &mut acc[t * cols..(t + 1) * cols];
+                for ((((o, a), b), c), d) in out.iter_mut().zip(d0).zip(d1).zip(d2).zip(d3) {
+                    *o += g[0] * a + g[1] * b + g[2] * c + g[3] * d;
                 }
             }
         }
