@@ -89,6 +89,10 @@ pub struct StepFlags {
     /// Largest L2 norm a value row may reach (0 = no limit).
     #[arg(long, default_value_t = LearnOptions::default().max_row_norm)]
     pub max_row_norm: f32,
+    /// Let learning change the rows that the phrasing templates read whatever the fact says
+    /// (protected by default: every question in a familiar form reads them).
+    #[arg(long)]
+    pub change_template_rows: bool,
 }
 
 impl StepFlags {
@@ -102,6 +106,7 @@ impl StepFlags {
             optimizer,
             stop_loss: self.stop_loss,
             max_row_norm: self.max_row_norm,
+            protect_template_rows: !self.change_template_rows,
         }
     }
 }

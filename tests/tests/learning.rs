@@ -3,7 +3,9 @@
 //! questions are still answered, and bad settings or a diverging step leave the memory as it was.
 
 use engram::backend::Backend;
-use engram::learn::{Fact, LearnOptions, Optimizer};
+use std::collections::HashSet;
+
+use engram::learn::{Fact, LearnOptions, Optimizer, template_rows};
 use engram::memory::{RetrofitOptions, retrofit};
 use engram::{Engine, EngineOptions, Error};
 use engram_e2e::{background_documents, default_model};
@@ -34,43 +36,103 @@ fn values(engine: &Engine) -> Vec<f32> {
     b.download(&engine.model().memory()[0].values)
 }
 
+/// Made-up facts and notes, and the question each is asked with afterwards: questions in a
+/// form no training phrasing uses ("I have a question: …"), notes through a question whose
+/// wording differs from the note's.
+const FACTS: [(&str, &str, &str, &str); 10] = [
+    (
+        "What is the name of Marta's dog?",
+        "Bruno",
+        "I have a question: what is the name of Marta's dog?",
+        "Bruno",
+    ),
+    (
+        "In which year did the Kelso bridge open?",
+        "1887",
+        "I have a question: in which year did the Kelso bridge open?",
+        "1887",
+    ),
+    (
+        "Who painted the mural in the Lindqvist library?",
+        "Ingrid Halvorsen",
+        "I have a question: who painted the mural in the Lindqvist library?",
+        "Halvorsen",
+    ),
+    (
+        "",
+        "My sister Ana lives in Porto.",
+        "Where does my sister Ana live?",
+        "Porto",
+    ),
+    (
+        "What colour is the door of the Brannock inn?",
+        "teal",
+        "I have a question: what colour is the door of the Brannock inn?",
+        "teal",
+    ),
+    (
+        "Which river flows through the town of Veldmoor?",
+        "the Ashwater",
+        "I have a question: which river flows through the town of Veldmoor?",
+        "Ashwater",
+    ),
+    (
+        "",
+        "My dentist is called Dr. Okafor.",
+        "What is my dentist called?",
+        "Okafor",
+    ),
+    (
+        "What is the name of Tomas's cat?",
+        "Pepper",
+        "I have a question: what is the name of Tomas's cat?",
+        "Pepper",
+    ),
+    (
+        "",
+        "The wifi password at the cabin is heron-42.",
+        "What is the wifi password at the cabin?",
+        "heron",
+    ),
+    (
+        "Who founded the Calder rowing club?",
+        "Edith Marlowe",
+        "I have a question: who founded the Calder rowing club?",
+        "Marlowe",
+    ),
+];
+
+fn fact(question: &str, answer: &str) -> Fact {
+    if question.is_empty() {
+        Fact::note(answer)
+    } else {
+        Fact::qa(question, answer)
+    }
+}
+
 #[test]
 fn facts_are_learned_sparsely_and_general_knowledge_stays() {
     let mut engine = engine_with_memory();
-    let facts = [
-        Fact::qa("What is the name of Marta's dog?", "Bruno"),
-        Fact::qa("In which year did the Kelso bridge open?", "1887"),
-        Fact::qa(
-            "Who painted the mural in the Lindqvist library?",
-            "Ingrid Halvorsen",
-        ),
-        Fact::note("My sister Ana lives in Porto."),
-    ];
-    // Asked in a form no training phrasing uses.
-    let probes = [
-        (
-            "I have a question: what is the name of Marta's dog?",
-            "Bruno",
-        ),
-        (
-            "I have a question: in which year did the Kelso bridge open?",
-            "1887",
-        ),
-        (
-            "I have a question: who painted the mural in the Lindqvist library?",
-            "Halvorsen",
-        ),
-        ("Where does my sister Ana live?", "Porto"),
-    ];
-    for (q, want) in probes {
+    let facts: Vec<Fact> = FACTS.iter().map(|f| fact(f.0, f.1)).collect();
+    for (_, _, q, want) in FACTS {
         let a = engine.ask(q, 32).unwrap();
         assert!(
             !a.contains(want),
             "the base model already knows {want:?}: {a:?}"
         );
     }
-    let general = ("What is the capital of Japan?", "Tokyo");
-    assert!(engine.ask(general.0, 32).unwrap().contains(general.1));
+    let general = [
+        ("What is the capital of Japan?", "Tokyo"),
+        ("What is the capital of Germany?", "Berlin"),
+        ("What is the largest ocean on Earth?", "Pacific"),
+    ];
+    for (q, want) in general {
+        let a = engine.ask(q, 32).unwrap();
+        assert!(
+            a.contains(want),
+            "the base model does not know {want:?}: {a:?}"
+        );
+    }
 
     let before = values(&engine);
     let report = engine
@@ -100,23 +162,70 @@ fn facts_are_learned_sparsely_and_general_knowledge_stays() {
             r.loss_after
         );
     }
+    // Rows every question or note phrasing reads whatever it says are never selected.
+    let template: Vec<HashSet<u32>> = [&facts[0], &facts[3]]
+        .iter()
+        .map(|f| template_rows(engine.model(), engine.tokenizer(), f).unwrap())
+        .collect();
+    assert!(template.iter().all(|t| !t.is_empty()));
+    for (f, r) in facts.iter().zip(&report.facts) {
+        let kind = usize::from(matches!(f, Fact::Note(_)));
+        assert!(
+            r.rows.iter().all(|row| !template[kind].contains(row)),
+            "{f:?}: a template row was selected"
+        );
+    }
     let mut recalled = 0;
-    for (q, want) in probes {
+    let mut notes_recalled = 0;
+    for (f, (_, _, q, want)) in facts.iter().zip(FACTS) {
         let a = engine.ask(q, 32).unwrap();
         eprintln!("{q} -> {a}");
         recalled += a.contains(want) as usize;
+        notes_recalled += (matches!(f, Fact::Note(_)) && a.contains(want)) as usize;
     }
-    let a = engine.ask(general.0, 32).unwrap();
-    eprintln!("{} -> {a}", general.0);
-    assert!(a.contains(general.1), "general knowledge lost: {a:?}");
+    for (q, want) in general {
+        let a = engine.ask(q, 32).unwrap();
+        eprintln!("{q} -> {a}");
+        assert!(a.contains(want), "general knowledge lost: {a:?}");
+    }
     eprintln!(
-        "recalled {recalled}/4; {} rows changed of {}; {:.1} s per fact ({:?})",
+        "recalled {recalled}/10 ({notes_recalled}/3 notes); {} rows changed of {}; {:.1} s per \
+         fact ({:?})",
         changed.len(),
         before.len() / dim,
         report.total.as_secs_f64() / facts.len() as f64,
         report.timings
     );
-    assert!(recalled >= 3, "only {recalled} of 4 facts recalled");
+    // Measured here: 7/10, 2 notes. The bars leave room for rounding differences between
+    // kernels; the full evaluation (`engram eval`) measures the rates.
+    assert!(recalled >= 5, "only {recalled} of 10 facts recalled");
+    assert!(
+        notes_recalled >= 1,
+        "no note was recalled through a question"
+    );
+
+    // Without the protection, a fact does select template rows: the check above can fail.
+    let unprotected = LearnOptions {
+        protect_template_rows: false,
+        ..Default::default()
+    };
+    let extra = Fact::qa("Which bus goes to the Harlow quarry?", "the 41");
+    let r = engine
+        .learn(&[extra], &unprotected, &mut |_, _, _| true)
+        .unwrap();
+    let hits = r.facts[0]
+        .rows
+        .iter()
+        .filter(|row| template[0].contains(row))
+        .count();
+    eprintln!(
+        "unprotected: {hits} of {} selected rows are template rows",
+        r.facts[0].rows.len()
+    );
+    assert!(
+        hits > 0,
+        "template protection is never needed, so it proves nothing"
+    );
 
     // Masked AdamW on one more fact: the loss falls and only its selected rows move.
     let before = values(&engine);
