@@ -86,12 +86,7 @@ fn learn_bench(engine: &mut Engine, n: usize) -> Result<LearnBench, String> {
             })
             .map_err(|e| e.to_string())?;
         total += r.total.as_secs_f64();
-        let t = &r.timings;
-        timings.prepare += t.prepare;
-        timings.selection += t.selection;
-        timings.forward += t.forward;
-        timings.backward += t.backward;
-        timings.update += t.update;
+        timings += r.timings;
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -157,6 +152,9 @@ pub fn run(
     mut with_memory: Option<Engine>,
     args: &BenchArgs,
 ) -> Result<(), String> {
+    if args.learn > 0 && with_memory.is_none() {
+        return Err("bench --learn needs --memory STORE".into());
+    }
     let vocab = engine.model().config.vocab_size;
     let reps = args.reps.max(1);
     let engines: Vec<&Engine> = std::iter::once(&engine)

@@ -309,6 +309,17 @@ pub struct LearnTimings {
     pub update: Duration,
 }
 
+impl std::ops::AddAssign for LearnTimings {
+    /// Sums phase by phase, so separate learning calls can be reported together.
+    fn add_assign(&mut self, other: Self) {
+        self.prepare += other.prepare;
+        self.selection += other.selection;
+        self.forward += other.forward;
+        self.backward += other.backward;
+        self.update += other.update;
+    }
+}
+
 /// What learning one fact did.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FactReport {
@@ -425,7 +436,9 @@ pub fn examples(tok: &Tokenizer, fact: &Fact) -> Result<Vec<Example>> {
 /// A note without its last word (where what it tells usually sits), as a prompt to
 /// complete: a question-like form that names the note's subject but not its content.
 fn note_opening(note: &str) -> &str {
-    let body = note.trim().trim_end_matches(|c: char| c == '.' || c == '!' || c.is_whitespace());
+    let body = note
+        .trim()
+        .trim_end_matches(|c: char| c == '.' || c == '!' || c.is_whitespace());
     match body.rfind(char::is_whitespace) {
         Some(i) => body[..i].trim_end(),
         None => body,
@@ -563,7 +576,9 @@ pub fn learn<B: Backend>(
         let mut adam: Option<AdamState> = None;
         for step in 0..=opts.steps {
             let want: &[u32] = if step < opts.steps { &rows_sorted } else { &[] };
-            let g = match model.value_gradients(&seqs, want) {
+            // Once the loss target is reached the step's gradient would be thrown away.
+            let stop_at = (step > 0 && opts.stop_loss > 0.0).then_some(f64::from(opts.stop_loss));
+            let g = match model.value_gradients_unless_below(&seqs, want, stop_at) {
                 Ok(g) => g,
                 Err(e) => {
                     // The last update made the loss non-finite: put the rows back exactly.
@@ -591,7 +606,8 @@ pub fn learn<B: Backend>(
             };
             let total = g.loss;
             let t0 = Instant::now();
-            let grad = (step < opts.steps).then(|| model.backend().download(&g.grads));
+            let reached = step > 0 && total / count as f64 <= f64::from(opts.stop_loss);
+            let grad = (step < opts.steps && !reached).then(|| model.backend().download(&g.grads));
             report.timings.forward += g.forward_time;
             report.timings.backward += g.backward_time + t0.elapsed();
             loss = total / count as f64;
@@ -604,8 +620,7 @@ pub fn learn<B: Backend>(
                     fi + 1
                 ))
             };
-            let reached = step > 0 && loss <= f64::from(opts.stop_loss);
-            let Some(mut g) = grad.filter(|_| !reached) else {
+            let Some(mut g) = grad else {
                 if !progress(fi, step, loss) {
                     return Err(stop(fi));
                 }

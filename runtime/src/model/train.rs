@@ -107,6 +107,18 @@ impl<B: Backend> Model<B> {
         seqs: &[PreparedSequence<B>],
         rows: &[u32],
     ) -> Result<SequenceGradient<B>> {
+        self.value_gradients_unless_below(seqs, rows, None)
+    }
+
+    /// [`Self::value_gradients`], but when the mean loss per target is at or below
+    /// `stop_loss` the backward pass is skipped and the gradient is all zeros: a caller
+    /// that stops there would throw it away.
+    pub fn value_gradients_unless_below(
+        &self,
+        seqs: &[PreparedSequence<B>],
+        rows: &[u32],
+        stop_loss: Option<f64>,
+    ) -> Result<SequenceGradient<B>> {
         let layer = self.learning_block()?;
         let b = &self.backend;
         let c = &self.config;
@@ -146,7 +158,8 @@ impl<B: Backend> Model<B> {
         }
         let mut grads = b.upload_vec(vec![0f32; rows.len() * c.dim], rows.len(), c.dim);
         let forward_time = started.elapsed();
-        if rows.is_empty() {
+        let reached = stop_loss.is_some_and(|s| loss / targets.len().max(1) as f64 <= s);
+        if rows.is_empty() || reached {
             return Ok(SequenceGradient {
                 loss,
                 count: targets.len(),
