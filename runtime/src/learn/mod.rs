@@ -445,6 +445,9 @@ fn note_opening(note: &str) -> &str {
     }
 }
 
+/// Largest share of a memory's rows that template protection may take away from selection.
+const MAX_TEMPLATE_SHARE: f64 = 0.25;
+
 /// The value rows that `fact`'s phrasings read whatever the fact says: every row the
 /// phrasings of a content-free fact of the same kind ("What is it?" / "It.", or the note
 /// "It is so.") read, at any position.
@@ -550,7 +553,17 @@ pub fn learn<B: Backend>(
         if opts.protect_template_rows && opts.scoring != SlotScoring::AllTouched {
             let kind = usize::from(matches!(facts[fi], Fact::Note(_)));
             if template_rows_by_kind[kind].is_none() {
-                template_rows_by_kind[kind] = Some(template_rows(model, tok, &facts[fi])?);
+                let rows = template_rows(model, tok, &facts[fi])?;
+                let n_keys = model.memory()[0].lookup.shape.n_keys;
+                // In a small memory the templates read most rows: protecting them all would
+                // leave a fact only rows it barely reads (4,096 slots: a fact was no longer
+                // recalled), so there the protection is skipped.
+                let share = rows.len() as f64 / (n_keys * n_keys) as f64;
+                template_rows_by_kind[kind] = Some(if share <= MAX_TEMPLATE_SHARE {
+                    rows
+                } else {
+                    HashSet::new()
+                });
             }
             if let Some(protected) = &template_rows_by_kind[kind] {
                 counts.retain(|slot, _| !protected.contains(slot));
