@@ -468,6 +468,25 @@ pub fn template_rows<B: Backend>(
     Ok(rows)
 }
 
+/// The rows learning `fact` must not change: its [`template_rows`], unless they are more
+/// than [`MAX_TEMPLATE_SHARE`] of the memory. In a small memory the templates read most
+/// rows, and protecting them all would leave a fact only rows it barely reads (4,096 slots:
+/// a fact was no longer recalled).
+fn protected_rows<B: Backend>(
+    model: &Model<B>,
+    tok: &Tokenizer,
+    fact: &Fact,
+) -> Result<HashSet<u32>> {
+    let rows = template_rows(model, tok, fact)?;
+    let n_keys = model.memory()[0].lookup.shape.n_keys;
+    let share = rows.len() as f64 / (n_keys * n_keys) as f64;
+    Ok(if share <= MAX_TEMPLATE_SHARE {
+        rows
+    } else {
+        HashSet::new()
+    })
+}
+
 /// Scales every row of `values` (rows of `dim`) whose L2 norm exceeds `max` down to `max`;
 /// whether any row changed.
 fn clamp_row_norms(values: &mut [f32], dim: usize, max: f32) -> bool {
@@ -552,22 +571,11 @@ pub fn learn<B: Backend>(
         let mut counts = count_accesses(&picks);
         if opts.protect_template_rows && opts.scoring != SlotScoring::AllTouched {
             let kind = usize::from(matches!(facts[fi], Fact::Note(_)));
-            if template_rows_by_kind[kind].is_none() {
-                let rows = template_rows(model, tok, &facts[fi])?;
-                let n_keys = model.memory()[0].lookup.shape.n_keys;
-                // In a small memory the templates read most rows: protecting them all would
-                // leave a fact only rows it barely reads (4,096 slots: a fact was no longer
-                // recalled), so there the protection is skipped.
-                let share = rows.len() as f64 / (n_keys * n_keys) as f64;
-                template_rows_by_kind[kind] = Some(if share <= MAX_TEMPLATE_SHARE {
-                    rows
-                } else {
-                    HashSet::new()
-                });
-            }
-            if let Some(protected) = &template_rows_by_kind[kind] {
-                counts.retain(|slot, _| !protected.contains(slot));
-            }
+            let protected = match &template_rows_by_kind[kind] {
+                Some(rows) => rows,
+                None => template_rows_by_kind[kind].insert(protected_rows(model, tok, &facts[fi])?),
+            };
+            counts.retain(|slot, _| !protected.contains(slot));
         }
         let rows = select_slots(
             &counts,
