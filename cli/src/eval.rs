@@ -208,7 +208,17 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
             }
         }
         let learned = accuracy(&engine, &facts, &unseen)?;
-        let retention = accuracy(&engine, &retained, &|q| q.to_owned())?;
+        // What the questions no longer answered right get instead: a learned answer
+        // (interference) reads differently from a broken reply (damage).
+        let mut forgotten = Vec::new();
+        for f in &retained {
+            let (q, a) = qa(f);
+            let reply = engine.ask(q, 32).map_err(|e| e.to_string())?;
+            if !correct(&reply, a) {
+                forgotten.push(json!({"question": q, "answer": a, "reply": reply}));
+            }
+        }
+        let retention = 1.0 - forgotten.len() as f64 / retained.len().max(1) as f64;
         let nll_after = mean_nll(&engine, &held)?;
         let learned_right_after = right_after as f64 / facts.len().max(1) as f64;
         eprintln!(
@@ -232,6 +242,7 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
             "heldout_nll_change": nll_after / nll_before - 1.0,
             "seconds_per_fact": learn_secs / facts.len().max(1) as f64,
             "curve": curve,
+            "forgotten": forgotten,
         }));
     }
     let report = json!({

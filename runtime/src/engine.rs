@@ -12,7 +12,7 @@ use crate::delta::{
     MemoryAccess, RowAccess, RowSet, Snapshot, open_store, unix_now,
 };
 use crate::gguf::Gguf;
-use crate::learn::{Committed, Fact, LearnOptions, LearnReport};
+use crate::learn::{Committed, Fact, LearnOptions, LearnReport, ProtectedRows};
 use crate::memory::{MemoryBlock, MemoryConfig, MemoryStore, SlotUsage};
 use crate::model::{Logits, Model, fingerprint};
 use crate::sampling::{Sampler, SamplingConfig};
@@ -195,6 +195,8 @@ struct AttachedMemory {
     path: Option<PathBuf>,
     store: MemoryStore,
     durable: DurableMemory,
+    /// Found once per attached memory: they depend only on its frozen lookup.
+    protected: ProtectedRows,
 }
 
 /// The value rows of the attached memory, addressed by global row id, on the backend.
@@ -408,6 +410,7 @@ impl Engine {
             path,
             store,
             durable,
+            protected: ProtectedRows::default(),
         });
         Ok(())
     }
@@ -448,6 +451,7 @@ impl Engine {
             m.store.background.batches,
             facts,
             options,
+            &mut m.protected,
             progress,
             &mut |c| match c {
                 // The learning memory is the first layer: slot ids are global row ids.

@@ -226,6 +226,15 @@ fn facts_are_learned_sparsely_and_general_knowledge_stays() {
         hits > 0,
         "template protection is never needed, so it proves nothing"
     );
+    // A later call reuses the rows the engine found for the first one: still none selected.
+    let later = Fact::qa("Which ferry leaves Harlow at dawn?", "the Morven");
+    let r = engine
+        .learn(&[later], &LearnOptions::default(), &mut |_, _, _| true)
+        .unwrap();
+    assert!(
+        r.facts[0].rows.iter().all(|row| !template[0].contains(row)),
+        "a later learning call selected a template row"
+    );
 
     // Masked AdamW on one more fact: the loss falls and only its selected rows move.
     let before = values(&engine);

@@ -468,23 +468,40 @@ pub fn template_rows<B: Backend>(
     Ok(rows)
 }
 
-/// The rows learning `fact` must not change: its [`template_rows`], unless they are more
-/// than [`MAX_TEMPLATE_SHARE`] of the memory. In a small memory the templates read most
-/// rows, and protecting them all would leave a fact only rows it barely reads (4,096 slots:
-/// a fact was no longer recalled).
-fn protected_rows<B: Backend>(
-    model: &Model<B>,
-    tok: &Tokenizer,
-    fact: &Fact,
-) -> Result<HashSet<u32>> {
-    let rows = template_rows(model, tok, fact)?;
-    let n_keys = model.memory()[0].lookup.shape.n_keys;
-    let share = rows.len() as f64 / (n_keys * n_keys) as f64;
-    Ok(if share <= MAX_TEMPLATE_SHARE {
-        rows
-    } else {
-        HashSet::new()
-    })
+/// The rows learning must not change, per fact kind: each kind's [`template_rows`], unless
+/// they are more than [`MAX_TEMPLATE_SHARE`] of the memory. In a small memory the templates
+/// read most rows, and protecting them all would leave a fact only rows it barely reads
+/// (4,096 slots: a fact was no longer recalled).
+///
+/// They depend only on the frozen lookup and the tokenizer, so one cache serves every
+/// learning call on the same memory (finding them costs about as much as two facts'
+/// phrasings); a cache must be dropped when another memory is attached.
+#[derive(Clone, Debug, Default)]
+pub struct ProtectedRows {
+    by_kind: [Option<HashSet<u32>>; 2],
+}
+
+impl ProtectedRows {
+    /// The protected rows for facts of `fact`'s kind, found on first use.
+    pub fn for_fact<B: Backend>(
+        &mut self,
+        model: &Model<B>,
+        tok: &Tokenizer,
+        fact: &Fact,
+    ) -> Result<&HashSet<u32>> {
+        let kind = usize::from(matches!(fact, Fact::Note(_)));
+        if self.by_kind[kind].is_none() {
+            let rows = template_rows(model, tok, fact)?;
+            let n_keys = model.memory()[0].lookup.shape.n_keys;
+            let share = rows.len() as f64 / (n_keys * n_keys) as f64;
+            self.by_kind[kind] = Some(if share <= MAX_TEMPLATE_SHARE {
+                rows
+            } else {
+                HashSet::new()
+            });
+        }
+        Ok(self.by_kind[kind].get_or_insert_with(HashSet::new))
+    }
 }
 
 /// Scales every row of `values` (rows of `dim`) whose L2 norm exceeds `max` down to `max`;
@@ -534,6 +551,7 @@ impl Fact {
 /// After every step's update, `commit` gets the rows it changed (an error from it undoes the
 /// step and stops); only then is `progress(fact, step, loss)` told the step is done, so a
 /// caller that journals in `commit` never reports a step that a crash could lose.
+/// `protected` keeps the template rows found for this memory from one call to the next.
 #[allow(clippy::too_many_arguments)]
 pub fn learn<B: Backend>(
     model: &mut Model<B>,
@@ -542,14 +560,13 @@ pub fn learn<B: Backend>(
     background_batches: u64,
     facts: &[Fact],
     opts: &LearnOptions,
+    protected: &mut ProtectedRows,
     progress: &mut dyn FnMut(usize, usize, f64) -> bool,
     commit: &mut dyn FnMut(Committed<'_>) -> Result<()>,
 ) -> Result<LearnReport> {
     opts.validate()?;
     let started = Instant::now();
     let mut report = LearnReport::default();
-    // Per fact kind (question/answer, note), computed when first needed.
-    let mut template_rows_by_kind: [Option<HashSet<u32>>; 2] = [None, None];
     // Tokenize everything first: a bad fact is refused before anything changes.
     let batches: Vec<Vec<Example>> = facts
         .iter()
@@ -570,11 +587,7 @@ pub fn learn<B: Backend>(
             .collect();
         let mut counts = count_accesses(&picks);
         if opts.protect_template_rows && opts.scoring != SlotScoring::AllTouched {
-            let kind = usize::from(matches!(facts[fi], Fact::Note(_)));
-            let protected = match &template_rows_by_kind[kind] {
-                Some(rows) => rows,
-                None => template_rows_by_kind[kind].insert(protected_rows(model, tok, &facts[fi])?),
-            };
+            let protected = protected.for_fact(model, tok, &facts[fi])?;
             counts.retain(|slot, _| !protected.contains(slot));
         }
         let rows = select_slots(
