@@ -186,11 +186,19 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
         // Each fact asked (unseen phrasing) right after it was learned: what one fact's learning
         // achieves before later facts can overwrite it.
         let mut right_after = 0usize;
+        // Rows changed so far, and how many of each fact's rows an earlier fact had chosen:
+        // rows shared between facts are where later facts overwrite earlier ones.
+        let mut changed = std::collections::HashSet::new();
+        let (mut selected, mut reselected) = (0usize, 0usize);
         for (i, fact) in facts.iter().enumerate() {
             let r = engine
                 .learn(std::slice::from_ref(fact), &opts, &mut |_, _, _| true)
                 .map_err(|e| e.to_string())?;
             learn_secs += r.total.as_secs_f64();
+            for row in r.facts.iter().flat_map(|f| &f.rows) {
+                selected += 1;
+                reselected += usize::from(!changed.insert(*row));
+            }
             right_after += (accuracy(&engine, std::slice::from_ref(fact), &unseen)? > 0.5) as usize;
             let done = i + 1;
             if done % args.every.max(1) == 0 || done == facts.len() {
@@ -222,11 +230,13 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
         let nll_after = mean_nll(&engine, &held)?;
         let learned_right_after = right_after as f64 / facts.len().max(1) as f64;
         eprintln!(
-            "{name}: learned {:.1}% ({:.1}% right after each fact), retention {:.1}%, held-out NLL {nll_before:.4} -> {nll_after:.4} ({:+.2}%)",
+            "{name}: learned {:.1}% ({:.1}% right after each fact), retention {:.1}%, held-out NLL {nll_before:.4} -> {nll_after:.4} ({:+.2}%); {} rows changed, {:.1}% of selections were rows an earlier fact had chosen",
             100.0 * learned,
             100.0 * learned_right_after,
             100.0 * retention,
-            100.0 * (nll_after / nll_before - 1.0)
+            100.0 * (nll_after / nll_before - 1.0),
+            changed.len(),
+            100.0 * reselected as f64 / selected.max(1) as f64
         );
         curves.push(crate::plot::Curve {
             name: name.to_owned(),
@@ -241,6 +251,8 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
             "heldout_nll_after": nll_after,
             "heldout_nll_change": nll_after / nll_before - 1.0,
             "seconds_per_fact": learn_secs / facts.len().max(1) as f64,
+            "rows_changed": changed.len(),
+            "rows_reselected_share": reselected as f64 / selected.max(1) as f64,
             "curve": curve,
             "forgotten": forgotten,
         }));

@@ -390,6 +390,23 @@ fn eval_learns_simpleqa_facts_and_reports_retention() {
     // A collapse (0 % and 12.5 % before the background included chat markup) must fail.
     assert!(kept >= 0.5, "retention collapsed: {run}");
     assert!(nll.abs() < 0.05, "held-out NLL moved by {nll}");
+    // Every question counted as forgotten is listed with the reply it got instead.
+    let forgotten = run["forgotten"].as_array().unwrap();
+    assert_eq!(
+        forgotten.len() as f64,
+        ((1.0 - kept) * 8.0).round(),
+        "{run}"
+    );
+    assert!(
+        forgotten.iter().all(|f| f["question"].is_string()
+            && f["answer"].is_string()
+            && f["reply"].is_string()),
+        "{run}"
+    );
+    let changed = run["rows_changed"].as_u64().unwrap();
+    assert!((1..=3 * 500).contains(&changed), "{changed} rows changed");
+    let reselected = run["rows_reselected_share"].as_f64().unwrap();
+    assert!((0.0..1.0).contains(&reselected), "{reselected}");
     assert_eq!(run["curve"].as_array().unwrap().len(), 1);
     let png = std::fs::read(report.with_extension("png")).expect("the learning-curve plot");
     assert!(
