@@ -87,17 +87,29 @@ fn qa(f: &Fact) -> (&str, &str) {
     }
 }
 
+/// The items answered wrong, each with the reply it got.
+fn misses(
+    engine: &Engine,
+    items: &[Fact],
+    phrase: &dyn Fn(&str) -> String,
+) -> Result<Vec<serde_json::Value>, String> {
+    let mut wrong = Vec::new();
+    for f in items {
+        let (q, a) = qa(f);
+        let reply = engine.ask(&phrase(q), 32).map_err(|e| e.to_string())?;
+        if !correct(&reply, a) {
+            wrong.push(json!({"question": q, "answer": a, "reply": reply}));
+        }
+    }
+    Ok(wrong)
+}
+
 fn accuracy(
     engine: &Engine,
     items: &[Fact],
     phrase: &dyn Fn(&str) -> String,
 ) -> Result<f64, String> {
-    let mut right = 0;
-    for f in items {
-        let (q, a) = qa(f);
-        let reply = engine.ask(&phrase(q), 32).map_err(|e| e.to_string())?;
-        right += correct(&reply, a) as usize;
-    }
+    let right = items.len() - misses(engine, items, phrase)?.len();
     Ok(right as f64 / items.len().max(1) as f64)
 }
 
@@ -218,15 +230,8 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
         let learned = accuracy(&engine, &facts, &unseen)?;
         // What the questions no longer answered right get instead: a learned answer
         // (interference) reads differently from a broken reply (damage).
-        let mut forgotten = Vec::new();
-        for f in &retained {
-            let (q, a) = qa(f);
-            let reply = engine.ask(q, 32).map_err(|e| e.to_string())?;
-            if !correct(&reply, a) {
-                forgotten.push(json!({"question": q, "answer": a, "reply": reply}));
-            }
-        }
-        let retention = 1.0 - forgotten.len() as f64 / retained.len().max(1) as f64;
+        let forgotten = misses(&engine, &retained, &|q| q.to_owned())?;
+        let retention = (retained.len() - forgotten.len()) as f64 / retained.len().max(1) as f64;
         let nll_after = mean_nll(&engine, &held)?;
         let learned_right_after = right_after as f64 / facts.len().max(1) as f64;
         eprintln!(

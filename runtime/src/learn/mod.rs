@@ -468,21 +468,35 @@ pub fn template_rows<B: Backend>(
     Ok(rows)
 }
 
-/// The rows learning must not change, per fact kind: each kind's [`template_rows`], unless
-/// they are more than [`MAX_TEMPLATE_SHARE`] of the memory. In a small memory the templates
-/// read most rows, and protecting them all would leave a fact only rows it barely reads
-/// (4,096 slots: a fact was no longer recalled).
-///
-/// They depend only on the frozen lookup and the tokenizer, so one cache serves every
-/// learning call on the same memory (finding them costs about as much as two facts'
-/// phrasings); a cache must be dropped when another memory is attached.
+/// The rows learning `fact` must not change: its [`template_rows`], unless they are more
+/// than [`MAX_TEMPLATE_SHARE`] of the memory. In a small memory the templates read most
+/// rows, and protecting them all would leave a fact only rows it barely reads (4,096 slots:
+/// a fact was no longer recalled).
+fn protected_rows<B: Backend>(
+    model: &Model<B>,
+    tok: &Tokenizer,
+    fact: &Fact,
+) -> Result<HashSet<u32>> {
+    let rows = template_rows(model, tok, fact)?;
+    let n_keys = model.memory()[0].lookup.shape.n_keys;
+    let share = rows.len() as f64 / (n_keys * n_keys) as f64;
+    Ok(if share <= MAX_TEMPLATE_SHARE {
+        rows
+    } else {
+        HashSet::new()
+    })
+}
+
+/// The protected rows of each fact kind, found once per memory: they depend only on its
+/// frozen lookup and the tokenizer, and finding them costs about as much as learning from
+/// two facts' phrasings. Drop it when another memory is attached.
 #[derive(Clone, Debug, Default)]
 pub struct ProtectedRows {
     by_kind: [Option<HashSet<u32>>; 2],
 }
 
 impl ProtectedRows {
-    /// The protected rows for facts of `fact`'s kind, found on first use.
+    /// The rows facts of `fact`'s kind must not change, found on first use.
     pub fn for_fact<B: Backend>(
         &mut self,
         model: &Model<B>,
@@ -490,17 +504,10 @@ impl ProtectedRows {
         fact: &Fact,
     ) -> Result<&HashSet<u32>> {
         let kind = usize::from(matches!(fact, Fact::Note(_)));
-        if self.by_kind[kind].is_none() {
-            let rows = template_rows(model, tok, fact)?;
-            let n_keys = model.memory()[0].lookup.shape.n_keys;
-            let share = rows.len() as f64 / (n_keys * n_keys) as f64;
-            self.by_kind[kind] = Some(if share <= MAX_TEMPLATE_SHARE {
-                rows
-            } else {
-                HashSet::new()
-            });
+        match &mut self.by_kind[kind] {
+            Some(rows) => Ok(rows),
+            empty => Ok(empty.insert(protected_rows(model, tok, fact)?)),
         }
-        Ok(self.by_kind[kind].get_or_insert_with(HashSet::new))
     }
 }
 
