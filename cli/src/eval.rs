@@ -201,15 +201,15 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
         // Rows changed so far, and how many of each fact's rows an earlier fact had chosen:
         // rows shared between facts are where later facts overwrite earlier ones.
         let mut changed = std::collections::HashSet::new();
-        let (mut selected, mut reselected) = (0usize, 0usize);
+        let mut selected = 0usize;
         for (i, fact) in facts.iter().enumerate() {
             let r = engine
                 .learn(std::slice::from_ref(fact), &opts, &mut |_, _, _| true)
                 .map_err(|e| e.to_string())?;
             learn_secs += r.total.as_secs_f64();
-            for row in r.facts.iter().flat_map(|f| &f.rows) {
-                selected += 1;
-                reselected += usize::from(!changed.insert(*row));
+            for f in &r.facts {
+                selected += f.rows.len();
+                changed.extend(f.rows.iter().copied());
             }
             right_after += (accuracy(&engine, std::slice::from_ref(fact), &unseen)? > 0.5) as usize;
             let done = i + 1;
@@ -234,6 +234,8 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
         let retention = (retained.len() - forgotten.len()) as f64 / retained.len().max(1) as f64;
         let nll_after = mean_nll(&engine, &held)?;
         let learned_right_after = right_after as f64 / facts.len().max(1) as f64;
+        // Every selection that did not add a row to `changed` chose one an earlier fact had.
+        let reselected_share = (selected - changed.len()) as f64 / selected.max(1) as f64;
         eprintln!(
             "{name}: learned {:.1}% ({:.1}% right after each fact), retention {:.1}%, held-out NLL {nll_before:.4} -> {nll_after:.4} ({:+.2}%); {} rows changed, {:.1}% of selections were rows an earlier fact had chosen",
             100.0 * learned,
@@ -241,7 +243,7 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
             100.0 * retention,
             100.0 * (nll_after / nll_before - 1.0),
             changed.len(),
-            100.0 * reselected as f64 / selected.max(1) as f64
+            100.0 * reselected_share
         );
         curves.push(crate::plot::Curve {
             name: name.to_owned(),
@@ -257,7 +259,7 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
             "heldout_nll_change": nll_after / nll_before - 1.0,
             "seconds_per_fact": learn_secs / facts.len().max(1) as f64,
             "rows_changed": changed.len(),
-            "rows_reselected_share": reselected as f64 / selected.max(1) as f64,
+            "rows_reselected_share": reselected_share,
             "curve": curve,
             "forgotten": forgotten,
         }));
