@@ -236,6 +236,7 @@ pub fn run(
             obj["learn_forward_seconds_per_fact"] = serde_json::json!(per_fact(t.forward, l));
             obj["learn_backward_seconds_per_fact"] = serde_json::json!(per_fact(t.backward, l));
             obj["learn_update_seconds_per_fact"] = serde_json::json!(per_fact(t.update, l));
+            obj["learn_anchor_seconds_per_fact"] = serde_json::json!(per_fact(t.anchor, l));
             obj["peak_rss_mib_before_learning"] = serde_json::json!(l.rss_before);
             obj["peak_rss_mib"] = serde_json::json!(l.rss_after);
         }
@@ -267,7 +268,7 @@ pub fn run(
             let t = &l.timings;
             let mib = |m: Option<f64>| m.map_or("n/a".to_owned(), |m| format!("{m:.0} MiB"));
             println!(
-                "learn   {:>4} facts:  {:8.2} s per fact (up to {} steps; prepare {:.2}, selection {:.3}, forward {:.2}, backward {:.2}, update {:.3})",
+                "learn   {:>4} facts:  {:8.2} s per fact (up to {} steps; prepare {:.2}, selection {:.3}, forward {:.2}, backward {:.2}, update {:.3}, anchor setup {:.3})",
                 l.facts,
                 l.total / l.facts as f64,
                 l.steps,
@@ -276,6 +277,7 @@ pub fn run(
                 per_fact(t.forward, l),
                 per_fact(t.backward, l),
                 per_fact(t.update, l),
+                per_fact(t.anchor, l),
             );
             println!(
                 "peak resident memory: {} before learning, {} after",

@@ -93,6 +93,10 @@ pub struct StepFlags {
     /// (protected by default: every question in a familiar form reads them).
     #[arg(long)]
     pub change_template_rows: bool,
+    /// How hard learning holds the memory's output near zero at the store's sampled
+    /// background tokens (0 = off; needs a store retrofitted with a background sample).
+    #[arg(long, default_value_t = LearnOptions::default().background_penalty)]
+    pub background_penalty: f32,
 }
 
 impl StepFlags {
@@ -107,6 +111,7 @@ impl StepFlags {
             stop_loss: self.stop_loss,
             max_row_norm: self.max_row_norm,
             protect_template_rows: !self.change_template_rows,
+            background_penalty: self.background_penalty,
         }
     }
 }
@@ -174,7 +179,7 @@ pub fn run(mut engine: Engine, args: &LearnArgs) -> Result<(), String> {
     }
     let t = &report.timings;
     eprintln!(
-        "learned {} facts in {:.1} s ({:.1} s per fact: prepare {:.1}, selection {:.2}, forward {:.1}, backward {:.1}, update {:.2}); {} {} ({:.2} s)",
+        "learned {} facts in {:.1} s ({:.1} s per fact: prepare {:.1}, selection {:.2}, forward {:.1}, backward {:.1}, update {:.2}, anchor setup {:.2}); {} {} ({:.2} s)",
         facts.len(),
         report.total.as_secs_f64(),
         report.total.as_secs_f64() / facts.len() as f64,
@@ -183,6 +188,7 @@ pub fn run(mut engine: Engine, args: &LearnArgs) -> Result<(), String> {
         t.forward.as_secs_f64(),
         t.backward.as_secs_f64(),
         t.update.as_secs_f64(),
+        t.anchor.as_secs_f64(),
         if args.no_checkpoint {
             "journaled in"
         } else {

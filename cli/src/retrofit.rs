@@ -61,6 +61,10 @@ pub struct RetrofitArgs {
     /// slots chat markup reads count as background and learning leaves them alone).
     #[arg(long, default_value_t = RetrofitOptions::default().chat_fraction)]
     chat_fraction: f32,
+    /// Background tokens whose memory reads are kept in the store, so learning can hold the
+    /// memory's output there (0 = none; learning then has no background anchor).
+    #[arg(long, default_value_t = RetrofitOptions::default().sample_tokens)]
+    sample_tokens: usize,
 }
 
 /// `--init` values.
@@ -128,6 +132,7 @@ pub fn run(engine: Engine, args: &RetrofitArgs) -> Result<(), String> {
         kmeans_iters: args.kmeans_iters,
         seed: args.seed,
         chat_fraction: args.chat_fraction,
+        sample_tokens: args.sample_tokens,
     };
     // Everything that can be refused is refused before the long work starts.
     opts.validate(&engine.model().config)

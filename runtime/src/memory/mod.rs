@@ -16,7 +16,7 @@ pub use product_keys::ProductKeyShape;
 pub use retrofit::{Init, RetrofitOptions, RetrofitProgress, retrofit};
 pub use selection::{SlotScoring, count_accesses, select_slots};
 pub use store::{
-    BackgroundInfo, BackgroundStats, MemoryLayerParams, MemoryStore, STORE_FORMAT_VERSION,
-    STORE_KIND,
+    BackgroundInfo, BackgroundSample, BackgroundStats, MAX_SAMPLED_SLOTS, MemoryLayerParams,
+    MemoryStore, STORE_FORMAT_VERSION, STORE_KIND,
 };
 pub use usage::SlotUsage;

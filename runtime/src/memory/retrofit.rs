@@ -52,6 +52,10 @@ pub struct RetrofitOptions {
     /// TF-IDF would rank those slots first for every fact and learning would rewrite rows
     /// that every chat answer reads.
     pub chat_fraction: f32,
+    /// Background tokens whose reads are kept in the store (evenly spaced over the corpus):
+    /// learning holds the memory's output at them, so it changes little where general text
+    /// reads (see `LearnOptions::background_penalty`). 0 keeps none.
+    pub sample_tokens: usize,
 }
 
 impl Default for RetrofitOptions {
@@ -65,6 +69,7 @@ impl Default for RetrofitOptions {
             kmeans_iters: 12,
             seed: 1,
             chat_fraction: 0.5,
+            sample_tokens: 4096,
         }
     }
 }
@@ -229,20 +234,40 @@ pub fn retrofit<B: Backend>(
         });
     }
 
-    // 3. Background statistics through the fitted lookup.
+    // 3. Background statistics through the fitted lookup, and the reads of a sample of tokens.
     let slots = opts.config.slots();
+    let reads = opts.config.heads * opts.config.top_k;
+    let sample_every = if opts.sample_tokens == 0 || slots > super::MAX_SAMPLED_SLOTS {
+        usize::MAX
+    } else {
+        n_tokens.div_ceil(opts.sample_tokens).max(1)
+    };
     let mut done = 0;
     for (p, hs) in params.iter_mut().zip(&states) {
         let lookup = SlotLookup::load(b, &opts.config, dim, p)?;
         let mut count = vec![0f32; slots];
         let mut df = vec![0f32; slots];
         let mut seen_in = vec![u32::MAX; slots];
+        let mut sample = super::BackgroundSample::default();
         let mut row = 0;
         for (bi, batch) in batches.iter().enumerate() {
             let h = b.upload(&hs[row * dim..(row + batch.len()) * dim], batch.len(), dim);
+            let first = row;
             row += batch.len();
             let found = lookup.lookup(b, &h);
-            for id in b.download_slots(&found.slots) {
+            let ids = b.download_slots(&found.slots);
+            let sampled: Vec<usize> = (first..row)
+                .filter(|t| t % sample_every == 0)
+                .map(|t| t - first)
+                .collect();
+            if !sampled.is_empty() {
+                let weights = b.download(&found.weights);
+                for t in sampled {
+                    sample.slots.extend(&ids[t * reads..(t + 1) * reads]);
+                    sample.weights.extend(&weights[t * reads..(t + 1) * reads]);
+                }
+            }
+            for &id in &ids {
                 let id = id as usize;
                 count[id] += 1.0;
                 if seen_in[id] != bi as u32 {
@@ -258,7 +283,7 @@ pub fn retrofit<B: Backend>(
                 return Err(stop());
             }
         }
-        p.background = BackgroundStats { count, df };
+        p.background = BackgroundStats { count, df, sample };
     }
     drop(states);
     for p in &mut params {

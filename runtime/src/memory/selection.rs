@@ -81,6 +81,7 @@ mod tests {
         BackgroundStats {
             count: vec![1000.0, 0.0, 5.0, 0.0],
             df: vec![100.0, 0.0, 3.0, 0.0],
+            sample: Default::default(),
         }
     }
 

@@ -24,7 +24,35 @@ pub struct BackgroundStats {
     pub count: Vec<f32>,
     /// Background batches that touched each slot at least once (document frequency).
     pub df: Vec<f32>,
+    /// What the lookup read at a sample of background tokens (empty in stores made before
+    /// it was recorded): learning keeps the memory's output there where it was.
+    pub sample: BackgroundSample,
 }
+
+/// The reads of a sample of background tokens, tokens × (heads·top_k), token-major.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BackgroundSample {
+    /// Slot of each read.
+    pub slots: Vec<u32>,
+    /// Softmax weight of each read within its head.
+    pub weights: Vec<f32>,
+}
+
+impl BackgroundSample {
+    /// Sampled tokens, given `reads` (heads·top_k) reads per token.
+    pub fn tokens(&self, reads: usize) -> usize {
+        self.slots.len() / reads.max(1)
+    }
+
+    /// Whether no sample was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
+/// Slot ids are kept as f32 tensors (GGUF readers everywhere know f32), which is exact up to
+/// 2^24: a memory with more slots (a dense value table of 38 GB and up) keeps no sample.
+pub const MAX_SAMPLED_SLOTS: usize = 1 << 24;
 
 /// How the background statistics were gathered.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -104,6 +132,65 @@ fn read_f32(bytes: &[u8]) -> Vec<f32> {
 
 fn tensor_name(layer: usize, part: &str) -> String {
     format!("mem.{layer}.{part}")
+}
+
+/// The optional background sample of `layer`: both tensors or neither, each `reads × n` f32,
+/// slot ids whole numbers below the slot count, weights in [0, 1].
+fn read_sample(g: &Gguf, layer: usize, c: &MemoryConfig) -> Result<BackgroundSample> {
+    let bad = |m: String| Error::Memory(m);
+    let (slots_name, weights_name) = (
+        tensor_name(layer, "background.sample.slots"),
+        tensor_name(layer, "background.sample.weights"),
+    );
+    let (ids, weights) = match (g.tensor(&slots_name), g.tensor(&weights_name)) {
+        (None, None) => return Ok(BackgroundSample::default()),
+        (Some(a), Some(b)) => (a, b),
+        _ => {
+            return Err(bad(format!(
+                "only one of {slots_name} and {weights_name} is present"
+            )));
+        }
+    };
+    let reads = (c.heads * c.top_k) as u64;
+    for t in [ids, weights] {
+        if t.dtype != GgmlType::F32 || t.dims.len() != 2 || t.dims[0] != reads {
+            return Err(bad(format!(
+                "tensor {} is {} {:?}, the config needs f32 [{reads}, tokens]",
+                t.name, t.dtype, t.dims
+            )));
+        }
+    }
+    if ids.dims != weights.dims {
+        return Err(bad(format!(
+            "{slots_name} {:?} and {weights_name} {:?} differ in shape",
+            ids.dims, weights.dims
+        )));
+    }
+    let slots = c.slots();
+    let ids = read_f32(g.tensor_data(ids))
+        .into_iter()
+        .enumerate()
+        .map(|(i, x)| {
+            if x.fract() == 0.0 && x >= 0.0 && (x as usize) < slots {
+                Ok(x as u32)
+            } else {
+                Err(bad(format!(
+                    "{slots_name}[{i}] = {x} is not a slot of this memory (0..{slots})"
+                )))
+            }
+        })
+        .collect::<Result<Vec<u32>>>()?;
+    let weights = read_f32(g.tensor_data(weights));
+    if let Some(i) = weights.iter().position(|w| !(0.0..=1.0).contains(w)) {
+        return Err(bad(format!(
+            "{weights_name}[{i}] = {} is not a softmax weight in [0, 1]",
+            weights[i]
+        )));
+    }
+    Ok(BackgroundSample {
+        slots: ids,
+        weights,
+    })
 }
 
 impl MemoryStore {
@@ -225,6 +312,18 @@ impl MemoryStore {
                     _ => l.gate_out.as_deref().unwrap_or(&[]),
                 };
                 w.add_f32(tensor_name(l.layer, part), dims, data)?;
+            }
+            let sample = &l.background.sample;
+            if !sample.is_empty() {
+                let reads = (c.heads * c.top_k) as u64;
+                let dims = [reads, sample.slots.len() as u64 / reads];
+                let ids: Vec<f32> = sample.slots.iter().map(|&s| s as f32).collect();
+                w.add_f32(tensor_name(l.layer, "background.sample.slots"), &dims, &ids)?;
+                w.add_f32(
+                    tensor_name(l.layer, "background.sample.weights"),
+                    &dims,
+                    &sample.weights,
+                )?;
             }
         }
         self.write_history(&mut w)?;
@@ -363,6 +462,7 @@ impl MemoryStore {
                 background: BackgroundStats {
                     count: read("background.count")?,
                     df: read("background.df")?,
+                    sample: read_sample(g, layer, &store.config)?,
                 },
             });
         }
