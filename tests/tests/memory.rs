@@ -137,6 +137,11 @@ fn fitted_store_round_trips_and_keeps_the_model_exact() {
     store.save(&path).unwrap();
     let reread = MemoryStore::open(&path).unwrap();
     assert!(reread == *store, "store changed in a save/open round trip");
+    // The reads of a sample of background tokens are kept for learning's background anchor.
+    let reads = store.config.heads * store.config.top_k;
+    let sample = &reread.layers[0].background.sample;
+    assert!(sample.tokens(reads) > 0 && sample.tokens(reads) <= 4096);
+    assert_eq!(sample.weights.len(), sample.slots.len());
     let base = open(None).unwrap();
     let with = open(Some(path.clone())).unwrap();
     assert_eq!(with.memory_config(), Some(&store.config));
@@ -339,6 +344,31 @@ fn truncated_or_inconsistent_stores_are_clear_errors() {
     bad.save(&path).unwrap();
     let err = MemoryStore::open(&path).unwrap_err().to_string();
     assert!(err.contains("non-finite"), "{err}");
+    // A background sample naming a slot the memory lacks, or a weight no softmax gives.
+    assert!(!store.layers[0].background.sample.is_empty());
+    let mut bad = store.clone();
+    bad.layers[0].background.sample.slots[3] = store.config.slots() as u32;
+    bad.save(&path).unwrap();
+    let err = MemoryStore::open(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("background.sample.slots[3]") && err.contains("not a slot"),
+        "{err}"
+    );
+    let mut bad = store.clone();
+    bad.layers[0].background.sample.weights[2] = 1.5;
+    bad.save(&path).unwrap();
+    let err = MemoryStore::open(&path).unwrap_err().to_string();
+    assert!(err.contains("not a softmax weight"), "{err}");
+    // A store made before samples were kept opens, without one.
+    let mut old = store.clone();
+    old.layers[0].background.sample = Default::default();
+    old.save(&path).unwrap();
+    assert!(
+        MemoryStore::open(&path).unwrap().layers[0]
+            .background
+            .sample
+            .is_empty()
+    );
     // A model file is not a store.
     let err = MemoryStore::open(default_model()).unwrap_err().to_string();
     assert!(err.contains("not an engram memory store"), "{err}");
