@@ -191,6 +191,9 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
             .attach_memory(initial.clone(), None)
             .map_err(|e| e.to_string())?;
         let opts = args.step.options(method.scoring(), Optimizer::Sgd);
+        if runs.is_empty() {
+            crate::learn::note_missing_sample(&engine, &opts);
+        }
         let mut curve = Vec::new();
         // Before learning: no fact known, every retention question right (how both were chosen).
         let mut points = vec![(0usize, 0.0f64, 1.0f64)];
@@ -273,6 +276,8 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
         "steps": args.step.steps,
         "learning_rate": args.step.lr,
         "top_t": args.step.top_t,
+        "background_penalty": args.step.background_penalty,
+        "background_sample_tokens": engine.background_sample_tokens(),
         "runs": runs,
         "retention_set": retained.iter().map(|f| qa(f).0).collect::<Vec<_>>(),
         "seconds": started.elapsed().as_secs_f64(),

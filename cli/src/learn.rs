@@ -116,6 +116,18 @@ impl StepFlags {
     }
 }
 
+/// Says so when learning will run without its background anchor because the store predates
+/// background samples: such a store learns, but forgets more.
+pub fn note_missing_sample(engine: &Engine, options: &LearnOptions) {
+    if options.background_penalty > 0.0 && engine.background_sample_tokens() == 0 {
+        eprintln!(
+            "note: this memory store keeps no background sample (it was made before engram \
+             recorded one), so learning runs without the background anchor and changes more \
+             of what the model knew; `engram retrofit` makes a store with one"
+        );
+    }
+}
+
 /// `--scoring` values.
 #[derive(Clone, Copy, ValueEnum)]
 pub enum ScoringArg {
@@ -137,6 +149,7 @@ pub fn run(mut engine: Engine, args: &LearnArgs) -> Result<(), String> {
         .step
         .options(args.scoring.scoring(), args.optimizer.optimizer());
     options.validate().map_err(|e| e.to_string())?;
+    note_missing_sample(&engine, &options);
     let facts = Fact::read_file(&args.facts).map_err(|e| e.to_string())?;
 
     let interrupted = crate::ctrl_c_flag()?;

@@ -426,6 +426,19 @@ impl Engine {
         self.memory.as_ref().map(|m| &m.store.config)
     }
 
+    /// Background tokens whose reads the attached memory's store keeps for learning's
+    /// background anchor (0: none, or no memory attached; see
+    /// [`LearnOptions::background_penalty`]).
+    pub fn background_sample_tokens(&self) -> usize {
+        self.memory.as_ref().map_or(0, |m| {
+            let c = &m.store.config;
+            m.store.layers[0]
+                .background
+                .sample
+                .tokens(c.heads * c.top_k)
+        })
+    }
+
     /// Path of the attached memory store, if it came from a file.
     pub fn memory_path(&self) -> Option<&Path> {
         self.memory.as_ref().and_then(|m| m.path.as_deref())

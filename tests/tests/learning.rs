@@ -438,6 +438,20 @@ fn bad_settings_and_diverging_steps_leave_the_memory_unchanged() {
             },
             "max row norm",
         ),
+        (
+            LearnOptions {
+                background_penalty: f32::INFINITY,
+                ..Default::default()
+            },
+            "background penalty",
+        ),
+        (
+            LearnOptions {
+                top_t: engram::learn::MAX_ANCHORED_ROWS + 1,
+                ..Default::default()
+            },
+            "background anchor",
+        ),
     ] {
         let err = engine.learn(&fact, &opts, &mut |_, _, _| true).unwrap_err();
         assert!(
