@@ -201,6 +201,13 @@ impl AdamState {
     }
 }
 
+/// Sampled reads per value row on the store κ was tuned on (4,096 sampled tokens × 128 reads
+/// over 65,536 slots): [`LearnOptions::background_penalty`] is per sampled token there and
+/// scaled by this over the actual reads per row elsewhere. Without the scaling a 4,096-slot
+/// store with 1,024 sampled tokens (32 reads per row) held four times as hard and a fact
+/// was no longer recalled.
+pub const ANCHOR_TUNED_READS_PER_ROW: f64 = 8.0;
+
 /// Most rows per fact that the background anchor couples: its system is t × t, factored
 /// once per fact (4,096 rows: about 23 GFLOP).
 pub const MAX_ANCHORED_ROWS: usize = 4096;
@@ -231,7 +238,8 @@ pub struct LearnOptions {
     /// to all. Ignored by [`SlotScoring::AllTouched`], the no-selection baseline.
     pub protect_template_rows: bool,
     /// How hard each step holds the memory's output at the store's sampled background tokens
-    /// near zero, where the base model had it (κ of [`BackgroundAnchor`], per sampled token;
+    /// near zero, where the base model had it (κ of [`BackgroundAnchor`] per sampled token,
+    /// scaled to the store's sampled reads per row, see [`ANCHOR_TUNED_READS_PER_ROW`];
     /// 0 = off). Rows that the same general text reads then change so that their sum there
     /// stays small. Needs a store with a background sample; ignored by
     /// [`SlotScoring::AllTouched`] (the no-selection baseline).
@@ -648,11 +656,22 @@ pub fn learn<B: Backend>(
             None
         } else {
             let lookup = &model.memory()[0].lookup.shape;
+            // κ was tuned where each row has ANCHOR_TUNED_READS_PER_ROW sampled reads; a row
+            // with more (a smaller memory, a larger sample) is held by more terms, so each
+            // term weighs proportionally less and the hold stays as strong.
+            let slots = (lookup.n_keys * lookup.n_keys) as f64;
+            let reads_per_row = background.sample.slots.len() as f64 / slots;
+            let strength = if reads_per_row > 0.0 {
+                (f64::from(opts.background_penalty) * ANCHOR_TUNED_READS_PER_ROW / reads_per_row)
+                    as f32
+            } else {
+                0.0
+            };
             BackgroundAnchor::new(
                 &background.sample,
                 lookup.heads * lookup.top_k,
                 &rows_sorted,
-                opts.background_penalty,
+                strength,
                 model.config.dim,
                 &mut |ids| Ok(model.backend().download(&model.read_values(ids)?)),
             )?
