@@ -345,5 +345,57 @@ fn value_gradients_match_finite_differences_through_the_model() {
             all_rows.len(),
             g.loss
         );
+
+        // Learning only rows that the first positions do not read: freezing those positions
+        // must not change the loss or the gradient.
+        let model = engine.model();
+        let reads = 2 * 4;
+        let slots = model.backend().download_slots(&seq.lookup.slots);
+        let early: std::collections::HashSet<u32> = slots[..3 * reads].iter().copied().collect();
+        let late: Vec<u32> = all_rows
+            .iter()
+            .copied()
+            .filter(|r| !early.contains(r))
+            .collect();
+        assert!(!late.is_empty(), "gated {gated}: every row is read early");
+        let plain = model
+            .value_gradients(std::slice::from_ref(&seq), &late)
+            .unwrap();
+        let mut seqs = [model.prepare(&tokens, 3..tokens.len() - 1).unwrap()];
+        let frozen = model.freeze_prefixes(&mut seqs, &late).unwrap();
+        assert!(
+            frozen >= 3,
+            "gated {gated}: only {frozen} positions were frozen"
+        );
+        let fast = model.value_gradients(&seqs, &late).unwrap();
+        assert!(
+            (fast.loss - plain.loss).abs() <= 1e-5 * plain.loss.abs(),
+            "gated {gated}: loss {} with a frozen prefix vs {}",
+            fast.loss,
+            plain.loss
+        );
+        let (a, b) = (
+            model.backend().download(&fast.grads),
+            model.backend().download(&plain.grads),
+        );
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            scale > 0.0 && worst <= 1e-4 * scale,
+            "gated {gated}: gradients differ by {worst:.3e} (largest {scale:.3e})"
+        );
+        // A row outside the frozen set could be read in the prefix: refused.
+        let outside = all_rows
+            .iter()
+            .copied()
+            .find(|r| early.contains(r))
+            .unwrap();
+        assert!(model.value_gradients(&seqs, &[outside]).is_err());
+        eprintln!(
+            "frozen prefix (gated {gated}): {frozen} positions, gradients within {worst:.2e}"
+        );
     }
 }

@@ -4,6 +4,11 @@
 //! do not depend on the values, so a sequence is run up to the memory once
 //! ([`Model::prepare`]); each learning step then only runs the blocks above it forward with a
 //! tape and backward ([`Model::value_gradients`]).
+//!
+//! Within one fact only its selected rows change, so every position before the first one
+//! that reads a selected row computes the same thing at every step; [`Model::freeze_prefixes`]
+//! runs that prefix above the memory once and the steps then run only what follows it (the
+//! chat template's system prompt is half of a chat phrasing's tokens).
 
 use super::{Layer, Model};
 use crate::backend::Backend;
@@ -22,10 +27,34 @@ pub struct PreparedSequence<B: Backend> {
     h: B::Tensor,
     /// What the memory read at every position (fixed: it depends only on frozen parts).
     pub lookup: MemoryLookup<B>,
+    /// The leading positions that no changing row reaches, run above the memory once.
+    frozen: Option<FrozenPrefix<B>>,
 }
 
-/// Activations of one block, kept for its backward pass.
+/// Leading positions of a sequence whose activations above the memory do not change while
+/// only `rows` change: none of them reads one of those rows, and attention is causal.
+struct FrozenPrefix<B: Backend> {
+    /// Positions `0..len` are frozen.
+    len: usize,
+    /// The rows whose change keeps them frozen (sorted).
+    rows: Vec<u32>,
+    /// q, k (after RoPE) and v of the frozen positions in each block above the memory:
+    /// the later positions attend to them.
+    qkv: Vec<Qkv<B>>,
+}
+
+/// q, k (after RoPE) and v of some positions in one block.
+type Qkv<B> = (
+    <B as Backend>::Tensor,
+    <B as Backend>::Tensor,
+    <B as Backend>::Tensor,
+);
+
+/// Activations of one block, kept for its backward pass. `x_in`, `x_mid`, `gate` and `up`
+/// cover the positions from `start` on; `q`, `k` and `v` the whole sequence (attention of the
+/// later positions reads the earlier ones).
 struct Tape<B: Backend> {
+    start: usize,
     x_in: B::Tensor,
     q: B::Tensor,
     k: B::Tensor,
@@ -94,7 +123,55 @@ impl<B: Backend> Model<B> {
             base: x,
             h,
             lookup,
+            frozen: None,
         })
+    }
+
+    /// Lets later [`Self::value_gradients`] calls on `seqs` skip each sequence's leading
+    /// positions that read none of `rows` (sorted): they are run above the memory once, now.
+    /// Valid while no value row outside `rows` changes; asking for the gradient of another
+    /// row is refused. Returns how many positions of all sequences were frozen.
+    pub fn freeze_prefixes(&self, seqs: &mut [PreparedSequence<B>], rows: &[u32]) -> Result<usize> {
+        let layer = self.learning_block()?;
+        if rows.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(Error::InvalidArgument(
+                "rows to freeze around must be sorted and distinct".into(),
+            ));
+        }
+        let b = &self.backend;
+        let memory = &self.memory[0];
+        let reads = memory.lookup.shape.heads * memory.lookup.shape.top_k;
+        let mut frozen = 0;
+        for seq in seqs.iter_mut() {
+            seq.frozen = None;
+            let slots = b.download_slots(&seq.lookup.slots);
+            let first_read = slots
+                .chunks_exact(reads)
+                .position(|r| r.iter().any(|s| rows.binary_search(s).is_ok()))
+                .unwrap_or(seq.tokens.len());
+            // Scored positions stay outside the prefix, so the loss is computed as before.
+            let len = first_read.min(seq.loss_positions.start);
+            if len == 0 {
+                continue;
+            }
+            let (mem_out, _) = memory.forward_from(b, &seq.lookup, &seq.h);
+            let mut x = b.slice_rows(&seq.base, 0, len);
+            b.add_assign(&mut x, &b.slice_rows(&mem_out, 0, len));
+            let qkv = self.layers[layer + 1..]
+                .iter()
+                .map(|l| {
+                    let t = self.block_forward_taped(l, &mut x, None);
+                    (t.q, t.k, t.v)
+                })
+                .collect();
+            seq.frozen = Some(FrozenPrefix {
+                len,
+                rows: rows.to_vec(),
+                qkv,
+            });
+            frozen += len;
+        }
+        Ok(frozen)
     }
 
     /// Summed loss of prepared sequences under the current values, and its gradient with
@@ -132,16 +209,30 @@ impl<B: Backend> Model<B> {
         let mut scored = Vec::with_capacity(seqs.len());
         let mut targets: Vec<u32> = Vec::new();
         for seq in seqs {
+            let unfrozen = seq
+                .frozen
+                .as_ref()
+                .and_then(|f| rows.iter().find(|r| f.rows.binary_search(r).is_err()));
+            if let Some(r) = unfrozen {
+                return Err(Error::InvalidArgument(format!(
+                    "value row {r} was not among the rows the sequence was frozen for"
+                )));
+            }
             let n = seq.tokens.len();
-            let mut x = b.slice_rows(&seq.base, 0, n);
+            let start = seq.frozen.as_ref().map_or(0, |f| f.len);
+            let mut x = b.slice_rows(&seq.base, start, n);
             let (mem_out, gate_tape) = memory.forward_from(b, &seq.lookup, &seq.h);
-            b.add_assign(&mut x, &mem_out);
+            b.add_assign(&mut x, &b.slice_rows(&mem_out, start, n));
             let tapes: Vec<Tape<B>> = self.layers[layer + 1..]
                 .iter()
-                .map(|l| self.block_forward_taped(l, &mut x))
+                .enumerate()
+                .map(|(i, l)| {
+                    let prefix = seq.frozen.as_ref().map(|f| (f.len, &f.qkv[i]));
+                    self.block_forward_taped(l, &mut x, prefix)
+                })
                 .collect();
             let range = seq.loss_positions.clone();
-            scored.push(b.slice_rows(&x, range.start, range.end));
+            scored.push(b.slice_rows(&x, range.start - start, range.end - start));
             targets.extend_from_slice(&seq.tokens[range.start + 1..range.end + 1]);
             runs.push((tapes, gate_tape));
         }
@@ -178,10 +269,18 @@ impl<B: Backend> Model<B> {
             let range = seq.loss_positions.clone();
             let mine = b.slice_rows(&dxs, at, at + range.len());
             at += range.len();
-            let mut dx = b.pad_rows(&mine, range.start, seq.tokens.len());
+            let n = seq.tokens.len();
+            let start = seq.frozen.as_ref().map_or(0, |f| f.len);
+            let mut dx = b.pad_rows(&mine, range.start - start, n - start);
             for (l, tape) in self.layers[layer + 1..].iter().zip(tapes).rev() {
                 self.block_backward(l, tape, &mut dx);
             }
+            // The frozen positions read no row asked for: their gradient is zero.
+            let dx = if start > 0 {
+                b.pad_rows(&dx, start, n)
+            } else {
+                dx
+            };
             let dy = memory.backward_to_y(b, &dx, gate_tape.as_ref());
             b.add_assign(
                 &mut grads,
@@ -270,20 +369,39 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
-    /// One block forward (no KV cache: the sequence is whole), recording its activations.
-    fn block_forward_taped(&self, l: &Layer<B>, x: &mut B::Tensor) -> Tape<B> {
+    /// One block forward over the positions from `start` on, recording its activations;
+    /// `prefix` is `(start, (q, k, v))` of the positions before them (after RoPE), `None`
+    /// when `x` is the whole sequence.
+    fn block_forward_taped(
+        &self,
+        l: &Layer<B>,
+        x: &mut B::Tensor,
+        prefix: Option<(usize, &Qkv<B>)>,
+    ) -> Tape<B> {
         let b = &self.backend;
         let c = &self.config;
         let shape = self.attention_shape();
+        let start = prefix.map_or(0, |(s, _)| s);
         let x_in = b.slice_rows(x, 0, b.shape(x).0);
         let h = b.rms_norm(x, &l.attn_norm, c.norm_eps);
         let mut q = b.matmul(&l.wq, &h);
         let mut k = b.matmul(&l.wk, &h);
-        let v = b.matmul(&l.wv, &h);
-        b.rope(&mut q, c.n_heads, c.head_dim, 0, &c.rope);
-        b.rope(&mut k, c.n_kv_heads, c.head_dim, 0, &c.rope);
-        let mut cache = b.new_kv_cache(1, c.kv_dim(), b.shape(x).0);
+        let mut v = b.matmul(&l.wv, &h);
+        b.rope(&mut q, c.n_heads, c.head_dim, start, &c.rope);
+        b.rope(&mut k, c.n_kv_heads, c.head_dim, start, &c.rope);
+        if let Some((_, (pq, pk, pv))) = prefix {
+            q = b.concat_rows(&[pq, &q]);
+            k = b.concat_rows(&[pk, &k]);
+            v = b.concat_rows(&[pv, &v]);
+        }
+        let total = b.shape(&q).0;
+        let mut cache = b.new_kv_cache(1, c.kv_dim(), total);
         let attn = b.attention(&q, &k, &v, &mut cache, 0, shape);
+        let attn = if start > 0 {
+            b.slice_rows(&attn, start, total)
+        } else {
+            attn
+        };
         b.add_assign(x, &b.matmul(&l.wo, &attn));
         let x_mid = b.slice_rows(x, 0, b.shape(x).0);
         let h2 = b.rms_norm(x, &l.ffn_norm, c.norm_eps);
@@ -291,6 +409,7 @@ impl<B: Backend> Model<B> {
         let up = b.matmul(&l.w_up, &h2);
         b.add_assign(x, &b.matmul(&l.w_down, &b.silu_mul(&gate, &up)));
         Tape {
+            start,
             x_in,
             q,
             k,
@@ -316,10 +435,22 @@ impl<B: Backend> Model<B> {
         );
         // Attention: x_mid = x_in + W_o attn(rope(W_q h1), rope(W_k h1), W_v h1), h1 = norm(x_in).
         let dattn = b.matmul_backward(&l.wo, dx);
-        let (mut dq, mut dk, dv) =
+        let total = b.shape(&t.q).0;
+        let dattn = if t.start > 0 {
+            b.pad_rows(&dattn, t.start, total)
+        } else {
+            dattn
+        };
+        let (mut dq, mut dk, mut dv) =
             b.attention_backward(&t.q, &t.k, &t.v, &dattn, self.attention_shape());
-        b.rope_backward(&mut dq, c.n_heads, c.head_dim, 0, &c.rope);
-        b.rope_backward(&mut dk, c.n_kv_heads, c.head_dim, 0, &c.rope);
+        if t.start > 0 {
+            // The frozen positions' k and v are constants: only later positions carry on.
+            dq = b.slice_rows(&dq, t.start, total);
+            dk = b.slice_rows(&dk, t.start, total);
+            dv = b.slice_rows(&dv, t.start, total);
+        }
+        b.rope_backward(&mut dq, c.n_heads, c.head_dim, t.start, &c.rope);
+        b.rope_backward(&mut dk, c.n_kv_heads, c.head_dim, t.start, &c.rope);
         let mut dh1 = b.matmul_backward(&l.wq, &dq);
         b.add_assign(&mut dh1, &b.matmul_backward(&l.wk, &dk));
         b.add_assign(&mut dh1, &b.matmul_backward(&l.wv, &dv));
