@@ -97,6 +97,10 @@ pub struct StepFlags {
     /// background tokens (0 = off; needs a store retrofitted with a background sample).
     #[arg(long, default_value_t = LearnOptions::default().background_penalty)]
     pub background_penalty: f32,
+    /// How hard learning holds the memory's output where it is at the tokens of the facts
+    /// this process learned before (0 = off).
+    #[arg(long, default_value_t = LearnOptions::default().earlier_fact_penalty)]
+    pub earlier_fact_penalty: f32,
 }
 
 impl StepFlags {
@@ -112,6 +116,7 @@ impl StepFlags {
             max_row_norm: self.max_row_norm,
             protect_template_rows: !self.change_template_rows,
             background_penalty: self.background_penalty,
+            earlier_fact_penalty: self.earlier_fact_penalty,
         }
     }
 }

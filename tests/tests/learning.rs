@@ -301,6 +301,8 @@ fn the_background_anchor_keeps_the_memory_quiet_where_general_text_reads() {
         engine.attach_memory(store.clone(), None).unwrap();
         let opts = LearnOptions {
             background_penalty: penalty,
+            // Only the background term differs between the two runs.
+            earlier_fact_penalty: 0.0,
             ..Default::default()
         };
         let report = engine.learn(&facts, &opts, &mut |_, _, _| true).unwrap();
@@ -324,6 +326,82 @@ fn the_background_anchor_keeps_the_memory_quiet_where_general_text_reads() {
             a.loss_before, a.loss_after, b.loss_after
         );
         assert!(b.loss_after < 0.5 * b.loss_before);
+    }
+}
+
+/// The memory's output (dim wide) at every token of `fact`'s training phrasings.
+fn output_at_fact(engine: &Engine, fact: &Fact) -> Vec<f64> {
+    let model = engine.model();
+    let values = values(engine);
+    let dim = model.config.dim;
+    let mut out = Vec::new();
+    for e in engram::learn::examples(engine.tokenizer(), fact).unwrap() {
+        let seq = model.prepare(&e.tokens, e.targets.clone()).unwrap();
+        let slots = model.backend().download_slots(&seq.lookup.slots);
+        let weights = model.backend().download(&seq.lookup.weights);
+        let reads = slots.len() / e.tokens.len();
+        for t in 0..e.tokens.len() {
+            let mut o = vec![0f64; dim];
+            for i in t * reads..(t + 1) * reads {
+                let v = &values[slots[i] as usize * dim..(slots[i] as usize + 1) * dim];
+                o.iter_mut()
+                    .zip(v)
+                    .for_each(|(a, &x)| *a += f64::from(weights[i]) * f64::from(x));
+            }
+            out.extend(o);
+        }
+    }
+    out
+}
+
+#[test]
+fn earlier_facts_keep_their_memory_output_while_later_facts_learn() {
+    let (engine, store) = engine_and_store();
+    drop(engine);
+    let facts: Vec<Fact> = FACTS[..4].iter().map(|f| fact(f.0, f.1)).collect();
+    let run = |penalty: f32| {
+        let mut engine = Engine::open(default_model(), &EngineOptions::default()).unwrap();
+        engine.attach_memory(store.clone(), None).unwrap();
+        let opts = LearnOptions {
+            earlier_fact_penalty: penalty,
+            ..Default::default()
+        };
+        engine
+            .learn(&facts[..1], &opts, &mut |_, _, _| true)
+            .unwrap();
+        let before = output_at_fact(&engine, &facts[0]);
+        let report = engine
+            .learn(&facts[1..], &opts, &mut |_, _, _| true)
+            .unwrap();
+        let after = output_at_fact(&engine, &facts[0]);
+        let moved: f64 = before
+            .iter()
+            .zip(&after)
+            .map(|(a, b)| (a - b).powi(2))
+            .sum();
+        let size: f64 = before.iter().map(|a| a * a).sum();
+        (moved, size, report)
+    };
+    let (free, size, _) = run(0.0);
+    let (held, _, report) = run(LearnOptions::default().earlier_fact_penalty);
+    eprintln!(
+        "memory output at the first fact's tokens (sum of squares {size:.1}) moved by {free:.2} \
+         while three later facts learned without the earlier-fact term, {held:.2} with it"
+    );
+    assert!(size > 0.0, "the first fact changed nothing");
+    assert!(
+        held < 0.5 * free,
+        "the earlier fact's output moved {held:.2} with the term, {free:.2} without"
+    );
+    for f in &report.facts {
+        eprintln!(
+            "later fact: loss {:.2} -> {:.2}",
+            f.loss_before, f.loss_after
+        );
+        assert!(
+            f.loss_after < 0.5 * f.loss_before,
+            "a later fact did not learn"
+        );
     }
 }
 
@@ -450,7 +528,14 @@ fn bad_settings_and_diverging_steps_leave_the_memory_unchanged() {
                 top_t: engram::learn::MAX_ANCHORED_ROWS + 1,
                 ..Default::default()
             },
-            "background anchor",
+            "anchor solves",
+        ),
+        (
+            LearnOptions {
+                earlier_fact_penalty: -1.0,
+                ..Default::default()
+            },
+            "earlier-fact penalty",
         ),
     ] {
         let err = engine.learn(&fact, &opts, &mut |_, _, _| true).unwrap_err();

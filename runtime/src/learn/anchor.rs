@@ -53,7 +53,32 @@ impl BackgroundAnchor {
         dim: usize,
         values_of: &mut dyn FnMut(&[u32]) -> crate::Result<Vec<f32>>,
     ) -> crate::Result<Option<Self>> {
-        if sample.is_empty() || strength <= 0.0 || rows.is_empty() || reads == 0 {
+        Self::keeping(
+            sample,
+            &BackgroundSample::default(),
+            reads,
+            rows,
+            (strength, 0.0),
+            dim,
+            values_of,
+        )
+    }
+
+    /// [`Self::new`], and also holds the memory's output at the `kept` tokens (earlier
+    /// facts' reads) where it is now: (μ/2) Σ_t ‖out_t − out_t now‖² joins the objective.
+    /// `strengths` is (κ, μ).
+    pub fn keeping(
+        sample: &BackgroundSample,
+        kept: &BackgroundSample,
+        reads: usize,
+        rows: &[u32],
+        strengths: (f32, f32),
+        dim: usize,
+        values_of: &mut dyn FnMut(&[u32]) -> crate::Result<Vec<f32>>,
+    ) -> crate::Result<Option<Self>> {
+        let (strength, keep) = strengths;
+        let keep = if kept.is_empty() { 0.0 } else { keep };
+        if (sample.is_empty() || strength <= 0.0) && keep <= 0.0 || rows.is_empty() || reads == 0 {
             return Ok(None);
         }
         let position: HashMap<u32, usize> = rows.iter().enumerate().map(|(i, &r)| (r, i)).collect();
@@ -62,7 +87,11 @@ impl BackgroundAnchor {
         let mut coupled_of: HashMap<usize, usize> = HashMap::new();
         let mut coupled = Vec::new();
         let mut tokens: Vec<SampledToken> = Vec::new();
-        let n = sample.tokens(reads);
+        let n = if strength > 0.0 {
+            sample.tokens(reads)
+        } else {
+            0
+        };
         for t in 0..n {
             let span = t * reads..(t + 1) * reads;
             let (ids, ws) = (&sample.slots[span.clone()], &sample.weights[span]);
@@ -84,10 +113,34 @@ impl BackgroundAnchor {
             }
             tokens.push((mine, others));
         }
+        // Earlier facts' tokens: only their reads of the selected rows matter, since the
+        // change of their output is A (V − V_now).
+        let mut kept_tokens: Vec<Vec<(usize, f64)>> = Vec::new();
+        if keep > 0.0 {
+            for t in 0..kept.tokens(reads) {
+                let span = t * reads..(t + 1) * reads;
+                let mine: Vec<(usize, f64)> = kept.slots[span.clone()]
+                    .iter()
+                    .zip(&kept.weights[span])
+                    .filter_map(|(s, &w)| {
+                        let p = *position.get(s)?;
+                        let c = *coupled_of.entry(p).or_insert_with(|| {
+                            coupled.push(p);
+                            coupled.len() - 1
+                        });
+                        Some((c, f64::from(w)))
+                    })
+                    .collect();
+                if !mine.is_empty() {
+                    kept_tokens.push(mine);
+                }
+            }
+        }
         if coupled.is_empty() {
             return Ok(None);
         }
         let kappa = f64::from(strength);
+        let mu = f64::from(keep);
         let r = coupled.len();
 
         // The other rows' output at each token, then κ Aᵀ O; their values are fetched a
@@ -133,6 +186,29 @@ impl BackgroundAnchor {
             for &(a, wa) in mine {
                 for &(b, wb) in mine {
                     m[a * r + b] += kappa * wa * wb;
+                }
+            }
+        }
+        if !kept_tokens.is_empty() {
+            // μ AᵀA V_now enters the right-hand side: pull −= μ AᵀA V_now.
+            let ids: Vec<u32> = coupled.iter().map(|&p| rows[p]).collect();
+            let now = values_of(&ids)?;
+            let mut ta = vec![0f64; dim];
+            for mine in &kept_tokens {
+                ta.iter_mut().for_each(|x| *x = 0.0);
+                for &(c, w) in mine {
+                    ta.iter_mut()
+                        .zip(&now[c * dim..(c + 1) * dim])
+                        .for_each(|(o, &v)| *o += w * f64::from(v));
+                }
+                for &(a, wa) in mine {
+                    pull[a * dim..(a + 1) * dim]
+                        .iter_mut()
+                        .zip(&ta)
+                        .for_each(|(p, o)| *p -= mu * wa * o);
+                    for &(b, wb) in mine {
+                        m[a * r + b] += mu * wa * wb;
+                    }
                 }
             }
         }
@@ -302,6 +378,81 @@ mod tests {
         whole.hold(&mut b);
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() <= 1e-5, "{a:?} vs {b:?}");
+        }
+    }
+
+    /// Kept tokens hold the output where it is now: the result minimizes
+    /// ½‖V − V_step‖² + (μ/2) Σ_t ‖A_t (V − V_now)‖², and a large μ leaves the kept tokens'
+    /// output nearly unchanged while a row no kept token reads follows the step.
+    #[test]
+    fn kept_tokens_hold_their_output_where_it_is() {
+        let (kept, t) = (sample(), table());
+        let rows = [1u32, 2, 4];
+        let now: Vec<f32> = rows
+            .iter()
+            .flat_map(|&r| t[r as usize * 2..r as usize * 2 + 2].to_vec())
+            .collect();
+        let step = vec![2.0, -1.0, 0.5, 3.0, -2.0, 1.5];
+        let output_change = |v: &[f32]| -> f64 {
+            let mut total = 0.0;
+            for tok in 0..kept.tokens(2) {
+                for k in 0..2 {
+                    let o: f64 = (0..2)
+                        .filter_map(|j| {
+                            let (slot, w) = (kept.slots[tok * 2 + j], kept.weights[tok * 2 + j]);
+                            let i = rows.iter().position(|&r| r == slot)?;
+                            Some(f64::from(w * (v[i * 2 + k] - now[i * 2 + k])))
+                        })
+                        .sum();
+                    total += o * o;
+                }
+            }
+            total
+        };
+        let objective = |v: &[f32], mu: f64| {
+            let near: f64 = v
+                .iter()
+                .zip(&step)
+                .map(|(a, b)| f64::from(a - b).powi(2))
+                .sum();
+            0.5 * near + 0.5 * mu * output_change(v)
+        };
+        for mu in [3.0f32, 1000.0] {
+            let a = BackgroundAnchor::keeping(
+                &BackgroundSample::default(),
+                &kept,
+                2,
+                &rows,
+                (0.0, mu),
+                2,
+                &mut |ids| {
+                    Ok(ids
+                        .iter()
+                        .flat_map(|&i| t[i as usize * 2..i as usize * 2 + 2].to_vec())
+                        .collect())
+                },
+            )
+            .unwrap()
+            .expect("kept tokens read slots 1 and 2");
+            let mut held = step.clone();
+            a.hold(&mut held);
+            assert_eq!(&held[4..], &step[4..], "slot 4 is read by no kept token");
+            let best = objective(&held, f64::from(mu));
+            for i in 0..4 {
+                for delta in [-1e-3f32, 1e-3] {
+                    let mut moved = held.clone();
+                    moved[i] += delta;
+                    assert!(objective(&moved, f64::from(mu)) > best, "μ {mu}: value {i}");
+                }
+            }
+            if mu > 100.0 {
+                assert!(
+                    output_change(&held) < 1e-3 * output_change(&step),
+                    "μ {mu}: output moved by {} (the step alone: {})",
+                    output_change(&held),
+                    output_change(&step)
+                );
+            }
         }
     }
 
