@@ -12,7 +12,7 @@ use crate::delta::{
     MemoryAccess, RowAccess, RowSet, Snapshot, open_store, unix_now,
 };
 use crate::gguf::Gguf;
-use crate::learn::{Committed, Fact, LearnOptions, LearnReport, ProtectedRows};
+use crate::learn::{Committed, Fact, LearnOptions, LearnReport, LearningState};
 use crate::memory::{MemoryBlock, MemoryConfig, MemoryStore, SlotUsage};
 use crate::model::{Logits, Model, fingerprint};
 use crate::sampling::{Sampler, SamplingConfig};
@@ -195,8 +195,8 @@ struct AttachedMemory {
     path: Option<PathBuf>,
     store: MemoryStore,
     durable: DurableMemory,
-    /// Found once per attached memory: they depend only on its frozen lookup.
-    protected: ProtectedRows,
+    /// Template rows and earlier facts' reads, kept per attached memory.
+    learning: LearningState,
 }
 
 /// The value rows of the attached memory, addressed by global row id, on the backend.
@@ -410,7 +410,7 @@ impl Engine {
             path,
             store,
             durable,
-            protected: ProtectedRows::default(),
+            learning: LearningState::default(),
         });
         Ok(())
     }
@@ -464,7 +464,7 @@ impl Engine {
             m.store.background.batches,
             facts,
             options,
-            &mut m.protected,
+            &mut m.learning,
             progress,
             &mut |c| match c {
                 // The learning memory is the first layer: slot ids are global row ids.

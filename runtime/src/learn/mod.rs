@@ -557,12 +557,12 @@ pub const MAX_KEPT_TOKENS: usize = 65_536;
 /// and what the lookup read at the tokens of the facts learned so far (held by
 /// [`LearnOptions::earlier_fact_penalty`]). Drop it when another memory is attached.
 #[derive(Clone, Debug, Default)]
-pub struct ProtectedRows {
+pub struct LearningState {
     by_kind: [Option<HashSet<u32>>; 2],
     learned: crate::memory::BackgroundSample,
 }
 
-impl ProtectedRows {
+impl LearningState {
     /// Tokens of earlier facts whose reads are kept.
     pub fn kept_tokens(&self, reads: usize) -> usize {
         self.learned.tokens(reads)
@@ -642,7 +642,7 @@ impl Fact {
 /// After every step's update, `commit` gets the rows it changed (an error from it undoes the
 /// step and stops); only then is `progress(fact, step, loss)` told the step is done, so a
 /// caller that journals in `commit` never reports a step that a crash could lose.
-/// `protected` keeps the template rows found for this memory, and the reads of the facts
+/// `state` keeps the template rows found for this memory, and the reads of the facts
 /// learned into it, from one call to the next.
 #[allow(clippy::too_many_arguments)]
 pub fn learn<B: Backend>(
@@ -652,7 +652,7 @@ pub fn learn<B: Backend>(
     background_batches: u64,
     facts: &[Fact],
     opts: &LearnOptions,
-    protected: &mut ProtectedRows,
+    state: &mut LearningState,
     progress: &mut dyn FnMut(usize, usize, f64) -> bool,
     commit: &mut dyn FnMut(Committed<'_>) -> Result<()>,
 ) -> Result<LearnReport> {
@@ -679,7 +679,7 @@ pub fn learn<B: Backend>(
             .collect();
         let mut counts = count_accesses(&picks);
         if opts.protect_template_rows && opts.scoring != SlotScoring::AllTouched {
-            let protected = protected.for_fact(model, tok, &facts[fi])?;
+            let protected = state.for_fact(model, tok, &facts[fi])?;
             counts.retain(|slot, _| !protected.contains(slot));
         }
         let rows = select_slots(
@@ -717,7 +717,7 @@ pub fn learn<B: Backend>(
             };
             BackgroundAnchor::keeping(
                 &background.sample,
-                &protected.learned,
+                &state.learned,
                 lookup.heads * lookup.top_k,
                 &rows_sorted,
                 (strength, opts.earlier_fact_penalty),
@@ -847,7 +847,7 @@ pub fn learn<B: Backend>(
         if opts.scoring != SlotScoring::AllTouched && opts.earlier_fact_penalty > 0.0 {
             let reads = model.memory()[0].lookup.shape.heads * model.memory()[0].lookup.shape.top_k;
             for seq in &seqs {
-                protected.remember_reads(
+                state.remember_reads(
                     model.backend().download_slots(&seq.lookup.slots),
                     model.backend().download(&seq.lookup.weights),
                     reads,
