@@ -81,7 +81,13 @@ impl BackgroundAnchor {
         if (sample.is_empty() || strength <= 0.0) && keep <= 0.0 || rows.is_empty() || reads == 0 {
             return Ok(None);
         }
-        let position: HashMap<u32, usize> = rows.iter().enumerate().map(|(i, &r)| (r, i)).collect();
+        // A dense table, not a hash map: every read of every sampled and kept token is
+        // looked up here (up to 65,536 kept tokens × 128 reads per fact).
+        let mut dense = vec![usize::MAX; rows.iter().max().map_or(0, |&m| m as usize + 1)];
+        for (i, &r) in rows.iter().enumerate() {
+            dense[r as usize] = i;
+        }
+        let position = |s: &u32| dense.get(*s as usize).copied().filter(|&p| p != usize::MAX);
         // Per sampled token that reads a selected row: its reads of selected rows (as
         // coupled indices) and of the other rows.
         let mut coupled_of: HashMap<usize, usize> = HashMap::new();
@@ -95,13 +101,13 @@ impl BackgroundAnchor {
         for t in 0..n {
             let span = t * reads..(t + 1) * reads;
             let (ids, ws) = (&sample.slots[span.clone()], &sample.weights[span]);
-            if !ids.iter().any(|s| position.contains_key(s)) {
+            if !ids.iter().any(|s| position(s).is_some()) {
                 continue;
             }
             let (mut mine, mut others) = (Vec::new(), Vec::new());
             for (&s, &w) in ids.iter().zip(ws) {
-                match position.get(&s) {
-                    Some(&p) => {
+                match position(&s) {
+                    Some(p) => {
                         let c = *coupled_of.entry(p).or_insert_with(|| {
                             coupled.push(p);
                             coupled.len() - 1
@@ -123,7 +129,7 @@ impl BackgroundAnchor {
                     .iter()
                     .zip(&kept.weights[span])
                     .filter_map(|(s, &w)| {
-                        let p = *position.get(s)?;
+                        let p = position(s)?;
                         let c = *coupled_of.entry(p).or_insert_with(|| {
                             coupled.push(p);
                             coupled.len() - 1

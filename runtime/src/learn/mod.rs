@@ -847,13 +847,12 @@ pub fn learn<B: Backend>(
         commit(Committed::Fact(&facts[fi]))?;
         if opts.scoring != SlotScoring::AllTouched && opts.earlier_fact_penalty > 0.0 {
             let reads = model.memory()[0].lookup.shape.heads * model.memory()[0].lookup.shape.top_k;
-            for seq in &seqs {
-                state.remember_reads(
-                    model.backend().download_slots(&seq.lookup.slots),
-                    model.backend().download(&seq.lookup.weights),
-                    reads,
-                );
-            }
+            // `picks` already holds every sequence's slots, in this order.
+            let weights = seqs
+                .iter()
+                .flat_map(|s| model.backend().download(&s.lookup.weights))
+                .collect();
+            state.remember_reads(picks, weights, reads);
         }
         report.facts.push(FactReport {
             examples: batch.len(),
