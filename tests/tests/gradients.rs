@@ -143,9 +143,16 @@ fn matmul_backward_is_the_transpose_for_every_format() {
         }
         dy[t * rows + 7] = if t == 1 { 0.5 } else { 0.0 };
     }
-    for dtype in GgmlType::ALL {
+    let x = noise(n * cols, 12, 1.0);
+    // Both paths: decoding the quantized rows on the fly, and the full-precision copy that
+    // learning keeps (a blocked f32 GEMM over 40 rows split unevenly across two threads).
+    for (dtype, dense) in GgmlType::ALL
+        .into_iter()
+        .flat_map(|d| [(d, false), (d, true)])
+    {
         let src = f32_weight(&w, rows, cols, dtype);
         let weight = b.load_weight(&src).unwrap();
+        b.keep_dense(&weight, dense);
         let dx = b.matmul_backward(&weight, &tensor(dy.clone(), n, rows));
         // Reference: dy · W with W decoded from the same blocks, in f64.
         let row_bytes = dtype.row_bytes(cols).unwrap();
@@ -164,8 +171,24 @@ fn matmul_backward_is_the_transpose_for_every_format() {
                     .sum();
                 assert!(
                     (dx.data[t * cols + c] as f64 - want).abs() < 1e-4 * (1.0 + want.abs()),
-                    "{dtype} ({t}, {c})"
+                    "{dtype} dense {dense} ({t}, {c})"
                 );
+            }
+        }
+        if dense {
+            // The forward through the copy is x · Wᵀ in f32, without the quantized path's
+            // 8-bit activations: within f32 rounding of the reference.
+            let y = b.matmul(&weight, &tensor(x.clone(), n, cols));
+            for t in 0..n {
+                for r in 0..rows {
+                    let want: f64 = (0..cols)
+                        .map(|c| x[t * cols + c] as f64 * deq[r * cols + c] as f64)
+                        .sum();
+                    assert!(
+                        (y.data[t * rows + r] as f64 - want).abs() < 1e-4 * (1.0 + want.abs()),
+                        "{dtype} dense forward ({t}, {r})"
+                    );
+                }
             }
         }
     }
@@ -397,5 +420,105 @@ fn value_gradients_match_finite_differences_through_the_model() {
         eprintln!(
             "frozen prefix (gated {gated}): {frozen} positions, gradients within {worst:.2e}"
         );
+
+        // Sequences run as one batch (one matmul over all their rows, attention per
+        // sequence), frozen or not: the loss and gradient are the sums of running each alone.
+        let other = engine
+            .tokenizer()
+            .encode("the lazy dog sleeps in the sun all day", false)
+            .unwrap();
+        let mut pair = [
+            model.prepare(&tokens, 3..tokens.len() - 1).unwrap(),
+            model.prepare(&other, 1..other.len() - 1).unwrap(),
+        ];
+        let rows_of = |s: &engram::model::PreparedSequence<_>| {
+            let mut r = model.backend().download_slots(&s.lookup.slots);
+            r.sort_unstable();
+            r.dedup();
+            r
+        };
+        let mut both_rows: Vec<u32> = rows_of(&pair[0])
+            .into_iter()
+            .chain(rows_of(&pair[1]))
+            .collect();
+        both_rows.sort_unstable();
+        both_rows.dedup();
+        let late_pair: Vec<u32> = both_rows
+            .iter()
+            .copied()
+            .filter(|r| !early.contains(r))
+            .collect();
+        for frozen_too in [false, true] {
+            let rows: Vec<u32> = if frozen_too {
+                let frozen = model.freeze_prefixes(&mut pair, &late_pair).unwrap();
+                assert!(
+                    frozen >= 3,
+                    "gated {gated}: only {frozen} positions were frozen"
+                );
+                late_pair.clone()
+            } else {
+                both_rows.clone()
+            };
+            let together = model.value_gradients(&pair, &rows).unwrap();
+            let alone: Vec<_> = pair
+                .iter()
+                .map(|s| {
+                    model
+                        .value_gradients(std::slice::from_ref(s), &rows)
+                        .unwrap()
+                })
+                .collect();
+            let sum_loss = alone[0].loss + alone[1].loss;
+            assert!(
+                (together.loss - sum_loss).abs() <= 1e-5 * sum_loss.abs(),
+                "gated {gated}, frozen {frozen_too}: batch loss {} vs {sum_loss}",
+                together.loss
+            );
+            let (a0, a1) = (
+                model.backend().download(&alone[0].grads),
+                model.backend().download(&alone[1].grads),
+            );
+            let t = model.backend().download(&together.grads);
+            let scale = t.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = t
+                .iter()
+                .zip(a0.iter().zip(&a1))
+                .fold(0f32, |m, (x, (y, z))| m.max((x - (y + z)).abs()));
+            assert!(
+                scale > 0.0 && worst <= 1e-4 * scale,
+                "gated {gated}, frozen {frozen_too}: batch gradients differ by {worst:.3e}"
+            );
+            eprintln!(
+                "batch of two (gated {gated}, frozen {frozen_too}): gradients within {worst:.2e}"
+            );
+        }
+
+        // The full-precision copies learning keeps of the blocks above the memory give the
+        // same loss and gradient (this model's weights are f32, so only rounding differs).
+        model.keep_dense_above_memory(true).unwrap();
+        let dense = model.value_gradients(&pair, &late_pair);
+        model.keep_dense_above_memory(false).unwrap();
+        let dense = dense.unwrap();
+        let plain_pair = model.value_gradients(&pair, &late_pair).unwrap();
+        assert!(
+            (dense.loss - plain_pair.loss).abs() <= 1e-5 * plain_pair.loss.abs(),
+            "gated {gated}: dense loss {} vs {}",
+            dense.loss,
+            plain_pair.loss
+        );
+        let (a, b) = (
+            model.backend().download(&dense.grads),
+            model.backend().download(&plain_pair.grads),
+        );
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            scale > 0.0 && worst <= 1e-4 * scale,
+            "gated {gated}: dense gradients differ by {worst:.3e} (largest {scale:.3e})"
+        );
+        eprintln!("dense copies (gated {gated}): gradients within {worst:.2e}");
     }
 }

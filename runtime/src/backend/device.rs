@@ -288,6 +288,10 @@ impl Backend for DeviceBackend {
         )))
     }
 
+    fn keep_dense(&self, w: &DeviceWeight, keep: bool) {
+        on!(self, |b, M| b.keep_dense(M::weight(w), keep))
+    }
+
     fn matmul_backward(&self, w: &DeviceWeight, dy: &DeviceTensor) -> DeviceTensor {
         on!(self, |b, M| M::wrap(
             b.matmul_backward(M::weight(w), M::tensor(dy))

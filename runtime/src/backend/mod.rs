@@ -134,6 +134,14 @@ pub trait Backend: Send + Sync {
         weights: &Self::Tensor,
     ) -> Self::Tensor;
 
+    /// Keeps a full-precision copy of `w` for later matmuls through it (`keep`), or drops
+    /// it. Learning runs the same layers dozens of times per fact, and decoding quantized
+    /// blocks every time costs more than the copy's memory. Backends without such a path
+    /// keep nothing.
+    fn keep_dense(&self, w: &Self::Weight, keep: bool) {
+        let _ = (w, keep);
+    }
+
     // Backward ops: gradients with respect to activations only (weights stay frozen).
 
     /// dx = dy · W, the transpose of [`Backend::matmul`]: dy is n × rows, dx is n × cols.

@@ -13,8 +13,8 @@
 //!
 //! Only the selected rows that some sampled token reads are coupled; the normal equations
 //! (I + κ AᵀA) V = V_step − κ Aᵀ O, with A the sampled tokens' weights on those rows and O
-//! their output from all other rows, are factored once per fact (Cholesky) and solved for
-//! every value column after each step.
+//! their output from all other rows, are factored once per fact (Cholesky) and inverted,
+//! and the inverse is applied to every value column after each step.
 
 use std::collections::HashMap;
 
@@ -29,12 +29,13 @@ const ANCHOR_TOKENS_PER_FETCH: usize = 64;
 /// other slots (slot, weight).
 type SampledToken = (Vec<(usize, f64)>, Vec<(u32, f64)>);
 
-/// The factored proximal step of one fact's selected rows.
+/// The proximal step of one fact's selected rows, solved once per fact.
 pub struct BackgroundAnchor {
     /// Positions (in the fact's sorted rows) of the rows some sampled token reads.
     coupled: Vec<usize>,
-    /// Lower Cholesky factor of I + κ AᵀA over the coupled rows, row-major.
-    factor: Vec<f64>,
+    /// (I + κ AᵀA)⁻¹ over the coupled rows, row-major: applied after every step as one
+    /// matrix product, several times faster than two triangular solves of the same size.
+    inverse: Vec<f64>,
     /// κ Aᵀ O: what the other rows' output at the sampled tokens pulls each coupled row by.
     pull: Vec<f64>,
     /// Value width.
@@ -219,9 +220,14 @@ impl BackgroundAnchor {
             }
         }
         cholesky_in_place(&mut m, r);
+        let mut inverse = vec![0f64; r * r];
+        for j in 0..r {
+            inverse[j * r + j] = 1.0;
+        }
+        solve_cholesky(&m, r, &mut inverse, r);
         Ok(Some(BackgroundAnchor {
             coupled,
-            factor: m,
+            inverse,
             pull,
             dim,
         }))
@@ -242,10 +248,29 @@ impl BackgroundAnchor {
                 x[c * d + k] = f64::from(values[p * d + k]) - self.pull[c * d + k];
             }
         }
-        solve_cholesky(&self.factor, r, &mut x, d);
+        let mut solved = vec![0f64; r * d];
+        // SAFETY: `inverse` is r × r, `x` and `solved` are r × d, all row-major and distinct.
+        unsafe {
+            matrixmultiply::dgemm(
+                r,
+                r,
+                d,
+                1.0,
+                self.inverse.as_ptr(),
+                r as isize,
+                1,
+                x.as_ptr(),
+                d as isize,
+                1,
+                0.0,
+                solved.as_mut_ptr(),
+                d as isize,
+                1,
+            );
+        }
         for (c, &p) in self.coupled.iter().enumerate() {
             for k in 0..d {
-                values[p * d + k] = x[c * d + k] as f32;
+                values[p * d + k] = solved[c * d + k] as f32;
             }
         }
     }

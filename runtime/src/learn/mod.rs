@@ -658,6 +658,35 @@ pub fn learn<B: Backend>(
     commit: &mut dyn FnMut(Committed<'_>) -> Result<()>,
 ) -> Result<LearnReport> {
     opts.validate()?;
+    model.keep_dense_above_memory(true)?;
+    let report = learn_facts(
+        model,
+        tok,
+        background,
+        background_batches,
+        facts,
+        opts,
+        state,
+        progress,
+        commit,
+    );
+    // The copies cost memory for as long as they live: only while learning.
+    model.keep_dense_above_memory(false)?;
+    report
+}
+
+#[allow(clippy::too_many_arguments)]
+fn learn_facts<B: Backend>(
+    model: &mut Model<B>,
+    tok: &Tokenizer,
+    background: &crate::memory::BackgroundStats,
+    background_batches: u64,
+    facts: &[Fact],
+    opts: &LearnOptions,
+    state: &mut LearningState,
+    progress: &mut dyn FnMut(usize, usize, f64) -> bool,
+    commit: &mut dyn FnMut(Committed<'_>) -> Result<()>,
+) -> Result<LearnReport> {
     let started = Instant::now();
     let mut report = LearnReport::default();
     // Tokenize everything first: a bad fact is refused before anything changes.

@@ -50,15 +50,22 @@ type Qkv<B> = (
     <B as Backend>::Tensor,
 );
 
-/// Activations of one block, kept for its backward pass. `x_in`, `x_mid`, `gate` and `up`
-/// cover the positions from `start` on; `q`, `k` and `v` the whole sequence (attention of the
-/// later positions reads the earlier ones).
-struct Tape<B: Backend> {
+/// Where one sequence sits in a batch run through the blocks above the memory: batch rows
+/// `at..at + len` are its positions `start..start + len` (the positions before `start` are
+/// frozen). Sequences share a batch so each matmul runs once over all their rows.
+#[derive(Clone, Copy)]
+struct Span {
+    at: usize,
     start: usize,
+    len: usize,
+}
+
+/// Activations of one block over a batch, kept for its backward pass. `x_in`, `x_mid`,
+/// `gate` and `up` hold the batch's rows; `qkv` each sequence's q, k and v over all its
+/// positions (attention of the later positions reads the earlier ones).
+struct Tape<B: Backend> {
     x_in: B::Tensor,
-    q: B::Tensor,
-    k: B::Tensor,
-    v: B::Tensor,
+    qkv: Vec<Qkv<B>>,
     x_mid: B::Tensor,
     gate: B::Tensor,
     up: B::Tensor,
@@ -89,6 +96,20 @@ impl<B: Backend> Model<B> {
                 "learning into more than one memory layer".into(),
             )),
         }
+    }
+
+    /// Keeps full-precision copies of the weights of the blocks above the memory (`keep`),
+    /// which every learning step runs forward and backward, or drops them. On the default
+    /// model that is about 128 MB while learning, for matmuls several times faster than
+    /// through the quantized blocks.
+    pub fn keep_dense_above_memory(&self, keep: bool) -> Result<()> {
+        let layer = self.learning_block()?;
+        for l in &self.layers[layer + 1..] {
+            for w in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
+                self.backend.keep_dense(w, keep);
+            }
+        }
+        Ok(())
     }
 
     /// Runs `tokens` through the blocks up to the memory layer and records what the memory
@@ -157,11 +178,16 @@ impl<B: Backend> Model<B> {
             let (mem_out, _) = memory.forward_from(b, &seq.lookup, &seq.h);
             let mut x = b.slice_rows(&seq.base, 0, len);
             b.add_assign(&mut x, &b.slice_rows(&mem_out, 0, len));
+            let whole = [Span {
+                at: 0,
+                start: 0,
+                len,
+            }];
             let qkv = self.layers[layer + 1..]
                 .iter()
                 .map(|l| {
-                    let t = self.block_forward_taped(l, &mut x, None);
-                    (t.q, t.k, t.v)
+                    let t = self.block_forward_taped(l, &mut x, &whole, &[None]);
+                    t.qkv.into_iter().next().expect("one span, one q/k/v")
                 })
                 .collect();
             seq.frozen = Some(FrozenPrefix {
@@ -203,11 +229,12 @@ impl<B: Backend> Model<B> {
         if seqs.is_empty() {
             return Err(Error::InvalidArgument("no sequences to learn from".into()));
         }
-        // Forward above the memory, keeping a tape per sequence.
+        // Forward above the memory over all sequences' unfrozen positions as one batch.
         let started = std::time::Instant::now();
-        let mut runs = Vec::with_capacity(seqs.len());
-        let mut scored = Vec::with_capacity(seqs.len());
-        let mut targets: Vec<u32> = Vec::new();
+        let mut spans = Vec::with_capacity(seqs.len());
+        let mut parts = Vec::with_capacity(seqs.len());
+        let mut gate_tapes = Vec::with_capacity(seqs.len());
+        let mut at = 0;
         for seq in seqs {
             let unfrozen = seq
                 .frozen
@@ -223,20 +250,36 @@ impl<B: Backend> Model<B> {
             let mut x = b.slice_rows(&seq.base, start, n);
             let (mem_out, gate_tape) = memory.forward_from(b, &seq.lookup, &seq.h);
             b.add_assign(&mut x, &b.slice_rows(&mem_out, start, n));
-            let tapes: Vec<Tape<B>> = self.layers[layer + 1..]
-                .iter()
-                .enumerate()
-                .map(|(i, l)| {
-                    let prefix = seq.frozen.as_ref().map(|f| (f.len, &f.qkv[i]));
-                    self.block_forward_taped(l, &mut x, prefix)
-                })
-                .collect();
-            let range = seq.loss_positions.clone();
-            scored.push(b.slice_rows(&x, range.start - start, range.end - start));
-            targets.extend_from_slice(&seq.tokens[range.start + 1..range.end + 1]);
-            runs.push((tapes, gate_tape));
+            parts.push(x);
+            gate_tapes.push(gate_tape);
+            spans.push(Span {
+                at,
+                start,
+                len: n - start,
+            });
+            at += n - start;
         }
-        let xs = b.concat_rows(&scored.iter().collect::<Vec<_>>());
+        let mut x = concat(b, parts);
+        let tapes: Vec<Tape<B>> = self.layers[layer + 1..]
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let prefixes: Vec<_> = seqs
+                    .iter()
+                    .map(|s| s.frozen.as_ref().map(|f| &f.qkv[i]))
+                    .collect();
+                self.block_forward_taped(l, &mut x, &spans, &prefixes)
+            })
+            .collect();
+        let mut scored = Vec::with_capacity(seqs.len());
+        let mut targets: Vec<u32> = Vec::new();
+        for (seq, s) in seqs.iter().zip(&spans) {
+            let range = seq.loss_positions.clone();
+            let first = s.at + range.start - s.start;
+            scored.push(b.slice_rows(&x, first, first + range.len()));
+            targets.extend_from_slice(&seq.tokens[range.start + 1..range.end + 1]);
+        }
+        let xs = concat(b, scored);
         let normed = b.rms_norm(&xs, &self.output_norm, c.norm_eps);
         let head = self.output.as_ref().unwrap_or(&self.token_embd);
         let logits = b.matmul(head, &normed);
@@ -261,27 +304,30 @@ impl<B: Backend> Model<B> {
         }
         let started = std::time::Instant::now();
 
-        // Backward: the head once, then each sequence's blocks.
+        // Backward: the head once, then the blocks over the batch, then each sequence's memory.
         let dnormed = b.matmul_backward(head, &dlogits);
         let dxs = b.rms_norm_backward(&xs, &self.output_norm, c.norm_eps, &dnormed);
-        let mut at = 0;
-        for (seq, (tapes, gate_tape)) in seqs.iter().zip(&runs) {
+        let mut scored_at = 0;
+        let mut dx_parts = Vec::with_capacity(seqs.len());
+        for (seq, s) in seqs.iter().zip(&spans) {
             let range = seq.loss_positions.clone();
-            let mine = b.slice_rows(&dxs, at, at + range.len());
-            at += range.len();
-            let n = seq.tokens.len();
-            let start = seq.frozen.as_ref().map_or(0, |f| f.len);
-            let mut dx = b.pad_rows(&mine, range.start - start, n - start);
-            for (l, tape) in self.layers[layer + 1..].iter().zip(tapes).rev() {
-                self.block_backward(l, tape, &mut dx);
-            }
+            let mine = b.slice_rows(&dxs, scored_at, scored_at + range.len());
+            scored_at += range.len();
+            dx_parts.push(b.pad_rows(&mine, range.start - s.start, s.len));
+        }
+        let mut dx = concat(b, dx_parts);
+        for (l, tape) in self.layers[layer + 1..].iter().zip(&tapes).rev() {
+            self.block_backward(l, tape, &spans, &mut dx);
+        }
+        for ((seq, s), gate_tape) in seqs.iter().zip(&spans).zip(&gate_tapes) {
+            let mine = b.slice_rows(&dx, s.at, s.at + s.len);
             // The frozen positions read no row asked for: their gradient is zero.
-            let dx = if start > 0 {
-                b.pad_rows(&dx, start, n)
+            let mine = if s.start > 0 {
+                b.pad_rows(&mine, s.start, s.start + s.len)
             } else {
-                dx
+                mine
             };
-            let dy = memory.backward_to_y(b, &dx, gate_tape.as_ref());
+            let dy = memory.backward_to_y(b, &mine, gate_tape.as_ref());
             b.add_assign(
                 &mut grads,
                 &b.value_grads(&seq.lookup.slots, &seq.lookup.weights, &dy, rows),
@@ -369,39 +415,50 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
-    /// One block forward over the positions from `start` on, recording its activations;
-    /// `prefix` is `(start, (q, k, v))` of the positions before them (after RoPE), `None`
-    /// when `x` is the whole sequence.
+    /// One block forward over a batch of sequences' positions (`spans`), recording its
+    /// activations; `prefixes[i]` is q, k (after RoPE) and v of sequence i's positions
+    /// before its span's `start`, `None` when that is 0.
     fn block_forward_taped(
         &self,
         l: &Layer<B>,
         x: &mut B::Tensor,
-        prefix: Option<(usize, &Qkv<B>)>,
+        spans: &[Span],
+        prefixes: &[Option<&Qkv<B>>],
     ) -> Tape<B> {
         let b = &self.backend;
         let c = &self.config;
         let shape = self.attention_shape();
-        let start = prefix.map_or(0, |(s, _)| s);
         let x_in = b.slice_rows(x, 0, b.shape(x).0);
         let h = b.rms_norm(x, &l.attn_norm, c.norm_eps);
-        let mut q = b.matmul(&l.wq, &h);
-        let mut k = b.matmul(&l.wk, &h);
-        let mut v = b.matmul(&l.wv, &h);
-        b.rope(&mut q, c.n_heads, c.head_dim, start, &c.rope);
-        b.rope(&mut k, c.n_kv_heads, c.head_dim, start, &c.rope);
-        if let Some((_, (pq, pk, pv))) = prefix {
-            q = b.concat_rows(&[pq, &q]);
-            k = b.concat_rows(&[pk, &k]);
-            v = b.concat_rows(&[pv, &v]);
+        let (q_all, k_all, v_all) = (
+            b.matmul(&l.wq, &h),
+            b.matmul(&l.wk, &h),
+            b.matmul(&l.wv, &h),
+        );
+        let mut qkv = Vec::with_capacity(spans.len());
+        let mut attn_parts = Vec::with_capacity(spans.len());
+        for (s, prefix) in spans.iter().zip(prefixes) {
+            let mut q = b.slice_rows(&q_all, s.at, s.at + s.len);
+            let mut k = b.slice_rows(&k_all, s.at, s.at + s.len);
+            let mut v = b.slice_rows(&v_all, s.at, s.at + s.len);
+            b.rope(&mut q, c.n_heads, c.head_dim, s.start, &c.rope);
+            b.rope(&mut k, c.n_kv_heads, c.head_dim, s.start, &c.rope);
+            if let Some((pq, pk, pv)) = prefix {
+                q = b.concat_rows(&[pq, &q]);
+                k = b.concat_rows(&[pk, &k]);
+                v = b.concat_rows(&[pv, &v]);
+            }
+            let total = s.start + s.len;
+            let mut cache = b.new_kv_cache(1, c.kv_dim(), total);
+            let attn = b.attention(&q, &k, &v, &mut cache, 0, shape);
+            attn_parts.push(if s.start > 0 {
+                b.slice_rows(&attn, s.start, total)
+            } else {
+                attn
+            });
+            qkv.push((q, k, v));
         }
-        let total = b.shape(&q).0;
-        let mut cache = b.new_kv_cache(1, c.kv_dim(), total);
-        let attn = b.attention(&q, &k, &v, &mut cache, 0, shape);
-        let attn = if start > 0 {
-            b.slice_rows(&attn, start, total)
-        } else {
-            attn
-        };
+        let attn = concat(b, attn_parts);
         b.add_assign(x, &b.matmul(&l.wo, &attn));
         let x_mid = b.slice_rows(x, 0, b.shape(x).0);
         let h2 = b.rms_norm(x, &l.ffn_norm, c.norm_eps);
@@ -409,19 +466,17 @@ impl<B: Backend> Model<B> {
         let up = b.matmul(&l.w_up, &h2);
         b.add_assign(x, &b.matmul(&l.w_down, &b.silu_mul(&gate, &up)));
         Tape {
-            start,
             x_in,
-            q,
-            k,
-            v,
+            qkv,
             x_mid,
             gate,
             up,
         }
     }
 
-    /// Turns `dx` (gradient at the block's output) into the gradient at its input.
-    fn block_backward(&self, l: &Layer<B>, t: &Tape<B>, dx: &mut B::Tensor) {
+    /// Turns `dx` (gradient at the block's output over the batch `spans`) into the gradient
+    /// at its input.
+    fn block_backward(&self, l: &Layer<B>, t: &Tape<B>, spans: &[Span], dx: &mut B::Tensor) {
         let b = &self.backend;
         let c = &self.config;
         // FFN: x_out = x_mid + W_down (silu(W_g h2) ⊙ W_u h2), h2 = norm(x_mid).
@@ -434,23 +489,37 @@ impl<B: Backend> Model<B> {
             &b.rms_norm_backward(&t.x_mid, &l.ffn_norm, c.norm_eps, &dh2),
         );
         // Attention: x_mid = x_in + W_o attn(rope(W_q h1), rope(W_k h1), W_v h1), h1 = norm(x_in).
-        let dattn = b.matmul_backward(&l.wo, dx);
-        let total = b.shape(&t.q).0;
-        let dattn = if t.start > 0 {
-            b.pad_rows(&dattn, t.start, total)
-        } else {
-            dattn
-        };
-        let (mut dq, mut dk, mut dv) =
-            b.attention_backward(&t.q, &t.k, &t.v, &dattn, self.attention_shape());
-        if t.start > 0 {
-            // The frozen positions' k and v are constants: only later positions carry on.
-            dq = b.slice_rows(&dq, t.start, total);
-            dk = b.slice_rows(&dk, t.start, total);
-            dv = b.slice_rows(&dv, t.start, total);
+        let dattn_all = b.matmul_backward(&l.wo, dx);
+        let mut dq_parts = Vec::with_capacity(spans.len());
+        let mut dk_parts = Vec::with_capacity(spans.len());
+        let mut dv_parts = Vec::with_capacity(spans.len());
+        for (s, (q, k, v)) in spans.iter().zip(&t.qkv) {
+            let total = s.start + s.len;
+            let dattn = b.slice_rows(&dattn_all, s.at, s.at + s.len);
+            let dattn = if s.start > 0 {
+                b.pad_rows(&dattn, s.start, total)
+            } else {
+                dattn
+            };
+            let (mut dq, mut dk, mut dv) =
+                b.attention_backward(q, k, v, &dattn, self.attention_shape());
+            if s.start > 0 {
+                // The frozen positions' k and v are constants: only later positions carry on.
+                dq = b.slice_rows(&dq, s.start, total);
+                dk = b.slice_rows(&dk, s.start, total);
+                dv = b.slice_rows(&dv, s.start, total);
+            }
+            b.rope_backward(&mut dq, c.n_heads, c.head_dim, s.start, &c.rope);
+            b.rope_backward(&mut dk, c.n_kv_heads, c.head_dim, s.start, &c.rope);
+            dq_parts.push(dq);
+            dk_parts.push(dk);
+            dv_parts.push(dv);
         }
-        b.rope_backward(&mut dq, c.n_heads, c.head_dim, t.start, &c.rope);
-        b.rope_backward(&mut dk, c.n_kv_heads, c.head_dim, t.start, &c.rope);
+        let (dq, dk, dv) = (
+            concat(b, dq_parts),
+            concat(b, dk_parts),
+            concat(b, dv_parts),
+        );
         let mut dh1 = b.matmul_backward(&l.wq, &dq);
         b.add_assign(&mut dh1, &b.matmul_backward(&l.wk, &dk));
         b.add_assign(&mut dh1, &b.matmul_backward(&l.wv, &dv));
@@ -459,4 +528,12 @@ impl<B: Backend> Model<B> {
             &b.rms_norm_backward(&t.x_in, &l.attn_norm, c.norm_eps, &dh1),
         );
     }
+}
+
+/// The rows of `parts` stacked in order (the one part itself when there is one).
+fn concat<B: Backend>(b: &B, mut parts: Vec<B::Tensor>) -> B::Tensor {
+    if parts.len() == 1 {
+        return parts.pop().expect("one part");
+    }
+    b.concat_rows(&parts.iter().collect::<Vec<_>>())
 }

@@ -1,5 +1,7 @@
 //! The reference backend: SIMD dot products (runtime-detected) on a rayon thread pool.
 
+use std::sync::{Arc, Mutex};
+
 use rayon::prelude::*;
 
 use super::{AttentionShape, Backend, ProductKeyShape, Rope, RopeLayout, WeightSource};
@@ -29,11 +31,18 @@ pub struct CpuTensor {
 pub struct CpuWeight {
     src: WeightSource,
     row_bytes: usize,
+    /// Rows × cols f32 copy, present while [`Backend::keep_dense`] asks for it.
+    dense: Mutex<Option<Arc<Vec<f32>>>>,
 }
 
 impl CpuWeight {
     fn row(&self, r: usize) -> &[u8] {
         &self.src.bytes.as_slice()[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+
+    fn dense(&self) -> Option<Arc<Vec<f32>>> {
+        // A panic elsewhere cannot leave the Option half-written: use it as it is.
+        self.dense.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -76,6 +85,75 @@ fn is_float(dtype: GgmlType) -> bool {
     matches!(dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
 }
 
+impl CpuBackend {
+    /// a (m × k, row-major) · b (k × n, element (i, j) at `b[i·strides.0 + j·strides.1]`),
+    /// row-major m × n. Each thread computes its own block of columns, so the result does
+    /// not depend on scheduling.
+    fn gemm(
+        &self,
+        a: &[f32],
+        m: usize,
+        k: usize,
+        b: &[f32],
+        strides: (usize, usize),
+        n: usize,
+    ) -> Vec<f32> {
+        let (rsb, csb) = strides;
+        assert_eq!(a.len(), m * k, "gemm: left operand is not m × k");
+        let last = (k.max(1) - 1) * rsb + (n.max(1) - 1) * csb;
+        assert!(
+            m == 0 || k == 0 || n == 0 || last < b.len(),
+            "gemm: right operand too small"
+        );
+        let mut out = vec![0f32; m * n];
+        if m == 0 || n == 0 {
+            return out;
+        }
+        // Multiples of 16 columns keep every block on the kernel's full width.
+        let width = n.div_ceil(self.threads()).next_multiple_of(16).min(n);
+        let blocks: Vec<Vec<f32>> = self.pool.install(|| {
+            (0..n.div_ceil(width))
+                .into_par_iter()
+                .map(|bi| {
+                    let (j0, j1) = (bi * width, ((bi + 1) * width).min(n));
+                    let cols = j1 - j0;
+                    let mut c = vec![0f32; m * cols];
+                    // SAFETY: `a` holds m × k values read with strides (k, 1); `b` from
+                    // offset j0·csb holds element (i, j) for i < k, j < cols at
+                    // i·rsb + j·csb ≤ `last` (asserted above); `c` holds m × cols values
+                    // written with strides (cols, 1). No operand aliases another.
+                    unsafe {
+                        matrixmultiply::sgemm(
+                            m,
+                            k,
+                            cols,
+                            1.0,
+                            a.as_ptr(),
+                            k as isize,
+                            1,
+                            b.as_ptr().add(j0 * csb),
+                            rsb as isize,
+                            csb as isize,
+                            0.0,
+                            c.as_mut_ptr(),
+                            cols as isize,
+                            1,
+                        );
+                    }
+                    c
+                })
+                .collect()
+        });
+        for (bi, c) in blocks.iter().enumerate() {
+            let (j0, cols) = (bi * width, c.len() / m);
+            for (row, src) in out.chunks_exact_mut(n).zip(c.chunks_exact(cols)) {
+                row[j0..j0 + cols].copy_from_slice(src);
+            }
+        }
+        out
+    }
+}
+
 /// Rows of weights per parallel task: enough tasks to balance threads, few enough to amortize.
 fn rows_per_task(rows: usize, threads: usize) -> usize {
     (rows / (threads * 8)).clamp(4, 256)
@@ -113,7 +191,27 @@ impl Backend for CpuBackend {
         Ok(CpuWeight {
             src: w.clone(),
             row_bytes,
+            dense: Mutex::new(None),
         })
+    }
+
+    fn keep_dense(&self, w: &CpuWeight, keep: bool) {
+        let mut slot = w.dense.lock().unwrap_or_else(|e| e.into_inner());
+        if !keep {
+            *slot = None;
+            return;
+        }
+        if slot.is_some() {
+            return;
+        }
+        let cols = w.src.cols;
+        let mut data = vec![0f32; w.src.rows * cols];
+        self.pool.install(|| {
+            data.par_chunks_mut(cols)
+                .enumerate()
+                .for_each(|(r, out)| dequantize_row(w.src.dtype, w.row(r), out));
+        });
+        *slot = Some(Arc::new(data));
     }
 
     fn upload(&self, data: &[f32], rows: usize, cols: usize) -> CpuTensor {
@@ -192,6 +290,15 @@ impl Backend for CpuBackend {
     fn matmul(&self, w: &CpuWeight, x: &CpuTensor) -> CpuTensor {
         assert_eq!(x.cols, w.src.cols, "matmul {}: input width", w.src.name);
         let (n, k, rows) = (x.rows, x.cols, w.src.rows);
+        if let Some(dense) = w.dense() {
+            // W read as its transpose: element (i, j) of Wᵀ is W[j][i].
+            let data = self.gemm(&x.data, n, k, &dense, (1, k), rows);
+            return CpuTensor {
+                data,
+                rows: n,
+                cols: rows,
+            };
+        }
         let dtype = w.src.dtype;
         self.pool.install(|| {
             let blocks = k / QK;
@@ -431,6 +538,14 @@ impl Backend for CpuBackend {
             "matmul_backward {}: gradient width",
             w.src.name
         );
+        if let Some(dense) = w.dense() {
+            let data = self.gemm(&dy.data, n, rows, &dense, (cols, 1), cols);
+            return CpuTensor {
+                data,
+                rows: n,
+                cols,
+            };
+        }
         let dtype = w.src.dtype;
         // A fixed split into partial sums added in a fixed order: the same inputs give the
         // same bits on every run (rayon's fold/reduce would group by work-stealing luck).
