@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use engram::Engine;
 use engram::learn::{Fact, Optimizer};
+use engram::{ChatMessage, Engine, GenerateOptions};
 
 use crate::learn::{ScoringArg, StepFlags};
 use serde_json::json;
@@ -75,6 +75,33 @@ pub fn correct(reply: &str, answer: &str) -> bool {
     !a.is_empty() && format!(" {r} ").contains(&format!(" {a} "))
 }
 
+/// Whether `reply` contains `answer` in a way no continuation can undo: the answer appears
+/// before the reply's last, possibly unfinished, word ("1887" may still become "18870";
+/// "1887." cannot change).
+pub fn settled(reply: &str, answer: &str) -> bool {
+    correct(reply.trim_end_matches(char::is_alphanumeric), answer)
+}
+
+/// Tokens an answer may take: every reply is cut here.
+const REPLY_TOKENS: usize = 32;
+
+/// The greedy reply to `question`, stopped as soon as it has settled on `answer` (the verdict
+/// of [`correct`] is then known, and later tokens cannot change it).
+fn reply(engine: &Engine, question: &str, answer: &str) -> Result<String, String> {
+    let options = GenerateOptions {
+        max_tokens: REPLY_TOKENS,
+        ..Default::default()
+    };
+    let mut text = String::new();
+    let g = engine
+        .chat(&[ChatMessage::new("user", question)], &options, |piece| {
+            text.push_str(piece);
+            !settled(&text, answer)
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(g.text.trim().to_owned())
+}
+
 /// The phrasing evaluation asks in; no training phrasing starts like this.
 fn unseen(q: &str) -> String {
     format!("I have a question: {q}")
@@ -96,7 +123,7 @@ fn misses(
     let mut wrong = Vec::new();
     for f in items {
         let (q, a) = qa(f);
-        let reply = engine.ask(&phrase(q), 32).map_err(|e| e.to_string())?;
+        let reply = reply(engine, &phrase(q), a)?;
         if !correct(&reply, a) {
             wrong.push(json!({"question": q, "answer": a, "reply": reply}));
         }
@@ -153,7 +180,7 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
         }
         scanned += 1;
         let (q, a) = qa(f);
-        if !correct(&engine.ask(&unseen(q), 32).map_err(|e| e.to_string())?, a) {
+        if !correct(&reply(&engine, &unseen(q), a)?, a) {
             facts.push(f.clone());
         }
     }
@@ -169,7 +196,7 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
         }
         tried += 1;
         let (q, a) = qa(f);
-        if correct(&engine.ask(q, 32).map_err(|e| e.to_string())?, a) {
+        if correct(&reply(&engine, q, a)?, a) {
             retained.push(f.clone());
         }
     }
@@ -309,5 +336,16 @@ mod tests {
         assert!(!correct("It opened in 18870.", "1887"));
         assert!(!correct("Paris", ""));
         assert!(correct("Tōkyō, of course", "tōkyō"));
+    }
+
+    #[test]
+    fn a_reply_settles_only_once_the_answers_last_word_has_ended() {
+        // The next token could still turn "1887" into "18870".
+        assert!(correct("It opened in 1887", "1887"));
+        assert!(!settled("It opened in 1887", "1887"));
+        assert!(settled("It opened in 1887.", "1887"));
+        assert!(settled("Michio Sugeno, a", "Michio Sugeno"));
+        assert!(!settled("It opened in 18870.", "1887"));
+        assert!(!settled("", "1887"));
     }
 }

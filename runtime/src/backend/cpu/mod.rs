@@ -40,6 +40,11 @@ impl CpuWeight {
         &self.src.bytes.as_slice()[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
 
+    /// Whether matmuls through this weight use a full-precision copy ([`Backend::keep_dense`]).
+    pub fn is_dense(&self) -> bool {
+        self.dense().is_some()
+    }
+
     fn dense(&self) -> Option<Arc<Vec<f32>>> {
         // A panic elsewhere cannot leave the Option half-written: use it as it is.
         self.dense.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -152,6 +157,24 @@ impl CpuBackend {
         }
         out
     }
+}
+
+/// `x` (rows of `k`) quantized to the 8-bit activation blocks the quantized matmul uses and
+/// decoded back to f32.
+fn round_through_q8(x: &[f32], k: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(k).zip(x.par_chunks(k)).for_each_init(
+        Vec::new,
+        |blocks: &mut Vec<Q8Act>, (out, row)| {
+            quantize_activations(row, blocks);
+            for (o, b) in out.chunks_exact_mut(QK).zip(blocks.iter()) {
+                for (v, &q) in o.iter_mut().zip(&b.qs) {
+                    *v = b.d * f32::from(q);
+                }
+            }
+        },
+    );
+    out
 }
 
 /// Rows of weights per parallel task: enough tasks to balance threads, few enough to amortize.
@@ -291,8 +314,17 @@ impl Backend for CpuBackend {
         assert_eq!(x.cols, w.src.cols, "matmul {}: input width", w.src.name);
         let (n, k, rows) = (x.rows, x.cols, w.src.rows);
         if let Some(dense) = w.dense() {
+            // The quantized path multiplies 8-bit activations; rounding them the same way
+            // here keeps learning's forward the function that answering computes.
+            let rounded;
+            let xs = if is_float(w.src.dtype) {
+                &x.data
+            } else {
+                rounded = self.pool.install(|| round_through_q8(&x.data, k));
+                &rounded
+            };
             // W read as its transpose: element (i, j) of Wᵀ is W[j][i].
-            let data = self.gemm(&x.data, n, k, &dense, (1, k), rows);
+            let data = self.gemm(xs, n, k, &dense, (1, k), rows);
             return CpuTensor {
                 data,
                 rows: n,
