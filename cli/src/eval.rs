@@ -232,12 +232,17 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
         // rows shared between facts are where later facts overwrite earlier ones.
         let mut changed = std::collections::HashSet::new();
         let mut selected = 0usize;
+        // Mean loss per scored token of each fact's training phrasings before and after its
+        // steps: a fact that reaches a low loss but is not answered failed to generalize to
+        // the unseen phrasing; one that does not reach it failed to fit.
+        let mut fact_losses = Vec::with_capacity(facts.len());
         for (i, fact) in facts.iter().enumerate() {
             let r = engine
                 .learn(std::slice::from_ref(fact), &opts, &mut |_, _, _| true)
                 .map_err(|e| e.to_string())?;
             learn_secs += r.total.as_secs_f64();
             for f in &r.facts {
+                fact_losses.push([f.loss_before, f.loss_after]);
                 selected += f.rows.len();
                 changed.extend(f.rows.iter().copied());
             }
@@ -291,6 +296,7 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
             "rows_changed": changed.len(),
             "rows_reselected_share": reselected_share,
             "curve": curve,
+            "fact_losses": fact_losses,
             "forgotten": forgotten,
         }));
     }

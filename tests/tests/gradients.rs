@@ -29,6 +29,33 @@ fn axpy(x: &[f32], a: f32, u: &[f32]) -> Vec<f32> {
     x.iter().zip(u).map(|(&x, &u)| x + a * u).collect()
 }
 
+/// Asserts that two learning gradients of the same sequences agree (loss within 1e-5, every
+/// gradient entry within 1e-4 of the largest one, which must be non-zero); the worst gap.
+fn same_gradient<B: Backend>(
+    b: &B,
+    got: &engram::model::SequenceGradient<B>,
+    want: &engram::model::SequenceGradient<B>,
+    what: &str,
+) -> f32 {
+    assert!(
+        (got.loss - want.loss).abs() <= 1e-5 * want.loss.abs(),
+        "{what}: loss {} vs {}",
+        got.loss,
+        want.loss
+    );
+    let (a, w) = (b.download(&got.grads), b.download(&want.grads));
+    let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = a
+        .iter()
+        .zip(&w)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(
+        scale > 0.0 && worst <= 1e-4 * scale,
+        "{what}: gradients differ by {worst:.3e} (largest {scale:.3e})"
+    );
+    worst
+}
+
 /// Checks `grad` (analytic d f / d x) against central differences of `f` along random
 /// directions.
 fn check(name: &str, x: &[f32], grad: &[f32], eps: f32, f: &dyn Fn(&[f32]) -> f64) {
@@ -415,24 +442,11 @@ fn value_gradients_match_finite_differences_through_the_model() {
             "gated {gated}: only {frozen} positions were frozen"
         );
         let fast = model.value_gradients(&seqs, &late).unwrap();
-        assert!(
-            (fast.loss - plain.loss).abs() <= 1e-5 * plain.loss.abs(),
-            "gated {gated}: loss {} with a frozen prefix vs {}",
-            fast.loss,
-            plain.loss
-        );
-        let (a, b) = (
-            model.backend().download(&fast.grads),
-            model.backend().download(&plain.grads),
-        );
-        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let worst = a
-            .iter()
-            .zip(&b)
-            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(
-            scale > 0.0 && worst <= 1e-4 * scale,
-            "gated {gated}: gradients differ by {worst:.3e} (largest {scale:.3e})"
+        let worst = same_gradient(
+            model.backend(),
+            &fast,
+            &plain,
+            &format!("gated {gated}, frozen prefix"),
         );
         // A row outside the frozen set could be read in the prefix: refused.
         let outside = all_rows
@@ -524,24 +538,11 @@ fn value_gradients_match_finite_differences_through_the_model() {
         model.keep_dense_above_memory(false).unwrap();
         let dense = dense.unwrap();
         let plain_pair = model.value_gradients(&pair, &late_pair).unwrap();
-        assert!(
-            (dense.loss - plain_pair.loss).abs() <= 1e-5 * plain_pair.loss.abs(),
-            "gated {gated}: dense loss {} vs {}",
-            dense.loss,
-            plain_pair.loss
-        );
-        let (a, b) = (
-            model.backend().download(&dense.grads),
-            model.backend().download(&plain_pair.grads),
-        );
-        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let worst = a
-            .iter()
-            .zip(&b)
-            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(
-            scale > 0.0 && worst <= 1e-4 * scale,
-            "gated {gated}: dense gradients differ by {worst:.3e} (largest {scale:.3e})"
+        let worst = same_gradient(
+            model.backend(),
+            &dense,
+            &plain_pair,
+            &format!("gated {gated}, dense copies"),
         );
         eprintln!("dense copies (gated {gated}): gradients within {worst:.2e}");
     }
