@@ -65,6 +65,10 @@ pub struct RetrofitArgs {
     /// memory's output there (0 = none; learning then has no background anchor).
     #[arg(long, default_value_t = RetrofitOptions::default().sample_tokens)]
     sample_tokens: usize,
+    /// Softmax temperature of the lookup over each head's top-k picks (above 1: each token
+    /// reads its picks more evenly, so what a fact writes is spread thin over many rows).
+    #[arg(long, default_value_t = RetrofitOptions::default().temperature)]
+    temperature: f32,
 }
 
 /// `--init` values.
@@ -133,6 +137,7 @@ pub fn run(engine: Engine, args: &RetrofitArgs) -> Result<(), String> {
         seed: args.seed,
         chat_fraction: args.chat_fraction,
         sample_tokens: args.sample_tokens,
+        temperature: args.temperature,
     };
     // Everything that can be refused is refused before the long work starts.
     opts.validate(&engine.model().config)

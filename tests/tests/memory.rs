@@ -464,3 +464,70 @@ fn fingerprint_changes_with_the_weights_only() {
     assert_eq!(a.fingerprint(), tiny_engine(4).fingerprint());
     assert_eq!(a.fingerprint().len(), 32);
 }
+
+#[test]
+fn lookup_temperature_keeps_the_picks_and_flattens_their_weights() {
+    let engine = tiny_engine(4);
+    let config = MemoryConfig {
+        layers: vec![1],
+        n_keys: 8,
+        heads: 2,
+        top_k: 4,
+        k_dim: 8,
+        gated: false,
+    };
+    let at = |temperature: f32| {
+        let opts = RetrofitOptions {
+            config: config.clone(),
+            batch_tokens: 32,
+            fit_samples: 64,
+            temperature,
+            ..Default::default()
+        };
+        make_store(
+            &engine,
+            &opts,
+            &["some background text to fit on ".repeat(8)],
+        )
+    };
+    let (sharp, flat) = (at(1.0), at(2.0));
+    let (a, b) = (&sharp.layers[0], &flat.layers[0]);
+    assert_eq!(
+        a.keys, b.keys,
+        "the sub-keys must not depend on the temperature"
+    );
+    assert_eq!(
+        a.background.sample.slots, b.background.sample.slots,
+        "the temperature changed which slots are read"
+    );
+    assert_eq!(a.background.count, b.background.count);
+    assert!(!a.background.sample.slots.is_empty());
+    // softmax(s / 2) over a head's picks is softmax(s) with every weight square-rooted and
+    // renormalized.
+    let mut top = (0f32, 0f32);
+    for (wa, wb) in a
+        .background
+        .sample
+        .weights
+        .chunks_exact(4)
+        .zip(b.background.sample.weights.chunks_exact(4))
+    {
+        let root: Vec<f32> = wa.iter().map(|w| w.sqrt()).collect();
+        let sum: f32 = root.iter().sum();
+        for (r, &w) in root.iter().zip(wb) {
+            assert!((r / sum - w).abs() < 1e-4, "{wa:?} at T 2 gave {wb:?}");
+        }
+        top.0 += wa.iter().copied().fold(0.0, f32::max);
+        top.1 += wb.iter().copied().fold(0.0, f32::max);
+    }
+    assert!(top.1 < top.0, "T 2 did not flatten the weights: {top:?}");
+    for bad in [0.0, -1.0, f32::NAN, 1000.0] {
+        let opts = RetrofitOptions {
+            config: config.clone(),
+            temperature: bad,
+            ..Default::default()
+        };
+        let err = opts.validate(&engine.model().config).unwrap_err();
+        assert!(err.to_string().contains("temperature"), "{bad}: {err}");
+    }
+}
