@@ -275,16 +275,21 @@ fn tiny_engine(seed: u64) -> Engine {
     Engine::open(&path, &EngineOptions::default()).unwrap()
 }
 
+/// A memory shaped for the tiny model: 64 slots, 2 heads of 4 picks, beside block 1.
+fn tiny_config() -> MemoryConfig {
+    MemoryConfig {
+        layers: vec![1],
+        n_keys: 8,
+        heads: 2,
+        top_k: 4,
+        k_dim: 8,
+        gated: false,
+    }
+}
+
 fn tiny_store(engine: &Engine) -> MemoryStore {
     let opts = RetrofitOptions {
-        config: MemoryConfig {
-            layers: vec![1],
-            n_keys: 8,
-            heads: 2,
-            top_k: 4,
-            k_dim: 8,
-            gated: false,
-        },
+        config: tiny_config(),
         batch_tokens: 32,
         fit_samples: 64,
         ..Default::default()
@@ -468,14 +473,7 @@ fn fingerprint_changes_with_the_weights_only() {
 #[test]
 fn lookup_temperature_keeps_the_picks_and_flattens_their_weights() {
     let engine = tiny_engine(4);
-    let config = MemoryConfig {
-        layers: vec![1],
-        n_keys: 8,
-        heads: 2,
-        top_k: 4,
-        k_dim: 8,
-        gated: false,
-    };
+    let config = tiny_config();
     let at = |temperature: f32| {
         let opts = RetrofitOptions {
             config: config.clone(),

@@ -136,7 +136,7 @@ pub enum Optimizer {
     /// AdamW with its moments kept only for rows while they are selected: a row's state
     /// starts fresh each time a fact selects it and is dropped after, so momentum never keeps
     /// moving rows chosen for an earlier fact. Its learning rate is per element (0.5 works on
-    /// the default model where SGD needs 60,000).
+    /// the default model where SGD needs 15,000).
     AdamW {
         /// First-moment decay.
         beta1: f32,
@@ -256,13 +256,12 @@ impl Default for LearnOptions {
     fn default() -> Self {
         LearnOptions {
             // Tuned on the default model and memory: the value rows start at zero and are read
-            // with softmax weights of a few percent, so steps must be large. 60,000 goes with
-            // the store's lookup temperature 4 (RetrofitOptions::temperature): the output moves
-            // with lr · Σw², and flatter weights need a proportionally larger rate. 12 steps with the
+            // with softmax weights of a few percent, so steps must be large (a store with a
+            // flatter lookup, RetrofitOptions::temperature T, needs about T times the rate). 12 steps with the
             // background anchor instead of 6 (25 SimpleQA facts, subset A): learned 20 % -> 52 %,
             // retention 87.5 % either way; 6 steps at lr 30,000 learned 48 % but kept 80 %.
             steps: 12,
-            learning_rate: 60_000.0,
+            learning_rate: 15_000.0,
             top_t: 500,
             scoring: SlotScoring::TfIdf,
             optimizer: Optimizer::Sgd,
