@@ -257,8 +257,8 @@ impl Default for LearnOptions {
         LearnOptions {
             // Tuned on the default model and memory: the value rows start at zero and are read
             // with softmax weights of a few percent, so steps must be large (a store with a
-            // flatter lookup, RetrofitOptions::temperature T, needs about T times the rate). 12 steps with the
-            // background anchor instead of 6 (25 SimpleQA facts, subset A): learned 20 % -> 52 %,
+            // flatter lookup, RetrofitOptions::temperature T, needs about T times the rate).
+            // 12 steps with the background anchor instead of 6 (25 SimpleQA facts, subset A): learned 20 % -> 52 %,
             // retention 87.5 % either way; 6 steps at lr 30,000 learned 48 % but kept 80 %.
             steps: 12,
             learning_rate: 15_000.0,
