@@ -629,3 +629,31 @@ fn facts_files_parse_and_bad_lines_are_named() {
             .contains("bad.csv:1")
     );
 }
+
+#[test]
+fn training_phrasings_target_only_what_the_fact_says() {
+    let engine = Engine::open(default_model(), &EngineOptions::default()).unwrap();
+    let tok = engine.tokenizer();
+    let fact = Fact::qa("Who won the 1931 Quiz Cup?", "Ana Porto");
+    let targets: Vec<String> = engram::learn::examples(tok, &fact)
+        .unwrap()
+        .iter()
+        .map(|e| tok.decode(&e.tokens[e.targets.start + 1..e.targets.end + 1], false))
+        .collect();
+    eprintln!("targets: {targets:?}");
+    for t in &targets {
+        assert!(t.contains("Ana Porto"), "{t:?} misses the answer");
+        // A canned opening is context, never a target: trained with every fact it became the
+        // opening of every answer ("The answer is: The answer is: …").
+        assert!(
+            !t.contains("The answer is"),
+            "{t:?} trains the canned opening"
+        );
+    }
+    let whole: Vec<String> = engram::learn::examples(tok, &fact)
+        .unwrap()
+        .iter()
+        .map(|e| tok.decode(&e.tokens, false))
+        .collect();
+    assert!(whole.iter().any(|w| w.contains("The answer is Ana Porto.")));
+}

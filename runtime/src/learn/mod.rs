@@ -414,30 +414,30 @@ pub struct Example {
     pub targets: Range<usize>,
 }
 
-/// Renders a chat exchange and marks the assistant's reply (and its end-of-turn) as targets.
-fn chat_example(tok: &Tokenizer, system: Option<&str>, user: &str, reply: &str) -> Result<Example> {
-    let mut messages: Vec<ChatMessage> = system
-        .map(|s| ChatMessage::new("system", s))
-        .into_iter()
-        .collect();
-    messages.push(ChatMessage::new("user", user));
-    let prompt = tok.apply_chat_template(&messages, true)?;
-    messages.push(ChatMessage::new("assistant", reply));
+/// Renders a chat exchange whose reply is `lead` + `reply` and marks `reply` (and its
+/// end-of-turn) as targets. The lead is context only: a canned opening such as "The answer is"
+/// trained with every fact would become the model's opening for every question.
+fn chat_example(tok: &Tokenizer, user: &str, lead: &str, reply: &str) -> Result<Example> {
+    let mut messages = vec![ChatMessage::new("user", user)];
+    let prompt = format!("{}{lead}", tok.apply_chat_template(&messages, true)?);
+    messages.push(ChatMessage::new("assistant", &format!("{lead}{reply}")));
     let full = tok.apply_chat_template(&messages, false)?;
     let p = tok.encode(&prompt, true)?;
     let f = tok.encode(&full, true)?;
-    // The reply ends at the first stop token after the prompt.
-    let end = f[p.len()..]
+    // Where the reply's tokens begin: BPE may merge the lead's last characters into them.
+    let start = p.iter().zip(&f).take_while(|(a, b)| a == b).count();
+    // The reply ends at the first stop token after its start.
+    let end = f[start..]
         .iter()
         .position(|t| tok.stop_tokens.contains(t))
-        .map_or(f.len(), |i| p.len() + i + 1);
-    if f[..p.len()] != p[..] || end <= p.len() {
+        .map_or(f.len(), |i| start + i + 1);
+    if start == 0 || !full.starts_with(&prompt) || end <= start {
         return Err(Error::Template(
             "the chat template does not render the reply after the prompt".into(),
         ));
     }
     Ok(Example {
-        targets: p.len() - 1..end - 1,
+        targets: start - 1..end - 1,
         tokens: f[..end].to_vec(),
     })
 }
@@ -472,8 +472,8 @@ pub fn examples(tok: &Tokenizer, fact: &Fact) -> Result<Vec<Example>> {
                 ));
             }
             Ok(vec![
-                chat_example(tok, None, q, a)?,
-                chat_example(tok, None, q, &format!("The answer is {a}."))?,
+                chat_example(tok, q, "", a)?,
+                chat_example(tok, q, "The answer is", &format!(" {a}."))?,
                 text_example(tok, &format!("Question: {q}\nAnswer:"), &format!(" {a}"))?,
                 text_example(tok, &format!("Q: {q}\nA:"), &format!(" {a}"))?,
                 text_example(tok, q, &format!(" {a}"))?,
@@ -488,8 +488,8 @@ pub fn examples(tok: &Tokenizer, fact: &Fact) -> Result<Vec<Example>> {
                 text_example(tok, "", t)?,
                 text_example(tok, "Note: ", t)?,
                 text_example(tok, "Remember this. ", t)?,
-                chat_example(tok, None, "Tell me something you know about me.", t)?,
-                chat_example(tok, None, &format!("{}...?", note_opening(t)), t)?,
+                chat_example(tok, "Tell me something you know about me.", "", t)?,
+                chat_example(tok, &format!("{}...?", note_opening(t)), "", t)?,
             ])
         }
     }
