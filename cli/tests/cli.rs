@@ -208,7 +208,7 @@ fn retrofit_refuses_bad_config_and_writes_nothing() {
     for (flag, value, needle) in [
         ("--layer", "30", "layer 30 is out of range"),
         ("--k-dim", "255", "k_dim 255 must be even"),
-        ("--top-k", "300", "top_k 300"),
+        ("--top-k", "600", "top_k 600"),
         ("--heads", "0", "heads 0"),
         ("--n-keys", "70000", "n_keys 70000"),
     ] {

@@ -399,7 +399,7 @@ fn configs_that_do_not_fit_the_model_are_refused_before_work() {
         ),
         (
             MemoryConfig {
-                top_k: 300,
+                top_k: 600,
                 ..Default::default()
             },
             "top_k",

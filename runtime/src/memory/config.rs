@@ -21,11 +21,15 @@ pub struct MemoryConfig {
 }
 
 impl Default for MemoryConfig {
-    /// The defaults for SmolLM2-135M: one memory in the upper half, 65,536 slots.
+    /// The defaults for SmolLM2-135M: one memory in the upper half, 262,144 slots.
     fn default() -> Self {
         MemoryConfig {
             layers: vec![20],
-            n_keys: 256,
+            // 100 SimpleQA facts one after another (T 4, lr 60,000): 65,536 slots learned
+            // 56 % and kept 56 % of 150 general answers, 262,144 slots 68 % and 91.3 %; in the
+            // smaller memory later facts kept landing on rows earlier facts had changed
+            // (62.7 % of the selections against 38.9 %). The values take 604 MB as f32.
+            n_keys: 512,
             heads: 4,
             top_k: 32,
             k_dim: 256,
