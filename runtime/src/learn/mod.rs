@@ -422,7 +422,7 @@ pub struct Example {
 fn chat_example(tok: &Tokenizer, user: &str, lead: &str, reply: &str) -> Result<Example> {
     let mut messages = vec![ChatMessage::new("user", user)];
     let prompt = format!("{}{lead}", tok.apply_chat_template(&messages, true)?);
-    messages.push(ChatMessage::new("assistant", &format!("{lead}{reply}")));
+    messages.push(ChatMessage::new("assistant", format!("{lead}{reply}")));
     let full = tok.apply_chat_template(&messages, false)?;
     let p = tok.encode(&prompt, true)?;
     let f = tok.encode(&full, true)?;
