@@ -45,12 +45,22 @@ fn fitted_store() -> &'static MemoryStore {
     static STORE: OnceLock<MemoryStore> = OnceLock::new();
     STORE.get_or_init(|| {
         let engine = open(None).unwrap();
-        let opts = RetrofitOptions {
-            max_tokens: 4096,
-            ..Default::default()
-        };
-        make_store(&engine, &opts, &background_documents())
+        make_store(&engine, &usage_test_options(), &background_documents())
     })
+}
+
+/// 4,096 background tokens into 65,536 slots (the default shape with 256 sub-keys per half):
+/// 8 reads per slot on average, enough for even use to be measurable (the default 262,144
+/// slots would get 2, and a uniformly random lookup would leave 13.5 % of them unread).
+fn usage_test_options() -> RetrofitOptions {
+    RetrofitOptions {
+        config: MemoryConfig {
+            n_keys: 256,
+            ..Default::default()
+        },
+        max_tokens: 4096,
+        ..Default::default()
+    }
 }
 
 /// Token ids of a chat prompt and a raw prompt.
@@ -170,9 +180,8 @@ fn fitted_retrofit_uses_slots_evenly_and_beats_random_init() {
     let fitted = fitted_store().usage()[0];
     let engine = open(None).unwrap();
     let opts = RetrofitOptions {
-        max_tokens: 4096,
         init: Init::Random,
-        ..Default::default()
+        ..usage_test_options()
     };
     let random = make_store(&engine, &opts, &background_documents()).usage()[0];
     let show = |name: &str, u: &SlotUsage| {
