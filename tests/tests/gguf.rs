@@ -80,6 +80,36 @@ fn writer_round_trips_every_value_type_and_tensor() {
     assert_eq!(w2.to_bytes(), w.to_bytes());
 }
 
+/// A mapped f32 tensor larger than one copy piece (16 MiB) reads back exactly, and again after
+/// its pages were handed back to the kernel: the release must not change what is read.
+#[test]
+fn large_mapped_f32_tensors_read_back_exactly_after_their_pages_are_released() {
+    let n = 5 << 20; // 20 MiB of f32, with a tensor before it so the offset is not a page start
+    let big: Vec<f32> = (0..n).map(|i| (i as f32 * 0.001).sin()).collect();
+    let mut w = GgufWriter::new();
+    w.add_f32("small", &[3], &[1.0, 2.0, 3.0]).unwrap();
+    w.add_f32("big", &[1024, (n / 1024) as u64], &big).unwrap();
+    let path = std::env::temp_dir().join(format!("engram-f32-{}.gguf", std::process::id()));
+    w.write_atomic(&path).unwrap();
+    let g = Gguf::open(&path).unwrap();
+    let t = g.tensor("big").unwrap().clone();
+    for pass in 0..2 {
+        assert!(g.tensor_f32(&t) == big, "pass {pass}: values differ");
+    }
+    let raw: Vec<f32> = g
+        .tensor_data(&t)
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert!(raw == big, "the mapped bytes changed after the release");
+    assert_eq!(
+        g.tensor_f32(g.tensor("small").unwrap()),
+        vec![1.0, 2.0, 3.0]
+    );
+    drop(g);
+    std::fs::remove_file(&path).unwrap();
+}
+
 #[test]
 fn writer_refuses_inconsistent_tensors() {
     let mut w = GgufWriter::new();

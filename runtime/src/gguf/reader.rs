@@ -285,6 +285,44 @@ impl Gguf {
         &self.storage.as_slice()[start..start + info.size]
     }
 
+    /// A tensor's bytes as little-endian f32, copied out a few MiB at a time. The mapped
+    /// pages of each piece are handed back to the kernel once copied: otherwise a large
+    /// tensor (a memory's 604 MB of values) counts twice in this process's memory, as its
+    /// copy and as the file's pages, until the file is closed.
+    pub fn tensor_f32(&self, info: &TensorInfo) -> Vec<f32> {
+        /// Bytes copied between releases (a multiple of 4 and of any page size).
+        const PIECE: usize = 16 << 20;
+        let start = self.data_offset + info.offset as usize;
+        let bytes = &self.storage.as_slice()[start..start + info.size];
+        let mut out = Vec::with_capacity(info.size / 4);
+        for (i, piece) in bytes.chunks(PIECE).enumerate() {
+            out.extend(
+                piece
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            );
+            self.release(start + i * PIECE, piece.len());
+        }
+        out
+    }
+
+    /// Drops the resident pages of `len` bytes at `offset` of a mapped file; the next read
+    /// of them faults them in again from the file, so nothing that reads them changes.
+    #[cfg(unix)]
+    fn release(&self, offset: usize, len: usize) {
+        if let Storage::Mapped(m) = self.storage.as_ref() {
+            // SAFETY: the mapping is private and read-only, so dropping its pages loses no
+            // data: they are read again from the unchanged file on the next access. Failure
+            // only means the pages stay resident, which is what happens without the call.
+            let _ = unsafe {
+                m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+            };
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn release(&self, _offset: usize, _len: usize) {}
+
     /// A shared, zero-copy handle on a tensor's bytes that outlives this `Gguf`.
     pub fn tensor_view(&self, info: &TensorInfo) -> TensorBytes {
         TensorBytes {

@@ -123,13 +123,6 @@ pub struct MemoryStore {
     pub history: StoreHistory,
 }
 
-fn read_f32(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
 fn tensor_name(layer: usize, part: &str) -> String {
     format!("mem.{layer}.{part}")
 }
@@ -167,7 +160,8 @@ fn read_sample(g: &Gguf, layer: usize, c: &MemoryConfig) -> Result<BackgroundSam
         )));
     }
     let slots = c.slots();
-    let ids = read_f32(g.tensor_data(ids))
+    let ids = g
+        .tensor_f32(ids)
         .into_iter()
         .enumerate()
         .map(|(i, x)| {
@@ -180,7 +174,7 @@ fn read_sample(g: &Gguf, layer: usize, c: &MemoryConfig) -> Result<BackgroundSam
             }
         })
         .collect::<Result<Vec<u32>>>()?;
-    let weights = read_f32(g.tensor_data(weights));
+    let weights = g.tensor_f32(weights);
     if let Some(i) = weights.iter().position(|w| !(0.0..=1.0).contains(w)) {
         return Err(bad(format!(
             "{weights_name}[{i}] = {} is not a softmax weight in [0, 1]",
@@ -434,7 +428,7 @@ impl MemoryStore {
                         t.dtype, t.dims
                     )));
                 }
-                let v = read_f32(g.tensor_data(t));
+                let v = g.tensor_f32(t);
                 if let Some(i) = v.iter().position(|x| !x.is_finite()) {
                     return Err(bad(format!(
                         "tensor {name} holds a non-finite value at {i}"
@@ -593,7 +587,7 @@ impl MemoryStore {
                         ids.len()
                     )));
                 }
-                read_f32(g.tensor_data(t))
+                g.tensor_f32(t)
             };
             let set = RowSet { ids, values };
             set.validate(dim, total, tensor)?;
