@@ -101,10 +101,6 @@ pub struct StepFlags {
     /// this process learned before (0 = off).
     #[arg(long, default_value_t = LearnOptions::default().earlier_fact_penalty)]
     pub earlier_fact_penalty: f32,
-    /// Select rows only among those read where the answer is predicted, not at the
-    /// question's words (which recur in unrelated later questions).
-    #[arg(long)]
-    pub answer_rows_only: bool,
 }
 
 impl StepFlags {
@@ -121,7 +117,6 @@ impl StepFlags {
             protect_template_rows: !self.change_template_rows,
             background_penalty: self.background_penalty,
             earlier_fact_penalty: self.earlier_fact_penalty,
-            answer_rows_only: self.answer_rows_only,
         }
     }
 }

@@ -80,6 +80,22 @@ fn writer_round_trips_every_value_type_and_tensor() {
     assert_eq!(w2.to_bytes(), w.to_bytes());
 }
 
+/// A borrowed f32 tensor is written byte for byte as a copied one.
+#[test]
+fn borrowed_f32_tensors_write_the_same_bytes_as_copied_ones() {
+    let values = noise(5 * 32, 3, 2.0);
+    let mut copied = GgufWriter::new();
+    copied.add_f32("v", &[32, 5], &values).unwrap();
+    let mut borrowed = GgufWriter::new();
+    borrowed.add_f32_borrowed("v", &[32, 5], &values).unwrap();
+    assert_eq!(borrowed.to_bytes(), copied.to_bytes());
+    let err = borrowed
+        .add_f32_borrowed("w", &[32, 4], &values)
+        .err()
+        .expect("5 rows of values for 4");
+    assert!(err.to_string().contains("tensor w"), "{err}");
+}
+
 /// A mapped f32 tensor larger than one copy piece (16 MiB) reads back exactly, and again after
 /// its pages were handed back to the kernel: the release must not change what is read.
 #[test]

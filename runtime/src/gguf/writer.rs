@@ -1,5 +1,6 @@
 //! Writing GGUF v3 files: the memory store, deltas and test models all go through here.
 
+use std::borrow::Cow;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::Path;
@@ -9,21 +10,21 @@ use super::value::Value;
 use crate::quant::GgmlType;
 use crate::{Error, Result};
 
-struct PendingTensor {
+struct PendingTensor<'a> {
     name: String,
     dims: Vec<u64>,
     dtype: GgmlType,
-    data: Vec<u8>,
+    data: Cow<'a, [u8]>,
 }
 
 /// Collects metadata and tensors, then writes one GGUF v3 file.
 #[derive(Default)]
-pub struct GgufWriter {
+pub struct GgufWriter<'a> {
     metadata: Vec<(String, Value)>,
-    tensors: Vec<PendingTensor>,
+    tensors: Vec<PendingTensor<'a>>,
 }
 
-impl GgufWriter {
+impl<'a> GgufWriter<'a> {
     /// An empty file.
     pub fn new() -> Self {
         Self::default()
@@ -47,7 +48,16 @@ impl GgufWriter {
         dims: &[u64],
         data: Vec<u8>,
     ) -> Result<&mut Self> {
-        let name = name.into();
+        self.push(name.into(), dtype, dims, Cow::Owned(data))
+    }
+
+    fn push(
+        &mut self,
+        name: String,
+        dtype: GgmlType,
+        dims: &[u64],
+        data: Cow<'a, [u8]>,
+    ) -> Result<&mut Self> {
         if dims.is_empty() || dims.len() > 4 || dims.contains(&0) {
             return Err(Error::InvalidArgument(format!(
                 "tensor {name}: dims {dims:?} must be 1 to 4 non-zero sizes"
@@ -90,6 +100,21 @@ impl GgufWriter {
     ) -> Result<&mut Self> {
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.add_tensor(name, GgmlType::F32, dims, bytes)
+    }
+
+    /// [`Self::add_f32`] without the copy: the writer borrows `values` until it is written
+    /// (a memory's values are 604 MB; a copy of them doubled what a save needed).
+    pub fn add_f32_borrowed(
+        &mut self,
+        name: impl Into<String>,
+        dims: &[u64],
+        values: &'a [f32],
+    ) -> Result<&mut Self> {
+        #[cfg(target_endian = "little")]
+        let data = Cow::Borrowed(bytemuck::cast_slice(values));
+        #[cfg(not(target_endian = "little"))]
+        let data = Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect());
+        self.push(name.into(), GgmlType::F32, dims, data)
     }
 
     /// Serializes everything to `out`.

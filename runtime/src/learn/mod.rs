@@ -250,11 +250,6 @@ pub struct LearnOptions {
     /// in directions the earlier facts' tokens do not read. Ignored by
     /// [`SlotScoring::AllTouched`].
     pub earlier_fact_penalty: f32,
-    /// Select rows only among those read where the answer is predicted (the trained
-    /// positions), not among those read at the words of the question or prompt. Those words
-    /// ("the Japanese scientist") recur in unrelated later questions, which then read the
-    /// changed rows too. Ignored by [`SlotScoring::AllTouched`].
-    pub answer_rows_only: bool,
 }
 
 impl Default for LearnOptions {
@@ -289,7 +284,6 @@ impl Default for LearnOptions {
             // μ 10: 52 / 48 / 97.5. At N = 100, μ 0 -> 3: learned 31 -> 35 %, retention
             // 72 -> 84 %, but right after each fact 76 -> 36 %.
             earlier_fact_penalty: 3.0,
-            answer_rows_only: false,
         }
     }
 }
@@ -716,17 +710,7 @@ fn learn_facts<B: Backend>(
             .iter()
             .flat_map(|s| model.backend().download_slots(&s.lookup.slots))
             .collect();
-        let mut counts = if opts.answer_rows_only && opts.scoring != SlotScoring::AllTouched {
-            let reads = model.memory()[0].lookup.shape.heads * model.memory()[0].lookup.shape.top_k;
-            let mut answer = Vec::new();
-            for (s, e) in seqs.iter().zip(batch) {
-                let slots = model.backend().download_slots(&s.lookup.slots);
-                answer.extend_from_slice(&slots[e.targets.start * reads..e.targets.end * reads]);
-            }
-            count_accesses(&answer)
-        } else {
-            count_accesses(&picks)
-        };
+        let mut counts = count_accesses(&picks);
         if opts.protect_template_rows && opts.scoring != SlotScoring::AllTouched {
             let protected = state.for_fact(model, tok, &facts[fi])?;
             counts.retain(|slot, _| !protected.contains(slot));

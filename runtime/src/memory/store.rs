@@ -254,7 +254,7 @@ impl MemoryStore {
     }
 
     /// Serializes the store (values and statistics included) into a GGUF writer.
-    pub fn to_writer(&self) -> Result<GgufWriter> {
+    pub fn to_writer(&self) -> Result<GgufWriter<'_>> {
         let c = &self.config;
         let mut w = GgufWriter::new();
         let s = |v: &str| Value::String(v.to_owned());
@@ -305,7 +305,7 @@ impl MemoryStore {
                     "gate_in.weight" => l.gate_in.as_deref().unwrap_or(&[]),
                     _ => l.gate_out.as_deref().unwrap_or(&[]),
                 };
-                w.add_f32(tensor_name(l.layer, part), dims, data)?;
+                w.add_f32_borrowed(tensor_name(l.layer, part), dims, data)?;
             }
             let sample = &l.background.sample;
             if !sample.is_empty() {
@@ -313,7 +313,7 @@ impl MemoryStore {
                 let dims = [reads, sample.slots.len() as u64 / reads];
                 let ids: Vec<f32> = sample.slots.iter().map(|&s| s as f32).collect();
                 w.add_f32(tensor_name(l.layer, "background.sample.slots"), &dims, &ids)?;
-                w.add_f32(
+                w.add_f32_borrowed(
                     tensor_name(l.layer, "background.sample.weights"),
                     &dims,
                     &sample.weights,
