@@ -680,9 +680,17 @@ impl Engine {
     /// Writes the attached memory as a new checkpoint of its store (atomically) and empties
     /// the journal. Needs the store opened for writing.
     pub fn checkpoint(&mut self) -> Result<()> {
-        let store = self.memory_store()?;
         let m = self.memory.as_mut().ok_or_else(no_memory)?;
-        m.durable.checkpoint(store)
+        let b = self.model.backend();
+        // The values are written from where the model reads them: no copy on the CPU.
+        let views: Vec<_> = self
+            .model
+            .memory()
+            .iter()
+            .map(|l| b.host_view(&l.values))
+            .collect();
+        let values: Vec<&[f32]> = views.iter().map(|v| v.as_ref()).collect();
+        m.durable.checkpoint_with_values(m.store.clone(), &values)
     }
 
     /// Bytes in the attached store's journal (what a checkpoint would fold in).
@@ -717,7 +725,21 @@ impl Engine {
 
     /// Writes the attached memory, learned values included, to `path` atomically.
     pub fn save_memory(&self, path: impl AsRef<Path>) -> Result<()> {
-        self.memory_store()?.save(path)
+        let m = self
+            .memory
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("no memory store is attached".into()))?;
+        let mut store = m.store.clone();
+        store.history = m.durable.history.clone();
+        let b = self.model.backend();
+        let views: Vec<_> = self
+            .model
+            .memory()
+            .iter()
+            .map(|l| b.host_view(&l.values))
+            .collect();
+        let values: Vec<&[f32]> = views.iter().map(|v| v.as_ref()).collect();
+        store.save_with_values(path, &values)
     }
 
     /// Background slot usage of each attached memory layer.

@@ -352,6 +352,20 @@ fn truncated_or_inconsistent_stores_are_clear_errors() {
         err.contains("mem.1.") && err.contains("config needs"),
         "{err}"
     );
+    // Values given apart from the store: the same file when they match, an error naming the
+    // mismatch when they do not.
+    let values: Vec<&[f32]> = store.layers.iter().map(|l| l.values.as_slice()).collect();
+    assert_eq!(
+        store.writer_with_values(&values).unwrap().to_bytes(),
+        bytes,
+        "values given apart write the same store"
+    );
+    let short = &store.layers[0].values[1..];
+    let err = store
+        .save_with_values(&path, &[short])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("values for 1 layers"), "{err}");
     // A non-finite value.
     let mut bad = store.clone();
     bad.layers[0].values[5] = f32::NAN;

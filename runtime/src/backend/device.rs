@@ -189,6 +189,10 @@ impl Backend for DeviceBackend {
         on!(self, |b, M| b.download(M::tensor(t)))
     }
 
+    fn host_view<'t>(&self, t: &'t DeviceTensor) -> std::borrow::Cow<'t, [f32]> {
+        on!(self, |b, M| b.host_view(M::tensor(t)))
+    }
+
     fn argmax_rows(&self, t: &DeviceTensor) -> Vec<u32> {
         on!(self, |b, M| b.argmax_rows(M::tensor(t)))
     }

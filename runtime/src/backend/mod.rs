@@ -81,6 +81,11 @@ pub trait Backend: Send + Sync {
     }
     /// Copies a tensor back to the host, row-major.
     fn download(&self, t: &Self::Tensor) -> Vec<f32>;
+    /// A tensor's values on the host, row-major: borrowed where they already live there, so
+    /// saving a memory's 604 MB of values needs no second copy on the CPU.
+    fn host_view<'t>(&self, t: &'t Self::Tensor) -> std::borrow::Cow<'t, [f32]> {
+        std::borrow::Cow::Owned(self.download(t))
+    }
     /// Index of each row's largest value (the first on ties): greedy decoding on a GPU then
     /// reads back one word per token instead of the vocabulary's logits.
     fn argmax_rows(&self, t: &Self::Tensor) -> Vec<u32> {

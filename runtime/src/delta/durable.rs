@@ -238,6 +238,22 @@ impl DurableMemory {
     /// Writes `store` (the full current state; its history is replaced by ours) as the new
     /// checkpoint, atomically, then empties the journal.
     pub fn checkpoint(&mut self, mut store: MemoryStore) -> Result<()> {
+        let values: Vec<Vec<f32>> = store
+            .layers
+            .iter_mut()
+            .map(|l| std::mem::take(&mut l.values))
+            .collect();
+        let views: Vec<&[f32]> = values.iter().map(Vec::as_slice).collect();
+        self.checkpoint_with_values(store, &views)
+    }
+
+    /// [`Self::checkpoint`] with each layer's values given apart (borrowed from where the
+    /// model reads them), so `store` needs no copy of them (its own values are ignored).
+    pub fn checkpoint_with_values(
+        &mut self,
+        mut store: MemoryStore,
+        values: &[&[f32]],
+    ) -> Result<()> {
         let Some(journal) = &mut self.journal else {
             return Err(Error::InvalidArgument(format!(
                 "{} was opened read-only; open it for writing to checkpoint",
@@ -246,7 +262,7 @@ impl DurableMemory {
         };
         store.history = self.history.clone();
         store.history.journal_seq = self.next_seq - 1;
-        store.save(&self.path)?;
+        store.save_with_values(&self.path, values)?;
         journal.clear()?;
         self.history.journal_seq = self.next_seq - 1;
         Ok(())

@@ -255,6 +255,22 @@ impl MemoryStore {
 
     /// Serializes the store (values and statistics included) into a GGUF writer.
     pub fn to_writer(&self) -> Result<GgufWriter<'_>> {
+        let values: Vec<&[f32]> = self.layers.iter().map(|l| l.values.as_slice()).collect();
+        self.writer_with_values(&values)
+    }
+
+    /// [`Self::to_writer`] with each layer's values given apart (borrowed from where the model
+    /// reads them): a save then needs no copy of the values in the store.
+    pub fn writer_with_values<'a>(&'a self, values: &[&'a [f32]]) -> Result<GgufWriter<'a>> {
+        let wanted = self.config.slots() * self.dim;
+        if values.len() != self.layers.len() || values.iter().any(|v| v.len() != wanted) {
+            return Err(Error::Memory(format!(
+                "values for {} layers of {} given, the store has {} layers of {wanted}",
+                values.len(),
+                values.first().map_or(0, |v| v.len()),
+                self.layers.len()
+            )));
+        }
         let c = &self.config;
         let mut w = GgufWriter::new();
         let s = |v: &str| Value::String(v.to_owned());
@@ -293,13 +309,13 @@ impl MemoryStore {
             w.set(format!("engram.info.{k}"), s(v));
         }
         let shapes = self.tensor_shapes();
-        for l in &self.layers {
+        for (l, &layer_values) in self.layers.iter().zip(values) {
             for (part, dims) in &shapes {
                 let data: &[f32] = match *part {
                     "query.weight" => &l.query,
                     "query.bias" => &l.query_bias,
                     "keys" => &l.keys,
-                    "values" => &l.values,
+                    "values" => layer_values,
                     "background.count" => &l.background.count,
                     "background.df" => &l.background.df,
                     "gate_in.weight" => l.gate_in.as_deref().unwrap_or(&[]),
@@ -327,6 +343,11 @@ impl MemoryStore {
     /// Writes the store atomically (a crash leaves either the old file or the new one).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         self.to_writer()?.write_atomic(path)
+    }
+
+    /// [`Self::save`] with each layer's values given apart (see [`Self::writer_with_values`]).
+    pub fn save_with_values(&self, path: impl AsRef<Path>, values: &[&[f32]]) -> Result<()> {
+        self.writer_with_values(values)?.write_atomic(path)
     }
 
     /// Reads a store, checking that it is one and that every tensor matches its config.

@@ -255,6 +255,10 @@ impl Backend for CpuBackend {
         t.data.clone()
     }
 
+    fn host_view<'t>(&self, t: &'t CpuTensor) -> std::borrow::Cow<'t, [f32]> {
+        std::borrow::Cow::Borrowed(&t.data)
+    }
+
     fn shape(&self, t: &CpuTensor) -> (usize, usize) {
         (t.rows, t.cols)
     }
