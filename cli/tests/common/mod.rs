@@ -31,7 +31,7 @@ pub fn scratch(name: &str) -> PathBuf {
 }
 
 /// A minimal GGUF declaring `arch` with one 4-element tensor `t`.
-pub fn minimal_gguf(arch: &str) -> GgufWriter {
+pub fn minimal_gguf(arch: &str) -> GgufWriter<'static> {
     let mut w = GgufWriter::new();
     w.set("general.architecture", Value::String(arch.into()));
     w.add_f32("t", &[4], &[0.0; 4]).unwrap();
