@@ -65,9 +65,8 @@ struct LearnBench {
 
 /// Learns `n` facts one at a time into an in-memory copy of the engine's memory.
 fn learn_bench(engine: &mut Engine, n: usize) -> Result<LearnBench, String> {
-    let store = engine.memory_store().map_err(|e| e.to_string())?;
     // Learn into a copy that is not backed by the file: the user's store stays as it was.
-    engine.detach_memory();
+    let store = engine.detach_memory_store().map_err(|e| e.to_string())?;
     engine
         .attach_memory(store, None)
         .map_err(|e| e.to_string())?;

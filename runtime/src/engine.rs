@@ -415,6 +415,20 @@ impl Engine {
         Ok(())
     }
 
+    /// Takes the memory layer off and returns it as a store, its values moved out of the model
+    /// instead of copied where they live on the host; the engine is the base model again.
+    pub fn detach_memory_store(&mut self) -> Result<MemoryStore> {
+        let m = self.memory.take().ok_or_else(no_memory)?;
+        let mut store = m.store;
+        store.history = m.durable.history.clone();
+        let blocks = self.model.take_memory();
+        let b = self.model.backend();
+        for (layer, block) in store.layers.iter_mut().zip(blocks) {
+            layer.values = b.take_to_host(block.values);
+        }
+        Ok(store)
+    }
+
     /// Takes the memory layer off; the engine is the base model again.
     pub fn detach_memory(&mut self) {
         self.model.take_memory();

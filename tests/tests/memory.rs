@@ -329,6 +329,28 @@ fn a_store_for_another_model_is_refused() {
     );
 }
 
+/// The store taken off an engine holds exactly the values the model read (moved, not
+/// copied), and the saved file equals the one written while the memory was attached.
+#[test]
+fn a_detached_store_holds_the_values_the_model_read() {
+    let mut engine = tiny_engine(4);
+    let mut store = tiny_store(&engine);
+    store.layers[0].values = noise(store.layers[0].values.len(), 9, 0.5);
+    engine.attach_memory(store.clone(), None).unwrap();
+    let attached = scratch("attached.engram");
+    engine.save_memory(&attached).unwrap();
+    let detached = engine.detach_memory_store().unwrap();
+    assert!(engine.memory_config().is_none(), "the memory is off");
+    assert!(detached.layers[0].values == store.layers[0].values);
+    let path = scratch("detached.engram");
+    detached.save(&path).unwrap();
+    assert!(std::fs::read(&path).unwrap() == std::fs::read(&attached).unwrap());
+    let Err(err) = engine.detach_memory_store() else {
+        panic!("nothing is attached any more")
+    };
+    assert!(err.to_string().contains("memory"), "{err}");
+}
+
 #[test]
 fn truncated_or_inconsistent_stores_are_clear_errors() {
     let engine = tiny_engine(3);

@@ -193,6 +193,13 @@ impl Backend for DeviceBackend {
         on!(self, |b, M| b.host_view(M::tensor(t)))
     }
 
+    fn take_to_host(&self, t: DeviceTensor) -> Vec<f32> {
+        match (self, t) {
+            (DeviceBackend::Cpu(b), DeviceTensor::Cpu(x)) => b.take_to_host(x),
+            (b, t) => b.download(&t),
+        }
+    }
+
     fn argmax_rows(&self, t: &DeviceTensor) -> Vec<u32> {
         on!(self, |b, M| b.argmax_rows(M::tensor(t)))
     }

@@ -86,6 +86,10 @@ pub trait Backend: Send + Sync {
     fn host_view<'t>(&self, t: &'t Self::Tensor) -> std::borrow::Cow<'t, [f32]> {
         std::borrow::Cow::Owned(self.download(t))
     }
+    /// A tensor's values on the host, row-major, moved out where they already live there.
+    fn take_to_host(&self, t: Self::Tensor) -> Vec<f32> {
+        self.download(&t)
+    }
     /// Index of each row's largest value (the first on ties): greedy decoding on a GPU then
     /// reads back one word per token instead of the vocabulary's logits.
     fn argmax_rows(&self, t: &Self::Tensor) -> Vec<u32> {

@@ -259,6 +259,10 @@ impl Backend for CpuBackend {
         std::borrow::Cow::Borrowed(&t.data)
     }
 
+    fn take_to_host(&self, t: CpuTensor) -> Vec<f32> {
+        t.data
+    }
+
     fn shape(&self, t: &CpuTensor) -> (usize, usize) {
         (t.rows, t.cols)
     }
