@@ -270,6 +270,17 @@ pub struct RevertReport {
     pub adjusted: usize,
 }
 
+/// Each memory layer's values where the model reads them: borrowed on the CPU, so saving them
+/// needs no copy.
+fn value_views(model: &Model<DeviceBackend>) -> Vec<std::borrow::Cow<'_, [f32]>> {
+    let b = model.backend();
+    model
+        .memory()
+        .iter()
+        .map(|l| b.host_view(&l.values))
+        .collect()
+}
+
 fn no_memory() -> Error {
     Error::InvalidArgument("no memory store is attached (engram retrofit makes one)".into())
 }
@@ -695,14 +706,7 @@ impl Engine {
     /// the journal. Needs the store opened for writing.
     pub fn checkpoint(&mut self) -> Result<()> {
         let m = self.memory.as_mut().ok_or_else(no_memory)?;
-        let b = self.model.backend();
-        // The values are written from where the model reads them: no copy on the CPU.
-        let views: Vec<_> = self
-            .model
-            .memory()
-            .iter()
-            .map(|l| b.host_view(&l.values))
-            .collect();
+        let views = value_views(&self.model);
         let values: Vec<&[f32]> = views.iter().map(|v| v.as_ref()).collect();
         m.durable.checkpoint_with_values(m.store.clone(), &values)
     }
@@ -722,14 +726,20 @@ impl Engine {
         Ok(g.text.trim().to_owned())
     }
 
-    /// The attached memory as a store (value rows read back from the device), e.g. to save.
-    pub fn memory_store(&self) -> Result<MemoryStore> {
+    /// The attached store with its history, its value rows left empty (they live in the model).
+    fn store_without_values(&self) -> Result<MemoryStore> {
         let m = self
             .memory
             .as_ref()
             .ok_or_else(|| Error::InvalidArgument("no memory store is attached".into()))?;
         let mut store = m.store.clone();
         store.history = m.durable.history.clone();
+        Ok(store)
+    }
+
+    /// The attached memory as a store (value rows read back from the device), e.g. to save.
+    pub fn memory_store(&self) -> Result<MemoryStore> {
+        let mut store = self.store_without_values()?;
         let b = self.model.backend();
         for (layer, block) in store.layers.iter_mut().zip(self.model.memory()) {
             layer.values = b.download(&block.values);
@@ -739,19 +749,8 @@ impl Engine {
 
     /// Writes the attached memory, learned values included, to `path` atomically.
     pub fn save_memory(&self, path: impl AsRef<Path>) -> Result<()> {
-        let m = self
-            .memory
-            .as_ref()
-            .ok_or_else(|| Error::InvalidArgument("no memory store is attached".into()))?;
-        let mut store = m.store.clone();
-        store.history = m.durable.history.clone();
-        let b = self.model.backend();
-        let views: Vec<_> = self
-            .model
-            .memory()
-            .iter()
-            .map(|l| b.host_view(&l.values))
-            .collect();
+        let store = self.store_without_values()?;
+        let views = value_views(&self.model);
         let values: Vec<&[f32]> = views.iter().map(|v| v.as_ref()).collect();
         store.save_with_values(path, &values)
     }
