@@ -6,6 +6,9 @@ use std::process::Command;
 use engram::memory::{MemoryConfig, RetrofitOptions, retrofit};
 use engram::{Engine, EngineOptions};
 
+#[path = "../tests/src/scratch.rs"]
+mod scratch;
+
 /// The repository root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -56,9 +59,7 @@ pub fn model() -> PathBuf {
 
 /// A scratch directory for this test process.
 pub fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("engram-{tag}-test-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    scratch::scratch_dir(tag)
 }
 
 /// A small fitted store (4,096 slots) from the background corpus, made once per process.

@@ -6,6 +6,9 @@ use std::sync::Once;
 
 use llama_cpp_sys_2 as sys;
 
+mod scratch;
+pub use scratch::scratch_dir;
+
 /// The workspace root (parent of this crate).
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

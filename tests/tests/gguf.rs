@@ -105,7 +105,7 @@ fn large_mapped_f32_tensors_read_back_exactly_after_their_pages_are_released() {
     let mut w = GgufWriter::new();
     w.add_f32("small", &[3], &[1.0, 2.0, 3.0]).unwrap();
     w.add_f32("big", &[1024, (n / 1024) as u64], &big).unwrap();
-    let path = std::env::temp_dir().join(format!("engram-f32-{}.gguf", std::process::id()));
+    let path = engram_e2e::scratch_dir("gguf").join("f32.gguf");
     w.write_atomic(&path).unwrap();
     let g = Gguf::open(&path).unwrap();
     let t = g.tensor("big").unwrap().clone();

@@ -315,7 +315,7 @@ fn cross_entropy_gradient_matches_finite_differences() {
 /// The whole path: loss of a sequence → blocks above the memory → value rows.
 #[test]
 fn value_gradients_match_finite_differences_through_the_model() {
-    let path = std::env::temp_dir().join(format!("engram-grad-{}.gguf", std::process::id()));
+    let path = engram_e2e::scratch_dir("grad").join("tiny.gguf");
     std::fs::write(&path, tiny_llama_f32_gguf(21, 3)).unwrap();
     for gated in [false, true] {
         let mut engine = Engine::open(&path, &EngineOptions::default()).unwrap();

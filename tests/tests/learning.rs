@@ -597,8 +597,7 @@ fn bad_settings_and_diverging_steps_leave_the_memory_unchanged() {
 
 #[test]
 fn facts_files_parse_and_bad_lines_are_named() {
-    let dir = std::env::temp_dir().join(format!("engram-facts-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = engram_e2e::scratch_dir("facts");
     let write = |name: &str, text: &str| {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();

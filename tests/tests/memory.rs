@@ -12,9 +12,7 @@ use engram::{Engine, EngineOptions, Error};
 use engram_e2e::{background_documents, default_model, noise, tiny_llama_gguf};
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("engram-memory-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    engram_e2e::scratch_dir("memory").join(name)
 }
 
 fn open(memory: Option<PathBuf>) -> engram::Result<Engine> {

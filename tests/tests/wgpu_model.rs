@@ -242,7 +242,7 @@ fn touched_rows(engine: &Engine, tokens: &[u32]) -> Vec<u32> {
 /// two devices must agree to float precision: same selected rows, values within 1e-3.
 #[test]
 fn learning_on_a_float_model_matches_the_cpu_closely() {
-    let path = std::env::temp_dir().join(format!("engram-wgpu-{}.gguf", std::process::id()));
+    let path = engram_e2e::scratch_dir("wgpu").join("tiny.gguf");
     std::fs::write(&path, tiny_llama_f32_gguf(31, 3)).unwrap();
     let options = |device| EngineOptions {
         device,

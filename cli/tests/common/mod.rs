@@ -6,6 +6,9 @@ use std::process::{Command, Output};
 
 use engram::gguf::{GgufWriter, Value};
 
+#[path = "../../../tests/src/scratch.rs"]
+mod scratch;
+
 /// The `engram` binary under test, with no model from the environment.
 pub fn engram() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_engram"));
@@ -25,9 +28,7 @@ pub fn model() -> PathBuf {
 
 /// A path in this test process's scratch directory.
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("engram-cli-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    scratch::scratch_dir("cli").join(name)
 }
 
 /// A minimal GGUF declaring `arch` with one 4-element tensor `t`.

@@ -236,19 +236,9 @@ impl DurableMemory {
     }
 
     /// Writes `store` (the full current state; its history is replaced by ours) as the new
-    /// checkpoint, atomically, then empties the journal.
-    pub fn checkpoint(&mut self, mut store: MemoryStore) -> Result<()> {
-        let values: Vec<Vec<f32>> = store
-            .layers
-            .iter_mut()
-            .map(|l| std::mem::take(&mut l.values))
-            .collect();
-        let views: Vec<&[f32]> = values.iter().map(Vec::as_slice).collect();
-        self.checkpoint_with_values(store, &views)
-    }
-
-    /// [`Self::checkpoint`] with each layer's values given apart (borrowed from where the
-    /// model reads them), so `store` needs no copy of them (its own values are ignored).
+    /// checkpoint, atomically, then empties the journal. Each layer's values are given apart
+    /// (borrowed from where the model reads them), so `store` needs no copy of them (its own
+    /// values are ignored).
     pub fn checkpoint_with_values(
         &mut self,
         mut store: MemoryStore,
