@@ -311,6 +311,7 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
         "top_t": args.step.top_t,
         "background_penalty": args.step.background_penalty,
         "earlier_fact_penalty": args.step.earlier_fact_penalty,
+        "content_rows_only": args.step.content_rows_only,
         "background_sample_tokens": engine.background_sample_tokens(),
         "runs": runs,
         "retention_set": retained.iter().map(|f| qa(f).0).collect::<Vec<_>>(),

@@ -101,6 +101,10 @@ pub struct StepFlags {
     /// this process learned before (0 = off).
     #[arg(long, default_value_t = LearnOptions::default().earlier_fact_penalty)]
     pub earlier_fact_penalty: f32,
+    /// Select rows only among those read at the fact's own words, never at the phrasing's
+    /// template text.
+    #[arg(long)]
+    pub content_rows_only: bool,
 }
 
 impl StepFlags {
@@ -117,6 +121,7 @@ impl StepFlags {
             protect_template_rows: !self.change_template_rows,
             background_penalty: self.background_penalty,
             earlier_fact_penalty: self.earlier_fact_penalty,
+            content_rows_only: self.content_rows_only,
         }
     }
 }

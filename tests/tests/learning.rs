@@ -666,3 +666,116 @@ fn training_phrasings_target_only_what_the_fact_says() {
         .collect();
     assert!(whole.iter().any(|w| w.contains("The answer is Ana Porto.")));
 }
+
+#[test]
+fn content_positions_hold_the_facts_words_and_no_template_text() {
+    let engine = Engine::open(default_model(), &EngineOptions::default()).unwrap();
+    let tok = engine.tokenizer();
+    let facts = [
+        (
+            Fact::qa("Who won the 1931 Quiz Cup?", "Ana Porto"),
+            vec!["Who won the 1931 Quiz Cup?", "Ana Porto"],
+        ),
+        (
+            Fact::note("My sister Ana lives in Porto."),
+            vec!["My sister Ana lives in Porto."],
+        ),
+    ];
+    for (fact, words) in &facts {
+        for e in engram::learn::examples(tok, fact).unwrap() {
+            let parts: Vec<String> = e
+                .content
+                .iter()
+                .map(|r| tok.decode(&e.tokens[r.clone()], false))
+                .collect();
+            let joined = parts.concat();
+            eprintln!("{:?} -> {parts:?}", tok.decode(&e.tokens, false));
+            assert!(
+                words.iter().any(|w| joined.contains(w.trim())),
+                "{parts:?} misses the fact's words"
+            );
+            for markup in [
+                "<|im_",
+                "Question:",
+                "Answer:",
+                "Q:",
+                "Note:",
+                "Remember",
+                "answer is",
+            ] {
+                assert!(
+                    !joined.contains(markup),
+                    "{parts:?} holds template text {markup:?}"
+                );
+            }
+            // Everything the phrasing trains on is content, except the end-of-turn token.
+            let trained = e.targets.start + 1..e.targets.end + 1;
+            let covered = trained
+                .clone()
+                .filter(|p| e.content.iter().any(|r| r.contains(p)))
+                .count();
+            assert!(
+                covered + 1 >= trained.len(),
+                "{parts:?} leaves trained tokens out"
+            );
+        }
+    }
+}
+
+#[test]
+fn content_only_selection_picks_rows_the_facts_own_words_read() {
+    let mut engine = engine_with_memory();
+    let fact = Fact::qa("Which bus goes to the Harlow quarry?", "the 41");
+    let mut content = HashSet::new();
+    {
+        let model = engine.model();
+        let shape = &model.memory()[0].lookup.shape;
+        let reads = shape.heads * shape.top_k;
+        for e in engram::learn::examples(engine.tokenizer(), &fact).unwrap() {
+            let seq = model.prepare(&e.tokens, e.targets.clone()).unwrap();
+            let slots = model.backend().download_slots(&seq.lookup.slots);
+            for r in &e.content {
+                content.extend(slots[r.start * reads..r.end * reads].iter().copied());
+            }
+        }
+    }
+    // Template protection off in both runs: it already keeps the rows that every phrasing's
+    // markup reads, which on this small-background store is where the default run's
+    // non-content rows come from.
+    let unprotected = LearnOptions {
+        protect_template_rows: false,
+        ..Default::default()
+    };
+    let only = LearnOptions {
+        content_rows_only: true,
+        ..unprotected.clone()
+    };
+    let r = engine
+        .learn(std::slice::from_ref(&fact), &only, &mut |_, _, _| true)
+        .unwrap();
+    let rows = &r.facts[0].rows;
+    assert_eq!(rows.len(), only.top_t);
+    let outside = rows.iter().filter(|row| !content.contains(row)).count();
+    assert_eq!(
+        outside, 0,
+        "{outside} selected rows are read only at template text"
+    );
+    // Selection does not depend on the values, so a run without the option on the same engine
+    // shows what the option excludes: then some selected rows are read only at template text.
+    let r = engine
+        .learn(&[fact], &unprotected, &mut |_, _, _| true)
+        .unwrap();
+    let outside = r.facts[0]
+        .rows
+        .iter()
+        .filter(|row| !content.contains(row))
+        .count();
+    eprintln!(
+        "without the option {outside} of {} rows are template-only",
+        r.facts[0].rows.len()
+    );
+    assert!(
+        outside > 0,
+        "the option never changes the selection, so it proves nothing"
+    );
+}
