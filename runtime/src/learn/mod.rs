@@ -288,6 +288,8 @@ impl Default for LearnOptions {
             // μ 10: 52 / 48 / 97.5. At N = 100, μ 0 -> 3: learned 31 -> 35 %, retention
             // 72 -> 84 %, but right after each fact 76 -> 36 %.
             earlier_fact_penalty: 3.0,
+            // Off: at N = 100 on the default store it kept 92.7 % of general answers instead
+            // of 86.7 % but learned 75 % instead of 80 % (lr 100,000: 75 % / 90.0 %).
             content_rows_only: false,
         }
     }
