@@ -253,6 +253,7 @@ pub struct LearnOptions {
     /// Select rows only among those read at the fact's own words (its question, answer or
     /// note), never at the phrasing's template text: the chat markup after a question reads
     /// rows that every question's markup reads, so a row changed there moves every answer.
+    /// Ignored by [`SlotScoring::AllTouched`].
     pub content_rows_only: bool,
 }
 
