@@ -193,7 +193,7 @@ pub trait Backend: Send + Sync {
     /// (nats) and d loss_sum / d logits.
     fn cross_entropy(&self, logits: &Self::Tensor, targets: &[u32]) -> (Vec<f32>, Self::Tensor);
     /// Gradients of the rows `rows` of the value table: row r gets
-    /// Σ over (t, j) with slots[t, j] = rows[r] of weights[t, j] · dy[t] (|rows| × dim).
+    /// `Σ over (t, j) with slots[t, j] = rows[r] of weights[t, j] · dy[t]` (|rows| × dim).
     fn value_grads(
         &self,
         slots: &Self::Slots,
@@ -205,7 +205,7 @@ pub trait Backend: Send + Sync {
     fn read_rows(&self, t: &Self::Tensor, rows: &[u32]) -> Self::Tensor;
     /// Overwrites the rows `rows` of `t` with the rows of `src`.
     fn write_rows(&self, t: &mut Self::Tensor, rows: &[u32], src: &Self::Tensor);
-    /// values[rows[r]] -= lr · grads[r]: the sparse SGD step.
+    /// `values[rows[r]] -= lr · grads[r]`: the sparse SGD step.
     fn sgd_rows(&self, values: &mut Self::Tensor, rows: &[u32], grads: &Self::Tensor, lr: f32);
 
     /// An empty cache for `n_layers` layers of `kv_dim` features each, up to `capacity` positions.

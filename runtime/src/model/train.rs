@@ -406,7 +406,7 @@ impl<B: Backend> Model<B> {
         }
     }
 
-    /// values[rows[r]] −= lr · grads[r] in the learning memory: the sparse SGD step.
+    /// `values[rows[r]] −= lr · grads[r]` in the learning memory: the sparse SGD step.
     pub fn sgd_values(&mut self, rows: &[u32], grads: &B::Tensor, lr: f32) -> Result<()> {
         self.learning_block()?;
         self.check_rows(rows)?;
