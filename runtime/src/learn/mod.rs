@@ -428,20 +428,12 @@ pub struct Example {
     pub content: Vec<Range<usize>>,
 }
 
-/// Token positions of `part`, the first occurrence at or after byte `from` of `part` in
-/// `text`, whose tokens are `tokens`: the tokens `text` up to the part's start and end
-/// encode to, as far as they agree with `tokens` (BPE may merge across the boundary).
-fn span_of(
-    tok: &Tokenizer,
-    text: &str,
-    tokens: &[u32],
-    part: &str,
-    from: usize,
-) -> Result<Range<usize>> {
+/// Token positions of `part`, the first occurrence of `part` in `text`, whose tokens are
+/// `tokens`: the tokens `text` up to the part's start and end encode to, as far as they agree
+/// with `tokens` (BPE may merge across the boundary).
+fn span_of(tok: &Tokenizer, text: &str, tokens: &[u32], part: &str) -> Result<Range<usize>> {
     let at = text
-        .get(from..)
-        .and_then(|t| t.find(part))
-        .map(|i| from + i)
+        .find(part)
         .ok_or_else(|| Error::Template(format!("the phrasing lost the fact's words {part:?}")))?;
     let agree = |end: usize| -> Result<usize> {
         let p = tok.encode(&text[..end], true)?;
@@ -486,7 +478,7 @@ fn chat_example_with(
     let tokens = f[..end].to_vec();
     let mut content = Vec::new();
     if !said.trim().is_empty() {
-        content.push(span_of(tok, &full, &tokens, said.trim(), 0)?);
+        content.push(span_of(tok, &full, &tokens, said.trim())?);
     }
     // The reply's own tokens; its end-of-turn is markup.
     content.push(start..end - 1);
@@ -512,7 +504,7 @@ fn text_example(tok: &Tokenizer, prefix: &str, said: &str, target: &str) -> Resu
     }
     let mut content = Vec::new();
     if !said.trim().is_empty() {
-        content.push(span_of(tok, prefix, &f, said.trim(), 0)?);
+        content.push(span_of(tok, prefix, &f, said.trim())?);
     }
     // From the target's first token, even at position 0 where nothing predicts it.
     content.push(common..f.len());
@@ -759,6 +751,8 @@ fn learn_facts<B: Backend>(
         .iter()
         .map(|f| examples(tok, f))
         .collect::<Result<_>>()?;
+    // Slots the lookup reads per token (heads × top-k).
+    let reads = model.memory()[0].lookup.shape.heads * model.memory()[0].lookup.shape.top_k;
     for (fi, batch) in batches.iter().enumerate() {
         let t0 = Instant::now();
         let mut seqs: Vec<PreparedSequence<B>> = batch
@@ -773,7 +767,6 @@ fn learn_facts<B: Backend>(
             .flat_map(|s| model.backend().download_slots(&s.lookup.slots))
             .collect();
         let mut counts = if opts.content_rows_only && opts.scoring != SlotScoring::AllTouched {
-            let reads = model.memory()[0].lookup.shape.heads * model.memory()[0].lookup.shape.top_k;
             let mut at = 0;
             let mut content = Vec::new();
             for (s, e) in seqs.iter().zip(batch) {
@@ -826,7 +819,7 @@ fn learn_facts<B: Backend>(
             BackgroundAnchor::keeping(
                 &background.sample,
                 &state.learned,
-                lookup.heads * lookup.top_k,
+                reads,
                 &rows_sorted,
                 (strength, opts.earlier_fact_penalty),
                 model.config.dim,
@@ -953,7 +946,6 @@ fn learn_facts<B: Backend>(
         }
         commit(Committed::Fact(&facts[fi]))?;
         if opts.scoring != SlotScoring::AllTouched && opts.earlier_fact_penalty > 0.0 {
-            let reads = model.memory()[0].lookup.shape.heads * model.memory()[0].lookup.shape.top_k;
             // `picks` already holds every sequence's slots, in this order.
             let weights = seqs
                 .iter()
