@@ -251,21 +251,26 @@ impl BackgroundAnchor {
         let mut solved = vec![0f64; r * d];
         // SAFETY: `inverse` is r × r, `x` and `solved` are r × d, all row-major and distinct.
         unsafe {
-            matrixmultiply::dgemm(
-                r,
+            gemm::gemm(
                 r,
                 d,
-                1.0,
-                self.inverse.as_ptr(),
-                r as isize,
-                1,
-                x.as_ptr(),
-                d as isize,
-                1,
-                0.0,
+                r,
                 solved.as_mut_ptr(),
-                d as isize,
                 1,
+                d as isize,
+                false,
+                self.inverse.as_ptr(),
+                1,
+                r as isize,
+                x.as_ptr(),
+                1,
+                d as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
             );
         }
         for (c, &p) in self.coupled.iter().enumerate() {

@@ -823,7 +823,7 @@ fn learn_facts<B: Backend>(
                 &rows_sorted,
                 (strength, opts.earlier_fact_penalty),
                 model.config.dim,
-                &mut |ids| Ok(model.backend().download(&model.read_values(ids)?)),
+                &mut |ids| Ok(model.backend().take_to_host(model.read_values(ids)?)),
             )?
         };
         report.timings.anchor += t0.elapsed();
@@ -911,7 +911,9 @@ fn learn_facts<B: Backend>(
                     model.write_values(&rows_sorted, &next)?;
                 }
             }
-            let mut moved = model.backend().download(&model.read_values(&rows_sorted)?);
+            let mut moved = model
+                .backend()
+                .take_to_host(model.read_values(&rows_sorted)?);
             let held = anchor.as_ref().map(|a| a.hold(&mut moved)).is_some();
             let clamped =
                 opts.max_row_norm > 0.0 && clamp_row_norms(&mut moved, d, opts.max_row_norm);

@@ -245,7 +245,9 @@ impl<B: Backend> Model<B> {
                     "value row {r} was not among the rows the sequence was frozen for"
                 )));
             }
-            let n = seq.tokens.len();
+            // Positions after the last scored one cannot change the loss (attention is
+            // causal): the sequence's final token is never run above the memory.
+            let n = seq.loss_positions.end;
             let start = seq.frozen.as_ref().map_or(0, |f| f.len);
             let mut x = b.slice_rows(&seq.base, start, n);
             let (mem_out, gate_tape) = memory.forward_from(b, &seq.lookup, &seq.h);
@@ -321,9 +323,11 @@ impl<B: Backend> Model<B> {
         }
         for ((seq, s), gate_tape) in seqs.iter().zip(&spans).zip(&gate_tapes) {
             let mine = b.slice_rows(&dx, s.at, s.at + s.len);
-            // The frozen positions read no row asked for: their gradient is zero.
-            let mine = if s.start > 0 {
-                b.pad_rows(&mine, s.start, s.start + s.len)
+            // The frozen positions read no row asked for, and the positions after the last
+            // scored one reach no loss: their gradient is zero.
+            let n = seq.tokens.len();
+            let mine = if s.start > 0 || s.start + s.len < n {
+                b.pad_rows(&mine, s.start, n)
             } else {
                 mine
             };

@@ -92,8 +92,8 @@ fn is_float(dtype: GgmlType) -> bool {
 
 impl CpuBackend {
     /// a (m × k, row-major) · b (k × n, element (i, j) at `b[i·strides.0 + j·strides.1]`),
-    /// row-major m × n. Each thread computes its own block of columns, so the result does
-    /// not depend on scheduling.
+    /// row-major m × n. Each thread computes its own block of columns straight into the
+    /// result, so the result does not depend on scheduling.
     fn gemm(
         &self,
         a: &[f32],
@@ -111,53 +111,54 @@ impl CpuBackend {
             "gemm: right operand too small"
         );
         let mut out = vec![0f32; m * n];
-        if m == 0 || n == 0 {
+        if m == 0 || n == 0 || k == 0 {
             return out;
         }
         // Multiples of 16 columns keep every block on the kernel's full width.
         let width = n.div_ceil(self.threads()).next_multiple_of(16).min(n);
-        let blocks: Vec<Vec<f32>> = self.pool.install(|| {
-            (0..n.div_ceil(width))
-                .into_par_iter()
-                .map(|bi| {
-                    let (j0, j1) = (bi * width, ((bi + 1) * width).min(n));
-                    let cols = j1 - j0;
-                    let mut c = vec![0f32; m * cols];
-                    // SAFETY: `a` holds m × k values read with strides (k, 1); `b` from
-                    // offset j0·csb holds element (i, j) for i < k, j < cols at
-                    // i·rsb + j·csb ≤ `last` (asserted above); `c` holds m × cols values
-                    // written with strides (cols, 1). No operand aliases another.
-                    unsafe {
-                        matrixmultiply::sgemm(
-                            m,
-                            k,
-                            cols,
-                            1.0,
-                            a.as_ptr(),
-                            k as isize,
-                            1,
-                            b.as_ptr().add(j0 * csb),
-                            rsb as isize,
-                            csb as isize,
-                            0.0,
-                            c.as_mut_ptr(),
-                            cols as isize,
-                            1,
-                        );
-                    }
-                    c
-                })
-                .collect()
+        let dst = SharedOut(out.as_mut_ptr());
+        self.pool.install(|| {
+            (0..n.div_ceil(width)).into_par_iter().for_each(|bi| {
+                let dst = &dst;
+                let (j0, j1) = (bi * width, ((bi + 1) * width).min(n));
+                // SAFETY: `a` holds m × k values read with strides (k, 1); `b` from offset
+                // j0·csb holds element (i, j) for i < k, j < j1 − j0 at i·rsb + j·csb ≤
+                // `last` (asserted above); the result's columns j0..j1 of its m rows (row
+                // stride n) belong to this task alone, and no operand aliases another.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        j1 - j0,
+                        k,
+                        dst.0.add(j0),
+                        1,
+                        n as isize,
+                        false,
+                        a.as_ptr(),
+                        1,
+                        k as isize,
+                        b.as_ptr().add(j0 * csb),
+                        csb as isize,
+                        rsb as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            })
         });
-        for (bi, c) in blocks.iter().enumerate() {
-            let (j0, cols) = (bi * width, c.len() / m);
-            for (row, src) in out.chunks_exact_mut(n).zip(c.chunks_exact(cols)) {
-                row[j0..j0 + cols].copy_from_slice(src);
-            }
-        }
         out
     }
 }
+
+/// The result of [`CpuBackend::gemm`], shared by the tasks that each write their own columns.
+struct SharedOut(*mut f32);
+// SAFETY: the tasks write disjoint columns, and `gemm` waits for all of them before the
+// result is read or freed.
+unsafe impl Sync for SharedOut {}
 
 /// `x` (rows of `k`) quantized to the 8-bit activation blocks the quantized matmul uses and
 /// decoded back to f32.
@@ -833,11 +834,12 @@ impl Backend for CpuBackend {
 
     fn read_rows(&self, t: &CpuTensor, rows: &[u32]) -> CpuTensor {
         let d = t.cols;
+        let mut data = Vec::with_capacity(rows.len() * d);
+        for &r in rows {
+            data.extend_from_slice(&t.data[r as usize * d..(r as usize + 1) * d]);
+        }
         CpuTensor {
-            data: rows
-                .iter()
-                .flat_map(|&r| t.data[r as usize * d..(r as usize + 1) * d].iter().copied())
-                .collect(),
+            data,
             rows: rows.len(),
             cols: d,
         }
