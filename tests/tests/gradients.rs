@@ -317,11 +317,12 @@ fn cross_entropy_gradient_matches_finite_differences() {
 fn value_gradients_match_finite_differences_through_the_model() {
     let path = engram_e2e::scratch_dir("grad").join("tiny.gguf");
     std::fs::write(&path, tiny_llama_f32_gguf(21, 3)).unwrap();
-    for gated in [false, true] {
+    // Memory below two blocks (the top one keeps only scored rows), and in the top block.
+    for (gated, layer) in [(false, 0), (true, 0), (false, 2)] {
         let mut engine = Engine::open(&path, &EngineOptions::default()).unwrap();
         let opts = RetrofitOptions {
             config: MemoryConfig {
-                layers: vec![0],
+                layers: vec![layer],
                 n_keys: 8,
                 heads: 2,
                 top_k: 4,
@@ -377,7 +378,7 @@ fn value_gradients_match_finite_differences_through_the_model() {
             .sum();
         assert!(
             (g.loss - inference).abs() < 1e-3 * inference,
-            "gated {gated}: {} vs {inference}",
+            "gated {gated}, layer {layer}: {} vs {inference}",
             g.loss
         );
 
@@ -411,7 +412,7 @@ fn value_gradients_match_finite_differences_through_the_model() {
             worst = worst.max((fd - an).abs() / an.abs().max(1e-3));
             assert!(
                 (fd - an).abs() <= 0.02 * an.abs() + 1e-3,
-                "gated {gated}: finite difference {fd:.5} vs analytic {an:.5}"
+                "gated {gated}, layer {layer}: finite difference {fd:.5} vs analytic {an:.5}"
             );
         }
         eprintln!(
@@ -431,7 +432,10 @@ fn value_gradients_match_finite_differences_through_the_model() {
             .copied()
             .filter(|r| !early.contains(r))
             .collect();
-        assert!(!late.is_empty(), "gated {gated}: every row is read early");
+        assert!(
+            !late.is_empty(),
+            "gated {gated}, layer {layer}: every row is read early"
+        );
         let plain = model
             .value_gradients(std::slice::from_ref(&seq), &late)
             .unwrap();
@@ -439,7 +443,7 @@ fn value_gradients_match_finite_differences_through_the_model() {
         let frozen = model.freeze_prefixes(&mut seqs, &late).unwrap();
         assert!(
             frozen >= 3,
-            "gated {gated}: only {frozen} positions were frozen"
+            "gated {gated}, layer {layer}: only {frozen} positions were frozen"
         );
         let fast = model.value_gradients(&seqs, &late).unwrap();
         let worst = same_gradient(
@@ -491,7 +495,7 @@ fn value_gradients_match_finite_differences_through_the_model() {
                 let frozen = model.freeze_prefixes(&mut pair, &late_pair).unwrap();
                 assert!(
                     frozen >= 3,
-                    "gated {gated}: only {frozen} positions were frozen"
+                    "gated {gated}, layer {layer}: only {frozen} positions were frozen"
                 );
                 late_pair.clone()
             } else {
@@ -545,5 +549,47 @@ fn value_gradients_match_finite_differences_through_the_model() {
             &format!("gated {gated}, dense copies"),
         );
         eprintln!("dense copies (gated {gated}): gradients within {worst:.2e}");
+
+        // Sequences prepared together, the second run only from where it leaves the first
+        // (after the first's cached keys and values), learn exactly as if prepared alone.
+        let longer = engine
+            .tokenizer()
+            .encode("Ana lives in Porto with her dog.", false)
+            .unwrap();
+        let common = tokens
+            .iter()
+            .zip(&longer)
+            .take_while(|(a, b)| a == b)
+            .count();
+        assert!(common >= 3, "the phrasings share only {common} tokens");
+        let together = model
+            .prepare_many(&[
+                (&tokens, 3..tokens.len() - 1),
+                (&longer, 2..longer.len() - 1),
+            ])
+            .unwrap();
+        let alone = [
+            model.prepare(&tokens, 3..tokens.len() - 1).unwrap(),
+            model.prepare(&longer, 2..longer.len() - 1).unwrap(),
+        ];
+        let mut rows: Vec<u32> = together.iter().flat_map(rows_of).collect();
+        rows.sort_unstable();
+        rows.dedup();
+        for (i, (t, a)) in together.iter().zip(&alone).enumerate() {
+            assert_eq!(rows_of(t), rows_of(a), "sequence {i}: other rows read");
+            let worst = same_gradient(
+                model.backend(),
+                &model
+                    .value_gradients(std::slice::from_ref(t), &rows)
+                    .unwrap(),
+                &model
+                    .value_gradients(std::slice::from_ref(a), &rows)
+                    .unwrap(),
+                &format!("gated {gated}, layer {layer}, shared prefix, sequence {i}"),
+            );
+            eprintln!(
+                "prepared after a shared prefix (sequence {i}): gradients within {worst:.2e}"
+            );
+        }
     }
 }

@@ -755,10 +755,11 @@ fn learn_facts<B: Backend>(
     let reads = model.memory()[0].lookup.shape.heads * model.memory()[0].lookup.shape.top_k;
     for (fi, batch) in batches.iter().enumerate() {
         let t0 = Instant::now();
-        let mut seqs: Vec<PreparedSequence<B>> = batch
+        let inputs: Vec<_> = batch
             .iter()
-            .map(|e| model.prepare(&e.tokens, e.targets.clone()))
-            .collect::<Result<_>>()?;
+            .map(|e| (&e.tokens[..], e.targets.clone()))
+            .collect();
+        let mut seqs: Vec<PreparedSequence<B>> = model.prepare_many(&inputs)?;
         report.timings.prepare += t0.elapsed();
 
         let t0 = Instant::now();

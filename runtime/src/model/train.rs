@@ -66,6 +66,9 @@ struct Span {
 struct Tape<B: Backend> {
     x_in: B::Tensor,
     qkv: Vec<Qkv<B>>,
+    /// Per span, the offset from which the block's output was kept (see
+    /// [`Model::block_forward_taped`]); `x_mid`, `gate` and `up` then hold only those rows.
+    kept_from: Option<Vec<usize>>,
     x_mid: B::Tensor,
     gate: B::Tensor,
     up: B::Tensor,
@@ -119,33 +122,69 @@ impl<B: Backend> Model<B> {
         tokens: &[u32],
         loss_positions: std::ops::Range<usize>,
     ) -> Result<PreparedSequence<B>> {
+        let mut one = self.prepare_many(&[(tokens, loss_positions)])?;
+        Ok(one.pop().expect("one sequence in, one out"))
+    }
+
+    /// [`Self::prepare`] for several sequences. A sequence that begins like the one before it
+    /// (two chat phrasings share the system prompt and the question) runs only from where
+    /// they differ, after the earlier one's cached keys and values.
+    pub fn prepare_many(
+        &self,
+        seqs: &[(&[u32], std::ops::Range<usize>)],
+    ) -> Result<Vec<PreparedSequence<B>>> {
         let layer = self.learning_block()?;
-        if tokens.len() < 2 || loss_positions.is_empty() || loss_positions.end > tokens.len() - 1 {
-            return Err(Error::InvalidArgument(format!(
-                "loss positions {loss_positions:?} must be a non-empty range inside a \
-                 sequence of {} tokens (the last position has no next token)",
-                tokens.len()
-            )));
+        for (tokens, loss_positions) in seqs {
+            if tokens.len() < 2
+                || loss_positions.is_empty()
+                || loss_positions.end > tokens.len() - 1
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "loss positions {loss_positions:?} must be a non-empty range inside a \
+                     sequence of {} tokens (the last position has no next token)",
+                    tokens.len()
+                )));
+            }
         }
         let b = &self.backend;
-        let mut cache = self.new_cache(tokens.len());
-        let mut x = b.embed(&self.token_embd, tokens)?;
         let memory = &self.memory[0];
-        let mut found = None;
-        self.run_layers(&mut x, &mut cache, layer + 1, false, &mut |i, h| {
-            if i == layer {
-                found = Some((memory.lookup.lookup(b, h), b.slice_rows(h, 0, b.shape(h).0)));
-            }
-        });
-        let (lookup, h) = found.expect("the memory block ran");
-        Ok(PreparedSequence {
-            tokens: tokens.to_vec(),
-            loss_positions,
-            base: x,
-            h,
-            lookup,
-            frozen: None,
-        })
+        let longest = seqs.iter().map(|(t, _)| t.len()).max().unwrap_or(0);
+        // Only the blocks up to the memory run: a cache of just those keeps its length (the
+        // shortest layer's) meaningful.
+        let mut cache = b.new_kv_cache(layer + 1, self.config.kv_dim(), longest);
+        let mut out: Vec<PreparedSequence<B>> = Vec::with_capacity(seqs.len());
+        for (tokens, loss_positions) in seqs {
+            // At least one position runs, so the memory's input is seen for it.
+            let shared = out.last().map_or(0, |p| {
+                let common = p.tokens.iter().zip(*tokens).take_while(|(a, b)| a == b);
+                common.count().min(tokens.len() - 1)
+            });
+            b.kv_truncate(&mut cache, shared);
+            let mut x = b.embed(&self.token_embd, &tokens[shared..])?;
+            let mut h = None;
+            self.run_layers(&mut x, &mut cache, layer + 1, false, &mut |i, hi| {
+                if i == layer {
+                    h = Some(b.slice_rows(hi, 0, b.shape(hi).0));
+                }
+            });
+            let h = h.expect("the memory block ran");
+            let (base, h) = match out.last() {
+                Some(p) if shared > 0 => (
+                    b.concat_rows(&[&b.slice_rows(&p.base, 0, shared), &x]),
+                    b.concat_rows(&[&b.slice_rows(&p.h, 0, shared), &h]),
+                ),
+                _ => (x, h),
+            };
+            out.push(PreparedSequence {
+                tokens: tokens.to_vec(),
+                loss_positions: loss_positions.clone(),
+                lookup: memory.lookup.lookup(b, &h),
+                base,
+                h,
+                frozen: None,
+            });
+        }
+        Ok(out)
     }
 
     /// Lets later [`Self::value_gradients`] calls on `seqs` skip each sequence's leading
@@ -186,7 +225,7 @@ impl<B: Backend> Model<B> {
             let qkv = self.layers[layer + 1..]
                 .iter()
                 .map(|l| {
-                    let t = self.block_forward_taped(l, &mut x, &whole, &[None]);
+                    let t = self.block_forward_taped(l, &mut x, &whole, &[None], None);
                     t.qkv.into_iter().next().expect("one span, one q/k/v")
                 })
                 .collect();
@@ -262,7 +301,15 @@ impl<B: Backend> Model<B> {
             at += n - start;
         }
         let mut x = concat(b, parts);
-        let tapes: Vec<Tape<B>> = self.layers[layer + 1..]
+        // The top block's output matters only at the scored positions, which end each span:
+        // it keeps just those rows, so its output projection and FFN skip the others.
+        let scored_from: Vec<usize> = seqs
+            .iter()
+            .zip(&spans)
+            .map(|(seq, s)| seq.loss_positions.start - s.start)
+            .collect();
+        let above = &self.layers[layer + 1..];
+        let tapes: Vec<Tape<B>> = above
             .iter()
             .enumerate()
             .map(|(i, l)| {
@@ -270,18 +317,28 @@ impl<B: Backend> Model<B> {
                     .iter()
                     .map(|s| s.frozen.as_ref().map(|f| &f.qkv[i]))
                     .collect();
-                self.block_forward_taped(l, &mut x, &spans, &prefixes)
+                let keep = (i + 1 == above.len()).then_some(&scored_from[..]);
+                self.block_forward_taped(l, &mut x, &spans, &prefixes, keep)
             })
             .collect();
-        let mut scored = Vec::with_capacity(seqs.len());
-        let mut targets: Vec<u32> = Vec::new();
-        for (seq, s) in seqs.iter().zip(&spans) {
-            let range = seq.loss_positions.clone();
-            let first = s.at + range.start - s.start;
-            scored.push(b.slice_rows(&x, first, first + range.len()));
-            targets.extend_from_slice(&seq.tokens[range.start + 1..range.end + 1]);
-        }
-        let xs = concat(b, scored);
+        let targets: Vec<u32> = seqs
+            .iter()
+            .flat_map(|seq| {
+                let range = seq.loss_positions.clone();
+                seq.tokens[range.start + 1..range.end + 1].iter().copied()
+            })
+            .collect();
+        // With no block above the memory the batch still holds every unfrozen position.
+        let xs = if above.is_empty() {
+            let scored: Vec<_> = spans
+                .iter()
+                .zip(&scored_from)
+                .map(|(s, &from)| b.slice_rows(&x, s.at + from, s.at + s.len))
+                .collect();
+            concat(b, scored)
+        } else {
+            x
+        };
         let normed = b.rms_norm(&xs, &self.output_norm, c.norm_eps);
         let head = self.output.as_ref().unwrap_or(&self.token_embd);
         let logits = b.matmul(head, &normed);
@@ -308,17 +365,11 @@ impl<B: Backend> Model<B> {
 
         // Backward: the head once, then the blocks over the batch, then each sequence's memory.
         let dnormed = b.matmul_backward(head, &dlogits);
-        let dxs = b.rms_norm_backward(&xs, &self.output_norm, c.norm_eps, &dnormed);
-        let mut scored_at = 0;
-        let mut dx_parts = Vec::with_capacity(seqs.len());
-        for (seq, s) in seqs.iter().zip(&spans) {
-            let range = seq.loss_positions.clone();
-            let mine = b.slice_rows(&dxs, scored_at, scored_at + range.len());
-            scored_at += range.len();
-            dx_parts.push(b.pad_rows(&mine, range.start - s.start, s.len));
+        let mut dx = b.rms_norm_backward(&xs, &self.output_norm, c.norm_eps, &dnormed);
+        if above.is_empty() {
+            dx = spread_rows(b, &dx, &spans, &scored_from);
         }
-        let mut dx = concat(b, dx_parts);
-        for (l, tape) in self.layers[layer + 1..].iter().zip(&tapes).rev() {
+        for (l, tape) in above.iter().zip(&tapes).rev() {
             self.block_backward(l, tape, &spans, &mut dx);
         }
         for ((seq, s), gate_tape) in seqs.iter().zip(&spans).zip(&gate_tapes) {
@@ -421,13 +472,16 @@ impl<B: Backend> Model<B> {
 
     /// One block forward over a batch of sequences' positions (`spans`), recording its
     /// activations; `prefixes[i]` is q, k (after RoPE) and v of sequence i's positions
-    /// before its span's `start`, `None` when that is 0.
+    /// before its span's `start`, `None` when that is 0. With `keep_from`, `x` comes out
+    /// holding only rows `keep_from[i]..` of each span i, stacked (attention still reads
+    /// every position).
     fn block_forward_taped(
         &self,
         l: &Layer<B>,
         x: &mut B::Tensor,
         spans: &[Span],
         prefixes: &[Option<&Qkv<B>>],
+        keep_from: Option<&[usize]>,
     ) -> Tape<B> {
         let b = &self.backend;
         let c = &self.config;
@@ -462,7 +516,11 @@ impl<B: Backend> Model<B> {
             });
             qkv.push((q, k, v));
         }
-        let attn = concat(b, attn_parts);
+        let mut attn = concat(b, attn_parts);
+        if let Some(from) = keep_from {
+            attn = keep_rows(b, &attn, spans, from);
+            *x = keep_rows(b, x, spans, from);
+        }
         b.add_assign(x, &b.matmul(&l.wo, &attn));
         let x_mid = b.slice_rows(x, 0, b.shape(x).0);
         let h2 = b.rms_norm(x, &l.ffn_norm, c.norm_eps);
@@ -472,6 +530,7 @@ impl<B: Backend> Model<B> {
         Tape {
             x_in,
             qkv,
+            kept_from: keep_from.map(<[usize]>::to_vec),
             x_mid,
             gate,
             up,
@@ -493,7 +552,12 @@ impl<B: Backend> Model<B> {
             &b.rms_norm_backward(&t.x_mid, &l.ffn_norm, c.norm_eps, &dh2),
         );
         // Attention: x_mid = x_in + W_o attn(rope(W_q h1), rope(W_k h1), W_v h1), h1 = norm(x_in).
-        let dattn_all = b.matmul_backward(&l.wo, dx);
+        let mut dattn_all = b.matmul_backward(&l.wo, dx);
+        if let Some(from) = &t.kept_from {
+            // Back to every position of the spans: the dropped rows reached no output.
+            dattn_all = spread_rows(b, &dattn_all, spans, from);
+            *dx = spread_rows(b, dx, spans, from);
+        }
         let mut dq_parts = Vec::with_capacity(spans.len());
         let mut dk_parts = Vec::with_capacity(spans.len());
         let mut dv_parts = Vec::with_capacity(spans.len());
@@ -532,6 +596,33 @@ impl<B: Backend> Model<B> {
             &b.rms_norm_backward(&t.x_in, &l.attn_norm, c.norm_eps, &dh1),
         );
     }
+}
+
+/// Rows `from[i]..` of each span i of the batch `t`, stacked.
+fn keep_rows<B: Backend>(b: &B, t: &B::Tensor, spans: &[Span], from: &[usize]) -> B::Tensor {
+    let parts = spans
+        .iter()
+        .zip(from)
+        .map(|(s, &f)| b.slice_rows(t, s.at + f, s.at + s.len))
+        .collect();
+    concat(b, parts)
+}
+
+/// The inverse layout of [`keep_rows`]: `t` holds rows `from[i]..` of each span i, stacked;
+/// the result holds every row of the spans, zero where `t` has none.
+fn spread_rows<B: Backend>(b: &B, t: &B::Tensor, spans: &[Span], from: &[usize]) -> B::Tensor {
+    let mut at = 0;
+    let parts = spans
+        .iter()
+        .zip(from)
+        .map(|(s, &f)| {
+            let kept = s.len - f;
+            let part = b.pad_rows(&b.slice_rows(t, at, at + kept), f, s.len);
+            at += kept;
+            part
+        })
+        .collect();
+    concat(b, parts)
 }
 
 /// The rows of `parts` stacked in order (the one part itself when there is one).
