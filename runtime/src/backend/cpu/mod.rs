@@ -154,6 +154,32 @@ impl CpuBackend {
     }
 }
 
+/// Rows below this run on the calling thread: handing decode's single row to the pool
+/// costs more than the work.
+const PARALLEL_ROWS: usize = 16;
+
+impl CpuBackend {
+    /// Calls `f(r, row)` for every row `r` of `out` (rows of `cols`), across the pool when
+    /// there are enough rows. Each row is computed alone, so the result does not depend on
+    /// scheduling.
+    fn for_rows(&self, out: &mut [f32], cols: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+        if cols == 0 {
+            return;
+        }
+        if out.len() / cols >= PARALLEL_ROWS {
+            self.pool.install(|| {
+                out.par_chunks_exact_mut(cols)
+                    .enumerate()
+                    .for_each(|(r, row)| f(r, row))
+            });
+        } else {
+            out.chunks_exact_mut(cols)
+                .enumerate()
+                .for_each(|(r, row)| f(r, row));
+        }
+    }
+}
+
 /// The result of [`CpuBackend::gemm`], shared by the tasks that each write their own columns.
 struct SharedOut(*mut f32);
 // SAFETY: the tasks write disjoint columns, and `gemm` waits for all of them before the
@@ -427,7 +453,7 @@ impl Backend for CpuBackend {
 
     fn rms_norm(&self, x: &CpuTensor, weight: &CpuTensor, eps: f32) -> CpuTensor {
         let mut data = x.data.clone();
-        for row in data.chunks_exact_mut(x.cols) {
+        self.for_rows(&mut data, x.cols, |_, row| {
             // Sum of squares in f64, and x·scale before ·weight: ggml's order, so rounding
             // matches llama.cpp where activations are large.
             let sum: f64 = row.iter().map(|&v| (v * v) as f64).sum();
@@ -436,7 +462,7 @@ impl Backend for CpuBackend {
             for (v, w) in row.iter_mut().zip(&weight.data) {
                 *v = (*v * scale) * w;
             }
-        }
+        });
         CpuTensor {
             data,
             rows: x.rows,
@@ -449,12 +475,14 @@ impl Backend for CpuBackend {
     }
 
     fn silu_mul(&self, gate: &CpuTensor, up: &CpuTensor) -> CpuTensor {
-        let data = gate
-            .data
-            .iter()
-            .zip(&up.data)
-            .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
-            .collect();
+        let c = gate.cols;
+        let mut data = vec![0f32; gate.data.len()];
+        self.for_rows(&mut data, c, |r, out| {
+            let (g, u) = (&gate.data[r * c..(r + 1) * c], &up.data[r * c..(r + 1) * c]);
+            for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
+                *o = g / (1.0 + (-g).exp()) * u;
+            }
+        });
         CpuTensor {
             data,
             rows: gate.rows,
@@ -624,11 +652,8 @@ impl Backend for CpuBackend {
     ) -> CpuTensor {
         let d = x.cols;
         let mut data = vec![0f32; x.data.len()];
-        for ((out, xr), gr) in data
-            .chunks_exact_mut(d)
-            .zip(x.data.chunks_exact(d))
-            .zip(dy.data.chunks_exact(d))
-        {
+        self.for_rows(&mut data, d, |r, out| {
+            let (xr, gr) = (&x.data[r * d..(r + 1) * d], &dy.data[r * d..(r + 1) * d]);
             let sum: f64 = xr.iter().map(|&v| (v * v) as f64).sum();
             let s = 1.0 / ((sum / d as f64) + eps as f64).sqrt();
             // y = x·s·w  ⇒  dx = s·(w⊙dy) − x·s³/d·Σ(w⊙dy⊙x)
@@ -642,7 +667,7 @@ impl Backend for CpuBackend {
             for (((o, &g), &w), &v) in out.iter_mut().zip(gr).zip(&weight.data).zip(xr) {
                 *o = (s * (g * w) as f64 - k * v as f64) as f32;
             }
-        }
+        });
         CpuTensor {
             data,
             rows: x.rows,
@@ -667,13 +692,23 @@ impl Backend for CpuBackend {
         up: &CpuTensor,
         dy: &CpuTensor,
     ) -> (CpuTensor, CpuTensor) {
-        let n = gate.data.len();
-        let (mut dg, mut du) = (vec![0f32; n], vec![0f32; n]);
-        for i in 0..n {
-            let (g, u, d) = (gate.data[i], up.data[i], dy.data[i]);
-            let sig = 1.0 / (1.0 + (-g).exp());
-            dg[i] = d * u * sig * (1.0 + g * (1.0 - sig));
-            du[i] = d * g * sig;
+        let (n, c) = (gate.data.len(), gate.cols);
+        // dg and du side by side in one row of 2c, so each row is one task.
+        let mut both = vec![0f32; 2 * n];
+        self.for_rows(&mut both, 2 * c, |r, out| {
+            let (dg, du) = out.split_at_mut(c);
+            let at = r * c..(r + 1) * c;
+            let (g, u, d) = (&gate.data[at.clone()], &up.data[at.clone()], &dy.data[at]);
+            for i in 0..c {
+                let sig = 1.0 / (1.0 + (-g[i]).exp());
+                dg[i] = d[i] * u[i] * sig * (1.0 + g[i] * (1.0 - sig));
+                du[i] = d[i] * g[i] * sig;
+            }
+        });
+        let (mut dg, mut du) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for row in both.chunks_exact(2 * c.max(1)) {
+            dg.extend_from_slice(&row[..c]);
+            du.extend_from_slice(&row[c..]);
         }
         let t = |data| CpuTensor {
             data,
