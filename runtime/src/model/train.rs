@@ -330,12 +330,7 @@ impl<B: Backend> Model<B> {
             .collect();
         // With no block above the memory the batch still holds every unfrozen position.
         let xs = if above.is_empty() {
-            let scored: Vec<_> = spans
-                .iter()
-                .zip(&scored_from)
-                .map(|(s, &from)| b.slice_rows(&x, s.at + from, s.at + s.len))
-                .collect();
-            concat(b, scored)
+            keep_rows(b, &x, &spans, &scored_from)
         } else {
             x
         };
