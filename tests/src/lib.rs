@@ -245,16 +245,22 @@ pub fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
 /// A tiny random llama model (2 layers, d = 64, 258-token byte-level vocabulary) written with
 /// engram's GGUF writer; weight types vary by tensor so every block format is exercised.
 pub fn tiny_llama_gguf(seed: u64) -> Vec<u8> {
-    tiny_llama(seed, 2, false)
+    tiny_llama(seed, 2, false, None)
+}
+
+/// Like [`tiny_llama_gguf`] with `chat_template` and a 4,096-token context, so that chat and
+/// learning (whose phrasings are chat exchanges, byte-level tokens here) run on it too.
+pub fn tiny_chat_llama_gguf(seed: u64, chat_template: &str) -> Vec<u8> {
+    tiny_llama(seed, 2, false, Some(chat_template))
 }
 
 /// Like [`tiny_llama_gguf`] with `layers` blocks whose weights are all f32 and whose norm
 /// weights are not all one: every op is then smooth, for finite-difference gradient checks.
 pub fn tiny_llama_f32_gguf(seed: u64, layers: usize) -> Vec<u8> {
-    tiny_llama(seed, layers, true)
+    tiny_llama(seed, layers, true, None)
 }
 
-fn tiny_llama(seed: u64, layers: usize, all_f32: bool) -> Vec<u8> {
+fn tiny_llama(seed: u64, layers: usize, all_f32: bool, chat_template: Option<&str>) -> Vec<u8> {
     use engram::gguf::{GgufWriter, Value, ValueType};
     use engram::quant::{GgmlType, quantize_row};
 
@@ -277,7 +283,8 @@ fn tiny_llama(seed: u64, layers: usize, all_f32: bool) -> Vec<u8> {
     w.set("llama.attention.head_count", Value::U32(heads as u32));
     w.set("llama.attention.head_count_kv", Value::U32(kv_heads as u32));
     w.set("llama.feed_forward_length", Value::U32(ffn as u32));
-    w.set("llama.context_length", Value::U32(128));
+    let context = if chat_template.is_some() { 4096 } else { 128 };
+    w.set("llama.context_length", Value::U32(context));
     w.set("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5));
     w.set("llama.rope.freq_base", Value::F32(10000.0));
     w.set("tokenizer.ggml.model", s("gpt2"));
@@ -299,6 +306,9 @@ fn tiny_llama(seed: u64, layers: usize, all_f32: bool) -> Vec<u8> {
     );
     w.set("tokenizer.ggml.bos_token_id", Value::U32(256));
     w.set("tokenizer.ggml.eos_token_id", Value::U32(257));
+    if let Some(template) = chat_template {
+        w.set("tokenizer.chat_template", s(template));
+    }
 
     let norm_seed = seed ^ 77;
     let mut seed = seed;
