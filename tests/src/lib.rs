@@ -242,6 +242,18 @@ pub fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
+/// A memory shaped for the tiny test models: 64 slots, 2 heads of 4 picks, beside block 1.
+pub fn tiny_memory_config() -> engram::memory::MemoryConfig {
+    engram::memory::MemoryConfig {
+        layers: vec![1],
+        n_keys: 8,
+        heads: 2,
+        top_k: 4,
+        k_dim: 8,
+        gated: false,
+    }
+}
+
 /// A tiny random llama model (2 layers, d = 64, 258-token byte-level vocabulary) written with
 /// engram's GGUF writer; weight types vary by tensor so every block format is exercised.
 pub fn tiny_llama_gguf(seed: u64) -> Vec<u8> {

@@ -11,7 +11,7 @@ use engram::gguf::TensorBytes;
 use engram::memory::{MemoryConfig, RetrofitOptions, retrofit};
 use engram::quant::{GgmlType, dequantize_row, quantize_row};
 use engram::{Engine, EngineOptions};
-use engram_e2e::{noise, tiny_llama_f32_gguf};
+use engram_e2e::{noise, tiny_llama_f32_gguf, tiny_memory_config};
 
 fn backend() -> CpuBackend {
     CpuBackend::new(2).unwrap()
@@ -323,11 +323,8 @@ fn value_gradients_match_finite_differences_through_the_model() {
         let opts = RetrofitOptions {
             config: MemoryConfig {
                 layers: vec![layer],
-                n_keys: 8,
-                heads: 2,
-                top_k: 4,
-                k_dim: 8,
                 gated,
+                ..tiny_memory_config()
             },
             batch_tokens: 32,
             fit_samples: 64,

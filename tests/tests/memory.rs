@@ -9,7 +9,7 @@ use engram::backend::{Backend, ProductKeyShape};
 use engram::memory::product_keys::brute_force_head;
 use engram::memory::{Init, MemoryConfig, MemoryStore, RetrofitOptions, SlotUsage, retrofit};
 use engram::{Engine, EngineOptions, Error};
-use engram_e2e::{background_documents, default_model, noise, tiny_llama_gguf};
+use engram_e2e::{background_documents, default_model, noise, tiny_llama_gguf, tiny_memory_config};
 
 fn scratch(name: &str) -> PathBuf {
     engram_e2e::scratch_dir("memory").join(name)
@@ -282,21 +282,9 @@ fn tiny_engine(seed: u64) -> Engine {
     Engine::open(&path, &EngineOptions::default()).unwrap()
 }
 
-/// A memory shaped for the tiny model: 64 slots, 2 heads of 4 picks, beside block 1.
-fn tiny_config() -> MemoryConfig {
-    MemoryConfig {
-        layers: vec![1],
-        n_keys: 8,
-        heads: 2,
-        top_k: 4,
-        k_dim: 8,
-        gated: false,
-    }
-}
-
 fn tiny_store(engine: &Engine) -> MemoryStore {
     let opts = RetrofitOptions {
-        config: tiny_config(),
+        config: tiny_memory_config(),
         batch_tokens: 32,
         fit_samples: 64,
         ..Default::default()
@@ -516,7 +504,7 @@ fn fingerprint_changes_with_the_weights_only() {
 #[test]
 fn lookup_temperature_keeps_the_picks_and_flattens_their_weights() {
     let engine = tiny_engine(4);
-    let config = tiny_config();
+    let config = tiny_memory_config();
     let at = |temperature: f32| {
         let opts = RetrofitOptions {
             config: config.clone(),

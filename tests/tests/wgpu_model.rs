@@ -17,7 +17,9 @@ use engram::learn::{Fact, LearnOptions};
 use engram::memory::{MemoryConfig, MemoryStore, RetrofitOptions, retrofit};
 use engram::sampling::argmax;
 use engram::{ChatMessage, Device, Engine, EngineOptions, GenerateOptions};
-use engram_e2e::{LlamaCpp, background_documents, default_model, tiny_llama_f32_gguf};
+use engram_e2e::{
+    LlamaCpp, background_documents, default_model, tiny_llama_f32_gguf, tiny_memory_config,
+};
 
 /// The default model on `device`, or `None` when wgpu is wanted, absent and skipping is allowed.
 fn open(device: Device) -> Option<Engine> {
@@ -260,11 +262,8 @@ fn learning_on_a_float_model_matches_the_cpu_closely() {
     let opts = RetrofitOptions {
         config: MemoryConfig {
             layers: vec![0],
-            n_keys: 8,
-            heads: 2,
-            top_k: 4,
-            k_dim: 8,
             gated: true,
+            ..tiny_memory_config()
         },
         batch_tokens: 32,
         fit_samples: 64,

@@ -10,7 +10,7 @@ use std::process::Command;
 
 #[path = "../../test_support.rs"]
 mod support;
-use engram::memory::{MemoryConfig, RetrofitOptions, retrofit};
+use engram::memory::{RetrofitOptions, retrofit};
 use engram::{Engine, EngineOptions};
 use support::{make_store, model, root};
 
@@ -65,14 +65,7 @@ fn tiny_model_and_store(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::write(&gguf, engram_e2e::tiny_chat_llama_gguf(7, template)).unwrap();
     let engine = Engine::open(&gguf, &EngineOptions::default()).unwrap();
     let opts = RetrofitOptions {
-        config: MemoryConfig {
-            layers: vec![1],
-            n_keys: 8,
-            heads: 2,
-            top_k: 4,
-            k_dim: 8,
-            gated: false,
-        },
+        config: engram_e2e::tiny_memory_config(),
         batch_tokens: 64,
         fit_samples: 256,
         ..Default::default()
