@@ -84,18 +84,27 @@ fn build_store(dir: &Path) -> PathBuf {
         fit_samples: 1024,
         ..Default::default()
     };
+    fitted_store(&engine, &docs, &opts, &dir.join("fresh.engram"))
+}
+
+/// Retrofits a memory into `engine`'s model on `docs` and saves it at `path`.
+pub fn fitted_store(
+    engine: &Engine,
+    docs: &[String],
+    opts: &RetrofitOptions,
+    path: &Path,
+) -> PathBuf {
     let store = retrofit(
         engine.model(),
         engine.tokenizer(),
         &engine.fingerprint(),
-        &docs,
-        &opts,
+        docs,
+        opts,
         &mut |_| true,
     )
     .unwrap();
-    let path = dir.join("fresh.engram");
-    store.save(&path).unwrap();
-    path
+    store.save(path).unwrap();
+    path.to_owned()
 }
 
 /// Copies the fresh store to `dir/<name>.engram` for one test to change.

@@ -10,7 +10,7 @@ use std::process::Command;
 
 #[path = "../../test_support.rs"]
 mod support;
-use engram::memory::{RetrofitOptions, retrofit};
+use engram::memory::RetrofitOptions;
 use engram::{Engine, EngineOptions};
 use support::{make_store, model, root};
 
@@ -71,17 +71,7 @@ fn tiny_model_and_store(dir: &Path) -> (PathBuf, PathBuf) {
         ..Default::default()
     };
     let docs = engram_e2e::background_documents();
-    let store = retrofit(
-        engine.model(),
-        engine.tokenizer(),
-        &engine.fingerprint(),
-        &docs[..8],
-        &opts,
-        &mut |_| true,
-    )
-    .unwrap();
-    let path = dir.join("tiny.engram");
-    store.save(&path).unwrap();
+    let path = support::fitted_store(&engine, &docs[..8], &opts, &dir.join("tiny.engram"));
     (gguf, path)
 }
 
