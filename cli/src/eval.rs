@@ -313,6 +313,10 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
         "earlier_fact_penalty": args.step.earlier_fact_penalty,
         "content_rows_only": args.step.content_rows_only,
         "background_sample_tokens": engine.background_sample_tokens(),
+        "read_gate": match engine.read_gating() {
+            engram::ReadGating::Threshold(t) => json!(t),
+            engram::ReadGating::Off => json!("off"),
+        },
         "runs": runs,
         "retention_set": retained.iter().map(|f| qa(f).0).collect::<Vec<_>>(),
         "seconds": started.elapsed().as_secs_f64(),

@@ -220,5 +220,11 @@ pub fn run(mut engine: Engine, args: &LearnArgs) -> Result<(), String> {
         store.display(),
         checkpoint.as_secs_f64()
     );
+    if let Some((keys, rows)) = engine.read_gate_size() {
+        eprintln!(
+            "read gate: {keys} keys over {rows} rows, kept in {}",
+            engram::read_keys_path(&store).display()
+        );
+    }
     Ok(())
 }

@@ -8,7 +8,9 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 use engram::delta::MemoryAccess;
 use engram::gguf::Gguf;
-use engram::{ChatMessage, Device, Engine, EngineOptions, GenerateOptions, SamplingConfig};
+use engram::{
+    ChatMessage, Device, Engine, EngineOptions, GenerateOptions, ReadGating, SamplingConfig,
+};
 
 mod bench;
 mod delta;
@@ -42,6 +44,11 @@ struct Cli {
     /// Memory store to attach (from `engram retrofit`) for generate, chat and bench.
     #[arg(long, global = true)]
     memory: Option<PathBuf>,
+    /// A read of a value row that learned facts' tokens read passes only where the token's
+    /// memory input is within this cosine of one of theirs; "off" reads every row ungated.
+    /// Default: the runtime's (see the README's learning section).
+    #[arg(long, global = true, value_parser = parse_read_gate)]
+    read_gate: Option<ReadGating>,
     #[command(subcommand)]
     command: Command,
 }
@@ -183,6 +190,18 @@ pub struct Placement {
     pub threads: usize,
     /// Device to run on.
     pub device: Device,
+    /// Read gate of the attached memory.
+    pub read_gate: ReadGating,
+}
+
+fn parse_read_gate(s: &str) -> Result<ReadGating, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(ReadGating::Off);
+    }
+    match s.parse::<f32>() {
+        Ok(t) if t.is_finite() && (-1.0..=1.0).contains(&t) => Ok(ReadGating::Threshold(t)),
+        _ => Err(format!("{s:?} is neither a cosine in [-1, 1] nor \"off\"")),
+    }
 }
 
 impl Cli {
@@ -190,6 +209,7 @@ impl Cli {
         Placement {
             threads: self.threads,
             device: self.device,
+            read_gate: self.read_gate.unwrap_or_default(),
         }
     }
 }
@@ -219,6 +239,7 @@ fn open_with(
             threads: place.threads,
             device: place.device,
             context: ctx,
+            read_gate: place.read_gate,
             ..Default::default()
         },
     )

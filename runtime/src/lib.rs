@@ -18,8 +18,8 @@ pub mod sampling;
 pub mod tokenizer;
 
 pub use engine::{
-    Device, Engine, EngineOptions, GenerateOptions, Generation, ImportReport, RevertReport,
-    Session, StopReason, TextStream, log_softmax_at,
+    Device, Engine, EngineOptions, GenerateOptions, Generation, ImportReport, ReadGating,
+    RevertReport, Session, StopReason, TextStream, log_softmax_at, read_keys_path,
 };
 pub use error::{Error, Result};
 pub use sampling::SamplingConfig;

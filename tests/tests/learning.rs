@@ -5,9 +5,10 @@
 use engram::backend::Backend;
 use std::collections::HashSet;
 
+use engram::delta::MemoryAccess;
 use engram::learn::{Fact, LearnOptions, Optimizer, template_rows};
 use engram::memory::{MemoryStore, RetrofitOptions, retrofit};
-use engram::{Engine, EngineOptions, Error};
+use engram::{Engine, EngineOptions, Error, ReadGating};
 use engram_e2e::{background_documents, default_model};
 
 /// The default model with a default-shape memory fitted on 4,096 background tokens.
@@ -778,4 +779,117 @@ fn content_only_selection_picks_rows_the_facts_own_words_read() {
         outside > 0,
         "the option never changes the selection, so it proves nothing"
     );
+}
+
+/// Chat-formatted tokens of one user question.
+fn chat_tokens(engine: &Engine, question: &str) -> Vec<u32> {
+    let text = engine
+        .tokenizer()
+        .apply_chat_template(&[engram::ChatMessage::new("user", question)], true)
+        .unwrap();
+    engine.tokenizer().encode(&text, true).unwrap()
+}
+
+fn distance(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(x - y).powi(2))
+        .sum::<f64>()
+        .sqrt()
+}
+
+#[test]
+fn the_read_gate_keeps_learned_rows_to_their_facts_and_survives_reopening() {
+    let (engine, store) = engine_and_store();
+    let path = engram_e2e::scratch_dir("read_gate").join("gate.engram");
+    store.save(&path).unwrap();
+    drop(engine);
+    let keys_file = engram::read_keys_path(&path);
+    let _ = std::fs::remove_file(&keys_file);
+    let open = |gate: ReadGating, access: MemoryAccess| {
+        let mut e = Engine::open(
+            default_model(),
+            &EngineOptions {
+                read_gate: gate,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        e.open_memory(&path, access).unwrap();
+        e
+    };
+    let mut engine = open(ReadGating::default(), MemoryAccess::Write);
+    assert_eq!(engine.read_gate_size(), Some((0, 0)), "no fact yet");
+    let general = chat_tokens(&engine, "What is the capital of Japan?");
+    let base = engine.logits(&general).unwrap();
+    let facts: Vec<Fact> = FACTS[..3].iter().map(|f| fact(f.0, f.1)).collect();
+    engine
+        .learn(&facts, &LearnOptions::default(), &mut |_, _, _| true)
+        .unwrap();
+    let (keys, rows) = engine.read_gate_size().unwrap();
+    eprintln!("read gate after 3 facts: {keys} keys over {rows} rows");
+    assert!(keys > 0 && rows > 0);
+    assert!(
+        keys_file.exists(),
+        "the keys were not kept beside the store"
+    );
+
+    // A training phrasing's own tokens pass everywhere: gated and ungated agree exactly.
+    let own = engine
+        .tokenizer()
+        .encode(&format!("Q: {}\nA: {}", FACTS[0].0, FACTS[0].1), true)
+        .unwrap();
+    let own_gated = engine.logits(&own).unwrap();
+    let gated = engine.logits(&general).unwrap();
+    let answer = engine.ask(FACTS[0].2, 32).unwrap();
+    engine.set_read_gating(ReadGating::Off).unwrap();
+    assert_eq!(engine.read_gate_size(), None);
+    assert_eq!(engine.logits(&own).unwrap(), own_gated);
+    // A general question: the learned rows it reads are mostly closed to it.
+    let ungated = engine.logits(&general).unwrap();
+    let (d_gated, d_ungated) = (distance(&gated, &base), distance(&ungated, &base));
+    eprintln!("general question's logits moved {d_gated:.3} gated, {d_ungated:.3} ungated");
+    assert!(
+        d_ungated > 0.0,
+        "the facts changed nothing the question reads"
+    );
+    assert!(
+        d_gated < 0.5 * d_ungated,
+        "the gate kept {d_gated:.3} of {d_ungated:.3}"
+    );
+    drop(engine);
+
+    // Another process reads the same gate: from the kept keys, and rebuilt without them.
+    for rebuilt in [false, true] {
+        if rebuilt {
+            std::fs::remove_file(&keys_file).unwrap();
+        }
+        let again = open(ReadGating::default(), MemoryAccess::Read);
+        assert_eq!(
+            again.read_gate_size(),
+            Some((keys, rows)),
+            "rebuilt: {rebuilt}"
+        );
+        assert_eq!(again.logits(&general).unwrap(), gated, "rebuilt: {rebuilt}");
+        assert_eq!(again.ask(FACTS[0].2, 32).unwrap(), answer);
+    }
+    // Damaged keys are not used: the gate is rebuilt from the history.
+    let again = open(ReadGating::default(), MemoryAccess::Write);
+    drop(again);
+    let mut bytes = std::fs::read(&keys_file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&keys_file, &bytes).unwrap();
+    let again = open(ReadGating::default(), MemoryAccess::Read);
+    assert_eq!(again.read_gate_size(), Some((keys, rows)));
+    assert_eq!(again.logits(&general).unwrap(), gated);
+    // A threshold outside the cosine range is refused when the engine opens.
+    let bad = Engine::open(
+        default_model(),
+        &EngineOptions {
+            read_gate: ReadGating::Threshold(1.5),
+            ..Default::default()
+        },
+    );
+    assert!(matches!(bad, Err(Error::InvalidArgument(_))));
 }

@@ -684,6 +684,15 @@ pub enum Committed<'a> {
 }
 
 impl Fact {
+    /// The fact a [`Self::describe`] text was made from (a note that looks like "Q: … A: …"
+    /// reads back as a question).
+    pub fn from_description(text: &str) -> Self {
+        match text.strip_prefix("Q: ").and_then(|rest| rest.split_once(" A: ")) {
+            Some((q, a)) => Fact::qa(q, a),
+            None => Fact::note(text),
+        }
+    }
+
     /// The fact as one line of text (for histories and delta metadata).
     pub fn describe(&self) -> String {
         match self {
@@ -948,6 +957,7 @@ fn learn_facts<B: Backend>(
             }
         }
         commit(Committed::Fact(&facts[fi]))?;
+        key_read_gate(model, &seqs);
         if opts.scoring != SlotScoring::AllTouched && opts.earlier_fact_penalty > 0.0 {
             // `picks` already holds every sequence's slots, in this order.
             let weights = seqs
@@ -967,9 +977,61 @@ fn learn_facts<B: Backend>(
     Ok(report)
 }
 
+/// Adds a learned fact's tokens (its prepared phrasings) to the memory's read gate, if any.
+fn key_read_gate<B: Backend>(model: &mut Model<B>, seqs: &[PreparedSequence<B>]) {
+    if model.memory()[0].read_gate.is_none() {
+        return;
+    }
+    let reads = model.memory()[0].lookup.shape.picks();
+    let b = model.backend();
+    let parts: Vec<(Vec<f32>, Vec<u32>)> = seqs
+        .iter()
+        .map(|s| {
+            (
+                b.download(s.memory_input()),
+                b.download_slots(&s.lookup.slots),
+            )
+        })
+        .collect();
+    if let Some(gate) = model.memory_mut()[0].read_gate.as_mut() {
+        for (inputs, slots) in &parts {
+            gate.add_reads(inputs, slots, reads);
+        }
+    }
+}
+
+/// Keys the memory's read gate with facts learned earlier. The layers below the memory are
+/// frozen, so their phrasings give the same keys as when they were learned.
+pub fn rekey_read_gate<B: Backend>(
+    model: &mut Model<B>,
+    tok: &Tokenizer,
+    facts: &[Fact],
+) -> Result<()> {
+    for fact in facts {
+        let batch = examples(tok, fact)?;
+        let inputs: Vec<_> = batch
+            .iter()
+            .map(|e| (&e.tokens[..], e.targets.clone()))
+            .collect();
+        let seqs = model.prepare_many(&inputs)?;
+        key_read_gate(model, &seqs);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_description_reads_back_as_the_same_fact() {
+        for f in [
+            Fact::qa("Who painted it?", "Ingrid Halvorsen"),
+            Fact::note("My sister Ana lives in Porto."),
+        ] {
+            assert_eq!(Fact::from_description(&f.describe()), f);
+        }
+    }
 
     #[test]
     fn only_rows_above_the_limit_are_scaled_down_to_it() {

@@ -2,6 +2,7 @@
 
 use super::config::MemoryConfig;
 use super::product_keys::ProductKeyShape;
+use super::read_gate::ReadGate;
 use super::store::MemoryLayerParams;
 use crate::backend::{Backend, WeightSource};
 use crate::gguf::TensorBytes;
@@ -26,6 +27,8 @@ pub struct MemoryBlock<B: Backend> {
     gate: Option<(B::Weight, B::Weight)>,
     /// Value rows, slots × dim: the only parameters learning changes.
     pub values: B::Tensor,
+    /// Which reads of learned rows pass at inference (none: every read passes).
+    pub read_gate: Option<ReadGate>,
 }
 
 /// Activations of the gated output kept for its backward pass.
@@ -136,12 +139,24 @@ impl<B: Backend> MemoryBlock<B> {
             lookup,
             gate,
             values: backend.upload_vec(params.values, config.slots(), dim),
+            read_gate: None,
         })
     }
 
     /// The memory's output for `h`: what is added to the residual stream beside the FFN.
+    /// Reads the read gate closes are left out; learning uses [`Self::forward_from`] on the
+    /// plain lookup, since a fact's own tokens pass its gate anyway.
     pub fn forward(&self, b: &B, h: &B::Tensor) -> B::Tensor {
-        self.forward_from(b, &self.lookup.lookup(b, h), h).0
+        let mut found = self.lookup.lookup(b, h);
+        if let Some(gate) = self.read_gate.as_ref().filter(|g| !g.is_empty()) {
+            // On the host on every backend: a few dot products per read of a keyed row.
+            let slots = b.download_slots(&found.slots);
+            let mut weights = b.download(&found.weights);
+            let (tokens, reads) = b.shape(&found.weights);
+            gate.apply(&b.host_view(h), &slots, &mut weights);
+            found.weights = b.upload_vec(weights, tokens, reads);
+        }
+        self.forward_from(b, &found, h).0
     }
 
     /// The output for an earlier lookup of `h`, and what the gate's backward pass needs.

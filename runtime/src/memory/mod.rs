@@ -5,6 +5,7 @@ mod config;
 mod layer;
 mod linalg;
 pub mod product_keys;
+pub mod read_gate;
 mod retrofit;
 mod selection;
 mod store;
@@ -13,6 +14,7 @@ mod usage;
 pub use config::{MAX_KEYS, MemoryConfig};
 pub use layer::{GateTape, MemoryBlock, MemoryLookup, SlotLookup};
 pub use product_keys::ProductKeyShape;
+pub use read_gate::{DEFAULT_READ_GATE, ReadGate};
 pub use retrofit::{Init, RetrofitOptions, RetrofitProgress, retrofit};
 pub use selection::{SlotScoring, count_accesses, select_slots};
 pub use store::{

@@ -31,6 +31,13 @@ pub struct PreparedSequence<B: Backend> {
     frozen: Option<FrozenPrefix<B>>,
 }
 
+impl<B: Backend> PreparedSequence<B> {
+    /// The memory's input at every position (tokens × dim).
+    pub fn memory_input(&self) -> &B::Tensor {
+        &self.h
+    }
+}
+
 /// Leading positions of a sequence whose activations above the memory do not change while
 /// only `rows` change: none of them reads one of those rows, and attention is causal.
 struct FrozenPrefix<B: Backend> {
