@@ -314,7 +314,9 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
         "content_rows_only": args.step.content_rows_only,
         "background_sample_tokens": engine.background_sample_tokens(),
         "read_gate": match engine.read_gating() {
-            engram::ReadGating::Threshold(t) => json!(t),
+            engram::ReadGating::Cosine { questions, notes } => {
+                json!({"questions": questions, "notes": notes})
+            }
             engram::ReadGating::Off => json!("off"),
         },
         "runs": runs,

@@ -8,6 +8,7 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 use engram::delta::MemoryAccess;
 use engram::gguf::Gguf;
+use engram::memory::DEFAULT_NOTE_READ_GATE;
 use engram::{
     ChatMessage, Device, Engine, EngineOptions, GenerateOptions, ReadGating, SamplingConfig,
 };
@@ -45,8 +46,8 @@ struct Cli {
     #[arg(long, global = true)]
     memory: Option<PathBuf>,
     /// A read of a value row that learned facts' tokens read passes only where the token's
-    /// memory input is within this cosine of one of theirs; "off" reads every row ungated.
-    /// Default: the runtime's (see the README's learning section).
+    /// memory input is within this cosine of one of theirs: QUESTIONS[,NOTES] for
+    /// question/answer facts' and notes' keys (default 0.95,0.8), or "off".
     #[arg(long, global = true, value_parser = parse_read_gate)]
     read_gate: Option<ReadGating>,
     #[command(subcommand)]
@@ -198,10 +199,17 @@ fn parse_read_gate(s: &str) -> Result<ReadGating, String> {
     if s.eq_ignore_ascii_case("off") {
         return Ok(ReadGating::Off);
     }
-    match s.parse::<f32>() {
-        Ok(t) if t.is_finite() && (-1.0..=1.0).contains(&t) => Ok(ReadGating::Threshold(t)),
-        _ => Err(format!("{s:?} is neither a cosine in [-1, 1] nor \"off\"")),
-    }
+    let cosine = |t: &str| match t.trim().parse::<f32>() {
+        Ok(c) if c.is_finite() && (-1.0..=1.0).contains(&c) => Ok(c),
+        _ => Err(format!(
+            "{t:?} is not a cosine in [-1, 1] (give QUESTIONS[,NOTES] or \"off\")"
+        )),
+    };
+    let (questions, notes) = match s.split_once(',') {
+        Some((q, n)) => (cosine(q)?, cosine(n)?),
+        None => (cosine(s)?, DEFAULT_NOTE_READ_GATE),
+    };
+    Ok(ReadGating::Cosine { questions, notes })
 }
 
 impl Cli {

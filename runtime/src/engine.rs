@@ -14,7 +14,8 @@ use crate::delta::{
 use crate::gguf::Gguf;
 use crate::learn::{Committed, Fact, LearnOptions, LearnReport, LearningState, rekey_read_gate};
 use crate::memory::{
-    DEFAULT_READ_GATE, MemoryBlock, MemoryConfig, MemoryStore, ReadGate, SlotUsage,
+    DEFAULT_NOTE_READ_GATE, DEFAULT_READ_GATE, MemoryBlock, MemoryConfig, MemoryStore, ReadGate,
+    SlotUsage,
 };
 use crate::model::{Logits, Model, fingerprint};
 use crate::sampling::{Sampler, SamplingConfig};
@@ -140,15 +141,37 @@ pub struct EngineOptions {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ReadGating {
     /// A read of a row a learned fact's tokens read passes only where the token's memory
-    /// input is within this cosine of one of theirs.
-    Threshold(f32),
+    /// input is within these cosines of one of theirs: `questions` for question/answer
+    /// facts' keys, `notes` for notes' keys.
+    Cosine {
+        /// For question/answer facts' keys.
+        questions: f32,
+        /// For notes' keys (asked about in other words than they were written in).
+        notes: f32,
+    },
     /// Every read passes: the plain memory layer.
     Off,
 }
 
 impl Default for ReadGating {
     fn default() -> Self {
-        ReadGating::Threshold(DEFAULT_READ_GATE)
+        ReadGating::Cosine {
+            questions: DEFAULT_READ_GATE,
+            notes: DEFAULT_NOTE_READ_GATE,
+        }
+    }
+}
+
+impl ReadGating {
+    /// An empty gate for inputs `dim` wide with these cosines (`None` when off); an error
+    /// names a cosine outside [-1, 1].
+    fn new_gate(self, dim: usize) -> Result<Option<ReadGate>> {
+        match self {
+            ReadGating::Off => Ok(None),
+            ReadGating::Cosine { questions, notes } => {
+                ReadGate::new(dim, questions, notes).map(Some)
+            }
+        }
     }
 }
 
@@ -422,9 +445,7 @@ impl Engine {
             memory: None,
             read_gating: options.read_gate,
         };
-        if let ReadGating::Threshold(t) = options.read_gate {
-            ReadGate::new(engine.model.config.dim, t)?;
-        }
+        options.read_gate.new_gate(engine.model.config.dim)?;
         if let Some(m) = &options.memory {
             engine.open_memory(m, options.memory_access)?;
         }
@@ -486,9 +507,7 @@ impl Engine {
 
     /// Switches the read gate of the attached memory (and of memories attached later).
     pub fn set_read_gating(&mut self, gating: ReadGating) -> Result<()> {
-        if let ReadGating::Threshold(t) = gating {
-            ReadGate::new(self.model.config.dim, t)?;
-        }
+        gating.new_gate(self.model.config.dim)?;
         self.read_gating = gating;
         self.rebuild_read_gate()
     }
@@ -510,24 +529,20 @@ impl Engine {
         let Some(m) = self.memory.as_ref() else {
             return Ok(());
         };
-        let (gate, facts) = match self.read_gating {
-            ReadGating::Off => (None, Vec::new()),
-            ReadGating::Threshold(t) => {
-                let mut gate = ReadGate::new(self.model.config.dim, t)?;
-                gate.set_exempt(imported_rows(&m.durable.history));
-                let facts: Vec<Fact> = m
-                    .durable
+        let mut gate = self.read_gating.new_gate(self.model.config.dim)?;
+        let mut facts = Vec::new();
+        if let Some(g) = gate.as_mut() {
+            g.set_exempt(imported_rows(&m.durable.history));
+            facts.extend(
+                m.durable
                     .history
                     .learned
                     .iter()
-                    .map(|e| Fact::from_description(&e.text))
-                    .collect();
-                (Some(gate), facts)
-            }
-        };
+                    .map(|e| Fact::from_description(&e.text)),
+            );
+        }
         let cache = m.path.as_deref().map(read_keys_path);
         let tag = read_keys_tag(&self.fingerprint(), m);
-        let mut gate = gate;
         let cached = match (&mut gate, &cache) {
             (Some(g), Some(path)) if !facts.is_empty() => std::fs::read(path)
                 .ok()

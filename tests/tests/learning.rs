@@ -887,7 +887,10 @@ fn the_read_gate_keeps_learned_rows_to_their_facts_and_survives_reopening() {
     let bad = Engine::open(
         default_model(),
         &EngineOptions {
-            read_gate: ReadGating::Threshold(1.5),
+            read_gate: ReadGating::Cosine {
+                questions: 1.5,
+                notes: 0.8,
+            },
             ..Default::default()
         },
     );

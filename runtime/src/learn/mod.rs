@@ -10,7 +10,7 @@ mod anchor;
 pub use anchor::BackgroundAnchor;
 
 use crate::backend::Backend;
-use crate::memory::{SlotScoring, count_accesses, select_slots};
+use crate::memory::{KeyKind, SlotScoring, count_accesses, select_slots};
 use crate::model::{Model, PreparedSequence};
 use crate::tokenizer::{ChatMessage, Tokenizer};
 use crate::{Error, Result};
@@ -255,6 +255,10 @@ pub struct LearnOptions {
     /// rows that every question's markup reads, so a row changed there moves every answer.
     /// Ignored by [`SlotScoring::AllTouched`].
     pub content_rows_only: bool,
+    /// Select rows only among those no earlier fact's tokens read (the read gate's keyed
+    /// rows), while at least `top_t` such rows are read: a change there reaches no earlier
+    /// fact. Needs the read gate; ignored without it and by [`SlotScoring::AllTouched`].
+    pub avoid_keyed_rows: bool,
 }
 
 impl Default for LearnOptions {
@@ -293,6 +297,7 @@ impl Default for LearnOptions {
             // of 86.7 % but learned 75 % instead of 80 % (lr 100,000: 75 % / 90.0 %); on a store
             // retrofitted from a slightly different background it kept 84.7 % (default 86.0 %).
             content_rows_only: false,
+            avoid_keyed_rows: false,
         }
     }
 }
@@ -687,7 +692,10 @@ impl Fact {
     /// The fact a [`Self::describe`] text was made from (a note that looks like "Q: … A: …"
     /// reads back as a question).
     pub fn from_description(text: &str) -> Self {
-        match text.strip_prefix("Q: ").and_then(|rest| rest.split_once(" A: ")) {
+        match text
+            .strip_prefix("Q: ")
+            .and_then(|rest| rest.split_once(" A: "))
+        {
             Some((q, a)) => Fact::qa(q, a),
             None => Fact::note(text),
         }
@@ -792,6 +800,14 @@ fn learn_facts<B: Backend>(
         if opts.protect_template_rows && opts.scoring != SlotScoring::AllTouched {
             let protected = state.for_fact(model, tok, &facts[fi])?;
             counts.retain(|slot, _| !protected.contains(slot));
+        }
+        if opts.avoid_keyed_rows && opts.scoring != SlotScoring::AllTouched {
+            if let Some(gate) = model.memory()[0].read_gate.as_ref() {
+                let free = counts.keys().filter(|&&s| !gate.is_keyed(s)).count();
+                if free >= opts.top_t {
+                    counts.retain(|&slot, _| !gate.is_keyed(slot));
+                }
+            }
         }
         let rows = select_slots(
             &counts,
@@ -957,7 +973,7 @@ fn learn_facts<B: Backend>(
             }
         }
         commit(Committed::Fact(&facts[fi]))?;
-        key_read_gate(model, &seqs);
+        key_read_gate(model, &seqs, &facts[fi]);
         if opts.scoring != SlotScoring::AllTouched && opts.earlier_fact_penalty > 0.0 {
             // `picks` already holds every sequence's slots, in this order.
             let weights = seqs
@@ -978,7 +994,7 @@ fn learn_facts<B: Backend>(
 }
 
 /// Adds a learned fact's tokens (its prepared phrasings) to the memory's read gate, if any.
-fn key_read_gate<B: Backend>(model: &mut Model<B>, seqs: &[PreparedSequence<B>]) {
+fn key_read_gate<B: Backend>(model: &mut Model<B>, seqs: &[PreparedSequence<B>], fact: &Fact) {
     if model.memory()[0].read_gate.is_none() {
         return;
     }
@@ -993,9 +1009,13 @@ fn key_read_gate<B: Backend>(model: &mut Model<B>, seqs: &[PreparedSequence<B>])
             )
         })
         .collect();
+    let kind = match fact {
+        Fact::QuestionAnswer { .. } => KeyKind::Question,
+        Fact::Note(_) => KeyKind::Note,
+    };
     if let Some(gate) = model.memory_mut()[0].read_gate.as_mut() {
         for (inputs, slots) in &parts {
-            gate.add_reads(inputs, slots, reads);
+            gate.add_reads(inputs, slots, reads, kind);
         }
     }
 }
@@ -1014,7 +1034,7 @@ pub fn rekey_read_gate<B: Backend>(
             .map(|e| (&e.tokens[..], e.targets.clone()))
             .collect();
         let seqs = model.prepare_many(&inputs)?;
-        key_read_gate(model, &seqs);
+        key_read_gate(model, &seqs, fact);
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ mod usage;
 pub use config::{MAX_KEYS, MemoryConfig};
 pub use layer::{GateTape, MemoryBlock, MemoryLookup, SlotLookup};
 pub use product_keys::ProductKeyShape;
-pub use read_gate::{DEFAULT_READ_GATE, ReadGate};
+pub use read_gate::{DEFAULT_NOTE_READ_GATE, DEFAULT_READ_GATE, KeyKind, ReadGate};
 pub use retrofit::{Init, RetrofitOptions, RetrofitProgress, retrofit};
 pub use selection::{SlotScoring, count_accesses, select_slots};
 pub use store::{
