@@ -801,12 +801,13 @@ fn learn_facts<B: Backend>(
             let protected = state.for_fact(model, tok, &facts[fi])?;
             counts.retain(|slot, _| !protected.contains(slot));
         }
-        if opts.avoid_keyed_rows && opts.scoring != SlotScoring::AllTouched {
-            if let Some(gate) = model.memory()[0].read_gate.as_ref() {
-                let free = counts.keys().filter(|&&s| !gate.is_keyed(s)).count();
-                if free >= opts.top_t {
-                    counts.retain(|&slot, _| !gate.is_keyed(slot));
-                }
+        let gate = model.memory()[0].read_gate.as_ref();
+        if let Some(gate) =
+            gate.filter(|_| opts.avoid_keyed_rows && opts.scoring != SlotScoring::AllTouched)
+        {
+            let free = counts.keys().filter(|&&s| !gate.is_keyed(s)).count();
+            if free >= opts.top_t {
+                counts.retain(|&slot, _| !gate.is_keyed(slot));
             }
         }
         let rows = select_slots(
