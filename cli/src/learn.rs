@@ -105,9 +105,6 @@ pub struct StepFlags {
     /// template text.
     #[arg(long)]
     pub content_rows_only: bool,
-    /// Select rows only among those no earlier fact's tokens read (needs the read gate).
-    #[arg(long)]
-    pub avoid_keyed_rows: bool,
 }
 
 impl StepFlags {
@@ -125,7 +122,6 @@ impl StepFlags {
             background_penalty: self.background_penalty,
             earlier_fact_penalty: self.earlier_fact_penalty,
             content_rows_only: self.content_rows_only,
-            avoid_keyed_rows: self.avoid_keyed_rows,
         }
     }
 }

@@ -131,11 +131,6 @@ impl ReadGate {
         self.links.len()
     }
 
-    /// Whether a learned fact's token read `row`.
-    pub fn is_keyed(&self, row: u32) -> bool {
-        self.links.contains_key(&row)
-    }
-
     /// Whether no row is keyed (then every read passes).
     pub fn is_empty(&self) -> bool {
         self.links.is_empty()
