@@ -182,27 +182,42 @@ pub fn read_keys_path(store: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// The facts whose tokens key the read gate: those learned here, then those of each
+/// imported delta, as text.
+fn keyed_fact_texts(history: &StoreHistory) -> impl Iterator<Item = &str> {
+    let learned = history.learned.iter().map(|e| e.text.as_str());
+    learned.chain(
+        history
+            .imports
+            .iter()
+            .flat_map(|d| d.learned.iter().map(String::as_str)),
+    )
+}
+
 /// What saved read-gate keys must have been made from: this model, this memory's frozen
-/// lookup, and exactly these learned facts.
+/// lookup, and exactly these facts.
 fn read_keys_tag(model_fingerprint: &str, m: &AttachedMemory) -> String {
     let mut texts = Vec::new();
-    for e in &m.durable.history.learned {
-        texts.extend(e.text.as_bytes());
+    let mut count = 0;
+    for text in keyed_fact_texts(&m.durable.history) {
+        texts.extend(text.as_bytes());
         texts.push(0);
+        count += 1;
     }
     format!(
-        "model {model_fingerprint} memory {} facts {} {:016x}",
+        "model {model_fingerprint} memory {} facts {count} {:016x}",
         m.store.init_fingerprint,
-        m.durable.history.learned.len(),
         xxhash_rust::xxh3::xxh3_64(&texts)
     )
 }
 
-/// Rows the imported deltas changed: the keys of their facts are not known here.
+/// Rows that imported deltas without facts changed (made before deltas carried them): no key
+/// is known for them, so they read ungated.
 fn imported_rows(history: &StoreHistory) -> Vec<u32> {
     history
         .imports
         .iter()
+        .filter(|d| d.learned.is_empty())
         .flat_map(|d| d.previous.ids.iter().copied())
         .collect()
 }
@@ -533,13 +548,7 @@ impl Engine {
         let mut facts = Vec::new();
         if let Some(g) = gate.as_mut() {
             g.set_exempt(imported_rows(&m.durable.history));
-            facts.extend(
-                m.durable
-                    .history
-                    .learned
-                    .iter()
-                    .map(|e| Fact::from_description(&e.text)),
-            );
+            facts.extend(keyed_fact_texts(&m.durable.history).map(Fact::from_description));
         }
         let cache = m.path.as_deref().map(read_keys_path);
         let tag = read_keys_tag(&self.fingerprint(), m);
@@ -578,14 +587,20 @@ impl Engine {
         let _ = crate::delta::write_atomic(&read_keys_path(path), &bytes);
     }
 
-    /// Imported deltas changed: their rows read ungated.
-    fn refresh_read_gate_exemptions(&mut self) {
-        if let Some(m) = &self.memory {
-            let rows = imported_rows(&m.durable.history);
-            if let Some(gate) = self.model.memory_mut()[0].read_gate.as_mut() {
-                gate.set_exempt(rows);
-            }
-        }
+    /// Keys the read gate with a just imported delta's facts (`texts`).
+    fn key_imported_facts(&mut self, texts: &[String]) -> Result<()> {
+        let Some(m) = &self.memory else {
+            return Ok(());
+        };
+        let rows = imported_rows(&m.durable.history);
+        let Some(gate) = self.model.memory_mut()[0].read_gate.as_mut() else {
+            return Ok(());
+        };
+        gate.set_exempt(rows);
+        let facts: Vec<Fact> = texts.iter().map(|t| Fact::from_description(t)).collect();
+        rekey_read_gate(&mut self.model, &self.tokenizer, &facts)?;
+        self.save_read_keys();
+        Ok(())
     }
 
     /// Takes the memory layer off and returns it as a store, its values moved out of the model
@@ -840,10 +855,11 @@ impl Engine {
                 label: delta.app_label.clone(),
                 imported: unix_now(),
                 diff: delta.rows.clone(),
+                learned: delta.learned.clone(),
             },
             &mut rows,
         )?;
-        self.refresh_read_gate_exemptions();
+        self.key_imported_facts(&delta.learned)?;
         Ok(ImportReport {
             id: delta.id.clone(),
             rows: n,
@@ -860,7 +876,8 @@ impl Engine {
         let a = m
             .durable
             .commit(Change::Revert { id: full.clone() }, &mut rows)?;
-        self.refresh_read_gate_exemptions();
+        // Keys cannot be taken out of the gate one fact at a time (facts share keys).
+        self.rebuild_read_gate()?;
         Ok(RevertReport {
             id: full,
             exact: a.exact,

@@ -92,6 +92,8 @@ pub struct ImportedDelta {
     pub previous: RowSet,
     /// The differences it added (same ids as `previous`).
     pub diff: Vec<f32>,
+    /// The facts learned in it, as text (what the read gate keys its rows with).
+    pub learned: Vec<String>,
 }
 
 /// One fact that was learned, in order.
@@ -142,6 +144,8 @@ pub enum Change {
         imported: u64,
         /// The delta's rows (ids ascending) and differences.
         diff: RowSet,
+        /// The facts learned in it, as text.
+        learned: Vec<String>,
     },
     /// An imported delta was undone.
     Revert {
@@ -275,6 +279,7 @@ impl StoreHistory {
                 label,
                 imported,
                 diff,
+                learned,
             } => {
                 if self.has_import(id) {
                     return Ok(Applied::default());
@@ -301,6 +306,7 @@ impl StoreHistory {
                         values: previous,
                     },
                     diff: diff.values.clone(),
+                    learned: learned.clone(),
                 });
                 Ok(Applied {
                     rows: diff.len(),
@@ -444,6 +450,7 @@ mod tests {
             label: "x".into(),
             imported: 0,
             diff: rows(&[0, 4], 0.3),
+            learned: Vec::new(),
         };
         h.apply(&import, &mut host).unwrap();
         let once = host.values.clone();

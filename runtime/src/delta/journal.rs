@@ -129,12 +129,17 @@ impl Record {
                 label,
                 imported,
                 diff,
+                learned,
             } => {
                 w.u8(4);
                 w.str(id);
                 w.str(label);
                 w.u64(*imported);
                 w.rows(diff);
+                w.u32(learned.len() as u32);
+                for text in learned {
+                    w.str(text);
+                }
             }
             Change::Revert { id } => {
                 w.u8(5);
@@ -184,6 +189,12 @@ impl Record {
                 label: b.str()?,
                 imported: b.u64()?,
                 diff: b.rows()?,
+                // Records written before imports kept their facts end here.
+                learned: if b.at == body.len() {
+                    Vec::new()
+                } else {
+                    (0..b.u32()?).map(|_| b.str()).collect::<Option<_>>()?
+                },
             },
             5 => Change::Revert { id: b.str()? },
             _ => return None,
@@ -355,6 +366,7 @@ mod tests {
                         ids: vec![1],
                         values: vec![0.5, 0.25],
                     },
+                    learned: vec!["Q: a A: b".into(), "a note".into()],
                 },
             },
             Record {

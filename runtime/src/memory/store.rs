@@ -551,6 +551,10 @@ impl MemoryStore {
         );
         for (i, d) in h.imports.iter().enumerate() {
             w.set(format!("engram.history.import.{i}.rows"), ids(&d.previous));
+            w.set(
+                format!("engram.history.import.{i}.learned"),
+                strings(d.learned.iter().map(String::as_str).collect()),
+            );
             if !d.previous.is_empty() {
                 let shape = [self.dim as u64, d.previous.len() as u64];
                 w.add_f32(
@@ -665,12 +669,19 @@ impl MemoryStore {
                 )?
                 .values
             };
+            // Stores written before imports kept their facts have none.
+            let learned_key = format!("engram.history.import.{i}.learned");
+            let learned = match g.get(&learned_key) {
+                None => Vec::new(),
+                Some(_) => strings(&learned_key)?,
+            };
             h.imports.push(ImportedDelta {
                 id,
                 label,
                 imported,
                 previous,
                 diff,
+                learned,
             });
         }
         self.history = h;
