@@ -770,11 +770,7 @@ fn learn_facts<B: Backend>(
     let reads = model.memory()[0].lookup.shape.heads * model.memory()[0].lookup.shape.top_k;
     for (fi, batch) in batches.iter().enumerate() {
         let t0 = Instant::now();
-        let inputs: Vec<_> = batch
-            .iter()
-            .map(|e| (&e.tokens[..], e.targets.clone()))
-            .collect();
-        let mut seqs: Vec<PreparedSequence<B>> = model.prepare_many(&inputs)?;
+        let mut seqs = prepare_phrasings(model, batch)?;
         report.timings.prepare += t0.elapsed();
 
         let t0 = Instant::now();
@@ -983,6 +979,18 @@ fn learn_facts<B: Backend>(
     Ok(report)
 }
 
+/// Runs a fact's phrasings up to the memory, each scored on its targets.
+fn prepare_phrasings<B: Backend>(
+    model: &Model<B>,
+    batch: &[Example],
+) -> Result<Vec<PreparedSequence<B>>> {
+    let inputs: Vec<_> = batch
+        .iter()
+        .map(|e| (&e.tokens[..], e.targets.clone()))
+        .collect();
+    model.prepare_many(&inputs)
+}
+
 /// Adds a learned fact's tokens (its prepared phrasings) to the memory's read gate, if any.
 fn key_read_gate<B: Backend>(model: &mut Model<B>, seqs: &[PreparedSequence<B>], fact: &Fact) {
     if model.memory()[0].read_gate.is_none() {
@@ -1018,12 +1026,7 @@ pub fn rekey_read_gate<B: Backend>(
     facts: &[Fact],
 ) -> Result<()> {
     for fact in facts {
-        let batch = examples(tok, fact)?;
-        let inputs: Vec<_> = batch
-            .iter()
-            .map(|e| (&e.tokens[..], e.targets.clone()))
-            .collect();
-        let seqs = model.prepare_many(&inputs)?;
+        let seqs = prepare_phrasings(model, &examples(tok, fact)?)?;
         key_read_gate(model, &seqs, fact);
     }
     Ok(())

@@ -250,10 +250,10 @@ impl ReadGate {
         }
         let reads = slots.len() / tokens;
         let mut closed = 0;
+        // Both sides carry KEY_SCALE: the cosine is dot / KEY_SCALE².
+        let need = self.thresholds.map(|t| t * KEY_SCALE * KEY_SCALE);
         for (t, x) in inputs.chunks_exact(self.dim).enumerate() {
             let q = quantize_unit(x);
-            // Both sides carry KEY_SCALE: the cosine is dot / KEY_SCALE².
-            let need = self.thresholds.map(|t| t * KEY_SCALE * KEY_SCALE);
             for j in t * reads..(t + 1) * reads {
                 let Some(ids) = self.links.get(&slots[j]) else {
                     continue;
