@@ -254,6 +254,73 @@ fn matmul_backward_is_the_transpose_for_every_format() {
 }
 
 #[test]
+fn batched_products_match_one_weight_at_a_time() {
+    // q, k and v (or gate and up) of unequal widths: the batch splits their columns into
+    // blocks of different outputs, and the backward adds the products inside each block.
+    let b = backend();
+    let (n, cols) = (5, 64);
+    let widths = [48, 16, 32];
+    let x = noise(n * cols, 21, 1.0);
+    for (dtype, dense) in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F32]
+        .into_iter()
+        .flat_map(|d| [(d, false), (d, true)])
+    {
+        let weights: Vec<_> = widths
+            .iter()
+            .enumerate()
+            .map(|(i, &rows)| {
+                let w = noise(rows * cols, 30 + i as u64, 1.0);
+                let weight = b.load_weight(&f32_weight(&w, rows, cols, dtype)).unwrap();
+                b.keep_dense(&weight, dense);
+                weight
+            })
+            .collect();
+        let ws: Vec<_> = weights.iter().collect();
+        let xt = tensor(x.clone(), n, cols);
+        let each = b.matmul_each(&ws, &xt);
+        assert_eq!(each.len(), ws.len());
+        for (i, (got, w)) in each.iter().zip(&ws).enumerate() {
+            let want = b.matmul(w, &xt);
+            assert_eq!((got.rows, got.cols), (n, widths[i]));
+            let worst = got
+                .data
+                .iter()
+                .zip(&want.data)
+                .map(|(a, w)| (a - w).abs() / (1.0 + w.abs()))
+                .fold(0f32, f32::max);
+            assert!(
+                worst < 1e-5,
+                "{dtype} dense {dense}: product {i} off by {worst:.2e}"
+            );
+        }
+        let dys: Vec<_> = widths
+            .iter()
+            .enumerate()
+            .map(|(i, &rows)| tensor(noise(n * rows, 40 + i as u64, 1.0), n, rows))
+            .collect();
+        let dy_refs: Vec<_> = dys.iter().collect();
+        let sum = b.matmul_backward_sum(&ws, &dy_refs);
+        let mut want = vec![0f32; n * cols];
+        for (w, dy) in ws.iter().zip(&dys) {
+            for (a, v) in want.iter_mut().zip(&b.matmul_backward(w, dy).data) {
+                *a += v;
+            }
+        }
+        assert_eq!((sum.rows, sum.cols), (n, cols));
+        let worst = sum
+            .data
+            .iter()
+            .zip(&want)
+            .map(|(a, w)| (a - w).abs() / (1.0 + w.abs()))
+            .fold(0f32, f32::max);
+        assert!(
+            worst < 1e-5,
+            "{dtype} dense {dense}: summed backward off by {worst:.2e}"
+        );
+    }
+}
+
+#[test]
 fn attention_backward_matches_finite_differences() {
     let b = backend();
     let shape = AttentionShape {

@@ -231,6 +231,16 @@ impl Backend for DeviceBackend {
         on!(self, |b, M| M::wrap(b.matmul(M::weight(w), M::tensor(x))))
     }
 
+    fn matmul_each(&self, ws: &[&DeviceWeight], x: &DeviceTensor) -> Vec<DeviceTensor> {
+        on!(self, |b, M| {
+            let ws: Vec<_> = ws.iter().map(|w| M::weight(w)).collect();
+            b.matmul_each(&ws, M::tensor(x))
+                .into_iter()
+                .map(M::wrap)
+                .collect()
+        })
+    }
+
     fn rms_norm(&self, x: &DeviceTensor, weight: &DeviceTensor, eps: f32) -> DeviceTensor {
         on!(self, |b, M| M::wrap(b.rms_norm(
             M::tensor(x),
@@ -307,6 +317,14 @@ impl Backend for DeviceBackend {
         on!(self, |b, M| M::wrap(
             b.matmul_backward(M::weight(w), M::tensor(dy))
         ))
+    }
+
+    fn matmul_backward_sum(&self, ws: &[&DeviceWeight], dys: &[&DeviceTensor]) -> DeviceTensor {
+        on!(self, |b, M| {
+            let ws: Vec<_> = ws.iter().map(|w| M::weight(w)).collect();
+            let dys: Vec<_> = dys.iter().map(|t| M::tensor(t)).collect();
+            M::wrap(b.matmul_backward_sum(&ws, &dys))
+        })
     }
 
     fn rms_norm_backward(

@@ -112,6 +112,11 @@ pub trait Backend: Send + Sync {
     fn embed(&self, table: &Self::Weight, tokens: &[u32]) -> Result<Self::Tensor>;
     /// y = x · Wᵀ: each row of `x` (n × cols) against every weight row, giving n × rows.
     fn matmul(&self, w: &Self::Weight, x: &Self::Tensor) -> Self::Tensor;
+    /// [`Backend::matmul`] of one input through each of `ws` (q, k and v; gate and up): a
+    /// backend can prepare the input once and run the products as one batch of work.
+    fn matmul_each(&self, ws: &[&Self::Weight], x: &Self::Tensor) -> Vec<Self::Tensor> {
+        ws.iter().map(|w| self.matmul(w, x)).collect()
+    }
     /// Root-mean-square norm of each row, scaled by `weight` (1 × cols).
     fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f32) -> Self::Tensor;
     /// Rotates each head of each row by its position (`pos0 + row`), in place.
@@ -155,6 +160,19 @@ pub trait Backend: Send + Sync {
 
     /// dx = dy · W, the transpose of [`Backend::matmul`]: dy is n × rows, dx is n × cols.
     fn matmul_backward(&self, w: &Self::Weight, dy: &Self::Tensor) -> Self::Tensor;
+    /// `Σᵢ dysᵢ · wsᵢ`, the input gradient of [`Backend::matmul_each`] (at least one weight;
+    /// every weight has the same number of columns).
+    fn matmul_backward_sum(&self, ws: &[&Self::Weight], dys: &[&Self::Tensor]) -> Self::Tensor {
+        assert!(
+            !ws.is_empty() && ws.len() == dys.len(),
+            "matmul_backward_sum: one gradient per weight, at least one"
+        );
+        let mut sum = self.matmul_backward(ws[0], dys[0]);
+        for (w, dy) in ws.iter().zip(dys).skip(1) {
+            self.add_assign(&mut sum, &self.matmul_backward(w, dy));
+        }
+        sum
+    }
     /// Gradient of [`Backend::rms_norm`] with respect to its input `x`.
     fn rms_norm_backward(
         &self,

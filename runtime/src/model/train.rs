@@ -490,11 +490,10 @@ impl<B: Backend> Model<B> {
         let shape = self.attention_shape();
         let x_in = b.slice_rows(x, 0, b.shape(x).0);
         let h = b.rms_norm(x, &l.attn_norm, c.norm_eps);
-        let (q_all, k_all, v_all) = (
-            b.matmul(&l.wq, &h),
-            b.matmul(&l.wk, &h),
-            b.matmul(&l.wv, &h),
-        );
+        let [q_all, k_all, v_all]: [B::Tensor; 3] = b
+            .matmul_each(&[&l.wq, &l.wk, &l.wv], &h)
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("three weights, three products"));
         let mut qkv = Vec::with_capacity(spans.len());
         let mut attn_parts = Vec::with_capacity(spans.len());
         for (s, prefix) in spans.iter().zip(prefixes) {
@@ -503,19 +502,18 @@ impl<B: Backend> Model<B> {
             let mut v = b.slice_rows(&v_all, s.at, s.at + s.len);
             b.rope(&mut q, c.n_heads, c.head_dim, s.start, &c.rope);
             b.rope(&mut k, c.n_kv_heads, c.head_dim, s.start, &c.rope);
-            if let Some((pq, pk, pv)) = prefix {
-                q = b.concat_rows(&[pq, &q]);
+            if let Some((_, pk, pv)) = prefix {
                 k = b.concat_rows(&[pk, &k]);
                 v = b.concat_rows(&[pv, &v]);
             }
             let total = s.start + s.len;
             let mut cache = b.new_kv_cache(1, c.kv_dim(), total);
-            let attn = b.attention(&q, &k, &v, &mut cache, 0, shape);
-            attn_parts.push(if s.start > 0 {
-                b.slice_rows(&attn, s.start, total)
-            } else {
-                attn
-            });
+            // Only the span's own queries: the frozen positions' outputs are already known.
+            attn_parts.push(b.attention(&q, &k, &v, &mut cache, 0, shape));
+            // The backward pass takes the whole sequence's queries.
+            if let Some((pq, _, _)) = prefix {
+                q = b.concat_rows(&[pq, &q]);
+            }
             qkv.push((q, k, v));
         }
         let mut attn = concat(b, attn_parts);
@@ -526,8 +524,10 @@ impl<B: Backend> Model<B> {
         b.add_assign(x, &b.matmul(&l.wo, &attn));
         let x_mid = b.slice_rows(x, 0, b.shape(x).0);
         let h2 = b.rms_norm(x, &l.ffn_norm, c.norm_eps);
-        let gate = b.matmul(&l.w_gate, &h2);
-        let up = b.matmul(&l.w_up, &h2);
+        let [gate, up]: [B::Tensor; 2] = b
+            .matmul_each(&[&l.w_gate, &l.w_up], &h2)
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("two weights, two products"));
         b.add_assign(x, &b.matmul(&l.w_down, &b.silu_mul(&gate, &up)));
         Tape {
             x_in,
@@ -547,8 +547,7 @@ impl<B: Backend> Model<B> {
         // FFN: x_out = x_mid + W_down (silu(W_g h2) ⊙ W_u h2), h2 = norm(x_mid).
         let dff = b.matmul_backward(&l.w_down, dx);
         let (dgate, dup) = b.silu_mul_backward(&t.gate, &t.up, &dff);
-        let mut dh2 = b.matmul_backward(&l.w_gate, &dgate);
-        b.add_assign(&mut dh2, &b.matmul_backward(&l.w_up, &dup));
+        let dh2 = b.matmul_backward_sum(&[&l.w_gate, &l.w_up], &[&dgate, &dup]);
         b.add_assign(
             dx,
             &b.rms_norm_backward(&t.x_mid, &l.ffn_norm, c.norm_eps, &dh2),
@@ -590,9 +589,7 @@ impl<B: Backend> Model<B> {
             concat(b, dk_parts),
             concat(b, dv_parts),
         );
-        let mut dh1 = b.matmul_backward(&l.wq, &dq);
-        b.add_assign(&mut dh1, &b.matmul_backward(&l.wk, &dk));
-        b.add_assign(&mut dh1, &b.matmul_backward(&l.wv, &dv));
+        let dh1 = b.matmul_backward_sum(&[&l.wq, &l.wk, &l.wv], &[&dq, &dk, &dv]);
         b.add_assign(
             dx,
             &b.rms_norm_backward(&t.x_in, &l.attn_norm, c.norm_eps, &dh1),

@@ -90,67 +90,155 @@ fn is_float(dtype: GgmlType) -> bool {
     matches!(dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
 }
 
-impl CpuBackend {
-    /// a (m × k, row-major) · b (k × n, element (i, j) at `b[i·strides.0 + j·strides.1]`),
-    /// row-major m × n. Each thread computes its own block of columns straight into the
-    /// result, so the result does not depend on scheduling.
-    fn gemm(
-        &self,
-        a: &[f32],
-        m: usize,
-        k: usize,
-        b: &[f32],
-        strides: (usize, usize),
-        n: usize,
-    ) -> Vec<f32> {
-        let (rsb, csb) = strides;
-        assert_eq!(a.len(), m * k, "gemm: left operand is not m × k");
-        let last = (k.max(1) - 1) * rsb + (n.max(1) - 1) * csb;
+/// One product a · b of a [`CpuBackend::gemm_sum`] or [`CpuBackend::gemm_each`]: `a` is
+/// m × k row-major, element (i, j) of `b` (k × n) sits at `b[i·strides.0 + j·strides.1]`.
+#[derive(Clone, Copy)]
+struct GemmTerm<'a> {
+    a: &'a [f32],
+    k: usize,
+    b: &'a [f32],
+    strides: (usize, usize),
+}
+
+impl GemmTerm<'_> {
+    fn check(&self, m: usize, n: usize) {
+        let (rsb, csb) = self.strides;
+        assert_eq!(self.a.len(), m * self.k, "gemm: left operand is not m × k");
+        let last = (self.k.max(1) - 1) * rsb + (n.max(1) - 1) * csb;
         assert!(
-            m == 0 || k == 0 || n == 0 || last < b.len(),
+            m == 0 || self.k == 0 || n == 0 || last < self.b.len(),
             "gemm: right operand too small"
         );
+    }
+}
+
+/// Columns `j0..j1` of the m × n row-major `dst` = Σ `terms` (each with n columns).
+///
+/// # Safety
+/// `dst` holds m × n values, no other thread touches these columns meanwhile, and every
+/// term passed [`GemmTerm::check`] for (m, n).
+unsafe fn gemm_columns(
+    m: usize,
+    n: usize,
+    (j0, j1): (usize, usize),
+    dst: *mut f32,
+    terms: &[GemmTerm<'_>],
+) {
+    let mut written = false;
+    for t in terms.iter().filter(|t| t.k > 0) {
+        let (rsb, csb) = t.strides;
+        // SAFETY: `a` holds m × k values read with strides (k, 1); `b` from offset j0·csb
+        // holds element (i, j) for i < k, j < j1 − j0 at i·rsb + j·csb, inside `b` (checked);
+        // the columns j0..j1 of dst's m rows (row stride n) are this caller's alone.
+        unsafe {
+            gemm::gemm(
+                m,
+                j1 - j0,
+                t.k,
+                dst.add(j0),
+                1,
+                n as isize,
+                written,
+                t.a.as_ptr(),
+                1,
+                t.k as isize,
+                t.b.as_ptr().add(j0 * csb),
+                csb as isize,
+                rsb as isize,
+                if written { 1.0 } else { 0.0 },
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        written = true;
+    }
+}
+
+impl CpuBackend {
+    /// Column blocks `(output, j0, j1)` splitting outputs of `widths` columns into about two
+    /// blocks per thread over all of them (multiples of 16 columns keep every block on the
+    /// kernel's full width), so work stealing can even out blocks of unequal outputs.
+    fn column_blocks(&self, widths: &[usize]) -> Vec<(usize, usize, usize)> {
+        let total: usize = widths.iter().sum();
+        let width = total.div_ceil(2 * self.threads()).next_multiple_of(16);
+        let mut blocks = Vec::new();
+        for (o, &n) in widths.iter().enumerate() {
+            for j0 in (0..n).step_by(width.max(1)) {
+                blocks.push((o, j0, (j0 + width).min(n)));
+            }
+        }
+        blocks
+    }
+
+    /// The input of a matmul through a full-precision copy of a weight: quantized weights
+    /// multiply 8-bit activations, so rounding them the same way here keeps learning's
+    /// forward the function that answering computes.
+    fn dense_input<'x>(&self, float_weight: bool, x: &'x CpuTensor) -> std::borrow::Cow<'x, [f32]> {
+        if float_weight {
+            std::borrow::Cow::Borrowed(&x.data)
+        } else {
+            std::borrow::Cow::Owned(self.pool.install(|| round_through_q8(&x.data, x.cols)))
+        }
+    }
+
+    /// Σ `terms` (each m × k_i times k_i × n), row-major m × n. Each task computes its own
+    /// block of columns straight into the result, adding the terms in order, so the result
+    /// does not depend on scheduling.
+    fn gemm_sum(&self, m: usize, n: usize, terms: &[GemmTerm<'_>]) -> Vec<f32> {
+        terms.iter().for_each(|t| t.check(m, n));
         let mut out = vec![0f32; m * n];
-        if m == 0 || n == 0 || k == 0 {
+        if m == 0 || n == 0 {
             return out;
         }
-        // Multiples of 16 columns keep every block on the kernel's full width.
-        let width = n.div_ceil(self.threads()).next_multiple_of(16).min(n);
+        let blocks = self.column_blocks(&[n]);
         let dst = SharedOut(out.as_mut_ptr());
         self.pool.install(|| {
-            (0..n.div_ceil(width)).into_par_iter().for_each(|bi| {
+            blocks.par_iter().for_each(|&(_, j0, j1)| {
                 let dst = &dst;
-                let (j0, j1) = (bi * width, ((bi + 1) * width).min(n));
-                // SAFETY: `a` holds m × k values read with strides (k, 1); `b` from offset
-                // j0·csb holds element (i, j) for i < k, j < j1 − j0 at i·rsb + j·csb ≤
-                // `last` (asserted above); the result's columns j0..j1 of its m rows (row
-                // stride n) belong to this task alone, and no operand aliases another.
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        j1 - j0,
-                        k,
-                        dst.0.add(j0),
-                        1,
-                        n as isize,
-                        false,
-                        a.as_ptr(),
-                        1,
-                        k as isize,
-                        b.as_ptr().add(j0 * csb),
-                        csb as isize,
-                        rsb as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
+                // SAFETY: `out` holds m × n values and outlives the tasks; the blocks are
+                // disjoint column ranges; the terms were checked above.
+                unsafe { gemm_columns(m, n, (j0, j1), dst.0, terms) };
             })
         });
         out
+    }
+
+    /// `a` (m × k) times each of `bs` ((k × n_i, strides) each), as one batch of tasks:
+    /// one row-major m × n_i result per product.
+    fn gemm_each(
+        &self,
+        m: usize,
+        a: &[f32],
+        k: usize,
+        bs: &[(&[f32], (usize, usize), usize)],
+    ) -> Vec<Vec<f32>> {
+        let terms: Vec<GemmTerm<'_>> = bs
+            .iter()
+            .map(|&(b, strides, n)| {
+                let t = GemmTerm { a, k, b, strides };
+                t.check(m, n);
+                t
+            })
+            .collect();
+        let widths: Vec<usize> = bs.iter().map(|&(_, _, n)| n).collect();
+        let mut outs: Vec<Vec<f32>> = widths.iter().map(|&n| vec![0f32; m * n]).collect();
+        if m == 0 {
+            return outs;
+        }
+        let blocks = self.column_blocks(&widths);
+        let dsts: Vec<SharedOut> = outs.iter_mut().map(|o| SharedOut(o.as_mut_ptr())).collect();
+        self.pool.install(|| {
+            blocks.par_iter().for_each(|&(o, j0, j1)| {
+                let dst = &dsts[o];
+                // SAFETY: output o holds m × widths[o] values and outlives the tasks; blocks of
+                // one output are disjoint column ranges; its term was checked above.
+                unsafe { gemm_columns(m, widths[o], (j0, j1), dst.0, &terms[o..=o]) };
+            })
+        });
+        outs
     }
 }
 
@@ -180,9 +268,10 @@ impl CpuBackend {
     }
 }
 
-/// The result of [`CpuBackend::gemm`], shared by the tasks that each write their own columns.
+/// A result of [`CpuBackend::gemm_sum`] or [`CpuBackend::gemm_each`], shared by the tasks
+/// that each write their own columns.
 struct SharedOut(*mut f32);
-// SAFETY: the tasks write disjoint columns, and `gemm` waits for all of them before the
+// SAFETY: the tasks write disjoint columns, and the gemm waits for all of them before the
 // result is read or freed.
 unsafe impl Sync for SharedOut {}
 
@@ -349,19 +438,16 @@ impl Backend for CpuBackend {
         assert_eq!(x.cols, w.src.cols, "matmul {}: input width", w.src.name);
         let (n, k, rows) = (x.rows, x.cols, w.src.rows);
         if let Some(dense) = w.dense() {
-            // The quantized path multiplies 8-bit activations; rounding them the same way
-            // here keeps learning's forward the function that answering computes.
-            let rounded;
-            let xs = if is_float(w.src.dtype) {
-                &x.data
-            } else {
-                rounded = self.pool.install(|| round_through_q8(&x.data, k));
-                &rounded
-            };
+            let xs = self.dense_input(is_float(w.src.dtype), x);
             // W read as its transpose: element (i, j) of Wᵀ is W[j][i].
-            let data = self.gemm(xs, n, k, &dense, (1, k), rows);
+            let term = GemmTerm {
+                a: &xs,
+                k,
+                b: &dense,
+                strides: (1, k),
+            };
             return CpuTensor {
-                data,
+                data: self.gemm_sum(n, rows, &[term]),
                 rows: n,
                 cols: rows,
             };
@@ -449,6 +535,75 @@ impl Backend for CpuBackend {
                 cols: rows,
             }
         })
+    }
+
+    fn matmul_each(&self, ws: &[&CpuWeight], x: &CpuTensor) -> Vec<CpuTensor> {
+        let dense: Option<Vec<_>> = ws.iter().map(|w| w.dense()).collect();
+        let float = ws.iter().map(|w| is_float(w.src.dtype)).collect::<Vec<_>>();
+        let (Some(dense), false) = (dense, float.windows(2).any(|f| f[0] != f[1])) else {
+            return ws.iter().map(|w| self.matmul(w, x)).collect();
+        };
+        for w in ws {
+            assert_eq!(x.cols, w.src.cols, "matmul {}: input width", w.src.name);
+        }
+        // The input is rounded once for all the weights, and all their column blocks share
+        // one batch of tasks.
+        let xs = self.dense_input(float.first().copied().unwrap_or(true), x);
+        let bs: Vec<_> = ws
+            .iter()
+            .zip(&dense)
+            .map(|(w, d)| (&d[..], (1, x.cols), w.src.rows))
+            .collect();
+        self.gemm_each(x.rows, &xs, x.cols, &bs)
+            .into_iter()
+            .zip(ws)
+            .map(|(data, w)| CpuTensor {
+                data,
+                rows: x.rows,
+                cols: w.src.rows,
+            })
+            .collect()
+    }
+
+    fn matmul_backward_sum(&self, ws: &[&CpuWeight], dys: &[&CpuTensor]) -> CpuTensor {
+        assert!(
+            !ws.is_empty() && ws.len() == dys.len(),
+            "matmul_backward_sum: one gradient per weight, at least one"
+        );
+        let dense: Option<Vec<_>> = ws.iter().map(|w| w.dense()).collect();
+        let Some(dense) = dense else {
+            let mut sum = self.matmul_backward(ws[0], dys[0]);
+            for (w, dy) in ws.iter().zip(dys).skip(1) {
+                self.add_assign(&mut sum, &self.matmul_backward(w, dy));
+            }
+            return sum;
+        };
+        let (n, cols) = (dys[0].rows, ws[0].src.cols);
+        for (w, dy) in ws.iter().zip(dys) {
+            assert_eq!(
+                (dy.rows, dy.cols, w.src.cols),
+                (n, w.src.rows, cols),
+                "matmul_backward_sum {}: gradient shape",
+                w.src.name
+            );
+        }
+        // One product per weight, added inside each task's columns: no separate sums.
+        let terms: Vec<GemmTerm<'_>> = ws
+            .iter()
+            .zip(dys)
+            .zip(&dense)
+            .map(|((w, dy), d)| GemmTerm {
+                a: &dy.data,
+                k: w.src.rows,
+                b: d,
+                strides: (cols, 1),
+            })
+            .collect();
+        CpuTensor {
+            data: self.gemm_sum(n, cols, &terms),
+            rows: n,
+            cols,
+        }
     }
 
     fn rms_norm(&self, x: &CpuTensor, weight: &CpuTensor, eps: f32) -> CpuTensor {
@@ -608,9 +763,14 @@ impl Backend for CpuBackend {
             w.src.name
         );
         if let Some(dense) = w.dense() {
-            let data = self.gemm(&dy.data, n, rows, &dense, (cols, 1), cols);
+            let term = GemmTerm {
+                a: &dy.data,
+                k: rows,
+                b: &dense,
+                strides: (cols, 1),
+            };
             return CpuTensor {
-                data,
+                data: self.gemm_sum(n, cols, &[term]),
                 rows: n,
                 cols,
             };
@@ -735,47 +895,51 @@ impl Backend for CpuBackend {
         let group = n_heads / n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let (qc, kc) = (q.cols, k.cols);
-        // One task per kv head: it owns that head's dk, dv and its query heads' dq.
+        // One task per query head (more tasks than the few kv heads, so both threads stay
+        // busy): it owns that head's dq and a partial dk, dv of its kv head, summed below in
+        // a fixed order so the result does not depend on scheduling.
         let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = self.pool.install(|| {
-            (0..n_kv_heads)
+            (0..n_heads)
                 .into_par_iter()
-                .map(|kvh| {
-                    let mut dq = vec![0f32; n * group * hd];
+                .map(|h| {
+                    let kvh = h / group;
+                    let mut dq = vec![0f32; n * hd];
                     let mut dk = vec![0f32; n * hd];
                     let mut dv = vec![0f32; n * hd];
                     let kj = |j: usize| &k.data[j * kc + kvh * hd..][..hd];
                     let vj = |j: usize| &v.data[j * kc + kvh * hd..][..hd];
                     let mut p = vec![0f32; n];
                     let mut dp = vec![0f32; n];
-                    for g in 0..group {
-                        let h = kvh * group + g;
-                        for t in 0..n {
-                            let qt = &q.data[t * qc + h * hd..][..hd];
-                            let dot = &dout.data[t * qc + h * hd..][..hd];
-                            let mut max = f32::NEG_INFINITY;
-                            for (j, pj) in p[..=t].iter_mut().enumerate() {
-                                *pj = dot_f32(qt, kj(j)) * scale;
-                                max = max.max(*pj);
-                            }
-                            let mut sum = 0f32;
-                            for pj in &mut p[..=t] {
-                                *pj = (*pj - max).exp();
-                                sum += *pj;
-                            }
-                            let mut weighted = 0f32;
-                            for (j, (pj, dpj)) in p[..=t].iter_mut().zip(&mut dp[..=t]).enumerate()
-                            {
-                                *pj /= sum;
-                                *dpj = dot_f32(dot, vj(j));
-                                weighted += *pj * *dpj;
-                            }
-                            let dqt = &mut dq[(t * group + g) * hd..][..hd];
-                            for j in 0..=t {
-                                let ds = p[j] * (dp[j] - weighted) * scale;
-                                axpy(dqt, ds, kj(j));
-                                axpy(&mut dk[j * hd..(j + 1) * hd], ds, qt);
-                                axpy(&mut dv[j * hd..(j + 1) * hd], p[j], dot);
-                            }
+                    for t in 0..n {
+                        let qt = &q.data[t * qc + h * hd..][..hd];
+                        let dot = &dout.data[t * qc + h * hd..][..hd];
+                        // A position whose output gradient is zero (a frozen prefix, or one
+                        // past the last scored position) adds exactly zero everywhere.
+                        if dot.iter().all(|&g| g == 0.0) {
+                            continue;
+                        }
+                        let mut max = f32::NEG_INFINITY;
+                        for (j, pj) in p[..=t].iter_mut().enumerate() {
+                            *pj = dot_f32(qt, kj(j)) * scale;
+                            max = max.max(*pj);
+                        }
+                        let mut sum = 0f32;
+                        for pj in &mut p[..=t] {
+                            *pj = (*pj - max).exp();
+                            sum += *pj;
+                        }
+                        let mut weighted = 0f32;
+                        for (j, (pj, dpj)) in p[..=t].iter_mut().zip(&mut dp[..=t]).enumerate() {
+                            *pj /= sum;
+                            *dpj = dot_f32(dot, vj(j));
+                            weighted += *pj * *dpj;
+                        }
+                        let dqt = &mut dq[t * hd..][..hd];
+                        for j in 0..=t {
+                            let ds = p[j] * (dp[j] - weighted) * scale;
+                            axpy(dqt, ds, kj(j));
+                            axpy(&mut dk[j * hd..(j + 1) * hd], ds, qt);
+                            axpy(&mut dv[j * hd..(j + 1) * hd], p[j], dot);
                         }
                     }
                     (dq, dk, dv)
@@ -785,14 +949,20 @@ impl Backend for CpuBackend {
         let mut dq = vec![0f32; n * qc];
         let mut dk = vec![0f32; n * kc];
         let mut dv = vec![0f32; n * kc];
-        for (kvh, (pq, pk, pv)) in parts.into_iter().enumerate() {
+        for (h, (pq, pk, pv)) in parts.into_iter().enumerate() {
+            let kvh = h / group;
             for t in 0..n {
-                for g in 0..group {
-                    let h = kvh * group + g;
-                    dq[t * qc + h * hd..][..hd].copy_from_slice(&pq[(t * group + g) * hd..][..hd]);
-                }
-                dk[t * kc + kvh * hd..][..hd].copy_from_slice(&pk[t * hd..][..hd]);
-                dv[t * kc + kvh * hd..][..hd].copy_from_slice(&pv[t * hd..][..hd]);
+                dq[t * qc + h * hd..][..hd].copy_from_slice(&pq[t * hd..][..hd]);
+                let (dkt, dvt) = (
+                    &mut dk[t * kc + kvh * hd..][..hd],
+                    &mut dv[t * kc + kvh * hd..][..hd],
+                );
+                dkt.iter_mut()
+                    .zip(&pk[t * hd..][..hd])
+                    .for_each(|(a, b)| *a += b);
+                dvt.iter_mut()
+                    .zip(&pv[t * hd..][..hd])
+                    .for_each(|(a, b)| *a += b);
             }
         }
         let t = |data, cols| CpuTensor {
@@ -818,11 +988,18 @@ impl Backend for CpuBackend {
                 .zip(targets.par_iter())
                 .for_each(|((row, loss), &target)| {
                     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let sum: f64 = row.iter().map(|&l| ((l - max) as f64).exp()).sum();
-                    let lse = sum.ln() + max as f64;
-                    *loss = (lse - row[target as usize] as f64) as f32;
+                    let picked = row[target as usize];
+                    // One f32 exp per logit (the vocabulary is 49,152 wide and this runs at
+                    // every step); the sum is kept in f64 so the loss does not drift.
+                    let mut sum = 0f64;
                     for l in row.iter_mut() {
-                        *l = ((*l as f64 - lse).exp()) as f32;
+                        *l = (*l - max).exp();
+                        sum += f64::from(*l);
+                    }
+                    *loss = (sum.ln() + f64::from(max) - f64::from(picked)) as f32;
+                    let inv = (1.0 / sum) as f32;
+                    for l in row.iter_mut() {
+                        *l *= inv;
                     }
                     row[target as usize] -= 1.0;
                 });
@@ -952,19 +1129,18 @@ impl Backend for CpuBackend {
         let scale = 1.0 / (head_dim as f32).sqrt();
         let mut data = vec![0f32; n * n_heads * head_dim];
         self.pool.install(|| {
-            data.par_chunks_mut(head_dim)
-                .enumerate()
-                .for_each(|(idx, out)| {
+            data.par_chunks_mut(head_dim).enumerate().for_each_init(
+                Vec::new,
+                |scores: &mut Vec<f32>, (idx, out)| {
                     let (t, h) = (idx / n_heads, idx % n_heads);
                     let qh = &q.data[t * q.cols + h * head_dim..][..head_dim];
                     let kvh = h / group;
                     let visible = pos0 + t + 1;
-                    let mut scores: Vec<f32> = (0..visible)
-                        .map(|j| {
-                            let kj = &keys[j * kv_dim + kvh * head_dim..][..head_dim];
-                            dot_f32(qh, kj) * scale
-                        })
-                        .collect();
+                    scores.clear();
+                    scores.extend((0..visible).map(|j| {
+                        let kj = &keys[j * kv_dim + kvh * head_dim..][..head_dim];
+                        dot_f32(qh, kj) * scale
+                    }));
                     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let mut sum = 0f32;
                     for s in scores.iter_mut() {
@@ -979,7 +1155,8 @@ impl Backend for CpuBackend {
                             *o += w * x;
                         }
                     }
-                });
+                },
+            );
         });
         CpuTensor {
             data,
