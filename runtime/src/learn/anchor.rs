@@ -18,6 +18,8 @@
 
 use std::collections::HashMap;
 
+use rayon::prelude::*;
+
 use crate::memory::BackgroundSample;
 
 /// Sampled tokens whose other rows' values are on the host at once while the anchor is
@@ -61,13 +63,18 @@ impl BackgroundAnchor {
             rows,
             (strength, 0.0),
             dim,
+            &|_| true,
             values_of,
         )
     }
 
     /// [`Self::new`], and also holds the memory's output at the `kept` tokens (earlier
     /// facts' reads) where it is now: (μ/2) Σ_t ‖out_t − out_t now‖² joins the objective.
-    /// `strengths` is (κ, μ).
+    /// `strengths` is (κ, μ). `may_be_nonzero(slot)` is false only for value rows that are
+    /// all zeros: they add nothing to the background's output, so they are never fetched
+    /// (a fresh memory is all zeros; without it most of a fact's anchor setup was fetching
+    /// such rows).
+    #[allow(clippy::too_many_arguments)]
     pub fn keeping(
         sample: &BackgroundSample,
         kept: &BackgroundSample,
@@ -75,6 +82,7 @@ impl BackgroundAnchor {
         rows: &[u32],
         strengths: (f32, f32),
         dim: usize,
+        may_be_nonzero: &dyn Fn(u32) -> bool,
         values_of: &mut dyn FnMut(&[u32]) -> crate::Result<Vec<f32>>,
     ) -> crate::Result<Option<Self>> {
         let (strength, keep) = strengths;
@@ -115,7 +123,8 @@ impl BackgroundAnchor {
                         });
                         mine.push((c, f64::from(w)));
                     }
-                    None => others.push((s, f64::from(w))),
+                    None if may_be_nonzero(s) => others.push((s, f64::from(w))),
+                    None => {}
                 }
             }
             tokens.push((mine, others));
@@ -152,8 +161,9 @@ impl BackgroundAnchor {
 
         // The other rows' output at each token, then κ Aᵀ O; their values are fetched a
         // few tokens at a time, so the host never holds all of them at once.
-        let mut pull = vec![0f64; r * dim];
-        let mut out = vec![0f64; dim];
+        // Each thread keeps its own block of the value columns for all tokens.
+        let blocks = column_blocks(dim);
+        let mut pulls: Vec<Vec<f64>> = blocks.iter().map(|cs| vec![0f64; r * cs.len()]).collect();
         for chunk in tokens.chunks(ANCHOR_TOKENS_PER_FETCH) {
             let mut other_ids: Vec<u32> = chunk
                 .iter()
@@ -162,25 +172,35 @@ impl BackgroundAnchor {
             other_ids.sort_unstable();
             other_ids.dedup();
             let other_values = values_of(&other_ids)?;
-            for (mine, others) in chunk {
-                out.iter_mut().for_each(|x| *x = 0.0);
-                for &(s, w) in others {
-                    // Present: other_ids holds every slot of this chunk's tokens.
-                    let i = other_ids.binary_search(&s).unwrap_or_default();
-                    let v = &other_values[i * dim..(i + 1) * dim];
-                    out.iter_mut()
-                        .zip(v)
-                        .for_each(|(o, &x)| *o += w * f64::from(x));
+            pulls.par_iter_mut().zip(&blocks).for_each(|(pull, cs)| {
+                let w = cs.len();
+                let mut out = vec![0f64; w];
+                for (mine, others) in chunk {
+                    out.iter_mut().for_each(|x| *x = 0.0);
+                    for &(s, weight) in others {
+                        // Present: other_ids holds every slot of this chunk's tokens.
+                        let i = other_ids.binary_search(&s).unwrap_or_default();
+                        let v = &other_values[i * dim + cs.start..i * dim + cs.end];
+                        out.iter_mut()
+                            .zip(v)
+                            .for_each(|(o, &x)| *o += weight * f64::from(x));
+                    }
+                    if out.iter().all(|&x| x == 0.0) {
+                        continue;
+                    }
+                    for &(c, weight) in mine {
+                        pull[c * w..(c + 1) * w]
+                            .iter_mut()
+                            .zip(&out)
+                            .for_each(|(p, o)| *p += kappa * weight * o);
+                    }
                 }
-                if out.iter().all(|&x| x == 0.0) {
-                    continue;
-                }
-                for &(c, w) in mine {
-                    pull[c * dim..(c + 1) * dim]
-                        .iter_mut()
-                        .zip(&out)
-                        .for_each(|(p, o)| *p += kappa * w * o);
-                }
+            });
+        }
+        let mut pull = vec![0f64; r * dim];
+        for (cs, part) in blocks.iter().zip(&pulls) {
+            for (row, p) in pull.chunks_exact_mut(dim).zip(part.chunks_exact(cs.len())) {
+                row[cs.clone()].copy_from_slice(p);
             }
         }
 
@@ -224,7 +244,7 @@ impl BackgroundAnchor {
         for j in 0..r {
             inverse[j * r + j] = 1.0;
         }
-        solve_cholesky(&m, r, &mut inverse, r);
+        solve_cholesky_parallel(&m, r, &mut inverse, r);
         Ok(Some(BackgroundAnchor {
             coupled,
             inverse,
@@ -248,35 +268,90 @@ impl BackgroundAnchor {
                 x[c * d + k] = f64::from(values[p * d + k]) - self.pull[c * d + k];
             }
         }
-        let mut solved = vec![0f64; r * d];
-        // SAFETY: `inverse` is r × r, `x` and `solved` are r × d, all row-major and distinct.
-        unsafe {
-            gemm::gemm(
-                r,
-                d,
-                r,
-                solved.as_mut_ptr(),
-                1,
-                d as isize,
-                false,
-                self.inverse.as_ptr(),
-                1,
-                r as isize,
-                x.as_ptr(),
-                1,
-                d as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+        let solved = left_multiply(&self.inverse, r, &x, d);
         for (c, &p) in self.coupled.iter().enumerate() {
             for k in 0..d {
                 values[p * d + k] = solved[c * d + k] as f32;
             }
+        }
+    }
+}
+
+/// Column blocks of `cols` columns, about two per worker thread: the solves below run once
+/// per learning step or fact on the host, where one thread would leave the other idle.
+fn column_blocks(cols: usize) -> Vec<std::ops::Range<usize>> {
+    let width = cols.div_ceil(2 * rayon::current_num_threads()).max(1);
+    (0..cols)
+        .step_by(width)
+        .map(|c0| c0..(c0 + width).min(cols))
+        .collect()
+}
+
+/// `a` (r × r) · `x` (r × d), row-major, each block of columns on its own thread (every
+/// value is computed as a single-threaded product would).
+fn left_multiply(a: &[f64], r: usize, x: &[f64], d: usize) -> Vec<f64> {
+    let blocks: Vec<(std::ops::Range<usize>, Vec<f64>)> = column_blocks(d)
+        .into_par_iter()
+        .map(|cs| {
+            let w = cs.len();
+            let mut out = vec![0f64; r * w];
+            // SAFETY: `a` is r × r and `x` r × d row-major; columns cs of `x` are read from
+            // offset cs.start with row stride d, all inside `x`; `out` is r × w, distinct.
+            unsafe {
+                gemm::gemm(
+                    r,
+                    w,
+                    r,
+                    out.as_mut_ptr(),
+                    1,
+                    w as isize,
+                    false,
+                    a.as_ptr(),
+                    1,
+                    r as isize,
+                    x.as_ptr().add(cs.start),
+                    1,
+                    d as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            (cs, out)
+        })
+        .collect();
+    let mut solved = vec![0f64; r * d];
+    for (cs, out) in blocks {
+        let w = cs.len();
+        for (row, part) in solved.chunks_exact_mut(d).zip(out.chunks_exact(w)) {
+            row[cs.clone()].copy_from_slice(part);
+        }
+    }
+    solved
+}
+
+/// [`solve_cholesky`] with the right-hand side's columns split over threads (each column is
+/// solved exactly as alone).
+fn solve_cholesky_parallel(l: &[f64], n: usize, b: &mut [f64], cols: usize) {
+    let solved: Vec<(std::ops::Range<usize>, Vec<f64>)> = column_blocks(cols)
+        .into_par_iter()
+        .map(|cs| {
+            let w = cs.len();
+            let mut part: Vec<f64> = b
+                .chunks_exact(cols)
+                .flat_map(|row| row[cs.clone()].iter().copied())
+                .collect();
+            solve_cholesky(l, n, &mut part, w);
+            (cs, part)
+        })
+        .collect();
+    for (cs, part) in solved {
+        let w = cs.len();
+        for (row, p) in b.chunks_exact_mut(cols).zip(part.chunks_exact(w)) {
+            row[cs.clone()].copy_from_slice(p);
         }
     }
 }
@@ -381,6 +456,48 @@ mod tests {
         .expect("the lookup of other rows cannot fail here")
     }
 
+    /// Rows known to be all zeros are never fetched, and leaving them out changes nothing.
+    #[test]
+    fn zero_rows_are_not_fetched_and_change_nothing() {
+        let mut t = table();
+        // Slot 0 (read beside the fact's rows) is zero, slot 3 (also read beside them) not.
+        t[0..2].fill(0.0);
+        let rows = [1, 2, 4];
+        let mut fetched = Vec::new();
+        let mut run = |live: &dyn Fn(u32) -> bool, fetched: &mut Vec<u32>| {
+            BackgroundAnchor::keeping(
+                &sample(),
+                &BackgroundSample::default(),
+                2,
+                &rows,
+                (3.0, 0.0),
+                2,
+                live,
+                &mut |ids| {
+                    fetched.extend_from_slice(ids);
+                    Ok(ids
+                        .iter()
+                        .flat_map(|&i| t[i as usize * 2..i as usize * 2 + 2].to_vec())
+                        .collect())
+                },
+            )
+            .unwrap()
+            .expect("sampled tokens read the fact's rows")
+        };
+        let all = run(&|_| true, &mut fetched);
+        assert!(fetched.contains(&0) && fetched.contains(&3), "{fetched:?}");
+        fetched.clear();
+        let live = run(&|s| s != 0, &mut fetched);
+        assert!(!fetched.contains(&0) && fetched.contains(&3), "{fetched:?}");
+        assert!(
+            all.pull.iter().any(|&p| p != 0.0),
+            "slot 3 pulls the fact's rows"
+        );
+        assert_eq!(all.coupled, live.coupled);
+        assert_eq!(all.inverse, live.inverse);
+        assert_eq!(all.pull, live.pull);
+    }
+
     /// Repeating every sampled token 50 times is the same objective as 50 × κ: the other
     /// rows' output, fetched in chunks of tokens, must add up exactly as in one piece.
     #[test]
@@ -461,6 +578,7 @@ mod tests {
                 &rows,
                 (0.0, mu),
                 2,
+                &|_| true,
                 &mut |ids| {
                     Ok(ids
                         .iter()

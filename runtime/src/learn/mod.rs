@@ -768,6 +768,15 @@ fn learn_facts<B: Backend>(
         .collect::<Result<_>>()?;
     // Slots the lookup reads per token (heads × top-k).
     let reads = model.memory()[0].lookup.shape.heads * model.memory()[0].lookup.shape.top_k;
+    // Value rows that may hold something: the anchor skips the others. Rows learning changes
+    // join as they change.
+    let anchored = opts.scoring != SlotScoring::AllTouched
+        && (opts.background_penalty > 0.0 || opts.earlier_fact_penalty > 0.0);
+    let mut live = if anchored {
+        nonzero_rows(model)
+    } else {
+        Vec::new()
+    };
     for (fi, batch) in batches.iter().enumerate() {
         let t0 = Instant::now();
         let mut seqs = prepare_phrasings(model, batch)?;
@@ -835,6 +844,7 @@ fn learn_facts<B: Backend>(
                 &rows_sorted,
                 (strength, opts.earlier_fact_penalty),
                 model.config.dim,
+                &|slot| live.get(slot as usize).copied().unwrap_or(true),
                 &mut |ids| Ok(model.backend().take_to_host(model.read_values(ids)?)),
             )?
         };
@@ -959,6 +969,11 @@ fn learn_facts<B: Backend>(
             }
         }
         commit(Committed::Fact(&facts[fi]))?;
+        for &r in &rows_sorted {
+            if let Some(l) = live.get_mut(r as usize) {
+                *l = true;
+            }
+        }
         key_read_gate(model, &seqs, &facts[fi]);
         if opts.scoring != SlotScoring::AllTouched && opts.earlier_fact_penalty > 0.0 {
             // `picks` already holds every sequence's slots, in this order.
@@ -977,6 +992,16 @@ fn learn_facts<B: Backend>(
     }
     report.total = started.elapsed();
     Ok(report)
+}
+
+/// Per value row of the learning memory, whether any of its values is nonzero.
+fn nonzero_rows<B: Backend>(model: &Model<B>) -> Vec<bool> {
+    use rayon::prelude::*;
+    let values = model.backend().host_view(&model.memory()[0].values);
+    values
+        .par_chunks(model.config.dim)
+        .map(|row| row.iter().any(|&v| v != 0.0))
+        .collect()
 }
 
 /// Runs a fact's phrasings up to the memory, each scored on its targets.
