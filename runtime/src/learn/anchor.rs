@@ -464,7 +464,7 @@ mod tests {
         t[0..2].fill(0.0);
         let rows = [1, 2, 4];
         let mut fetched = Vec::new();
-        let mut run = |live: &dyn Fn(u32) -> bool, fetched: &mut Vec<u32>| {
+        let run = |live: &dyn Fn(u32) -> bool, fetched: &mut Vec<u32>| {
             BackgroundAnchor::keeping(
                 &sample(),
                 &BackgroundSample::default(),
