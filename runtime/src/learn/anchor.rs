@@ -18,8 +18,6 @@
 
 use std::collections::HashMap;
 
-use rayon::prelude::*;
-
 use crate::memory::BackgroundSample;
 
 /// Sampled tokens whose other rows' values are on the host at once while the anchor is
@@ -161,9 +159,8 @@ impl BackgroundAnchor {
 
         // The other rows' output at each token, then κ Aᵀ O; their values are fetched a
         // few tokens at a time, so the host never holds all of them at once.
-        // Each thread keeps its own block of the value columns for all tokens.
-        let blocks = column_blocks(dim);
-        let mut pulls: Vec<Vec<f64>> = blocks.iter().map(|cs| vec![0f64; r * cs.len()]).collect();
+        let mut pull = vec![0f64; r * dim];
+        let mut out = vec![0f64; dim];
         for chunk in tokens.chunks(ANCHOR_TOKENS_PER_FETCH) {
             let mut other_ids: Vec<u32> = chunk
                 .iter()
@@ -172,35 +169,25 @@ impl BackgroundAnchor {
             other_ids.sort_unstable();
             other_ids.dedup();
             let other_values = values_of(&other_ids)?;
-            pulls.par_iter_mut().zip(&blocks).for_each(|(pull, cs)| {
-                let w = cs.len();
-                let mut out = vec![0f64; w];
-                for (mine, others) in chunk {
-                    out.iter_mut().for_each(|x| *x = 0.0);
-                    for &(s, weight) in others {
-                        // Present: other_ids holds every slot of this chunk's tokens.
-                        let i = other_ids.binary_search(&s).unwrap_or_default();
-                        let v = &other_values[i * dim + cs.start..i * dim + cs.end];
-                        out.iter_mut()
-                            .zip(v)
-                            .for_each(|(o, &x)| *o += weight * f64::from(x));
-                    }
-                    if out.iter().all(|&x| x == 0.0) {
-                        continue;
-                    }
-                    for &(c, weight) in mine {
-                        pull[c * w..(c + 1) * w]
-                            .iter_mut()
-                            .zip(&out)
-                            .for_each(|(p, o)| *p += kappa * weight * o);
-                    }
+            for (mine, others) in chunk {
+                out.iter_mut().for_each(|x| *x = 0.0);
+                for &(s, w) in others {
+                    // Present: other_ids holds every slot of this chunk's tokens.
+                    let i = other_ids.binary_search(&s).unwrap_or_default();
+                    let v = &other_values[i * dim..(i + 1) * dim];
+                    out.iter_mut()
+                        .zip(v)
+                        .for_each(|(o, &x)| *o += w * f64::from(x));
                 }
-            });
-        }
-        let mut pull = vec![0f64; r * dim];
-        for (cs, part) in blocks.iter().zip(&pulls) {
-            for (row, p) in pull.chunks_exact_mut(dim).zip(part.chunks_exact(cs.len())) {
-                row[cs.clone()].copy_from_slice(p);
+                if out.iter().all(|&x| x == 0.0) {
+                    continue;
+                }
+                for &(c, w) in mine {
+                    pull[c * dim..(c + 1) * dim]
+                        .iter_mut()
+                        .zip(&out)
+                        .for_each(|(p, o)| *p += kappa * w * o);
+                }
             }
         }
 
@@ -244,7 +231,7 @@ impl BackgroundAnchor {
         for j in 0..r {
             inverse[j * r + j] = 1.0;
         }
-        solve_cholesky_parallel(&m, r, &mut inverse, r);
+        solve_cholesky(&m, r, &mut inverse, r);
         Ok(Some(BackgroundAnchor {
             coupled,
             inverse,
@@ -268,90 +255,35 @@ impl BackgroundAnchor {
                 x[c * d + k] = f64::from(values[p * d + k]) - self.pull[c * d + k];
             }
         }
-        let solved = left_multiply(&self.inverse, r, &x, d);
+        let mut solved = vec![0f64; r * d];
+        // SAFETY: `inverse` is r × r, `x` and `solved` are r × d, all row-major and distinct.
+        unsafe {
+            gemm::gemm(
+                r,
+                d,
+                r,
+                solved.as_mut_ptr(),
+                1,
+                d as isize,
+                false,
+                self.inverse.as_ptr(),
+                1,
+                r as isize,
+                x.as_ptr(),
+                1,
+                d as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
         for (c, &p) in self.coupled.iter().enumerate() {
             for k in 0..d {
                 values[p * d + k] = solved[c * d + k] as f32;
             }
-        }
-    }
-}
-
-/// Column blocks of `cols` columns, about two per worker thread: the solves below run once
-/// per learning step or fact on the host, where one thread would leave the other idle.
-fn column_blocks(cols: usize) -> Vec<std::ops::Range<usize>> {
-    let width = cols.div_ceil(2 * rayon::current_num_threads()).max(1);
-    (0..cols)
-        .step_by(width)
-        .map(|c0| c0..(c0 + width).min(cols))
-        .collect()
-}
-
-/// `a` (r × r) · `x` (r × d), row-major, each block of columns on its own thread (every
-/// value is computed as a single-threaded product would).
-fn left_multiply(a: &[f64], r: usize, x: &[f64], d: usize) -> Vec<f64> {
-    let blocks: Vec<(std::ops::Range<usize>, Vec<f64>)> = column_blocks(d)
-        .into_par_iter()
-        .map(|cs| {
-            let w = cs.len();
-            let mut out = vec![0f64; r * w];
-            // SAFETY: `a` is r × r and `x` r × d row-major; columns cs of `x` are read from
-            // offset cs.start with row stride d, all inside `x`; `out` is r × w, distinct.
-            unsafe {
-                gemm::gemm(
-                    r,
-                    w,
-                    r,
-                    out.as_mut_ptr(),
-                    1,
-                    w as isize,
-                    false,
-                    a.as_ptr(),
-                    1,
-                    r as isize,
-                    x.as_ptr().add(cs.start),
-                    1,
-                    d as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-            (cs, out)
-        })
-        .collect();
-    let mut solved = vec![0f64; r * d];
-    for (cs, out) in blocks {
-        let w = cs.len();
-        for (row, part) in solved.chunks_exact_mut(d).zip(out.chunks_exact(w)) {
-            row[cs.clone()].copy_from_slice(part);
-        }
-    }
-    solved
-}
-
-/// [`solve_cholesky`] with the right-hand side's columns split over threads (each column is
-/// solved exactly as alone).
-fn solve_cholesky_parallel(l: &[f64], n: usize, b: &mut [f64], cols: usize) {
-    let solved: Vec<(std::ops::Range<usize>, Vec<f64>)> = column_blocks(cols)
-        .into_par_iter()
-        .map(|cs| {
-            let w = cs.len();
-            let mut part: Vec<f64> = b
-                .chunks_exact(cols)
-                .flat_map(|row| row[cs.clone()].iter().copied())
-                .collect();
-            solve_cholesky(l, n, &mut part, w);
-            (cs, part)
-        })
-        .collect();
-    for (cs, part) in solved {
-        let w = cs.len();
-        for (row, p) in b.chunks_exact_mut(cols).zip(part.chunks_exact(w)) {
-            row[cs.clone()].copy_from_slice(p);
         }
     }
 }

@@ -994,12 +994,12 @@ fn learn_facts<B: Backend>(
     Ok(report)
 }
 
-/// Per value row of the learning memory, whether any of its values is nonzero.
+/// Per value row of the learning memory, whether any of its values is nonzero. On this
+/// thread: rayon's global pool would keep spinning beside the backend's threads.
 fn nonzero_rows<B: Backend>(model: &Model<B>) -> Vec<bool> {
-    use rayon::prelude::*;
     let values = model.backend().host_view(&model.memory()[0].values);
     values
-        .par_chunks(model.config.dim)
+        .chunks_exact(model.config.dim)
         .map(|row| row.iter().any(|&v| v != 0.0))
         .collect()
 }
