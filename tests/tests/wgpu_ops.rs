@@ -329,6 +329,15 @@ fn attention_with_cache_and_its_gradient() {
     let oc = p.c.attention(&qc, &kc, &vc, &mut cc, 0, shape);
     let og = p.g.attention(&qg, &kg, &vg, &mut cg, 0, shape);
     p.check("attention after truncate", &oc, &og, 1e-4);
+    // Keys and values of more positions than queries (a frozen prefix's k and v appended with
+    // the new ones): the queries are the last positions.
+    let (qc, qg) = p.up(&noise(2 * qd, 53, 1.0), 2, qd);
+    let (kc, kg) = p.up(&noise(5 * kd, 54, 1.0), 5, kd);
+    let (vc, vg) = p.up(&noise(5 * kd, 55, 1.0), 5, kd);
+    let oc = p.c.attention(&qc, &kc, &vc, &mut cc, 1, shape);
+    let og = p.g.attention(&qg, &kg, &vg, &mut cg, 1, shape);
+    p.check("attention with more keys than queries", &oc, &og, 1e-4);
+    assert_eq!(p.g.kv_len(&cg), p.c.kv_len(&cc));
 
     // A cache that must grow past its first allocation (512 positions).
     let mut big_c = p.c.new_kv_cache(1, kd, 4096);

@@ -233,7 +233,9 @@ pub trait Backend: Send + Sync {
     /// Drops cached positions from `len` on (to rewind a conversation).
     fn kv_truncate(&self, cache: &mut Self::KvCache, len: usize);
     /// Appends `k`, `v` for `layer` at the end of the cache and returns causal attention of
-    /// `q` over every cached position up to and including each query's own.
+    /// `q` over every cached position up to and including each query's own. `k` and `v` may
+    /// hold more rows than `q` (earlier positions appended at once): the queries are the last
+    /// `q.rows` positions.
     fn attention(
         &self,
         q: &Self::Tensor,

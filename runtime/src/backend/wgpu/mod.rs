@@ -1258,12 +1258,18 @@ impl Backend for WgpuBackend {
             "wgpu attention: head_dim over {MAX_HEAD_DIM}"
         );
         let n = q.rows;
-        let pos0 = cache.len[layer];
-        self.grow_cache(cache, pos0 + n);
+        assert!(
+            k.rows >= n && v.rows == k.rows,
+            "wgpu attention: k and v need the same rows, at least as many as q"
+        );
+        let (start, added) = (cache.len[layer], k.rows);
+        self.grow_cache(cache, start + added);
         let kv = cache.kv_dim;
-        self.copy(k.buf(), 0, &cache.k[layer], pos0 * kv * 4, n * kv * 4);
-        self.copy(v.buf(), 0, &cache.v[layer], pos0 * kv * 4, n * kv * 4);
-        cache.len[layer] = pos0 + n;
+        self.copy(k.buf(), 0, &cache.k[layer], start * kv * 4, added * kv * 4);
+        self.copy(v.buf(), 0, &cache.v[layer], start * kv * 4, added * kv * 4);
+        cache.len[layer] = start + added;
+        // The queries are the last n of the positions now cached.
+        let pos0 = start + added - n;
         let out = self.storage(n * q.cols * 4);
         let p = params(&[
             P::U(n),
