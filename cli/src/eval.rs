@@ -52,6 +52,12 @@ pub struct EvalArgs {
     /// Where the learning-curve plot goes (default: the report's path with .png).
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// After each method's run, also measure its final learned accuracy, retention and
+    /// held-out NLL with the question facts' read gate at each of these cosines (a comma
+    /// separated list), on the same learned memory: learning never reads through the gate,
+    /// so one run shows the gate's whole trade-off.
+    #[arg(long, value_delimiter = ',')]
+    gate_sweep: Vec<f32>,
 }
 
 /// Lower case, letters and digits only, single spaces: so "Michio  Sugeno." matches "michio sugeno".
@@ -145,6 +151,48 @@ fn mean_nll(engine: &Engine, tokens: &[u32]) -> Result<f64, String> {
         .perplexity(tokens, 256)
         .map(|(nll, _)| nll)
         .map_err(|e| e.to_string())
+}
+
+/// The final measurements again with the question facts' read gate at each cosine of
+/// `--gate-sweep` (notes keep theirs), then the gate as it was.
+fn gate_sweep(
+    engine: &mut Engine,
+    args: &EvalArgs,
+    (facts, retained): (&[Fact], &[Fact]),
+    (held, nll_before): (&[u32], f64),
+) -> Result<Vec<serde_json::Value>, String> {
+    let original = engine.read_gating();
+    let notes = match original {
+        engram::ReadGating::Cosine { notes, .. } => notes,
+        engram::ReadGating::Off => engram::memory::DEFAULT_NOTE_READ_GATE,
+    };
+    let mut points = Vec::new();
+    for &questions in &args.gate_sweep {
+        engine
+            .set_read_gating(engram::ReadGating::Cosine { questions, notes })
+            .map_err(|e| format!("--gate-sweep {questions}: {e}"))?;
+        let learned = accuracy(engine, facts, &unseen)?;
+        let retention = accuracy(engine, retained, &|q| q.to_owned())?;
+        let nll = mean_nll(engine, held)?;
+        eprintln!(
+            "  read gate {questions}: learned {:.1}%, retention {:.1}%, held-out NLL {:+.2}%",
+            100.0 * learned,
+            100.0 * retention,
+            100.0 * (nll / nll_before - 1.0)
+        );
+        points.push(json!({
+            "questions_cosine": questions,
+            "learned_accuracy": learned,
+            "retention": retention,
+            "heldout_nll_change": nll / nll_before - 1.0,
+        }));
+    }
+    if !args.gate_sweep.is_empty() {
+        engine
+            .set_read_gating(original)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(points)
 }
 
 /// Runs the evaluation and writes the JSON report.
@@ -280,6 +328,7 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
             changed.len(),
             100.0 * reselected_share
         );
+        let sweep = gate_sweep(&mut engine, args, (&facts, &retained), (&held, nll_before))?;
         curves.push(crate::plot::Curve {
             name: name.to_owned(),
             points,
@@ -298,6 +347,7 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
             "curve": curve,
             "fact_losses": fact_losses,
             "forgotten": forgotten,
+            "gate_sweep": sweep,
         }));
     }
     let report = json!({

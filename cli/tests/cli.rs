@@ -371,6 +371,10 @@ fn eval_learns_simpleqa_facts_and_reports_retention() {
             "3",
             "--heldout-tokens",
             "512",
+            "--read-gate",
+            "0.95,0.8",
+            "--gate-sweep",
+            "0.95,0.5",
             "-o",
             report.to_str().unwrap(),
         ],
@@ -408,6 +412,21 @@ fn eval_learns_simpleqa_facts_and_reports_retention() {
     let reselected = run["rows_reselected_share"].as_f64().unwrap();
     assert!((0.0..1.0).contains(&reselected), "{reselected}");
     assert_eq!(run["curve"].as_array().unwrap().len(), 1);
+    // The sweep asks the same learned memory again: at the run's own gate it must find what
+    // the run found.
+    let sweep = run["gate_sweep"].as_array().unwrap();
+    assert_eq!(sweep.len(), 2, "{run}");
+    assert_eq!(sweep[0]["questions_cosine"].as_f64(), Some(0.95f32 as f64));
+    assert_eq!(
+        sweep[0]["learned_accuracy"], run["learned_accuracy"],
+        "{run}"
+    );
+    assert_eq!(sweep[0]["retention"], run["retention"], "{run}");
+    assert_eq!(
+        sweep[0]["heldout_nll_change"], run["heldout_nll_change"],
+        "{run}"
+    );
+    assert!(sweep[1]["learned_accuracy"].as_f64().is_some(), "{run}");
     let png = std::fs::read(report.with_extension("png")).expect("the learning-curve plot");
     assert!(
         png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 5_000,

@@ -163,15 +163,7 @@ pub trait Backend: Send + Sync {
     /// `Σᵢ dysᵢ · wsᵢ`, the input gradient of [`Backend::matmul_each`] (at least one weight;
     /// every weight has the same number of columns).
     fn matmul_backward_sum(&self, ws: &[&Self::Weight], dys: &[&Self::Tensor]) -> Self::Tensor {
-        assert!(
-            !ws.is_empty() && ws.len() == dys.len(),
-            "matmul_backward_sum: one gradient per weight, at least one"
-        );
-        let mut sum = self.matmul_backward(ws[0], dys[0]);
-        for (w, dy) in ws.iter().zip(dys).skip(1) {
-            self.add_assign(&mut sum, &self.matmul_backward(w, dy));
-        }
-        sum
+        matmul_backward_one_by_one(self, ws, dys)
     }
     /// Gradient of [`Backend::rms_norm`] with respect to its input `x`.
     fn rms_norm_backward(
@@ -245,4 +237,27 @@ pub trait Backend: Send + Sync {
         layer: usize,
         shape: AttentionShape,
     ) -> Self::Tensor;
+}
+
+/// [`Backend::matmul_backward_sum`] as single transposed matmuls added up: the default, and
+/// what a backend falls back to where it has no batched path for the weights given.
+pub fn matmul_backward_one_by_one<B: Backend + ?Sized>(
+    b: &B,
+    ws: &[&B::Weight],
+    dys: &[&B::Tensor],
+) -> B::Tensor {
+    check_backward_sum_args(ws.len(), dys.len());
+    let mut sum = b.matmul_backward(ws[0], dys[0]);
+    for (w, dy) in ws.iter().zip(dys).skip(1) {
+        b.add_assign(&mut sum, &b.matmul_backward(w, dy));
+    }
+    sum
+}
+
+/// Panics unless [`Backend::matmul_backward_sum`] got one gradient per weight, at least one.
+pub fn check_backward_sum_args(weights: usize, gradients: usize) {
+    assert!(
+        weights > 0 && weights == gradients,
+        "matmul_backward_sum: one gradient per weight, at least one"
+    );
 }

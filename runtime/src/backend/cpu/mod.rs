@@ -566,17 +566,10 @@ impl Backend for CpuBackend {
     }
 
     fn matmul_backward_sum(&self, ws: &[&CpuWeight], dys: &[&CpuTensor]) -> CpuTensor {
-        assert!(
-            !ws.is_empty() && ws.len() == dys.len(),
-            "matmul_backward_sum: one gradient per weight, at least one"
-        );
+        super::check_backward_sum_args(ws.len(), dys.len());
         let dense: Option<Vec<_>> = ws.iter().map(|w| w.dense()).collect();
         let Some(dense) = dense else {
-            let mut sum = self.matmul_backward(ws[0], dys[0]);
-            for (w, dy) in ws.iter().zip(dys).skip(1) {
-                self.add_assign(&mut sum, &self.matmul_backward(w, dy));
-            }
-            return sum;
+            return super::matmul_backward_one_by_one(self, ws, dys);
         };
         let (n, cols) = (dys[0].rows, ws[0].src.cols);
         for (w, dy) in ws.iter().zip(dys) {
