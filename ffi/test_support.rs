@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use engram::memory::{MemoryConfig, RetrofitOptions, retrofit};
+use engram::learn::{RetrofitOptions, retrofit};
+use engram::memory::MemoryConfig;
 use engram::{Engine, EngineOptions};
 
 #[path = "../tests/src/scratch.rs"]

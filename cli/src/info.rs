@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use engram::Tokenizer;
+use engram::delta::MemoryStore;
 use engram::gguf::Gguf;
-use engram::memory::MemoryStore;
 use engram::model::{ModelConfig, tensor_type_counts};
 
 /// Prints what a memory store holds: config, provenance and background slot usage.
@@ -15,7 +15,7 @@ fn print_memory(path: &Path, gguf: &Gguf) -> engram::Result<()> {
         "file          {} ({:.1} MB, engram memory store v{})",
         path.display(),
         gguf.file_len() as f64 / 1e6,
-        engram::memory::STORE_FORMAT_VERSION
+        engram::delta::STORE_FORMAT_VERSION
     );
     println!("base model    fingerprint {}", store.base_fingerprint);
     println!("init          fingerprint {}", store.init_fingerprint);

@@ -10,7 +10,8 @@ use engram::delta::MemoryAccess;
 use engram::gguf::Gguf;
 use engram::memory::DEFAULT_NOTE_READ_GATE;
 use engram::{
-    ChatMessage, Device, Engine, EngineOptions, GenerateOptions, ReadGating, SamplingConfig,
+    Conversation, Device, Engine, EngineOptions, GenerateOptions, LoopGuard, ReadGating,
+    SamplingConfig, StopReason, SystemPrompt,
 };
 
 mod bench;
@@ -50,6 +51,11 @@ struct Cli {
     /// question/answer facts' and notes' keys (default 0.95,0.8), or "off".
     #[arg(long, global = true, value_parser = parse_read_gate)]
     read_gate: Option<ReadGating>,
+    /// What the chat template gets when there is no system message (ask, chat, learn, eval):
+    /// "none" (no system turn), "default" (the template's own default line, if it has one),
+    /// or any other text as the system message. Left out: the library's default.
+    #[arg(long, global = true)]
+    system: Option<SystemPrompt>,
     #[command(subcommand)]
     command: Command,
 }
@@ -74,9 +80,6 @@ enum Command {
     },
     /// Interactive chat through the model's chat template (/reset clears, /quit or EOF ends).
     Chat {
-        /// Optional system message.
-        #[arg(long)]
-        system: Option<String>,
         #[command(flatten)]
         sampling: GenArgs,
     },
@@ -121,43 +124,66 @@ enum Command {
     },
 }
 
+/// Sampling flags; each one left out takes the command's default (`generate`: greedy;
+/// `chat`: temperature 0.7, top-k 40, top-p 0.95, min-p 0.05, repeat penalty 1.1).
 #[derive(Args)]
 struct GenArgs {
     /// Most tokens to generate.
     #[arg(short = 'n', long, default_value_t = 128)]
     max_tokens: usize,
     /// 0 = greedy.
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
+    #[arg(long)]
+    temperature: Option<f32>,
     /// Keep the k most likely tokens (0 = all).
-    #[arg(long, default_value_t = 40)]
-    top_k: usize,
-    /// Nucleus sampling threshold.
-    #[arg(long, default_value_t = 0.95)]
-    top_p: f32,
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Nucleus sampling threshold (1 = off).
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Drop tokens less likely than this share of the most likely one (0 = off).
+    #[arg(long)]
+    min_p: Option<f32>,
     /// Penalty for recently generated tokens (1 = off).
-    #[arg(long, default_value_t = 1.0)]
-    repeat_penalty: f32,
+    #[arg(long)]
+    repeat_penalty: Option<f32>,
+    /// Subtracted from the logit of every token in the penalty window (0 = off).
+    #[arg(long)]
+    presence_penalty: Option<f32>,
+    /// Subtracted once per occurrence in the penalty window (0 = off).
+    #[arg(long)]
+    frequency_penalty: Option<f32>,
+    /// Recent tokens the penalties look at.
+    #[arg(long)]
+    repeat_last_n: Option<usize>,
     /// Random seed (same seed, same text).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Let a reply repeat itself until the token limit (by default a reply stops before any
+    /// run of 5 tokens appears a fourth time).
+    #[arg(long)]
+    no_loop_guard: bool,
     /// Context window in tokens (0 = the model's).
     #[arg(long, default_value_t = 0)]
     ctx: usize,
 }
 
 impl GenArgs {
-    fn options(&self) -> GenerateOptions {
+    /// The generation options: `base` with every flag given laid over it.
+    fn options(&self, base: SamplingConfig) -> GenerateOptions {
         GenerateOptions {
             max_tokens: self.max_tokens,
             sampling: SamplingConfig {
-                temperature: self.temperature,
-                top_k: self.top_k,
-                top_p: self.top_p,
-                repeat_penalty: self.repeat_penalty,
+                temperature: self.temperature.unwrap_or(base.temperature),
+                top_k: self.top_k.unwrap_or(base.top_k),
+                top_p: self.top_p.unwrap_or(base.top_p),
+                min_p: self.min_p.unwrap_or(base.min_p),
+                repeat_penalty: self.repeat_penalty.unwrap_or(base.repeat_penalty),
+                presence_penalty: self.presence_penalty.unwrap_or(base.presence_penalty),
+                frequency_penalty: self.frequency_penalty.unwrap_or(base.frequency_penalty),
+                repeat_last_n: self.repeat_last_n.unwrap_or(base.repeat_last_n),
                 seed: self.seed,
-                ..SamplingConfig::default()
             },
+            loop_guard: (!self.no_loop_guard).then(LoopGuard::default),
         }
     }
 }
@@ -185,7 +211,7 @@ fn parse_device(s: &str) -> Result<Device, String> {
 }
 
 /// Where an engine runs: the device and the CPU thread count.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Placement {
     /// CPU worker threads (0 = one per core).
     pub threads: usize,
@@ -193,6 +219,8 @@ pub struct Placement {
     pub device: Device,
     /// Read gate of the attached memory.
     pub read_gate: ReadGating,
+    /// What the chat template gets when a conversation has no system message.
+    pub system: SystemPrompt,
 }
 
 fn parse_read_gate(s: &str) -> Result<ReadGating, String> {
@@ -218,6 +246,7 @@ impl Cli {
             threads: self.threads,
             device: self.device,
             read_gate: self.read_gate.unwrap_or_default(),
+            system: self.system.clone().unwrap_or_default(),
         }
     }
 }
@@ -248,6 +277,7 @@ fn open_with(
             device: place.device,
             context: ctx,
             read_gate: place.read_gate,
+            system_prompt: place.system,
             ..Default::default()
         },
     )
@@ -289,20 +319,23 @@ fn run(cli: Cli) -> Result<(), String> {
             let engine = open(cli.model, cli.memory, place, sampling.ctx)?;
             let mut stdout = std::io::stdout();
             let g = engine
-                .generate(&prompt, &sampling.options(), |piece| {
-                    let _ = stdout.write_all(piece.as_bytes());
-                    let _ = stdout.flush();
-                    true
-                })
+                .generate(
+                    &prompt,
+                    &sampling.options(SamplingConfig::greedy()),
+                    |piece| {
+                        let _ = stdout.write_all(piece.as_bytes());
+                        let _ = stdout.flush();
+                        true
+                    },
+                )
                 .map_err(|e| e.to_string())?;
             println!();
             report(&g);
             Ok(())
         }
-        Command::Chat { system, sampling } => chat(
+        Command::Chat { sampling } => chat(
             open(cli.model, cli.memory, place, sampling.ctx)?,
-            system,
-            &sampling.options(),
+            &sampling.options(SamplingConfig::chat()),
         ),
         Command::Tokenize { text, bos } => {
             let path = resolve_model(cli.model)?;
@@ -313,7 +346,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Bench(args) => {
-            let base = open(cli.model.clone(), None, place, 0)?;
+            let base = open(cli.model.clone(), None, place.clone(), 0)?;
             let with_memory = match cli.memory {
                 Some(m) => Some(open(cli.model, Some(m), place, 0)?),
                 None => None,
@@ -411,17 +444,17 @@ fn report(g: &engram::Generation) {
     );
 }
 
-fn chat(engine: Engine, system: Option<String>, options: &GenerateOptions) -> Result<(), String> {
-    let mut messages: Vec<ChatMessage> = system
-        .iter()
-        .map(|s| ChatMessage::new("system", s))
-        .collect();
-    let mut session = engine.session();
+fn chat(engine: Engine, options: &GenerateOptions) -> Result<(), String> {
+    let mut conversation = Conversation::new(&engine);
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
-    eprintln!("chat with the model; /reset starts over, /quit or Ctrl-D ends");
+    eprintln!(
+        "chat with the model ({}-token context); /system TEXT sets the system message, \
+         /reset starts over, /quit or Ctrl-D ends",
+        engine.context()
+    );
     loop {
-        eprint!("> ");
+        eprint!("[{}] > ", conversation.turns() + 1);
         let mut line = String::new();
         if stdin
             .lock()
@@ -436,29 +469,54 @@ fn chat(engine: Engine, system: Option<String>, options: &GenerateOptions) -> Re
             "" => continue,
             "/quit" | "/exit" => return Ok(()),
             "/reset" => {
-                messages.retain(|m| m.role == "system");
+                conversation.reset();
+                eprintln!("(conversation cleared)");
                 continue;
             }
             _ => {}
         }
-        messages.push(ChatMessage::new("user", line));
-        let prompt = engine
-            .tokenizer()
-            .apply_chat_template(&messages, true)
-            .map_err(|e| e.to_string())?;
-        let tokens = engine
-            .tokenizer()
-            .encode(&prompt, true)
-            .map_err(|e| e.to_string())?;
-        let g = session
-            .generate(&tokens, options, |piece| {
-                let _ = stdout.write_all(piece.as_bytes());
-                let _ = stdout.flush();
-                true
-            })
-            .map_err(|e| e.to_string())?;
+        if let Some(rest) = line.strip_prefix("/system")
+            && (rest.is_empty() || rest.starts_with(' '))
+        {
+            conversation.set_system(Some(rest.trim().to_owned()));
+            match conversation.system() {
+                Some(s) => eprintln!("(system message: {s:?})"),
+                None => eprintln!("(no system message)"),
+            }
+            continue;
+        }
+        if line.starts_with('/') {
+            eprintln!("unknown command {line}: /system TEXT, /reset, /quit");
+            continue;
+        }
+        let reply = conversation.say(line, options, |piece| {
+            let _ = stdout.write_all(piece.as_bytes());
+            let _ = stdout.flush();
+            true
+        });
         println!();
-        messages.push(ChatMessage::new("assistant", g.text.trim()));
+        match reply {
+            Ok(r) => {
+                if r.dropped_turns > 0 {
+                    eprintln!(
+                        "(the {} oldest turn(s) were dropped to fit the context window)",
+                        r.dropped_turns
+                    );
+                }
+                match r.generation.stop {
+                    StopReason::Repetition => {
+                        eprintln!("(stopped: the reply began repeating itself)")
+                    }
+                    StopReason::ContextFull => {
+                        eprintln!("(stopped: the context window is full; /reset starts over)")
+                    }
+                    StopReason::MaxTokens => eprintln!("(stopped at the token limit, -n)"),
+                    _ => {}
+                }
+            }
+            // A turn that cannot be answered (too long for the context) leaves the chat open.
+            Err(e) => eprintln!("error: {e}"),
+        }
     }
 }
 

@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use clap::{Args, ValueEnum};
 use engram::Engine;
-use engram::memory::{Init, MemoryConfig, RetrofitOptions, RetrofitProgress, retrofit};
+use engram::learn::{Init, RetrofitOptions, RetrofitProgress, retrofit};
+use engram::memory::MemoryConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Flags of `engram retrofit`.

@@ -10,10 +10,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::*;
+use engram::delta::MemoryStore;
 use engram::delta::{
     Change, Delta, MemoryAccess, journal_path, lock_path, open_store, read_journal,
 };
-use engram::memory::MemoryStore;
 
 const STEPS: usize = 3;
 

@@ -1,7 +1,9 @@
 //! engram: a runtime that lets a small language model keep learning on the user's device.
 //!
-//! Data flows one way: file bytes → [`gguf`] views → [`model`] (calling [`backend`] ops) →
-//! [`Engine`].
+//! Data flows one way, floor by floor: [`quant`] → [`gguf`] → [`tokenizer`] and [`backend`]
+//! → [`memory`] → [`model`] and [`sampling`] → [`delta`] → [`learn`] → the engine
+//! ([`Engine`]). A lower module never names a higher one (`tests/layering.rs` checks it),
+//! and every module takes [`Error`] from `error.rs`.
 
 #![warn(missing_docs)]
 
@@ -18,9 +20,10 @@ pub mod sampling;
 pub mod tokenizer;
 
 pub use engine::{
-    Device, Engine, EngineOptions, GenerateOptions, Generation, ImportReport, ReadGating,
-    RevertReport, Session, StopReason, TextStream, log_softmax_at, read_keys_path,
+    Conversation, Device, Engine, EngineOptions, GenerateOptions, Generation, ImportReport,
+    LoopGuard, ReadGating, Reply, RevertReport, Session, StopReason, TextStream, log_softmax_at,
+    read_keys_path,
 };
 pub use error::{Error, Result};
 pub use sampling::SamplingConfig;
-pub use tokenizer::{ChatMessage, Tokenizer};
+pub use tokenizer::{ChatMessage, SystemPrompt, Tokenizer};

@@ -1,6 +1,8 @@
-//! Choosing the next token from logits: greedy, temperature, top-k, top-p, repetition penalty.
+//! Choosing the next token from logits, as llama.cpp users know it: penalties over a window of
+//! recent tokens (repetition, presence, frequency), then top-k, temperature, top-p and min-p.
 
-use crate::{Error, Result};
+use crate::backend::argmax;
+use crate::error::{Error, Result};
 
 /// How the next token is chosen.
 #[derive(Clone, Debug)]
@@ -13,8 +15,14 @@ pub struct SamplingConfig {
     pub top_p: f32,
     /// Divides positive / multiplies negative logits of recently seen tokens (1.0 = off).
     pub repeat_penalty: f32,
-    /// How many recent tokens the repetition penalty looks at.
+    /// How many recent tokens the repetition, presence and frequency penalties look at.
     pub repeat_last_n: usize,
+    /// Subtracted from the logit of every token seen in the window (0 = off).
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time it was seen in the window (0 = off).
+    pub frequency_penalty: f32,
+    /// Drops tokens less likely than `min_p` times the most likely one (0 = off).
+    pub min_p: f32,
     /// Seed of the random generator; the same seed gives the same text.
     pub seed: u64,
 }
@@ -27,8 +35,43 @@ impl Default for SamplingConfig {
             top_p: 0.95,
             repeat_penalty: 1.0,
             repeat_last_n: 64,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            min_p: 0.0,
             seed: 0,
         }
+    }
+}
+
+impl SamplingConfig {
+    /// Greedy decoding: the most likely token every time (what `ask` uses).
+    pub fn greedy() -> Self {
+        SamplingConfig::default()
+    }
+
+    /// Chat defaults in llama.cpp's spirit: temperature 0.7, top-k 40, top-p 0.95, min-p 0.05
+    /// and a mild repetition penalty (1.1 over the last 64 tokens).
+    pub fn chat() -> Self {
+        SamplingConfig {
+            temperature: 0.7,
+            top_k: 40,
+            top_p: 0.95,
+            repeat_penalty: 1.1,
+            repeat_last_n: 64,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            min_p: 0.05,
+            seed: 0,
+        }
+    }
+
+    /// Whether the choice is the plain argmax of the logits (no temperature, no penalties),
+    /// which a device can make without sending the logits back.
+    pub fn is_plain_greedy(&self) -> bool {
+        self.temperature <= 0.0
+            && self.repeat_penalty == 1.0
+            && self.presence_penalty == 0.0
+            && self.frequency_penalty == 0.0
     }
 }
 
@@ -46,6 +89,20 @@ impl SamplingConfig {
                 "top-p {} must be in (0, 1]",
                 self.top_p
             )));
+        }
+        if !(0.0..1.0).contains(&self.min_p) {
+            return Err(Error::InvalidArgument(format!(
+                "min-p {} must be in [0, 1)",
+                self.min_p
+            )));
+        }
+        for (name, v) in [
+            ("presence penalty", self.presence_penalty),
+            ("frequency penalty", self.frequency_penalty),
+        ] {
+            if !v.is_finite() {
+                return Err(Error::InvalidArgument(format!("{name} {v} must be finite")));
+            }
         }
         if !self.repeat_penalty.is_finite() || self.repeat_penalty <= 0.0 {
             return Err(Error::InvalidArgument(format!(
@@ -83,19 +140,24 @@ impl Sampler {
     /// Picks the next token; `history` feeds the repetition penalty.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
         let c = &self.config;
-        if c.repeat_penalty != 1.0 {
-            let start = history.len().saturating_sub(c.repeat_last_n);
+        let start = history.len().saturating_sub(c.repeat_last_n);
+        let penalized =
+            c.repeat_penalty != 1.0 || c.presence_penalty != 0.0 || c.frequency_penalty != 0.0;
+        if penalized {
             let mut seen: Vec<u32> = history[start..].to_vec();
             seen.sort_unstable();
-            seen.dedup();
-            for t in seen {
-                if let Some(l) = logits.get_mut(t as usize) {
+            for run in seen.chunk_by(|a, b| a == b) {
+                let Some(l) = logits.get_mut(run[0] as usize) else {
+                    continue;
+                };
+                if c.repeat_penalty != 1.0 {
                     *l = if *l > 0.0 {
                         *l / c.repeat_penalty
                     } else {
                         *l * c.repeat_penalty
                     };
                 }
+                *l -= c.presence_penalty + c.frequency_penalty * run.len() as f32;
             }
         }
         if c.temperature <= 0.0 {
@@ -127,6 +189,11 @@ impl Sampler {
             }
         }
         cand.truncate(keep);
+        if c.min_p > 0.0 {
+            // cand is sorted best first, so cand[0] holds the largest probability.
+            let floor = c.min_p * cand[0].1;
+            cand.retain(|e| e.1 >= floor);
+        }
         let total: f32 = cand.iter().map(|e| e.1).sum();
         let mut r = self.next_f32() * total;
         for &(t, p) in &cand {
@@ -137,17 +204,6 @@ impl Sampler {
         }
         cand[cand.len() - 1].0
     }
-}
-
-/// Index of the largest logit (the first one on ties).
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 #[cfg(test)]
@@ -209,7 +265,63 @@ mod tests {
     }
 
     #[test]
+    fn min_p_drops_tokens_far_below_the_best() {
+        // p ∝ e^0, e^-1, e^-5: with min-p 0.2 only the first two stay (e^-1 ≈ 0.37 of the best).
+        let cfg = SamplingConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.2,
+            seed: 3,
+            ..Default::default()
+        };
+        let mut s = Sampler::new(cfg);
+        let mut seen = [0usize; 3];
+        for _ in 0..2000 {
+            seen[s.sample(&mut [0.0, -1.0, -5.0], &[]) as usize] += 1;
+        }
+        assert!(seen[0] > 0 && seen[1] > 0, "{seen:?}");
+        assert_eq!(seen[2], 0, "{seen:?}");
+    }
+
+    #[test]
+    fn presence_and_frequency_penalties_act_on_the_window_only() {
+        let greedy = |presence, frequency, history: &[u32]| {
+            let mut s = Sampler::new(SamplingConfig {
+                presence_penalty: presence,
+                frequency_penalty: frequency,
+                repeat_last_n: 3,
+                ..Default::default()
+            });
+            s.sample(&mut [2.0, 1.5, 0.0], history)
+        };
+        assert_eq!(greedy(0.0, 0.0, &[0, 0]), 0);
+        // Seen once: presence 1 takes token 0 from 2.0 to 1.0, below token 1.
+        assert_eq!(greedy(1.0, 0.0, &[0]), 1);
+        // Frequency counts: twice seen at 0.3 each costs 0.6, once would cost only 0.3.
+        assert_eq!(greedy(0.0, 0.3, &[0, 0]), 1);
+        assert_eq!(greedy(0.0, 0.3, &[0]), 0);
+        // Outside the window of 3 the token is not penalized.
+        assert_eq!(greedy(1.0, 0.0, &[0, 2, 2, 2]), 0);
+        assert!(
+            !SamplingConfig {
+                presence_penalty: 1.0,
+                ..Default::default()
+            }
+            .is_plain_greedy()
+        );
+    }
+
+    #[test]
     fn invalid_values_are_refused() {
+        assert!(
+            SamplingConfig {
+                min_p: 1.0,
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
         assert!(
             SamplingConfig {
                 temperature: f32::NAN,

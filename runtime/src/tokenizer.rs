@@ -10,8 +10,8 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer as HfTokenizer};
 
+use crate::error::{Error, Result};
 use crate::gguf::{Gguf, Value};
-use crate::{Error, Result};
 
 /// GGUF token types (`tokenizer.ggml.token_type`) as llama.cpp defines them.
 const TOKEN_TYPE_CONTROL: i64 = 3;
@@ -39,6 +39,33 @@ pub struct Tokenizer {
     /// The pre-tokenizer name from the GGUF (`tokenizer.ggml.pre`).
     pub pre: String,
     chat_template: Option<String>,
+    /// What a conversation without a system message is rendered with.
+    system_prompt: SystemPrompt,
+}
+
+/// What the chat template is given when a conversation has no system message of its own.
+/// Some templates (SmolLM2's, Qwen's) insert a default system line then; it changes answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SystemPrompt {
+    /// Whatever the model's template does with no system message (its default line, if any).
+    #[default]
+    TemplateDefault,
+    /// No system turn at all: a default line the template would insert is left out.
+    None,
+    /// This text as the system message.
+    Text(String),
+}
+
+impl std::str::FromStr for SystemPrompt {
+    type Err = std::convert::Infallible;
+    /// `default` and `none` name the policies; any other text is the system message itself.
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(match s {
+            "default" => SystemPrompt::TemplateDefault,
+            "none" => SystemPrompt::None,
+            text => SystemPrompt::Text(text.to_owned()),
+        })
+    }
 }
 
 fn strings(gguf: &Gguf, key: &str) -> Result<Vec<String>> {
@@ -199,6 +226,7 @@ impl Tokenizer {
             add_bos,
             pre,
             chat_template,
+            system_prompt: SystemPrompt::default(),
         })
     }
 
@@ -247,12 +275,112 @@ impl Tokenizer {
         self.chat_template.as_deref()
     }
 
+    /// The system-message policy for conversations that bring none.
+    pub fn system_prompt(&self) -> &SystemPrompt {
+        &self.system_prompt
+    }
+
+    /// Sets the system-message policy that [`Self::apply_chat_template`] follows (ask, chat
+    /// and learning's phrasings all render through it, so they stay consistent).
+    pub fn set_system_prompt(&mut self, policy: SystemPrompt) {
+        self.system_prompt = policy;
+    }
+
     /// Renders `messages` through the model's own chat template, ending with the assistant
-    /// prompt when `add_generation_prompt` is set.
+    /// prompt when `add_generation_prompt` is set. Without a system message among them, the
+    /// [`SystemPrompt`] policy decides what the template sees.
     pub fn apply_chat_template(
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
+    ) -> Result<String> {
+        if messages.first().is_some_and(|m| m.role == "system") {
+            return self.render_template(messages, add_generation_prompt);
+        }
+        match &self.system_prompt {
+            SystemPrompt::TemplateDefault => self.render_template(messages, add_generation_prompt),
+            SystemPrompt::Text(text) => {
+                let mut with = Vec::with_capacity(messages.len() + 1);
+                with.push(ChatMessage::new("system", text));
+                with.extend_from_slice(messages);
+                self.render_template(&with, add_generation_prompt)
+            }
+            SystemPrompt::None => self.render_without_system(messages, add_generation_prompt),
+        }
+    }
+
+    /// Renders `messages` with no system turn. The template is given an empty system message
+    /// (so it inserts no default line of its own) and that empty turn is then cut out: its
+    /// opening is what precedes the system text (found by rendering a marker there), its
+    /// closing is what closes a user turn. A template where that cut cannot be found is
+    /// rendered as it is, with no system message (never with a half-cut turn).
+    fn render_without_system(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        const MARK: &str = "\u{E000}engram-system\u{E001}";
+        const PROBE: &str = "\u{E002}engram-user\u{E003}";
+        const BOS_MARK: &str = "\u{E004}engram-bos\u{E005}";
+        let with_system = |text: &str, rest: &[ChatMessage], generation_prompt: bool| {
+            let mut all = vec![ChatMessage::new("system", text)];
+            all.extend_from_slice(rest);
+            self.render_template(&all, generation_prompt)
+        };
+        let probe_user = [ChatMessage::new("user", PROBE)];
+        let marked = with_system(MARK, &probe_user, false)?;
+        let empty = with_system("", &probe_user, false)?;
+        let cut = (|| {
+            let open_len = marked.find(MARK)?;
+            let opening = &marked[..open_len];
+            let after_user = empty.find(PROBE)? + PROBE.len();
+            let closing = &empty[after_user..];
+            let turn = format!("{opening}{closing}");
+            if closing.is_empty() || !empty.starts_with(&turn) {
+                return None;
+            }
+            // A BOS token the template puts before the first turn stays: rendered with a
+            // marker in its place, the opening shows whether the template writes it there.
+            let mut system_first = vec![ChatMessage::new("system", MARK)];
+            system_first.extend_from_slice(&probe_user);
+            let with_marker = self.render(&system_first, false, Some(BOS_MARK)).ok()?;
+            let lead = if with_marker.starts_with(BOS_MARK) {
+                self.bos
+                    .map(|b| self.decode(&[b], false))
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            if !opening.starts_with(&lead) {
+                return None;
+            }
+            Some((turn, lead))
+        })();
+        let Some((turn, lead)) = cut else {
+            return self.render_template(messages, add_generation_prompt);
+        };
+        let rendered = with_system("", messages, add_generation_prompt)?;
+        match rendered.strip_prefix(turn.as_str()) {
+            Some(rest) => Ok(format!("{lead}{rest}")),
+            None => self.render_template(messages, add_generation_prompt),
+        }
+    }
+
+    /// Renders `messages` through the template exactly as given.
+    fn render_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        self.render(messages, add_generation_prompt, None)
+    }
+
+    /// Renders through the template, with `bos` as its `bos_token` when given.
+    fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        bos: Option<&str>,
     ) -> Result<String> {
         let source = self
             .chat_template
@@ -281,7 +409,7 @@ impl Tokenizer {
         tmpl.render(minijinja::context! {
             messages => msgs,
             add_generation_prompt => add_generation_prompt,
-            bos_token => token(self.bos),
+            bos_token => bos.map_or_else(|| token(self.bos), str::to_owned),
             eos_token => token(self.eos),
         })
         .map_err(|e| Error::Template(e.to_string()))

@@ -8,7 +8,8 @@
 use engram::backend::cpu::{CpuBackend, CpuTensor};
 use engram::backend::{AttentionShape, Backend, Rope, RopeLayout, WeightSource};
 use engram::gguf::TensorBytes;
-use engram::memory::{MemoryConfig, RetrofitOptions, retrofit};
+use engram::learn::{RetrofitOptions, retrofit};
+use engram::memory::MemoryConfig;
 use engram::quant::{GgmlType, dequantize_row, quantize_row};
 use engram::{Engine, EngineOptions};
 use engram_e2e::{noise, tiny_llama_f32_gguf, tiny_memory_config};

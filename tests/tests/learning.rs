@@ -6,8 +6,9 @@ use engram::backend::Backend;
 use std::collections::HashSet;
 
 use engram::delta::MemoryAccess;
+use engram::delta::MemoryStore;
 use engram::learn::{Fact, LearnOptions, Optimizer, template_rows};
-use engram::memory::{MemoryStore, RetrofitOptions, retrofit};
+use engram::learn::{RetrofitOptions, retrofit};
 use engram::{Engine, EngineOptions, Error, ReadGating};
 use engram_e2e::{background_documents, default_model};
 

@@ -72,7 +72,7 @@ fn kl(p_logits: &[f32], q_logits: &[f32]) -> f64 {
 }
 
 fn argmax(v: &[f32]) -> usize {
-    engram::sampling::argmax(v) as usize
+    engram::backend::argmax(v) as usize
 }
 
 /// Differences between two logit runs over the same prompts.

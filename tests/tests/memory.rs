@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use engram::backend::cpu::CpuBackend;
+use engram::backend::product_keys::brute_force_head;
 use engram::backend::{Backend, ProductKeyShape};
-use engram::memory::product_keys::brute_force_head;
-use engram::memory::{Init, MemoryConfig, MemoryStore, RetrofitOptions, SlotUsage, retrofit};
+use engram::delta::MemoryStore;
+use engram::learn::{Init, RetrofitOptions, retrofit};
+use engram::memory::{MemoryConfig, SlotUsage};
 use engram::{Engine, EngineOptions, Error};
 use engram_e2e::{background_documents, default_model, noise, tiny_llama_gguf, tiny_memory_config};
 

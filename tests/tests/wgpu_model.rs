@@ -13,9 +13,11 @@
 //! where the cpu's own choice was a tie within the floor (each such case is printed).
 
 use engram::backend::Backend;
+use engram::backend::argmax;
+use engram::delta::MemoryStore;
 use engram::learn::{Fact, LearnOptions};
-use engram::memory::{MemoryConfig, MemoryStore, RetrofitOptions, retrofit};
-use engram::sampling::argmax;
+use engram::learn::{RetrofitOptions, retrofit};
+use engram::memory::MemoryConfig;
 use engram::{ChatMessage, Device, Engine, EngineOptions, GenerateOptions};
 use engram_e2e::{
     LlamaCpp, background_documents, default_model, tiny_llama_f32_gguf, tiny_memory_config,

@@ -10,7 +10,7 @@ use std::process::Command;
 
 #[path = "../../test_support.rs"]
 mod support;
-use engram::memory::RetrofitOptions;
+use engram::learn::RetrofitOptions;
 use engram::{Engine, EngineOptions};
 use support::{make_store, model, root};
 

@@ -5,7 +5,7 @@
 use super::cpu::{CpuBackend, CpuKvCache, CpuSlots, CpuTensor, CpuWeight};
 use super::wgpu::{WgpuBackend, WgpuKvCache, WgpuSlots, WgpuTensor, WgpuWeight};
 use super::{AttentionShape, Backend, ProductKeyShape, Rope, WeightSource};
-use crate::Result;
+use crate::error::Result;
 
 /// The backend an engine runs on.
 pub enum DeviceBackend {

@@ -5,12 +5,15 @@
 
 pub mod cpu;
 pub mod device;
+mod select;
+pub use select::{Device, open_backend};
+pub mod product_keys;
 pub mod wgpu;
 
-use crate::Result;
+use crate::error::Result;
 use crate::gguf::TensorBytes;
-pub use crate::memory::ProductKeyShape;
 use crate::quant::GgmlType;
+pub use product_keys::ProductKeyShape;
 
 /// A weight matrix as stored in the model file: `rows` rows of `cols` elements of `dtype`.
 #[derive(Clone)]
@@ -96,7 +99,7 @@ pub trait Backend: Send + Sync {
         let (rows, cols) = self.shape(t);
         let data = self.download(t);
         (0..rows)
-            .map(|r| crate::sampling::argmax(&data[r * cols..(r + 1) * cols]))
+            .map(|r| argmax(&data[r * cols..(r + 1) * cols]))
             .collect()
     }
     /// `(rows, cols)` of a tensor.
@@ -260,4 +263,15 @@ pub fn check_backward_sum_args(weights: usize, gradients: usize) {
         weights > 0 && weights == gradients,
         "matmul_backward_sum: one gradient per weight, at least one"
     );
+}
+
+/// Index of the largest logit (the first one on ties).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
 }

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use super::history::{Applied, Change, RowAccess, StoreHistory};
 use super::journal::{Journal, Record, journal_path, read_journal};
-use crate::memory::MemoryStore;
-use crate::{Error, Result};
+use super::store::MemoryStore;
+use crate::error::{Error, Result};
 
 /// How a store is opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -13,8 +13,8 @@ use serde_json::{Value as Json, json};
 use xxhash_rust::xxh3::{Xxh3, xxh3_128};
 
 use super::history::RowSet;
+use crate::error::{Error, Result};
 use crate::memory::MemoryConfig;
-use crate::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"ENGRAMD\0";
 /// Delta format version this build reads and writes.

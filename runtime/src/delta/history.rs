@@ -2,7 +2,7 @@
 //! it learned. Every change to the value rows goes through [`StoreHistory::apply`], both live
 //! and when a journal is replayed, so the two can never disagree.
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// Whole value rows by global row id (`layer index · slots + slot`), `dim` columns each.
 #[derive(Clone, Debug, Default, PartialEq)]

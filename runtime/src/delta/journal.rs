@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::history::{Change, LearnedEntry, RowSet};
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 const RECORD_MAGIC: &[u8; 4] = b"EGJR";
 /// Largest body a record may claim (a few thousand rows of a wide model fit easily).

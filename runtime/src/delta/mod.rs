@@ -37,6 +37,7 @@ mod durable;
 mod file;
 mod history;
 mod journal;
+mod store;
 
 pub use durable::{DurableMemory, MemoryAccess, lock_path, open_store};
 pub use file::{DELTA_FORMAT_VERSION, Delta, DeltaPrecision, write_atomic};
@@ -45,3 +46,4 @@ pub use history::{
     unix_now,
 };
 pub use journal::{Journal, JournalContents, Record, journal_path, read_journal};
+pub use store::{MemoryStore, STORE_FORMAT_VERSION, STORE_KIND};

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use memmap2::Mmap;
 
 use super::value::{Value, ValueType};
+use crate::error::{Error, Result};
 use crate::quant::GgmlType;
-use crate::{Error, Result};
 
 /// The four bytes every GGUF file starts with.
 pub const GGUF_MAGIC: &[u8; 4] = b"GGUF";

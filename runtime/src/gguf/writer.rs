@@ -7,8 +7,8 @@ use std::path::Path;
 
 use super::reader::{DEFAULT_ALIGNMENT, GGUF_MAGIC};
 use super::value::Value;
+use crate::error::{Error, Result};
 use crate::quant::GgmlType;
-use crate::{Error, Result};
 
 struct PendingTensor<'a> {
     name: String,

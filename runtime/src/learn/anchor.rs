@@ -52,8 +52,8 @@ impl BackgroundAnchor {
         rows: &[u32],
         strength: f32,
         dim: usize,
-        values_of: &mut dyn FnMut(&[u32]) -> crate::Result<Vec<f32>>,
-    ) -> crate::Result<Option<Self>> {
+        values_of: &mut dyn FnMut(&[u32]) -> crate::error::Result<Vec<f32>>,
+    ) -> crate::error::Result<Option<Self>> {
         Self::keeping(
             sample,
             &BackgroundSample::default(),
@@ -81,8 +81,8 @@ impl BackgroundAnchor {
         strengths: (f32, f32),
         dim: usize,
         may_be_nonzero: &dyn Fn(u32) -> bool,
-        values_of: &mut dyn FnMut(&[u32]) -> crate::Result<Vec<f32>>,
-    ) -> crate::Result<Option<Self>> {
+        values_of: &mut dyn FnMut(&[u32]) -> crate::error::Result<Vec<f32>>,
+    ) -> crate::error::Result<Option<Self>> {
         let (strength, keep) = strengths;
         let keep = if kept.is_empty() { 0.0 } else { keep };
         if (sample.is_empty() || strength <= 0.0) && keep <= 0.0 || rows.is_empty() || reads == 0 {

@@ -1,7 +1,6 @@
 //! The shape of a memory layer, stored in the memory file and checked against the model.
 
-use crate::model::ModelConfig;
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// Shape and placement of the product-key memory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,14 +51,14 @@ impl MemoryConfig {
         self.k_dim / 2
     }
 
-    /// Checks the config against the model it is meant for; every problem is named with the
-    /// field (and CLI flag) that sets it.
-    pub fn validate(&self, model: &ModelConfig) -> Result<()> {
+    /// Checks the config against a model of `model_layers` transformer blocks; every problem is
+    /// named with the field (and CLI flag) that sets it.
+    pub fn validate(&self, model_layers: usize) -> Result<()> {
         self.validate_shape()?;
-        if let Some(l) = self.layers.iter().find(|&&l| l >= model.n_layers) {
+        if let Some(l) = self.layers.iter().find(|&&l| l >= model_layers) {
             return Err(Error::InvalidArgument(format!(
                 "memory config: layer {l} is out of range (the model has layers 0..={})",
-                model.n_layers - 1
+                model_layers.saturating_sub(1)
             )));
         }
         Ok(())

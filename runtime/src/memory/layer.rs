@@ -1,13 +1,13 @@
 //! The memory layer on a backend: parameters resident on the device, and its forward pass.
 
 use super::config::MemoryConfig;
-use super::product_keys::ProductKeyShape;
+use super::params::MemoryLayerParams;
 use super::read_gate::ReadGate;
-use super::store::MemoryLayerParams;
+use crate::backend::ProductKeyShape;
 use crate::backend::{Backend, WeightSource};
+use crate::error::{Error, Result};
 use crate::gguf::TensorBytes;
 use crate::quant::GgmlType;
-use crate::{Error, Result};
 
 /// The frozen addressing part of a memory layer: query projection and sub-keys.
 pub struct SlotLookup<B: Backend> {

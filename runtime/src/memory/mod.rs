@@ -1,24 +1,20 @@
-//! The memory layer: product-key lookup, its parameters and store file, and the retrofit that
-//! fits it into a pretrained model without changing what the model computes.
+//! The memory layer: its shape, parameters, product-key lookup, background statistics, slot
+//! selection and read gate. Its store file lives in [`crate::delta`] beside the journal, and
+//! the retrofit that fits it into a model in [`crate::learn`], since both sit above the model.
 
 mod config;
 mod layer;
-mod linalg;
-pub mod product_keys;
+mod params;
 pub mod read_gate;
-mod retrofit;
 mod selection;
-mod store;
 mod usage;
 
+pub use crate::backend::ProductKeyShape;
 pub use config::{MAX_KEYS, MemoryConfig};
 pub use layer::{GateTape, MemoryBlock, MemoryLookup, SlotLookup};
-pub use product_keys::ProductKeyShape;
-pub use read_gate::{DEFAULT_NOTE_READ_GATE, DEFAULT_READ_GATE, KeyKind, ReadGate};
-pub use retrofit::{Init, RetrofitOptions, RetrofitProgress, retrofit};
-pub use selection::{SlotScoring, count_accesses, select_slots};
-pub use store::{
+pub use params::{
     BackgroundInfo, BackgroundSample, BackgroundStats, MAX_SAMPLED_SLOTS, MemoryLayerParams,
-    MemoryStore, STORE_FORMAT_VERSION, STORE_KIND,
 };
+pub use read_gate::{DEFAULT_NOTE_READ_GATE, DEFAULT_READ_GATE, KeyKind, ReadGate};
+pub use selection::{SlotScoring, count_accesses, select_slots};
 pub use usage::SlotUsage;

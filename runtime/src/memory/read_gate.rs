@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// First bytes of a saved gate (`<store>.readkeys`); the digit is the layout's version.
 const CACHE_MAGIC: &[u8; 8] = b"EGRKEYS2";

@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 
-use super::product_keys::top_k_of;
-use super::store::BackgroundStats;
+use super::params::BackgroundStats;
+use crate::backend::product_keys::top_k_of;
 
 /// How slots are ranked for a learning batch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -1,8 +1,8 @@
 //! Model hyper-parameters read from GGUF metadata.
 
 use crate::backend::{Rope, RopeLayout};
+use crate::error::{Error, Result};
 use crate::gguf::Gguf;
-use crate::{Error, Result};
 
 /// Architectures whose graph engram implements.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];

@@ -9,10 +9,10 @@ pub use fingerprint::fingerprint;
 pub use train::{PreparedSequence, SequenceGradient};
 
 use crate::backend::{AttentionShape, Backend, WeightSource};
+use crate::error::{Error, Result};
 use crate::gguf::{Gguf, TensorInfo};
 use crate::memory::MemoryBlock;
 use crate::quant::{GgmlType, dequantize_row};
-use crate::{Error, Result};
 
 struct Layer<B: Backend> {
     attn_norm: B::Tensor,

@@ -12,8 +12,8 @@
 
 use super::{Layer, Model};
 use crate::backend::Backend;
+use crate::error::{Error, Result};
 use crate::memory::MemoryLookup;
-use crate::{Error, Result};
 
 /// A sequence run up to (and including) the memory layer, ready for learning steps.
 pub struct PreparedSequence<B: Backend> {

@@ -9,7 +9,7 @@ mod dot;
 pub use blocks::{dequantize_row, quantize_row};
 pub use dot::{Q8Act, QK, dot_f32, dot_row, dot_rows, quantize_activations};
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// A tensor element type as ggml numbers it in GGUF files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

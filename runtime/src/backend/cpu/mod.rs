@@ -5,11 +5,11 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use super::{AttentionShape, Backend, ProductKeyShape, Rope, RopeLayout, WeightSource};
-use crate::memory::product_keys::{lookup_head, softmax};
+use crate::backend::product_keys::{lookup_head, softmax};
+use crate::error::{Error, Result};
 use crate::quant::{
     GgmlType, Q8Act, QK, dequantize_row, dot_f32, dot_row, dot_rows, quantize_activations,
 };
-use crate::{Error, Result};
 
 /// Runs every op on the host CPU.
 pub struct CpuBackend {

@@ -1,4 +1,4 @@
-//! GPU backend: every op as a WGSL compute shader (in `shaders/`), run through wgpu on Vulkan,
+//! GPU backend: every op as a WGSL compute shader (the `.wgsl` files beside this one), run through wgpu on Vulkan,
 //! Metal or DX12 — and on Mesa's lavapipe, the CPU Vulkan driver CI tests it on.
 //!
 //! Weights are uploaded once in their quantized form and decoded in the shaders. Tensors, the
@@ -12,16 +12,12 @@ use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
 
-use super::{AttentionShape, Backend, ProductKeyShape, Rope, RopeLayout, WeightSource};
-use crate::quant::GgmlType;
-use crate::{Error, Result};
+mod shaders;
 
-const QUANT: &str = include_str!("../../../../shaders/quant.wgsl");
-const MATMUL: &str = include_str!("../../../../shaders/matmul.wgsl");
-const ELEMENTWISE: &str = include_str!("../../../../shaders/elementwise.wgsl");
-const ROWS: &str = include_str!("../../../../shaders/rows.wgsl");
-const ATTENTION: &str = include_str!("../../../../shaders/attention.wgsl");
-const MEMORY: &str = include_str!("../../../../shaders/memory.wgsl");
+use super::{AttentionShape, Backend, ProductKeyShape, Rope, RopeLayout, WeightSource};
+use crate::error::{Error, Result};
+use crate::quant::GgmlType;
+use shaders::Shader;
 
 /// Most workgroups a dispatch may have along one dimension (WebGPU's minimum limit).
 const MAX_GROUPS: u32 = 65_535;
@@ -305,7 +301,7 @@ impl WgpuBackend {
 
     fn pipeline(
         &self,
-        module: &'static str,
+        module: Shader,
         entry: &'static str,
         dtype: u32,
     ) -> Arc<wgpu::ComputePipeline> {
@@ -313,17 +309,11 @@ impl WgpuBackend {
         cache
             .entry((entry, dtype))
             .or_insert_with(|| {
-                let source = match module {
-                    "matmul" => format!("const DTYPE: u32 = {dtype}u;\n{QUANT}\n{MATMUL}"),
-                    "elementwise" => ELEMENTWISE.to_string(),
-                    "rows" => ROWS.to_string(),
-                    "attention" => ATTENTION.to_string(),
-                    _ => MEMORY.to_string(),
-                };
+                let source = module.source(dtype);
                 let shader = self
                     .device
                     .create_shader_module(wgpu::ShaderModuleDescriptor {
-                        label: Some(module),
+                        label: Some(module.label()),
                         source: wgpu::ShaderSource::Wgsl(source.into()),
                     });
                 Arc::new(
@@ -344,7 +334,7 @@ impl WgpuBackend {
     /// Runs `entry` of `module` once with `params` at binding 0 and `bufs` at their bindings.
     fn dispatch(
         &self,
-        (module, entry, dtype): (&'static str, &'static str, u32),
+        (module, entry, dtype): (Shader, &'static str, u32),
         params: &[u32],
         bufs: &[(u32, &wgpu::Buffer)],
         groups: (u32, u32),
@@ -528,7 +518,7 @@ impl WgpuBackend {
         bufs: &[(u32, &wgpu::Buffer)],
     ) {
         self.dispatch(
-            ("elementwise", entry, 0),
+            (Shader::Elementwise, entry, 0),
             &params(&[P::U(n), P::U(cols)]),
             bufs,
             grid(n.div_ceil(256)),
@@ -548,7 +538,7 @@ impl WgpuBackend {
             _ => n,
         };
         self.dispatch(
-            ("memory", entry, 0),
+            (Shader::Memory, entry, 0),
             &params(fields),
             bufs,
             grid(elements.div_ceil(64)),
@@ -579,7 +569,7 @@ impl WgpuBackend {
             P::U(usize::from(rope.layout == RopeLayout::Halves)),
         ]);
         self.dispatch(
-            ("rows", "rope", 0),
+            (Shader::Rows, "rope", 0),
             &p,
             &[(4, x.buf())],
             grid(total.div_ceil(64)),
@@ -598,7 +588,7 @@ impl WgpuBackend {
         let xq = self.storage(x.rows * blocks * 10 * 4);
         let p = params(&[P::U(0), P::U(x.cols), P::U(x.rows)]);
         self.dispatch(
-            ("matmul", "quantize_q8", 0),
+            (Shader::Matmul, "quantize_q8", 0),
             &p,
             &[(2, x.buf()), (5, &xq)],
             (blocks.div_ceil(64) as u32, x.rows.max(1) as u32),
@@ -704,7 +694,7 @@ impl Backend for WgpuBackend {
         let out = self.storage(t.rows * 4);
         let p = params(&[P::U(t.rows), P::U(t.cols), P::F(0.0)]);
         self.dispatch(
-            ("rows", "argmax_rows", 0),
+            (Shader::Rows, "argmax_rows", 0),
             &p,
             &[(1, t.buf()), (7, &out)],
             grid(t.rows),
@@ -774,7 +764,7 @@ impl Backend for WgpuBackend {
                 P::U(part.row0),
             ]);
             self.dispatch(
-                ("matmul", "embed", dtype_code(table.dtype)),
+                (Shader::Matmul, "embed", dtype_code(table.dtype)),
                 &p,
                 &[(1, &part.buf), (3, &out), (4, &ids)],
                 (table.cols.div_ceil(64) as u32, tokens.len().max(1) as u32),
@@ -804,7 +794,7 @@ impl Backend for WgpuBackend {
                 None => bufs.push((2, x.buf())),
             }
             self.dispatch(
-                ("matmul", entry, dtype_code(w.dtype)),
+                (Shader::Matmul, entry, dtype_code(w.dtype)),
                 &p,
                 &bufs,
                 (
@@ -820,7 +810,7 @@ impl Backend for WgpuBackend {
         let out = self.storage(x.rows * x.cols * 4);
         let p = params(&[P::U(x.rows), P::U(x.cols), P::F(eps)]);
         self.dispatch(
-            ("rows", "rms_norm", 0),
+            (Shader::Rows, "rms_norm", 0),
             &p,
             &[(1, x.buf()), (2, weight.buf()), (4, &out)],
             grid(x.rows),
@@ -882,7 +872,7 @@ impl Backend for WgpuBackend {
             P::U(shape.k_dim),
         ]);
         self.dispatch(
-            ("memory", "product_key_topk", 0),
+            (Shader::Memory, "product_key_topk", 0),
             &p,
             &[(1, q.buf()), (2, keys.buf()), (3, &ids), (4, &weights)],
             grid(q.rows * shape.heads),
@@ -954,7 +944,7 @@ impl Backend for WgpuBackend {
                 P::U(part.row0),
             ]);
             self.dispatch(
-                ("matmul", "matmul_backward", dtype_code(w.dtype)),
+                (Shader::Matmul, "matmul_backward", dtype_code(w.dtype)),
                 &p,
                 &[(1, &part.buf), (2, dy.buf()), (3, &out)],
                 (
@@ -976,7 +966,7 @@ impl Backend for WgpuBackend {
         let out = self.storage(x.rows * x.cols * 4);
         let p = params(&[P::U(x.rows), P::U(x.cols), P::F(eps)]);
         self.dispatch(
-            ("rows", "rms_norm_backward", 0),
+            (Shader::Rows, "rms_norm_backward", 0),
             &p,
             &[(1, x.buf()), (2, weight.buf()), (3, dy.buf()), (4, &out)],
             grid(x.rows),
@@ -1049,7 +1039,7 @@ impl Backend for WgpuBackend {
         let dq = self.storage(n * q.cols * 4);
         let (dk, dv) = (self.storage(n * k.cols * 4), self.storage(n * k.cols * 4));
         self.dispatch(
-            ("attention", "attention_backward_rows", 0),
+            (Shader::Attention, "attention_backward_rows", 0),
             &p,
             &[
                 (1, q.buf()),
@@ -1063,7 +1053,7 @@ impl Backend for WgpuBackend {
             grid(n * shape.n_heads),
         );
         self.dispatch(
-            ("attention", "attention_backward_keys", 0),
+            (Shader::Attention, "attention_backward_keys", 0),
             &p,
             &[
                 (1, q.buf()),
@@ -1099,7 +1089,7 @@ impl Backend for WgpuBackend {
         let losses = self.storage(logits.rows * 4);
         let p = params(&[P::U(logits.rows), P::U(logits.cols), P::F(0.0)]);
         self.dispatch(
-            ("rows", "cross_entropy", 0),
+            (Shader::Rows, "cross_entropy", 0),
             &p,
             &[(4, &grad), (5, &ids), (6, &losses)],
             grid(logits.rows),
@@ -1282,7 +1272,7 @@ impl Backend for WgpuBackend {
             P::F(1.0 / (shape.head_dim as f32).sqrt()),
         ]);
         self.dispatch(
-            ("attention", "attention", 0),
+            (Shader::Attention, "attention", 0),
             &p,
             &[
                 (1, q.buf()),

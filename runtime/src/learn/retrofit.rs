@@ -9,16 +9,16 @@
 
 use std::time::Instant;
 
-use super::config::MemoryConfig;
-use super::layer::SlotLookup;
 use super::linalg::{
     Rng, mean_and_covariance, normalize_rows, random_orthogonal, spherical_kmeans, symmetric_eigen,
 };
-use super::store::{BackgroundInfo, BackgroundStats, MemoryLayerParams, MemoryStore};
 use crate::backend::Backend;
+use crate::delta::MemoryStore;
+use crate::error::{Error, Result};
+use crate::memory::{BackgroundInfo, BackgroundStats, MemoryLayerParams};
+use crate::memory::{MemoryConfig, SlotLookup};
 use crate::model::Model;
 use crate::tokenizer::{ChatMessage, Tokenizer};
-use crate::{Error, Result};
 
 /// How the query projection and sub-keys are initialised.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -118,7 +118,7 @@ pub enum RetrofitProgress {
 impl RetrofitOptions {
     /// Checks every option against the model before any work starts.
     pub fn validate(&self, model: &crate::model::ModelConfig) -> Result<()> {
-        self.config.validate(model)?;
+        self.config.validate(model.n_layers)?;
         let bad = |m: String| Err(Error::InvalidArgument(m));
         if !(0.0..=1.0).contains(&self.chat_fraction) {
             return bad(format!(
@@ -261,7 +261,7 @@ pub fn retrofit<B: Backend>(
     // 3. Background statistics through the fitted lookup, and the reads of a sample of tokens.
     let slots = opts.config.slots();
     let reads = opts.config.heads * opts.config.top_k;
-    let sample_every = if opts.sample_tokens == 0 || slots > super::MAX_SAMPLED_SLOTS {
+    let sample_every = if opts.sample_tokens == 0 || slots > crate::memory::MAX_SAMPLED_SLOTS {
         usize::MAX
     } else {
         n_tokens.div_ceil(opts.sample_tokens).max(1)
@@ -272,7 +272,7 @@ pub fn retrofit<B: Backend>(
         let mut count = vec![0f32; slots];
         let mut df = vec![0f32; slots];
         let mut seen_in = vec![u32::MAX; slots];
-        let mut sample = super::BackgroundSample::default();
+        let mut sample = crate::memory::BackgroundSample::default();
         let mut row = 0;
         for (bi, batch) in batches.iter().enumerate() {
             let h = b.upload(&hs[row * dim..(row + batch.len()) * dim], batch.len(), dim);

@@ -1,0 +1,102 @@
+//! A multi-turn chat that stays inside the context window.
+
+use super::Engine;
+use super::generate::{GenerateOptions, Generation, Session};
+use crate::error::Result;
+use crate::tokenizer::ChatMessage;
+
+/// A conversation with the model: its system message, the turns so far, and a session whose
+/// KV cache carries over from turn to turn.
+pub struct Conversation<'e> {
+    engine: &'e Engine,
+    session: Session<'e>,
+    system: Option<String>,
+    /// (what the user said, what the model answered), oldest first.
+    turns: Vec<(String, String)>,
+}
+
+/// One answer of a [`Conversation`].
+#[derive(Clone, Debug)]
+pub struct Reply {
+    /// The generation (its text is the answer, untrimmed).
+    pub generation: Generation,
+    /// How many of the oldest turns were dropped so that this one fit the context window.
+    pub dropped_turns: usize,
+}
+
+impl<'e> Conversation<'e> {
+    /// A new, empty conversation (the engine's system-prompt policy applies until
+    /// [`Self::set_system`] gives one).
+    pub fn new(engine: &'e Engine) -> Self {
+        Conversation {
+            engine,
+            session: engine.session(),
+            system: None,
+            turns: Vec::new(),
+        }
+    }
+
+    /// Sets (or, with `None`, clears) the system message; the turns so far are kept.
+    pub fn set_system(&mut self, system: Option<String>) {
+        self.system = system.filter(|s| !s.trim().is_empty());
+    }
+
+    /// The system message, if one was set.
+    pub fn system(&self) -> Option<&str> {
+        self.system.as_deref()
+    }
+
+    /// Forgets every turn (the system message stays).
+    pub fn reset(&mut self) {
+        self.turns.clear();
+    }
+
+    /// Turns answered so far (after any dropped for space).
+    pub fn turns(&self) -> usize {
+        self.turns.len()
+    }
+
+    fn messages(&self, user: &str) -> Vec<ChatMessage> {
+        let mut m: Vec<ChatMessage> = self
+            .system
+            .iter()
+            .map(|s| ChatMessage::new("system", s))
+            .collect();
+        for (u, a) in &self.turns {
+            m.push(ChatMessage::new("user", u));
+            m.push(ChatMessage::new("assistant", a));
+        }
+        m.push(ChatMessage::new("user", user));
+        m
+    }
+
+    /// Answers `user`, streaming text to `on_text`. The oldest turns are dropped while the
+    /// prompt and `options.max_tokens` would not fit the context window together; if even
+    /// the new turn alone does not fit, the reply stops when the context is full.
+    pub fn say(
+        &mut self,
+        user: &str,
+        options: &GenerateOptions,
+        on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Reply> {
+        let tok = self.engine.tokenizer();
+        let context = self.engine.context();
+        let mut dropped = 0;
+        let tokens = loop {
+            let prompt = tok.apply_chat_template(&self.messages(user), true)?;
+            let tokens = tok.encode(&prompt, true)?;
+            if tokens.len() + options.max_tokens <= context || self.turns.is_empty() {
+                break tokens;
+            }
+            self.turns.remove(0);
+            dropped += 1;
+        };
+        let generation = self.session.generate(&tokens, options, on_text)?;
+        self.turns
+            .push((user.to_owned(), generation.text.trim().to_owned()));
+        Ok(Reply {
+            generation,
+            dropped_turns: dropped,
+        })
+    }
+}

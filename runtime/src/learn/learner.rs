@@ -1,0 +1,489 @@
+//! The learner: select the rows a fact uses, step them, anchor them, commit.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use super::anchor::BackgroundAnchor;
+use super::facts::Fact;
+use super::optimizer::AdamState;
+use super::optimizer::Optimizer;
+use super::options::{ANCHOR_TUNED_READS_PER_ROW, FactReport, LearnOptions, LearnReport};
+use super::phrasings::prepare_phrasings;
+use super::phrasings::{Example, examples};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::memory::{KeyKind, SlotScoring, count_accesses, select_slots};
+use crate::model::{Model, PreparedSequence};
+use crate::tokenizer::Tokenizer;
+
+/// Largest share of a memory's rows that template protection may take away from selection.
+const MAX_TEMPLATE_SHARE: f64 = 0.25;
+
+/// The value rows that `fact`'s phrasings read whatever the fact says: every row the
+/// phrasings of a content-free fact of the same kind ("What is it?" / "It.", or the note
+/// "It is so.") read, at any position.
+pub fn template_rows<B: Backend>(
+    model: &Model<B>,
+    tok: &Tokenizer,
+    fact: &Fact,
+) -> Result<HashSet<u32>> {
+    let neutral = match fact {
+        Fact::QuestionAnswer { .. } => Fact::qa("What is it?", "It."),
+        Fact::Note(_) => Fact::note("It is so."),
+    };
+    let mut rows = HashSet::new();
+    for e in examples(tok, &neutral)? {
+        let seq = model.prepare(&e.tokens, e.targets.clone())?;
+        rows.extend(model.backend().download_slots(&seq.lookup.slots));
+    }
+    Ok(rows)
+}
+
+/// The rows learning `fact` must not change: its [`template_rows`], unless they are more
+/// than [`MAX_TEMPLATE_SHARE`] of the memory. In a small memory the templates read most
+/// rows, and protecting them all would leave a fact only rows it barely reads (4,096 slots:
+/// a fact was no longer recalled).
+fn protected_rows<B: Backend>(
+    model: &Model<B>,
+    tok: &Tokenizer,
+    fact: &Fact,
+) -> Result<HashSet<u32>> {
+    let rows = template_rows(model, tok, fact)?;
+    let n_keys = model.memory()[0].lookup.shape.n_keys;
+    let share = rows.len() as f64 / (n_keys * n_keys) as f64;
+    Ok(if share <= MAX_TEMPLATE_SHARE {
+        rows
+    } else {
+        HashSet::new()
+    })
+}
+
+/// Earlier facts' tokens whose reads are kept for [`LearnOptions::earlier_fact_penalty`]
+/// (the most recent ones; 65,536 tokens × 128 reads is 64 MiB, about 430 facts).
+pub const MAX_KEPT_TOKENS: usize = 65_536;
+
+/// What learning keeps from one call to the next for one attached memory: the protected
+/// rows of each fact kind, found once (they depend only on its frozen lookup and the
+/// tokenizer, and finding them costs about as much as learning from two facts' phrasings),
+/// and what the lookup read at the tokens of the facts learned so far (held by
+/// [`LearnOptions::earlier_fact_penalty`]). Drop it when another memory is attached.
+#[derive(Clone, Debug, Default)]
+pub struct LearningState {
+    by_kind: [Option<HashSet<u32>>; 2],
+    learned: crate::memory::BackgroundSample,
+}
+
+impl LearningState {
+    /// Tokens of earlier facts whose reads are kept.
+    pub fn kept_tokens(&self, reads: usize) -> usize {
+        self.learned.tokens(reads)
+    }
+
+    /// Adds a fact's reads (tokens × `reads` slots and weights), dropping the oldest tokens
+    /// beyond [`MAX_KEPT_TOKENS`].
+    fn remember_reads(&mut self, slots: Vec<u32>, weights: Vec<f32>, reads: usize) {
+        self.learned.slots.extend(slots);
+        self.learned.weights.extend(weights);
+        let excess = self.learned.tokens(reads).saturating_sub(MAX_KEPT_TOKENS) * reads;
+        if excess > 0 {
+            self.learned.slots.drain(..excess);
+            self.learned.weights.drain(..excess);
+        }
+    }
+
+    /// The rows facts of `fact`'s kind must not change, found on first use.
+    pub fn for_fact<B: Backend>(
+        &mut self,
+        model: &Model<B>,
+        tok: &Tokenizer,
+        fact: &Fact,
+    ) -> Result<&HashSet<u32>> {
+        let kind = usize::from(matches!(fact, Fact::Note(_)));
+        match &mut self.by_kind[kind] {
+            Some(rows) => Ok(rows),
+            empty => Ok(empty.insert(protected_rows(model, tok, fact)?)),
+        }
+    }
+}
+
+/// Scales every row of `values` (rows of `dim`) whose L2 norm exceeds `max` down to `max`;
+/// whether any row changed.
+fn clamp_row_norms(values: &mut [f32], dim: usize, max: f32) -> bool {
+    let mut changed = false;
+    for row in values.chunks_exact_mut(dim) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if norm > max {
+            let scale = max / norm;
+            row.iter_mut().for_each(|v| *v *= scale);
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// A change learning made, handed to the caller to make durable before it is reported.
+pub enum Committed<'a> {
+    /// A step overwrote `rows` (ascending): their values before and after (rows × dim).
+    Step {
+        /// Slot ids in the learning memory.
+        rows: &'a [u32],
+        /// Values until this step.
+        before: &'a [f32],
+        /// Values from this step on.
+        after: &'a [f32],
+    },
+    /// A fact finished learning.
+    Fact(&'a Fact),
+}
+
+/// Learns `facts` one after another into the model's memory.
+///
+/// After every step's update, `commit` gets the rows it changed (an error from it undoes the
+/// step and stops); only then is `progress(fact, step, loss)` told the step is done, so a
+/// caller that journals in `commit` never reports a step that a crash could lose.
+/// `state` keeps the template rows found for this memory, and the reads of the facts
+/// learned into it, from one call to the next.
+#[allow(clippy::too_many_arguments)]
+pub fn learn<B: Backend>(
+    model: &mut Model<B>,
+    tok: &Tokenizer,
+    background: &crate::memory::BackgroundStats,
+    background_batches: u64,
+    facts: &[Fact],
+    opts: &LearnOptions,
+    state: &mut LearningState,
+    progress: &mut dyn FnMut(usize, usize, f64) -> bool,
+    commit: &mut dyn FnMut(Committed<'_>) -> Result<()>,
+) -> Result<LearnReport> {
+    opts.validate()?;
+    model.keep_dense_above_memory(true)?;
+    let report = learn_facts(
+        model,
+        tok,
+        background,
+        background_batches,
+        facts,
+        opts,
+        state,
+        progress,
+        commit,
+    );
+    // The copies cost memory for as long as they live: only while learning.
+    model.keep_dense_above_memory(false)?;
+    report
+}
+
+#[allow(clippy::too_many_arguments)]
+fn learn_facts<B: Backend>(
+    model: &mut Model<B>,
+    tok: &Tokenizer,
+    background: &crate::memory::BackgroundStats,
+    background_batches: u64,
+    facts: &[Fact],
+    opts: &LearnOptions,
+    state: &mut LearningState,
+    progress: &mut dyn FnMut(usize, usize, f64) -> bool,
+    commit: &mut dyn FnMut(Committed<'_>) -> Result<()>,
+) -> Result<LearnReport> {
+    let started = Instant::now();
+    let mut report = LearnReport::default();
+    // Tokenize everything first: a bad fact is refused before anything changes.
+    let batches: Vec<Vec<Example>> = facts
+        .iter()
+        .map(|f| examples(tok, f))
+        .collect::<Result<_>>()?;
+    // Slots the lookup reads per token (heads × top-k).
+    let reads = model.memory()[0].lookup.shape.heads * model.memory()[0].lookup.shape.top_k;
+    // Value rows that may hold something: the anchor skips the others. Rows learning changes
+    // join as they change.
+    let anchored = opts.scoring != SlotScoring::AllTouched
+        && (opts.background_penalty > 0.0 || opts.earlier_fact_penalty > 0.0);
+    let mut live = if anchored {
+        nonzero_rows(model)
+    } else {
+        Vec::new()
+    };
+    for (fi, batch) in batches.iter().enumerate() {
+        let t0 = Instant::now();
+        let mut seqs = prepare_phrasings(model, batch)?;
+        report.timings.prepare += t0.elapsed();
+
+        let t0 = Instant::now();
+        let picks: Vec<u32> = seqs
+            .iter()
+            .flat_map(|s| model.backend().download_slots(&s.lookup.slots))
+            .collect();
+        let mut counts = if opts.content_rows_only && opts.scoring != SlotScoring::AllTouched {
+            let mut at = 0;
+            let mut content = Vec::new();
+            for (s, e) in seqs.iter().zip(batch) {
+                for r in &e.content {
+                    content.extend_from_slice(&picks[at + r.start * reads..at + r.end * reads]);
+                }
+                at += s.tokens.len() * reads;
+            }
+            count_accesses(&content)
+        } else {
+            count_accesses(&picks)
+        };
+        if opts.protect_template_rows && opts.scoring != SlotScoring::AllTouched {
+            let protected = state.for_fact(model, tok, &facts[fi])?;
+            counts.retain(|slot, _| !protected.contains(slot));
+        }
+        let rows = select_slots(
+            &counts,
+            background,
+            background_batches,
+            opts.scoring,
+            opts.top_t,
+        );
+        let mut rows_sorted = rows.clone();
+        rows_sorted.sort_unstable();
+        report.timings.selection += t0.elapsed();
+
+        // Only these rows change from here on: what comes before their first reader is
+        // computed once instead of at every step.
+        let t0 = Instant::now();
+        model.freeze_prefixes(&mut seqs, &rows_sorted)?;
+        report.timings.prepare += t0.elapsed();
+
+        let t0 = Instant::now();
+        let anchor = if opts.scoring == SlotScoring::AllTouched {
+            None
+        } else {
+            let lookup = &model.memory()[0].lookup.shape;
+            // κ was tuned where each row has ANCHOR_TUNED_READS_PER_ROW sampled reads; a row
+            // with more (a smaller memory, a larger sample) is held by more terms, so each
+            // term weighs proportionally less and the hold stays as strong.
+            let slots = (lookup.n_keys * lookup.n_keys) as f64;
+            let reads_per_row = background.sample.slots.len() as f64 / slots;
+            let strength = if reads_per_row > 0.0 {
+                (f64::from(opts.background_penalty) * ANCHOR_TUNED_READS_PER_ROW / reads_per_row)
+                    as f32
+            } else {
+                0.0
+            };
+            BackgroundAnchor::keeping(
+                &background.sample,
+                &state.learned,
+                reads,
+                &rows_sorted,
+                (strength, opts.earlier_fact_penalty),
+                model.config.dim,
+                &|slot| live.get(slot as usize).copied().unwrap_or(true),
+                &mut |ids| Ok(model.backend().take_to_host(model.read_values(ids)?)),
+            )?
+        };
+        report.timings.anchor += t0.elapsed();
+
+        let count: usize = batch.iter().map(|e| e.targets.len()).sum();
+        let mut loss_before = f64::NAN;
+        let mut loss = f64::NAN;
+        // The last step's rows before it, on the backend and the host, and after it.
+        let mut last_update: Option<(B::Tensor, Vec<f32>, Vec<f32>)> = None;
+        // Masked AdamW: moments exist only for this fact's selected rows.
+        let mut adam: Option<AdamState> = None;
+        for step in 0..=opts.steps {
+            let want: &[u32] = if step < opts.steps { &rows_sorted } else { &[] };
+            // Once the loss target is reached the step's gradient would be thrown away.
+            let stop_at = (step > 0 && opts.stop_loss > 0.0).then_some(f64::from(opts.stop_loss));
+            let g = match model.value_gradients_unless_below(&seqs, want, stop_at) {
+                Ok(g) => g,
+                Err(e) => {
+                    // The last update made the loss non-finite: put the rows back exactly.
+                    return Err(match last_update.take() {
+                        Some((before, before_host, after_host)) => {
+                            model.write_values(&rows_sorted, &before)?;
+                            // The undo is a change too: make it as durable as the step was.
+                            commit(Committed::Step {
+                                rows: &rows_sorted,
+                                before: &after_host,
+                                after: &before_host,
+                            })?;
+                            Error::InvalidArgument(format!(
+                                "fact {}: step {step} was rejected and its update undone: {e} \
+                                 (lower the learning rate)",
+                                fi + 1
+                            ))
+                        }
+                        None => Error::InvalidArgument(format!(
+                            "fact {}: nothing was changed: {e}",
+                            fi + 1
+                        )),
+                    });
+                }
+            };
+            let total = g.loss;
+            let t0 = Instant::now();
+            let reached = step > 0 && total / count as f64 <= f64::from(opts.stop_loss);
+            let grad = (step < opts.steps && !reached).then(|| model.backend().download(&g.grads));
+            report.timings.forward += g.forward_time;
+            report.timings.backward += g.backward_time + t0.elapsed();
+            loss = total / count as f64;
+            if step == 0 {
+                loss_before = loss;
+            }
+            let stop = |fi: usize| {
+                Error::Interrupted(format!(
+                    "learning stopped during fact {}; facts before it are learned",
+                    fi + 1
+                ))
+            };
+            let Some(mut g) = grad else {
+                if !progress(fi, step, loss) {
+                    return Err(stop(fi));
+                }
+                break;
+            };
+            let t0 = Instant::now();
+            let scale = 1.0 / count as f32;
+            g.iter_mut().for_each(|v| *v *= scale);
+            if let Some(bad) = g.iter().position(|v| !v.is_finite()) {
+                return Err(Error::InvalidArgument(format!(
+                    "step {step} of fact {} produced a non-finite gradient (at {bad}); the memory \
+                     was left unchanged by that step (lower the learning rate)",
+                    fi + 1
+                )));
+            }
+            let d = model.config.dim;
+            let gt = model.backend().upload_vec(g, rows_sorted.len(), d);
+            let before = model.read_values(&rows_sorted)?;
+            match opts.optimizer {
+                Optimizer::Sgd => model.sgd_values(&rows_sorted, &gt, opts.learning_rate)?,
+                Optimizer::AdamW { .. } => {
+                    let state = adam.get_or_insert_with(|| AdamState::new(rows_sorted.len() * d));
+                    let current = model.backend().download(&before);
+                    let grads = model.backend().download(&gt);
+                    let next = state.step(opts.optimizer, opts.learning_rate, &current, &grads);
+                    let next = model.backend().upload_vec(next, rows_sorted.len(), d);
+                    model.write_values(&rows_sorted, &next)?;
+                }
+            }
+            let mut moved = model
+                .backend()
+                .take_to_host(model.read_values(&rows_sorted)?);
+            let held = anchor.as_ref().map(|a| a.hold(&mut moved)).is_some();
+            let clamped =
+                opts.max_row_norm > 0.0 && clamp_row_norms(&mut moved, d, opts.max_row_norm);
+            if held || clamped {
+                let t = model
+                    .backend()
+                    .upload_vec(moved.clone(), rows_sorted.len(), d);
+                model.write_values(&rows_sorted, &t)?;
+            }
+            if moved.iter().any(|v| !v.is_finite()) {
+                model.write_values(&rows_sorted, &before)?;
+                return Err(Error::InvalidArgument(format!(
+                    "fact {}: step {step} was rejected and its update undone: it made value \
+                     rows non-finite (lower the learning rate)",
+                    fi + 1
+                )));
+            }
+            let before_host = model.backend().download(&before);
+            if let Err(e) = commit(Committed::Step {
+                rows: &rows_sorted,
+                before: &before_host,
+                after: &moved,
+            }) {
+                model.write_values(&rows_sorted, &before)?;
+                return Err(e);
+            }
+            last_update = Some((before, before_host, moved));
+            report.timings.update += t0.elapsed();
+            if !progress(fi, step, loss) {
+                return Err(stop(fi));
+            }
+        }
+        commit(Committed::Fact(&facts[fi]))?;
+        for &r in &rows_sorted {
+            if let Some(l) = live.get_mut(r as usize) {
+                *l = true;
+            }
+        }
+        key_read_gate(model, &seqs, &facts[fi]);
+        if opts.scoring != SlotScoring::AllTouched && opts.earlier_fact_penalty > 0.0 {
+            // `picks` already holds every sequence's slots, in this order.
+            let weights = seqs
+                .iter()
+                .flat_map(|s| model.backend().download(&s.lookup.weights))
+                .collect();
+            state.remember_reads(picks, weights, reads);
+        }
+        report.facts.push(FactReport {
+            examples: batch.len(),
+            loss_before,
+            loss_after: loss,
+            rows: rows_sorted,
+        });
+    }
+    report.total = started.elapsed();
+    Ok(report)
+}
+
+/// Per value row of the learning memory, whether any of its values is nonzero. On this
+/// thread: rayon's global pool would keep spinning beside the backend's threads.
+fn nonzero_rows<B: Backend>(model: &Model<B>) -> Vec<bool> {
+    let values = model.backend().host_view(&model.memory()[0].values);
+    values
+        .chunks_exact(model.config.dim)
+        .map(|row| row.iter().any(|&v| v != 0.0))
+        .collect()
+}
+
+/// Adds a learned fact's tokens (its prepared phrasings) to the memory's read gate, if any.
+fn key_read_gate<B: Backend>(model: &mut Model<B>, seqs: &[PreparedSequence<B>], fact: &Fact) {
+    if model.memory()[0].read_gate.is_none() {
+        return;
+    }
+    let reads = model.memory()[0].lookup.shape.picks();
+    let b = model.backend();
+    let parts: Vec<(Vec<f32>, Vec<u32>)> = seqs
+        .iter()
+        .map(|s| {
+            (
+                b.download(s.memory_input()),
+                b.download_slots(&s.lookup.slots),
+            )
+        })
+        .collect();
+    let kind = match fact {
+        Fact::QuestionAnswer { .. } => KeyKind::Question,
+        Fact::Note(_) => KeyKind::Note,
+    };
+    if let Some(gate) = model.memory_mut()[0].read_gate.as_mut() {
+        for (inputs, slots) in &parts {
+            gate.add_reads(inputs, slots, reads, kind);
+        }
+    }
+}
+
+/// Keys the memory's read gate with facts learned earlier. The layers below the memory are
+/// frozen, so their phrasings give the same keys as when they were learned.
+pub fn rekey_read_gate<B: Backend>(
+    model: &mut Model<B>,
+    tok: &Tokenizer,
+    facts: &[Fact],
+) -> Result<()> {
+    for fact in facts {
+        let seqs = prepare_phrasings(model, &examples(tok, fact)?)?;
+        key_read_gate(model, &seqs, fact);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_rows_above_the_limit_are_scaled_down_to_it() {
+        let mut rows = vec![3.0, 4.0, 0.6, 0.8, 0.0, 0.0];
+        assert!(clamp_row_norms(&mut rows, 2, 1.0));
+        let want = [0.6, 0.8, 0.6, 0.8, 0.0, 0.0];
+        assert!(
+            rows.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{rows:?}"
+        );
+        assert!(!clamp_row_norms(&mut rows, 2, 1.0));
+    }
+}

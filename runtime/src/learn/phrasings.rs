@@ -1,0 +1,182 @@
+//! How a fact becomes a batch of phrasings to train on.
+
+use std::ops::Range;
+
+use super::facts::Fact;
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::model::{Model, PreparedSequence};
+use crate::tokenizer::{ChatMessage, Tokenizer};
+
+/// A tokenized phrasing and the positions whose next token is trained.
+pub struct Example {
+    /// Token ids.
+    pub tokens: Vec<u32>,
+    /// Position p is trained to predict `tokens[p + 1]`.
+    pub targets: Range<usize>,
+    /// Positions holding the fact's own words (its question, answer or note), not the
+    /// phrasing's template text around them.
+    pub content: Vec<Range<usize>>,
+}
+
+/// Token positions of `part`, the first occurrence of `part` in `text`, whose tokens are
+/// `tokens`: the tokens `text` up to the part's start and end encode to, as far as they agree
+/// with `tokens` (BPE may merge across the boundary).
+fn span_of(tok: &Tokenizer, text: &str, tokens: &[u32], part: &str) -> Result<Range<usize>> {
+    let at = text
+        .find(part)
+        .ok_or_else(|| Error::Template(format!("the phrasing lost the fact's words {part:?}")))?;
+    let agree = |end: usize| -> Result<usize> {
+        let p = tok.encode(&text[..end], true)?;
+        Ok(p.iter().zip(tokens).take_while(|(a, b)| a == b).count())
+    };
+    Ok(agree(at)?..agree(at + part.len())?)
+}
+
+/// Renders a chat exchange whose reply is `lead` + `reply` and marks `reply` (and its
+/// end-of-turn) as targets. The lead is context only: a canned opening such as "The answer is"
+/// trained with every fact would become the model's opening for every question.
+fn chat_example(tok: &Tokenizer, user: &str, lead: &str, reply: &str) -> Result<Example> {
+    chat_example_with(tok, user, lead, reply, user)
+}
+
+/// [`chat_example`] whose content is `said` (part of `user`) and the reply.
+fn chat_example_with(
+    tok: &Tokenizer,
+    user: &str,
+    lead: &str,
+    reply: &str,
+    said: &str,
+) -> Result<Example> {
+    let mut messages = vec![ChatMessage::new("user", user)];
+    let prompt = format!("{}{lead}", tok.apply_chat_template(&messages, true)?);
+    messages.push(ChatMessage::new("assistant", format!("{lead}{reply}")));
+    let full = tok.apply_chat_template(&messages, false)?;
+    let p = tok.encode(&prompt, true)?;
+    let f = tok.encode(&full, true)?;
+    // Where the reply's tokens begin: BPE may merge the lead's last characters into them.
+    let start = p.iter().zip(&f).take_while(|(a, b)| a == b).count();
+    // The reply ends at the first stop token after its start.
+    let end = f[start..]
+        .iter()
+        .position(|t| tok.stop_tokens.contains(t))
+        .map_or(f.len(), |i| start + i + 1);
+    if start == 0 || !full.starts_with(&prompt) || end <= start {
+        return Err(Error::Template(
+            "the chat template does not render the reply after the prompt".into(),
+        ));
+    }
+    let tokens = f[..end].to_vec();
+    let mut content = Vec::new();
+    if !said.trim().is_empty() {
+        content.push(span_of(tok, &full, &tokens, said.trim())?);
+    }
+    // The reply's own tokens; its end-of-turn is markup.
+    content.push(start..end - 1);
+    Ok(Example {
+        targets: start - 1..end - 1,
+        tokens,
+        content,
+    })
+}
+
+/// Raw text `prefix` + `target`, trained on the target's tokens; `said` (part of `prefix`,
+/// may be empty) and the target are the content.
+fn text_example(tok: &Tokenizer, prefix: &str, said: &str, target: &str) -> Result<Example> {
+    let p = tok.encode(prefix, true)?;
+    let f = tok.encode(&format!("{prefix}{target}"), true)?;
+    // Where the target's tokens begin: BPE may merge the prefix's last characters into them.
+    let common = p.iter().zip(&f).take_while(|(a, b)| a == b).count();
+    let start = common.max(1);
+    if f.len() < 2 || start >= f.len() {
+        return Err(Error::InvalidArgument(format!(
+            "nothing to learn in {target:?}"
+        )));
+    }
+    let mut content = Vec::new();
+    if !said.trim().is_empty() {
+        content.push(span_of(tok, prefix, &f, said.trim())?);
+    }
+    // From the target's first token, even at position 0 where nothing predicts it.
+    content.push(common..f.len());
+    Ok(Example {
+        targets: start - 1..f.len() - 1,
+        tokens: f,
+        content,
+    })
+}
+
+/// The phrasings a fact is trained on. Questions are never asked in the form
+/// "I have a question: …" here, so evaluation can use that form as an unseen phrasing.
+pub fn examples(tok: &Tokenizer, fact: &Fact) -> Result<Vec<Example>> {
+    match fact {
+        Fact::QuestionAnswer { question, answer } => {
+            let (q, a) = (question.trim(), answer.trim());
+            if q.is_empty() || a.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "a fact needs a non-empty question and answer".into(),
+                ));
+            }
+            Ok(vec![
+                chat_example(tok, q, "", a)?,
+                chat_example(tok, q, "The answer is", &format!(" {a}."))?,
+                text_example(tok, &format!("Question: {q}\nAnswer:"), q, &format!(" {a}"))?,
+                text_example(tok, &format!("Q: {q}\nA:"), q, &format!(" {a}"))?,
+                text_example(tok, q, q, &format!(" {a}"))?,
+            ])
+        }
+        Fact::Note(text) => {
+            let t = text.trim();
+            if t.is_empty() {
+                return Err(Error::InvalidArgument("a note must not be empty".into()));
+            }
+            let opening = note_opening(t);
+            Ok(vec![
+                text_example(tok, "", "", t)?,
+                text_example(tok, "Note: ", "", t)?,
+                text_example(tok, "Remember this. ", "", t)?,
+                chat_example_with(tok, "Tell me something you know about me.", "", t, "")?,
+                chat_example_with(tok, &format!("{opening}...?"), "", t, opening)?,
+            ])
+        }
+    }
+}
+
+/// A note without its last word (where what it tells usually sits), as a prompt to
+/// complete: a question-like form that names the note's subject but not its content.
+fn note_opening(note: &str) -> &str {
+    let body = note
+        .trim()
+        .trim_end_matches(|c: char| c == '.' || c == '!' || c.is_whitespace());
+    match body.rfind(char::is_whitespace) {
+        Some(i) => body[..i].trim_end(),
+        None => body,
+    }
+}
+
+/// Runs a fact's phrasings up to the memory, each scored on its targets.
+pub(super) fn prepare_phrasings<B: Backend>(
+    model: &Model<B>,
+    batch: &[Example],
+) -> Result<Vec<PreparedSequence<B>>> {
+    let inputs: Vec<_> = batch
+        .iter()
+        .map(|e| (&e.tokens[..], e.targets.clone()))
+        .collect();
+    model.prepare_many(&inputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_note_opening_drops_the_last_word() {
+        assert_eq!(
+            note_opening("My sister Ana lives in Porto."),
+            "My sister Ana lives in"
+        );
+        assert_eq!(note_opening("  The code is 42!  "), "The code is");
+        assert_eq!(note_opening("Porto."), "Porto");
+    }
+}
