@@ -93,7 +93,7 @@ const REPLY_TOKENS: usize = 32;
 
 /// The greedy reply to `question`, stopped as soon as it has settled on `answer` (the verdict
 /// of [`correct`] is then known, and later tokens cannot change it).
-fn reply(engine: &Engine, question: &str, answer: &str) -> Result<String, String> {
+pub fn reply(engine: &Engine, question: &str, answer: &str) -> Result<String, String> {
     let options = GenerateOptions {
         max_tokens: REPLY_TOKENS,
         ..Default::default()

@@ -20,6 +20,7 @@ mod eval;
 mod info;
 mod learn;
 mod plot;
+mod quiz;
 mod retrofit;
 
 /// File name of the default model that `scripts/fetch-model` places in `models/`.
@@ -101,6 +102,9 @@ enum Command {
     /// Learn facts the model gets wrong one after another; measure learned accuracy, retention
     /// and held-out NLL per slot-selection method (needs --memory; the store is not changed).
     Eval(eval::EvalArgs),
+    /// Ask questions with known answers through ask's path and count the right ones per
+    /// kind (compare --system policies with it).
+    Quiz(quiz::QuizArgs),
     /// Exchange what was learned: export, import, revert, inspect and list deltas.
     Delta {
         #[command(subcommand)]
@@ -381,6 +385,7 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
+        Command::Quiz(args) => quiz::run(&open(cli.model, cli.memory, place, 0)?, &args),
         Command::Delta { command } => delta::run(cli.model, cli.memory, place, command),
         Command::Snapshot { name } => {
             let memory = cli.memory.ok_or("snapshot needs --memory STORE")?;
