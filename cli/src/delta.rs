@@ -1,6 +1,6 @@
 //! `engram delta …`: move what a user taught between stores.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Subcommand;
 use engram::delta::{Delta, DeltaPrecision, MemoryAccess};
@@ -114,13 +114,8 @@ pub fn run(
         }
         DeltaCommand::Revert { delta } => {
             let memory = need_memory(memory, "revert")?;
-            let id = if Path::new(&delta).is_file() {
-                Delta::read(&delta).map_err(err)?.id
-            } else {
-                delta
-            };
             let mut engine = open_with(model, Some(memory.clone()), MemoryAccess::Write, place, 0)?;
-            let r = engine.revert_delta(&id).map_err(err)?;
+            let r = engine.revert_delta_or_file(&delta).map_err(err)?;
             engine.checkpoint().map_err(err)?;
             println!(
                 "reverted delta {} in {}: {} rows restored exactly, {} changed since (its difference subtracted)",

@@ -45,6 +45,9 @@ pub enum Error {
     /// Long work was stopped by the caller (e.g. Ctrl-C); nothing was written.
     #[error("interrupted: {0}")]
     Interrupted(String),
+    /// An earlier call on a shared engine panicked while holding it; open a new one.
+    #[error("internal: {0}")]
+    Internal(String),
     /// A caller-supplied argument is out of range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -21,8 +21,8 @@ pub mod tokenizer;
 
 pub use engine::{
     Conversation, Device, Engine, EngineOptions, GenerateOptions, Generation, ImportReport,
-    LoopGuard, ReadGating, Reply, RevertReport, Session, StopReason, TextStream, log_softmax_at,
-    read_keys_path,
+    LoopGuard, ReadGating, Reply, RevertReport, Session, SharedEngine, StopReason, TextStream,
+    log_softmax_at, read_keys_path,
 };
 pub use error::{Error, Result};
 pub use sampling::SamplingConfig;

@@ -19,13 +19,12 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
-use engram::delta::{Delta, DeltaPrecision, MemoryAccess};
-use engram::learn::{Fact, LearnOptions};
-use engram::{Engine, EngineOptions, Error, GenerateOptions};
+use engram::delta::{Delta, DeltaPrecision};
+use engram::learn::Fact;
+use engram::{Engine, Error, GenerateOptions, SharedEngine};
 
 /// What a call did.
 #[repr(C)]
@@ -67,7 +66,7 @@ pub type EngramProgressCallback =
     Option<unsafe extern "C" fn(fact: u32, step: u32, loss: f64, user_data: *mut c_void) -> bool>;
 
 struct Handle {
-    engine: RwLock<Engine>,
+    engine: SharedEngine,
 }
 
 /// Live engines by handle id. Ids only grow, so a closed handle is never valid again.
@@ -100,6 +99,7 @@ impl From<Error> for Failure {
             | Error::Delta(_) => EngramStatus::BadFile,
             Error::InUse(_) => EngramStatus::InUse,
             Error::Interrupted(_) => EngramStatus::Interrupted,
+            Error::Internal(_) => EngramStatus::Panic,
             _ => EngramStatus::InvalidArgument,
         };
         Failure(status, e.to_string())
@@ -169,19 +169,12 @@ fn handle(engine: *const EngramEngine) -> Result<Arc<Handle>, Failure> {
         })
 }
 
-fn poisoned() -> Failure {
-    Failure(
-        EngramStatus::Panic,
-        "an earlier call on this engine failed internally; close it".into(),
-    )
-}
-
 fn with_shared<T>(
     engine: *const EngramEngine,
     f: impl FnOnce(&Engine) -> Result<T, Failure>,
 ) -> Result<T, Failure> {
     let h = handle(engine)?;
-    let e = h.engine.read().map_err(|_| poisoned())?;
+    let e = h.engine.read()?;
     f(&e)
 }
 
@@ -190,7 +183,7 @@ fn with_exclusive<T>(
     f: impl FnOnce(&mut Engine) -> Result<T, Failure>,
 ) -> Result<T, Failure> {
     let h = handle(engine)?;
-    let mut e = h.engine.write().map_err(|_| poisoned())?;
+    let mut e = h.engine.write()?;
     f(&mut e)
 }
 
@@ -242,27 +235,11 @@ pub unsafe extern "C" fn engram_open(
         }
         let model = unsafe { text(model_path, "model_path") }?;
         let memory = unsafe { optional_text(memory_path, "memory_path") }?;
-        let engine = Engine::open(
-            model,
-            &EngineOptions {
-                threads: threads as usize,
-                memory: memory.map(Into::into),
-                memory_access: if writable {
-                    MemoryAccess::Write
-                } else {
-                    MemoryAccess::Read
-                },
-                ..Default::default()
-            },
-        )?;
+        let engine = SharedEngine::open(model, memory.map(Into::into), writable, threads as usize)?;
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed) * 16;
         let mut map = HANDLES.lock().unwrap_or_else(|e| e.into_inner());
-        map.get_or_insert_with(HashMap::new).insert(
-            id,
-            Arc::new(Handle {
-                engine: RwLock::new(engine),
-            }),
-        );
+        map.get_or_insert_with(HashMap::new)
+            .insert(id, Arc::new(Handle { engine }));
         // SAFETY: checked non-null above.
         unsafe { *out = id as *mut EngramEngine };
         Ok(())
@@ -353,12 +330,8 @@ fn learn(
     on_progress: EngramProgressCallback,
     user_data: *mut c_void,
 ) -> Outcome {
-    let mut options = LearnOptions::default();
-    if steps > 0 {
-        options.steps = steps as usize;
-    }
     with_exclusive(engine, |e| {
-        e.learn(&[fact], &options, &mut |f, s, loss| match on_progress {
+        e.learn_one(fact, steps as usize, &mut |f, s, loss| match on_progress {
             // SAFETY: the caller's callback, with its own user_data.
             Some(cb) => unsafe { cb(f as u32, s as u32, loss, user_data) },
             None => true,
@@ -474,13 +447,10 @@ pub unsafe extern "C" fn engram_delta_revert(
 ) -> EngramStatus {
     guard(|| {
         let arg = unsafe { text(id_or_path, "id_or_path") }?;
-        let id = if Path::new(arg).is_file() {
-            Delta::read(arg)?.id
-        } else {
-            arg.to_owned()
-        };
         with_exclusive(engine, |e| {
-            e.revert_delta(&id).map(|_| ()).map_err(Failure::from)
+            e.revert_delta_or_file(arg)
+                .map(|_| ())
+                .map_err(Failure::from)
         })
     })
 }

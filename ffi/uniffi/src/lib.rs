@@ -9,12 +9,11 @@
 //! exclusively, so they wait for running generations and vice versa. Dropping the object (or
 //! `close()` in Kotlin, `del` in Python) releases the store's write lock.
 
-use std::path::Path;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLockReadGuard, RwLockWriteGuard};
 
-use engram::delta::{Delta, DeltaPrecision, MemoryAccess};
-use engram::learn::{Fact, LearnOptions};
-use engram::{Engine, EngineOptions, Error, GenerateOptions};
+use engram::delta::{Delta, DeltaPrecision};
+use engram::learn::Fact;
+use engram::{Engine, Error, GenerateOptions, SharedEngine};
 
 uniffi::setup_scaffolding!("engram");
 
@@ -57,6 +56,7 @@ impl From<Error> for EngramError {
             | Error::Delta(_) => Self::BadFile(message),
             Error::InUse(_) => Self::InUse(message),
             Error::Interrupted(_) => Self::Interrupted(message),
+            Error::Internal(_) => Self::Internal(message),
             _ => Self::InvalidArgument(message),
         }
     }
@@ -171,20 +171,16 @@ pub fn version() -> String {
 /// A model (GGUF), its tokenizer and optionally a memory store to learn into.
 #[derive(uniffi::Object)]
 pub struct Engram {
-    engine: RwLock<Engine>,
-}
-
-fn poisoned() -> EngramError {
-    EngramError::Internal("an earlier call on this engine failed internally; open a new one".into())
+    engine: SharedEngine,
 }
 
 impl Engram {
     fn shared(&self) -> Result<RwLockReadGuard<'_, Engine>, EngramError> {
-        self.engine.read().map_err(|_| poisoned())
+        Ok(self.engine.read()?)
     }
 
     fn exclusive(&self) -> Result<RwLockWriteGuard<'_, Engine>, EngramError> {
-        self.engine.write().map_err(|_| poisoned())
+        Ok(self.engine.write()?)
     }
 
     fn learn(
@@ -193,13 +189,9 @@ impl Engram {
         steps: u32,
         listener: Option<Box<dyn LearnListener>>,
     ) -> Result<LearnReport, EngramError> {
-        let mut options = LearnOptions::default();
-        if steps > 0 {
-            options.steps = steps as usize;
-        }
         let report = self
             .exclusive()?
-            .learn(&[fact], &options, &mut |f, s, loss| {
+            .learn_one(fact, steps as usize, &mut |f, s, loss| {
                 listener
                     .as_ref()
                     .is_none_or(|l| l.on_step(f as u32, s as u32, loss))
@@ -232,22 +224,13 @@ impl Engram {
         writable: bool,
         threads: u32,
     ) -> Result<Arc<Self>, EngramError> {
-        let engine = Engine::open(
+        let engine = SharedEngine::open(
             &model_path,
-            &EngineOptions {
-                threads: threads as usize,
-                memory: memory_path.map(Into::into),
-                memory_access: if writable {
-                    MemoryAccess::Write
-                } else {
-                    MemoryAccess::Read
-                },
-                ..Default::default()
-            },
+            memory_path.map(Into::into),
+            writable,
+            threads as usize,
         )?;
-        Ok(Arc::new(Self {
-            engine: RwLock::new(engine),
-        }))
+        Ok(Arc::new(Self { engine }))
     }
 
     /// Continues `prompt` greedily for at most `max_tokens` tokens, telling `listener` of each
@@ -350,12 +333,7 @@ impl Engram {
 
     /// Reverts an imported delta, given its id (or a unique prefix) or its file.
     pub fn revert_delta(&self, id_or_path: String) -> Result<RevertReport, EngramError> {
-        let id = if Path::new(&id_or_path).is_file() {
-            Delta::read(&id_or_path)?.id
-        } else {
-            id_or_path
-        };
-        let r = self.exclusive()?.revert_delta(&id)?;
+        let r = self.exclusive()?.revert_delta_or_file(&id_or_path)?;
         Ok(RevertReport {
             id: r.id,
             exact: r.exact as u64,

@@ -7,6 +7,7 @@ mod conversation;
 mod deltas;
 mod generate;
 mod memory;
+mod shared;
 
 pub use crate::backend::Device;
 pub use conversation::{Conversation, Reply};
@@ -15,6 +16,7 @@ pub use generate::{
     GenerateOptions, Generation, LoopGuard, Session, StopReason, TextStream, log_softmax_at,
 };
 pub use memory::{ReadGating, read_keys_path};
+pub use shared::SharedEngine;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,150 @@
+//! Attention over the KV cache on the device, its backward, and the cache itself
+//! (`attention.wgsl`).
+
+use super::dispatch::*;
+use super::shaders::Shader;
+use super::*;
+use crate::backend::AttentionShape;
+
+pub(super) fn attention(
+    backend: &WgpuBackend,
+    q: &WgpuTensor,
+    k: &WgpuTensor,
+    v: &WgpuTensor,
+    cache: &mut WgpuKvCache,
+    layer: usize,
+    shape: AttentionShape,
+) -> WgpuTensor {
+    assert!(
+        shape.head_dim <= MAX_HEAD_DIM,
+        "wgpu attention: head_dim over {MAX_HEAD_DIM}"
+    );
+    let n = q.rows;
+    assert!(
+        k.rows >= n && v.rows == k.rows,
+        "wgpu attention: k and v need the same rows, at least as many as q"
+    );
+    let (start, added) = (cache.len[layer], k.rows);
+    backend.grow_cache(cache, start + added);
+    let kv = cache.kv_dim;
+    backend.copy(k.buf(), 0, &cache.k[layer], start * kv * 4, added * kv * 4);
+    backend.copy(v.buf(), 0, &cache.v[layer], start * kv * 4, added * kv * 4);
+    cache.len[layer] = start + added;
+    // The queries are the last n of the positions now cached.
+    let pos0 = start + added - n;
+    let out = backend.storage(n * q.cols * 4);
+    let p = params(&[
+        P::U(n),
+        P::U(pos0),
+        P::U(q.cols),
+        P::U(kv),
+        P::U(shape.n_heads),
+        P::U(shape.n_heads / shape.n_kv_heads),
+        P::U(shape.head_dim),
+        P::F(1.0 / (shape.head_dim as f32).sqrt()),
+    ]);
+    backend.dispatch(
+        (Shader::Attention, "attention", 0),
+        &p,
+        &[
+            (1, q.buf()),
+            (2, &cache.k[layer]),
+            (3, &cache.v[layer]),
+            (4, &out),
+        ],
+        grid(n * shape.n_heads),
+    );
+    backend.tensor(out, n, q.cols)
+}
+
+pub(super) fn attention_backward(
+    backend: &WgpuBackend,
+    q: &WgpuTensor,
+    k: &WgpuTensor,
+    v: &WgpuTensor,
+    dout: &WgpuTensor,
+    shape: AttentionShape,
+) -> (WgpuTensor, WgpuTensor, WgpuTensor) {
+    let n = q.rows;
+    let scratch = shape.n_heads * n * n * 4;
+    assert!(
+        scratch as u64 <= backend.max_binding,
+        "attention_backward: {n} tokens need {scratch} bytes of scratch, over this device's binding limit"
+    );
+    let p = params(&[
+        P::U(n),
+        P::U(0),
+        P::U(q.cols),
+        P::U(k.cols),
+        P::U(shape.n_heads),
+        P::U(shape.n_heads / shape.n_kv_heads),
+        P::U(shape.head_dim),
+        P::F(1.0 / (shape.head_dim as f32).sqrt()),
+    ]);
+    let (probs, dscore) = (backend.storage(scratch), backend.storage(scratch));
+    let dq = backend.storage(n * q.cols * 4);
+    let (dk, dv) = (
+        backend.storage(n * k.cols * 4),
+        backend.storage(n * k.cols * 4),
+    );
+    backend.dispatch(
+        (Shader::Attention, "attention_backward_rows", 0),
+        &p,
+        &[
+            (1, q.buf()),
+            (2, k.buf()),
+            (3, v.buf()),
+            (4, &dq),
+            (5, dout.buf()),
+            (6, &probs),
+            (7, &dscore),
+        ],
+        grid(n * shape.n_heads),
+    );
+    backend.dispatch(
+        (Shader::Attention, "attention_backward_keys", 0),
+        &p,
+        &[
+            (1, q.buf()),
+            (5, dout.buf()),
+            (6, &probs),
+            (7, &dscore),
+            (8, &dk),
+            (9, &dv),
+        ],
+        grid(n * shape.n_kv_heads),
+    );
+    (
+        backend.tensor(dq, n, q.cols),
+        backend.tensor(dk, n, k.cols),
+        backend.tensor(dv, n, k.cols),
+    )
+}
+
+pub(super) fn new_kv_cache(
+    backend: &WgpuBackend,
+    n_layers: usize,
+    kv_dim: usize,
+    capacity: usize,
+) -> WgpuKvCache {
+    let allocated = capacity.clamp(1, 512);
+    let bytes = allocated * kv_dim * 4;
+    WgpuKvCache {
+        k: (0..n_layers).map(|_| backend.storage(bytes)).collect(),
+        v: (0..n_layers).map(|_| backend.storage(bytes)).collect(),
+        len: vec![0; n_layers],
+        allocated,
+        capacity,
+        kv_dim,
+    }
+}
+
+pub(super) fn kv_len(_backend: &WgpuBackend, cache: &WgpuKvCache) -> usize {
+    cache.len.iter().copied().min().unwrap_or(0)
+}
+
+pub(super) fn kv_truncate(_backend: &WgpuBackend, cache: &mut WgpuKvCache, len: usize) {
+    for l in cache.len.iter_mut() {
+        *l = (*l).min(len);
+    }
+}

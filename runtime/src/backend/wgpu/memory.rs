@@ -1,0 +1,212 @@
+//! The memory layer's ops on the device: product-key top-k, value gather, value gradients,
+//! row reads and writes, and the sparse SGD step (`memory.wgsl`).
+
+use std::collections::HashMap;
+
+use super::dispatch::*;
+use super::shaders::Shader;
+use super::*;
+use crate::backend::{Backend, ProductKeyShape};
+
+pub(super) fn product_key_topk(
+    backend: &WgpuBackend,
+    q: &WgpuTensor,
+    keys: &WgpuTensor,
+    shape: ProductKeyShape,
+) -> (WgpuSlots, WgpuTensor) {
+    assert_eq!(q.cols, shape.query_cols(), "product_key_topk: query width");
+    assert!(
+        shape.n_keys <= MAX_KEYS && shape.top_k <= MAX_TOP_K,
+        "the wgpu product-key shader holds at most {MAX_KEYS} keys and top-{MAX_TOP_K}"
+    );
+    let picks = shape.picks();
+    let ids = backend.storage(q.rows * picks * 4);
+    let weights = backend.storage(q.rows * picks * 4);
+    let p = params(&[
+        P::U(q.rows),
+        P::U(0),
+        P::U(picks),
+        P::U(0),
+        P::U(0),
+        P::F(0.0),
+        P::U(shape.heads),
+        P::U(shape.n_keys),
+        P::U(shape.top_k),
+        P::U(shape.k_dim),
+    ]);
+    backend.dispatch(
+        (Shader::Memory, "product_key_topk", 0),
+        &p,
+        &[(1, q.buf()), (2, keys.buf()), (3, &ids), (4, &weights)],
+        grid(q.rows * shape.heads),
+    );
+    (
+        WgpuSlots {
+            buf: ids,
+            rows: q.rows,
+            cols: picks,
+        },
+        backend.tensor(weights, q.rows, picks),
+    )
+}
+
+pub(super) fn download_slots(backend: &WgpuBackend, slots: &WgpuSlots) -> Vec<u32> {
+    let bytes = backend.read_back(&slots.buf, slots.rows * slots.cols * 4);
+    bytemuck::pod_collect_to_vec(&bytes)
+}
+
+pub(super) fn gather_values(
+    backend: &WgpuBackend,
+    values: &WgpuTensor,
+    slots: &WgpuSlots,
+    weights: &WgpuTensor,
+) -> WgpuTensor {
+    assert_eq!(
+        (slots.rows, slots.cols),
+        (weights.rows, weights.cols),
+        "gather_values: slots and weights differ in shape"
+    );
+    let out = backend.storage(slots.rows * values.cols * 4);
+    for part in &values.parts {
+        let fields = [
+            P::U(slots.rows),
+            P::U(values.cols),
+            P::U(slots.cols),
+            P::U(part.row0),
+            P::U(part.rows),
+        ];
+        backend.memory_op(
+            "gather_values",
+            &fields,
+            slots.rows,
+            &[
+                (5, &slots.buf),
+                (6, weights.buf()),
+                (7, &part.buf),
+                (8, &out),
+            ],
+        );
+    }
+    backend.tensor(out, slots.rows, values.cols)
+}
+
+pub(super) fn value_grads(
+    backend: &WgpuBackend,
+    slots: &WgpuSlots,
+    weights: &WgpuTensor,
+    dy: &WgpuTensor,
+    rows: &[u32],
+) -> WgpuTensor {
+    // Which (token, pick) positions hit each selected row, built on the host from the slot
+    // ids (a few kB): the sums then run in the CPU backend's order, with no atomics.
+    let ids = backend.download_slots(slots);
+    let index: HashMap<u32, usize> = rows.iter().enumerate().map(|(i, &r)| (r, i)).collect();
+    let mut hits: Vec<Vec<u32>> = vec![Vec::new(); rows.len()];
+    for (pos, id) in ids.iter().enumerate() {
+        if let Some(&i) = index.get(id) {
+            hits[i].push(pos as u32);
+        }
+    }
+    let mut offsets = vec![0u32];
+    for h in &hits {
+        offsets.push(offsets.last().copied().unwrap_or(0) + h.len() as u32);
+    }
+    let flat: Vec<u32> = hits.concat();
+    let (offsets, flat) = (backend.u32s(&offsets), backend.u32s(&flat));
+    let out = backend.storage(rows.len() * dy.cols * 4);
+    let fields = [P::U(rows.len()), P::U(dy.cols), P::U(slots.cols)];
+    backend.memory_op(
+        "value_grads",
+        &fields,
+        rows.len(),
+        &[
+            (5, &flat),
+            (6, weights.buf()),
+            (7, dy.buf()),
+            (8, &out),
+            (9, &offsets),
+        ],
+    );
+    backend.tensor(out, rows.len(), dy.cols)
+}
+
+pub(super) fn read_rows(backend: &WgpuBackend, t: &WgpuTensor, rows: &[u32]) -> WgpuTensor {
+    let out = backend.storage(rows.len() * t.cols * 4);
+    let ids = backend.u32s(rows);
+    for part in &t.parts {
+        let fields = [
+            P::U(rows.len()),
+            P::U(t.cols),
+            P::U(0),
+            P::U(part.row0),
+            P::U(part.rows),
+        ];
+        backend.memory_op(
+            "read_rows",
+            &fields,
+            rows.len(),
+            &[(5, &ids), (7, &part.buf), (8, &out)],
+        );
+    }
+    backend.tensor(out, rows.len(), t.cols)
+}
+
+pub(super) fn write_rows(
+    backend: &WgpuBackend,
+    t: &mut WgpuTensor,
+    rows: &[u32],
+    src: &WgpuTensor,
+) {
+    assert_eq!(
+        (src.rows, src.cols),
+        (rows.len(), t.cols),
+        "write_rows: source shape"
+    );
+    let ids = backend.u32s(rows);
+    for part in &t.parts {
+        let fields = [
+            P::U(rows.len()),
+            P::U(t.cols),
+            P::U(0),
+            P::U(part.row0),
+            P::U(part.rows),
+        ];
+        backend.memory_op(
+            "write_rows",
+            &fields,
+            rows.len(),
+            &[(5, &ids), (7, src.buf()), (8, &part.buf)],
+        );
+    }
+}
+
+pub(super) fn sgd_rows(
+    backend: &WgpuBackend,
+    values: &mut WgpuTensor,
+    rows: &[u32],
+    grads: &WgpuTensor,
+    lr: f32,
+) {
+    assert_eq!(
+        (grads.rows, grads.cols),
+        (rows.len(), values.cols),
+        "sgd_rows: gradient shape"
+    );
+    let ids = backend.u32s(rows);
+    for part in &values.parts {
+        let fields = [
+            P::U(rows.len()),
+            P::U(values.cols),
+            P::U(0),
+            P::U(part.row0),
+            P::U(part.rows),
+            P::F(lr),
+        ];
+        backend.memory_op(
+            "sgd_rows",
+            &fields,
+            rows.len(),
+            &[(5, &ids), (7, grads.buf()), (8, &part.buf)],
+        );
+    }
+}

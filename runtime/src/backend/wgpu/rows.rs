@@ -1,0 +1,161 @@
+//! Per-row ops and their gradients on the device: RMSNorm, RoPE, the SiLU gate, residual adds,
+//! argmax and cross-entropy (`rows.wgsl`, `elementwise.wgsl`).
+
+use super::dispatch::*;
+use super::shaders::Shader;
+use super::*;
+use crate::backend::Rope;
+
+pub(super) fn argmax_rows(backend: &WgpuBackend, t: &WgpuTensor) -> Vec<u32> {
+    if t.rows == 0 || t.cols == 0 {
+        return vec![0; t.rows];
+    }
+    let out = backend.storage(t.rows * 4);
+    let p = params(&[P::U(t.rows), P::U(t.cols), P::F(0.0)]);
+    backend.dispatch(
+        (Shader::Rows, "argmax_rows", 0),
+        &p,
+        &[(1, t.buf()), (7, &out)],
+        grid(t.rows),
+    );
+    bytemuck::pod_collect_to_vec(&backend.read_back(&out, t.rows * 4))
+}
+
+pub(super) fn rms_norm(
+    backend: &WgpuBackend,
+    x: &WgpuTensor,
+    weight: &WgpuTensor,
+    eps: f32,
+) -> WgpuTensor {
+    let out = backend.storage(x.rows * x.cols * 4);
+    let p = params(&[P::U(x.rows), P::U(x.cols), P::F(eps)]);
+    backend.dispatch(
+        (Shader::Rows, "rms_norm", 0),
+        &p,
+        &[(1, x.buf()), (2, weight.buf()), (4, &out)],
+        grid(x.rows),
+    );
+    backend.tensor(out, x.rows, x.cols)
+}
+
+pub(super) fn rope(
+    backend: &WgpuBackend,
+    x: &mut WgpuTensor,
+    n_heads: usize,
+    head_dim: usize,
+    pos0: usize,
+    rope: &Rope,
+) {
+    backend.rope_op(x, n_heads, head_dim, pos0, rope, 1.0);
+}
+
+pub(super) fn silu_mul(backend: &WgpuBackend, gate: &WgpuTensor, up: &WgpuTensor) -> WgpuTensor {
+    let n = gate.rows * gate.cols;
+    let out = backend.storage(n * 4);
+    backend.elementwise(
+        "silu_mul",
+        n,
+        gate.cols,
+        &[(1, gate.buf()), (2, up.buf()), (4, &out)],
+    );
+    backend.tensor(out, gate.rows, gate.cols)
+}
+
+pub(super) fn add_assign(backend: &WgpuBackend, x: &mut WgpuTensor, y: &WgpuTensor) {
+    let n = x.rows * x.cols;
+    backend.elementwise("add_assign", n, x.cols, &[(1, y.buf()), (4, x.buf())]);
+}
+
+pub(super) fn add_row(backend: &WgpuBackend, x: &mut WgpuTensor, row: &WgpuTensor) {
+    assert_eq!(row.rows * row.cols, x.cols, "add_row: width");
+    let n = x.rows * x.cols;
+    backend.elementwise("add_row", n, x.cols, &[(1, row.buf()), (4, x.buf())]);
+}
+
+pub(super) fn rms_norm_backward(
+    backend: &WgpuBackend,
+    x: &WgpuTensor,
+    weight: &WgpuTensor,
+    eps: f32,
+    dy: &WgpuTensor,
+) -> WgpuTensor {
+    let out = backend.storage(x.rows * x.cols * 4);
+    let p = params(&[P::U(x.rows), P::U(x.cols), P::F(eps)]);
+    backend.dispatch(
+        (Shader::Rows, "rms_norm_backward", 0),
+        &p,
+        &[(1, x.buf()), (2, weight.buf()), (3, dy.buf()), (4, &out)],
+        grid(x.rows),
+    );
+    backend.tensor(out, x.rows, x.cols)
+}
+
+pub(super) fn rope_backward(
+    backend: &WgpuBackend,
+    dy: &mut WgpuTensor,
+    n_heads: usize,
+    head_dim: usize,
+    pos0: usize,
+    rope: &Rope,
+) {
+    backend.rope_op(dy, n_heads, head_dim, pos0, rope, -1.0);
+}
+
+pub(super) fn silu_mul_backward(
+    backend: &WgpuBackend,
+    gate: &WgpuTensor,
+    up: &WgpuTensor,
+    dy: &WgpuTensor,
+) -> (WgpuTensor, WgpuTensor) {
+    let n = gate.rows * gate.cols;
+    let (dg, du) = (backend.storage(n * 4), backend.storage(n * 4));
+    backend.elementwise(
+        "silu_mul_backward",
+        n,
+        gate.cols,
+        &[
+            (1, gate.buf()),
+            (2, up.buf()),
+            (3, dy.buf()),
+            (4, &dg),
+            (5, &du),
+        ],
+    );
+    (
+        backend.tensor(dg, gate.rows, gate.cols),
+        backend.tensor(du, gate.rows, gate.cols),
+    )
+}
+
+pub(super) fn cross_entropy(
+    backend: &WgpuBackend,
+    logits: &WgpuTensor,
+    targets: &[u32],
+) -> (Vec<f32>, WgpuTensor) {
+    assert_eq!(
+        targets.len(),
+        logits.rows,
+        "cross_entropy: one target per row"
+    );
+    assert!(
+        targets.iter().all(|&t| (t as usize) < logits.cols),
+        "cross_entropy: target outside the {} classes",
+        logits.cols
+    );
+    let grad = backend.storage(logits.rows * logits.cols * 4);
+    backend.copy(logits.buf(), 0, &grad, 0, logits.rows * logits.cols * 4);
+    let ids = backend.u32s(targets);
+    let losses = backend.storage(logits.rows * 4);
+    let p = params(&[P::U(logits.rows), P::U(logits.cols), P::F(0.0)]);
+    backend.dispatch(
+        (Shader::Rows, "cross_entropy", 0),
+        &p,
+        &[(4, &grad), (5, &ids), (6, &losses)],
+        grid(logits.rows),
+    );
+    let bytes = backend.read_back(&losses, logits.rows * 4);
+    (
+        bytemuck::pod_collect_to_vec(&bytes),
+        backend.tensor(grad, logits.rows, logits.cols),
+    )
+}
