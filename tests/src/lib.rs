@@ -6,6 +6,7 @@ use std::sync::Once;
 
 use llama_cpp_sys_2 as sys;
 
+pub mod learning;
 mod scratch;
 pub use scratch::scratch_dir;
 

@@ -1,0 +1,41 @@
+//! The default model with a fitted memory, as the learning tests start from.
+
+use engram::backend::Backend;
+use engram::delta::MemoryStore;
+use engram::learn::{RetrofitOptions, retrofit};
+use engram::{Engine, EngineOptions};
+
+use crate::{background_documents, default_model};
+
+/// The default model with a default-shape memory fitted on 4,096 background tokens.
+pub fn engine_with_memory() -> Engine {
+    let (mut engine, store) = engine_and_store();
+    engine.attach_memory(store, None).unwrap();
+    engine
+}
+
+/// The default model and a default-shape memory store fitted on 4,096 background tokens.
+pub fn engine_and_store() -> (Engine, MemoryStore) {
+    let engine = Engine::open(default_model(), &EngineOptions::default()).unwrap();
+    let fp = engine.fingerprint();
+    let opts = RetrofitOptions {
+        max_tokens: 4096,
+        ..Default::default()
+    };
+    let store = retrofit(
+        engine.model(),
+        engine.tokenizer(),
+        &fp,
+        &background_documents(),
+        &opts,
+        &mut |_| true,
+    )
+    .unwrap();
+    (engine, store)
+}
+
+/// The values of the engine's first memory layer, downloaded from its backend.
+pub fn values(engine: &Engine) -> Vec<f32> {
+    let b = engine.model().backend();
+    b.download(&engine.model().memory()[0].values)
+}
