@@ -1,0 +1,3 @@
+//! Helpers of the runtime's own tests.
+
+pub mod tiny;
