@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use clap::Args;
 use engram::learn::{Fact, Optimizer};
-use engram::{ChatMessage, Engine, GenerateOptions};
+use engram::{ChatMessage, Engine, GenerateOptions, LoopGuard};
 
 use crate::learn::{ScoringArg, StepFlags};
 use serde_json::json;
@@ -94,8 +94,24 @@ const REPLY_TOKENS: usize = 32;
 /// The greedy reply to `question`, stopped as soon as it has settled on `answer` (the verdict
 /// of [`correct`] is then known, and later tokens cannot change it).
 pub fn reply(engine: &Engine, question: &str, answer: &str) -> Result<String, String> {
+    reply_with(
+        engine,
+        question,
+        answer,
+        GenerateOptions::default().loop_guard,
+    )
+}
+
+/// [`reply`] with the given loop guard (`None`: the reply may repeat itself to the limit).
+pub fn reply_with(
+    engine: &Engine,
+    question: &str,
+    answer: &str,
+    loop_guard: Option<LoopGuard>,
+) -> Result<String, String> {
     let options = GenerateOptions {
         max_tokens: REPLY_TOKENS,
+        loop_guard,
         ..Default::default()
     };
     let mut text = String::new();

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use engram::Engine;
+use engram::{Engine, GenerateOptions};
 use serde_json::json;
 
-use crate::eval::{correct, reply};
+use crate::eval::{correct, reply_with};
 
 /// Options of `engram quiz`.
 #[derive(Args)]
@@ -25,6 +25,9 @@ pub struct QuizArgs {
     /// Skip this many questions of each kind first (to ask a part kept out of tuning).
     #[arg(long, default_value_t = 0)]
     skip: usize,
+    /// Let replies repeat themselves to the token limit (as before the loop guard existed).
+    #[arg(long)]
+    no_loop_guard: bool,
     /// Write the results (and every wrong reply) as JSON here.
     #[arg(short, long)]
     output: Option<PathBuf>,
@@ -92,7 +95,12 @@ pub fn run(engine: &Engine, args: &QuizArgs) -> Result<(), String> {
             .collect();
         let mut right = 0;
         for q in &chosen {
-            let r = reply(engine, &q.question, &q.answer)?;
+            let guard = if args.no_loop_guard {
+                None
+            } else {
+                GenerateOptions::default().loop_guard
+            };
+            let r = reply_with(engine, &q.question, &q.answer, guard)?;
             if correct(&r, &q.answer) {
                 right += 1;
             } else {
@@ -118,6 +126,7 @@ pub fn run(engine: &Engine, args: &QuizArgs) -> Result<(), String> {
         let report = json!({
             "model": engine.path().display().to_string(),
             "system_prompt": format!("{:?}", engine.tokenizer().system_prompt()),
+            "loop_guard": !args.no_loop_guard,
             "accuracy": accuracy,
             "asked": asked_total,
             "right": right_total,
