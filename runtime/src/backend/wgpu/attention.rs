@@ -2,7 +2,7 @@
 //! (`attention.wgsl`).
 
 use super::dispatch::*;
-use super::shaders::Shader;
+use super::shaders::*;
 use super::*;
 use crate::backend::AttentionShape;
 
@@ -33,18 +33,19 @@ pub(super) fn attention(
     // The queries are the last n of the positions now cached.
     let pos0 = start + added - n;
     let out = backend.storage(n * q.cols * 4);
-    let p = params(&[
-        P::U(n),
-        P::U(pos0),
-        P::U(q.cols),
-        P::U(kv),
-        P::U(shape.n_heads),
-        P::U(shape.n_heads / shape.n_kv_heads),
-        P::U(shape.head_dim),
-        P::F(1.0 / (shape.head_dim as f32).sqrt()),
-    ]);
+    let p = AttentionParams {
+        n: u(n),
+        pos0: u(pos0),
+        q_cols: u(q.cols),
+        kv_cols: u(kv),
+        n_heads: u(shape.n_heads),
+        group: u(shape.n_heads / shape.n_kv_heads),
+        head_dim: u(shape.head_dim),
+        scale: 1.0 / (shape.head_dim as f32).sqrt(),
+        ..Default::default()
+    };
     backend.dispatch(
-        (Shader::Attention, "attention", 0),
+        ("attention", 0),
         &p,
         &[
             (1, q.buf()),
@@ -71,16 +72,16 @@ pub(super) fn attention_backward(
         scratch as u64 <= backend.max_binding,
         "attention_backward: {n} tokens need {scratch} bytes of scratch, over this device's binding limit"
     );
-    let p = params(&[
-        P::U(n),
-        P::U(0),
-        P::U(q.cols),
-        P::U(k.cols),
-        P::U(shape.n_heads),
-        P::U(shape.n_heads / shape.n_kv_heads),
-        P::U(shape.head_dim),
-        P::F(1.0 / (shape.head_dim as f32).sqrt()),
-    ]);
+    let p = AttentionParams {
+        n: u(n),
+        q_cols: u(q.cols),
+        kv_cols: u(k.cols),
+        n_heads: u(shape.n_heads),
+        group: u(shape.n_heads / shape.n_kv_heads),
+        head_dim: u(shape.head_dim),
+        scale: 1.0 / (shape.head_dim as f32).sqrt(),
+        ..Default::default()
+    };
     let (probs, dscore) = (backend.storage(scratch), backend.storage(scratch));
     let dq = backend.storage(n * q.cols * 4);
     let (dk, dv) = (
@@ -88,7 +89,7 @@ pub(super) fn attention_backward(
         backend.storage(n * k.cols * 4),
     );
     backend.dispatch(
-        (Shader::Attention, "attention_backward_rows", 0),
+        ("attention_backward_rows", 0),
         &p,
         &[
             (1, q.buf()),
@@ -102,7 +103,7 @@ pub(super) fn attention_backward(
         grid(n * shape.n_heads),
     );
     backend.dispatch(
-        (Shader::Attention, "attention_backward_keys", 0),
+        ("attention_backward_keys", 0),
         &p,
         &[
             (1, q.buf()),

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use wgpu::util::DeviceExt;
 
-use super::shaders::Shader;
+use super::shaders::{
+    ElementwiseParams, MatmulParams, MemoryParams, RowsParams, Shader, ShaderParams,
+};
 use super::*;
 use crate::quant::GgmlType;
 
@@ -22,24 +24,9 @@ pub(super) fn dtype_code(t: GgmlType) -> u32 {
     }
 }
 
-/// Uniform parameters: u32 fields, f32 ones stored as their bits.
-pub(super) enum P {
-    U(usize),
-    F(f32),
-}
-
-pub(super) fn params(fields: &[P]) -> Vec<u32> {
-    let mut words: Vec<u32> = fields
-        .iter()
-        .map(|f| match *f {
-            P::U(v) => u32::try_from(v).expect("shader parameter exceeds u32"),
-            P::F(v) => v.to_bits(),
-        })
-        .collect();
-    // Every shader's Params struct fits 64 bytes; a shorter buffer would fail validation.
-    assert!(words.len() <= 16, "shader parameters over 64 bytes");
-    words.resize(16, 0);
-    words
+/// A shader parameter from a size or count: every one fits a u32 on the sizes engram runs.
+pub(super) fn u(v: usize) -> u32 {
+    u32::try_from(v).expect("shader parameter exceeds u32")
 }
 
 /// Workgroup counts for `groups` workgroups, folded into 2-D past the per-dimension limit.
@@ -86,19 +73,19 @@ impl WgpuBackend {
     }
 
     /// Runs `entry` of `module` once with `params` at binding 0 and `bufs` at their bindings.
-    pub(super) fn dispatch(
+    pub(super) fn dispatch<T: ShaderParams>(
         &self,
-        (module, entry, dtype): (Shader, &'static str, u32),
-        params: &[u32],
+        (entry, dtype): (&'static str, u32),
+        params: &T,
         bufs: &[(u32, &wgpu::Buffer)],
         groups: (u32, u32),
     ) {
-        let pipeline = self.pipeline(module, entry, dtype);
+        let pipeline = self.pipeline(T::SHADER, entry, dtype);
         let uniform = self
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("params"),
-                contents: bytemuck::cast_slice(params),
+                contents: bytemuck::bytes_of(params),
                 usage: wgpu::BufferUsages::UNIFORM,
             });
         let mut entries = vec![wgpu::BindGroupEntry {
@@ -272,8 +259,12 @@ impl WgpuBackend {
         bufs: &[(u32, &wgpu::Buffer)],
     ) {
         self.dispatch(
-            (Shader::Elementwise, entry, 0),
-            &params(&[P::U(n), P::U(cols)]),
+            (entry, 0),
+            &ElementwiseParams {
+                n: u(n),
+                cols: u(cols),
+                ..Default::default()
+            },
             bufs,
             grid(n.div_ceil(256)),
         );
@@ -283,20 +274,11 @@ impl WgpuBackend {
     pub(super) fn memory_op(
         &self,
         entry: &'static str,
-        fields: &[P],
-        n: usize,
+        params: &MemoryParams,
         bufs: &[(u32, &wgpu::Buffer)],
     ) {
-        let elements = match fields {
-            [P::U(n), P::U(dim), ..] => n * dim,
-            _ => n,
-        };
-        self.dispatch(
-            (Shader::Memory, entry, 0),
-            &params(fields),
-            bufs,
-            grid(elements.div_ceil(64)),
-        );
+        let elements = params.n as usize * params.dim as usize;
+        self.dispatch((entry, 0), params, bufs, grid(elements.div_ceil(64)));
     }
 
     pub(super) fn rope_op(
@@ -310,24 +292,19 @@ impl WgpuBackend {
     ) {
         let half = rope.dims / 2;
         let total = x.rows * n_heads * half;
-        let p = params(&[
-            P::U(x.rows),
-            P::U(x.cols),
-            P::F(0.0),
-            P::U(n_heads),
-            P::U(head_dim),
-            P::U(half),
-            P::U(pos0),
-            P::F(rope.base.powf(-2.0 / rope.dims as f32)),
-            P::F(direction),
-            P::U(usize::from(rope.layout == RopeLayout::Halves)),
-        ]);
-        self.dispatch(
-            (Shader::Rows, "rope", 0),
-            &p,
-            &[(4, x.buf())],
-            grid(total.div_ceil(64)),
-        );
+        let p = RowsParams {
+            rows: u(x.rows),
+            cols: u(x.cols),
+            n_heads: u(n_heads),
+            head_dim: u(head_dim),
+            half_dims: u(half),
+            pos0: u(pos0),
+            step: rope.base.powf(-2.0 / rope.dims as f32),
+            direction,
+            halves: u(usize::from(rope.layout == RopeLayout::Halves)),
+            ..Default::default()
+        };
+        self.dispatch(("rope", 0), &p, &[(4, x.buf())], grid(total.div_ceil(64)));
     }
 
     /// `x` as 8-bit blocks of 32 (10 words each), exactly as the cpu backend quantizes
@@ -340,9 +317,13 @@ impl WgpuBackend {
         );
         let blocks = x.cols / 32;
         let xq = self.storage(x.rows * blocks * 10 * 4);
-        let p = params(&[P::U(0), P::U(x.cols), P::U(x.rows)]);
+        let p = MatmulParams {
+            cols: u(x.cols),
+            n: u(x.rows),
+            ..Default::default()
+        };
         self.dispatch(
-            (Shader::Matmul, "quantize_q8", 0),
+            ("quantize_q8", 0),
             &p,
             &[(2, x.buf()), (5, &xq)],
             (blocks.div_ceil(64) as u32, x.rows.max(1) as u32),

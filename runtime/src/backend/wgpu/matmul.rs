@@ -2,7 +2,7 @@
 //! lookup, the matmul and its transpose (`matmul.wgsl`).
 
 use super::dispatch::*;
-use super::shaders::Shader;
+use super::shaders::*;
 use super::*;
 use crate::backend::WeightSource;
 use crate::error::{Error, Result};
@@ -58,16 +58,17 @@ pub(super) fn embed(
     let out = backend.storage(tokens.len() * table.cols * 4);
     let ids = backend.u32s(tokens);
     for part in &table.parts {
-        let p = params(&[
-            P::U(part.rows),
-            P::U(table.cols),
-            P::U(tokens.len()),
-            P::U(table.row_bytes),
-            P::U(table.rows),
-            P::U(part.row0),
-        ]);
+        let p = MatmulParams {
+            rows: u(part.rows),
+            cols: u(table.cols),
+            n: u(tokens.len()),
+            row_bytes: u(table.row_bytes),
+            out_cols: u(table.rows),
+            row0: u(part.row0),
+            ..Default::default()
+        };
         backend.dispatch(
-            (Shader::Matmul, "embed", dtype_code(table.dtype)),
+            ("embed", dtype_code(table.dtype)),
             &p,
             &[(1, &part.buf), (3, &out), (4, &ids)],
             (table.cols.div_ceil(64) as u32, tokens.len().max(1) as u32),
@@ -83,21 +84,22 @@ pub(super) fn matmul(backend: &WgpuBackend, w: &WgpuWeight, x: &WgpuTensor) -> W
     let quantized = integer.then(|| backend.quantize_activations(x));
     let entry = if integer { "matmul_q8" } else { "matmul" };
     for part in &w.parts {
-        let p = params(&[
-            P::U(part.rows),
-            P::U(w.cols),
-            P::U(x.rows),
-            P::U(w.row_bytes),
-            P::U(w.rows),
-            P::U(part.row0),
-        ]);
+        let p = MatmulParams {
+            rows: u(part.rows),
+            cols: u(w.cols),
+            n: u(x.rows),
+            row_bytes: u(w.row_bytes),
+            out_cols: u(w.rows),
+            row0: u(part.row0),
+            ..Default::default()
+        };
         let mut bufs = vec![(1, &part.buf), (3, &out)];
         match &quantized {
             Some(xq) => bufs.push((5, xq)),
             None => bufs.push((2, x.buf())),
         }
         backend.dispatch(
-            (Shader::Matmul, entry, dtype_code(w.dtype)),
+            (entry, dtype_code(w.dtype)),
             &p,
             &bufs,
             (
@@ -121,16 +123,17 @@ pub(super) fn matmul_backward(
     );
     let out = backend.storage(dy.rows * w.cols * 4);
     for part in &w.parts {
-        let p = params(&[
-            P::U(part.rows),
-            P::U(w.cols),
-            P::U(dy.rows),
-            P::U(w.row_bytes),
-            P::U(w.rows),
-            P::U(part.row0),
-        ]);
+        let p = MatmulParams {
+            rows: u(part.rows),
+            cols: u(w.cols),
+            n: u(dy.rows),
+            row_bytes: u(w.row_bytes),
+            out_cols: u(w.rows),
+            row0: u(part.row0),
+            ..Default::default()
+        };
         backend.dispatch(
-            (Shader::Matmul, "matmul_backward", dtype_code(w.dtype)),
+            ("matmul_backward", dtype_code(w.dtype)),
             &p,
             &[(1, &part.buf), (2, dy.buf()), (3, &out)],
             (

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::dispatch::*;
-use super::shaders::Shader;
+use super::shaders::*;
 use super::*;
 use crate::backend::{Backend, ProductKeyShape};
 
@@ -22,20 +22,17 @@ pub(super) fn product_key_topk(
     let picks = shape.picks();
     let ids = backend.storage(q.rows * picks * 4);
     let weights = backend.storage(q.rows * picks * 4);
-    let p = params(&[
-        P::U(q.rows),
-        P::U(0),
-        P::U(picks),
-        P::U(0),
-        P::U(0),
-        P::F(0.0),
-        P::U(shape.heads),
-        P::U(shape.n_keys),
-        P::U(shape.top_k),
-        P::U(shape.k_dim),
-    ]);
+    let p = MemoryParams {
+        n: u(q.rows),
+        picks: u(picks),
+        heads: u(shape.heads),
+        n_keys: u(shape.n_keys),
+        top_k: u(shape.top_k),
+        k_dim: u(shape.k_dim),
+        ..Default::default()
+    };
     backend.dispatch(
-        (Shader::Memory, "product_key_topk", 0),
+        ("product_key_topk", 0),
         &p,
         &[(1, q.buf()), (2, keys.buf()), (3, &ids), (4, &weights)],
         grid(q.rows * shape.heads),
@@ -68,17 +65,17 @@ pub(super) fn gather_values(
     );
     let out = backend.storage(slots.rows * values.cols * 4);
     for part in &values.parts {
-        let fields = [
-            P::U(slots.rows),
-            P::U(values.cols),
-            P::U(slots.cols),
-            P::U(part.row0),
-            P::U(part.rows),
-        ];
+        let fields = MemoryParams {
+            n: u(slots.rows),
+            dim: u(values.cols),
+            picks: u(slots.cols),
+            row0: u(part.row0),
+            part_rows: u(part.rows),
+            ..Default::default()
+        };
         backend.memory_op(
             "gather_values",
             &fields,
-            slots.rows,
             &[
                 (5, &slots.buf),
                 (6, weights.buf()),
@@ -114,11 +111,15 @@ pub(super) fn value_grads(
     let flat: Vec<u32> = hits.concat();
     let (offsets, flat) = (backend.u32s(&offsets), backend.u32s(&flat));
     let out = backend.storage(rows.len() * dy.cols * 4);
-    let fields = [P::U(rows.len()), P::U(dy.cols), P::U(slots.cols)];
+    let fields = MemoryParams {
+        n: u(rows.len()),
+        dim: u(dy.cols),
+        picks: u(slots.cols),
+        ..Default::default()
+    };
     backend.memory_op(
         "value_grads",
         &fields,
-        rows.len(),
         &[
             (5, &flat),
             (6, weights.buf()),
@@ -134,17 +135,16 @@ pub(super) fn read_rows(backend: &WgpuBackend, t: &WgpuTensor, rows: &[u32]) -> 
     let out = backend.storage(rows.len() * t.cols * 4);
     let ids = backend.u32s(rows);
     for part in &t.parts {
-        let fields = [
-            P::U(rows.len()),
-            P::U(t.cols),
-            P::U(0),
-            P::U(part.row0),
-            P::U(part.rows),
-        ];
+        let fields = MemoryParams {
+            n: u(rows.len()),
+            dim: u(t.cols),
+            row0: u(part.row0),
+            part_rows: u(part.rows),
+            ..Default::default()
+        };
         backend.memory_op(
             "read_rows",
             &fields,
-            rows.len(),
             &[(5, &ids), (7, &part.buf), (8, &out)],
         );
     }
@@ -164,17 +164,16 @@ pub(super) fn write_rows(
     );
     let ids = backend.u32s(rows);
     for part in &t.parts {
-        let fields = [
-            P::U(rows.len()),
-            P::U(t.cols),
-            P::U(0),
-            P::U(part.row0),
-            P::U(part.rows),
-        ];
+        let fields = MemoryParams {
+            n: u(rows.len()),
+            dim: u(t.cols),
+            row0: u(part.row0),
+            part_rows: u(part.rows),
+            ..Default::default()
+        };
         backend.memory_op(
             "write_rows",
             &fields,
-            rows.len(),
             &[(5, &ids), (7, src.buf()), (8, &part.buf)],
         );
     }
@@ -194,18 +193,17 @@ pub(super) fn sgd_rows(
     );
     let ids = backend.u32s(rows);
     for part in &values.parts {
-        let fields = [
-            P::U(rows.len()),
-            P::U(values.cols),
-            P::U(0),
-            P::U(part.row0),
-            P::U(part.rows),
-            P::F(lr),
-        ];
+        let fields = MemoryParams {
+            n: u(rows.len()),
+            dim: u(values.cols),
+            row0: u(part.row0),
+            part_rows: u(part.rows),
+            lr,
+            ..Default::default()
+        };
         backend.memory_op(
             "sgd_rows",
             &fields,
-            rows.len(),
             &[(5, &ids), (7, grads.buf()), (8, &part.buf)],
         );
     }

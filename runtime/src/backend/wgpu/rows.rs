@@ -2,7 +2,7 @@
 //! argmax and cross-entropy (`rows.wgsl`, `elementwise.wgsl`).
 
 use super::dispatch::*;
-use super::shaders::Shader;
+use super::shaders::*;
 use super::*;
 use crate::backend::Rope;
 
@@ -11,9 +11,13 @@ pub(super) fn argmax_rows(backend: &WgpuBackend, t: &WgpuTensor) -> Vec<u32> {
         return vec![0; t.rows];
     }
     let out = backend.storage(t.rows * 4);
-    let p = params(&[P::U(t.rows), P::U(t.cols), P::F(0.0)]);
+    let p = RowsParams {
+        rows: u(t.rows),
+        cols: u(t.cols),
+        ..Default::default()
+    };
     backend.dispatch(
-        (Shader::Rows, "argmax_rows", 0),
+        ("argmax_rows", 0),
         &p,
         &[(1, t.buf()), (7, &out)],
         grid(t.rows),
@@ -28,9 +32,14 @@ pub(super) fn rms_norm(
     eps: f32,
 ) -> WgpuTensor {
     let out = backend.storage(x.rows * x.cols * 4);
-    let p = params(&[P::U(x.rows), P::U(x.cols), P::F(eps)]);
+    let p = RowsParams {
+        rows: u(x.rows),
+        cols: u(x.cols),
+        eps,
+        ..Default::default()
+    };
     backend.dispatch(
-        (Shader::Rows, "rms_norm", 0),
+        ("rms_norm", 0),
         &p,
         &[(1, x.buf()), (2, weight.buf()), (4, &out)],
         grid(x.rows),
@@ -80,9 +89,14 @@ pub(super) fn rms_norm_backward(
     dy: &WgpuTensor,
 ) -> WgpuTensor {
     let out = backend.storage(x.rows * x.cols * 4);
-    let p = params(&[P::U(x.rows), P::U(x.cols), P::F(eps)]);
+    let p = RowsParams {
+        rows: u(x.rows),
+        cols: u(x.cols),
+        eps,
+        ..Default::default()
+    };
     backend.dispatch(
-        (Shader::Rows, "rms_norm_backward", 0),
+        ("rms_norm_backward", 0),
         &p,
         &[(1, x.buf()), (2, weight.buf()), (3, dy.buf()), (4, &out)],
         grid(x.rows),
@@ -146,9 +160,13 @@ pub(super) fn cross_entropy(
     backend.copy(logits.buf(), 0, &grad, 0, logits.rows * logits.cols * 4);
     let ids = backend.u32s(targets);
     let losses = backend.storage(logits.rows * 4);
-    let p = params(&[P::U(logits.rows), P::U(logits.cols), P::F(0.0)]);
+    let p = RowsParams {
+        rows: u(logits.rows),
+        cols: u(logits.cols),
+        ..Default::default()
+    };
     backend.dispatch(
-        (Shader::Rows, "cross_entropy", 0),
+        ("cross_entropy", 0),
         &p,
         &[(4, &grad), (5, &ids), (6, &losses)],
         grid(logits.rows),
