@@ -4,8 +4,7 @@
 //!
 //! The store is not written back: every run starts from the same memory.
 
-use engram::learn::{Fact, LearnOptions};
-use engram::{Engine, EngineOptions};
+use engram::{Engine, EngineOptions, Fact, LearnOptions};
 
 fn main() -> engram::Result<()> {
     let args: Vec<String> = std::env::args().collect();

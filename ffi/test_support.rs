@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use engram::learn::{RetrofitOptions, retrofit};
+use engram::RetrofitOptions;
 use engram::memory::MemoryConfig;
 use engram::{Engine, EngineOptions};
 
@@ -33,7 +33,11 @@ pub fn cargo_build(package: &str, args: &[&str]) -> PathBuf {
     let key = format!("{package} {}", args.join(" "));
     if !done.contains(&key) {
         let mut cargo = Command::new(env!("CARGO"));
-        cargo.args(["build", "-p", package]).args(args);
+        // The same engram build the tests themselves use (they enable its inner modules
+        // through the e2e crate), so it is not compiled a second time.
+        cargo
+            .args(["build", "-p", package, "--features", "engram/internals"])
+            .args(args);
         if dir.file_name().is_some_and(|n| n == "release") {
             cargo.arg("--release");
         }
@@ -95,15 +99,7 @@ pub fn fitted_store(
     opts: &RetrofitOptions,
     path: &Path,
 ) -> PathBuf {
-    let store = retrofit(
-        engine.model(),
-        engine.tokenizer(),
-        &engine.fingerprint(),
-        docs,
-        opts,
-        &mut |_| true,
-    )
-    .unwrap();
+    let store = engine.retrofit(docs, opts, &mut |_| true).unwrap();
     store.save(path).unwrap();
     path.to_owned()
 }

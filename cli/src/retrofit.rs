@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use clap::{Args, ValueEnum};
 use engram::Engine;
-use engram::learn::{Init, RetrofitOptions, RetrofitProgress, retrofit};
 use engram::memory::MemoryConfig;
+use engram::{Init, RetrofitOptions, RetrofitProgress};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Flags of `engram retrofit`.
@@ -141,7 +141,7 @@ pub fn run(engine: Engine, args: &RetrofitArgs) -> Result<(), String> {
         temperature: args.temperature,
     };
     // Everything that can be refused is refused before the long work starts.
-    opts.validate(&engine.model().config)
+    opts.validate(engine.model_config())
         .map_err(|e| e.to_string())?;
     check_output(&args.output, args.force)?;
     let docs = read_documents(&args.background)?;
@@ -156,28 +156,20 @@ pub fn run(engine: Engine, args: &RetrofitArgs) -> Result<(), String> {
         .expect("valid template")
         .progress_chars("=> "),
     );
-    let fingerprint = engine.fingerprint();
-    let store = retrofit(
-        engine.model(),
-        engine.tokenizer(),
-        &fingerprint,
-        &docs,
-        &opts,
-        &mut |p| {
-            let (stage, done, total) = match p {
-                RetrofitProgress::Collect { done, total } => ("collect", done, total),
-                RetrofitProgress::Fit { done, total } => ("fit", done, total),
-                RetrofitProgress::Statistics { done, total } => ("statistics", done, total),
-            };
-            if bar.prefix() != stage {
-                bar.set_prefix(stage);
-                bar.set_position(0);
-            }
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-            !interrupted.load(Ordering::SeqCst)
-        },
-    );
+    let store = engine.retrofit(&docs, &opts, &mut |p| {
+        let (stage, done, total) = match p {
+            RetrofitProgress::Collect { done, total } => ("collect", done, total),
+            RetrofitProgress::Fit { done, total } => ("fit", done, total),
+            RetrofitProgress::Statistics { done, total } => ("statistics", done, total),
+        };
+        if bar.prefix() != stage {
+            bar.set_prefix(stage);
+            bar.set_position(0);
+        }
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        !interrupted.load(Ordering::SeqCst)
+    });
     bar.finish_and_clear();
     let store = store.map_err(|e| e.to_string())?;
     if interrupted.load(Ordering::SeqCst) {

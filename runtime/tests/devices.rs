@@ -6,8 +6,7 @@
 mod common;
 
 use common::tiny::{tiny_chat_llama_gguf, tiny_memory_config};
-use engram::learn::{Fact, LearnOptions, RetrofitOptions, retrofit};
-use engram::{Device, Engine, EngineOptions, GenerateOptions};
+use engram::{Device, Engine, EngineOptions, Fact, GenerateOptions, LearnOptions, RetrofitOptions};
 
 /// Runs `$body(device)` as one test per device: `$name::cpu` and `$name::wgpu`.
 macro_rules! test_device {
@@ -34,7 +33,7 @@ fn wgpu_unavailable() -> Option<String> {
     if std::env::var_os("ENGRAM_SKIP_WGPU").is_some_and(|v| !v.is_empty()) {
         return Some("ENGRAM_SKIP_WGPU is set".into());
     }
-    if engram::backend::wgpu::adapters().is_empty() {
+    if engram::wgpu_adapters().is_empty() {
         return Some("no wgpu adapter (install mesa-vulkan-drivers for lavapipe)".into());
     }
     None
@@ -78,15 +77,9 @@ fn attach_memory(engine: &mut Engine) {
         fit_samples: 256,
         ..Default::default()
     };
-    let store = retrofit(
-        engine.model(),
-        engine.tokenizer(),
-        &engine.fingerprint(),
-        &docs,
-        &options,
-        &mut |_| true,
-    )
-    .expect("retrofit on the tiny model");
+    let store = engine
+        .retrofit(&docs, &options, &mut |_| true)
+        .expect("retrofit on the tiny model");
     engine.attach_memory(store, None).expect("attach");
 }
 

@@ -22,9 +22,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use engram::delta::{Delta, DeltaPrecision};
-use engram::learn::Fact;
-use engram::{Engine, Error, GenerateOptions, SharedEngine};
+use engram::{Delta, DeltaPrecision, Engine, Error, Fact, GenerateOptions, SharedEngine};
 
 /// What a call did.
 #[repr(C)]

@@ -11,9 +11,7 @@
 
 use std::sync::{Arc, RwLockReadGuard, RwLockWriteGuard};
 
-use engram::delta::{Delta, DeltaPrecision};
-use engram::learn::Fact;
-use engram::{Engine, Error, GenerateOptions, SharedEngine};
+use engram::{Delta, DeltaPrecision, Engine, Error, Fact, GenerateOptions, SharedEngine};
 
 uniffi::setup_scaffolding!("engram");
 

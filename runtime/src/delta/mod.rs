@@ -7,9 +7,7 @@
 //! new store atomically and then empties the journal.
 //!
 //! ```no_run
-//! use engram::delta::{Delta, DeltaPrecision, MemoryAccess};
-//! use engram::learn::{Fact, LearnOptions};
-//! use engram::{Engine, EngineOptions};
+//! use engram::{Delta, DeltaPrecision, Engine, EngineOptions, Fact, LearnOptions, MemoryAccess};
 //!
 //! let model = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 //! // The phone: learn, then hand what was learned since "synced" to another device.

@@ -25,7 +25,7 @@ pub struct MemoryStore {
     pub config: MemoryConfig,
     /// Model width (value rows have this many columns).
     pub dim: usize,
-    /// [`crate::model::fingerprint`] of the base model the store belongs to.
+    /// `model::fingerprint` of the base model the store belongs to.
     pub base_fingerprint: String,
     /// Hash of the initial (frozen) parameters: stores with equal ids can exchange deltas.
     pub init_fingerprint: String,

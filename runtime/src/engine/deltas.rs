@@ -34,7 +34,7 @@ impl Engine {
     /// the all-zero initial values) or since the snapshot named `since`, as a delta.
     ///
     /// ```no_run
-    /// # use engram::{Engine, EngineOptions, delta::{DeltaPrecision, MemoryAccess}};
+    /// # use engram::{DeltaPrecision, Engine, EngineOptions, MemoryAccess};
     /// let mut engine = Engine::open("models/SmolLM2-135M-Instruct.Q4_1.gguf", &EngineOptions {
     ///     memory: Some("my.engram".into()),
     ///     memory_access: MemoryAccess::Write,

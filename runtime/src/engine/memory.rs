@@ -18,7 +18,7 @@ use crate::memory::{
 use crate::model::Model;
 
 /// Whether reads of learned value rows are gated by the learned facts' keys
-/// ([`ReadGate`]): on by default.
+/// (the read gate of the memory layer): on by default.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ReadGating {
     /// A read of a row a learned fact's tokens read passes only where the token's memory

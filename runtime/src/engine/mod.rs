@@ -22,10 +22,11 @@ use std::path::{Path, PathBuf};
 
 use crate::backend::device::DeviceBackend;
 use crate::backend::{Backend, open_backend};
-use crate::delta::MemoryAccess;
+use crate::delta::{MemoryAccess, MemoryStore};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
-use crate::model::{Model, fingerprint};
+use crate::learn::{RetrofitOptions, RetrofitProgress};
+use crate::model::{Model, ModelConfig, fingerprint};
 use crate::tokenizer::{SystemPrompt, Tokenizer};
 use memory::AttachedMemory;
 
@@ -111,12 +112,14 @@ impl Engine {
         fingerprint(&self.gguf)
     }
 
-    /// The model graph.
+    /// The model graph (for the tools and tests that measure its insides).
+    #[cfg(feature = "internals")]
     pub fn model(&self) -> &Model<DeviceBackend> {
         &self.model
     }
 
-    /// The model graph, mutable (learning changes the memory's values through it).
+    /// The model graph, mutable (tests write values through it directly).
+    #[cfg(feature = "internals")]
     pub fn model_mut(&mut self) -> &mut Model<DeviceBackend> {
         &mut self.model
     }
@@ -134,6 +137,30 @@ impl Engine {
     /// The tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+
+    /// The model's shape, as read from its GGUF metadata.
+    pub fn model_config(&self) -> &ModelConfig {
+        &self.model.config
+    }
+
+    /// Fits a memory layer into this model from `documents` (see [`RetrofitOptions`]) and
+    /// returns the new store, values all zero; `progress` hears of each stage and may stop it
+    /// by returning `false`. The engine itself is not changed.
+    pub fn retrofit(
+        &self,
+        documents: &[String],
+        options: &RetrofitOptions,
+        progress: &mut dyn FnMut(RetrofitProgress) -> bool,
+    ) -> Result<MemoryStore> {
+        crate::learn::retrofit(
+            &self.model,
+            &self.tokenizer,
+            &self.fingerprint(),
+            documents,
+            options,
+            progress,
+        )
     }
 
     /// The parsed model file.

@@ -38,20 +38,20 @@ pub struct LearnOptions {
     /// otherwise keep growing, and every context that reads them pays for it.
     pub max_row_norm: f32,
     /// Never change the rows that the phrasing templates read whatever the fact says (those
-    /// of a content-free fact of the same kind, see [`template_rows`](super::template_rows)). Every later question
+    /// of a content-free fact of the same kind, see `template_rows`). Every later question
     /// asked in a familiar form reads them, so changing them for one fact changes the answers
     /// to all. Ignored by [`SlotScoring::AllTouched`], the no-selection baseline.
     pub protect_template_rows: bool,
     /// How hard each step holds the memory's output at the store's sampled background tokens
-    /// near zero, where the base model had it (κ of [`BackgroundAnchor`](super::BackgroundAnchor) per sampled token,
-    /// scaled to the store's sampled reads per row, see [`ANCHOR_TUNED_READS_PER_ROW`];
+    /// near zero, where the base model had it (κ of `BackgroundAnchor` per sampled token,
+    /// scaled to the store's sampled reads per row, see `ANCHOR_TUNED_READS_PER_ROW`;
     /// 0 = off). Rows that the same general text reads then change so that their sum there
     /// stays small. Needs a store with a background sample; ignored by
     /// [`SlotScoring::AllTouched`] (the no-selection baseline).
     pub background_penalty: f32,
     /// How hard each step holds the memory's output where it is at every token of the facts
     /// learned earlier into this memory by the same engine (μ of
-    /// [`BackgroundAnchor::keeping`](super::BackgroundAnchor::keeping) per token; 0 = off): a new fact then changes its rows
+    /// `BackgroundAnchor::keeping` per token; 0 = off): a new fact then changes its rows
     /// in directions the earlier facts' tokens do not read. Ignored by
     /// [`SlotScoring::AllTouched`].
     pub earlier_fact_penalty: f32,

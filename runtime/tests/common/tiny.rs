@@ -17,8 +17,8 @@ pub fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
 }
 
 /// A memory shaped for the tiny test models: 64 slots, 2 heads of 4 picks, beside block 1.
-pub fn tiny_memory_config() -> engram::memory::MemoryConfig {
-    engram::memory::MemoryConfig {
+pub fn tiny_memory_config() -> engram::MemoryConfig {
+    engram::MemoryConfig {
         layers: vec![1],
         n_keys: 8,
         heads: 2,
