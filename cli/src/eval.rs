@@ -58,6 +58,10 @@ pub struct EvalArgs {
     /// so one run shows the gate's whole trade-off.
     #[arg(long, value_delimiter = ',')]
     gate_sweep: Vec<f32>,
+    /// Let replies repeat themselves to the token limit, as before the loop guard existed
+    /// (for comparing with evals made then).
+    #[arg(long)]
+    no_loop_guard: bool,
 }
 
 /// Lower case, letters and digits only, single spaces: so "Michio  Sugeno." matches "michio sugeno".
@@ -94,13 +98,13 @@ const REPLY_TOKENS: usize = 32;
 /// The greedy reply to `question`, stopped as soon as it has settled on `answer` (the verdict
 /// of [`correct`] is then known, and later tokens cannot change it).
 pub fn reply(engine: &Engine, question: &str, answer: &str) -> Result<String, String> {
-    reply_with(
-        engine,
-        question,
-        answer,
-        GenerateOptions::default().loop_guard,
-    )
+    let guard = *LOOP_GUARD.get_or_init(|| GenerateOptions::default().loop_guard);
+    reply_with(engine, question, answer, guard)
 }
+
+/// The loop guard every reply of this process's eval uses: the default, or none with
+/// `--no-loop-guard` (set once, before the first reply).
+static LOOP_GUARD: std::sync::OnceLock<Option<LoopGuard>> = std::sync::OnceLock::new();
 
 /// [`reply`] with the given loop guard (`None`: the reply may repeat itself to the limit).
 pub fn reply_with(
@@ -213,6 +217,14 @@ fn gate_sweep(
 
 /// Runs the evaluation and writes the JSON report.
 pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
+    let guard = if args.no_loop_guard {
+        None
+    } else {
+        GenerateOptions::default().loop_guard
+    };
+    if LOOP_GUARD.set(guard).is_err() && LOOP_GUARD.get() != Some(&guard) {
+        return Err("the eval's loop guard was already chosen differently".into());
+    }
     let started = Instant::now();
     let initial = engine
         .memory_store()

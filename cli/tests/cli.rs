@@ -47,6 +47,47 @@ fn chat_answers_tokyo() {
 }
 
 #[test]
+fn chat_keeps_turns_and_takes_system_and_reset_commands() {
+    use std::io::Write;
+    let mut child = engram()
+        .args(["chat", "-n", "24", "--temperature", "0"])
+        .arg("-m")
+        .arg(model())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"/system Answer in a few words.\nWhat is the capital of Japan?\n/bogus\n\
+              What is the capital of France?\n/reset\nWhat is the capital of Japan?\n",
+        )
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let out = stdout(&o);
+    assert!(out.contains("Tokyo") && out.contains("Paris"), "{out:?}");
+    assert!(
+        err.contains("(system message: \"Answer in a few words.\")"),
+        "{err}"
+    );
+    assert!(err.contains("unknown command /bogus"), "{err}");
+    assert!(err.contains("(conversation cleared)"), "{err}");
+    // The prompt before each line read shows the turn it would be: commands answer no turn,
+    // /reset starts again at 1, and the last prompt meets the end of input.
+    let order: Vec<u32> = err
+        .split("] > ")
+        .filter_map(|part| part.rsplit('[').next()?.parse().ok())
+        .collect();
+    assert_eq!(order, [1, 1, 2, 2, 3, 1, 2], "turn numbers in {err}");
+}
+
+#[test]
 fn tokenize_prints_ids() {
     let o = run_on(model(), &["tokenize", "Hello world."]);
     assert!(o.status.success());

@@ -1,6 +1,6 @@
 //! The memory layer: its shape, parameters, product-key lookup, background statistics, slot
-//! selection and read gate. Its store file lives in [`crate::delta`] beside the journal, and
-//! the retrofit that fits it into a model in [`crate::learn`], since both sit above the model.
+//! selection and read gate. Its store file lives in `delta` beside the journal, and
+//! the retrofit that fits it into a model in `learn`, since both sit above the model.
 
 mod config;
 mod layer;
