@@ -64,7 +64,43 @@ pub enum Error {
 /// Shorthand for results whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The handful of kinds the faces report an [`Error`] as (a C status, a binding's exception
+/// type): decided here once, so every face classifies the same error the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A file could not be read or written.
+    Io,
+    /// A model, store or delta file is malformed, unsupported, or belongs to another model.
+    BadFile,
+    /// Another process holds the memory store for writing.
+    InUse,
+    /// The caller stopped long work; nothing was written.
+    Interrupted,
+    /// An earlier call failed internally; the engine must be opened again.
+    Internal,
+    /// An argument was out of range, or the prompt does not fit the context.
+    InvalidArgument,
+}
+
 impl Error {
+    /// Which of the faces' kinds this error is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Io { .. } => ErrorKind::Io,
+            Error::Gguf { .. }
+            | Error::Unsupported(_)
+            | Error::Model(_)
+            | Error::Tokenizer(_)
+            | Error::Template(_)
+            | Error::Memory(_)
+            | Error::Delta(_) => ErrorKind::BadFile,
+            Error::InUse(_) => ErrorKind::InUse,
+            Error::Interrupted(_) => ErrorKind::Interrupted,
+            Error::Internal(_) => ErrorKind::Internal,
+            Error::InvalidArgument(_) | Error::ContextOverflow { .. } => ErrorKind::InvalidArgument,
+        }
+    }
+
     /// A malformed-GGUF error naming the field that failed.
     pub(crate) fn gguf(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Gguf {

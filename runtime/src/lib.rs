@@ -45,7 +45,7 @@ pub use engine::{
     LoopGuard, ReadGating, Reply, RevertReport, Session, SharedEngine, StopReason, TextStream,
     log_softmax_at, read_keys_path,
 };
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use learn::{
     Fact, FactReport, Init, LearnOptions, LearnReport, LearnTimings, Optimizer, RetrofitOptions,
     RetrofitProgress,

@@ -22,7 +22,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use engram::{Delta, DeltaPrecision, Engine, Error, Fact, GenerateOptions, SharedEngine};
+use engram::{
+    Delta, DeltaPrecision, Engine, Error, ErrorKind, Fact, GenerateOptions, SharedEngine,
+};
 
 /// What a call did.
 #[repr(C)]
@@ -86,19 +88,13 @@ fn set_error(message: &str) {
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
-        let status = match &e {
-            Error::Io { .. } => EngramStatus::Io,
-            Error::Gguf { .. }
-            | Error::Unsupported(_)
-            | Error::Model(_)
-            | Error::Tokenizer(_)
-            | Error::Template(_)
-            | Error::Memory(_)
-            | Error::Delta(_) => EngramStatus::BadFile,
-            Error::InUse(_) => EngramStatus::InUse,
-            Error::Interrupted(_) => EngramStatus::Interrupted,
-            Error::Internal(_) => EngramStatus::Panic,
-            _ => EngramStatus::InvalidArgument,
+        let status = match e.kind() {
+            ErrorKind::Io => EngramStatus::Io,
+            ErrorKind::BadFile => EngramStatus::BadFile,
+            ErrorKind::InUse => EngramStatus::InUse,
+            ErrorKind::Interrupted => EngramStatus::Interrupted,
+            ErrorKind::Internal => EngramStatus::Panic,
+            ErrorKind::InvalidArgument => EngramStatus::InvalidArgument,
         };
         Failure(status, e.to_string())
     }

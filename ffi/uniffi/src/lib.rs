@@ -11,7 +11,9 @@
 
 use std::sync::{Arc, RwLockReadGuard, RwLockWriteGuard};
 
-use engram::{Delta, DeltaPrecision, Engine, Error, Fact, GenerateOptions, SharedEngine};
+use engram::{
+    Delta, DeltaPrecision, Engine, Error, ErrorKind, Fact, GenerateOptions, SharedEngine,
+};
 
 uniffi::setup_scaffolding!("engram");
 
@@ -43,19 +45,13 @@ pub enum EngramError {
 impl From<Error> for EngramError {
     fn from(e: Error) -> Self {
         let message = e.to_string();
-        match e {
-            Error::Io { .. } => Self::Io(message),
-            Error::Gguf { .. }
-            | Error::Unsupported(_)
-            | Error::Model(_)
-            | Error::Tokenizer(_)
-            | Error::Template(_)
-            | Error::Memory(_)
-            | Error::Delta(_) => Self::BadFile(message),
-            Error::InUse(_) => Self::InUse(message),
-            Error::Interrupted(_) => Self::Interrupted(message),
-            Error::Internal(_) => Self::Internal(message),
-            _ => Self::InvalidArgument(message),
+        match e.kind() {
+            ErrorKind::Io => Self::Io(message),
+            ErrorKind::BadFile => Self::BadFile(message),
+            ErrorKind::InUse => Self::InUse(message),
+            ErrorKind::Interrupted => Self::Interrupted(message),
+            ErrorKind::Internal => Self::Internal(message),
+            ErrorKind::InvalidArgument => Self::InvalidArgument(message),
         }
     }
 }
