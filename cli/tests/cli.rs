@@ -23,11 +23,12 @@ fn greedy_completion_knows_paris() {
     );
 }
 
-#[test]
-fn chat_answers_tokyo() {
+/// Runs `engram chat` on the default model with `args`, typing `input` into it.
+fn chat_with_input(args: &[&str], input: &[u8]) -> std::process::Output {
     use std::io::Write;
     let mut child = engram()
-        .args(["chat", "-n", "32"])
+        .arg("chat")
+        .args(args)
         .arg("-m")
         .arg(model())
         .stdin(std::process::Stdio::piped())
@@ -35,39 +36,24 @@ fn chat_answers_tokyo() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"What is the capital of Japan?\n")
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn chat_answers_tokyo() {
+    let o = chat_with_input(&["-n", "32"], b"What is the capital of Japan?\n");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(stdout(&o).contains("Tokyo"), "answer was {:?}", stdout(&o));
 }
 
 #[test]
 fn chat_keeps_turns_and_takes_system_and_reset_commands() {
-    use std::io::Write;
-    let mut child = engram()
-        .args(["chat", "-n", "24", "--temperature", "0"])
-        .arg("-m")
-        .arg(model())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(
-            b"/system Answer in a few words.\nWhat is the capital of Japan?\n/bogus\n\
-              What is the capital of France?\n/reset\nWhat is the capital of Japan?\n",
-        )
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = chat_with_input(
+        &["-n", "24", "--temperature", "0"],
+        b"/system Answer in a few words.\nWhat is the capital of Japan?\n/bogus\n\
+          What is the capital of France?\n/reset\nWhat is the capital of Japan?\n",
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     let out = stdout(&o);
