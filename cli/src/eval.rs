@@ -1,22 +1,40 @@
-//! `engram eval`: learn facts the model gets wrong, one after another, and measure learned
-//! accuracy, retention of what it knew and held-out NLL, for each slot-selection method.
+//! `engram eval`: teach facts the model gets wrong and made-up notes, one after another as
+//! one stream, and measure reliability (the taught question), generalization (a paraphrase, a
+//! note asked by a question), locality (general answers and near neighbours kept) and held-out
+//! NLL, with tuned and held-out items reported apart.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use engram::learn::{Fact, Optimizer};
 use engram::{ChatMessage, Engine, GenerateOptions, LoopGuard};
 
+use crate::eval_set::{Ask, Item, Neighbour, Tally, interleave, read_items, read_neighbours};
 use crate::learn::{ScoringArg, StepFlags};
 use serde_json::json;
 
 /// Flags of `engram eval`.
 #[derive(Args)]
 pub struct EvalArgs {
-    /// Facts to learn (JSONL question/answer; default: data/simpleqa.jsonl from scripts/fetch-simpleqa).
-    #[arg(long, default_value = "data/simpleqa.jsonl")]
-    facts: PathBuf,
+    /// The evaluation set's folder: its facts.jsonl, notes.jsonl and neighbours.jsonl (the
+    /// repository's own is eval/); --facts, --notes and --neighbours override each file.
+    #[arg(long)]
+    set: Option<PathBuf>,
+    /// Facts to learn (JSONL question/answer with an optional "paraphrase"; default:
+    /// the set's facts.jsonl, else data/simpleqa.jsonl from scripts/fetch-simpleqa).
+    #[arg(long)]
+    facts: Option<PathBuf>,
+    /// Notes to learn (JSONL note/question/answer with an optional "paraphrase_question").
+    #[arg(long)]
+    notes: Option<PathBuf>,
+    /// Near-neighbour questions (JSONL question/answer/neighbour_of): same shape as a learned
+    /// fact, another subject.
+    #[arg(long)]
+    neighbours: Option<PathBuf>,
+    /// Which items to use: tuned, heldout (kept out of all tuning) or all.
+    #[arg(long, value_enum, default_value_t = SplitArg::All)]
+    split: SplitArg,
     /// Retention candidates (default: data/retention-candidates.jsonl from scripts/build-retention).
     #[arg(long, default_value = "data/retention-candidates.jsonl")]
     retention: PathBuf,
@@ -26,21 +44,23 @@ pub struct EvalArgs {
     /// Facts to learn (only ones the base model answers wrong).
     #[arg(long, default_value_t = 100)]
     n: usize,
+    /// Notes to learn, spread evenly through the facts.
+    #[arg(long, default_value_t = 50)]
+    notes_n: usize,
     /// Retention questions (only ones the base model answers right).
     #[arg(long, default_value_t = 150)]
     retention_n: usize,
+    /// Near-neighbour questions (only ones the base model answers right).
+    #[arg(long, default_value_t = 150)]
+    neighbours_n: usize,
     /// Held-out tokens scored for NLL.
     #[arg(long, default_value_t = 2048)]
     heldout_tokens: usize,
-    /// Slot selection methods to compare (comma-separated: tfidf, kl, all).
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "tfidf,kl,all"
-    )]
+    /// Slot selection methods to compare (comma-separated: tfidf, kl, all), each a run of
+    /// its own on the same items.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "tfidf")]
     scoring: Vec<ScoringArg>,
-    /// Measure the learning curve every this many facts.
+    /// Measure the learning curve every this many items.
     #[arg(long, default_value_t = 10)]
     every: usize,
     /// The same step settings for every method.
@@ -52,16 +72,45 @@ pub struct EvalArgs {
     /// Where the learning-curve plot goes (default: the report's path with .png).
     #[arg(long)]
     plot: Option<PathBuf>,
-    /// After each method's run, also measure its final learned accuracy, retention and
-    /// held-out NLL with the question facts' read gate at each of these cosines (a comma
-    /// separated list), on the same learned memory: learning never reads through the gate,
-    /// so one run shows the gate's whole trade-off.
-    #[arg(long, value_delimiter = ',')]
-    gate_sweep: Vec<f32>,
+    /// After each method's run, also measure every axis with each of these read gates (a
+    /// semicolon separated list of --read-gate values, e.g. "0.9,0.8;topics:0.7;off"), on the
+    /// same learned memory: learning never reads through the gate, so one run shows the
+    /// gate's whole trade-off.
+    #[arg(long, value_delimiter = ';', value_parser = crate::parse_read_gate)]
+    gate_sweep: Vec<engram::ReadGating>,
     /// Let replies repeat themselves to the token limit, as before the loop guard existed
     /// (for comparing with evals made then).
     #[arg(long)]
     no_loop_guard: bool,
+}
+
+/// `--split` values.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum SplitArg {
+    /// Items not marked held out.
+    Tuned,
+    /// Items marked "heldout": true, kept out of all tuning.
+    Heldout,
+    /// Both, reported apart.
+    All,
+}
+
+impl SplitArg {
+    fn keeps(self, heldout: bool) -> bool {
+        match self {
+            SplitArg::Tuned => !heldout,
+            SplitArg::Heldout => heldout,
+            SplitArg::All => true,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            SplitArg::Tuned => "tuned",
+            SplitArg::Heldout => "heldout",
+            SplitArg::All => "all",
+        }
+    }
 }
 
 /// Lower case, letters and digits only, single spaces: so "Michio  Sugeno." matches "michio sugeno".
@@ -128,42 +177,15 @@ pub fn reply_with(
     Ok(g.text.trim().to_owned())
 }
 
-/// The phrasing evaluation asks in; no training phrasing starts like this.
-fn unseen(q: &str) -> String {
-    format!("I have a question: {q}")
-}
-
-fn qa(f: &Fact) -> (&str, &str) {
-    match f {
-        Fact::QuestionAnswer { question, answer } => (question, answer),
-        Fact::Note(n) => (n, ""),
-    }
-}
-
-/// The items answered wrong, each with the reply it got.
-fn misses(
+/// Asks each `(question, answer)` and returns whether it was right and the reply.
+fn ask_all<'a>(
     engine: &Engine,
-    items: &[Fact],
-    phrase: &dyn Fn(&str) -> String,
-) -> Result<Vec<serde_json::Value>, String> {
-    let mut wrong = Vec::new();
-    for f in items {
-        let (q, a) = qa(f);
-        let reply = reply(engine, &phrase(q), a)?;
-        if !correct(&reply, a) {
-            wrong.push(json!({"question": q, "answer": a, "reply": reply}));
-        }
-    }
-    Ok(wrong)
-}
-
-fn accuracy(
-    engine: &Engine,
-    items: &[Fact],
-    phrase: &dyn Fn(&str) -> String,
-) -> Result<f64, String> {
-    let right = items.len() - misses(engine, items, phrase)?.len();
-    Ok(right as f64 / items.len().max(1) as f64)
+    questions: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<Vec<(bool, String)>, String> {
+    questions
+        .into_iter()
+        .map(|(q, a)| reply(engine, q, a).map(|r| (correct(&r, a), r)))
+        .collect()
 }
 
 fn mean_nll(engine: &Engine, tokens: &[u32]) -> Result<f64, String> {
@@ -173,38 +195,180 @@ fn mean_nll(engine: &Engine, tokens: &[u32]) -> Result<f64, String> {
         .map_err(|e| e.to_string())
 }
 
-/// The final measurements again with the question facts' read gate at each cosine of
-/// `--gate-sweep` (notes keep theirs), then the gate as it was.
+/// The fixed parts of a run: what was learned and what must be kept.
+struct Sets<'a> {
+    items: &'a [Item],
+    retained: &'a [Fact],
+    neighbours: &'a [Neighbour],
+    held: &'a [u32],
+    nll_before: f64,
+}
+
+/// Every axis measured on the memory as it is now.
+struct Measured {
+    asks: Vec<(Ask, Tally)>,
+    retention: Tally,
+    neighbours: Tally,
+    nll_change: f64,
+    /// Retention and neighbour questions answered wrong, with their replies.
+    forgotten: Vec<serde_json::Value>,
+    forgotten_neighbours: Vec<serde_json::Value>,
+    /// Taught items asked and answered wrong, with their replies.
+    missed: Vec<serde_json::Value>,
+    /// Wrong replies that contain another learned item's answer.
+    leaks: Vec<serde_json::Value>,
+}
+
+impl Measured {
+    fn tally(&self, ask: Ask) -> Tally {
+        self.asks
+            .iter()
+            .find(|(a, _)| *a == ask)
+            .map_or_else(Tally::default, |(_, t)| *t)
+    }
+
+    /// The axes as the report gives them; kinds nothing was asked of are left out.
+    fn axes(&self) -> serde_json::Value {
+        let mut axes = serde_json::Map::new();
+        for (ask, t) in &self.asks {
+            if !t.is_empty() {
+                axes.insert(ask.name().into(), t.to_json());
+            }
+        }
+        axes.insert("retention".into(), self.retention.to_json());
+        if !self.neighbours.is_empty() {
+            axes.insert("near_neighbours".into(), self.neighbours.to_json());
+        }
+        axes.insert("heldout_nll_change".into(), json!(self.nll_change));
+        axes.into()
+    }
+
+    fn log(&self, name: &str) {
+        for (ask, t) in &self.asks {
+            if !t.is_empty() {
+                eprintln!("{name}:   {:<16} {}", ask.name(), t.describe());
+            }
+        }
+        eprintln!(
+            "{name}:   {:<16} {}",
+            "retention",
+            self.retention.describe()
+        );
+        if !self.neighbours.is_empty() {
+            eprintln!(
+                "{name}:   {:<16} {}",
+                "near neighbours",
+                self.neighbours.describe()
+            );
+        }
+        eprintln!(
+            "{name}:   held-out NLL {:+.2} %, {} wrong replies hold another learned answer",
+            100.0 * self.nll_change,
+            self.leaks.len()
+        );
+    }
+}
+
+/// Whether `reply` holds the answer of a learned item other than `own` (answers of three
+/// characters or more: "1" or "no" would be found everywhere).
+fn leaked<'a>(items: &'a [Item], reply: &str, own: &str) -> Option<&'a str> {
+    items.iter().find_map(|it| {
+        let a = &it.primary().answer;
+        (normalize(a) != normalize(own) && normalize(a).len() >= 3 && correct(reply, a))
+            .then_some(a.as_str())
+    })
+}
+
+fn measure(engine: &Engine, sets: &Sets) -> Result<Measured, String> {
+    let mut asks: Vec<(Ask, Tally)> = Ask::ALL.iter().map(|&a| (a, Tally::default())).collect();
+    let mut missed = Vec::new();
+    let mut leaks = Vec::new();
+    for item in sets.items {
+        for p in &item.probes {
+            let r = reply(engine, &p.question, &p.answer)?;
+            let right = correct(&r, &p.answer);
+            if let Some((_, t)) = asks.iter_mut().find(|(a, _)| *a == p.ask) {
+                t.add(item.heldout, right);
+            }
+            if !right {
+                if let Some(other) = leaked(sets.items, &r, &p.answer) {
+                    leaks
+                        .push(json!({"question": p.question, "reply": r, "learned_answer": other}));
+                }
+                missed.push(
+                    json!({"id": item.id, "ask": p.ask.name(), "question": p.question,
+                    "answer": p.answer, "reply": r}),
+                );
+            }
+        }
+    }
+    let mut keep =
+        |questions: Vec<(&str, &str)>| -> Result<(Tally, Vec<serde_json::Value>), String> {
+            let mut t = Tally::default();
+            let mut wrong = Vec::new();
+            for ((q, a), (right, r)) in questions.iter().zip(ask_all(engine, questions.clone())?) {
+                t.add(false, right);
+                if !right {
+                    if let Some(other) = leaked(sets.items, &r, a) {
+                        leaks.push(json!({"question": q, "reply": r, "learned_answer": other}));
+                    }
+                    wrong.push(json!({"question": q, "answer": a, "reply": r}));
+                }
+            }
+            Ok((t, wrong))
+        };
+    let (retention, forgotten) = keep(sets.retained.iter().map(qa).collect())?;
+    let (neighbours, forgotten_neighbours) = keep(
+        sets.neighbours
+            .iter()
+            .map(|n| (n.question.as_str(), n.answer.as_str()))
+            .collect(),
+    )?;
+    let nll = mean_nll(engine, sets.held)?;
+    Ok(Measured {
+        asks,
+        retention,
+        neighbours,
+        nll_change: nll / sets.nll_before - 1.0,
+        forgotten,
+        forgotten_neighbours,
+        missed,
+        leaks,
+    })
+}
+
+fn qa(f: &Fact) -> (&str, &str) {
+    match f {
+        Fact::QuestionAnswer { question, answer } => (question, answer),
+        Fact::Note(n) => (n, ""),
+    }
+}
+
+/// The final measurements again with each read gate of `--gate-sweep`, then the gate as
+/// it was.
 fn gate_sweep(
     engine: &mut Engine,
     args: &EvalArgs,
-    (facts, retained): (&[Fact], &[Fact]),
-    (held, nll_before): (&[u32], f64),
+    sets: &Sets,
 ) -> Result<Vec<serde_json::Value>, String> {
     let original = engine.read_gating();
-    let notes = match original {
-        engram::ReadGating::Cosine { notes, .. } => notes,
-        engram::ReadGating::Off => engram::memory::DEFAULT_NOTE_READ_GATE,
-    };
     let mut points = Vec::new();
-    for &questions in &args.gate_sweep {
+    for &gating in &args.gate_sweep {
         engine
-            .set_read_gating(engram::ReadGating::Cosine { questions, notes })
-            .map_err(|e| format!("--gate-sweep {questions}: {e}"))?;
-        let learned = accuracy(engine, facts, &unseen)?;
-        let retention = accuracy(engine, retained, &|q| q.to_owned())?;
-        let nll = mean_nll(engine, held)?;
-        eprintln!(
-            "  read gate {questions}: learned {:.1}%, retention {:.1}%, held-out NLL {:+.2}%",
-            100.0 * learned,
-            100.0 * retention,
-            100.0 * (nll / nll_before - 1.0)
-        );
+            .set_read_gating(gating)
+            .map_err(|e| format!("--gate-sweep {gating:?}: {e}"))?;
+        let m = measure(engine, sets)?;
+        m.log(&format!("read gate {}", gating_name(gating)));
         points.push(json!({
-            "questions_cosine": questions,
-            "learned_accuracy": learned,
-            "retention": retention,
-            "heldout_nll_change": nll / nll_before - 1.0,
+            "read_gate": gating_name(gating),
+            "questions_cosine": match gating {
+                engram::ReadGating::Cosine { questions, .. } => json!(questions),
+                _ => serde_json::Value::Null,
+            },
+            "learned_accuracy": m.tally(Ask::Prefixed).rate(),
+            "retention": m.retention.rate(),
+            "heldout_nll_change": m.nll_change,
+            "axes": m.axes(),
         }));
     }
     if !args.gate_sweep.is_empty() {
@@ -213,6 +377,40 @@ fn gate_sweep(
             .map_err(|e| e.to_string())?;
     }
     Ok(points)
+}
+
+/// A read gate as `--read-gate` spells it.
+fn gating_name(g: engram::ReadGating) -> String {
+    match g {
+        engram::ReadGating::Cosine { questions, notes } => format!("{questions},{notes}"),
+        engram::ReadGating::Topics { questions, notes } => {
+            format!("topics:{questions},{notes}")
+        }
+        engram::ReadGating::Off => "off".into(),
+    }
+}
+
+/// Items of `pool` in `split` the base model gets wrong (asked by their primary question),
+/// up to `n`; and how many were asked to find them.
+fn choose_unknown(
+    engine: &Engine,
+    pool: Vec<Item>,
+    split: SplitArg,
+    n: usize,
+) -> Result<(Vec<Item>, usize), String> {
+    let mut chosen = Vec::new();
+    let mut scanned = 0;
+    for item in pool.into_iter().filter(|i| split.keeps(i.heldout)) {
+        if chosen.len() == n {
+            break;
+        }
+        scanned += 1;
+        let p = item.primary();
+        if !correct(&reply(engine, &p.question, &p.answer)?, &p.answer) {
+            chosen.push(item);
+        }
+    }
+    Ok((chosen, scanned))
 }
 
 /// Runs the evaluation and writes the JSON report.
@@ -229,11 +427,35 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
     let initial = engine
         .memory_store()
         .map_err(|e| format!("eval needs --memory STORE: {e}"))?;
-    let read = |p: &PathBuf, hint: &str| {
-        Fact::read_file(p).map_err(|e| format!("{e} (make it with {hint})"))
+    let in_set = |name: &str| args.set.as_ref().map(|d| d.join(name));
+    let facts_path = args
+        .facts
+        .clone()
+        .or_else(|| in_set("facts.jsonl"))
+        .unwrap_or_else(|| PathBuf::from("data/simpleqa.jsonl"));
+    let notes_path = args.notes.clone().or_else(|| in_set("notes.jsonl"));
+    let neighbours_path = args
+        .neighbours
+        .clone()
+        .or_else(|| in_set("neighbours.jsonl"));
+    let hint = |e: String, script: &str| {
+        if facts_path.starts_with("data") {
+            format!("{e} (make it with {script})")
+        } else {
+            e
+        }
     };
-    let pool = read(&args.facts, "scripts/fetch-simpleqa")?;
-    let candidates = read(&args.retention, "scripts/build-retention")?;
+    let mut pool = read_items(&facts_path).map_err(|e| hint(e, "scripts/fetch-simpleqa"))?;
+    if let Some(p) = &notes_path {
+        pool.extend(read_items(p)?);
+    }
+    let (note_pool, fact_pool): (Vec<Item>, Vec<Item>) = pool.into_iter().partition(Item::is_note);
+    let candidates = Fact::read_file(&args.retention)
+        .map_err(|e| format!("{e} (make it with scripts/build-retention)"))?;
+    let neighbour_pool = match &neighbours_path {
+        Some(p) => read_neighbours(p)?,
+        None => Vec::new(),
+    };
     let heldout = std::fs::read_to_string(&args.heldout).map_err(|e| {
         format!(
             "{}: {e} (make it with scripts/build-background)",
@@ -246,18 +468,25 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     held.truncate(args.heldout_tokens);
 
-    // Facts the base model gets wrong, questions it gets right: both by running it.
+    // Items the base model gets wrong, questions it gets right: both by running it.
     eprintln!("choosing {} facts the base model answers wrong ...", args.n);
-    let mut facts = Vec::new();
-    let mut scanned = 0;
-    for f in &pool {
-        if facts.len() == args.n {
-            break;
-        }
-        scanned += 1;
-        let (q, a) = qa(f);
-        if !correct(&reply(&engine, &unseen(q), a)?, a) {
-            facts.push(f.clone());
+    let (facts, scanned) = choose_unknown(&engine, fact_pool, args.split, args.n)?;
+    let (notes, notes_scanned) = if note_pool.is_empty() {
+        (Vec::new(), 0)
+    } else {
+        eprintln!("choosing {} notes ...", args.notes_n);
+        choose_unknown(&engine, note_pool, args.split, args.notes_n)?
+    };
+    let items = interleave(facts, notes);
+    // What the base model answers of every way of asking them (the exact question and a
+    // note's question are wrong by choice).
+    let mut base = Ask::ALL.map(|a| (a, Tally::default()));
+    for item in &items {
+        for p in &item.probes {
+            let right = correct(&reply(&engine, &p.question, &p.answer)?, &p.answer);
+            if let Some((_, t)) = base.iter_mut().find(|(a, _)| *a == p.ask) {
+                t.add(item.heldout, right);
+            }
         }
     }
     eprintln!(
@@ -282,8 +511,30 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
             retained.len()
         );
     }
+    let ids: std::collections::HashSet<&str> = items.iter().map(|i| i.id.as_str()).collect();
+    let mut neighbours = Vec::new();
+    let mut neighbours_tried = 0;
+    for n in neighbour_pool
+        .iter()
+        .filter(|n| ids.contains(n.of.as_str()))
+    {
+        if neighbours.len() == args.neighbours_n {
+            break;
+        }
+        neighbours_tried += 1;
+        if correct(&reply(&engine, &n.question, &n.answer)?, &n.answer) {
+            neighbours.push(n.clone());
+        }
+    }
     let nll_before = mean_nll(&engine, &held)?;
     let probe = &retained[..retained.len().min(30)];
+    let sets = Sets {
+        items: &items,
+        retained: &retained,
+        neighbours: &neighbours,
+        held: &held,
+        nll_before,
+    };
 
     let mut runs = Vec::new();
     let mut curves = Vec::new();
@@ -298,91 +549,124 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
             crate::learn::note_missing_sample(&engine, &opts);
         }
         let mut curve = Vec::new();
-        // Before learning: no fact known, every retention question right (how both were chosen).
+        // Before learning: nothing taught known, every retention question right (how both
+        // were chosen).
         let mut points = vec![(0usize, 0.0f64, 1.0f64)];
-        let mut learn_secs = 0f64;
-        // Each fact asked (unseen phrasing) right after it was learned: what one fact's learning
-        // achieves before later facts can overwrite it.
-        let mut right_after = 0usize;
-        // Rows changed so far, and how many of each fact's rows an earlier fact had chosen:
-        // rows shared between facts are where later facts overwrite earlier ones.
+        let mut seconds = Vec::with_capacity(items.len());
+        // Each item asked by its primary question right after it was learned: what one
+        // item's learning achieves before later ones can overwrite it.
+        let mut right_after = Tally::default();
+        // Rows changed so far, and how many of each item's rows an earlier item had chosen:
+        // rows shared between items are where later ones overwrite earlier ones.
         let mut changed = std::collections::HashSet::new();
         let mut selected = 0usize;
-        // Mean loss per scored token of each fact's training phrasings before and after its
-        // steps: a fact that reaches a low loss but is not answered failed to generalize to
-        // the unseen phrasing; one that does not reach it failed to fit.
-        let mut fact_losses = Vec::with_capacity(facts.len());
-        for (i, fact) in facts.iter().enumerate() {
+        // Mean loss per scored token of each item's training phrasings before and after its
+        // steps: an item that reaches a low loss but is not answered failed to generalize to
+        // the way it was asked; one that does not reach it failed to fit.
+        let mut fact_losses = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
             let r = engine
-                .learn(std::slice::from_ref(fact), &opts, &mut |_, _, _| true)
+                .learn(std::slice::from_ref(&item.fact), &opts, &mut |_, _, _| true)
                 .map_err(|e| e.to_string())?;
-            learn_secs += r.total.as_secs_f64();
+            seconds.push(r.total.as_secs_f64());
             for f in &r.facts {
                 fact_losses.push([f.loss_before, f.loss_after]);
                 selected += f.rows.len();
                 changed.extend(f.rows.iter().copied());
             }
-            right_after += (accuracy(&engine, std::slice::from_ref(fact), &unseen)? > 0.5) as usize;
+            let p = item.primary();
+            let (right, _) = ask_all(&engine, [(p.question.as_str(), p.answer.as_str())])?[0];
+            right_after.add(item.heldout, right);
             let done = i + 1;
-            if done % args.every.max(1) == 0 || done == facts.len() {
-                let learned = accuracy(&engine, &facts[..done], &unseen)?;
-                let kept = accuracy(&engine, probe, &|q| q.to_owned())?;
+            if done % args.every.max(1) == 0 || done == items.len() {
+                let so_far = ask_all(
+                    &engine,
+                    items[..done]
+                        .iter()
+                        .map(|it| (it.primary().question.as_str(), it.primary().answer.as_str())),
+                )?;
+                let learned = so_far.iter().filter(|(r, _)| *r).count() as f64 / done as f64;
+                let kept = ask_all(&engine, probe.iter().map(qa))?
+                    .iter()
+                    .filter(|(r, _)| *r)
+                    .count() as f64
+                    / probe.len().max(1) as f64;
+                let recent = &seconds[seconds.len().saturating_sub(args.every.max(1))..];
+                let per_item = recent.iter().sum::<f64>() / recent.len().max(1) as f64;
                 eprintln!(
-                    "{name}: {done} facts, learned {:.1}%, retention (probe) {:.1}%",
+                    "{name}: {done} learned, {:.1} % answered as taught, retention (probe) {:.1} %, {per_item:.2} s per item lately",
                     100.0 * learned,
                     100.0 * kept
                 );
                 curve.push(
-                    json!({"facts": done, "learned_accuracy": learned, "retention_probe": kept}),
+                    json!({"items": done, "facts": done, "learned_accuracy": learned,
+                    "retention_probe": kept, "seconds_per_item": per_item}),
                 );
                 points.push((done, learned, kept));
             }
         }
-        let learned = accuracy(&engine, &facts, &unseen)?;
-        // What the questions no longer answered right get instead: a learned answer
-        // (interference) reads differently from a broken reply (damage).
-        let forgotten = misses(&engine, &retained, &|q| q.to_owned())?;
-        let retention = (retained.len() - forgotten.len()) as f64 / retained.len().max(1) as f64;
-        let nll_after = mean_nll(&engine, &held)?;
-        let learned_right_after = right_after as f64 / facts.len().max(1) as f64;
-        // Every selection that did not add a row to `changed` chose one an earlier fact had.
+        let m = measure(&engine, &sets)?;
+        eprintln!("{name}: after {} items:", items.len());
+        m.log(name);
+        let learn_secs: f64 = seconds.iter().sum();
+        // Every selection that did not add a row to `changed` chose one an earlier item had.
         let reselected_share = (selected - changed.len()) as f64 / selected.max(1) as f64;
         eprintln!(
-            "{name}: learned {:.1}% ({:.1}% right after each fact), retention {:.1}%, held-out NLL {nll_before:.4} -> {nll_after:.4} ({:+.2}%); {} rows changed, {:.1}% of selections were rows an earlier fact had chosen",
-            100.0 * learned,
-            100.0 * learned_right_after,
-            100.0 * retention,
-            100.0 * (nll_after / nll_before - 1.0),
+            "{name}: right after each item {}; {} rows changed, {:.1} % of selections were rows an earlier item had chosen; {:.2} s per item",
+            right_after.describe(),
             changed.len(),
-            100.0 * reselected_share
+            100.0 * reselected_share,
+            learn_secs / items.len().max(1) as f64
         );
-        let sweep = gate_sweep(&mut engine, args, (&facts, &retained), (&held, nll_before))?;
+        let sweep = gate_sweep(&mut engine, args, &sets)?;
         curves.push(crate::plot::Curve {
             name: name.to_owned(),
             points,
         });
+        // Time per item over the first and the last tenth of the stream: flat as the store fills?
+        let tenth = (seconds.len() / 10).max(1);
+        let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
         runs.push(json!({
             "scoring": name,
-            "learned_accuracy": learned,
-            "learned_right_after": learned_right_after,
-            "retention": retention,
+            "axes": m.axes(),
+            "learned_accuracy": m.tally(Ask::Prefixed).rate(),
+            "learned_right_after": right_after.rate(),
+            "right_after": right_after.to_json(),
+            "retention": m.retention.rate(),
             "heldout_nll_before": nll_before,
-            "heldout_nll_after": nll_after,
-            "heldout_nll_change": nll_after / nll_before - 1.0,
-            "seconds_per_fact": learn_secs / facts.len().max(1) as f64,
+            "heldout_nll_after": nll_before * (1.0 + m.nll_change),
+            "heldout_nll_change": m.nll_change,
+            "seconds_per_fact": learn_secs / items.len().max(1) as f64,
+            "seconds_per_item_first_tenth": mean(&seconds[..tenth.min(seconds.len())]),
+            "seconds_per_item_last_tenth": mean(&seconds[seconds.len().saturating_sub(tenth)..]),
             "rows_changed": changed.len(),
             "rows_reselected_share": reselected_share,
             "curve": curve,
             "fact_losses": fact_losses,
-            "forgotten": forgotten,
+            "forgotten": m.forgotten,
+            "forgotten_neighbours": m.forgotten_neighbours,
+            "missed": m.missed,
+            "leaks": m.leaks,
             "gate_sweep": sweep,
         }));
     }
+    let base_axes: serde_json::Map<String, serde_json::Value> = base
+        .iter()
+        .filter(|(_, t)| !t.is_empty())
+        .map(|(a, t)| (a.name().to_owned(), t.to_json()))
+        .collect();
     let report = json!({
-        "facts": facts.len(),
+        "facts": items.iter().filter(|i| !i.is_note()).count(),
+        "notes": items.iter().filter(|i| i.is_note()).count(),
+        "heldout_items": items.iter().filter(|i| i.heldout).count(),
         "facts_scanned": scanned,
+        "notes_scanned": notes_scanned,
+        "split": args.split.name(),
+        "base_model": base_axes,
         "retention_questions": retained.len(),
         "retention_candidates_tried": tried,
+        "near_neighbours": neighbours.len(),
+        "near_neighbours_tried": neighbours_tried,
         "heldout_tokens": held.len(),
         "steps": args.step.steps,
         "learning_rate": args.step.lr,
@@ -395,9 +679,13 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
             engram::ReadGating::Cosine { questions, notes } => {
                 json!({"questions": questions, "notes": notes})
             }
+            engram::ReadGating::Topics { questions, notes } => {
+                json!({"topics": {"questions": questions, "notes": notes}})
+            }
             engram::ReadGating::Off => json!("off"),
         },
         "runs": runs,
+        "items": items.iter().map(|i| &i.id).collect::<Vec<_>>(),
         "retention_set": retained.iter().map(|f| qa(f).0).collect::<Vec<_>>(),
         "seconds": started.elapsed().as_secs_f64(),
     });
@@ -410,7 +698,7 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
         .plot
         .clone()
         .unwrap_or_else(|| args.output.with_extension("png"));
-    crate::plot::learning_curves(&plot, &curves, facts.len())?;
+    crate::plot::learning_curves(&plot, &curves, items.len())?;
     println!("{}", args.output.display());
     println!("{}", plot.display());
     Ok(())

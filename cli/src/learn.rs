@@ -105,6 +105,10 @@ pub struct StepFlags {
     /// template text.
     #[arg(long)]
     pub content_rows_only: bool,
+    /// Train each fact on its own wording only, without the questions made from it by rules
+    /// (for measuring what they add).
+    #[arg(long)]
+    pub no_asked_phrasings: bool,
 }
 
 impl StepFlags {
@@ -122,6 +126,7 @@ impl StepFlags {
             background_penalty: self.background_penalty,
             earlier_fact_penalty: self.earlier_fact_penalty,
             content_rows_only: self.content_rows_only,
+            asked_phrasings: !self.no_asked_phrasings,
         }
     }
 }

@@ -17,6 +17,7 @@ use engram::{
 mod bench;
 mod delta;
 mod eval;
+mod eval_set;
 mod info;
 mod learn;
 mod plot;
@@ -49,7 +50,9 @@ struct Cli {
     memory: Option<PathBuf>,
     /// A read of a value row that learned facts' tokens read passes only where the token's
     /// memory input is within this cosine of one of theirs: QUESTIONS[,NOTES] for
-    /// question/answer facts' and notes' keys (default 0.95,0.8), or "off".
+    /// question/answer facts' and notes' keys (default 0.95,0.8); "topics[:QUESTIONS[,NOTES]]":
+    /// the same, and only once the sequence has named the fact (held one of its topic words,
+    /// a name or "bike"); or "off".
     #[arg(long, global = true, value_parser = parse_read_gate)]
     read_gate: Option<ReadGating>,
     /// What the chat template gets when there is no system message (ask, chat, learn, eval):
@@ -227,14 +230,26 @@ pub struct Placement {
     pub system: SystemPrompt,
 }
 
-fn parse_read_gate(s: &str) -> Result<ReadGating, String> {
+/// `--read-gate` and `--gate-sweep` values: QUESTIONS[,NOTES] cosines, topics[:OPEN] or off.
+pub fn parse_read_gate(s: &str) -> Result<ReadGating, String> {
     if s.eq_ignore_ascii_case("off") {
         return Ok(ReadGating::Off);
+    }
+    if let Some(rest) = s.strip_prefix("topics") {
+        let (questions, notes) = match rest.strip_prefix(':') {
+            Some(c) => match parse_read_gate(c)? {
+                ReadGating::Cosine { questions, notes } => (questions, notes),
+                _ => return Err(format!("{s:?}: give topics or topics:QUESTIONS[,NOTES]")),
+            },
+            None if rest.is_empty() => (engram::DEFAULT_READ_GATE, DEFAULT_NOTE_READ_GATE),
+            None => return Err(format!("{s:?}: give topics or topics:QUESTIONS[,NOTES]")),
+        };
+        return Ok(ReadGating::Topics { questions, notes });
     }
     let cosine = |t: &str| match t.trim().parse::<f32>() {
         Ok(c) if c.is_finite() && (-1.0..=1.0).contains(&c) => Ok(c),
         _ => Err(format!(
-            "{t:?} is not a cosine in [-1, 1] (give QUESTIONS[,NOTES] or \"off\")"
+            "{t:?} is not a cosine in [-1, 1] (give QUESTIONS[,NOTES], topics[:QUESTIONS[,NOTES]] or \"off\")"
         )),
     };
     let (questions, notes) = match s.split_once(',') {

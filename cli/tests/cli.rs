@@ -350,9 +350,10 @@ fn wrong_or_damaged_memory_stores_are_one_line_errors() {
     assert_one_line_error(&args(&cut), "invalid GGUF");
 }
 
-/// A data file made by one of the scripts/ (fetch-simpleqa, build-retention, build-background).
+/// A data file made by one of the scripts/ (build-retention, build-background); the facts,
+/// notes and neighbours are the repository's own set in eval/.
 #[test]
-fn eval_learns_simpleqa_facts_and_reports_retention() {
+fn eval_learns_facts_and_notes_and_reports_every_axis() {
     let store = scratch("eval.engram");
     let bg = background();
     let o = run_on(
@@ -373,7 +374,7 @@ fn eval_learns_simpleqa_facts_and_reports_retention() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let before = std::fs::read(&store).unwrap();
     let report = scratch("eval.json");
-    let facts = data("simpleqa.jsonl", "fetch-simpleqa");
+    let set = Path::new(env!("CARGO_MANIFEST_DIR")).join("../eval");
     let retention = data("retention-candidates.jsonl", "build-retention");
     let heldout = data("heldout.txt", "build-background");
     let o = run_on(
@@ -382,26 +383,30 @@ fn eval_learns_simpleqa_facts_and_reports_retention() {
             "eval",
             "--memory",
             store.to_str().unwrap(),
-            "--facts",
-            facts.to_str().unwrap(),
+            "--set",
+            set.to_str().unwrap(),
             "--retention",
             retention.to_str().unwrap(),
             "--heldout",
             heldout.to_str().unwrap(),
             "--n",
             "3",
+            "--notes-n",
+            "1",
             "--retention-n",
             "8",
+            "--neighbours-n",
+            "4",
             "--scoring",
             "tfidf",
             "--every",
-            "3",
+            "4",
             "--heldout-tokens",
             "512",
             "--read-gate",
             "0.95,0.8",
             "--gate-sweep",
-            "0.95,0.5",
+            "0.95,0.8;topics:0.8",
             "-o",
             report.to_str().unwrap(),
         ],
@@ -412,12 +417,44 @@ fn eval_learns_simpleqa_facts_and_reports_retention() {
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(v["facts"], 3);
+    assert_eq!(v["notes"], 1);
     assert_eq!(v["retention_questions"], 8);
+    // Three facts and a note, taught as one stream.
+    assert_eq!(v["items"].as_array().unwrap().len(), 4, "{v}");
     let run = &v["runs"][0];
+    let axes = &run["axes"];
+    for axis in [
+        "exact",
+        "prefixed",
+        "paraphrase",
+        "note_question",
+        "note_paraphrase",
+    ] {
+        assert_eq!(
+            axes[axis]["asked"].as_u64(),
+            Some(if axis.starts_with("note") { 1 } else { 3 }),
+            "{axis}: {run}"
+        );
+    }
+    assert!(
+        axes["near_neighbours"]["asked"].as_u64().unwrap() >= 1,
+        "{run}"
+    );
+    // What the base model answered of each way of asking: the exact questions were chosen
+    // as wrong.
+    assert_eq!(v["base_model"]["exact"]["right"], 0, "{v}");
+    let exact = axes["exact"]["all"].as_f64().unwrap();
+    assert!(
+        exact >= 2.0 / 3.0,
+        "the taught questions were not learned: {run}"
+    );
     let learned = run["learned_accuracy"].as_f64().unwrap();
     let kept = run["retention"].as_f64().unwrap();
     let nll = run["heldout_nll_change"].as_f64().unwrap();
-    assert!(learned >= 1.0 / 3.0, "no SimpleQA fact was learned: {run}");
+    assert!(
+        learned >= 1.0 / 3.0,
+        "no fact was learned behind a prefix: {run}"
+    );
     // A collapse (0 % and 12.5 % before the background included chat markup) must fail.
     assert!(kept >= 0.5, "retention collapsed: {run}");
     assert!(nll.abs() < 0.05, "held-out NLL moved by {nll}");
@@ -444,6 +481,7 @@ fn eval_learns_simpleqa_facts_and_reports_retention() {
     let sweep = run["gate_sweep"].as_array().unwrap();
     assert_eq!(sweep.len(), 2, "{run}");
     assert_eq!(sweep[0]["questions_cosine"].as_f64(), Some(0.95f32 as f64));
+    assert_eq!(sweep[1]["read_gate"], "topics:0.8", "{run}");
     assert_eq!(
         sweep[0]["learned_accuracy"], run["learned_accuracy"],
         "{run}"

@@ -218,7 +218,11 @@ fn content_positions_hold_the_facts_words_and_no_template_text() {
         ),
         (
             Fact::note("My sister Ana lives in Porto."),
-            vec!["My sister Ana lives in Porto."],
+            // The assistant's replies say it in the second person.
+            vec![
+                "My sister Ana lives in Porto.",
+                "Your sister Ana lives in Porto.",
+            ],
         ),
     ];
     for (fact, words) in &facts {

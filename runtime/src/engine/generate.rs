@@ -3,7 +3,6 @@
 use std::time::{Duration, Instant};
 
 use super::Engine;
-use crate::backend::Backend;
 use crate::backend::device::DeviceBackend;
 use crate::error::{Error, Result};
 use crate::model::Logits;
@@ -160,7 +159,7 @@ pub fn log_softmax_at(logits: &[f32], target: usize) -> f64 {
 /// A conversation's state: the tokens already in the KV cache.
 pub struct Session<'e> {
     engine: &'e Engine,
-    cache: <DeviceBackend as Backend>::KvCache,
+    cache: crate::model::Cache<DeviceBackend>,
     tokens: Vec<u32>,
 }
 
@@ -195,7 +194,7 @@ impl Session<'_> {
             .take_while(|(a, b)| a == b)
             .count()
             .min(prompt.len() - 1);
-        b.kv_truncate(&mut self.cache, common);
+        self.cache.truncate(b, common);
         self.tokens.truncate(common);
 
         // Plain greedy needs only the argmax, which the device computes: a GPU then sends back

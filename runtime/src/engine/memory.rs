@@ -30,6 +30,14 @@ pub enum ReadGating {
         /// For notes' keys (asked about in other words than they were written in).
         notes: f32,
     },
+    /// As `Cosine`, and only once the sequence has named one of the row's facts: held one
+    /// of its topic words (a name, "bike"), see [`ReadGate::with_topics`].
+    Topics {
+        /// For question/answer facts' keys.
+        questions: f32,
+        /// For notes' keys.
+        notes: f32,
+    },
     /// Every read passes: the plain memory layer.
     Off,
 }
@@ -51,6 +59,9 @@ impl ReadGating {
             ReadGating::Off => Ok(None),
             ReadGating::Cosine { questions, notes } => {
                 ReadGate::new(dim, questions, notes).map(Some)
+            }
+            ReadGating::Topics { questions, notes } => {
+                ReadGate::with_topics(dim, questions, notes).map(Some)
             }
         }
     }

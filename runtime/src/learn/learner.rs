@@ -9,10 +9,10 @@ use super::optimizer::AdamState;
 use super::optimizer::Optimizer;
 use super::options::{ANCHOR_TUNED_READS_PER_ROW, FactReport, LearnOptions, LearnReport};
 use super::phrasings::prepare_phrasings;
-use super::phrasings::{Example, examples};
+use super::phrasings::{Example, examples, examples_with, topic_needles};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::memory::{KeyKind, SlotScoring, count_accesses, select_slots};
+use crate::memory::{KeyKind, KeyedPhrasing, SlotScoring, count_accesses, select_slots};
 use crate::model::{Model, PreparedSequence};
 use crate::tokenizer::Tokenizer;
 
@@ -190,7 +190,7 @@ fn learn_facts<B: Backend>(
     // Tokenize everything first: a bad fact is refused before anything changes.
     let batches: Vec<Vec<Example>> = facts
         .iter()
-        .map(|f| examples(tok, f))
+        .map(|f| examples_with(tok, f, opts.asked_phrasings))
         .collect::<Result<_>>()?;
     // Slots the lookup reads per token (heads × top-k).
     let reads = model.memory()[0].lookup.shape.heads * model.memory()[0].lookup.shape.top_k;
@@ -208,12 +208,24 @@ fn learn_facts<B: Backend>(
         let mut seqs = prepare_phrasings(model, batch)?;
         report.timings.prepare += t0.elapsed();
 
+        // With a topic read gate a fact's rows are read only from where a sequence names it:
+        // learn them the same way, from each phrasing's first naming on.
+        let named_from = named_from(model, tok, &facts[fi], &mut seqs)?;
+
         let t0 = Instant::now();
         let picks: Vec<u32> = seqs
             .iter()
             .flat_map(|s| model.backend().download_slots(&s.lookup.slots))
             .collect();
-        let mut counts = if opts.content_rows_only && opts.scoring != SlotScoring::AllTouched {
+        let mut counts = if let Some(from) = &named_from {
+            let mut at = 0;
+            let mut named = Vec::new();
+            for (s, &f) in seqs.iter().zip(from) {
+                named.extend_from_slice(&picks[at + f * reads..at + s.tokens.len() * reads]);
+                at += s.tokens.len() * reads;
+            }
+            count_accesses(&named)
+        } else if opts.content_rows_only && opts.scoring != SlotScoring::AllTouched {
             let mut at = 0;
             let mut content = Vec::new();
             for (s, e) in seqs.iter().zip(batch) {
@@ -400,7 +412,7 @@ fn learn_facts<B: Backend>(
                 *l = true;
             }
         }
-        key_read_gate(model, &seqs, &facts[fi]);
+        key_read_gate(model, tok, &seqs, &facts[fi])?;
         if opts.scoring != SlotScoring::AllTouched && opts.earlier_fact_penalty > 0.0 {
             // `picks` already holds every sequence's slots, in this order.
             let weights = seqs
@@ -420,6 +432,47 @@ fn learn_facts<B: Backend>(
     Ok(report)
 }
 
+/// Under a topic read gate: where each of `seqs` first names `fact` (its length when it
+/// never does), with every read before that closed as the gate will close it; `None` under
+/// any other gate.
+fn named_from<B: Backend>(
+    model: &Model<B>,
+    tok: &Tokenizer,
+    fact: &Fact,
+    seqs: &mut [PreparedSequence<B>],
+) -> Result<Option<Vec<usize>>> {
+    if !model.memory()[0]
+        .read_gate
+        .as_ref()
+        .is_some_and(|g| g.needs_topics())
+    {
+        return Ok(None);
+    }
+    let needles = topic_needles(tok, fact)?;
+    let b = model.backend();
+    let mut from = Vec::with_capacity(seqs.len());
+    for s in seqs.iter_mut() {
+        let first = needles
+            .iter()
+            .filter_map(|n| {
+                s.tokens
+                    .windows(n.len())
+                    .position(|w| w == &n[..])
+                    .map(|p| p + n.len() - 1)
+            })
+            .min()
+            .unwrap_or(s.tokens.len());
+        if first > 0 {
+            let (n, reads) = b.shape(&s.lookup.weights);
+            let mut w = b.download(&s.lookup.weights);
+            w[..first.min(n) * reads].fill(0.0);
+            s.lookup.weights = b.upload_vec(w, n, reads);
+        }
+        from.push(first);
+    }
+    Ok(Some(from))
+}
+
 /// Per value row of the learning memory, whether any of its values is nonzero. On this
 /// thread: rayon's global pool would keep spinning beside the backend's threads.
 fn nonzero_rows<B: Backend>(model: &Model<B>) -> Vec<bool> {
@@ -430,11 +483,22 @@ fn nonzero_rows<B: Backend>(model: &Model<B>) -> Vec<bool> {
         .collect()
 }
 
-/// Adds a learned fact's tokens (its prepared phrasings) to the memory's read gate, if any.
-fn key_read_gate<B: Backend>(model: &mut Model<B>, seqs: &[PreparedSequence<B>], fact: &Fact) {
-    if model.memory()[0].read_gate.is_none() {
-        return;
-    }
+/// Adds a learned fact's tokens (its prepared phrasings `seqs` of `batch`) to the memory's
+/// read gate, if any.
+fn key_read_gate<B: Backend>(
+    model: &mut Model<B>,
+    tok: &Tokenizer,
+    seqs: &[PreparedSequence<B>],
+    fact: &Fact,
+) -> Result<()> {
+    let Some(gate) = model.memory()[0].read_gate.as_ref() else {
+        return Ok(());
+    };
+    let needles = if gate.needs_topics() {
+        topic_needles(tok, fact)?
+    } else {
+        Vec::new()
+    };
     let reads = model.memory()[0].lookup.shape.picks();
     let b = model.backend();
     let parts: Vec<(Vec<f32>, Vec<u32>)> = seqs
@@ -450,11 +514,14 @@ fn key_read_gate<B: Backend>(model: &mut Model<B>, seqs: &[PreparedSequence<B>],
         Fact::QuestionAnswer { .. } => KeyKind::Question,
         Fact::Note(_) => KeyKind::Note,
     };
+    let phrasings: Vec<KeyedPhrasing> = parts
+        .iter()
+        .map(|(inputs, slots)| KeyedPhrasing { inputs, slots })
+        .collect();
     if let Some(gate) = model.memory_mut()[0].read_gate.as_mut() {
-        for (inputs, slots) in &parts {
-            gate.add_reads(inputs, slots, reads, kind);
-        }
+        gate.add_fact(&phrasings, &needles, reads, kind);
     }
+    Ok(())
 }
 
 /// Keys the memory's read gate with facts learned earlier. The layers below the memory are
@@ -465,8 +532,9 @@ pub fn rekey_read_gate<B: Backend>(
     facts: &[Fact],
 ) -> Result<()> {
     for fact in facts {
-        let seqs = prepare_phrasings(model, &examples(tok, fact)?)?;
-        key_read_gate(model, &seqs, fact);
+        let batch = examples(tok, fact)?;
+        let seqs = prepare_phrasings(model, &batch)?;
+        key_read_gate(model, tok, &seqs, fact)?;
     }
     Ok(())
 }

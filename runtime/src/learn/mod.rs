@@ -12,6 +12,7 @@ mod linalg;
 mod optimizer;
 mod options;
 mod phrasings;
+mod questions;
 mod retrofit;
 
 pub use anchor::BackgroundAnchor;
@@ -24,5 +25,5 @@ pub use options::{
     ANCHOR_TUNED_READS_PER_ROW, FactReport, LearnOptions, LearnReport, LearnTimings,
     MAX_ANCHORED_ROWS,
 };
-pub use phrasings::{Example, examples};
+pub use phrasings::{Example, examples, examples_with, topic_needles};
 pub use retrofit::{Init, RetrofitOptions, RetrofitProgress, retrofit};

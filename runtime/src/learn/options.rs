@@ -60,6 +60,12 @@ pub struct LearnOptions {
     /// rows that every question's markup reads, so a row changed there moves every answer.
     /// Ignored by [`SlotScoring::AllTouched`].
     pub content_rows_only: bool,
+    /// Also train each fact on questions made from its words by rules (a note's
+    /// "What do you know about my bike?" and "My neighbour Tariq repaired what?", a
+    /// question's "The capital of X is what?" and the statement it makes), so that it is
+    /// recalled when asked in other words. A store's read gate is rebuilt from the default
+    /// phrasings when it is opened.
+    pub asked_phrasings: bool,
 }
 
 impl Default for LearnOptions {
@@ -103,6 +109,7 @@ impl Default for LearnOptions {
             // of 86.7 % but learned 75 % instead of 80 % (lr 100,000: 75 % / 90.0 %); on a store
             // retrofitted from a slightly different background it kept 84.7 % (default 86.0 %).
             content_rows_only: false,
+            asked_phrasings: true,
         }
     }
 }

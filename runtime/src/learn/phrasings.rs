@@ -3,6 +3,7 @@
 use std::ops::Range;
 
 use super::facts::Fact;
+use super::questions;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::model::{Model, PreparedSequence};
@@ -109,6 +110,35 @@ fn text_example(tok: &Tokenizer, prefix: &str, said: &str, target: &str) -> Resu
 /// The phrasings a fact is trained on. Questions are never asked in the form
 /// "I have a question: …" here, so evaluation can use that form as an unseen phrasing.
 pub fn examples(tok: &Tokenizer, fact: &Fact) -> Result<Vec<Example>> {
+    examples_with(tok, fact, true)
+}
+
+/// [`examples`], with the rule-made questions the fact answers only where `asked` (see
+/// [`LearnOptions::asked_phrasings`](super::LearnOptions::asked_phrasings)).
+pub fn examples_with(tok: &Tokenizer, fact: &Fact, asked: bool) -> Result<Vec<Example>> {
+    phrasings(tok, fact, asked)
+}
+
+/// The token ids of a fact's topic words, each as it reads inside a sentence (" Tariq") and
+/// at its start ("Tariq"): what names the fact to a topic read gate.
+pub fn topic_needles(tok: &Tokenizer, fact: &Fact) -> Result<Vec<Vec<u32>>> {
+    let text = match fact {
+        Fact::QuestionAnswer { question, .. } => question,
+        Fact::Note(text) => text,
+    };
+    let mut needles = Vec::new();
+    for w in questions::topic_words(text) {
+        for form in [format!(" {w}"), w.clone()] {
+            let ids = tok.encode(&form, false)?;
+            if !ids.is_empty() && !needles.contains(&ids) {
+                needles.push(ids);
+            }
+        }
+    }
+    Ok(needles)
+}
+
+fn phrasings(tok: &Tokenizer, fact: &Fact, asked: bool) -> Result<Vec<Example>> {
     match fact {
         Fact::QuestionAnswer { question, answer } => {
             let (q, a) = (question.trim(), answer.trim());
@@ -117,42 +147,49 @@ pub fn examples(tok: &Tokenizer, fact: &Fact) -> Result<Vec<Example>> {
                     "a fact needs a non-empty question and answer".into(),
                 ));
             }
-            Ok(vec![
+            let mut batch = vec![
                 chat_example(tok, q, "", a)?,
                 chat_example(tok, q, "The answer is", &format!(" {a}."))?,
                 text_example(tok, &format!("Question: {q}\nAnswer:"), q, &format!(" {a}"))?,
                 text_example(tok, &format!("Q: {q}\nA:"), q, &format!(" {a}"))?,
                 text_example(tok, q, q, &format!(" {a}"))?,
-            ])
+            ];
+            // The question asked the other way round, and the statement it makes: a
+            // paraphrase then finds the answer keyed on the subject, not on one wording.
+            if let Some((other_way, statement)) = questions::fronted(q, a).filter(|_| asked) {
+                batch.push(chat_example(tok, &other_way, "", a)?);
+                batch.push(text_example(tok, "", "", &statement)?);
+                for topic in questions::note_topics(q).into_iter().take(1) {
+                    let about = format!("What do you know about {topic}?");
+                    batch.push(chat_example(tok, &about, "", &statement)?);
+                }
+            }
+            Ok(batch)
         }
         Fact::Note(text) => {
             let t = text.trim();
             if t.is_empty() {
                 return Err(Error::InvalidArgument("a note must not be empty".into()));
             }
-            let opening = note_opening(t);
-            Ok(vec![
+            let told = questions::second_person(t);
+            let mut batch = vec![
                 text_example(tok, "", "", t)?,
-                text_example(tok, "Note: ", "", t)?,
                 text_example(tok, "Remember this. ", "", t)?,
-                chat_example_with(tok, "Tell me something you know about me.", "", t, "")?,
-                chat_example_with(tok, &format!("{opening}...?"), "", t, opening)?,
-            ])
+                chat_example_with(tok, "Tell me something you know about me.", "", &told, "")?,
+            ];
+            // The questions the note answers, each answered by the note as the assistant
+            // would say it: a note is asked about, not recited.
+            let made = if asked { questions::note_questions(t) } else { Vec::new() };
+            for q in made.into_iter().take(NOTE_QUESTIONS) {
+                batch.push(chat_example(tok, &q, "", &told)?);
+            }
+            Ok(batch)
         }
     }
 }
 
-/// A note without its last word (where what it tells usually sits), as a prompt to
-/// complete: a question-like form that names the note's subject but not its content.
-fn note_opening(note: &str) -> &str {
-    let body = note
-        .trim()
-        .trim_end_matches(|c: char| c == '.' || c == '!' || c.is_whitespace());
-    match body.rfind(char::is_whitespace) {
-        Some(i) => body[..i].trim_end(),
-        None => body,
-    }
-}
+/// Most rule-made questions a note is trained on: each is a phrasing more per step.
+const NOTE_QUESTIONS: usize = 5;
 
 /// Runs a fact's phrasings up to the memory, each scored on its targets.
 pub(super) fn prepare_phrasings<B: Backend>(
@@ -164,19 +201,4 @@ pub(super) fn prepare_phrasings<B: Backend>(
         .map(|e| (&e.tokens[..], e.targets.clone()))
         .collect();
     model.prepare_many(&inputs)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_note_opening_drops_the_last_word() {
-        assert_eq!(
-            note_opening("My sister Ana lives in Porto."),
-            "My sister Ana lives in"
-        );
-        assert_eq!(note_opening("  The code is 42!  "), "The code is");
-        assert_eq!(note_opening("Porto."), "Porto");
-    }
 }

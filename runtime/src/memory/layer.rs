@@ -2,7 +2,7 @@
 
 use super::config::MemoryConfig;
 use super::params::MemoryLayerParams;
-use super::read_gate::ReadGate;
+use super::read_gate::{OpenFacts, ReadGate};
 use crate::backend::ProductKeyShape;
 use crate::backend::{Backend, WeightSource};
 use crate::error::{Error, Result};
@@ -143,17 +143,24 @@ impl<B: Backend> MemoryBlock<B> {
         })
     }
 
-    /// The memory's output for `h`: what is added to the residual stream beside the FFN.
+    /// The memory's output for `h`, the rows of token `ids` at positions `pos0..` of a sequence
+    /// that has named `open` so far: what is added to the residual stream beside the FFN.
     /// Reads the read gate closes are left out; learning uses [`Self::forward_from`] on the
     /// plain lookup, since a fact's own tokens pass its gate anyway.
-    pub fn forward(&self, b: &B, h: &B::Tensor) -> B::Tensor {
+    pub fn forward(
+        &self,
+        b: &B,
+        h: &B::Tensor,
+        (ids, pos0): (&[u32], usize),
+        open: &mut OpenFacts,
+    ) -> B::Tensor {
         let mut found = self.lookup.lookup(b, h);
         if let Some(gate) = self.read_gate.as_ref().filter(|g| !g.is_empty()) {
             // On the host on every backend: a few dot products per read of a keyed row.
             let slots = b.download_slots(&found.slots);
             let mut weights = b.download(&found.weights);
             let (tokens, reads) = b.shape(&found.weights);
-            gate.apply(&b.host_view(h), &slots, &mut weights);
+            gate.apply_in_sequence(&b.host_view(h), &slots, &mut weights, ids, pos0, open);
             found.weights = b.upload_vec(weights, tokens, reads);
         }
         self.forward_from(b, &found, h).0

@@ -15,6 +15,8 @@ pub use layer::{GateTape, MemoryBlock, MemoryLookup, SlotLookup};
 pub use params::{
     BackgroundInfo, BackgroundSample, BackgroundStats, MAX_SAMPLED_SLOTS, MemoryLayerParams,
 };
-pub use read_gate::{DEFAULT_NOTE_READ_GATE, DEFAULT_READ_GATE, KeyKind, ReadGate};
+pub use read_gate::{
+    DEFAULT_NOTE_READ_GATE, DEFAULT_READ_GATE, KeyKind, KeyedPhrasing, OpenFacts, ReadGate,
+};
 pub use selection::{SlotScoring, count_accesses, select_slots};
 pub use usage::SlotUsage;

@@ -20,6 +20,9 @@ use crate::error::{Error, Result};
 /// First bytes of a saved gate (`<store>.readkeys`); the digit is the layout's version.
 const CACHE_MAGIC: &[u8; 8] = b"EGRKEYS2";
 
+/// First bytes of a saved topic gate.
+const TOPICS_MAGIC: &[u8; 8] = b"EGRTOPC1";
+
 /// Cosine a reading token's input needs to a question/answer fact's key, by default. After 100
 /// facts (ungated: 76 learned, 129 of 150 general answers kept): 0.8 gave 76 / 135, 0.9
 /// 77 / 140, 0.95 76 / 144.
@@ -59,6 +62,80 @@ pub struct ReadGate {
     links: HashMap<u32, Vec<u32>>,
     /// Rows an imported delta changed: their facts' keys are not here, so they read ungated.
     exempt: HashSet<u32>,
+    /// Whether a read also needs the sequence to have named one of the row's facts (see
+    /// [`ReadGate::with_topics`]).
+    topics: bool,
+    /// Each fact's topic words as token ids, by their last token: what names the fact.
+    needles: HashMap<u32, Vec<(Vec<u32>, u32)>>,
+    /// Row → the facts whose tokens read it (topics only).
+    row_facts: HashMap<u32, Vec<u32>>,
+    /// Facts added (topics only).
+    facts: u32,
+}
+
+/// The learned facts a sequence has named so far, and from which position: what a topic
+/// gate lets read. Kept beside the sequence's KV cache and cut with it.
+#[derive(Clone, Debug, Default)]
+pub struct OpenFacts {
+    opened: HashMap<u32, usize>,
+    /// The last tokens seen, with their positions: a topic word may end in a later call
+    /// than it began (decoding runs one token per call).
+    recent: Vec<(usize, u32)>,
+}
+
+/// Tokens [`OpenFacts`] remembers: longer topic words are not matched across calls.
+const RECENT_TOKENS: usize = 16;
+
+impl OpenFacts {
+    /// Forgets what was opened or seen at or after position `len` (the cache was cut there).
+    pub fn truncate(&mut self, len: usize) {
+        self.opened.retain(|_, &mut at| at < len);
+        self.recent.retain(|&(at, _)| at < len);
+    }
+
+    fn see(&mut self, at: usize, token: u32) {
+        if self.recent.len() == RECENT_TOKENS {
+            self.recent.remove(0);
+        }
+        self.recent.push((at, token));
+    }
+
+    /// Whether the tokens seen last, at consecutive positions, are `needle`.
+    fn ends_with(&self, needle: &[u32]) -> bool {
+        let n = needle.len();
+        n <= self.recent.len() && {
+            let tail = &self.recent[self.recent.len() - n..];
+            tail.iter().map(|&(_, t)| t).eq(needle.iter().copied())
+                && tail.windows(2).all(|w| w[1].0 == w[0].0 + 1)
+        }
+    }
+
+    fn open(&mut self, fact: u32, at: usize) {
+        self.opened.entry(fact).or_insert(at);
+    }
+
+    fn is_open(&self, fact: u32, at: usize) -> bool {
+        self.opened.get(&fact).is_some_and(|&from| from <= at)
+    }
+
+    /// Facts opened so far.
+    pub fn len(&self) -> usize {
+        self.opened.len()
+    }
+
+    /// Whether none is open.
+    pub fn is_empty(&self) -> bool {
+        self.opened.is_empty()
+    }
+}
+
+/// What a fact's phrasing gives the gate: the memory's input at each token (tokens × dim)
+/// and the rows each token read (tokens × reads).
+pub struct KeyedPhrasing<'a> {
+    /// Memory inputs, tokens × dim.
+    pub inputs: &'a [f32],
+    /// Rows read, tokens × reads.
+    pub slots: &'a [u32],
 }
 
 /// Reads a saved gate front to back; `None` past the end.
@@ -113,7 +190,58 @@ impl ReadGate {
             key_ids: HashMap::new(),
             links: HashMap::new(),
             exempt: HashSet::new(),
+            topics: false,
+            needles: HashMap::new(),
+            row_facts: HashMap::new(),
+            facts: 0,
         })
+    }
+
+    /// A [`ReadGate::new`] gate whose reads of a learned fact's rows also need the sequence
+    /// to have named the fact: to hold, up to the reading token, one of its topic words (a
+    /// name, "bike"; token for token). A question of the same shape about another subject
+    /// ("the capital of France" beside a learned capital) then reads none of its rows even
+    /// where its tokens are the fact's own ("What is the capital of").
+    pub fn with_topics(dim: usize, questions: f32, notes: f32) -> Result<Self> {
+        let mut gate = ReadGate::new(dim, questions, notes)?;
+        gate.topics = true;
+        Ok(gate)
+    }
+
+    /// Whether reads need the fact named (a topic gate).
+    pub fn needs_topics(&self) -> bool {
+        self.topics
+    }
+
+    /// Adds a learned fact: its phrasings' tokens and the rows they read, and its topic
+    /// words as token ids (`needles`, used by a topic gate).
+    pub fn add_fact(
+        &mut self,
+        phrasings: &[KeyedPhrasing],
+        needles: &[Vec<u32>],
+        reads: usize,
+        kind: KeyKind,
+    ) {
+        for p in phrasings {
+            self.add_reads(p.inputs, p.slots, reads, kind);
+        }
+        if !self.topics {
+            return;
+        }
+        let fact = self.facts;
+        self.facts += 1;
+        for p in phrasings {
+            for &row in p.slots {
+                let list = self.row_facts.entry(row).or_default();
+                if list.last() != Some(&fact) {
+                    list.push(fact);
+                }
+            }
+        }
+        for n in needles.iter().filter(|n| !n.is_empty()) {
+            let last = n[n.len() - 1];
+            self.needles.entry(last).or_default().push((n.clone(), fact));
+        }
     }
 
     /// The cosine a read needs to a key of `kind`.
@@ -169,7 +297,7 @@ impl ReadGate {
                 rows_of_key.entry(k).or_default().push(row);
             }
         }
-        let mut out = CACHE_MAGIC.to_vec();
+        let mut out = if self.topics { TOPICS_MAGIC } else { CACHE_MAGIC }.to_vec();
         let put = |out: &mut Vec<u8>, v: u32| out.extend(v.to_le_bytes());
         put(&mut out, tag.len() as u32);
         out.extend(tag.as_bytes());
@@ -188,6 +316,28 @@ impl ReadGate {
                 put(&mut out, r);
             }
         }
+        if self.topics {
+            put(&mut out, self.facts);
+            let needles: BTreeMap<_, _> = self.needles.iter().collect();
+            let count = needles.values().map(|v| v.len()).sum::<usize>();
+            put(&mut out, count as u32);
+            for (needle, fact) in needles.into_values().flatten() {
+                put(&mut out, *fact);
+                put(&mut out, needle.len() as u32);
+                for &t in needle {
+                    put(&mut out, t);
+                }
+            }
+            let rows: BTreeMap<_, _> = self.row_facts.iter().collect();
+            put(&mut out, rows.len() as u32);
+            for (&row, facts) in rows {
+                put(&mut out, row);
+                put(&mut out, facts.len() as u32);
+                for &f in facts {
+                    put(&mut out, f);
+                }
+            }
+        }
         let sum = xxh3_64(&out);
         out.extend(sum.to_le_bytes());
         out
@@ -200,7 +350,8 @@ impl ReadGate {
         if xxh3_64(body) != u64::from_le_bytes(sum.try_into().ok()?) {
             return None;
         }
-        if body.get(..CACHE_MAGIC.len())? != CACHE_MAGIC {
+        let magic = if self.topics { TOPICS_MAGIC } else { CACHE_MAGIC };
+        if body.get(..magic.len())? != magic {
             return None;
         }
         let mut cur = Cursor {
@@ -213,6 +364,7 @@ impl ReadGate {
         }
         let n = cur.u32()?;
         let mut gate = ReadGate::new(self.dim, self.thresholds[0], self.thresholds[1]).ok()?;
+        gate.topics = self.topics;
         for id in 0..n as u32 {
             let key: Vec<i8> = cur.take(self.dim)?.iter().map(|&b| b as i8).collect();
             gate.kinds.push(match cur.take(1)?[0] {
@@ -227,6 +379,24 @@ impl ReadGate {
                 gate.links.entry(row).or_default().push(id);
             }
         }
+        if self.topics {
+            gate.facts = cur.u32()? as u32;
+            for _ in 0..cur.u32()? {
+                let fact = cur.u32()? as u32;
+                let len = cur.u32()?;
+                if fact >= gate.facts || len == 0 || len > RECENT_TOKENS {
+                    return None;
+                }
+                let needle = (0..len).map(|_| cur.u32().map(|t| t as u32)).collect::<Option<Vec<u32>>>()?;
+                gate.needles.entry(needle[len - 1]).or_default().push((needle, fact));
+            }
+            for _ in 0..cur.u32()? {
+                let row = cur.u32()? as u32;
+                let n = cur.u32()?;
+                let facts = (0..n).map(|_| cur.u32().map(|f| f as u32)).collect::<Option<Vec<u32>>>()?;
+                gate.row_facts.insert(row, facts);
+            }
+        }
         if cur.at != body.len() {
             return None;
         }
@@ -238,6 +408,60 @@ impl ReadGate {
     /// Sets the rows that imported deltas changed (read ungated).
     pub fn set_exempt(&mut self, rows: impl IntoIterator<Item = u32>) {
         self.exempt = rows.into_iter().collect();
+    }
+
+    /// [`Self::apply`] for the tokens `tokens` at positions `pos0..` of a sequence that has
+    /// named `open` so far (updated): a topic gate also closes every read of a row none of
+    /// whose facts the sequence has named. Returns how many reads were closed.
+    pub fn apply_in_sequence(
+        &self,
+        inputs: &[f32],
+        slots: &[u32],
+        weights: &mut [f32],
+        tokens: &[u32],
+        pos0: usize,
+        open: &mut OpenFacts,
+    ) -> usize {
+        if !self.topics {
+            return self.apply(inputs, slots, weights);
+        }
+        let n = inputs.len() / self.dim.max(1);
+        if n == 0 || self.links.is_empty() || tokens.len() != n {
+            return 0;
+        }
+        let reads = slots.len() / n;
+        let mut closed = 0;
+        for (t, &token) in tokens.iter().enumerate() {
+            let at = pos0 + t;
+            open.see(at, token);
+            for (needle, fact) in self.needles.get(&token).into_iter().flatten() {
+                if open.ends_with(needle) {
+                    open.open(*fact, at);
+                }
+            }
+            let row_named = |row: u32| {
+                self.row_facts
+                    .get(&row)
+                    .is_some_and(|facts| facts.iter().any(|&f| open.is_open(f, at)))
+            };
+            let range = t * reads..(t + 1) * reads;
+            let mut w = weights[range.clone()].to_vec();
+            let before = w.iter().filter(|&&x| x == 0.0).count();
+            self.apply(&inputs[t * self.dim..(t + 1) * self.dim], &slots[range.clone()], &mut w);
+            for (j, x) in w.iter_mut().enumerate() {
+                let row = slots[t * reads + j];
+                if *x != 0.0
+                    && self.links.contains_key(&row)
+                    && !self.exempt.contains(&row)
+                    && !row_named(row)
+                {
+                    *x = 0.0;
+                }
+            }
+            closed += w.iter().filter(|&&x| x == 0.0).count() - before;
+            weights[range].copy_from_slice(&w);
+        }
+        closed
     }
 
     /// Zeroes the weight of every read of a keyed row whose token is not within the threshold
@@ -336,6 +560,75 @@ mod tests {
         back.apply(&inputs, &slots, &mut b);
         assert_eq!(a, b);
         assert_eq!(a, [0.0, 1.0, 1.0, 0.0]);
+    }
+
+    /// A topic gate (cosine 0.9) with one fact whose two tokens (directions x and y) read
+    /// rows 7 and 9, named by the token pair [5, 6] or by token 8.
+    fn topic_gate() -> ReadGate {
+        let mut gate = ReadGate::with_topics(3, 0.9, 0.9).unwrap();
+        gate.add_fact(
+            &[KeyedPhrasing {
+                inputs: &[1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+                slots: &[7, 9],
+            }],
+            &[vec![5, 6], vec![8]],
+            1,
+            KeyKind::Question,
+        );
+        gate
+    }
+
+    #[test]
+    fn a_topic_gate_reads_a_fact_only_once_the_sequence_names_it() {
+        let gate = topic_gate();
+        assert!(gate.needs_topics());
+        let x = [1.0, 0.0, 0.0];
+        // The fact's own first token, unnamed: closed; row 3 is not keyed.
+        let mut open = OpenFacts::default();
+        let mut w = [1.0, 1.0];
+        assert_eq!(gate.apply_in_sequence(&x, &[7, 3], &mut w, &[1], 0, &mut open), 1);
+        assert_eq!(w, [0.0, 1.0]);
+        // Named by 5 then 6 across two calls (decoding): open from the 6 on, still only
+        // where the cosine rule passes too.
+        let mut w = [1.0];
+        gate.apply_in_sequence(&x, &[7], &mut w, &[5], 1, &mut open);
+        assert_eq!(w, [0.0]);
+        let mut w = [1.0, 1.0];
+        gate.apply_in_sequence(&[x, [0.0, 0.0, 1.0]].concat(), &[7, 9], &mut w, &[6, 2], 2, &mut open);
+        assert_eq!(w, [1.0, 0.0]);
+        assert_eq!(open.len(), 1);
+        // Cutting the cache before the 5 forgets the naming and the 5: a 6 at position 1
+        // then follows a 1 and names nothing.
+        open.truncate(1);
+        assert!(open.is_empty());
+        let mut w = [1.0];
+        gate.apply_in_sequence(&x, &[7], &mut w, &[6], 1, &mut open);
+        assert_eq!(w, [0.0]);
+        // A one-token name.
+        let mut w = [1.0];
+        gate.apply_in_sequence(&x, &[7], &mut w, &[8], 0, &mut OpenFacts::default());
+        assert_eq!(w, [1.0]);
+    }
+
+    #[test]
+    fn a_saved_topic_gate_loads_back_only_into_a_topic_gate() {
+        let gate = topic_gate();
+        let bytes = gate.to_bytes("facts A");
+        let mut cosine = ReadGate::new(3, 0.9, 0.9).unwrap();
+        assert!(cosine.load_bytes(&bytes, "facts A").is_none());
+        let mut back = ReadGate::with_topics(3, 0.9, 0.9).unwrap();
+        assert!(back.load_bytes(&gate.to_bytes("facts B"), "facts A").is_none());
+        assert!(back.load_bytes(&bytes[..bytes.len() - 2], "facts A").is_none());
+        assert!(back.load_bytes(&cosine.to_bytes("facts A"), "facts A").is_none());
+        assert!(back.load_bytes(&bytes, "facts A").is_some());
+        assert_eq!((back.key_count(), back.keyed_rows()), (2, 2));
+        let inputs = [1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0];
+        let (mut a, mut b) = ([1.0; 3], [1.0; 3]);
+        let ids = [1, 8, 1];
+        gate.apply_in_sequence(&inputs, &[7, 7, 7], &mut a, &ids, 0, &mut OpenFacts::default());
+        back.apply_in_sequence(&inputs, &[7, 7, 7], &mut b, &ids, 0, &mut OpenFacts::default());
+        assert_eq!(a, b);
+        assert_eq!(a, [0.0, 1.0, 1.0]);
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub use train::{PreparedSequence, SequenceGradient};
 use crate::backend::{AttentionShape, Backend, WeightSource};
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, TensorInfo};
-use crate::memory::MemoryBlock;
+use crate::memory::{MemoryBlock, OpenFacts};
 use crate::quant::{GgmlType, dequantize_row};
 
 struct Layer<B: Backend> {
@@ -33,6 +33,28 @@ pub enum Logits {
     Last,
     /// Every position (scoring, perplexity).
     All,
+}
+
+/// What a sequence has run so far: its KV cache, and the learned facts it has named (what a
+/// topic read gate lets it read).
+pub struct Cache<B: Backend> {
+    /// Keys and values of every position run.
+    pub kv: B::KvCache,
+    /// Facts a topic read gate opened, with where.
+    pub open: OpenFacts,
+}
+
+impl<B: Backend> Cache<B> {
+    /// Positions held.
+    pub fn len(&self, backend: &B) -> usize {
+        backend.kv_len(&self.kv)
+    }
+
+    /// Keeps the first `len` positions.
+    pub fn truncate(&mut self, backend: &B, len: usize) {
+        backend.kv_truncate(&mut self.kv, len);
+        self.open.truncate(len);
+    }
 }
 
 /// A llama-architecture model whose weights stay in the mapped GGUF.
@@ -163,17 +185,21 @@ impl<B: Backend> Model<B> {
         std::mem::take(&mut self.memory)
     }
 
-    /// An empty KV cache able to hold `capacity` positions.
-    pub fn new_cache(&self, capacity: usize) -> B::KvCache {
-        self.backend
-            .new_kv_cache(self.config.n_layers, self.config.kv_dim(), capacity)
+    /// An empty cache able to hold `capacity` positions.
+    pub fn new_cache(&self, capacity: usize) -> Cache<B> {
+        Cache {
+            kv: self
+                .backend
+                .new_kv_cache(self.config.n_layers, self.config.kv_dim(), capacity),
+            open: OpenFacts::default(),
+        }
     }
 
     /// Runs `tokens` after whatever `cache` holds and returns logits (vocab-wide rows).
     pub fn forward(
         &self,
         tokens: &[u32],
-        cache: &mut B::KvCache,
+        cache: &mut Cache<B>,
         which: Logits,
     ) -> Result<Vec<f32>> {
         let logits = self.logits_on_device(tokens, cache, which)?;
@@ -182,7 +208,7 @@ impl<B: Backend> Model<B> {
 
     /// Like [`Model::forward`] with [`Logits::Last`], but returns only the most likely next
     /// token: what greedy decoding needs, read back as one word.
-    pub fn forward_greedy(&self, tokens: &[u32], cache: &mut B::KvCache) -> Result<u32> {
+    pub fn forward_greedy(&self, tokens: &[u32], cache: &mut Cache<B>) -> Result<u32> {
         let logits = self.logits_on_device(tokens, cache, Logits::Last)?;
         Ok(self.backend.argmax_rows(&logits)[0])
     }
@@ -190,13 +216,13 @@ impl<B: Backend> Model<B> {
     fn logits_on_device(
         &self,
         tokens: &[u32],
-        cache: &mut B::KvCache,
+        cache: &mut Cache<B>,
         which: Logits,
     ) -> Result<B::Tensor> {
         let b = &self.backend;
         let c = &self.config;
         let mut x = b.embed(&self.token_embd, tokens_checked(tokens)?)?;
-        self.run_layers(&mut x, cache, c.n_layers, true, &mut |_, _| {});
+        self.run_layers(&mut x, tokens, cache, c.n_layers, true, &mut |_, _| {});
         if which == Logits::Last && tokens.len() > 1 {
             x = b.slice_rows(&x, tokens.len() - 1, tokens.len());
         }
@@ -210,7 +236,7 @@ impl<B: Backend> Model<B> {
     pub fn ffn_inputs(
         &self,
         tokens: &[u32],
-        cache: &mut B::KvCache,
+        cache: &mut Cache<B>,
         layers: &[usize],
     ) -> Result<Vec<B::Tensor>> {
         let last = match layers.iter().max() {
@@ -226,7 +252,7 @@ impl<B: Backend> Model<B> {
             .backend
             .embed(&self.token_embd, tokens_checked(tokens)?)?;
         let mut found: Vec<(usize, B::Tensor)> = Vec::new();
-        self.run_layers(&mut x, cache, last + 1, true, &mut |i, h| {
+        self.run_layers(&mut x, tokens, cache, last + 1, true, &mut |i, h| {
             if layers.contains(&i) {
                 found.push((i, self.backend.slice_rows(h, 0, self.backend.shape(h).0)));
             }
@@ -248,19 +274,21 @@ impl<B: Backend> Model<B> {
         }
     }
 
-    /// Runs blocks `0..end` over `x` (with their memories when `with_memory`), calling
+    /// Runs blocks `0..end` over `x`, the embedded `tokens` (with their memories when
+    /// `with_memory`), calling
     /// `observe(i, h)` with each block's FFN input.
     fn run_layers(
         &self,
         x: &mut B::Tensor,
-        cache: &mut B::KvCache,
+        tokens: &[u32],
+        cache: &mut Cache<B>,
         end: usize,
         with_memory: bool,
         observe: &mut dyn FnMut(usize, &B::Tensor),
     ) {
         let b = &self.backend;
         let c = &self.config;
-        let pos0 = b.kv_len(cache);
+        let pos0 = b.kv_len(&cache.kv);
         let shape = self.attention_shape();
         for (i, l) in self.layers.iter().enumerate().take(end) {
             let h = b.rms_norm(x, &l.attn_norm, c.norm_eps);
@@ -269,7 +297,7 @@ impl<B: Backend> Model<B> {
             let v = b.matmul(&l.wv, &h);
             b.rope(&mut q, c.n_heads, c.head_dim, pos0, &c.rope);
             b.rope(&mut k, c.n_kv_heads, c.head_dim, pos0, &c.rope);
-            let attn = b.attention(&q, &k, &v, cache, i, shape);
+            let attn = b.attention(&q, &k, &v, &mut cache.kv, i, shape);
             b.add_assign(x, &b.matmul(&l.wo, &attn));
             let h = b.rms_norm(x, &l.ffn_norm, c.norm_eps);
             observe(i, &h);
@@ -278,7 +306,7 @@ impl<B: Backend> Model<B> {
             // Beside the FFN: with all values zero this adds exact zeros, so the model is
             // bit-for-bit the base model.
             for m in self.memory.iter().filter(|m| with_memory && m.layer == i) {
-                b.add_assign(x, &m.forward(b, &h));
+                b.add_assign(x, &m.forward(b, &h, (tokens, pos0), &mut cache.open));
             }
         }
     }

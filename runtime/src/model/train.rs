@@ -158,7 +158,10 @@ impl<B: Backend> Model<B> {
         let longest = seqs.iter().map(|(t, _)| t.len()).max().unwrap_or(0);
         // Only the blocks up to the memory run: a cache of just those keeps its length (the
         // shortest layer's) meaningful.
-        let mut cache = b.new_kv_cache(layer + 1, self.config.kv_dim(), longest);
+        let mut cache = super::Cache {
+            kv: b.new_kv_cache(layer + 1, self.config.kv_dim(), longest),
+            open: Default::default(),
+        };
         let mut out: Vec<PreparedSequence<B>> = Vec::with_capacity(seqs.len());
         for (tokens, loss_positions) in seqs {
             // At least one position runs, so the memory's input is seen for it.
@@ -166,10 +169,10 @@ impl<B: Backend> Model<B> {
                 let common = p.tokens.iter().zip(*tokens).take_while(|(a, b)| a == b);
                 common.count().min(tokens.len() - 1)
             });
-            b.kv_truncate(&mut cache, shared);
+            cache.truncate(b, shared);
             let mut x = b.embed(&self.token_embd, &tokens[shared..])?;
             let mut h = None;
-            self.run_layers(&mut x, &mut cache, layer + 1, false, &mut |i, hi| {
+            self.run_layers(&mut x, &tokens[shared..], &mut cache, layer + 1, false, &mut |i, hi| {
                 if i == layer {
                     h = Some(b.slice_rows(hi, 0, b.shape(hi).0));
                 }
