@@ -48,11 +48,10 @@ struct Cli {
     /// Memory store to attach (from `engram retrofit`) for generate, chat and bench.
     #[arg(long, global = true)]
     memory: Option<PathBuf>,
-    /// A read of a value row that learned facts' tokens read passes only where the token's
-    /// memory input is within this cosine of one of theirs: QUESTIONS[,NOTES] for
-    /// question/answer facts' and notes' keys (default 0.95,0.8); "topics[:QUESTIONS[,NOTES]]":
-    /// the same, and only once the sequence has named the fact (held one of its topic words,
-    /// a name or "bike"); or "off".
+    /// Which reads of learned value rows pass. "topics[:QUESTIONS[,NOTES]]" (the default,
+    /// topics:-1,-1): those of a fact the sequence has named (held one of its topic words, a
+    /// name or "bike"), and within these cosines of the fact's tokens; QUESTIONS[,NOTES]:
+    /// those within these cosines of a learned token (e.g. 0.95,0.8); or "off".
     #[arg(long, global = true, value_parser = parse_read_gate)]
     read_gate: Option<ReadGating>,
     /// What the chat template gets when there is no system message (ask, chat, learn, eval):
@@ -241,7 +240,7 @@ pub fn parse_read_gate(s: &str) -> Result<ReadGating, String> {
                 ReadGating::Cosine { questions, notes } => (questions, notes),
                 _ => return Err(format!("{s:?}: give topics or topics:QUESTIONS[,NOTES]")),
             },
-            None if rest.is_empty() => (engram::DEFAULT_READ_GATE, DEFAULT_NOTE_READ_GATE),
+            None if rest.is_empty() => (engram::DEFAULT_TOPIC_COSINE, engram::DEFAULT_TOPIC_COSINE),
             None => return Err(format!("{s:?}: give topics or topics:QUESTIONS[,NOTES]")),
         };
         return Ok(ReadGating::Topics { questions, notes });

@@ -472,7 +472,8 @@ fn eval_learns_facts_and_notes_and_reports_every_axis() {
         "{run}"
     );
     let changed = run["rows_changed"].as_u64().unwrap();
-    assert!((1..=3 * 500).contains(&changed), "{changed} rows changed");
+    // Four items (three facts and a note), at most 500 rows each.
+    assert!((1..=4 * 500).contains(&changed), "{changed} rows changed");
     let reselected = run["rows_reselected_share"].as_f64().unwrap();
     assert!((0.0..1.0).contains(&reselected), "{reselected}");
     assert_eq!(run["curve"].as_array().unwrap().len(), 1);
@@ -481,7 +482,7 @@ fn eval_learns_facts_and_notes_and_reports_every_axis() {
     let sweep = run["gate_sweep"].as_array().unwrap();
     assert_eq!(sweep.len(), 2, "{run}");
     assert_eq!(sweep[0]["questions_cosine"].as_f64(), Some(0.95f32 as f64));
-    assert_eq!(sweep[1]["read_gate"], "topics:0.8", "{run}");
+    assert_eq!(sweep[1]["read_gate"], "topics:0.8,0.8", "{run}");
     assert_eq!(
         sweep[0]["learned_accuracy"], run["learned_accuracy"],
         "{run}"

@@ -41,9 +41,9 @@ pub use delta::{
     Delta, DeltaPrecision, ImportedDelta, LearnedEntry, MemoryAccess, MemoryStore, Snapshot,
 };
 pub use engine::{
-    Conversation, Device, Engine, EngineOptions, GenerateOptions, Generation, ImportReport,
-    LoopGuard, ReadGating, Reply, RevertReport, Session, SharedEngine, StopReason, TextStream,
-    log_softmax_at, read_keys_path,
+    Conversation, DEFAULT_TOPIC_COSINE, Device, Engine, EngineOptions, GenerateOptions, Generation,
+    ImportReport, LoopGuard, ReadGating, Reply, RevertReport, Session, SharedEngine, StopReason,
+    TextStream, log_softmax_at, read_keys_path,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use learn::{

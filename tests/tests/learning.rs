@@ -459,9 +459,13 @@ fn distance(a: &[f32], b: &[f32]) -> f64 {
 }
 
 #[test]
-fn the_read_gate_keeps_learned_rows_to_their_facts_and_survives_reopening() {
+fn the_cosine_read_gate_keeps_learned_rows_to_their_facts_and_survives_reopening() {
     let (engine, store) = engine_and_store();
     let path = engram_e2e::scratch_dir("read_gate").join("gate.engram");
+    let cosine_gate = || ReadGating::Cosine {
+        questions: engram::DEFAULT_READ_GATE,
+        notes: engram::DEFAULT_NOTE_READ_GATE,
+    };
     store.save(&path).unwrap();
     drop(engine);
     let keys_file = engram::read_keys_path(&path);
@@ -478,7 +482,7 @@ fn the_read_gate_keeps_learned_rows_to_their_facts_and_survives_reopening() {
         e.open_memory(&path, access).unwrap();
         e
     };
-    let mut engine = open(ReadGating::default(), MemoryAccess::Write);
+    let mut engine = open(cosine_gate(), MemoryAccess::Write);
     assert_eq!(engine.read_gate_size(), Some((0, 0)), "no fact yet");
     let general = chat_tokens(&engine, "What is the capital of Japan?");
     let base = engine.logits(&general).unwrap();
@@ -524,7 +528,7 @@ fn the_read_gate_keeps_learned_rows_to_their_facts_and_survives_reopening() {
         if rebuilt {
             std::fs::remove_file(&keys_file).unwrap();
         }
-        let again = open(ReadGating::default(), MemoryAccess::Read);
+        let again = open(cosine_gate(), MemoryAccess::Read);
         assert_eq!(
             again.read_gate_size(),
             Some((keys, rows)),
@@ -534,13 +538,13 @@ fn the_read_gate_keeps_learned_rows_to_their_facts_and_survives_reopening() {
         assert_eq!(again.ask(FACTS[0].2, 32).unwrap(), answer);
     }
     // Damaged keys are not used: the gate is rebuilt from the history.
-    let again = open(ReadGating::default(), MemoryAccess::Write);
+    let again = open(cosine_gate(), MemoryAccess::Write);
     drop(again);
     let mut bytes = std::fs::read(&keys_file).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x40;
     std::fs::write(&keys_file, &bytes).unwrap();
-    let again = open(ReadGating::default(), MemoryAccess::Read);
+    let again = open(cosine_gate(), MemoryAccess::Read);
     assert_eq!(again.read_gate_size(), Some((keys, rows)));
     assert_eq!(again.logits(&general).unwrap(), gated);
     // A threshold outside the cosine range is refused when the engine opens.
@@ -555,4 +559,71 @@ fn the_read_gate_keeps_learned_rows_to_their_facts_and_survives_reopening() {
         },
     );
     assert!(matches!(bad, Err(Error::InvalidArgument(_))));
+}
+
+#[test]
+fn the_topic_read_gate_leaves_questions_that_name_no_fact_exactly_as_the_base_model() {
+    let (engine, store) = engine_and_store();
+    let path = engram_e2e::scratch_dir("topic_gate").join("gate.engram");
+    store.save(&path).unwrap();
+    drop(engine);
+    let keys_file = engram::read_keys_path(&path);
+    let _ = std::fs::remove_file(&keys_file);
+    let open = |access: MemoryAccess| {
+        let mut e = Engine::open(default_model(), &EngineOptions::default()).unwrap();
+        e.open_memory(&path, access).unwrap();
+        e
+    };
+    let mut engine = open(MemoryAccess::Write);
+    assert!(
+        matches!(engine.read_gating(), ReadGating::Topics { .. }),
+        "the default"
+    );
+    // Same shape as a learned fact ("Who painted the mural in the Lindqvist library?"), another
+    // subject: it names none of them.
+    let neighbour = chat_tokens(&engine, "Who painted the mural in the Sistine Chapel?");
+    let base = engine.logits(&neighbour).unwrap();
+    let facts: Vec<Fact> = FACTS[..3].iter().map(|f| fact(f.0, f.1)).collect();
+    engine
+        .learn(&facts, &LearnOptions::default(), &mut |_, _, _| true)
+        .unwrap();
+    assert_eq!(
+        engine.logits(&neighbour).unwrap(),
+        base,
+        "a question that names no learned fact read its rows"
+    );
+    // Ungated, the same question reads the learned rows.
+    let named = chat_tokens(&engine, FACTS[2].2);
+    let gated_named = engine.logits(&named).unwrap();
+    engine.set_read_gating(ReadGating::Off).unwrap();
+    assert_ne!(
+        engine.logits(&neighbour).unwrap(),
+        base,
+        "the facts changed nothing it reads"
+    );
+    engine.set_read_gating(ReadGating::default()).unwrap();
+    let answer = engine.ask(FACTS[2].2, 32).unwrap();
+    eprintln!("{:?} -> {answer:?}", FACTS[2].2);
+    assert!(
+        answer.contains(FACTS[2].3),
+        "the fact was not recalled where its question names it: {answer:?}"
+    );
+    drop(engine);
+    // Another process: from the kept keys, and rebuilt without them.
+    for rebuilt in [false, true] {
+        if rebuilt {
+            std::fs::remove_file(&keys_file).unwrap();
+        }
+        let again = open(MemoryAccess::Read);
+        assert_eq!(
+            again.logits(&neighbour).unwrap(),
+            base,
+            "rebuilt: {rebuilt}"
+        );
+        assert_eq!(
+            again.logits(&named).unwrap(),
+            gated_named,
+            "rebuilt: {rebuilt}"
+        );
+    }
 }

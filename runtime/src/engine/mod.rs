@@ -15,7 +15,7 @@ pub use deltas::{ImportReport, RevertReport};
 pub use generate::{
     GenerateOptions, Generation, LoopGuard, Session, StopReason, TextStream, log_softmax_at,
 };
-pub use memory::{ReadGating, read_keys_path};
+pub use memory::{DEFAULT_TOPIC_COSINE, ReadGating, read_keys_path};
 pub use shared::SharedEngine;
 
 use std::path::{Path, PathBuf};

@@ -217,24 +217,25 @@ fn learn_facts<B: Backend>(
             .iter()
             .flat_map(|s| model.backend().download_slots(&s.lookup.slots))
             .collect();
-        let mut counts = if let Some(from) = &named_from {
+        // Positions whose reads may be selected: the fact's own words with
+        // `content_rows_only`, and only from where a topic gate lets the fact be read.
+        let content_only = opts.content_rows_only && opts.scoring != SlotScoring::AllTouched;
+        let mut counts = if content_only || named_from.is_some() {
             let mut at = 0;
-            let mut named = Vec::new();
-            for (s, &f) in seqs.iter().zip(from) {
-                named.extend_from_slice(&picks[at + f * reads..at + s.tokens.len() * reads]);
-                at += s.tokens.len() * reads;
-            }
-            count_accesses(&named)
-        } else if opts.content_rows_only && opts.scoring != SlotScoring::AllTouched {
-            let mut at = 0;
-            let mut content = Vec::new();
-            for (s, e) in seqs.iter().zip(batch) {
-                for r in &e.content {
-                    content.extend_from_slice(&picks[at + r.start * reads..at + r.end * reads]);
+            let mut chosen = Vec::new();
+            for (i, (s, e)) in seqs.iter().zip(batch).enumerate() {
+                let from = named_from.as_ref().map_or(0, |f| f[i]);
+                let whole = [0..s.tokens.len()];
+                let ranges = if content_only { &e.content[..] } else { &whole[..] };
+                for r in ranges {
+                    let start = r.start.max(from);
+                    if start < r.end {
+                        chosen.extend_from_slice(&picks[at + start * reads..at + r.end * reads]);
+                    }
                 }
                 at += s.tokens.len() * reads;
             }
-            count_accesses(&content)
+            count_accesses(&chosen)
         } else {
             count_accesses(&picks)
         };

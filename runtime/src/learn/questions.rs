@@ -57,6 +57,9 @@ const TIME_WORDS: &[&str] = &[
     "autumn", "winter",
 ];
 
+/// Words that open a question: never what names a fact.
+const QUESTION_WORDS: &[&str] = &["what", "which", "where", "when", "whom", "whose", "how"];
+
 /// Titles that go with the name after them.
 const TITLES: &[&str] = &[
     "dr", "mr", "mrs", "ms", "miss", "professor", "prof", "aunt", "uncle", "sir", "madam",
@@ -238,6 +241,22 @@ pub fn topic_words(text: &str) -> Vec<String> {
         if b.len() >= 3 && !is_function(&core) && !TITLES.contains(&b.as_str()) && !out.contains(&core)
         {
             out.push(core);
+        }
+    }
+    if out.is_empty() {
+        // No name, possession or number: the words that carry the content ("wifi",
+        // "password", "cabin"), so that the fact can still be named.
+        for w in words(text) {
+            let core = strip_punct(w);
+            let b = bare(&core);
+            if b.len() >= 4
+                && !is_function(&core)
+                && !is_verb(&core)
+                && !QUESTION_WORDS.contains(&b.as_str())
+                && !out.contains(&core)
+            {
+                out.push(core);
+            }
         }
     }
     out
@@ -459,6 +478,11 @@ mod tests {
         assert_eq!(
             topic_words("What is the name of Wassily Kandinsky's mother?"),
             ["Wassily", "Kandinsky"]
+        );
+        // Without a name, possession or number: the content words.
+        assert_eq!(
+            topic_words("The wifi password at the cabin is heron-42."),
+            ["wifi", "password", "cabin", "heron-42"]
         );
         assert_eq!(
             topic_words("Who received the IEEE Frank Rosenblatt Award in 2010?"),

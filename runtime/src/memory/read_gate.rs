@@ -439,27 +439,12 @@ impl ReadGate {
                     open.open(*fact, at);
                 }
             }
-            let row_named = |row: u32| {
+            let named = |row: u32| {
                 self.row_facts
                     .get(&row)
                     .is_some_and(|facts| facts.iter().any(|&f| open.is_open(f, at)))
             };
-            let range = t * reads..(t + 1) * reads;
-            let mut w = weights[range.clone()].to_vec();
-            let before = w.iter().filter(|&&x| x == 0.0).count();
-            self.apply(&inputs[t * self.dim..(t + 1) * self.dim], &slots[range.clone()], &mut w);
-            for (j, x) in w.iter_mut().enumerate() {
-                let row = slots[t * reads + j];
-                if *x != 0.0
-                    && self.links.contains_key(&row)
-                    && !self.exempt.contains(&row)
-                    && !row_named(row)
-                {
-                    *x = 0.0;
-                }
-            }
-            closed += w.iter().filter(|&&x| x == 0.0).count() - before;
-            weights[range].copy_from_slice(&w);
+            closed += self.close_token(inputs, slots, weights, (t, reads), &named);
         }
         closed
     }
@@ -473,27 +458,41 @@ impl ReadGate {
             return 0;
         }
         let reads = slots.len() / tokens;
-        let mut closed = 0;
+        (0..tokens)
+            .map(|t| self.close_token(inputs, slots, weights, (t, reads), &|_| true))
+            .sum()
+    }
+
+    /// Closes token `t`'s reads (`reads` of them) of keyed rows that `named` refuses or whose
+    /// keys are all farther than the threshold; returns how many it closed.
+    fn close_token(
+        &self,
+        inputs: &[f32],
+        slots: &[u32],
+        weights: &mut [f32],
+        (t, reads): (usize, usize),
+        named: &dyn Fn(u32) -> bool,
+    ) -> usize {
         // Both sides carry KEY_SCALE: the cosine is dot / KEY_SCALE².
-        let need = self.thresholds.map(|t| t * KEY_SCALE * KEY_SCALE);
-        for (t, x) in inputs.chunks_exact(self.dim).enumerate() {
-            let q = quantize_unit(x);
-            for j in t * reads..(t + 1) * reads {
-                let Some(ids) = self.links.get(&slots[j]) else {
-                    continue;
-                };
-                if self.exempt.contains(&slots[j]) {
-                    continue;
-                }
-                let near = ids.iter().any(|&k| {
+        let need = self.thresholds.map(|c| c * KEY_SCALE * KEY_SCALE);
+        let q = quantize_unit(&inputs[t * self.dim..(t + 1) * self.dim]);
+        let mut closed = 0;
+        for j in t * reads..(t + 1) * reads {
+            let Some(ids) = self.links.get(&slots[j]) else {
+                continue;
+            };
+            if self.exempt.contains(&slots[j]) {
+                continue;
+            }
+            let near = named(slots[j])
+                && ids.iter().any(|&k| {
                     let need = need[self.kinds[k as usize] as usize];
                     let k = k as usize * self.dim;
                     dot_i8(&q, &self.keys[k..k + self.dim]) as f32 >= need
                 });
-                if !near {
-                    weights[j] = 0.0;
-                    closed += 1;
-                }
+            if !near && weights[j] != 0.0 {
+                weights[j] = 0.0;
+                closed += 1;
             }
         }
         closed
