@@ -225,8 +225,12 @@ fn learn_facts<B: Backend>(
             let mut chosen = Vec::new();
             for (i, (s, e)) in seqs.iter().zip(batch).enumerate() {
                 let from = named_from.as_ref().map_or(0, |f| f[i]);
-                let whole = [0..s.tokens.len()];
-                let ranges = if content_only { &e.content[..] } else { &whole[..] };
+                let whole = 0..s.tokens.len();
+                let ranges = if content_only {
+                    &e.content[..]
+                } else {
+                    std::slice::from_ref(&whole)
+                };
                 for r in ranges {
                     let start = r.start.max(from);
                     if start < r.end {
