@@ -30,7 +30,7 @@ pub enum ReadGating {
         notes: f32,
     },
     /// As `Cosine`, and only once the sequence has named one of the row's facts: held one
-    /// of its topic words (a name, "bike"), see [`ReadGate::with_topics`].
+    /// of its topic words (a name, "bike"); see docs/architecture.md, "The read gate".
     Topics {
         /// For question/answer facts' keys.
         questions: f32,

@@ -113,12 +113,6 @@ pub fn examples(tok: &Tokenizer, fact: &Fact) -> Result<Vec<Example>> {
     examples_with(tok, fact, true)
 }
 
-/// [`examples`], with the rule-made questions the fact answers only where `asked` (see
-/// [`LearnOptions::asked_phrasings`](super::LearnOptions::asked_phrasings)).
-pub fn examples_with(tok: &Tokenizer, fact: &Fact, asked: bool) -> Result<Vec<Example>> {
-    phrasings(tok, fact, asked)
-}
-
 /// The token ids of a fact's topic words, each as it reads inside a sentence (" Tariq") and
 /// at its start ("Tariq"): what names the fact to a topic read gate.
 pub fn topic_needles(tok: &Tokenizer, fact: &Fact) -> Result<Vec<Vec<u32>>> {
@@ -138,7 +132,9 @@ pub fn topic_needles(tok: &Tokenizer, fact: &Fact) -> Result<Vec<Vec<u32>>> {
     Ok(needles)
 }
 
-fn phrasings(tok: &Tokenizer, fact: &Fact, asked: bool) -> Result<Vec<Example>> {
+/// [`examples`], with the rule-made questions the fact answers only where `asked` (see
+/// [`LearnOptions::asked_phrasings`](super::LearnOptions::asked_phrasings)).
+pub fn examples_with(tok: &Tokenizer, fact: &Fact, asked: bool) -> Result<Vec<Example>> {
     match fact {
         Fact::QuestionAnswer { question, answer } => {
             let (q, a) = (question.trim(), answer.trim());

@@ -475,7 +475,13 @@ impl ReadGate {
     ) -> usize {
         // Both sides carry KEY_SCALE: the cosine is dot / KEY_SCALE².
         let need = self.thresholds.map(|c| c * KEY_SCALE * KEY_SCALE);
-        let q = quantize_unit(&inputs[t * self.dim..(t + 1) * self.dim]);
+        // At cosine -1 every key passes: the default topic gate needs no dot product.
+        let any_key = self.thresholds.map(|c| c <= -1.0);
+        let q = if any_key == [true, true] {
+            Vec::new()
+        } else {
+            quantize_unit(&inputs[t * self.dim..(t + 1) * self.dim])
+        };
         let mut closed = 0;
         for j in t * reads..(t + 1) * reads {
             let Some(ids) = self.links.get(&slots[j]) else {
@@ -486,7 +492,11 @@ impl ReadGate {
             }
             let near = named(slots[j])
                 && ids.iter().any(|&k| {
-                    let need = need[self.kinds[k as usize] as usize];
+                    let kind = self.kinds[k as usize] as usize;
+                    if any_key[kind] {
+                        return true;
+                    }
+                    let need = need[kind];
                     let k = k as usize * self.dim;
                     dot_i8(&q, &self.keys[k..k + self.dim]) as f32 >= need
                 });
