@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use clap::{Args, ValueEnum};
 use engram::Engine;
-use engram::learn::{Fact, LearnOptions, Optimizer};
+use engram::learn::{Fact, LearnOptions, Optimizer, SubjectRows};
 use engram::memory::SlotScoring;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -109,6 +109,23 @@ pub struct StepFlags {
     /// (for measuring what they add).
     #[arg(long)]
     pub no_asked_phrasings: bool,
+    /// Which facts learn only in the rows their topic words (names, "my bike") read: off,
+    /// questions, notes or all.
+    #[arg(long, value_enum, default_value = "off")]
+    pub subject_rows: SubjectRowsArg,
+}
+
+/// `--subject-rows` values.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum SubjectRowsArg {
+    /// Every fact selects among all the rows its phrasings read.
+    Off,
+    /// Question/answer facts only.
+    Questions,
+    /// Notes only.
+    Notes,
+    /// Both kinds.
+    All,
 }
 
 impl StepFlags {
@@ -127,6 +144,12 @@ impl StepFlags {
             earlier_fact_penalty: self.earlier_fact_penalty,
             content_rows_only: self.content_rows_only,
             asked_phrasings: !self.no_asked_phrasings,
+            subject_rows: match self.subject_rows {
+                SubjectRowsArg::Off => SubjectRows::Off,
+                SubjectRowsArg::Questions => SubjectRows::Questions,
+                SubjectRowsArg::Notes => SubjectRows::Notes,
+                SubjectRowsArg::All => SubjectRows::All,
+            },
         }
     }
 }

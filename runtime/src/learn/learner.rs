@@ -220,7 +220,38 @@ fn learn_facts<B: Backend>(
         // Positions whose reads may be selected: the fact's own words with
         // `content_rows_only`, and only from where a topic gate lets the fact be read.
         let content_only = opts.content_rows_only && opts.scoring != SlotScoring::AllTouched;
-        let mut counts = if content_only || named_from.is_some() {
+        // With `subject_rows`: only the reads at the fact's topic words, wherever a phrasing
+        // holds them.
+        let subject_only = opts.scoring != SlotScoring::AllTouched
+            && opts.subject_rows.applies(matches!(facts[fi], Fact::Note(_)));
+        let needles = if subject_only {
+            topic_needles(tok, &facts[fi])?
+        } else {
+            Vec::new()
+        };
+        let mut counts = if subject_only && !needles.is_empty() {
+            let mut at = 0;
+            let mut chosen = Vec::new();
+            for s in seqs.iter() {
+                let mut mark = vec![false; s.tokens.len()];
+                for n in &needles {
+                    for p in 0..s.tokens.len().saturating_sub(n.len() - 1) {
+                        if s.tokens[p..p + n.len()] == n[..] {
+                            for m in mark.iter_mut().skip(p).take(n.len()) {
+                                *m = true;
+                            }
+                        }
+                    }
+                }
+                for (t, &m) in mark.iter().enumerate() {
+                    if m {
+                        chosen.extend_from_slice(&picks[at + t * reads..at + (t + 1) * reads]);
+                    }
+                }
+                at += s.tokens.len() * reads;
+            }
+            count_accesses(&chosen)
+        } else if content_only || named_from.is_some() {
             let mut at = 0;
             let mut chosen = Vec::new();
             for (i, (s, e)) in seqs.iter().zip(batch).enumerate() {

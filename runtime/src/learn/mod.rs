@@ -23,7 +23,7 @@ pub use learner::{
 pub use optimizer::Optimizer;
 pub use options::{
     ANCHOR_TUNED_READS_PER_ROW, FactReport, LearnOptions, LearnReport, LearnTimings,
-    MAX_ANCHORED_ROWS,
+    MAX_ANCHORED_ROWS, SubjectRows,
 };
 pub use phrasings::{Example, examples, examples_with, topic_needles};
 pub use retrofit::{Init, RetrofitOptions, RetrofitProgress, retrofit};

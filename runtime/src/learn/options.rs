@@ -66,6 +66,38 @@ pub struct LearnOptions {
     /// recalled when asked in other words. A store's read gate is rebuilt from the default
     /// phrasings when it is opened.
     pub asked_phrasings: bool,
+    /// Which facts select rows only among those read at their topic words (the subject's
+    /// name, "Brightwell Looms"): the fact is then stored where its subject is read and the
+    /// layers above carry it to any question naming the subject, however worded. Ignored by
+    /// [`SlotScoring::AllTouched`].
+    pub subject_rows: SubjectRows,
+}
+
+/// Which kinds of fact learn only in the rows their topic words read
+/// ([`LearnOptions::subject_rows`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SubjectRows {
+    /// Every fact selects among all the rows its phrasings read.
+    #[default]
+    Off,
+    /// Question/answer facts only.
+    Questions,
+    /// Notes only.
+    Notes,
+    /// Both kinds.
+    All,
+}
+
+impl SubjectRows {
+    /// Whether a fact of this kind (`note` or a question/answer) learns in its subject's rows.
+    pub fn applies(self, note: bool) -> bool {
+        match self {
+            SubjectRows::Off => false,
+            SubjectRows::Questions => !note,
+            SubjectRows::Notes => note,
+            SubjectRows::All => true,
+        }
+    }
 }
 
 impl Default for LearnOptions {
@@ -110,6 +142,7 @@ impl Default for LearnOptions {
             // retrofitted from a slightly different background it kept 84.7 % (default 86.0 %).
             content_rows_only: false,
             asked_phrasings: true,
+            subject_rows: SubjectRows::Off,
         }
     }
 }

@@ -170,13 +170,13 @@ pub fn examples_with(tok: &Tokenizer, fact: &Fact, asked: bool) -> Result<Vec<Ex
             let told = questions::second_person(t);
             let mut batch = vec![
                 text_example(tok, "", "", t)?,
-                text_example(tok, "Remember this. ", "", t)?,
                 chat_example_with(tok, "Tell me something you know about me.", "", &told, "")?,
             ];
             // The questions the note answers, each answered by the note as the assistant
             // would say it: a note is asked about, not recited.
-            let made = if asked { questions::note_questions(t) } else { Vec::new() };
-            for q in made.into_iter().take(NOTE_QUESTIONS) {
+            let mut made = if asked { questions::note_questions(t) } else { Vec::new() };
+            made.truncate(NOTE_QUESTIONS);
+            for q in made {
                 batch.push(chat_example(tok, &q, "", &told)?);
             }
             Ok(batch)
@@ -185,7 +185,7 @@ pub fn examples_with(tok: &Tokenizer, fact: &Fact, asked: bool) -> Result<Vec<Ex
 }
 
 /// Most rule-made questions a note is trained on: each is a phrasing more per step.
-const NOTE_QUESTIONS: usize = 5;
+const NOTE_QUESTIONS: usize = 6;
 
 /// Runs a fact's phrasings up to the memory, each scored on its targets.
 pub(super) fn prepare_phrasings<B: Backend>(

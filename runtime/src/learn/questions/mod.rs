@@ -5,6 +5,10 @@
 //! English only, by design of the rules: a note in another language gets none of these and
 //! is trained on its own wording alone.
 
+mod wh;
+
+pub use wh::wh_questions;
+
 /// First-person words and their second-person forms: the user says "my bike", the assistant
 /// answers "your bike".
 const PERSON_SWAP: &[(&str, &str)] = &[
@@ -281,7 +285,7 @@ fn askable_spans(w: &[&str]) -> Vec<Span> {
     while i < w.len() {
         let prev = if i > 0 { bare(w[i - 1]) } else { String::new() };
         // "on 14 June", "at 7 pm": the preposition goes with the question word.
-        let with_preposition = ["on", "at", "in", "by", "since"].contains(&bare(w[i]).as_str()) && time_at(i + 1);
+        let with_preposition = ["on", "at", "in", "by", "since", "for"].contains(&bare(w[i]).as_str()) && time_at(i + 1);
         if with_preposition || time_at(i) {
             let mut end = i + 1 + with_preposition as usize;
             while end < w.len() && (is_time(w[end]) || is_number(w[end])) {
@@ -348,7 +352,10 @@ fn askable_spans(w: &[&str]) -> Vec<Span> {
 /// repaired what?", "I keep my spare key where?").
 pub fn note_questions(note: &str) -> Vec<String> {
     let w = words(note);
-    let mut questions = Vec::new();
+    // As people ask first, then what the note is about, then the note echoed with a question
+    // word: a caller that keeps only the first few keeps the most natural.
+    let mut questions = wh_questions(note);
+    let mut echoed = Vec::new();
     for span in askable_spans(&w) {
         let before = strip_punct(&w[..span.start].join(" "));
         let after = w[span.end..].join(" ");
@@ -357,12 +364,16 @@ pub fn note_questions(note: &str) -> Vec<String> {
             (false, true) => format!("{before} {}?", span.wh),
             (false, false) => format!("{before} {} {}?", span.wh, strip_punct(&after)),
         };
-        questions.push(upper_first(&q));
+        echoed.push(upper_first(&q));
     }
-    for topic in note_topics(note) {
-        questions.push(format!("What do you know about {topic}?"));
+    let about = note_topics(note)
+        .into_iter()
+        .map(|topic| format!("What do you know about {topic}?"));
+    for q in about.chain(echoed) {
+        if !questions.contains(&q) {
+            questions.push(q);
+        }
     }
-    questions.dedup();
     questions
 }
 
@@ -428,6 +439,7 @@ fn is_participle(word: &str) -> bool {
         || [
             "born", "held", "built", "made", "written", "won", "given", "known", "sold", "shot",
             "drawn", "sung", "begun", "taken", "set", "found", "led", "run", "hit", "put", "laid",
+            "read", "grown", "seen", "done", "gone", "met", "kept",
         ]
         .contains(&w.as_str())
 }

@@ -8,9 +8,14 @@ use std::time::Instant;
 
 use clap::{Args, ValueEnum};
 use engram::learn::{Fact, Optimizer};
-use engram::{ChatMessage, Engine, GenerateOptions, LoopGuard};
+use engram::{Engine, GenerateOptions};
 
-use crate::eval_set::{Ask, Item, Neighbour, Tally, interleave, read_items, read_neighbours};
+mod measure;
+
+use measure::{LOOP_GUARD, Sets, ask_all, mean_nll, measure, qa};
+pub use measure::{correct, reply, reply_with};
+
+use crate::eval_set::{Ask, Item, Tally, interleave, read_items, read_neighbours};
 use crate::learn::{ScoringArg, StepFlags};
 use serde_json::json;
 
@@ -110,237 +115,6 @@ impl SplitArg {
             SplitArg::Heldout => "heldout",
             SplitArg::All => "all",
         }
-    }
-}
-
-/// Lower case, letters and digits only, single spaces: so "Michio  Sugeno." matches "michio sugeno".
-pub fn normalize(s: &str) -> String {
-    let kept: String = s
-        .chars()
-        .map(|c| {
-            if c.is_alphanumeric() {
-                c.to_lowercase().next().unwrap_or(c)
-            } else {
-                ' '
-            }
-        })
-        .collect();
-    kept.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// Whether `reply` contains the normalized `answer`.
-pub fn correct(reply: &str, answer: &str) -> bool {
-    let (r, a) = (normalize(reply), normalize(answer));
-    !a.is_empty() && format!(" {r} ").contains(&format!(" {a} "))
-}
-
-/// Whether `reply` contains `answer` in a way no continuation can undo: the answer appears
-/// before the reply's last, possibly unfinished, word ("1887" may still become "18870";
-/// "1887." cannot change).
-pub fn settled(reply: &str, answer: &str) -> bool {
-    correct(reply.trim_end_matches(char::is_alphanumeric), answer)
-}
-
-/// Tokens an answer may take: every reply is cut here.
-const REPLY_TOKENS: usize = 32;
-
-/// The greedy reply to `question`, stopped as soon as it has settled on `answer` (the verdict
-/// of [`correct`] is then known, and later tokens cannot change it).
-pub fn reply(engine: &Engine, question: &str, answer: &str) -> Result<String, String> {
-    let guard = *LOOP_GUARD.get_or_init(|| GenerateOptions::default().loop_guard);
-    reply_with(engine, question, answer, guard)
-}
-
-/// The loop guard every reply of this process's eval uses: the default, or none with
-/// `--no-loop-guard` (set once, before the first reply).
-static LOOP_GUARD: std::sync::OnceLock<Option<LoopGuard>> = std::sync::OnceLock::new();
-
-/// [`reply`] with the given loop guard (`None`: the reply may repeat itself to the limit).
-pub fn reply_with(
-    engine: &Engine,
-    question: &str,
-    answer: &str,
-    loop_guard: Option<LoopGuard>,
-) -> Result<String, String> {
-    let options = GenerateOptions {
-        max_tokens: REPLY_TOKENS,
-        loop_guard,
-        ..Default::default()
-    };
-    let mut text = String::new();
-    let g = engine
-        .chat(&[ChatMessage::new("user", question)], &options, |piece| {
-            text.push_str(piece);
-            !settled(&text, answer)
-        })
-        .map_err(|e| e.to_string())?;
-    Ok(g.text.trim().to_owned())
-}
-
-/// Asks each `(question, answer)` and returns whether it was right and the reply.
-fn ask_all<'a>(
-    engine: &Engine,
-    questions: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> Result<Vec<(bool, String)>, String> {
-    questions
-        .into_iter()
-        .map(|(q, a)| reply(engine, q, a).map(|r| (correct(&r, a), r)))
-        .collect()
-}
-
-fn mean_nll(engine: &Engine, tokens: &[u32]) -> Result<f64, String> {
-    engine
-        .perplexity(tokens, 256)
-        .map(|(nll, _)| nll)
-        .map_err(|e| e.to_string())
-}
-
-/// The fixed parts of a run: what was learned and what must be kept.
-struct Sets<'a> {
-    items: &'a [Item],
-    retained: &'a [Fact],
-    neighbours: &'a [Neighbour],
-    held: &'a [u32],
-    nll_before: f64,
-}
-
-/// Every axis measured on the memory as it is now.
-struct Measured {
-    asks: Vec<(Ask, Tally)>,
-    retention: Tally,
-    neighbours: Tally,
-    nll_change: f64,
-    /// Retention and neighbour questions answered wrong, with their replies.
-    forgotten: Vec<serde_json::Value>,
-    forgotten_neighbours: Vec<serde_json::Value>,
-    /// Taught items asked and answered wrong, with their replies.
-    missed: Vec<serde_json::Value>,
-    /// Wrong replies that contain another learned item's answer.
-    leaks: Vec<serde_json::Value>,
-}
-
-impl Measured {
-    fn tally(&self, ask: Ask) -> Tally {
-        self.asks
-            .iter()
-            .find(|(a, _)| *a == ask)
-            .map_or_else(Tally::default, |(_, t)| *t)
-    }
-
-    /// The axes as the report gives them; kinds nothing was asked of are left out.
-    fn axes(&self) -> serde_json::Value {
-        let mut axes = serde_json::Map::new();
-        for (ask, t) in &self.asks {
-            if !t.is_empty() {
-                axes.insert(ask.name().into(), t.to_json());
-            }
-        }
-        axes.insert("retention".into(), self.retention.to_json());
-        if !self.neighbours.is_empty() {
-            axes.insert("near_neighbours".into(), self.neighbours.to_json());
-        }
-        axes.insert("heldout_nll_change".into(), json!(self.nll_change));
-        axes.into()
-    }
-
-    fn log(&self, name: &str) {
-        for (ask, t) in &self.asks {
-            if !t.is_empty() {
-                eprintln!("{name}:   {:<16} {}", ask.name(), t.describe());
-            }
-        }
-        eprintln!(
-            "{name}:   {:<16} {}",
-            "retention",
-            self.retention.describe()
-        );
-        if !self.neighbours.is_empty() {
-            eprintln!(
-                "{name}:   {:<16} {}",
-                "near neighbours",
-                self.neighbours.describe()
-            );
-        }
-        eprintln!(
-            "{name}:   held-out NLL {:+.2} %, {} wrong replies hold another learned answer",
-            100.0 * self.nll_change,
-            self.leaks.len()
-        );
-    }
-}
-
-/// Whether `reply` holds the answer of a learned item other than `own` (answers of three
-/// characters or more: "1" or "no" would be found everywhere).
-fn leaked<'a>(items: &'a [Item], reply: &str, own: &str) -> Option<&'a str> {
-    items.iter().find_map(|it| {
-        let a = &it.primary().answer;
-        (normalize(a) != normalize(own) && normalize(a).len() >= 3 && correct(reply, a))
-            .then_some(a.as_str())
-    })
-}
-
-fn measure(engine: &Engine, sets: &Sets) -> Result<Measured, String> {
-    let mut asks: Vec<(Ask, Tally)> = Ask::ALL.iter().map(|&a| (a, Tally::default())).collect();
-    let mut missed = Vec::new();
-    let mut leaks = Vec::new();
-    for item in sets.items {
-        for p in &item.probes {
-            let r = reply(engine, &p.question, &p.answer)?;
-            let right = correct(&r, &p.answer);
-            if let Some((_, t)) = asks.iter_mut().find(|(a, _)| *a == p.ask) {
-                t.add(item.heldout, right);
-            }
-            if !right {
-                if let Some(other) = leaked(sets.items, &r, &p.answer) {
-                    leaks
-                        .push(json!({"question": p.question, "reply": r, "learned_answer": other}));
-                }
-                missed.push(
-                    json!({"id": item.id, "ask": p.ask.name(), "question": p.question,
-                    "answer": p.answer, "reply": r}),
-                );
-            }
-        }
-    }
-    let mut keep =
-        |questions: Vec<(&str, &str)>| -> Result<(Tally, Vec<serde_json::Value>), String> {
-            let mut t = Tally::default();
-            let mut wrong = Vec::new();
-            for ((q, a), (right, r)) in questions.iter().zip(ask_all(engine, questions.clone())?) {
-                t.add(false, right);
-                if !right {
-                    if let Some(other) = leaked(sets.items, &r, a) {
-                        leaks.push(json!({"question": q, "reply": r, "learned_answer": other}));
-                    }
-                    wrong.push(json!({"question": q, "answer": a, "reply": r}));
-                }
-            }
-            Ok((t, wrong))
-        };
-    let (retention, forgotten) = keep(sets.retained.iter().map(qa).collect())?;
-    let (neighbours, forgotten_neighbours) = keep(
-        sets.neighbours
-            .iter()
-            .map(|n| (n.question.as_str(), n.answer.as_str()))
-            .collect(),
-    )?;
-    let nll = mean_nll(engine, sets.held)?;
-    Ok(Measured {
-        asks,
-        retention,
-        neighbours,
-        nll_change: nll / sets.nll_before - 1.0,
-        forgotten,
-        forgotten_neighbours,
-        missed,
-        leaks,
-    })
-}
-
-fn qa(f: &Fact) -> (&str, &str) {
-    match f {
-        Fact::QuestionAnswer { question, answer } => (question, answer),
-        Fact::Note(n) => (n, ""),
     }
 }
 
@@ -674,6 +448,8 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
         "background_penalty": args.step.background_penalty,
         "earlier_fact_penalty": args.step.earlier_fact_penalty,
         "content_rows_only": args.step.content_rows_only,
+        "subject_rows": format!("{:?}", args.step.subject_rows).to_lowercase(),
+        "protect_template_rows": !args.step.change_template_rows,
         "background_sample_tokens": engine.background_sample_tokens(),
         "read_gate": match engine.read_gating() {
             engram::ReadGating::Cosine { questions, notes } => {
@@ -702,29 +478,4 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
     println!("{}", args.output.display());
     println!("{}", plot.display());
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn answers_match_after_normalization_only_as_whole_words() {
-        assert!(correct("The answer is Michio  Sugeno.", "Michio Sugeno"));
-        assert!(correct("It opened in 1887!", "1887"));
-        assert!(!correct("It opened in 18870.", "1887"));
-        assert!(!correct("Paris", ""));
-        assert!(correct("Tōkyō, of course", "tōkyō"));
-    }
-
-    #[test]
-    fn a_reply_settles_only_once_the_answers_last_word_has_ended() {
-        // The next token could still turn "1887" into "18870".
-        assert!(correct("It opened in 1887", "1887"));
-        assert!(!settled("It opened in 1887", "1887"));
-        assert!(settled("It opened in 1887.", "1887"));
-        assert!(settled("Michio Sugeno, a", "Michio Sugeno"));
-        assert!(!settled("It opened in 18870.", "1887"));
-        assert!(!settled("", "1887"));
-    }
 }
