@@ -229,39 +229,22 @@ fn learn_facts<B: Backend>(
         } else {
             Vec::new()
         };
-        let mut counts = if subject_only && !needles.is_empty() {
-            let mut at = 0;
-            let mut chosen = Vec::new();
-            for s in seqs.iter() {
-                let mut mark = vec![false; s.tokens.len()];
-                for n in &needles {
-                    for p in 0..s.tokens.len().saturating_sub(n.len() - 1) {
-                        if s.tokens[p..p + n.len()] == n[..] {
-                            for m in mark.iter_mut().skip(p).take(n.len()) {
-                                *m = true;
-                            }
-                        }
-                    }
-                }
-                for (t, &m) in mark.iter().enumerate() {
-                    if m {
-                        chosen.extend_from_slice(&picks[at + t * reads..at + (t + 1) * reads]);
-                    }
-                }
-                at += s.tokens.len() * reads;
-            }
-            count_accesses(&chosen)
-        } else if content_only || named_from.is_some() {
+        let subject = subject_only && !needles.is_empty();
+        let mut counts = if subject || content_only || named_from.is_some() {
             let mut at = 0;
             let mut chosen = Vec::new();
             for (i, (s, e)) in seqs.iter().zip(batch).enumerate() {
                 let from = named_from.as_ref().map_or(0, |f| f[i]);
-                let whole = 0..s.tokens.len();
-                let ranges = if content_only {
-                    &e.content[..]
+                let ranges = if subject {
+                    needle_spans(&s.tokens, &needles)
+                } else if content_only {
+                    e.content.clone()
                 } else {
-                    std::slice::from_ref(&whole)
+                    std::iter::once(0..s.tokens.len()).collect()
                 };
+                // Subject tokens are read from their own position on: the naming there opens
+                // the fact.
+                let from = if subject { 0 } else { from };
                 for r in ranges {
                     let start = r.start.max(from);
                     if start < r.end {
@@ -466,6 +449,30 @@ fn learn_facts<B: Backend>(
     }
     report.total = started.elapsed();
     Ok(report)
+}
+
+/// The positions of `tokens` inside any occurrence of one of `needles`, as runs.
+fn needle_spans(tokens: &[u32], needles: &[Vec<u32>]) -> Vec<std::ops::Range<usize>> {
+    let mut mark = vec![false; tokens.len()];
+    for n in needles.iter().filter(|n| !n.is_empty()) {
+        for p in 0..=tokens.len().saturating_sub(n.len()) {
+            if tokens[p..].starts_with(n) {
+                mark[p..p + n.len()].fill(true);
+            }
+        }
+    }
+    let mut spans = Vec::new();
+    let mut t = 0;
+    while t < mark.len() {
+        if mark[t] {
+            let end = (t..mark.len()).find(|&j| !mark[j]).unwrap_or(mark.len());
+            spans.push(t..end);
+            t = end;
+        } else {
+            t += 1;
+        }
+    }
+    spans
 }
 
 /// Under a topic read gate: where each of `seqs` first names `fact` (its length when it
