@@ -20,6 +20,26 @@ pub(crate) fn q4k_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+/// Block size and the byte offset of the 32 high bits in a Q5_0 / Q5_1 block.
+pub(crate) fn q5_layout(dtype: GgmlType) -> (usize, usize) {
+    if dtype == GgmlType::Q5_0 {
+        (22, 2)
+    } else {
+        (24, 4)
+    }
+}
+
+/// The 32 five-bit quants of a Q5_0 / Q5_1 block whose high bits start at byte `head`: low
+/// nibbles are elements 0..16, high nibbles 16..32, and bit j of the u32 is element j's bit 4.
+pub(crate) fn q5_quants(b: &[u8], head: usize) -> [u8; 32] {
+    let qh = u32::from_le_bytes([b[head], b[head + 1], b[head + 2], b[head + 3]]);
+    let qs = &b[head + 4..head + 20];
+    std::array::from_fn(|j| {
+        let nibble = if j < 16 { qs[j] & 0xF } else { qs[j - 16] >> 4 };
+        nibble | ((((qh >> j) & 1) as u8) << 4)
+    })
+}
+
 /// Decodes one row stored as `dtype` into `out` (its length gives the element count).
 pub fn dequantize_row(dtype: GgmlType, bytes: &[u8], out: &mut [f32]) {
     let n = out.len();
@@ -63,6 +83,22 @@ pub fn dequantize_row(dtype: GgmlType, bytes: &[u8], out: &mut [f32]) {
                 for (j, &q) in b[4..].iter().enumerate() {
                     o[j] = d * (q & 0xF) as f32 + m;
                     o[j + 16] = d * (q >> 4) as f32 + m;
+                }
+            }
+        }
+        GgmlType::Q5_0 | GgmlType::Q5_1 => {
+            let (size, head) = q5_layout(dtype);
+            for (o, b) in out.chunks_exact_mut(32).zip(bytes.chunks_exact(size)) {
+                let d = f16_at(b, 0);
+                // Q5_0 centres its 5-bit quants on 16; Q5_1 adds a stored minimum instead.
+                let (offset, min) = if dtype == GgmlType::Q5_0 {
+                    (-16.0, 0.0)
+                } else {
+                    (0.0, f16_at(b, 2))
+                };
+                let q = q5_quants(b, head);
+                for (x, &q) in o.iter_mut().zip(&q) {
+                    *x = d * (q as f32 + offset) + min;
                 }
             }
         }
@@ -156,6 +192,31 @@ pub fn quantize_row(dtype: GgmlType, x: &[f32]) -> Vec<u8> {
                 out.extend(f16::from_f32(min).to_le_bytes());
                 let q = |v: f32| (((v - min) * id + 0.5) as i32).clamp(0, 15) as u8;
                 out.extend((0..16).map(|j| q(b[j]) | (q(b[j + 16]) << 4)));
+            }
+        }
+        GgmlType::Q5_0 | GgmlType::Q5_1 => {
+            for b in x.chunks_exact(32) {
+                let q: [u8; 32] = if dtype == GgmlType::Q5_0 {
+                    // As ggml: the value of largest magnitude maps to −16.
+                    let max = b
+                        .iter()
+                        .fold(0f32, |a, &v| if v.abs() > a.abs() { v } else { a });
+                    let d = max / -16.0;
+                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                    out.extend(f16::from_f32(d).to_le_bytes());
+                    std::array::from_fn(|j| ((b[j] * id + 16.5) as i32).clamp(0, 31) as u8)
+                } else {
+                    let min = b.iter().copied().fold(f32::INFINITY, f32::min);
+                    let max = b.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let d = (max - min) / 31.0;
+                    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+                    out.extend(f16::from_f32(d).to_le_bytes());
+                    out.extend(f16::from_f32(min).to_le_bytes());
+                    std::array::from_fn(|j| (((b[j] - min) * id + 0.5) as i32).clamp(0, 31) as u8)
+                };
+                let qh = (0..32).fold(0u32, |h, j| h | (((q[j] >> 4) as u32 & 1) << j));
+                out.extend(qh.to_le_bytes());
+                out.extend((0..16).map(|j| (q[j] & 0xF) | ((q[j + 16] & 0xF) << 4)));
             }
         }
         GgmlType::Q4_K => {

@@ -6,7 +6,7 @@
 use half::{bf16, f16};
 
 use super::GgmlType;
-use super::blocks::{f16_at, q4k_scale_min};
+use super::blocks::{f16_at, q4k_scale_min, q5_layout, q5_quants};
 
 /// Elements per activation block.
 pub const QK: usize = 32;
@@ -104,6 +104,8 @@ pub fn dot_rows<const T: usize>(dtype: GgmlType, w: &[u8], xq: [&[Q8Act]; T]) ->
             match dtype {
                 GgmlType::Q4_0 => Some(avx2::q4_0(w, xq)),
                 GgmlType::Q4_1 => Some(avx2::q4_1(w, xq)),
+                GgmlType::Q5_0 => Some(avx2::q5_0(w, xq)),
+                GgmlType::Q5_1 => Some(avx2::q5_1(w, xq)),
                 GgmlType::Q8_0 => Some(avx2::q8_0(w, xq)),
                 GgmlType::Q4_K => Some(avx2::q4_k(w, xq)),
                 GgmlType::Q6_K => Some(avx2::q6_k(w, xq)),
@@ -165,6 +167,24 @@ pub(crate) mod scalar {
                     f16_at(b, 0) * a.d * s as f32 + f16_at(b, 2) * a.sum
                 })
                 .sum(),
+            GgmlType::Q5_0 | GgmlType::Q5_1 => {
+                let (size, head) = q5_layout(dtype);
+                w.chunks_exact(size)
+                    .zip(xq)
+                    .map(|(b, a)| {
+                        let s: i32 = q5_quants(b, head)
+                            .iter()
+                            .zip(&a.qs)
+                            .map(|(&q, &y)| q as i32 * y as i32)
+                            .sum();
+                        if dtype == GgmlType::Q5_0 {
+                            f16_at(b, 0) * (a.d * s as f32 - 16.0 * a.sum)
+                        } else {
+                            f16_at(b, 0) * a.d * s as f32 + f16_at(b, 2) * a.sum
+                        }
+                    })
+                    .sum()
+            }
             GgmlType::Q4_K => w
                 .chunks_exact(144)
                 .zip(xq.chunks_exact(8))
@@ -401,6 +421,52 @@ mod avx2 {
         }
     }
 
+    /// 32 bits as 32 u8 lanes holding 0x10 where the bit is set (a Q5 block's bit 4).
+    #[inline(always)]
+    unsafe fn high_bits(p: *const u8) -> __m256i {
+        unsafe {
+            let bits = _mm256_set1_epi32(i32::from_le_bytes([*p, *p.add(1), *p.add(2), *p.add(3)]));
+            // Lane j takes byte j / 8 of the word, then tests bit j % 8.
+            let spread = _mm256_shuffle_epi8(
+                bits,
+                _mm256_setr_epi8(
+                    0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
+                    2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+                ),
+            );
+            let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+            let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, mask), mask);
+            _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q5_0<const T: usize>(w: &[u8], xq: [&[Q8Act]; T]) -> [f32; T] {
+        unsafe {
+            let p = w.as_ptr();
+            let block = |i: usize| {
+                let b = p.add(i * 22);
+                let d = fp16(b);
+                let q = _mm256_or_si256(nibbles(b.add(6)), high_bits(b.add(2)));
+                (q, d, -16.0 * d)
+            };
+            blocks32(w.len() / 22, xq, block, |q, y| dot_us(q, y))
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q5_1<const T: usize>(w: &[u8], xq: [&[Q8Act]; T]) -> [f32; T] {
+        unsafe {
+            let p = w.as_ptr();
+            let block = |i: usize| {
+                let b = p.add(i * 24);
+                let q = _mm256_or_si256(nibbles(b.add(8)), high_bits(b.add(4)));
+                (q, fp16(b), fp16(b.add(2)))
+            };
+            blocks32(w.len() / 24, xq, block, |q, y| dot_us(q, y))
+        }
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn q8_0<const T: usize>(w: &[u8], xq: [&[Q8Act]; T]) -> [f32; T] {
         unsafe {
@@ -570,6 +636,9 @@ mod tests {
                 // Q4_0 maps the largest magnitude to −8, so +max rounds to 7/8 of it: a full step.
                 GgmlType::Q4_0 => 0.13,
                 GgmlType::Q4_1 | GgmlType::Q4_K => 0.1,
+                // 5-bit: half of Q4's steps (Q5_0's +max rounds to 15/16 of it).
+                GgmlType::Q5_0 => 0.07,
+                GgmlType::Q5_1 => 0.05,
             };
             assert!(max_err <= bound, "{dtype}: max error {max_err} > {bound}");
         }

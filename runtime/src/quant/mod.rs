@@ -27,6 +27,10 @@ pub enum GgmlType {
     Q4_0,
     /// 32 elements: f16 scale and min, 32 × 4-bit.
     Q4_1,
+    /// 32 elements: f16 scale, 32 high bits, 32 × 4-bit low bits, offset −16.
+    Q5_0,
+    /// 32 elements: f16 scale and min, 32 high bits, 32 × 4-bit low bits.
+    Q5_1,
     /// 256 elements: f16 scale and min, 8 sub-blocks with 6-bit scales and mins, 4-bit quants.
     Q4_K,
     /// 256 elements: 16 sub-blocks with i8 scales, 6-bit quants, f16 super-scale.
@@ -35,13 +39,15 @@ pub enum GgmlType {
 
 impl GgmlType {
     /// Every type engram reads.
-    pub const ALL: [GgmlType; 8] = [
+    pub const ALL: [GgmlType; 10] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::BF16,
         GgmlType::Q8_0,
         GgmlType::Q4_0,
         GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
         GgmlType::Q4_K,
         GgmlType::Q6_K,
     ];
@@ -53,14 +59,14 @@ impl GgmlType {
             1 => GgmlType::F16,
             2 => GgmlType::Q4_0,
             3 => GgmlType::Q4_1,
+            6 => GgmlType::Q5_0,
+            7 => GgmlType::Q5_1,
             8 => GgmlType::Q8_0,
             12 => GgmlType::Q4_K,
             14 => GgmlType::Q6_K,
             30 => GgmlType::BF16,
             other => {
                 let name = match other {
-                    6 => "Q5_0",
-                    7 => "Q5_1",
                     9 => "Q8_1",
                     10 => "Q2_K",
                     11 => "Q3_K",
@@ -82,6 +88,8 @@ impl GgmlType {
             GgmlType::F16 => 1,
             GgmlType::Q4_0 => 2,
             GgmlType::Q4_1 => 3,
+            GgmlType::Q5_0 => 6,
+            GgmlType::Q5_1 => 7,
             GgmlType::Q8_0 => 8,
             GgmlType::Q4_K => 12,
             GgmlType::Q6_K => 14,
@@ -93,7 +101,9 @@ impl GgmlType {
     pub fn block_size(self) -> usize {
         match self {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
-            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 => 32,
+            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 => {
+                32
+            }
             GgmlType::Q4_K | GgmlType::Q6_K => 256,
         }
     }
@@ -106,6 +116,8 @@ impl GgmlType {
             GgmlType::Q8_0 => 34,
             GgmlType::Q4_0 => 18,
             GgmlType::Q4_1 => 20,
+            GgmlType::Q5_0 => 22,
+            GgmlType::Q5_1 => 24,
             GgmlType::Q4_K => 144,
             GgmlType::Q6_K => 210,
         }
@@ -128,6 +140,8 @@ impl GgmlType {
             GgmlType::Q8_0 => "Q8_0",
             GgmlType::Q4_0 => "Q4_0",
             GgmlType::Q4_1 => "Q4_1",
+            GgmlType::Q5_0 => "Q5_0",
+            GgmlType::Q5_1 => "Q5_1",
             GgmlType::Q4_K => "Q4_K",
             GgmlType::Q6_K => "Q6_K",
         }

@@ -21,6 +21,8 @@ pub(super) fn dtype_code(t: GgmlType) -> u32 {
         GgmlType::Q4_1 => 5,
         GgmlType::Q4_K => 6,
         GgmlType::Q6_K => 7,
+        GgmlType::Q5_0 => 8,
+        GgmlType::Q5_1 => 9,
     }
 }
 

@@ -155,6 +155,11 @@ fn words_at(o: u32) -> vec4<u32> {
     return vec4<u32>(word_at(o), word_at(o + 4u), word_at(o + 8u), word_at(o + 12u));
 }
 
+// Four bits of a Q5 block's high-bit word as bit 4 of four bytes.
+fn spread4(b: u32) -> u32 {
+    return ((b & 1u) << 4u) | ((b & 2u) << 11u) | ((b & 4u) << 18u) | ((b & 8u) << 25u);
+}
+
 fn decode(rb: u32, blk: u32) -> Decoded {
     var out: Decoded;
     let nib = vec4<u32>(0x0f0f0f0fu);
@@ -184,6 +189,28 @@ fn decode(rb: u32, blk: u32) -> Decoded {
             out.hi = (q >> vec4<u32>(4u)) & nib;
             out.scale = vec2<f32>(dm.x);
             out.offset = dm.y;
+        }
+        case 8u, 9u: {
+            // Q5_0 / Q5_1: nibbles as Q4, bit 4 of element j is bit j of a u32 header word.
+            let lay = q5_layout();
+            let base = rb + lay.x * blk;
+            let qh = word_at(base + lay.y);
+            let q = words_at(base + lay.y + 4u);
+            let hl = vec4<u32>(spread4(qh & 15u), spread4((qh >> 4u) & 15u),
+                               spread4((qh >> 8u) & 15u), spread4((qh >> 12u) & 15u));
+            let hh = vec4<u32>(spread4((qh >> 16u) & 15u), spread4((qh >> 20u) & 15u),
+                               spread4((qh >> 24u) & 15u), spread4((qh >> 28u) & 15u));
+            out.lo = (q & nib) | hl;
+            out.hi = ((q >> vec4<u32>(4u)) & nib) | hh;
+            if DTYPE == 8u {
+                let d = f16_at(base);
+                out.scale = vec2<f32>(d);
+                out.offset = -16.0 * d;
+            } else {
+                let dm = unpack2x16float(word_at(base));
+                out.scale = vec2<f32>(dm.x);
+                out.offset = dm.y;
+            }
         }
         case 6u: {
             let j = blk % 8u;

@@ -1,6 +1,6 @@
 // Reads weights stored in a ggml block format.
 // Weights stay in the file's bytes (a u32 array); DTYPE is a constant prepended by the host:
-// 0 F32, 1 F16, 2 BF16, 3 Q8_0, 4 Q4_0, 5 Q4_1, 6 Q4_K, 7 Q6_K.
+// 0 F32, 1 F16, 2 BF16, 3 Q8_0, 4 Q4_0, 5 Q4_1, 6 Q4_K, 7 Q6_K, 8 Q5_0, 9 Q5_1.
 
 @group(0) @binding(1) var<storage, read> w: array<u32>;
 
@@ -54,6 +54,19 @@ fn q4k_factors(base: u32, s: u32) -> vec2<f32> {
     return vec2<f32>(dm.x * f32(scale), dm.y * f32(mn));
 }
 
+// Q5_0 / Q5_1 block at byte `base`: (block bytes, offset of its 32 high bits).
+fn q5_layout() -> vec2<u32> {
+    if DTYPE == 8u { return vec2<u32>(22u, 2u); }
+    return vec2<u32>(24u, 4u);
+}
+
+// Value of a 5-bit quant `q` of the Q5_0 / Q5_1 block at byte `base`.
+fn q5_value(base: u32, q: vec4<f32>) -> vec4<f32> {
+    if DTYPE == 8u { return f16_at(base) * (q - 16.0); }
+    let dm = unpack2x16float(word_at(base));
+    return dm.x * q + dm.y;
+}
+
 // Element `c` of the weight row starting at byte `rb`, decoded on its own: the transposed
 // matmul and the embedding walk weights by column, so no block is decoded whole.
 fn weight_at(rb: u32, c: u32) -> f32 {
@@ -75,6 +88,13 @@ fn weight_at(rb: u32, c: u32) -> f32 {
             let dm = unpack2x16float(word_at(base));
             let q = (byte_at(base + 4u + l % 16u) >> (4u * (l / 16u))) & 15u;
             return dm.x * f32(q) + dm.y;
+        }
+        case 8u, 9u: {
+            let lay = q5_layout();
+            let base = rb + lay.x * blk;
+            let low = (byte_at(base + lay.y + 4u + l % 16u) >> (4u * (l / 16u))) & 15u;
+            let high = (word_at(base + lay.y) >> l) & 1u;
+            return q5_value(base, vec4<f32>(f32(low | (high << 4u)))).x;
         }
         case 6u: {
             // 256-element super-block: 8 sub-blocks of 32 with 6-bit scales and mins.
@@ -129,6 +149,15 @@ fn weight_at4(rb: u32, c: u32) -> vec4<f32> {
             if DTYPE == 4u { return f16_at(base) * (q - 8.0); }
             let dm = unpack2x16float(word_at(base));
             return dm.x * q + dm.y;
+        }
+        case 8u, 9u: {
+            let lay = q5_layout();
+            let base = rb + lay.x * blk;
+            let word = word_at(base + lay.y + 4u + l % 16u) >> (4u * (l / 16u));
+            let low = (vec4<u32>(word) >> four) & vec4<u32>(15u);
+            let high = (vec4<u32>(word_at(base + lay.y) >> l) >> vec4<u32>(0u, 1u, 2u, 3u))
+                & vec4<u32>(1u);
+            return q5_value(base, vec4<f32>(low | (high << vec4<u32>(4u))));
         }
         case 6u: {
             let s = blk % 8u;
