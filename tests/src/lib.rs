@@ -35,6 +35,18 @@ pub fn default_model() -> PathBuf {
     p
 }
 
+/// Gemma 3 270M Q4_K_M, the second model; a missing file fails the test with the command
+/// that fetches it.
+pub fn gemma3_model() -> PathBuf {
+    let p = workspace_root().join("models/gemma-3-270m-q4_k_m.gguf");
+    assert!(
+        p.is_file(),
+        "Gemma 3 model missing at {}: run scripts/fetch-model gemma3-270m",
+        p.display()
+    );
+    p
+}
+
 /// Documents of the default background corpus (`data/background.txt`, built by
 /// `scripts/build-background`); fails with that command when the file is missing.
 pub fn background_documents() -> Vec<String> {

@@ -6,7 +6,7 @@
 //! magnitude plus 1e-3 (f32 arithmetic; the truncation error is O(ε²)).
 
 use engram::backend::cpu::{CpuBackend, CpuTensor};
-use engram::backend::{AttentionShape, Backend, Rope, RopeLayout, WeightSource};
+use engram::backend::{Activation, AttentionShape, Backend, Rope, RopeLayout, WeightSource};
 use engram::gguf::TensorBytes;
 use engram::learn::{RetrofitOptions, retrofit};
 use engram::memory::MemoryConfig;
@@ -88,7 +88,13 @@ fn rms_norm_backward_matches_finite_differences() {
 }
 
 #[test]
-fn silu_mul_backward_matches_finite_differences() {
+fn glu_backward_matches_finite_differences() {
+    for act in [Activation::Silu, Activation::GeluTanh] {
+        glu_backward_matches_for(act);
+    }
+}
+
+fn glu_backward_matches_for(act: Activation) {
     let b = backend();
     let (n, d) = (2, 24);
     let (gate, up, r) = (
@@ -96,27 +102,28 @@ fn silu_mul_backward_matches_finite_differences() {
         noise(n * d, 5, 2.0),
         noise(n * d, 6, 1.0),
     );
-    let (dg, du) = b.silu_mul_backward(
+    let (dg, du) = b.glu_backward(
+        act,
         &tensor(gate.clone(), n, d),
         &tensor(up.clone(), n, d),
         &tensor(r.clone(), n, d),
     );
     let fg = |g: &[f32]| {
         dot(
-            &b.silu_mul(&tensor(g.to_vec(), n, d), &tensor(up.clone(), n, d))
+            &b.glu(act, &tensor(g.to_vec(), n, d), &tensor(up.clone(), n, d))
                 .data,
             &r,
         )
     };
     let fu = |u: &[f32]| {
         dot(
-            &b.silu_mul(&tensor(gate.clone(), n, d), &tensor(u.to_vec(), n, d))
+            &b.glu(act, &tensor(gate.clone(), n, d), &tensor(u.to_vec(), n, d))
                 .data,
             &r,
         )
     };
-    check("silu_mul d gate", &gate, &dg.data, 1e-2, &fg);
-    check("silu_mul d up", &up, &du.data, 1e-2, &fu);
+    check(&format!("{act:?} glu d gate"), &gate, &dg.data, 1e-2, &fg);
+    check(&format!("{act:?} glu d up"), &up, &du.data, 1e-2, &fu);
 }
 
 #[test]
@@ -321,13 +328,21 @@ fn batched_products_match_one_weight_at_a_time() {
     }
 }
 
+/// Causal attention, and with a sliding window of 3 (each query sees itself and two before).
 #[test]
 fn attention_backward_matches_finite_differences() {
+    for window in [None, Some(3)] {
+        attention_backward_matches_with(window);
+    }
+}
+
+fn attention_backward_matches_with(window: Option<usize>) {
     let b = backend();
     let shape = AttentionShape {
         n_heads: 4,
         n_kv_heads: 2,
         head_dim: 8,
+        window,
     };
     let n = 6;
     let (qc, kc) = (32, 16);

@@ -2,7 +2,9 @@
 
 use engram::quant::{GgmlType, dequantize_row, quantize_row};
 use engram::{Engine, EngineOptions, log_softmax_at};
-use engram_e2e::{LlamaCpp, default_model, ggml_dequantize, ggml_roundtrip, held_out_text};
+use engram_e2e::{
+    LlamaCpp, default_model, gemma3_model, ggml_dequantize, ggml_roundtrip, held_out_text,
+};
 
 const TOKENIZER_CASES: &[&str] = &[
     "Hello world.",
@@ -27,7 +29,17 @@ const TOKENIZER_CASES: &[&str] = &[
 
 #[test]
 fn tokenization_matches_llama_cpp() {
-    let path = default_model();
+    tokenization_matches_on(&default_model());
+}
+
+/// Gemma 3's SentencePiece vocabulary (score merges, byte fallback, 262,144 pieces).
+#[test]
+fn gemma3_tokenization_matches_llama_cpp() {
+    tokenization_matches_on(&gemma3_model());
+}
+
+fn tokenization_matches_on(path: &std::path::Path) {
+    let path = path.to_path_buf();
     let engine = Engine::open(&path, &EngineOptions::default()).unwrap();
     let oracle = LlamaCpp::open(&path, 64, 2);
     for text in TOKENIZER_CASES {
@@ -49,7 +61,8 @@ fn tokenization_matches_llama_cpp() {
         oracle.tokenize(slice, false, true)
     );
     println!(
-        "tokenizer: {} cases and 20 kB of held-out text identical to llama.cpp",
+        "tokenizer of {}: {} cases and 20 kB of held-out text identical to llama.cpp",
+        path.display(),
         TOKENIZER_CASES.len()
     );
 }
@@ -113,18 +126,42 @@ impl Divergence {
 /// A real bug (wrong RoPE pairing, norm, GQA mapping) gives |Δ| > 5 and KL > 1.
 #[test]
 fn logits_match_llama_cpp() {
-    let path = default_model();
+    logits_match_on(
+        &default_model(),
+        &[
+            "The capital of France is",
+            "<|im_start|>user\nWhat is the capital of Japan?<|im_end|>\n<|im_start|>assistant\n",
+            "def fibonacci(n):\n    if n < 2:\n        return n\n    return",
+            "Once upon a time, in a small village by the sea, there lived an old fisherman who",
+            "Photosynthesis is the process by which green plants use sunlight to synthesize foods from carbon dioxide and water.",
+        ],
+    );
+}
+
+/// Gemma 3: GeGLU, q/k norms, post-norms, embedding scale, NeoX RoPE with a local and a
+/// global base, and sliding-window layers (the last prompt is longer than the window, 512).
+#[test]
+fn gemma3_logits_match_llama_cpp() {
+    let long = held_out_text();
+    let long = &long[..long.floor_char_boundary(3_000)];
+    logits_match_on(
+        &gemma3_model(),
+        &[
+            "The capital of France is",
+            "<start_of_turn>user\nWhat is the capital of Japan?<end_of_turn>\n<start_of_turn>model\n",
+            "def fibonacci(n):\n    if n < 2:\n        return n\n    return",
+            "Once upon a time, in a small village by the sea, there lived an old fisherman who",
+            long,
+        ],
+    );
+}
+
+fn logits_match_on(path: &std::path::Path, prompts: &[&str]) {
+    let path = path.to_path_buf();
     let engine = Engine::open(&path, &EngineOptions::default()).unwrap();
-    let mut oracle = LlamaCpp::open(&path, 512, 2);
-    let mut oracle_f16_kv = LlamaCpp::open_with_kv(&path, 512, 2, llama_cpp_sys_2::GGML_TYPE_F16);
+    let mut oracle = LlamaCpp::open(&path, 1024, 2);
+    let mut oracle_f16_kv = LlamaCpp::open_with_kv(&path, 1024, 2, llama_cpp_sys_2::GGML_TYPE_F16);
     let vocab = engine.model().config.vocab_size;
-    let prompts = [
-        "The capital of France is",
-        "<|im_start|>user\nWhat is the capital of Japan?<|im_end|>\n<|im_start|>assistant\n",
-        "def fibonacci(n):\n    if n < 2:\n        return n\n    return",
-        "Once upon a time, in a small village by the sea, there lived an old fisherman who",
-        "Photosynthesis is the process by which green plants use sunlight to synthesize foods from carbon dioxide and water.",
-    ];
     // (tokens, engram logits, llama.cpp logits, llama.cpp f16-KV logits) per prompt.
     type Run = (Vec<u32>, Vec<f32>, Vec<f32>, Vec<f32>);
     let runs: Vec<Run> = prompts
@@ -150,7 +187,8 @@ fn logits_match_llama_cpp() {
     }
     let noise = floor_div.max_abs;
     let (mut agree, mut near_ties) = (0, 0);
-    for ((_, ours, theirs, _), prompt) in runs.iter().zip(prompts) {
+    for ((_, ours, theirs, _), prompt) in runs.iter().zip(prompts.iter().copied()) {
+        let prompt = &prompt[..prompt.floor_char_boundary(40)];
         for (i, (a, b)) in ours
             .chunks_exact(vocab)
             .zip(theirs.chunks_exact(vocab))
@@ -173,9 +211,10 @@ fn logits_match_llama_cpp() {
         }
     }
     println!(
-        "logits over {} positions: engram vs llama.cpp max |Δ| = {:.3}, mean KL = {:.2e}, max KL = {:.2e}; \
+        "{}: logits over {} positions: engram vs llama.cpp max |Δ| = {:.3}, mean KL = {:.2e}, max KL = {:.2e}; \
          llama.cpp f16-KV vs f32-KV (noise floor) max |Δ| = {:.3}, mean KL = {:.2e}, max KL = {:.2e}; \
          top-1 identical at {agree}, near ties within the floor {near_ties}",
+        path.display(),
         engram_div.positions,
         engram_div.max_abs,
         engram_div.mean_kl(),

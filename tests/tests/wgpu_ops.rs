@@ -13,7 +13,9 @@
 
 use engram::backend::cpu::{CpuBackend, CpuTensor};
 use engram::backend::wgpu::{WgpuBackend, WgpuOptions, WgpuTensor};
-use engram::backend::{AttentionShape, Backend, ProductKeyShape, Rope, RopeLayout, WeightSource};
+use engram::backend::{
+    Activation, AttentionShape, Backend, ProductKeyShape, Rope, RopeLayout, WeightSource,
+};
 use engram::gguf::TensorBytes;
 use engram::quant::{GgmlType, dequantize_row, quantize_row};
 use engram_e2e::noise;
@@ -226,17 +228,38 @@ fn norms_rope_and_elementwise_ops() {
         &p.g.rms_norm_backward(&xg, &wg, 1e-5, &dg),
         1e-4,
     );
-    p.check(
-        "silu_mul",
-        &p.c.silu_mul(&xc, &dc),
-        &p.g.silu_mul(&xg, &dg),
-        1e-4,
+    for act in [Activation::Silu, Activation::GeluTanh] {
+        p.check(
+            &format!("{act:?} glu"),
+            &p.c.glu(act, &xc, &dc),
+            &p.g.glu(act, &xg, &dg),
+            1e-4,
+        );
+        let (ec, eg) = p.up(&noise(n * d, 4, 1.0), n, d);
+        let (gc, uc) = p.c.glu_backward(act, &xc, &dc, &ec);
+        let (gg, ug) = p.g.glu_backward(act, &xg, &dg, &eg);
+        p.check(&format!("{act:?} glu_backward gate"), &gc, &gg, 1e-4);
+        p.check(&format!("{act:?} glu_backward up"), &uc, &ug, 1e-4);
+    }
+    let (mut sc, mut sg) = p.up(&noise(n * d, 6, 1.0), n, d);
+    p.c.scale(&mut sc, 25.3);
+    p.g.scale(&mut sg, 25.3);
+    p.check("scale", &sc, &sg, 1e-4);
+    // A per-head norm: rows of heads·head_dim read as one row per head.
+    let (hc, hg) = p.up(&noise(n * d, 7, 1.0), n, d);
+    let (head_wc, head_wg) = p.up(&noise(d / 4, 8, 1.0), 1, d / 4);
+    let nc = p.c.reshape(
+        p.c.rms_norm(&p.c.reshape(hc, n * 4, d / 4), &head_wc, 1e-6),
+        n,
+        d,
     );
-    let (ec, eg) = p.up(&noise(n * d, 4, 1.0), n, d);
-    let (gc, uc) = p.c.silu_mul_backward(&xc, &dc, &ec);
-    let (gg, ug) = p.g.silu_mul_backward(&xg, &dg, &eg);
-    p.check("silu_mul_backward gate", &gc, &gg, 1e-4);
-    p.check("silu_mul_backward up", &uc, &ug, 1e-4);
+    let ng = p.g.reshape(
+        p.g.rms_norm(&p.g.reshape(hg, n * 4, d / 4), &head_wg, 1e-6),
+        n,
+        d,
+    );
+    assert_eq!(p.g.shape(&ng), (n, d));
+    p.check("rms_norm per head through reshape", &nc, &ng, 1e-4);
     let (mut ac, mut ag) = p.up(&noise(n * d, 5, 1.0), n, d);
     p.c.add_assign(&mut ac, &xc);
     p.g.add_assign(&mut ag, &xg);
@@ -295,13 +318,34 @@ fn attention_with_cache_and_its_gradient() {
     let Some(g) = gpu() else { return };
     let p = Pair::new(g);
     // Grouped-query as in the default model: 9 query heads over 3 kv heads of 64 dims; 70
-    // cached positions cross a 64-key tile.
-    let shape = AttentionShape {
-        n_heads: 9,
-        n_kv_heads: 3,
-        head_dim: 64,
-    };
-    let (qd, kd) = (9 * 64, 3 * 64);
+    // cached positions cross a 64-key tile. Then Gemma 3's local layers: a sliding window
+    // (here 40 positions, so the tiles start mid-cache) over 4 heads of 256 dims sharing one.
+    attention_on(
+        &p,
+        AttentionShape {
+            n_heads: 9,
+            n_kv_heads: 3,
+            head_dim: 64,
+            window: None,
+        },
+    );
+    attention_on(
+        &p,
+        AttentionShape {
+            n_heads: 4,
+            n_kv_heads: 1,
+            head_dim: 256,
+            window: Some(40),
+        },
+    );
+}
+
+fn attention_on(p: &Pair, shape: AttentionShape) {
+    let (qd, kd) = (
+        shape.n_heads * shape.head_dim,
+        shape.n_kv_heads * shape.head_dim,
+    );
+    println!("attention with {shape:?}");
     let mut cc = p.c.new_kv_cache(2, kd, 4096);
     let mut cg = p.g.new_kv_cache(2, kd, 4096);
     for (step, n) in [(0u64, 70usize), (1, 1), (2, 3)] {

@@ -4,7 +4,7 @@
 
 use super::cpu::{CpuBackend, CpuKvCache, CpuSlots, CpuTensor, CpuWeight};
 use super::wgpu::{WgpuBackend, WgpuKvCache, WgpuSlots, WgpuTensor, WgpuWeight};
-use super::{AttentionShape, Backend, ProductKeyShape, Rope, WeightSource};
+use super::{Activation, AttentionShape, Backend, ProductKeyShape, Rope, WeightSource};
 use crate::error::Result;
 
 /// The backend an engine runs on.
@@ -266,10 +266,22 @@ impl Backend for DeviceBackend {
         ))
     }
 
-    fn silu_mul(&self, gate: &DeviceTensor, up: &DeviceTensor) -> DeviceTensor {
-        on!(self, |b, M| M::wrap(
-            b.silu_mul(M::tensor(gate), M::tensor(up))
-        ))
+    fn glu(&self, act: Activation, gate: &DeviceTensor, up: &DeviceTensor) -> DeviceTensor {
+        on!(self, |b, M| M::wrap(b.glu(act, M::tensor(gate), M::tensor(up))))
+    }
+
+    fn scale(&self, x: &mut DeviceTensor, factor: f32) {
+        on!(self, |b, M| b.scale(M::tensor_mut(x), factor))
+    }
+
+    fn reshape(&self, t: DeviceTensor, rows: usize, cols: usize) -> DeviceTensor {
+        match (self, t) {
+            (DeviceBackend::Cpu(b), DeviceTensor::Cpu(x)) => DeviceTensor::Cpu(b.reshape(x, rows, cols)),
+            (DeviceBackend::Wgpu(b), DeviceTensor::Wgpu(x)) => {
+                DeviceTensor::Wgpu(b.reshape(x, rows, cols))
+            }
+            _ => foreign(),
+        }
     }
 
     fn add_assign(&self, x: &mut DeviceTensor, y: &DeviceTensor) {
@@ -359,14 +371,15 @@ impl Backend for DeviceBackend {
         ))
     }
 
-    fn silu_mul_backward(
+    fn glu_backward(
         &self,
+        act: Activation,
         gate: &DeviceTensor,
         up: &DeviceTensor,
         dy: &DeviceTensor,
     ) -> (DeviceTensor, DeviceTensor) {
         on!(self, |b, M| {
-            let (g, u) = b.silu_mul_backward(M::tensor(gate), M::tensor(up), M::tensor(dy));
+            let (g, u) = b.glu_backward(act, M::tensor(gate), M::tensor(up), M::tensor(dy));
             (M::wrap(g), M::wrap(u))
         })
     }

@@ -50,6 +50,15 @@ pub struct Rope {
     pub layout: RopeLayout,
 }
 
+/// The gate's non-linearity in a gated feed-forward block: act(gate) ⊙ up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// x·σ(x) (SwiGLU: llama, qwen, phi).
+    Silu,
+    /// GELU, tanh approximation (GeGLU: gemma).
+    GeluTanh,
+}
+
 /// Shape of multi-head attention for one layer.
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionShape {
@@ -59,6 +68,15 @@ pub struct AttentionShape {
     pub n_kv_heads: usize,
     /// Dimensions per head.
     pub head_dim: usize,
+    /// Sliding window: a query sees itself and the `w − 1` positions before it; `None`: all.
+    pub window: Option<usize>,
+}
+
+impl AttentionShape {
+    /// The first key position a query at `pos` sees.
+    pub fn first_visible(&self, pos: usize) -> usize {
+        self.window.map_or(0, |w| (pos + 1).saturating_sub(w))
+    }
 }
 
 /// A device that runs the graph's ops.
@@ -124,8 +142,13 @@ pub trait Backend: Send + Sync {
     fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f32) -> Self::Tensor;
     /// Rotates each head of each row by its position (`pos0 + row`), in place.
     fn rope(&self, x: &mut Self::Tensor, n_heads: usize, head_dim: usize, pos0: usize, rope: &Rope);
-    /// silu(gate) ⊙ up.
-    fn silu_mul(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Self::Tensor;
+    /// act(gate) ⊙ up.
+    fn glu(&self, act: Activation, gate: &Self::Tensor, up: &Self::Tensor) -> Self::Tensor;
+    /// x ·= factor.
+    fn scale(&self, x: &mut Self::Tensor, factor: f32);
+    /// The same values read as `rows × cols` (row-major; the element count must match), e.g.
+    /// tokens × (heads·head_dim) as (tokens·heads) × head_dim for a norm per head.
+    fn reshape(&self, t: Self::Tensor, rows: usize, cols: usize) -> Self::Tensor;
     /// x += y.
     fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor);
     /// Adds the 1 × cols `row` to every row of `x`.
@@ -185,9 +208,10 @@ pub trait Backend: Send + Sync {
         pos0: usize,
         rope: &Rope,
     );
-    /// Gradients (d gate, d up) of [`Backend::silu_mul`].
-    fn silu_mul_backward(
+    /// Gradients (d gate, d up) of [`Backend::glu`].
+    fn glu_backward(
         &self,
+        act: Activation,
         gate: &Self::Tensor,
         up: &Self::Tensor,
         dy: &Self::Tensor,

@@ -4,7 +4,7 @@ use super::config::MemoryConfig;
 use super::params::MemoryLayerParams;
 use super::read_gate::{OpenFacts, ReadGate};
 use crate::backend::ProductKeyShape;
-use crate::backend::{Backend, WeightSource};
+use crate::backend::{Activation, Backend, WeightSource};
 use crate::error::{Error, Result};
 use crate::gguf::TensorBytes;
 use crate::quant::GgmlType;
@@ -177,7 +177,7 @@ impl<B: Backend> MemoryBlock<B> {
         match &self.gate {
             Some((w1, w2)) => {
                 let g = b.matmul(w1, h);
-                let out = b.matmul(w2, &b.silu_mul(&g, &y));
+                let out = b.matmul(w2, &b.glu(Activation::Silu, &g, &y));
                 (out, Some(GateTape { g, y }))
             }
             None => (y, None),
@@ -189,7 +189,7 @@ impl<B: Backend> MemoryBlock<B> {
         match (&self.gate, tape) {
             (Some((_, w2)), Some(t)) => {
                 let dmul = b.matmul_backward(w2, dout);
-                b.silu_mul_backward(&t.g, &t.y, &dmul).1
+                b.glu_backward(Activation::Silu, &t.g, &t.y, &dmul).1
             }
             _ => b.slice_rows(dout, 0, b.shape(dout).0),
         }

@@ -1,13 +1,19 @@
 //! Model hyper-parameters read from GGUF metadata.
 
-use crate::backend::{Rope, RopeLayout};
+use crate::backend::{Activation, Rope, RopeLayout};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 
 /// Architectures whose graph engram implements.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "gemma3"];
 
-/// The numbers that define a llama-style transformer.
+/// Gemma 3's local layers' RoPE base (llama.cpp fixes it; the GGUF does not carry it).
+const GEMMA3_LOCAL_ROPE_BASE: f32 = 10_000.0;
+/// Gemma 3: every sixth layer attends globally, the others through the sliding window.
+const GEMMA3_GLOBAL_EVERY: usize = 6;
+
+/// The numbers that define a transformer of one of the [`SUPPORTED_ARCHITECTURES`], and what
+/// its graph does differently from llama's (the hooks the one graph reads).
 #[derive(Clone, Debug)]
 pub struct ModelConfig {
     /// `general.architecture`.
@@ -36,6 +42,20 @@ pub struct ModelConfig {
     pub rope: Rope,
     /// Whether the LM head reuses the embedding table.
     pub tied_embeddings: bool,
+    /// The feed-forward gate's non-linearity.
+    pub activation: Activation,
+    /// Embeddings are multiplied by this before the first block (gemma: √dim).
+    pub embedding_scale: Option<f32>,
+    /// q and k get an RMSNorm per head before RoPE (gemma 3, qwen 3).
+    pub qk_norm: bool,
+    /// Attention and FFN outputs get their own RMSNorm before the residual add (gemma).
+    pub post_norms: bool,
+    /// Local layers attend only this many positions back, themselves included.
+    pub sliding_window: Option<usize>,
+    /// With a sliding window: layers `i` with `(i + 1) % global_every == 0` attend globally.
+    pub global_every: usize,
+    /// RoPE of the local (sliding-window) layers.
+    pub local_rope: Rope,
 }
 
 impl ModelConfig {
@@ -101,11 +121,32 @@ impl ModelConfig {
             )));
         }
         let vocab_size = embd.dims[1] as usize;
+        if let Some(factor) = gguf
+            .get(&key("rope.scaling.factor"))
+            .and_then(|v| v.as_f64())
+            .filter(|&f| f != 1.0)
+        {
+            return Err(Error::Unsupported(format!(
+                "{} = {factor} (RoPE scaling)",
+                key("rope.scaling.factor")
+            )));
+        }
+        let gemma = arch == "gemma3";
+        let layout = if gemma {
+            RopeLayout::Halves
+        } else {
+            RopeLayout::Interleaved
+        };
+        let rope = Rope {
+            dims: rope_dims,
+            base: rope_base,
+            layout,
+        };
+        let sliding_window = match gguf.get(&key("attention.sliding_window")) {
+            Some(_) if gemma => Some(usize_key("attention.sliding_window")?),
+            _ => None,
+        };
         Ok(ModelConfig {
-            name: gguf
-                .get("general.name")
-                .and_then(|v| v.as_str())
-                .map(str::to_owned),
             architecture: arch,
             dim,
             n_layers,
@@ -116,13 +157,39 @@ impl ModelConfig {
             vocab_size,
             context_length,
             norm_eps,
-            rope: Rope {
-                dims: rope_dims,
-                base: rope_base,
-                layout: RopeLayout::Interleaved,
-            },
+            rope,
             tied_embeddings: gguf.tensor("output.weight").is_none(),
+            activation: if gemma {
+                Activation::GeluTanh
+            } else {
+                Activation::Silu
+            },
+            embedding_scale: gemma.then(|| (dim as f32).sqrt()),
+            qk_norm: gemma,
+            post_norms: gemma,
+            sliding_window,
+            global_every: GEMMA3_GLOBAL_EVERY,
+            local_rope: Rope {
+                base: if gemma {
+                    GEMMA3_LOCAL_ROPE_BASE
+                } else {
+                    rope_base
+                },
+                ..rope
+            },
+            name: gguf
+                .get("general.name")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned),
         })
+    }
+
+    /// Layer `i`'s RoPE and sliding window: local layers use the window and their own RoPE base.
+    pub fn layer_attention(&self, i: usize) -> (&Rope, Option<usize>) {
+        match self.sliding_window {
+            Some(w) if !(i + 1).is_multiple_of(self.global_every) => (&self.local_rope, Some(w)),
+            _ => (&self.rope, None),
+        }
     }
 
     /// Width of the key/value projections.

@@ -24,6 +24,12 @@ struct Layer<B: Backend> {
     w_gate: B::Weight,
     w_up: B::Weight,
     w_down: B::Weight,
+    /// Per-head norms of q and k (with [`ModelConfig::qk_norm`]).
+    q_norm: Option<B::Tensor>,
+    k_norm: Option<B::Tensor>,
+    /// Norms of the attention and FFN outputs (with [`ModelConfig::post_norms`]).
+    post_attn_norm: Option<B::Tensor>,
+    post_ffn_norm: Option<B::Tensor>,
 }
 
 /// Which positions' logits a forward pass returns.
@@ -57,7 +63,7 @@ impl<B: Backend> Cache<B> {
     }
 }
 
-/// A llama-architecture model whose weights stay in the mapped GGUF.
+/// A transformer of one of the supported architectures whose weights stay in the mapped GGUF.
 pub struct Model<B: Backend> {
     /// Hyper-parameters.
     pub config: ModelConfig,
@@ -121,7 +127,14 @@ impl<B: Backend> Model<B> {
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
+            let hook = |on: bool, name: &str, len: usize| -> Result<Option<B::Tensor>> {
+                on.then(|| vector(&backend, gguf, &p(name), len)).transpose()
+            };
             layers.push(Layer {
+                q_norm: hook(c.qk_norm, "attn_q_norm", c.head_dim)?,
+                k_norm: hook(c.qk_norm, "attn_k_norm", c.head_dim)?,
+                post_attn_norm: hook(c.post_norms, "post_attention_norm", d)?,
+                post_ffn_norm: hook(c.post_norms, "post_ffw_norm", d)?,
                 attn_norm: vector(&backend, gguf, &p("attn_norm"), d)?,
                 wq: w(p("attn_q"), qd, d)?,
                 wk: w(p("attn_k"), kv, d)?,
@@ -221,7 +234,7 @@ impl<B: Backend> Model<B> {
     ) -> Result<B::Tensor> {
         let b = &self.backend;
         let c = &self.config;
-        let mut x = b.embed(&self.token_embd, tokens_checked(tokens)?)?;
+        let mut x = self.embed(tokens)?;
         self.run_layers(&mut x, tokens, cache, c.n_layers, true, &mut |_, _| {});
         if which == Logits::Last && tokens.len() > 1 {
             x = b.slice_rows(&x, tokens.len() - 1, tokens.len());
@@ -248,9 +261,7 @@ impl<B: Backend> Model<B> {
                 )));
             }
         };
-        let mut x = self
-            .backend
-            .embed(&self.token_embd, tokens_checked(tokens)?)?;
+        let mut x = self.embed(tokens)?;
         let mut found: Vec<(usize, B::Tensor)> = Vec::new();
         self.run_layers(&mut x, tokens, cache, last + 1, true, &mut |i, h| {
             if layers.contains(&i) {
@@ -266,11 +277,51 @@ impl<B: Backend> Model<B> {
             .collect())
     }
 
-    fn attention_shape(&self) -> AttentionShape {
-        AttentionShape {
-            n_heads: self.config.n_heads,
-            n_kv_heads: self.config.n_kv_heads,
-            head_dim: self.config.head_dim,
+    /// The token embeddings of `tokens`, scaled as the architecture asks.
+    fn embed(&self, tokens: &[u32]) -> Result<B::Tensor> {
+        let mut x = self.backend.embed(&self.token_embd, tokens_checked(tokens)?)?;
+        if let Some(s) = self.config.embedding_scale {
+            self.backend.scale(&mut x, s);
+        }
+        Ok(x)
+    }
+
+    /// Layer `i`'s attention shape and RoPE.
+    fn attention_of(&self, i: usize) -> (AttentionShape, &crate::backend::Rope) {
+        let c = &self.config;
+        let (rope, window) = c.layer_attention(i);
+        let shape = AttentionShape {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            window,
+        };
+        (shape, rope)
+    }
+
+    /// RMSNorm of each head of `x` (tokens × heads·head_dim) with the per-head `weight`.
+    fn head_norm(&self, x: B::Tensor, weight: &B::Tensor) -> B::Tensor {
+        let b = &self.backend;
+        let hd = self.config.head_dim;
+        let (rows, cols) = b.shape(&x);
+        let per_head = b.reshape(x, rows * cols / hd, hd);
+        b.reshape(b.rms_norm(&per_head, weight, self.config.norm_eps), rows, cols)
+    }
+
+    /// q and k of one block from its normed input `h`, per-head normed when the architecture
+    /// asks (before RoPE).
+    fn project_qk(&self, l: &Layer<B>, q: B::Tensor, k: B::Tensor) -> (B::Tensor, B::Tensor) {
+        match (&l.q_norm, &l.k_norm) {
+            (Some(qn), Some(kn)) => (self.head_norm(q, qn), self.head_norm(k, kn)),
+            _ => (q, k),
+        }
+    }
+
+    /// `y`, or its RMSNorm with `norm` when the architecture norms block outputs.
+    fn post_norm(&self, y: B::Tensor, norm: &Option<B::Tensor>) -> B::Tensor {
+        match norm {
+            Some(n) => self.backend.rms_norm(&y, n, self.config.norm_eps),
+            None => y,
         }
     }
 
@@ -289,20 +340,19 @@ impl<B: Backend> Model<B> {
         let b = &self.backend;
         let c = &self.config;
         let pos0 = b.kv_len(&cache.kv);
-        let shape = self.attention_shape();
         for (i, l) in self.layers.iter().enumerate().take(end) {
+            let (shape, rope) = self.attention_of(i);
             let h = b.rms_norm(x, &l.attn_norm, c.norm_eps);
-            let mut q = b.matmul(&l.wq, &h);
-            let mut k = b.matmul(&l.wk, &h);
+            let (mut q, mut k) = self.project_qk(l, b.matmul(&l.wq, &h), b.matmul(&l.wk, &h));
             let v = b.matmul(&l.wv, &h);
-            b.rope(&mut q, c.n_heads, c.head_dim, pos0, &c.rope);
-            b.rope(&mut k, c.n_kv_heads, c.head_dim, pos0, &c.rope);
+            b.rope(&mut q, c.n_heads, c.head_dim, pos0, rope);
+            b.rope(&mut k, c.n_kv_heads, c.head_dim, pos0, rope);
             let attn = b.attention(&q, &k, &v, &mut cache.kv, i, shape);
-            b.add_assign(x, &b.matmul(&l.wo, &attn));
+            b.add_assign(x, &self.post_norm(b.matmul(&l.wo, &attn), &l.post_attn_norm));
             let h = b.rms_norm(x, &l.ffn_norm, c.norm_eps);
             observe(i, &h);
-            let ff = b.silu_mul(&b.matmul(&l.w_gate, &h), &b.matmul(&l.w_up, &h));
-            b.add_assign(x, &b.matmul(&l.w_down, &ff));
+            let ff = b.glu(c.activation, &b.matmul(&l.w_gate, &h), &b.matmul(&l.w_up, &h));
+            b.add_assign(x, &self.post_norm(b.matmul(&l.w_down, &ff), &l.post_ffn_norm));
             // Beside the FFN: with all values zero this adds exact zeros, so the model is
             // bit-for-bit the base model.
             for m in self.memory.iter().filter(|m| with_memory && m.layer == i) {

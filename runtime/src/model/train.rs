@@ -10,7 +10,7 @@
 //! runs that prefix above the memory once and the steps then run only what follows it (the
 //! chat template's system prompt is half of a chat phrasing's tokens).
 
-use super::{Layer, Model};
+use super::{Model, ModelConfig};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::memory::MemoryLookup;
@@ -79,6 +79,11 @@ struct Tape<B: Backend> {
     x_mid: B::Tensor,
     gate: B::Tensor,
     up: B::Tensor,
+    /// q and k of the batch before their per-head norms (with [`ModelConfig::qk_norm`]).
+    qk_raw: Option<(B::Tensor, B::Tensor)>,
+    /// The attention and FFN outputs before their post-norms (with `post_norms`).
+    attn_out: Option<B::Tensor>,
+    ffn_out: Option<B::Tensor>,
 }
 
 /// Loss and gradient of a batch of sequences.
@@ -170,7 +175,7 @@ impl<B: Backend> Model<B> {
                 common.count().min(tokens.len() - 1)
             });
             cache.truncate(b, shared);
-            let mut x = b.embed(&self.token_embd, &tokens[shared..])?;
+            let mut x = self.embed(&tokens[shared..])?;
             let mut h = None;
             self.run_layers(&mut x, &tokens[shared..], &mut cache, layer + 1, false, &mut |i, hi| {
                 if i == layer {
@@ -232,10 +237,9 @@ impl<B: Backend> Model<B> {
                 start: 0,
                 len,
             }];
-            let qkv = self.layers[layer + 1..]
-                .iter()
-                .map(|l| {
-                    let t = self.block_forward_taped(l, &mut x, &whole, &[None], None);
+            let qkv = (layer + 1..self.layers.len())
+                .map(|i| {
+                    let t = self.block_forward_taped(i, &mut x, &whole, &[None], None);
                     t.qkv.into_iter().next().expect("one span, one q/k/v")
                 })
                 .collect();
@@ -318,17 +322,17 @@ impl<B: Backend> Model<B> {
             .zip(&spans)
             .map(|(seq, s)| seq.loss_positions.start - s.start)
             .collect();
-        let above = &self.layers[layer + 1..];
+        let above = layer + 1..self.layers.len();
         let tapes: Vec<Tape<B>> = above
-            .iter()
+            .clone()
             .enumerate()
-            .map(|(i, l)| {
+            .map(|(i, block)| {
                 let prefixes: Vec<_> = seqs
                     .iter()
                     .map(|s| s.frozen.as_ref().map(|f| &f.qkv[i]))
                     .collect();
                 let keep = (i + 1 == above.len()).then_some(&scored_from[..]);
-                self.block_forward_taped(l, &mut x, &spans, &prefixes, keep)
+                self.block_forward_taped(block, &mut x, &spans, &prefixes, keep)
             })
             .collect();
         let targets: Vec<u32> = seqs
@@ -374,8 +378,8 @@ impl<B: Backend> Model<B> {
         if above.is_empty() {
             dx = spread_rows(b, &dx, &spans, &scored_from);
         }
-        for (l, tape) in above.iter().zip(&tapes).rev() {
-            self.block_backward(l, tape, &spans, &mut dx);
+        for (block, tape) in above.zip(&tapes).rev() {
+            self.block_backward(block, tape, &spans, &mut dx);
         }
         for ((seq, s), gate_tape) in seqs.iter().zip(&spans).zip(&gate_tapes) {
             let mine = b.slice_rows(&dx, s.at, s.at + s.len);
@@ -482,7 +486,7 @@ impl<B: Backend> Model<B> {
     /// every position).
     fn block_forward_taped(
         &self,
-        l: &Layer<B>,
+        block: usize,
         x: &mut B::Tensor,
         spans: &[Span],
         prefixes: &[Option<&Qkv<B>>],
@@ -490,21 +494,27 @@ impl<B: Backend> Model<B> {
     ) -> Tape<B> {
         let b = &self.backend;
         let c = &self.config;
-        let shape = self.attention_shape();
+        let l = &self.layers[block];
+        let (shape, rope) = self.attention_of(block);
         let x_in = b.slice_rows(x, 0, b.shape(x).0);
         let h = b.rms_norm(x, &l.attn_norm, c.norm_eps);
         let [q_all, k_all, v_all]: [B::Tensor; 3] = b
             .matmul_each(&[&l.wq, &l.wk, &l.wv], &h)
             .try_into()
             .unwrap_or_else(|_| unreachable!("three weights, three products"));
+        let qk_raw = c.qk_norm.then(|| {
+            let rows = b.shape(&q_all).0;
+            (b.slice_rows(&q_all, 0, rows), b.slice_rows(&k_all, 0, rows))
+        });
+        let (q_all, k_all) = self.project_qk(l, q_all, k_all);
         let mut qkv = Vec::with_capacity(spans.len());
         let mut attn_parts = Vec::with_capacity(spans.len());
         for (s, prefix) in spans.iter().zip(prefixes) {
             let mut q = b.slice_rows(&q_all, s.at, s.at + s.len);
             let mut k = b.slice_rows(&k_all, s.at, s.at + s.len);
             let mut v = b.slice_rows(&v_all, s.at, s.at + s.len);
-            b.rope(&mut q, c.n_heads, c.head_dim, s.start, &c.rope);
-            b.rope(&mut k, c.n_kv_heads, c.head_dim, s.start, &c.rope);
+            b.rope(&mut q, c.n_heads, c.head_dim, s.start, rope);
+            b.rope(&mut k, c.n_kv_heads, c.head_dim, s.start, rope);
             if let Some((_, pk, pv)) = prefix {
                 k = b.concat_rows(&[pk, &k]);
                 v = b.concat_rows(&[pv, &v]);
@@ -524,14 +534,17 @@ impl<B: Backend> Model<B> {
             attn = keep_rows(b, &attn, spans, from);
             *x = keep_rows(b, x, spans, from);
         }
-        b.add_assign(x, &b.matmul(&l.wo, &attn));
+        let (attn_out, attn_out_tape) = taped_output(b, c, b.matmul(&l.wo, &attn));
+        b.add_assign(x, &self.post_norm(attn_out, &l.post_attn_norm));
         let x_mid = b.slice_rows(x, 0, b.shape(x).0);
         let h2 = b.rms_norm(x, &l.ffn_norm, c.norm_eps);
         let [gate, up]: [B::Tensor; 2] = b
             .matmul_each(&[&l.w_gate, &l.w_up], &h2)
             .try_into()
             .unwrap_or_else(|_| unreachable!("two weights, two products"));
-        b.add_assign(x, &b.matmul(&l.w_down, &b.silu_mul(&gate, &up)));
+        let ffn = b.matmul(&l.w_down, &b.glu(c.activation, &gate, &up));
+        let (ffn_out, ffn_out_tape) = taped_output(b, c, ffn);
+        b.add_assign(x, &self.post_norm(ffn_out, &l.post_ffn_norm));
         Tape {
             x_in,
             qkv,
@@ -539,24 +552,52 @@ impl<B: Backend> Model<B> {
             x_mid,
             gate,
             up,
+            qk_raw,
+            attn_out: attn_out_tape,
+            ffn_out: ffn_out_tape,
         }
+    }
+
+    /// The gradient at `y`'s input of a block output `y` that went through
+    /// [`Model::post_norm`] with `norm`, given the gradient `dy` after it.
+    fn post_norm_backward(&self, y: &Option<B::Tensor>, norm: &Option<B::Tensor>, dy: &B::Tensor) -> Option<B::Tensor> {
+        match (y, norm) {
+            (Some(y), Some(n)) => Some(self.backend.rms_norm_backward(y, n, self.config.norm_eps, dy)),
+            _ => None,
+        }
+    }
+
+    /// The gradient at the input of [`Model::head_norm`] with `weight`, given `dy` after it.
+    fn head_norm_backward(&self, x: &B::Tensor, weight: &B::Tensor, dy: B::Tensor) -> B::Tensor {
+        let b = &self.backend;
+        let hd = self.config.head_dim;
+        let (rows, cols) = b.shape(x);
+        let heads = rows * cols / hd;
+        let x = b.reshape(b.slice_rows(x, 0, rows), heads, hd);
+        let dy = b.reshape(dy, heads, hd);
+        b.reshape(b.rms_norm_backward(&x, weight, self.config.norm_eps, &dy), rows, cols)
     }
 
     /// Turns `dx` (gradient at the block's output over the batch `spans`) into the gradient
     /// at its input.
-    fn block_backward(&self, l: &Layer<B>, t: &Tape<B>, spans: &[Span], dx: &mut B::Tensor) {
+    fn block_backward(&self, block: usize, t: &Tape<B>, spans: &[Span], dx: &mut B::Tensor) {
         let b = &self.backend;
         let c = &self.config;
-        // FFN: x_out = x_mid + W_down (silu(W_g h2) ⊙ W_u h2), h2 = norm(x_mid).
-        let dff = b.matmul_backward(&l.w_down, dx);
-        let (dgate, dup) = b.silu_mul_backward(&t.gate, &t.up, &dff);
+        let l = &self.layers[block];
+        let (shape, rope) = self.attention_of(block);
+        // FFN: x_out = x_mid + post(W_down (act(W_g h2) ⊙ W_u h2)), h2 = norm(x_mid).
+        let dffn = self.post_norm_backward(&t.ffn_out, &l.post_ffn_norm, dx);
+        let dff = b.matmul_backward(&l.w_down, dffn.as_ref().unwrap_or(dx));
+        let (dgate, dup) = b.glu_backward(c.activation, &t.gate, &t.up, &dff);
         let dh2 = b.matmul_backward_sum(&[&l.w_gate, &l.w_up], &[&dgate, &dup]);
         b.add_assign(
             dx,
             &b.rms_norm_backward(&t.x_mid, &l.ffn_norm, c.norm_eps, &dh2),
         );
-        // Attention: x_mid = x_in + W_o attn(rope(W_q h1), rope(W_k h1), W_v h1), h1 = norm(x_in).
-        let mut dattn_all = b.matmul_backward(&l.wo, dx);
+        // Attention: x_mid = x_in + post(W_o attn(rope(W_q h1), rope(W_k h1), W_v h1)),
+        // h1 = norm(x_in).
+        let dattn_out = self.post_norm_backward(&t.attn_out, &l.post_attn_norm, dx);
+        let mut dattn_all = b.matmul_backward(&l.wo, dattn_out.as_ref().unwrap_or(dx));
         if let Some(from) = &t.kept_from {
             // Back to every position of the spans: the dropped rows reached no output.
             dattn_all = spread_rows(b, &dattn_all, spans, from);
@@ -573,31 +614,41 @@ impl<B: Backend> Model<B> {
             } else {
                 dattn
             };
-            let (mut dq, mut dk, mut dv) =
-                b.attention_backward(q, k, v, &dattn, self.attention_shape());
+            let (mut dq, mut dk, mut dv) = b.attention_backward(q, k, v, &dattn, shape);
             if s.start > 0 {
                 // The frozen positions' k and v are constants: only later positions carry on.
                 dq = b.slice_rows(&dq, s.start, total);
                 dk = b.slice_rows(&dk, s.start, total);
                 dv = b.slice_rows(&dv, s.start, total);
             }
-            b.rope_backward(&mut dq, c.n_heads, c.head_dim, s.start, &c.rope);
-            b.rope_backward(&mut dk, c.n_kv_heads, c.head_dim, s.start, &c.rope);
+            b.rope_backward(&mut dq, c.n_heads, c.head_dim, s.start, rope);
+            b.rope_backward(&mut dk, c.n_kv_heads, c.head_dim, s.start, rope);
             dq_parts.push(dq);
             dk_parts.push(dk);
             dv_parts.push(dv);
         }
-        let (dq, dk, dv) = (
+        let (mut dq, mut dk, dv) = (
             concat(b, dq_parts),
             concat(b, dk_parts),
             concat(b, dv_parts),
         );
+        if let (Some((q_raw, k_raw)), Some(qn), Some(kn)) = (&t.qk_raw, &l.q_norm, &l.k_norm) {
+            dq = self.head_norm_backward(q_raw, qn, dq);
+            dk = self.head_norm_backward(k_raw, kn, dk);
+        }
         let dh1 = b.matmul_backward_sum(&[&l.wq, &l.wk, &l.wv], &[&dq, &dk, &dv]);
         b.add_assign(
             dx,
             &b.rms_norm_backward(&t.x_in, &l.attn_norm, c.norm_eps, &dh1),
         );
     }
+}
+
+/// A block output and, when the architecture norms block outputs, a copy kept for the
+/// backward pass of that norm.
+fn taped_output<B: Backend>(b: &B, c: &ModelConfig, y: B::Tensor) -> (B::Tensor, Option<B::Tensor>) {
+    let copy = c.post_norms.then(|| b.slice_rows(&y, 0, b.shape(&y).0));
+    (y, copy)
 }
 
 /// Rows `from[i]..` of each span i of the batch `t`, stacked.

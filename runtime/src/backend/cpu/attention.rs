@@ -20,6 +20,7 @@ pub(super) fn attention(
         n_heads,
         n_kv_heads,
         head_dim,
+        ..
     } = shape;
     let kv_dim = cache.kv_dim;
     cache.k[layer].extend_from_slice(&k.data);
@@ -38,9 +39,10 @@ pub(super) fn attention(
                 let (t, h) = (idx / n_heads, idx % n_heads);
                 let qh = &q.data[t * q.cols + h * head_dim..][..head_dim];
                 let kvh = h / group;
+                let first = shape.first_visible(pos0 + t);
                 let visible = pos0 + t + 1;
                 scores.clear();
-                scores.extend((0..visible).map(|j| {
+                scores.extend((first..visible).map(|j| {
                     let kj = &keys[j * kv_dim + kvh * head_dim..][..head_dim];
                     dot_f32(qh, kj) * scale
                 }));
@@ -51,7 +53,7 @@ pub(super) fn attention(
                     sum += *s;
                 }
                 let inv = 1.0 / sum;
-                for (j, &p) in scores.iter().enumerate() {
+                for (j, &p) in (first..).zip(scores.iter()) {
                     let vj = &values[j * kv_dim + kvh * head_dim..][..head_dim];
                     let w = p * inv;
                     for (o, x) in out.iter_mut().zip(vj) {
@@ -80,6 +82,7 @@ pub(super) fn attention_backward(
         n_heads,
         n_kv_heads,
         head_dim: hd,
+        ..
     } = shape;
     let n = q.rows;
     let group = n_heads / n_kv_heads;
@@ -108,24 +111,25 @@ pub(super) fn attention_backward(
                     if dot.iter().all(|&g| g == 0.0) {
                         continue;
                     }
+                    let first = shape.first_visible(t);
                     let mut max = f32::NEG_INFINITY;
-                    for (j, pj) in p[..=t].iter_mut().enumerate() {
+                    for (j, pj) in (first..).zip(&mut p[first..=t]) {
                         *pj = dot_f32(qt, kj(j)) * scale;
                         max = max.max(*pj);
                     }
                     let mut sum = 0f32;
-                    for pj in &mut p[..=t] {
+                    for pj in &mut p[first..=t] {
                         *pj = (*pj - max).exp();
                         sum += *pj;
                     }
                     let mut weighted = 0f32;
-                    for (j, (pj, dpj)) in p[..=t].iter_mut().zip(&mut dp[..=t]).enumerate() {
+                    for (j, (pj, dpj)) in (first..).zip(p[first..=t].iter_mut().zip(&mut dp[first..=t])) {
                         *pj /= sum;
                         *dpj = dot_f32(dot, vj(j));
                         weighted += *pj * *dpj;
                     }
                     let dqt = &mut dq[t * hd..][..hd];
-                    for j in 0..=t {
+                    for j in first..=t {
                         let ds = p[j] * (dp[j] - weighted) * scale;
                         axpy(dqt, ds, kj(j));
                         axpy(&mut dk[j * hd..(j + 1) * hd], ds, qt);

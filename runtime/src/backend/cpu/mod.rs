@@ -10,7 +10,7 @@ mod matmul;
 mod memory;
 mod rows;
 
-use super::{AttentionShape, Backend, ProductKeyShape, Rope, WeightSource};
+use super::{Activation, AttentionShape, Backend, ProductKeyShape, Rope, WeightSource};
 use crate::error::{Error, Result};
 use crate::quant::GgmlType;
 
@@ -223,8 +223,18 @@ impl Backend for CpuBackend {
         rows::rope(self, x, n_heads, head_dim, pos0, rope)
     }
 
-    fn silu_mul(&self, gate: &CpuTensor, up: &CpuTensor) -> CpuTensor {
-        rows::silu_mul(self, gate, up)
+    fn glu(&self, act: Activation, gate: &CpuTensor, up: &CpuTensor) -> CpuTensor {
+        rows::glu(self, act, gate, up)
+    }
+
+    fn scale(&self, x: &mut CpuTensor, factor: f32) {
+        x.data.iter_mut().for_each(|v| *v *= factor);
+    }
+
+    fn reshape(&self, mut t: CpuTensor, rows: usize, cols: usize) -> CpuTensor {
+        assert_eq!(rows * cols, t.data.len(), "reshape: element count");
+        (t.rows, t.cols) = (rows, cols);
+        t
     }
 
     fn add_assign(&self, x: &mut CpuTensor, y: &CpuTensor) {
@@ -282,13 +292,14 @@ impl Backend for CpuBackend {
         rows::rope_backward(self, dy, n_heads, head_dim, pos0, rope)
     }
 
-    fn silu_mul_backward(
+    fn glu_backward(
         &self,
+        act: Activation,
         gate: &CpuTensor,
         up: &CpuTensor,
         dy: &CpuTensor,
     ) -> (CpuTensor, CpuTensor) {
-        rows::silu_mul_backward(self, gate, up, dy)
+        rows::glu_backward(self, act, gate, up, dy)
     }
 
     fn attention_backward(

@@ -76,13 +76,35 @@ pub(super) fn rope(
     rotate(x, n_heads, head_dim, pos0, rope, 1.0);
 }
 
-pub(super) fn silu_mul(backend: &CpuBackend, gate: &CpuTensor, up: &CpuTensor) -> CpuTensor {
+/// √(2/π), GELU's tanh approximation constant.
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+/// The cubic term's coefficient in GELU's tanh approximation.
+const GELU_CUBIC: f32 = 0.044_715;
+
+/// act(g) and d act / d g.
+#[inline]
+fn activation(act: Activation, g: f32) -> (f32, f32) {
+    match act {
+        Activation::Silu => {
+            let sig = 1.0 / (1.0 + (-g).exp());
+            (g / (1.0 + (-g).exp()), sig * (1.0 + g * (1.0 - sig)))
+        }
+        Activation::GeluTanh => {
+            let inner = SQRT_2_OVER_PI * (g + GELU_CUBIC * g * g * g);
+            let t = inner.tanh();
+            let d_inner = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * g * g);
+            (0.5 * g * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * g * (1.0 - t * t) * d_inner)
+        }
+    }
+}
+
+pub(super) fn glu(backend: &CpuBackend, act: Activation, gate: &CpuTensor, up: &CpuTensor) -> CpuTensor {
     let c = gate.cols;
     let mut data = vec![0f32; gate.data.len()];
     backend.for_rows(&mut data, c, |r, out| {
         let (g, u) = (&gate.data[r * c..(r + 1) * c], &up.data[r * c..(r + 1) * c]);
         for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
-            *o = g / (1.0 + (-g).exp()) * u;
+            *o = activation(act, g).0 * u;
         }
     });
     CpuTensor {
@@ -150,8 +172,9 @@ pub(super) fn rope_backward(
     rotate(dy, n_heads, head_dim, pos0, rope, -1.0);
 }
 
-pub(super) fn silu_mul_backward(
+pub(super) fn glu_backward(
     backend: &CpuBackend,
+    act: Activation,
     gate: &CpuTensor,
     up: &CpuTensor,
     dy: &CpuTensor,
@@ -164,9 +187,9 @@ pub(super) fn silu_mul_backward(
         let at = r * c..(r + 1) * c;
         let (g, u, d) = (&gate.data[at.clone()], &up.data[at.clone()], &dy.data[at]);
         for i in 0..c {
-            let sig = 1.0 / (1.0 + (-g[i]).exp());
-            dg[i] = d[i] * u[i] * sig * (1.0 + g[i] * (1.0 - sig));
-            du[i] = d[i] * g[i] * sig;
+            let (a, da) = activation(act, g[i]);
+            dg[i] = d[i] * u[i] * da;
+            du[i] = d[i] * a;
         }
     });
     let (mut dg, mut du) = (Vec::with_capacity(n), Vec::with_capacity(n));

@@ -42,6 +42,7 @@ pub(super) fn attention(
         group: u(shape.n_heads / shape.n_kv_heads),
         head_dim: u(shape.head_dim),
         scale: 1.0 / (shape.head_dim as f32).sqrt(),
+        window: u(shape.window.unwrap_or(0)),
         ..Default::default()
     };
     backend.dispatch(
@@ -80,6 +81,7 @@ pub(super) fn attention_backward(
         group: u(shape.n_heads / shape.n_kv_heads),
         head_dim: u(shape.head_dim),
         scale: 1.0 / (shape.head_dim as f32).sqrt(),
+        window: u(shape.window.unwrap_or(0)),
         ..Default::default()
     };
     let (probs, dscore) = (backend.storage(scratch), backend.storage(scratch));

@@ -9,6 +9,7 @@ struct Params {
     group: u32,      // query heads per kv head
     head_dim: u32,
     scale: f32,      // 1/√head_dim
+    window: u32,     // sliding window (positions a query sees, itself included); 0: all
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -46,6 +47,18 @@ fn reduce(v: f32, lid: u32, take_max: bool) -> f32 {
     return r;
 }
 
+// The first key position a query at `pos` sees.
+fn first_visible(pos: u32) -> u32 {
+    if p.window == 0u || pos + 1u <= p.window { return 0u; }
+    return pos + 1u - p.window;
+}
+
+// One past the last query position that sees key `j` (queries of one whole sequence).
+fn last_seeing(j: u32) -> u32 {
+    if p.window == 0u { return p.n; }
+    return min(p.n, j + p.window);
+}
+
 fn dot_qk(qb: u32, kb: u32) -> f32 {
     var s = 0.0;
     for (var d = 0u; d < p.head_dim; d++) { s += q[qb + d] * k[kb + d]; }
@@ -66,7 +79,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     var m = -3.4e38;
     var l = 0.0;
     var acc: array<f32, MAX_DIMS_PER_THREAD>;
-    for (var j0 = 0u; j0 < visible; j0 += 64u) {
+    for (var j0 = first_visible(p.pos0 + t); j0 < visible; j0 += 64u) {
         let j = j0 + lid;
         var s = -3.4e38;
         if j < visible { s = dot_qk(qb, j * p.kv_cols + kvh * p.head_dim) * p.scale; }
@@ -108,22 +121,23 @@ fn attention_backward_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_w
     let kvh = h / p.group;
     let qb = t * p.q_cols + h * p.head_dim;
     let sb = (h * p.n + t) * p.n;
+    let first = first_visible(t);
     var m = -3.4e38;
-    for (var j = lid; j <= t; j += 64u) {
+    for (var j = first + lid; j <= t; j += 64u) {
         let s = dot_qk(qb, j * p.kv_cols + kvh * p.head_dim) * p.scale;
         probs[sb + j] = s;
         m = max(m, s);
     }
     let mx = reduce(m, lid, true);
     var sum = 0.0;
-    for (var j = lid; j <= t; j += 64u) {
+    for (var j = first + lid; j <= t; j += 64u) {
         let e = exp(probs[sb + j] - mx);
         probs[sb + j] = e;
         sum += e;
     }
     let total = reduce(sum, lid, false);
     var weighted = 0.0;
-    for (var j = lid; j <= t; j += 64u) {
+    for (var j = first + lid; j <= t; j += 64u) {
         let pj = probs[sb + j] / total;
         probs[sb + j] = pj;
         let vb = j * p.kv_cols + kvh * p.head_dim;
@@ -133,14 +147,14 @@ fn attention_backward_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_w
         weighted += pj * dp;
     }
     let w = reduce(weighted, lid, false);
-    for (var j = lid; j <= t; j += 64u) {
+    for (var j = first + lid; j <= t; j += 64u) {
         dscore[sb + j] = probs[sb + j] * (dscore[sb + j] - w) * p.scale;
     }
     storageBarrier();
     workgroupBarrier();
     for (var d = lid; d < p.head_dim; d += 64u) {
         var acc = 0.0;
-        for (var j = 0u; j <= t; j++) { acc += dscore[sb + j] * k[j * p.kv_cols + kvh * p.head_dim + d]; }
+        for (var j = first; j <= t; j++) { acc += dscore[sb + j] * k[j * p.kv_cols + kvh * p.head_dim + d]; }
         out[qb + d] = acc;
     }
 }
@@ -160,7 +174,7 @@ fn attention_backward_keys(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_w
         var gv = 0.0;
         for (var g = 0u; g < p.group; g++) {
             let h = kvh * p.group + g;
-            for (var t = j; t < p.n; t++) {
+            for (var t = j; t < last_seeing(j); t++) {
                 let s = (h * p.n + t) * p.n + j;
                 let qb = t * p.q_cols + h * p.head_dim + d;
                 gk += dscore[s] * q[qb];

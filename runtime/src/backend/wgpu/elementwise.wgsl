@@ -4,6 +4,7 @@
 struct Params {
     n: u32,     // elements
     cols: u32,  // row width (add_row)
+    factor: f32, // multiplier (scale)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -56,4 +57,38 @@ fn silu_mul_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
         out[i] = c[i] * b[i] * s * (1.0 + g * (1.0 - s));
         out2[i] = c[i] * g * s;
     }
+}
+
+// GELU, tanh approximation, and its derivative: (gelu(g), gelu'(g)).
+fn gelu(g: f32) -> vec2<f32> {
+    let inner = 0.7978846 * (g + 0.044715 * g * g * g);
+    let t = tanh(inner);
+    let d_inner = 0.7978846 * (1.0 + 3.0 * 0.044715 * g * g);
+    return vec2<f32>(0.5 * g * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * g * (1.0 - t * t) * d_inner);
+}
+
+@compute @workgroup_size(256)
+fn gelu_mul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wid, nwg, lid);
+    if i < p.n { out[i] = gelu(a[i]).x * b[i]; }
+}
+
+// a = gate, b = up, c = dy; out = d gate, out2 = d up.
+@compute @workgroup_size(256)
+fn gelu_mul_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wid, nwg, lid);
+    if i < p.n {
+        let g = gelu(a[i]);
+        out[i] = c[i] * b[i] * g.y;
+        out2[i] = c[i] * g.x;
+    }
+}
+
+@compute @workgroup_size(256)
+fn scale(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wid, nwg, lid);
+    if i < p.n { out[i] *= p.factor; }
 }

@@ -18,7 +18,7 @@ mod memory;
 mod rows;
 mod shaders;
 
-use super::{AttentionShape, Backend, ProductKeyShape, Rope, RopeLayout, WeightSource};
+use super::{Activation, AttentionShape, Backend, ProductKeyShape, Rope, RopeLayout, WeightSource};
 use crate::error::{Error, Result};
 use crate::quant::GgmlType;
 pub use adapters::{AdapterSummary, WgpuOptions, adapters};
@@ -291,8 +291,20 @@ impl Backend for WgpuBackend {
         rows::rope(self, x, n_heads, head_dim, pos0, rope)
     }
 
-    fn silu_mul(&self, gate: &WgpuTensor, up: &WgpuTensor) -> WgpuTensor {
-        rows::silu_mul(self, gate, up)
+    fn glu(&self, act: Activation, gate: &WgpuTensor, up: &WgpuTensor) -> WgpuTensor {
+        rows::glu(self, act, gate, up)
+    }
+
+    fn scale(&self, x: &mut WgpuTensor, factor: f32) {
+        rows::scale(self, x, factor)
+    }
+
+    fn reshape(&self, mut t: WgpuTensor, rows: usize, cols: usize) -> WgpuTensor {
+        assert_eq!(rows * cols, t.rows * t.cols, "reshape: element count");
+        assert_eq!(t.parts.len(), 1, "reshape: activations are one buffer");
+        t.parts[0].rows = rows;
+        (t.rows, t.cols) = (rows, cols);
+        t
     }
 
     fn add_assign(&self, x: &mut WgpuTensor, y: &WgpuTensor) {
@@ -350,13 +362,14 @@ impl Backend for WgpuBackend {
         rows::rope_backward(self, dy, n_heads, head_dim, pos0, rope)
     }
 
-    fn silu_mul_backward(
+    fn glu_backward(
         &self,
+        act: Activation,
         gate: &WgpuTensor,
         up: &WgpuTensor,
         dy: &WgpuTensor,
     ) -> (WgpuTensor, WgpuTensor) {
-        rows::silu_mul_backward(self, gate, up, dy)
+        rows::glu_backward(self, act, gate, up, dy)
     }
 
     fn attention_backward(

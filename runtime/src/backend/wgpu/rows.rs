@@ -58,11 +58,41 @@ pub(super) fn rope(
     backend.rope_op(x, n_heads, head_dim, pos0, rope, 1.0);
 }
 
-pub(super) fn silu_mul(backend: &WgpuBackend, gate: &WgpuTensor, up: &WgpuTensor) -> WgpuTensor {
+/// The shader entry of a gated activation (forward or backward).
+fn glu_entry(act: Activation, backward: bool) -> &'static str {
+    match (act, backward) {
+        (Activation::Silu, false) => "silu_mul",
+        (Activation::Silu, true) => "silu_mul_backward",
+        (Activation::GeluTanh, false) => "gelu_mul",
+        (Activation::GeluTanh, true) => "gelu_mul_backward",
+    }
+}
+
+pub(super) fn scale(backend: &WgpuBackend, x: &mut WgpuTensor, factor: f32) {
+    let n = x.rows * x.cols;
+    backend.dispatch(
+        ("scale", 0),
+        &ElementwiseParams {
+            n: u(n),
+            cols: u(x.cols),
+            factor,
+            ..Default::default()
+        },
+        &[(4, x.buf())],
+        grid(n.div_ceil(256)),
+    );
+}
+
+pub(super) fn glu(
+    backend: &WgpuBackend,
+    act: Activation,
+    gate: &WgpuTensor,
+    up: &WgpuTensor,
+) -> WgpuTensor {
     let n = gate.rows * gate.cols;
     let out = backend.storage(n * 4);
     backend.elementwise(
-        "silu_mul",
+        glu_entry(act, false),
         n,
         gate.cols,
         &[(1, gate.buf()), (2, up.buf()), (4, &out)],
@@ -115,8 +145,9 @@ pub(super) fn rope_backward(
     backend.rope_op(dy, n_heads, head_dim, pos0, rope, -1.0);
 }
 
-pub(super) fn silu_mul_backward(
+pub(super) fn glu_backward(
     backend: &WgpuBackend,
+    act: Activation,
     gate: &WgpuTensor,
     up: &WgpuTensor,
     dy: &WgpuTensor,
@@ -124,7 +155,7 @@ pub(super) fn silu_mul_backward(
     let n = gate.rows * gate.cols;
     let (dg, du) = (backend.storage(n * 4), backend.storage(n * 4));
     backend.elementwise(
-        "silu_mul_backward",
+        glu_entry(act, true),
         n,
         gate.cols,
         &[

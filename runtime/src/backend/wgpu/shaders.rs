@@ -94,7 +94,9 @@ shader_params!(
         head_dim: u32,
         /// 1/√head_dim.
         scale: f32,
-    } pad 8
+        /// Sliding window (positions a query sees, itself included); 0: all.
+        window: u32,
+    } pad 7
 );
 
 shader_params!(
@@ -104,7 +106,9 @@ shader_params!(
         n: u32,
         /// Row width (add_row).
         cols: u32,
-    } pad 14
+        /// Multiplier (scale).
+        factor: f32,
+    } pad 13
 );
 
 shader_params!(

@@ -1,5 +1,7 @@
 //! The model's own tokenizer, built from GGUF metadata, and its chat template.
 
+mod spm;
+
 use std::collections::HashMap;
 
 use tokenizers::models::bpe::BPE;
@@ -13,18 +15,33 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer as HfTokenizer};
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, Value};
 
-/// GGUF token types (`tokenizer.ggml.token_type`) as llama.cpp defines them.
-const TOKEN_TYPE_CONTROL: i64 = 3;
-const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+use spm::{Spm, TYPE_CONTROL, TYPE_UNKNOWN, TYPE_USER_DEFINED};
 
 /// The GPT-2 split regex that most byte-level BPE vocabularies build on.
 const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 /// The Llama 3 split regex.
 const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Gemma's turn format, for Gemma GGUFs that carry no `tokenizer.chat_template`: a system
+/// message opens the first user turn, the assistant is called `model`.
+const GEMMA_TEMPLATE: &str = "{%- if messages[0]['role'] == 'system' -%}\
+{%- set first_prefix = messages[0]['content'] ~ '\n\n' -%}{%- set turns = messages[1:] -%}\
+{%- else -%}{%- set first_prefix = '' -%}{%- set turns = messages -%}{%- endif -%}\
+{%- for m in turns -%}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n\
+{{ first_prefix if loop.first else '' }}{{ m['content'] | trim }}<end_of_turn>\n{% endfor -%}\
+{%- if add_generation_prompt %}<start_of_turn>model\n{% endif -%}";
+
+/// How text becomes ids: the two tokenizer families GGUF files use.
+enum Encoder {
+    /// Byte-level BPE with merges (`tokenizer.ggml.model = "gpt2"`).
+    Bpe(Box<HfTokenizer>),
+    /// SentencePiece-style score merging (`tokenizer.ggml.model = "llama"`).
+    Spm(Spm),
+}
+
 /// Encodes text to token ids and back, as the GGUF's tokenizer defines it.
 pub struct Tokenizer {
-    inner: HfTokenizer,
+    inner: Encoder,
     /// Raw bytes each token id stands for (byte-level decoded), or its text for special tokens.
     token_bytes: Vec<Vec<u8>>,
     special: Vec<bool>,
@@ -114,17 +131,11 @@ impl Tokenizer {
         let model = gguf
             .get_str("tokenizer.ggml.model")
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        if model != "gpt2" {
-            return Err(Error::Unsupported(format!(
-                "tokenizer model {model:?} (only byte-level BPE, \"gpt2\", is implemented)"
-            )));
-        }
         let pre = gguf
             .get_str("tokenizer.ggml.pre")
             .unwrap_or("default")
             .to_owned();
         let tokens = strings(gguf, "tokenizer.ggml.tokens")?;
-        let merges = strings(gguf, "tokenizer.ggml.merges")?;
         let types: Vec<i64> = match gguf
             .get("tokenizer.ggml.token_type")
             .and_then(Value::as_array)
@@ -139,63 +150,47 @@ impl Tokenizer {
                 tokens.len()
             )));
         }
-
-        let vocab: tokenizers::models::bpe::Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
-        let merges: Vec<(String, String)> = merges
-            .iter()
-            .map(|m| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_owned(), b.to_owned()))
-                    .ok_or_else(|| Error::Tokenizer(format!("merge {m:?} has no space")))
-            })
-            .collect::<Result<_>>()?;
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        let mut inner = HfTokenizer::new(bpe);
-        inner.with_pre_tokenizer(Some(pre_tokenizer(&pre)?));
-
-        let special: Vec<bool> = types
-            .iter()
-            .map(|&t| t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED)
-            .collect();
-        let added: Vec<AddedToken> = tokens
-            .iter()
-            .zip(&special)
-            .filter(|(_, s)| **s)
-            .map(|(t, _)| AddedToken::from(t.clone(), true).normalized(false))
-            .collect();
-        inner
-            .add_special_tokens(added)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
-
-        let to_byte = unicode_to_byte();
-        let token_bytes = tokens
-            .iter()
-            .zip(&special)
-            .map(|(t, &s)| {
-                if s {
-                    t.as_bytes().to_vec()
-                } else {
-                    // Byte-level tokens are strings over GPT-2's 256-character alphabet.
-                    t.chars()
-                        .map(|c| to_byte.get(&c).copied().unwrap_or(b'?'))
-                        .collect()
-                }
-            })
-            .collect();
-
         let id = |key: &str| -> Option<u32> {
             gguf.get(key)
                 .and_then(Value::as_u64)
                 .filter(|&i| (i as usize) < tokens.len())
                 .map(|i| i as u32)
         };
+        let (inner, token_bytes, special) = match model {
+            "gpt2" => bpe(gguf, &tokens, &types, &pre)?,
+            "llama" => {
+                let scores: Vec<f32> = gguf
+                    .get("tokenizer.ggml.scores")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| Error::Tokenizer("tokenizer.ggml.scores is missing".into()))?
+                    .iter()
+                    .map(|v| v.as_f64().unwrap_or(0.0) as f32)
+                    .collect();
+                let add_space_prefix = !matches!(
+                    gguf.get("tokenizer.ggml.add_space_prefix"),
+                    Some(Value::Bool(false))
+                );
+                let unknown = id("tokenizer.ggml.unknown_token_id");
+                let spm = Spm::new(&tokens, scores, &types, unknown, add_space_prefix)?;
+                let token_bytes = tokens
+                    .iter()
+                    .zip(&types)
+                    .map(|(t, &ty)| spm::token_bytes(t, ty))
+                    .collect();
+                // User-defined pieces (Gemma's runs of newlines) are text, not markup.
+                let special = types
+                    .iter()
+                    .map(|&t| t == TYPE_CONTROL || t == TYPE_UNKNOWN)
+                    .collect();
+                (Encoder::Spm(spm), token_bytes, special)
+            }
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "tokenizer model {other:?} (implemented: \"gpt2\" byte-level BPE, \"llama\" SentencePiece)"
+                )));
+            }
+        };
+
         let bos = id("tokenizer.ggml.bos_token_id");
         let eos = id("tokenizer.ggml.eos_token_id");
         let eot = id("tokenizer.ggml.eot_token_id");
@@ -212,10 +207,12 @@ impl Tokenizer {
             gguf.get("tokenizer.ggml.add_bos_token"),
             Some(Value::Bool(true))
         );
+        let gemma_turns = tokens.iter().any(|t| t == "<start_of_turn>");
         let chat_template = gguf
             .get("tokenizer.chat_template")
             .and_then(Value::as_str)
-            .map(str::to_owned);
+            .map(str::to_owned)
+            .or_else(|| gemma_turns.then(|| GEMMA_TEMPLATE.to_owned()));
         Ok(Tokenizer {
             inner,
             token_bytes,
@@ -238,15 +235,24 @@ impl Tokenizer {
     /// Token ids for `text`; special-token markup such as `<|im_start|>` is recognized.
     /// BOS is prepended when `add_bos` is set and the model asks for it.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode_fast(text, false)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        let mut ids = Vec::with_capacity(enc.len() + 1);
+        let mut ids = Vec::with_capacity(text.len() / 3 + 2);
         if add_bos && self.add_bos {
             ids.extend(self.bos);
         }
-        ids.extend_from_slice(enc.get_ids());
+        match &self.inner {
+            Encoder::Bpe(bpe) => {
+                let enc = bpe
+                    .encode_fast(text, false)
+                    .map_err(|e| Error::Tokenizer(e.to_string()))?;
+                ids.extend_from_slice(enc.get_ids());
+            }
+            Encoder::Spm(spm) => spm.encode(text, &mut ids),
+        }
+        // A template that writes BOS itself must not get a second one.
+        if ids.len() > 1 && ids[0] == ids[1] && add_bos && self.add_bos && self.bos == Some(ids[0])
+        {
+            ids.remove(0);
+        }
         Ok(ids)
     }
 
@@ -433,6 +439,66 @@ impl ChatMessage {
             content: content.into(),
         }
     }
+}
+
+/// The byte-level BPE encoder, each token's bytes and which tokens are markup.
+fn bpe(
+    gguf: &Gguf,
+    tokens: &[String],
+    types: &[i64],
+    pre: &str,
+) -> Result<(Encoder, Vec<Vec<u8>>, Vec<bool>)> {
+    let merges = strings(gguf, "tokenizer.ggml.merges")?;
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let merges: Vec<(String, String)> = merges
+        .iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                .ok_or_else(|| Error::Tokenizer(format!("merge {m:?} has no space")))
+        })
+        .collect::<Result<_>>()?;
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
+    let mut inner = HfTokenizer::new(bpe);
+    inner.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
+
+    let special: Vec<bool> = types
+        .iter()
+        .map(|&t| t == TYPE_CONTROL || t == TYPE_USER_DEFINED)
+        .collect();
+    let added: Vec<AddedToken> = tokens
+        .iter()
+        .zip(&special)
+        .filter(|(_, s)| **s)
+        .map(|(t, _)| AddedToken::from(t.clone(), true).normalized(false))
+        .collect();
+    inner
+        .add_special_tokens(added)
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
+
+    let to_byte = unicode_to_byte();
+    let token_bytes = tokens
+        .iter()
+        .zip(&special)
+        .map(|(t, &s)| {
+            if s {
+                t.as_bytes().to_vec()
+            } else {
+                // Byte-level tokens are strings over GPT-2's 256-character alphabet.
+                t.chars()
+                    .map(|c| to_byte.get(&c).copied().unwrap_or(b'?'))
+                    .collect()
+            }
+        })
+        .collect();
+    Ok((Encoder::Bpe(Box::new(inner)), token_bytes, special))
 }
 
 /// llama.cpp's pre-tokenizer for each `tokenizer.ggml.pre` name engram supports.
