@@ -9,8 +9,11 @@ use llama_cpp_sys_2 as sys;
 pub mod learning;
 mod scratch;
 // The tiny models and the noise they are made of live with the runtime's own (fast) tests.
+mod archs;
 #[path = "../../runtime/tests/common/tiny.rs"]
 mod tiny;
+
+pub use archs::{TINY_WINDOW, tiny_arch_gguf};
 pub use scratch::scratch_dir;
 pub use tiny::{
     noise, tiny_chat_llama_gguf, tiny_llama_f32_gguf, tiny_llama_gguf, tiny_memory_config,
@@ -81,11 +84,17 @@ pub fn held_out_text() -> String {
     text
 }
 
+/// llama.cpp's log with only its errors kept (why a model did not load, say).
 unsafe extern "C" fn quiet_log(
-    _: sys::ggml_log_level,
-    _: *const std::os::raw::c_char,
+    level: sys::ggml_log_level,
+    text: *const std::os::raw::c_char,
     _: *mut std::os::raw::c_void,
 ) {
+    if level == sys::GGML_LOG_LEVEL_ERROR && !text.is_null() {
+        // SAFETY: llama.cpp passes a NUL-terminated message.
+        let msg = unsafe { std::ffi::CStr::from_ptr(text) };
+        eprint!("llama.cpp: {}", msg.to_string_lossy());
+    }
 }
 
 fn init() {

@@ -352,6 +352,19 @@ impl TensorBytes {
         &self.storage.as_slice()[self.start..self.start + self.len]
     }
 
+    /// Bytes `start..start + len` of this view, sharing its storage (a fused tensor's parts).
+    pub fn slice(&self, start: usize, len: usize) -> TensorBytes {
+        assert!(
+            start + len <= self.len,
+            "slice past the end of a tensor's bytes"
+        );
+        TensorBytes {
+            storage: Arc::clone(&self.storage),
+            start: self.start + start,
+            len,
+        }
+    }
+
     /// Owned bytes wrapped as a view (for tensors built in memory).
     pub fn from_vec(bytes: Vec<u8>) -> Self {
         let len = bytes.len();

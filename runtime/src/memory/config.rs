@@ -41,6 +41,13 @@ impl Default for MemoryConfig {
 pub const MAX_KEYS: usize = 1 << 16;
 
 impl MemoryConfig {
+    /// The block a memory goes beside by default in a model of `model_layers` blocks: two
+    /// thirds of the way up (20 of SmolLM2-135M's 30, 12 of Gemma 3 270M's 18), where facts
+    /// are read in the upper layers and enough blocks remain above to use what it adds.
+    pub fn default_layers(model_layers: usize) -> Vec<usize> {
+        vec![model_layers * 2 / 3]
+    }
+
     /// Value slots: `n_keys²`.
     pub fn slots(&self) -> usize {
         self.n_keys * self.n_keys

@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 
 /// Architectures whose graph engram implements.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "gemma3"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "gemma3", "qwen2", "qwen3", "phi3"];
 
 /// Gemma 3's local layers' RoPE base (llama.cpp fixes it; the GGUF does not carry it).
 const GEMMA3_LOCAL_ROPE_BASE: f32 = 10_000.0;
@@ -56,6 +56,12 @@ pub struct ModelConfig {
     pub global_every: usize,
     /// RoPE of the local (sliding-window) layers.
     pub local_rope: Rope,
+    /// q, k and v projections add a bias (qwen 2).
+    pub qkv_bias: bool,
+    /// q, k and v are one stacked matrix `attn_qkv` (phi 3).
+    pub fused_qkv: bool,
+    /// The FFN gate and up projections are one stacked matrix `ffn_up`, gate first (phi 3).
+    pub fused_gate_up: bool,
 }
 
 impl ModelConfig {
@@ -132,10 +138,12 @@ impl ModelConfig {
             )));
         }
         let gemma = arch == "gemma3";
-        let layout = if gemma {
-            RopeLayout::Halves
-        } else {
+        let qk_norm = gemma || arch == "qwen3";
+        // Every architecture but llama's GGUF layout pairs dimensions (i, i + d/2) (NeoX).
+        let layout = if arch == "llama" {
             RopeLayout::Interleaved
+        } else {
+            RopeLayout::Halves
         };
         let rope = Rope {
             dims: rope_dims,
@@ -165,8 +173,12 @@ impl ModelConfig {
                 Activation::Silu
             },
             embedding_scale: gemma.then(|| (dim as f32).sqrt()),
-            qk_norm: gemma,
+            qk_norm,
             post_norms: gemma,
+            qkv_bias: gguf.tensor("blk.0.attn_q.bias").is_some(),
+            fused_qkv: gguf.tensor("blk.0.attn_qkv.weight").is_some(),
+            fused_gate_up: gguf.tensor("blk.0.ffn_gate.weight").is_none()
+                && gguf.tensor("blk.0.ffn_up.weight").is_some(),
             sliding_window,
             global_every: GEMMA3_GLOBAL_EVERY,
             local_rope: Rope {

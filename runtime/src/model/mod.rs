@@ -30,6 +30,8 @@ struct Layer<B: Backend> {
     /// Norms of the attention and FFN outputs (with [`ModelConfig::post_norms`]).
     post_attn_norm: Option<B::Tensor>,
     post_ffn_norm: Option<B::Tensor>,
+    /// Biases of q, k and v (with [`ModelConfig::qkv_bias`]).
+    qkv_bias: Option<[B::Tensor; 3]>,
 }
 
 /// Which positions' logits a forward pass returns.
@@ -97,6 +99,34 @@ fn weight_source(gguf: &Gguf, name: &str, rows: usize, cols: usize) -> Result<We
     })
 }
 
+/// Row ranges of a stacked matrix `name` (`parts` give each part's rows, in order), each a
+/// weight of its own over the same mapped bytes.
+fn split_weight_source(
+    gguf: &Gguf,
+    name: &str,
+    parts: &[usize],
+    cols: usize,
+) -> Result<Vec<WeightSource>> {
+    let whole = weight_source(gguf, name, parts.iter().sum(), cols)?;
+    let row_bytes = whole.dtype.row_bytes(cols).ok_or_else(|| {
+        Error::Model(format!("tensor {name}: rows of {cols} are not whole {} blocks", whole.dtype))
+    })?;
+    let mut row0 = 0;
+    Ok(parts
+        .iter()
+        .map(|&rows| {
+            let part = WeightSource {
+                name: format!("{name}[{row0}..{}]", row0 + rows),
+                rows,
+                bytes: whole.bytes.slice(row0 * row_bytes, rows * row_bytes),
+                ..whole.clone()
+            };
+            row0 += rows;
+            part
+        })
+        .collect())
+}
+
 fn vector<B: Backend>(backend: &B, gguf: &Gguf, name: &str, len: usize) -> Result<B::Tensor> {
     let t = tensor(gguf, name)?;
     if t.n_elements() != len || t.dims[0] as usize != len {
@@ -130,19 +160,43 @@ impl<B: Backend> Model<B> {
             let hook = |on: bool, name: &str, len: usize| -> Result<Option<B::Tensor>> {
                 on.then(|| vector(&backend, gguf, &p(name), len)).transpose()
             };
+            let load = |parts: Vec<WeightSource>| -> Result<Vec<B::Weight>> {
+                parts.iter().map(|s| backend.load_weight(s)).collect()
+            };
+            let [wq, wk, wv]: [B::Weight; 3] = if c.fused_qkv {
+                load(split_weight_source(gguf, &p("attn_qkv"), &[qd, kv, kv], d)?)?
+                    .try_into()
+                    .unwrap_or_else(|_| unreachable!("three parts"))
+            } else {
+                [w(p("attn_q"), qd, d)?, w(p("attn_k"), kv, d)?, w(p("attn_v"), kv, d)?]
+            };
+            let [w_gate, w_up]: [B::Weight; 2] = if c.fused_gate_up {
+                load(split_weight_source(gguf, &p("ffn_up"), &[ff, ff], d)?)?
+                    .try_into()
+                    .unwrap_or_else(|_| unreachable!("two parts"))
+            } else {
+                [w(p("ffn_gate"), ff, d)?, w(p("ffn_up"), ff, d)?]
+            };
+            let bias = |s: &str, len| vector(&backend, gguf, &format!("blk.{i}.{s}.bias"), len);
+            let qkv_bias = if c.qkv_bias {
+                Some([bias("attn_q", qd)?, bias("attn_k", kv)?, bias("attn_v", kv)?])
+            } else {
+                None
+            };
             layers.push(Layer {
+                wq,
+                wk,
+                wv,
+                w_gate,
+                w_up,
+                qkv_bias,
                 q_norm: hook(c.qk_norm, "attn_q_norm", c.head_dim)?,
                 k_norm: hook(c.qk_norm, "attn_k_norm", c.head_dim)?,
                 post_attn_norm: hook(c.post_norms, "post_attention_norm", d)?,
                 post_ffn_norm: hook(c.post_norms, "post_ffw_norm", d)?,
                 attn_norm: vector(&backend, gguf, &p("attn_norm"), d)?,
-                wq: w(p("attn_q"), qd, d)?,
-                wk: w(p("attn_k"), kv, d)?,
-                wv: w(p("attn_v"), kv, d)?,
                 wo: w(p("attn_output"), d, qd)?,
                 ffn_norm: vector(&backend, gguf, &p("ffn_norm"), d)?,
-                w_gate: w(p("ffn_gate"), ff, d)?,
-                w_up: w(p("ffn_up"), ff, d)?,
                 w_down: w(p("ffn_down"), d, ff)?,
             });
         }
@@ -308,8 +362,23 @@ impl<B: Backend> Model<B> {
         b.reshape(b.rms_norm(&per_head, weight, self.config.norm_eps), rows, cols)
     }
 
-    /// q and k of one block from its normed input `h`, per-head normed when the architecture
-    /// asks (before RoPE).
+    /// q, k and v of one block from its normed input `h`, with their biases where the
+    /// architecture has them (before any per-head norm and RoPE).
+    fn project_qkv(&self, l: &Layer<B>, h: &B::Tensor) -> [B::Tensor; 3] {
+        let b = &self.backend;
+        let mut qkv: [B::Tensor; 3] = b
+            .matmul_each(&[&l.wq, &l.wk, &l.wv], h)
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("three weights, three products"));
+        if let Some(bias) = &l.qkv_bias {
+            for (t, bias) in qkv.iter_mut().zip(bias) {
+                b.add_row(t, bias);
+            }
+        }
+        qkv
+    }
+
+    /// q and k per-head normed when the architecture asks (before RoPE).
     fn project_qk(&self, l: &Layer<B>, q: B::Tensor, k: B::Tensor) -> (B::Tensor, B::Tensor) {
         match (&l.q_norm, &l.k_norm) {
             (Some(qn), Some(kn)) => (self.head_norm(q, qn), self.head_norm(k, kn)),
@@ -343,8 +412,8 @@ impl<B: Backend> Model<B> {
         for (i, l) in self.layers.iter().enumerate().take(end) {
             let (shape, rope) = self.attention_of(i);
             let h = b.rms_norm(x, &l.attn_norm, c.norm_eps);
-            let (mut q, mut k) = self.project_qk(l, b.matmul(&l.wq, &h), b.matmul(&l.wk, &h));
-            let v = b.matmul(&l.wv, &h);
+            let [q, k, v] = self.project_qkv(l, &h);
+            let (mut q, mut k) = self.project_qk(l, q, k);
             b.rope(&mut q, c.n_heads, c.head_dim, pos0, rope);
             b.rope(&mut k, c.n_kv_heads, c.head_dim, pos0, rope);
             let attn = b.attention(&q, &k, &v, &mut cache.kv, i, shape);

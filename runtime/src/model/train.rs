@@ -498,10 +498,7 @@ impl<B: Backend> Model<B> {
         let (shape, rope) = self.attention_of(block);
         let x_in = b.slice_rows(x, 0, b.shape(x).0);
         let h = b.rms_norm(x, &l.attn_norm, c.norm_eps);
-        let [q_all, k_all, v_all]: [B::Tensor; 3] = b
-            .matmul_each(&[&l.wq, &l.wk, &l.wv], &h)
-            .try_into()
-            .unwrap_or_else(|_| unreachable!("three weights, three products"));
+        let [q_all, k_all, v_all] = self.project_qkv(l, &h);
         let qk_raw = c.qk_norm.then(|| {
             let rows = b.shape(&q_all).0;
             (b.slice_rows(&q_all, 0, rows), b.slice_rows(&k_all, 0, rows))
