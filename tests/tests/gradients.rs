@@ -401,8 +401,32 @@ fn value_gradients_match_finite_differences_through_the_model() {
     let path = engram_e2e::scratch_dir("grad").join("tiny.gguf");
     std::fs::write(&path, tiny_llama_f32_gguf(21, 3)).unwrap();
     // Memory below two blocks (the top one keeps only scored rows), and in the top block.
-    for (gated, layer) in [(false, 0), (true, 0), (false, 2)] {
-        let mut engine = Engine::open(&path, &EngineOptions::default()).unwrap();
+    value_gradients_through(&path, &[(false, 0), (true, 0), (false, 2)]);
+}
+
+/// The same through every other architecture's blocks: Qwen 2's biases, Qwen 3's q/k norms,
+/// Phi-3's stacked projections, and Gemma 3's GeGLU, q/k norms, post-norms and sliding window
+/// (memory under four blocks, the last of them global; the 19-token sequence crosses the
+/// tiny model's window of 8).
+#[test]
+fn value_gradients_match_finite_differences_on_every_architecture() {
+    let dir = engram_e2e::scratch_dir("grad-archs");
+    for (arch, layers, memory_layer) in [
+        ("qwen2", 3, 0),
+        ("qwen3", 3, 0),
+        ("phi3", 3, 0),
+        ("gemma3", 6, 1),
+    ] {
+        let path = dir.join(format!("{arch}.gguf"));
+        std::fs::write(&path, engram_e2e::tiny_arch_gguf(arch, layers, 21)).unwrap();
+        eprintln!("{arch}:");
+        value_gradients_through(&path, &[(false, memory_layer)]);
+    }
+}
+
+fn value_gradients_through(path: &std::path::Path, cases: &[(bool, usize)]) {
+    for &(gated, layer) in cases {
+        let mut engine = Engine::open(path, &EngineOptions::default()).unwrap();
         let opts = RetrofitOptions {
             config: MemoryConfig {
                 layers: vec![layer],

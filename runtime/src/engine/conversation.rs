@@ -91,7 +91,7 @@ impl<'e> Conversation<'e> {
             self.turns.remove(0);
             dropped += 1;
         };
-        let generation = self.session.generate(&tokens, options, on_text)?;
+        let generation = self.session.reply(&tokens, options, on_text)?;
         self.turns
             .push((user.to_owned(), generation.text.trim().to_owned()));
         Ok(Reply {

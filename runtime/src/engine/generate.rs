@@ -178,6 +178,29 @@ impl Session<'_> {
         &mut self,
         prompt: &[u32],
         options: &GenerateOptions,
+        on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        self.generate_until(prompt, options, None, on_text)
+    }
+
+    /// Like [`Session::generate`] for a prompt rendered through the chat template: the reply
+    /// also ends where the template's turn ends without an end-of-turn token
+    /// ([`Tokenizer::turn_end`](crate::Tokenizer::turn_end)).
+    pub fn reply(
+        &mut self,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        let turn_end = self.engine.tokenizer.turn_end();
+        self.generate_until(prompt, options, turn_end, on_text)
+    }
+
+    fn generate_until(
+        &mut self,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        turn_end: Option<&str>,
         mut on_text: impl FnMut(&str) -> bool,
     ) -> Result<Generation> {
         options.sampling.validate()?;
@@ -238,6 +261,17 @@ impl Session<'_> {
             }
             out.push(next);
             let piece = stream.push(e.tokenizer.token_bytes(next));
+            // A turn that ends in plain text ends at the first end after some reply text.
+            if let Some(at) = turn_end.and_then(|end| piece.find(end)) {
+                let before = &piece[..at];
+                if !(text.trim().is_empty() && before.trim().is_empty()) {
+                    text.push_str(before);
+                    if !before.is_empty() {
+                        on_text(before);
+                    }
+                    break StopReason::EndOfText;
+                }
+            }
             text.push_str(&piece);
             if !piece.is_empty() && !on_text(&piece) {
                 break StopReason::Cancelled;
@@ -297,7 +331,7 @@ impl Engine {
     ) -> Result<Generation> {
         let prompt = self.tokenizer.apply_chat_template(messages, true)?;
         let tokens = self.tokenizer.encode(&prompt, true)?;
-        self.session().generate(&tokens, options, on_text)
+        self.session().reply(&tokens, options, on_text)
     }
 
     /// A stateful session whose KV cache carries over between calls (for interactive chat).

@@ -50,10 +50,23 @@ fn chat_example_with(
     said: &str,
 ) -> Result<Example> {
     let mut messages = vec![ChatMessage::new("user", user)];
-    let prompt = format!("{}{lead}", tok.apply_chat_template(&messages, true)?);
-    messages.push(ChatMessage::new("assistant", format!("{lead}{reply}")));
+    let generation_prompt = tok.apply_chat_template(&messages, true)?;
+    let words = format!("{lead}{reply}");
+    messages.push(ChatMessage::new("assistant", words.as_str()));
     let full = tok.apply_chat_template(&messages, false)?;
-    let p = tok.encode(&prompt, true)?;
+    // The prompt is everything before the reply: the generation prompt and, where a template
+    // puts text between it and the assistant's words (the plain format's space after "A:"),
+    // that text, then the lead.
+    let shared = generation_prompt
+        .char_indices()
+        .zip(full.chars())
+        .find(|((_, a), b)| a != b)
+        .map_or(generation_prompt.len(), |((i, _), _)| i);
+    let at = full[shared..].find(&words).map(|i| shared + i).ok_or_else(|| {
+        Error::Template("the chat template does not render the reply after the prompt".into())
+    })?;
+    let prompt = &full[..at + lead.len()];
+    let p = tok.encode(prompt, true)?;
     let f = tok.encode(&full, true)?;
     // Where the reply's tokens begin: BPE may merge the lead's last characters into them.
     let start = p.iter().zip(&f).take_while(|(a, b)| a == b).count();
@@ -62,7 +75,7 @@ fn chat_example_with(
         .iter()
         .position(|t| tok.stop_tokens.contains(t))
         .map_or(f.len(), |i| start + i + 1);
-    if start == 0 || !full.starts_with(&prompt) || end <= start {
+    if start == 0 || end <= start {
         return Err(Error::Template(
             "the chat template does not render the reply after the prompt".into(),
         ));

@@ -22,14 +22,16 @@ const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}
 /// The Llama 3 split regex.
 const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
-/// Gemma's turn format, for Gemma GGUFs that carry no `tokenizer.chat_template`: a system
-/// message opens the first user turn, the assistant is called `model`.
-const GEMMA_TEMPLATE: &str = "{%- if messages[0]['role'] == 'system' -%}\
-{%- set first_prefix = messages[0]['content'] ~ '\n\n' -%}{%- set turns = messages[1:] -%}\
-{%- else -%}{%- set first_prefix = '' -%}{%- set turns = messages -%}{%- endif -%}\
-{%- for m in turns -%}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n\
-{{ first_prefix if loop.first else '' }}{{ m['content'] | trim }}<end_of_turn>\n{% endfor -%}\
-{%- if add_generation_prompt %}<start_of_turn>model\n{% endif -%}";
+/// The conversation format for GGUFs that carry no `tokenizer.chat_template` (pretrained base
+/// models such as Gemma 3 270M): questions and answers as plain text lines, "Q: …" and
+/// "A: …", a system message as a first paragraph; a reply ends at its line's end
+/// ([`Tokenizer::turn_end`]). On Gemma 3 270M's retention questions this answers 18 of 45
+/// where Gemma's own turn markup answers 4 (2026-12-06, docs/evaluation.md).
+const PLAIN_TEMPLATE: &str = "{%- for m in messages -%}\
+{%- if m['role'] == 'system' -%}{%- if m['content'] | trim -%}{{ (m['content'] | trim) ~ '\\n\\n' }}{%- endif -%}\
+{%- elif m['role'] == 'user' -%}{{ 'Q: ' ~ (m['content'] | trim) ~ '\\n' }}\
+{%- else -%}{{ 'A: ' ~ (m['content'] | trim) ~ '\\n' }}{%- endif -%}\
+{%- endfor -%}{%- if add_generation_prompt -%}{{ 'A:' }}{%- endif -%}";
 
 /// How text becomes ids: the two tokenizer families GGUF files use.
 enum Encoder {
@@ -56,6 +58,8 @@ pub struct Tokenizer {
     /// The pre-tokenizer name from the GGUF (`tokenizer.ggml.pre`).
     pub pre: String,
     chat_template: Option<String>,
+    /// Text that ends a reply where the template has no end-of-turn token.
+    turn_end: Option<&'static str>,
     /// What a conversation without a system message is rendered with.
     system_prompt: SystemPrompt,
 }
@@ -207,12 +211,12 @@ impl Tokenizer {
             gguf.get("tokenizer.ggml.add_bos_token"),
             Some(Value::Bool(true))
         );
-        let gemma_turns = tokens.iter().any(|t| t == "<start_of_turn>");
-        let chat_template = gguf
+        let own_template = gguf
             .get("tokenizer.chat_template")
             .and_then(Value::as_str)
-            .map(str::to_owned)
-            .or_else(|| gemma_turns.then(|| GEMMA_TEMPLATE.to_owned()));
+            .map(str::to_owned);
+        let turn_end = own_template.is_none().then_some("\n");
+        let chat_template = own_template.or_else(|| Some(PLAIN_TEMPLATE.to_owned()));
         Ok(Tokenizer {
             inner,
             token_bytes,
@@ -223,6 +227,7 @@ impl Tokenizer {
             add_bos,
             pre,
             chat_template,
+            turn_end,
             system_prompt: SystemPrompt::default(),
         })
     }
@@ -276,9 +281,16 @@ impl Tokenizer {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
-    /// The GGUF's Jinja chat template, if it has one.
+    /// The Jinja chat template conversations are rendered with: the GGUF's own, or engram's
+    /// plain question-and-answer lines for a GGUF without one.
     pub fn chat_template(&self) -> Option<&str> {
         self.chat_template.as_deref()
+    }
+
+    /// Text that ends a reply when the template has no end-of-turn token (the plain format's
+    /// line end); `None` for the GGUF's own template.
+    pub fn turn_end(&self) -> Option<&str> {
+        self.turn_end
     }
 
     /// The system-message policy for conversations that bring none.
