@@ -3,6 +3,7 @@
 use half::{bf16, f16};
 
 use super::GgmlType;
+use super::more_k;
 
 pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
@@ -100,6 +101,19 @@ pub fn dequantize_row(dtype: GgmlType, bytes: &[u8], out: &mut [f32]) {
                 for (x, &q) in o.iter_mut().zip(&q) {
                     *x = d * (q as f32 + offset) + min;
                 }
+            }
+        }
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q5_K => {
+            let decode = match dtype {
+                GgmlType::Q2_K => more_k::dequantize_q2_k,
+                GgmlType::Q3_K => more_k::dequantize_q3_k,
+                _ => more_k::dequantize_q5_k,
+            };
+            for (o, b) in out
+                .chunks_exact_mut(256)
+                .zip(bytes.chunks_exact(dtype.block_bytes()))
+            {
+                decode(b, o);
             }
         }
         GgmlType::Q4_K => {
@@ -217,6 +231,16 @@ pub fn quantize_row(dtype: GgmlType, x: &[f32]) -> Vec<u8> {
                 let qh = (0..32).fold(0u32, |h, j| h | (((q[j] >> 4) as u32 & 1) << j));
                 out.extend(qh.to_le_bytes());
                 out.extend((0..16).map(|j| (q[j] & 0xF) | ((q[j + 16] & 0xF) << 4)));
+            }
+        }
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q5_K => {
+            let encode = match dtype {
+                GgmlType::Q2_K => more_k::quantize_q2_k,
+                GgmlType::Q3_K => more_k::quantize_q3_k,
+                _ => more_k::quantize_q5_k,
+            };
+            for b in x.chunks_exact(256) {
+                encode(b, &mut out);
             }
         }
         GgmlType::Q4_K => {

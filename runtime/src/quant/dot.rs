@@ -108,6 +108,7 @@ pub fn dot_rows<const T: usize>(dtype: GgmlType, w: &[u8], xq: [&[Q8Act]; T]) ->
                 GgmlType::Q5_1 => Some(avx2::q5_1(w, xq)),
                 GgmlType::Q8_0 => Some(avx2::q8_0(w, xq)),
                 GgmlType::Q4_K => Some(avx2::q4_k(w, xq)),
+                GgmlType::Q5_K => Some(avx2::q5_k(w, xq)),
                 GgmlType::Q6_K => Some(avx2::q6_k(w, xq)),
                 _ => None,
             }
@@ -205,13 +206,39 @@ pub(crate) mod scalar {
                     total
                 })
                 .sum(),
-            GgmlType::Q6_K => {
+            GgmlType::Q5_K => w
+                .chunks_exact(176)
+                .zip(xq.chunks_exact(8))
+                .map(|(b, a)| {
+                    // As Q4_K, so that SIMD and scalar share the integer sums and a.sum.
+                    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+                    let (qh, qs) = (&b[16..48], &b[48..176]);
+                    let mut total = 0f32;
+                    for j in 0..8 {
+                        let (sc, m) = q4k_scale_min(j, &b[4..16]);
+                        let q = &qs[(j / 2) * 32..(j / 2) * 32 + 32];
+                        let shift = if j % 2 == 0 { 0 } else { 4 };
+                        let s: i32 = q
+                            .iter()
+                            .zip(qh)
+                            .zip(&a[j].qs)
+                            .map(|((&q, &h), &y)| {
+                                let q5 = ((q >> shift) & 0xF) | (((h >> j) & 1) << 4);
+                                q5 as i32 * y as i32
+                            })
+                            .sum();
+                        total += d * sc as f32 * a[j].d * s as f32 - dmin * m as f32 * a[j].sum;
+                    }
+                    total
+                })
+                .sum(),
+            GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q6_K => {
                 let mut w_f = [0f32; 256];
-                w.chunks_exact(210)
+                w.chunks_exact(dtype.block_bytes())
                     .zip(xq.chunks_exact(8))
                     .map(|(b, a)| {
                         // Dequantizing then dotting keeps the reference obviously right.
-                        super::super::blocks::dequantize_row(GgmlType::Q6_K, b, &mut w_f);
+                        super::super::blocks::dequantize_row(dtype, b, &mut w_f);
                         a.iter()
                             .enumerate()
                             .map(|(j, blk)| {
@@ -518,6 +545,51 @@ mod avx2 {
         }
     }
 
+    /// Q4_K's kernel with each quant's fifth bit taken from the block's 32 high-bit bytes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q5_k<const T: usize>(w: &[u8], xq: [&[Q8Act]; T]) -> [f32; T] {
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); T];
+            let mut offset = [0f32; T];
+            let m4 = _mm256_set1_epi8(0xF);
+            let one = _mm256_set1_epi8(1);
+            for i in 0..w.len() / 176 {
+                let b = w.as_ptr().add(i * 176);
+                let (d, dmin) = (fp16(b), fp16(b.add(2)));
+                let scales = std::slice::from_raw_parts(b.add(4), 12);
+                let qh = _mm256_loadu_si256(b.add(16) as *const __m256i);
+                let mut sm = [(0f32, 0f32); 8];
+                for (j, e) in sm.iter_mut().enumerate() {
+                    let (sc, m) = super::q4k_scale_min(j, scales);
+                    *e = (d * sc as f32, dmin * m as f32);
+                }
+                for c in 0..4 {
+                    let q = _mm256_loadu_si256(b.add(48 + c * 32) as *const __m256i);
+                    let nibbles = [
+                        _mm256_and_si256(q, m4),
+                        _mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
+                    ];
+                    for (h, low) in nibbles.into_iter().enumerate() {
+                        let j = 2 * c + h;
+                        // Bit j of every high-bit byte, moved to bit 4.
+                        let bit = _mm256_and_si256(
+                            _mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)),
+                            one,
+                        );
+                        let qv = _mm256_or_si256(low, _mm256_slli_epi16(bit, 4));
+                        for t in 0..T {
+                            let a = xq[t].get_unchecked(i * 8 + j);
+                            let p = _mm256_cvtepi32_ps(dot_us(qv, load_act(a)));
+                            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(sm[j].0 * a.d), p, acc[t]);
+                            offset[t] -= sm[j].1 * a.sum;
+                        }
+                    }
+                }
+            }
+            std::array::from_fn(|t| hsum(acc[t]) + offset[t])
+        }
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn q6_k<const T: usize>(w: &[u8], xq: [&[Q8Act]; T]) -> [f32; T] {
         unsafe {
@@ -636,6 +708,11 @@ mod tests {
                 // Q4_0 maps the largest magnitude to −8, so +max rounds to 7/8 of it: a full step.
                 GgmlType::Q4_0 => 0.13,
                 GgmlType::Q4_1 | GgmlType::Q4_K => 0.1,
+                // 2 bits: a step is a third of each 16's range. 3 bits: the largest magnitude
+                // maps to −4, so the other sign's +max clamps to 3, a full step of max/4.
+                GgmlType::Q2_K => 0.4,
+                GgmlType::Q3_K => 0.3,
+                GgmlType::Q5_K => 0.05,
                 // 5-bit: half of Q4's steps (Q5_0's +max rounds to 15/16 of it).
                 GgmlType::Q5_0 => 0.07,
                 GgmlType::Q5_1 => 0.05,

@@ -5,6 +5,7 @@
 
 mod blocks;
 mod dot;
+mod more_k;
 
 pub use blocks::{dequantize_row, quantize_row};
 pub use dot::{Q8Act, QK, dot_f32, dot_row, dot_rows, quantize_activations};
@@ -31,15 +32,22 @@ pub enum GgmlType {
     Q5_0,
     /// 32 elements: f16 scale and min, 32 high bits, 32 × 4-bit low bits.
     Q5_1,
+    /// 256 elements: 16 sub-blocks with 4-bit scales and mins, 2-bit quants, f16 d and dmin.
+    Q2_K,
+    /// 256 elements: 16 sub-blocks with 6-bit scales, 3-bit quants (2 low bits + a high-bit
+    /// mask), f16 d.
+    Q3_K,
     /// 256 elements: f16 scale and min, 8 sub-blocks with 6-bit scales and mins, 4-bit quants.
     Q4_K,
+    /// 256 elements: as Q4_K with a fifth bit per quant.
+    Q5_K,
     /// 256 elements: 16 sub-blocks with i8 scales, 6-bit quants, f16 super-scale.
     Q6_K,
 }
 
 impl GgmlType {
     /// Every type engram reads.
-    pub const ALL: [GgmlType; 10] = [
+    pub const ALL: [GgmlType; 13] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::BF16,
@@ -48,7 +56,10 @@ impl GgmlType {
         GgmlType::Q4_1,
         GgmlType::Q5_0,
         GgmlType::Q5_1,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
         GgmlType::Q4_K,
+        GgmlType::Q5_K,
         GgmlType::Q6_K,
     ];
 
@@ -62,20 +73,39 @@ impl GgmlType {
             6 => GgmlType::Q5_0,
             7 => GgmlType::Q5_1,
             8 => GgmlType::Q8_0,
+            10 => GgmlType::Q2_K,
+            11 => GgmlType::Q3_K,
             12 => GgmlType::Q4_K,
+            13 => GgmlType::Q5_K,
             14 => GgmlType::Q6_K,
             30 => GgmlType::BF16,
             other => {
                 let name = match other {
                     9 => "Q8_1",
-                    10 => "Q2_K",
-                    11 => "Q3_K",
-                    13 => "Q5_K",
                     15 => "Q8_K",
+                    16 => "IQ2_XXS",
+                    17 => "IQ2_XS",
+                    18 => "IQ3_XXS",
+                    19 => "IQ1_S",
+                    20 => "IQ4_NL",
+                    21 => "IQ3_S",
+                    22 => "IQ2_S",
+                    23 => "IQ4_XS",
+                    24 => "I8",
+                    25 => "I16",
+                    26 => "I32",
+                    27 => "I64",
+                    28 => "F64",
+                    29 => "IQ1_M",
+                    34 => "TQ1_0",
+                    35 => "TQ2_0",
+                    39 => "MXFP4",
                     _ => "unknown",
                 };
+                let known: Vec<&str> = GgmlType::ALL.iter().map(|t| t.name()).collect();
                 return Err(Error::Unsupported(format!(
-                    "tensor type {name} (ggml id {other})"
+                    "tensor type {name} (ggml id {other}); engram reads {}",
+                    known.join(", ")
                 )));
             }
         })
@@ -91,7 +121,10 @@ impl GgmlType {
             GgmlType::Q5_0 => 6,
             GgmlType::Q5_1 => 7,
             GgmlType::Q8_0 => 8,
+            GgmlType::Q2_K => 10,
+            GgmlType::Q3_K => 11,
             GgmlType::Q4_K => 12,
+            GgmlType::Q5_K => 13,
             GgmlType::Q6_K => 14,
             GgmlType::BF16 => 30,
         }
@@ -104,7 +137,9 @@ impl GgmlType {
             GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 => {
                 32
             }
-            GgmlType::Q4_K | GgmlType::Q6_K => 256,
+            GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
+                256
+            }
         }
     }
 
@@ -118,7 +153,10 @@ impl GgmlType {
             GgmlType::Q4_1 => 20,
             GgmlType::Q5_0 => 22,
             GgmlType::Q5_1 => 24,
+            GgmlType::Q2_K => 84,
+            GgmlType::Q3_K => 110,
             GgmlType::Q4_K => 144,
+            GgmlType::Q5_K => 176,
             GgmlType::Q6_K => 210,
         }
     }
@@ -142,7 +180,10 @@ impl GgmlType {
             GgmlType::Q4_1 => "Q4_1",
             GgmlType::Q5_0 => "Q5_0",
             GgmlType::Q5_1 => "Q5_1",
+            GgmlType::Q2_K => "Q2_K",
+            GgmlType::Q3_K => "Q3_K",
             GgmlType::Q4_K => "Q4_K",
+            GgmlType::Q5_K => "Q5_K",
             GgmlType::Q6_K => "Q6_K",
         }
     }

@@ -23,6 +23,9 @@ pub(super) fn dtype_code(t: GgmlType) -> u32 {
         GgmlType::Q6_K => 7,
         GgmlType::Q5_0 => 8,
         GgmlType::Q5_1 => 9,
+        GgmlType::Q2_K => 10,
+        GgmlType::Q3_K => 11,
+        GgmlType::Q5_K => 12,
     }
 }
 

@@ -80,7 +80,17 @@ pub(super) fn embed(
 pub(super) fn matmul(backend: &WgpuBackend, w: &WgpuWeight, x: &WgpuTensor) -> WgpuTensor {
     assert_eq!(x.cols, w.cols, "matmul {}: input width", w.name);
     let out = backend.storage(x.rows * w.rows * 4);
-    let integer = !matches!(w.dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
+    // Formats with a block decoder for the 8-bit integer dot; the others (floats, and the
+    // k-quants whose mins vary within 32 elements or that are rare) go element by element.
+    let integer = !matches!(
+        w.dtype,
+        GgmlType::F32
+            | GgmlType::F16
+            | GgmlType::BF16
+            | GgmlType::Q2_K
+            | GgmlType::Q3_K
+            | GgmlType::Q5_K
+    );
     let quantized = integer.then(|| backend.quantize_activations(x));
     let entry = if integer { "matmul_q8" } else { "matmul" };
     for part in &w.parts {

@@ -17,8 +17,8 @@ struct Params {
 
 const TOKENS: u32 = 4u;
 
-// y = x · Wᵀ for float formats (F32, F16, BF16), in f32 like the cpu backend:
-// one invocation per (weight row, 4 tokens).
+// y = x · Wᵀ element by element (float formats, and block formats without an integer decoder),
+// in f32 like the cpu backend: one invocation per (weight row, 4 tokens).
 @compute @workgroup_size(64)
 fn matmul(@builtin(global_invocation_id) gid: vec3<u32>) {
     let r = gid.x;
@@ -28,7 +28,7 @@ fn matmul(@builtin(global_invocation_id) gid: vec3<u32>) {
     let rb = r * p.row_bytes;
     var acc = vec4<f32>(0.0);
     for (var c = 0u; c < p.cols; c++) {
-        let v = float_at(rb, c);
+        let v = weight_at(rb, c);
         for (var tt = 0u; tt < nt; tt++) { acc[tt] += v * x[(t0 + tt) * p.cols + c]; }
     }
     for (var tt = 0u; tt < nt; tt++) { y[(t0 + tt) * p.out_cols + p.row0 + r] = acc[tt]; }

@@ -1,6 +1,7 @@
 // Reads weights stored in a ggml block format.
 // Weights stay in the file's bytes (a u32 array); DTYPE is a constant prepended by the host:
-// 0 F32, 1 F16, 2 BF16, 3 Q8_0, 4 Q4_0, 5 Q4_1, 6 Q4_K, 7 Q6_K, 8 Q5_0, 9 Q5_1.
+// 0 F32, 1 F16, 2 BF16, 3 Q8_0, 4 Q4_0, 5 Q4_1, 6 Q4_K, 7 Q6_K, 8 Q5_0, 9 Q5_1, 10 Q2_K,
+// 11 Q3_K, 12 Q5_K.
 
 @group(0) @binding(1) var<storage, read> w: array<u32>;
 
@@ -67,6 +68,36 @@ fn q5_value(base: u32, q: vec4<f32>) -> vec4<f32> {
     return dm.x * q + dm.y;
 }
 
+// Element `e` (0..256) of the Q2_K / Q3_K / Q5_K super-block at byte `base` (see more_k.rs:
+// halves of 128, runs of 32 sharing a column of quant bytes).
+fn low_k_at(base: u32, e: u32) -> f32 {
+    let half = e / 128u;
+    let run = (e % 128u) / 32u;
+    let l = e % 32u;
+    if DTYPE == 10u {
+        let sc = byte_at(base + e / 16u);
+        let q = (byte_at(base + 16u + half * 32u + l) >> (2u * run)) & 3u;
+        return f16_at(base + 80u) * f32(sc & 15u) * f32(q) - f16_at(base + 82u) * f32(sc >> 4u);
+    }
+    if DTYPE == 11u {
+        let i = e / 16u;
+        var low: u32;
+        if i < 8u { low = byte_at(base + 96u + i) & 15u; } else { low = byte_at(base + 88u + i) >> 4u; }
+        let high = (byte_at(base + 104u + i % 4u) >> (2u * (i / 4u))) & 3u;
+        let scale = f32(i32(low | (high << 4u)) - 32);
+        let q2 = (byte_at(base + 32u + half * 32u + l) >> (2u * run)) & 3u;
+        let hbit = (byte_at(base + l) >> (4u * half + run)) & 1u;
+        return f16_at(base + 108u) * scale * f32(i32(q2) - 4 + 4 * i32(hbit));
+    }
+    // Q5_K
+    let chunk = e / 64u;
+    let w64 = e % 64u;
+    let k = q4k_factors(base, e / 32u);
+    let nib = (byte_at(base + 48u + chunk * 32u + l) >> (4u * (w64 / 32u))) & 15u;
+    let high = (byte_at(base + 16u + l) >> (2u * chunk + w64 / 32u)) & 1u;
+    return k.x * f32(nib | (high << 4u)) - k.y;
+}
+
 // Element `c` of the weight row starting at byte `rb`, decoded on its own: the transposed
 // matmul and the embedding walk weights by column, so no block is decoded whole.
 fn weight_at(rb: u32, c: u32) -> f32 {
@@ -88,6 +119,10 @@ fn weight_at(rb: u32, c: u32) -> f32 {
             let dm = unpack2x16float(word_at(base));
             let q = (byte_at(base + 4u + l % 16u) >> (4u * (l / 16u))) & 15u;
             return dm.x * f32(q) + dm.y;
+        }
+        case 10u, 11u, 12u: {
+            let bytes = select(select(176u, 110u, DTYPE == 11u), 84u, DTYPE == 10u);
+            return low_k_at(rb + bytes * (c / 256u), c % 256u);
         }
         case 8u, 9u: {
             let lay = q5_layout();
@@ -149,6 +184,10 @@ fn weight_at4(rb: u32, c: u32) -> vec4<f32> {
             if DTYPE == 4u { return f16_at(base) * (q - 8.0); }
             let dm = unpack2x16float(word_at(base));
             return dm.x * q + dm.y;
+        }
+        case 10u, 11u, 12u: {
+            return vec4<f32>(weight_at(rb, c), weight_at(rb, c + 1u), weight_at(rb, c + 2u),
+                             weight_at(rb, c + 3u));
         }
         case 8u, 9u: {
             let lay = q5_layout();
