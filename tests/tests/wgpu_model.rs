@@ -25,11 +25,16 @@ use engram_e2e::{
 
 /// The default model on `device`, or `None` when wgpu is wanted, absent and skipping is allowed.
 fn open(device: Device) -> Option<Engine> {
+    open_model(&default_model(), device)
+}
+
+/// [`open`] for the model at `path`.
+fn open_model(path: &std::path::Path, device: Device) -> Option<Engine> {
     let options = EngineOptions {
         device,
         ..Default::default()
     };
-    match Engine::open(default_model(), &options) {
+    match Engine::open(path, &options) {
         Ok(e) => {
             eprintln!("{device:?}: running on {}", e.device_name());
             Some(e)
@@ -56,7 +61,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 /// Largest logit difference between llama.cpp with an f32 and with an f16 KV cache over the
 /// prompts' positions: the noise floor of 8-bit activation rounding on this model.
 fn noise_floor(engine: &Engine, prompts: &[Vec<u32>]) -> f32 {
-    let path = default_model();
+    let path = engine.path().to_path_buf();
     let n_ctx = prompts.iter().map(Vec::len).max().unwrap_or(1).max(64);
     let mut f32_kv = LlamaCpp::open(&path, n_ctx, 2);
     let mut f16_kv = LlamaCpp::open_with_kv(&path, n_ctx, 2, llama_cpp_sys_2::GGML_TYPE_F16);
@@ -74,20 +79,42 @@ fn noise_floor(engine: &Engine, prompts: &[Vec<u32>]) -> f32 {
 
 #[test]
 fn logits_stay_within_the_noise_floor_of_the_cpu() {
-    let Some(gpu) = open(Device::Wgpu) else {
+    logits_within_the_noise_floor(
+        &default_model(),
+        &[
+            "The capital of France is",
+            "<|im_start|>user\nWhat is the capital of Japan?<|im_end|>\n<|im_start|>assistant\n",
+            "def fibonacci(n):\n    if n < 2:\n        return n\n    return",
+            "Once upon a time, in a small village by the sea, there lived an old fisherman who",
+        ],
+    );
+}
+
+/// Gemma 3 270M on the GPU: GeGLU, q/k norms, post-norms, the embedding scale and its
+/// 262,144-row table split over storage bindings (the sliding window is checked op by op
+/// in wgpu_ops.rs: a prompt past 512 tokens would need gigabytes of logits here).
+#[test]
+fn gemma3_logits_stay_within_the_noise_floor_of_the_cpu() {
+    logits_within_the_noise_floor(
+        &engram_e2e::gemma3_model(),
+        &[
+            "The capital of France is",
+            "Q: What is the capital of Japan?\nA:",
+            "Once upon a time, in a small village by the sea, there lived an old fisherman who",
+        ],
+    );
+}
+
+fn logits_within_the_noise_floor(path: &std::path::Path, prompts: &[&str]) {
+    let Some(gpu) = open_model(path, Device::Wgpu) else {
         return;
     };
-    let cpu = open(Device::Cpu).unwrap();
+    let cpu = open_model(path, Device::Cpu).unwrap();
     let vocab = cpu.model().config.vocab_size;
-    let prompts: Vec<Vec<u32>> = [
-        "The capital of France is",
-        "<|im_start|>user\nWhat is the capital of Japan?<|im_end|>\n<|im_start|>assistant\n",
-        "def fibonacci(n):\n    if n < 2:\n        return n\n    return",
-        "Once upon a time, in a small village by the sea, there lived an old fisherman who",
-    ]
-    .iter()
-    .map(|p| cpu.tokenizer().encode(p, true).unwrap())
-    .collect();
+    let prompts: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| cpu.tokenizer().encode(p, true).unwrap())
+        .collect();
     let floor = noise_floor(&cpu, &prompts);
     let (mut worst, mut positions, mut agree) = (0f32, 0, 0);
     for tokens in &prompts {

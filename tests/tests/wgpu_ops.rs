@@ -199,6 +199,34 @@ fn matmuls_on(p: &Pair, label: &str, rows: usize) {
     }
 }
 
+/// Activation blocks of tiny values (a GeLU's near-zero outputs) quantize to scales below
+/// f16's normal range: the GPU must keep them as subnormals, as the cpu does, not drop them.
+#[test]
+fn tiny_activations_keep_their_blocks() {
+    let Some(g) = gpu() else { return };
+    let p = Pair::new(g);
+    for dtype in [GgmlType::Q4_K, GgmlType::Q4_0, GgmlType::Q8_0] {
+        let cols = cols_for(dtype);
+        let src = weight(dtype, 16, cols, 3);
+        let (wc, wg) = (
+            p.c.load_weight(&src).unwrap(),
+            p.g.load_weight(&src).unwrap(),
+        );
+        let x: Vec<f32> = noise(2 * cols, 21, 1.0)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| if (i / 32) % 2 == 0 { v * 3e-4 } else { *v })
+            .collect();
+        let (xc, xg) = p.up(&x, 2, cols);
+        p.check(
+            &format!("matmul {dtype} over tiny activation blocks"),
+            &p.c.matmul(&wc, &xc),
+            &p.g.matmul(&wg, &xg),
+            1e-5,
+        );
+    }
+}
+
 #[test]
 fn matmul_embed_and_transpose_for_every_format() {
     let Some(g) = gpu() else { return };

@@ -61,7 +61,9 @@ fn silu_mul_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
 
 // GELU, tanh approximation, and its derivative: (gelu(g), gelu'(g)).
 fn gelu(g: f32) -> vec2<f32> {
-    let inner = 0.7978846 * (g + 0.044715 * g * g * g);
+    // tanh saturates to ±1 in f32 past |10|; clamping first keeps a GPU's exp-based tanh
+    // from overflowing to inf/inf on large gates.
+    let inner = clamp(0.7978846 * (g + 0.044715 * g * g * g), -10.0, 10.0);
     let t = tanh(inner);
     let d_inner = 0.7978846 * (1.0 + 3.0 * 0.044715 * g * g);
     return vec2<f32>(0.5 * g * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * g * (1.0 - t * t) * d_inner);

@@ -132,8 +132,16 @@ fn quantize_q8(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
         xq[o + 2u + k] = packed;
     }
-    xq[o] = bitcast<u32>(quantizeToF16(d));
-    xq[o + 1u] = bitcast<u32>(quantizeToF16(d * f32(sum)));
+    xq[o] = bitcast<u32>(round_to_f16(d));
+    xq[o + 1u] = bitcast<u32>(round_to_f16(d * f32(sum)));
+}
+
+// x rounded to the nearest f16 value, subnormals included (as the cpu's F16C conversion does):
+// GPUs may flush quantizeToF16's subnormal results to zero, and an activation block of small
+// values (a GeLU's near-zero outputs) would then vanish from the product.
+fn round_to_f16(x: f32) -> f32 {
+    if abs(x) < 6.103515625e-5 { return round(x * 16777216.0) / 16777216.0; }
+    return quantizeToF16(x);
 }
 
 // Σ of four signed byte products.
