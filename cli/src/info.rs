@@ -101,6 +101,28 @@ pub fn print(path: &Path, gguf: &Gguf) -> engram::Result<()> {
         "rope          base {} over {} dims ({:?})",
         c.rope.base, c.rope.dims, c.rope.layout
     );
+    if let Some(w) = c.sliding_window {
+        println!(
+            "attention     sliding window {w} (RoPE base {}); every {}th layer global",
+            c.local_rope.base, c.global_every
+        );
+    }
+    let mut hooks = vec![format!("{:?} gate", c.activation)];
+    for (on, what) in [
+        (c.qk_norm, "q/k norms"),
+        (c.post_norms, "post-norms"),
+        (c.qkv_bias, "q/k/v biases"),
+        (c.fused_qkv, "stacked q/k/v"),
+        (c.fused_gate_up, "stacked gate/up"),
+    ] {
+        if on {
+            hooks.push(what.to_owned());
+        }
+    }
+    if let Some(s) = c.embedding_scale {
+        hooks.push(format!("embeddings ×{s:.2}"));
+    }
+    println!("graph         {}", hooks.join(", "));
     println!("norm eps      {:e}", c.norm_eps);
     println!(
         "embeddings    {}",
@@ -126,7 +148,8 @@ pub fn print(path: &Path, gguf: &Gguf) -> engram::Result<()> {
     }
     let tok = Tokenizer::from_gguf(gguf)?;
     println!(
-        "tokenizer     byte-level BPE, pre-tokenizer {:?}, {} tokens",
+        "tokenizer     {}, pre-tokenizer {:?}, {} tokens",
+        tok.kind(),
         tok.pre,
         tok.vocab_size()
     );
@@ -141,10 +164,10 @@ pub fn print(path: &Path, gguf: &Gguf) -> engram::Result<()> {
     println!("  stop        {}", stops.join(", "));
     println!(
         "  chat        {}",
-        if tok.chat_template().is_some() {
+        if tok.turn_end().is_none() {
             "template in file"
         } else {
-            "no template"
+            "no template in file: plain \"Q: …\" / \"A: …\" lines"
         }
     );
     Ok(())

@@ -186,6 +186,11 @@ impl LlamaCpp {
 
     /// Logits for every position of `tokens`, from an empty KV cache.
     pub fn logits(&mut self, tokens: &[u32]) -> Vec<f32> {
+        self.logits_from(tokens, 0)
+    }
+
+    /// Logits for positions `from..` of `tokens` (all of them run), from an empty KV cache.
+    pub fn logits_from(&mut self, tokens: &[u32], from: usize) -> Vec<f32> {
         assert!(tokens.len() <= self.n_ctx, "oracle context too small");
         let n_vocab = self.n_vocab();
         unsafe {
@@ -196,13 +201,13 @@ impl LlamaCpp {
                 *batch.pos.add(i) = i as i32;
                 *batch.n_seq_id.add(i) = 1;
                 *(*batch.seq_id.add(i)) = 0;
-                *batch.logits.add(i) = 1;
+                *batch.logits.add(i) = (i >= from) as i8;
             }
             batch.n_tokens = tokens.len() as i32;
             let rc = sys::llama_decode(self.ctx, batch);
             assert_eq!(rc, 0, "llama_decode failed");
-            let mut out = Vec::with_capacity(tokens.len() * n_vocab);
-            for i in 0..tokens.len() {
+            let mut out = Vec::with_capacity((tokens.len() - from) * n_vocab);
+            for i in from..tokens.len() {
                 let p = sys::llama_get_logits_ith(self.ctx, i as i32);
                 assert!(!p.is_null());
                 out.extend_from_slice(std::slice::from_raw_parts(p, n_vocab));

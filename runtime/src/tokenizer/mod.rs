@@ -232,6 +232,14 @@ impl Tokenizer {
         })
     }
 
+    /// The tokenizer family, in words.
+    pub fn kind(&self) -> &'static str {
+        match self.inner {
+            Encoder::Bpe(_) => "byte-level BPE",
+            Encoder::Spm(_) => "SentencePiece (score merges, byte fallback)",
+        }
+    }
+
     /// Number of tokens in the vocabulary.
     pub fn vocab_size(&self) -> usize {
         self.token_bytes.len()
