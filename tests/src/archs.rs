@@ -61,7 +61,13 @@ pub fn tiny_arch_gguf(arch: &str, layers: usize, seed: u64) -> Vec<u8> {
     let mut types = vec![Value::I32(1); 256];
     types.extend([Value::I32(3), Value::I32(3)]);
     w.set("tokenizer.ggml.model", s("gpt2"));
-    w.set("tokenizer.ggml.pre", s("smollm"));
+    // Each family's own pre-tokenizer name, so both runtimes must know it.
+    let pre = if arch.starts_with("qwen") {
+        "qwen2"
+    } else {
+        "smollm"
+    };
+    w.set("tokenizer.ggml.pre", s(pre));
     w.set(
         "tokenizer.ggml.tokens",
         Value::Array(ValueType::String, tokens),

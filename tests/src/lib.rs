@@ -227,6 +227,23 @@ impl Drop for LlamaCpp {
     }
 }
 
+/// KL(p‖q) of two logit rows, in nats.
+pub fn kl(p_logits: &[f32], q_logits: &[f32]) -> f64 {
+    let lse = |l: &[f32]| {
+        let m = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        l.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln() + m
+    };
+    let (lp, lq) = (lse(p_logits), lse(q_logits));
+    p_logits
+        .iter()
+        .zip(q_logits)
+        .map(|(&a, &b)| {
+            let pa = a as f64 - lp;
+            pa.exp() * (pa - (b as f64 - lq))
+        })
+        .sum()
+}
+
 /// ggml's own reference quantizer and dequantizer for a type, by ggml type id.
 pub fn ggml_roundtrip(type_id: u32, x: &[f32]) -> (Vec<u8>, Vec<f32>) {
     init();

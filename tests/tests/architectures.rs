@@ -37,11 +37,40 @@ fn tiny_models_of_every_architecture_match_llama_cpp() {
             .unwrap_or_else(|e| panic!("{arch}: {e}"));
         assert_eq!(engine.model().config.architecture, arch);
         let mut oracle = LlamaCpp::open(&path, 64, 2);
+        for text in [
+            "Hello world.",
+            "  spaces\tand\nnewlines ",
+            "Ünïcödé 日本語 🎉",
+            "<|end|>x",
+        ] {
+            assert_eq!(
+                engine.tokenizer().encode(text, false).unwrap(),
+                oracle.tokenize(text, false, true),
+                "{arch}: token ids of {text:?}"
+            );
+        }
         let tokens = prompt();
         let theirs = oracle.logits(&tokens);
+        // The rule the real models' tests follow: mean KL within 2× llama.cpp's own difference
+        // between an f16 and an f32 KV cache.
+        let floor_logits =
+            LlamaCpp::open_with_kv(&path, 64, 2, llama_cpp_sys_2::GGML_TYPE_F16).logits(&tokens);
         let ours = engine.logits(&tokens).unwrap();
         let vocab = engine.model().config.vocab_size;
         assert_eq!(ours.len(), theirs.len(), "{arch}: logits shape");
+        let mean_kl = |a: &[f32]| -> f64 {
+            theirs
+                .chunks_exact(vocab)
+                .zip(a.chunks_exact(vocab))
+                .map(|(p, q)| engram_e2e::kl(p, q))
+                .sum::<f64>()
+                / tokens.len() as f64
+        };
+        let (kl_ours, kl_floor) = (mean_kl(&ours), mean_kl(&floor_logits));
+        assert!(
+            kl_ours <= 2.0 * kl_floor,
+            "{arch}: mean KL {kl_ours:.2e} over 2× the f16-KV floor {kl_floor:.2e}"
+        );
         let scale = theirs.iter().fold(0f32, |a, v| a.max(v.abs()));
         let max_abs = ours
             .iter()
@@ -74,7 +103,8 @@ fn tiny_models_of_every_architecture_match_llama_cpp() {
         );
         println!(
             "{arch} ({layers} blocks, vocab {vocab}): max |Δ| vs llama.cpp {max_abs:.2e} all at once, \
-             {step_abs:.2e} through the cache (logit scale {scale:.2})"
+             {step_abs:.2e} through the cache (logit scale {scale:.2}); mean KL {kl_ours:.2e}, \
+             f16-KV floor {kl_floor:.2e}"
         );
     }
 }

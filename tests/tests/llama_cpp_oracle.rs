@@ -4,7 +4,7 @@ use engram::model::Logits;
 use engram::quant::{GgmlType, dequantize_row, quantize_row};
 use engram::{Engine, EngineOptions, log_softmax_at};
 use engram_e2e::{
-    LlamaCpp, default_model, gemma3_model, ggml_dequantize, ggml_roundtrip, held_out_text,
+    LlamaCpp, default_model, gemma3_model, ggml_dequantize, ggml_roundtrip, held_out_text, kl,
 };
 
 const TOKENIZER_CASES: &[&str] = &[
@@ -66,23 +66,6 @@ fn tokenization_matches_on(path: &std::path::Path) {
         path.display(),
         TOKENIZER_CASES.len()
     );
-}
-
-/// KL(p‖q) of two logit rows, in nats.
-fn kl(p_logits: &[f32], q_logits: &[f32]) -> f64 {
-    let lse = |l: &[f32]| {
-        let m = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        l.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln() + m
-    };
-    let (lp, lq) = (lse(p_logits), lse(q_logits));
-    p_logits
-        .iter()
-        .zip(q_logits)
-        .map(|(&a, &b)| {
-            let pa = a as f64 - lp;
-            pa.exp() * (pa - (b as f64 - lq))
-        })
-        .sum()
 }
 
 fn argmax(v: &[f32]) -> usize {
@@ -259,13 +242,31 @@ fn logits_match_on(path: &std::path::Path, prompts: &[&str]) {
 
 #[test]
 fn perplexity_matches_llama_cpp() {
-    let path = default_model();
+    perplexity_matches_on(&default_model());
+}
+
+#[test]
+fn gemma3_perplexity_matches_llama_cpp() {
+    perplexity_matches_on(&gemma3_model());
+}
+
+fn perplexity_matches_on(path: &std::path::Path) {
+    let path = path.to_path_buf();
     let engine = Engine::open(&path, &EngineOptions::default()).unwrap();
     let window = 256;
     let mut oracle = LlamaCpp::open(&path, window, 2);
     let vocab = engine.model().config.vocab_size;
-    let tokens = engine.tokenizer().encode(&held_out_text(), false).unwrap();
-    let tokens = &tokens[..window * 4];
+    let mut tokens = engine.tokenizer().encode(&held_out_text(), false).unwrap();
+    tokens.truncate(window * 4);
+    // As llama-perplexity does: a model that asks for BOS gets it at the start of each chunk
+    // (Gemma's first position is its attention sink; a chunk cut mid-text has none).
+    let tok = engine.tokenizer();
+    if let (true, Some(bos)) = (tok.add_bos, tok.bos) {
+        for chunk in tokens.chunks_mut(window) {
+            chunk[0] = bos;
+        }
+    }
+    let tokens = &tokens[..];
     let (ours, count) = engine.perplexity(tokens, window).unwrap();
     let mut nll = 0f64;
     for chunk in tokens.chunks_exact(window) {
@@ -278,7 +279,8 @@ fn perplexity_matches_llama_cpp() {
     let (ppl_ours, ppl_theirs) = (ours.exp(), theirs.exp());
     let rel = (ppl_ours - ppl_theirs).abs() / ppl_theirs;
     println!(
-        "perplexity over {count} tokens: engram {ppl_ours:.4}, llama.cpp {ppl_theirs:.4} (Δ {:.3}%)",
+        "{}: perplexity over {count} tokens: engram {ppl_ours:.4}, llama.cpp {ppl_theirs:.4} (Δ {:.3}%)",
+        path.display(),
         rel * 100.0
     );
     assert!(rel <= 0.005, "perplexity differs by {:.3}%", rel * 100.0);
