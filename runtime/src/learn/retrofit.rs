@@ -403,9 +403,17 @@ fn background_batches(
         }
     }
     stream.truncate(cap);
+    // A model that asks for BOS reads every batch after one, as it reads every prompt: without
+    // it Gemma 3 is another model (held-out perplexity 40.3 instead of 19.5), and the keys
+    // would be fitted to hidden states it never has when asked.
+    let lead: Vec<u32> = match (tokenizer.add_bos, tokenizer.bos) {
+        (true, Some(bos)) => vec![bos],
+        _ => Vec::new(),
+    };
+    let body = opts.batch_tokens.saturating_sub(lead.len()).max(1);
     let mut batches: Vec<Vec<u32>> = stream
-        .chunks(opts.batch_tokens)
-        .map(<[u32]>::to_vec)
+        .chunks(body)
+        .map(|chunk| [&lead[..], chunk].concat())
         .collect();
     if batches.len() > 1
         && batches
