@@ -20,6 +20,11 @@ pub const TINY_WINDOW: usize = 8;
 /// weights (so that engram and llama.cpp compute in the same precision and any difference is
 /// the graph), a 256-byte vocabulary and `layers` blocks.
 pub fn tiny_arch_gguf(arch: &str, layers: usize, seed: u64) -> Vec<u8> {
+    tiny_arch_writer(arch, layers, seed).to_bytes()
+}
+
+/// The writer [`tiny_arch_gguf`] fills, for tests that add or change something first.
+pub fn tiny_arch_writer(arch: &str, layers: usize, seed: u64) -> GgufWriter<'static> {
     let head_dim = match arch {
         // Gemma and Qwen 3 set the head width apart from dim / heads.
         "gemma3" | "qwen3" => 32,
@@ -138,5 +143,5 @@ pub fn tiny_arch_gguf(arch: &str, layers: usize, seed: u64) -> Vec<u8> {
         // Phi-3 has its own LM head; the others tie it to the embeddings.
         matrix(&mut w, "output.weight".into(), vocab, DIM);
     }
-    w.to_bytes()
+    w
 }

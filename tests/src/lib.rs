@@ -13,7 +13,7 @@ mod archs;
 #[path = "../../runtime/tests/common/tiny.rs"]
 mod tiny;
 
-pub use archs::{TINY_WINDOW, tiny_arch_gguf};
+pub use archs::{TINY_WINDOW, tiny_arch_gguf, tiny_arch_writer};
 pub use scratch::scratch_dir;
 pub use tiny::{
     noise, tiny_chat_llama_gguf, tiny_llama_f32_gguf, tiny_llama_gguf, tiny_memory_config,

@@ -108,3 +108,18 @@ fn tiny_models_of_every_architecture_match_llama_cpp() {
         );
     }
 }
+
+/// A file whose RoPE needs frequency factors engram does not apply is refused by name, not
+/// run with wrong logits.
+#[test]
+fn rope_frequency_factors_are_refused_by_name() {
+    let dir = scratch_dir("archs-rope");
+    let mut w = engram_e2e::tiny_arch_writer("llama", 2, 3);
+    w.add_f32("rope_freqs.weight", &[8], &[1.0; 8]).unwrap();
+    let path = dir.join("with-rope-freqs.gguf");
+    w.write_atomic(&path).unwrap();
+    let err = Engine::open(&path, &EngineOptions::default())
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("rope_freqs.weight"), "{err}");
+}

@@ -12,7 +12,7 @@
 //! dequantized weights and unquantized activations.
 
 use engram::backend::cpu::{CpuBackend, CpuTensor};
-use engram::backend::wgpu::{WgpuBackend, WgpuOptions, WgpuTensor};
+use engram::backend::wgpu::{WgpuBackend, WgpuOptions, WgpuTensor, uses_integer_dot};
 use engram::backend::{
     Activation, AttentionShape, Backend, ProductKeyShape, Rope, RopeLayout, WeightSource,
 };
@@ -161,16 +161,7 @@ fn matmuls_on(p: &Pair, label: &str, rows: usize) {
             );
             // Formats the shader decodes element by element (floats and the rarer k-quants)
             // give the exact product; the others quantize activations as the cpu does.
-            let elementwise = matches!(
-                dtype,
-                GgmlType::F32
-                    | GgmlType::F16
-                    | GgmlType::BF16
-                    | GgmlType::Q2_K
-                    | GgmlType::Q3_K
-                    | GgmlType::Q5_K
-            );
-            let same_method = if elementwise {
+            let same_method = if !uses_integer_dot(dtype) {
                 p.c.matmul(&exact, &xc)
             } else {
                 p.c.matmul(&wc, &xc)

@@ -137,6 +137,19 @@ impl ModelConfig {
                 key("rope.scaling.factor")
             )));
         }
+        // Frequency factors change every position's rotation: running without them would
+        // give wrong logits silently (Llama 3.1's rope_freqs, Phi-3 128k's LongRoPE).
+        for name in [
+            "rope_freqs.weight",
+            "rope_factors_long.weight",
+            "rope_factors_short.weight",
+        ] {
+            if gguf.tensor(name).is_some() {
+                return Err(Error::Unsupported(format!(
+                    "RoPE frequency factors (tensor {name})"
+                )));
+            }
+        }
         let gemma = arch == "gemma3";
         let qk_norm = gemma || arch == "qwen3";
         // Every architecture but llama's GGUF layout pairs dimensions (i, i + d/2) (NeoX).

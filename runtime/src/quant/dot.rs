@@ -511,72 +511,61 @@ mod avx2 {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn q4_k<const T: usize>(w: &[u8], xq: [&[Q8Act]; T]) -> [f32; T] {
-        unsafe {
-            let mut acc = [_mm256_setzero_ps(); T];
-            let mut offset = [0f32; T];
-            let m4 = _mm256_set1_epi8(0xF);
-            for i in 0..w.len() / 144 {
-                let b = w.as_ptr().add(i * 144);
-                let (d, dmin) = (fp16(b), fp16(b.add(2)));
-                let scales = std::slice::from_raw_parts(b.add(4), 12);
-                let mut sm = [(0f32, 0f32); 8];
-                for (j, e) in sm.iter_mut().enumerate() {
-                    let (sc, m) = super::q4k_scale_min(j, scales);
-                    *e = (d * sc as f32, dmin * m as f32);
-                }
-                for c in 0..4 {
-                    let q = _mm256_loadu_si256(b.add(16 + c * 32) as *const __m256i);
-                    let halves = [
-                        _mm256_and_si256(q, m4),
-                        _mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
-                    ];
-                    for (h, qv) in halves.into_iter().enumerate() {
-                        let j = 2 * c + h;
-                        for t in 0..T {
-                            let a = xq[t].get_unchecked(i * 8 + j);
-                            let p = _mm256_cvtepi32_ps(dot_us(qv, load_act(a)));
-                            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(sm[j].0 * a.d), p, acc[t]);
-                            offset[t] -= sm[j].1 * a.sum;
-                        }
-                    }
-                }
-            }
-            std::array::from_fn(|t| hsum(acc[t]) + offset[t])
-        }
+        // SAFETY: the caller checked the features and the activation lengths.
+        unsafe { k_scaled_nibbles::<T, false>(w, xq) }
     }
 
-    /// Q4_K's kernel with each quant's fifth bit taken from the block's 32 high-bit bytes.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn q5_k<const T: usize>(w: &[u8], xq: [&[Q8Act]; T]) -> [f32; T] {
+        // SAFETY: the caller checked the features and the activation lengths.
+        unsafe { k_scaled_nibbles::<T, true>(w, xq) }
+    }
+
+    /// Q4_K (`HIGH` false: d, dmin, 12 scale bytes, 128 nibble bytes) and Q5_K (`HIGH` true:
+    /// 32 high-bit bytes before the nibbles, bit j of each the fifth bit of sub-block j).
+    #[inline(always)]
+    unsafe fn k_scaled_nibbles<const T: usize, const HIGH: bool>(
+        w: &[u8],
+        xq: [&[Q8Act]; T],
+    ) -> [f32; T] {
         unsafe {
+            let (block, quants) = if HIGH { (176, 48) } else { (144, 16) };
             let mut acc = [_mm256_setzero_ps(); T];
             let mut offset = [0f32; T];
             let m4 = _mm256_set1_epi8(0xF);
             let one = _mm256_set1_epi8(1);
-            for i in 0..w.len() / 176 {
-                let b = w.as_ptr().add(i * 176);
+            for i in 0..w.len() / block {
+                let b = w.as_ptr().add(i * block);
                 let (d, dmin) = (fp16(b), fp16(b.add(2)));
                 let scales = std::slice::from_raw_parts(b.add(4), 12);
-                let qh = _mm256_loadu_si256(b.add(16) as *const __m256i);
+                let qh = if HIGH {
+                    _mm256_loadu_si256(b.add(16) as *const __m256i)
+                } else {
+                    _mm256_setzero_si256()
+                };
                 let mut sm = [(0f32, 0f32); 8];
                 for (j, e) in sm.iter_mut().enumerate() {
                     let (sc, m) = super::q4k_scale_min(j, scales);
                     *e = (d * sc as f32, dmin * m as f32);
                 }
                 for c in 0..4 {
-                    let q = _mm256_loadu_si256(b.add(48 + c * 32) as *const __m256i);
+                    let q = _mm256_loadu_si256(b.add(quants + c * 32) as *const __m256i);
                     let nibbles = [
                         _mm256_and_si256(q, m4),
                         _mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
                     ];
                     for (h, low) in nibbles.into_iter().enumerate() {
                         let j = 2 * c + h;
-                        // Bit j of every high-bit byte, moved to bit 4.
-                        let bit = _mm256_and_si256(
-                            _mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)),
-                            one,
-                        );
-                        let qv = _mm256_or_si256(low, _mm256_slli_epi16(bit, 4));
+                        let qv = if HIGH {
+                            // Bit j of every high-bit byte, moved to bit 4.
+                            let bit = _mm256_and_si256(
+                                _mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)),
+                                one,
+                            );
+                            _mm256_or_si256(low, _mm256_slli_epi16(bit, 4))
+                        } else {
+                            low
+                        };
                         for t in 0..T {
                             let a = xq[t].get_unchecked(i * 8 + j);
                             let p = _mm256_cvtepi32_ps(dot_us(qv, load_act(a)));

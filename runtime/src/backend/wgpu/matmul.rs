@@ -77,20 +77,25 @@ pub(super) fn embed(
     Ok(backend.tensor(out, tokens.len(), table.cols))
 }
 
-pub(super) fn matmul(backend: &WgpuBackend, w: &WgpuWeight, x: &WgpuTensor) -> WgpuTensor {
-    assert_eq!(x.cols, w.cols, "matmul {}: input width", w.name);
-    let out = backend.storage(x.rows * w.rows * 4);
-    // Formats with a block decoder for the 8-bit integer dot; the others (floats, and the
-    // k-quants whose mins vary within 32 elements or that are rare) go element by element.
-    let integer = !matches!(
-        w.dtype,
+/// Whether the shader multiplies `dtype` weights by 8-bit quantized activations through a block
+/// decoder (as the cpu does); the other formats (floats, and the k-quants whose mins vary within
+/// 32 elements or that are rare) are decoded element by element against f32 activations.
+pub fn uses_integer_dot(dtype: GgmlType) -> bool {
+    !matches!(
+        dtype,
         GgmlType::F32
             | GgmlType::F16
             | GgmlType::BF16
             | GgmlType::Q2_K
             | GgmlType::Q3_K
             | GgmlType::Q5_K
-    );
+    )
+}
+
+pub(super) fn matmul(backend: &WgpuBackend, w: &WgpuWeight, x: &WgpuTensor) -> WgpuTensor {
+    assert_eq!(x.cols, w.cols, "matmul {}: input width", w.name);
+    let out = backend.storage(x.rows * w.rows * 4);
+    let integer = uses_integer_dot(w.dtype);
     let quantized = integer.then(|| backend.quantize_activations(x));
     let entry = if integer { "matmul_q8" } else { "matmul" };
     for part in &w.parts {

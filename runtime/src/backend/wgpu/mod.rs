@@ -22,6 +22,7 @@ use super::{Activation, AttentionShape, Backend, ProductKeyShape, Rope, RopeLayo
 use crate::error::{Error, Result};
 use crate::quant::GgmlType;
 pub use adapters::{AdapterSummary, WgpuOptions, adapters};
+pub use matmul::uses_integer_dot;
 use adapters::{instance, rank, summary};
 
 /// Most workgroups a dispatch may have along one dimension (WebGPU's minimum limit).
