@@ -194,3 +194,50 @@ fn a_long_conversation_drops_its_oldest_turns_to_fit_the_context() {
     chat.reset();
     assert_eq!(chat.turns(), 0);
 }
+
+/// A GGUF without a chat template (Gemma 3 270M, a pretrained base model) is asked in plain
+/// `Q:` / `A:` lines: the reply ends at its line's end, knows the answer and carries none of
+/// the format's text; a system message is a paragraph before the first question.
+#[test]
+fn a_model_without_a_template_is_asked_in_plain_lines() {
+    let engine = Engine::open(engram_e2e::gemma3_model(), &EngineOptions::default()).unwrap();
+    let tok = engine.tokenizer();
+    assert_eq!(tok.turn_end(), Some("\n"));
+    let user = [ChatMessage::new("user", "What is the capital of France?")];
+    assert_eq!(
+        render(&engine, &user),
+        "Q: What is the capital of France?\nA:"
+    );
+    let with_system = [
+        ChatMessage::new("system", "Answer briefly."),
+        ChatMessage::new("user", "Hi?"),
+        ChatMessage::new("assistant", "Hello."),
+        ChatMessage::new("user", "And now?"),
+    ];
+    assert_eq!(
+        render(&engine, &with_system),
+        "Answer briefly.\n\nQ: Hi?\nA: Hello.\nQ: And now?\nA:"
+    );
+    let g = engine
+        .chat(&user, &GenerateOptions::default(), |_| true)
+        .unwrap();
+    assert_eq!(g.stop, StopReason::EndOfText, "{:?}", g.text);
+    assert!(g.text.contains("Paris"), "{:?}", g.text);
+    assert!(
+        !g.text.contains('\n') && !g.text.contains("Q:"),
+        "{:?}",
+        g.text
+    );
+    // Raw completion goes on past the line's end (the model's next line is another question).
+    let raw = engine
+        .generate(
+            "Q: What is the capital of France?\nA:",
+            &GenerateOptions {
+                max_tokens: 24,
+                ..Default::default()
+            },
+            |_| true,
+        )
+        .unwrap();
+    assert!(raw.text.trim_start().contains('\n'), "{:?}", raw.text);
+}
