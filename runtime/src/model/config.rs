@@ -12,7 +12,7 @@ const GEMMA3_LOCAL_ROPE_BASE: f32 = 10_000.0;
 /// Gemma 3: every sixth layer attends globally, the others through the sliding window.
 const GEMMA3_GLOBAL_EVERY: usize = 6;
 
-/// The numbers that define a transformer of one of the [`SUPPORTED_ARCHITECTURES`], and what
+/// The numbers that define a transformer of one of the supported architectures, and what
 /// its graph does differently from llama's (the hooks the one graph reads).
 #[derive(Clone, Debug)]
 pub struct ModelConfig {
