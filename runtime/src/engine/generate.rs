@@ -260,7 +260,11 @@ impl Session<'_> {
                 break StopReason::Repetition;
             }
             out.push(next);
-            let piece = stream.push(e.tokenizer.token_bytes(next));
+            let mut piece = stream.push(e.tokenizer.token_bytes(next));
+            // The plain format writes "A: reply": the space after the colon is the format's.
+            if turn_end.is_some() && text.is_empty() {
+                piece = piece.trim_start_matches(' ').to_owned();
+            }
             // A turn that ends in plain text ends at the first end after some reply text.
             if let Some(at) = turn_end.and_then(|end| piece.find(end)) {
                 let before = &piece[..at];
