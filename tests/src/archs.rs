@@ -2,7 +2,7 @@
 //! with every tensor and metadata key llama.cpp needs, so the two can be compared on
 //! architectures whose real weights cannot be downloaded here (Qwen 2/3, Phi-3).
 
-use engram::gguf::{GgufWriter, Value, ValueType};
+use engram::gguf::{GgufWriter, Value};
 use engram::quant::{GgmlType, quantize_row};
 
 use crate::noise;
@@ -55,38 +55,15 @@ pub fn tiny_arch_writer(arch: &str, layers: usize, seed: u64) -> GgufWriter<'sta
             Value::U32(TINY_WINDOW as u32),
         );
     }
-    let alphabet = engram::tokenizer::byte_level_alphabet();
-    let mut tokens: Vec<Value> = alphabet
-        .iter()
-        .map(|c| Value::String(c.to_string()))
-        .collect();
-    // llama.cpp looks Phi-3's end-of-turn markers up by their text.
-    tokens.extend(["<|endoftext|>", "<|end|>"].map(|t| Value::String(t.into())));
-    let vocab = tokens.len();
-    let mut types = vec![Value::I32(1); 256];
-    types.extend([Value::I32(3), Value::I32(3)]);
-    w.set("tokenizer.ggml.model", s("gpt2"));
-    // Each family's own pre-tokenizer name, so both runtimes must know it.
+    // Each family's own pre-tokenizer name, so both runtimes must know it; llama.cpp looks
+    // Phi-3's end-of-turn markers up by their text.
     let pre = if arch.starts_with("qwen") {
         "qwen2"
     } else {
         "smollm"
     };
-    w.set("tokenizer.ggml.pre", s(pre));
-    w.set(
-        "tokenizer.ggml.tokens",
-        Value::Array(ValueType::String, tokens),
-    );
-    w.set(
-        "tokenizer.ggml.token_type",
-        Value::Array(ValueType::I32, types),
-    );
-    w.set(
-        "tokenizer.ggml.merges",
-        Value::Array(ValueType::String, vec![]),
-    );
-    w.set("tokenizer.ggml.bos_token_id", Value::U32(256));
-    w.set("tokenizer.ggml.eos_token_id", Value::U32(257));
+    crate::tiny::set_byte_level_vocab(&mut w, pre, ["<|endoftext|>", "<|end|>"]);
+    let vocab = 256 + 2;
 
     let mut norm_seed = seed ^ 0x5eed;
     let mut seed = seed;

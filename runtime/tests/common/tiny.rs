@@ -46,19 +46,44 @@ pub fn tiny_llama_f32_gguf(seed: u64, layers: usize) -> Vec<u8> {
     tiny_llama(seed, layers, true, None)
 }
 
+/// A byte-level BPE vocabulary without merges (each byte its own token) and two control
+/// tokens after the 256 bytes, the first BOS and the second EOS, with `pre` as the
+/// pre-tokenizer name.
+pub fn set_byte_level_vocab(w: &mut engram::gguf::GgufWriter, pre: &str, controls: [&str; 2]) {
+    use engram::gguf::{Value, ValueType};
+    let alphabet = engram::tokenizer::byte_level_alphabet();
+    let mut tokens: Vec<Value> = alphabet
+        .iter()
+        .map(|c| Value::String(c.to_string()))
+        .collect();
+    tokens.extend(controls.map(|t| Value::String(t.into())));
+    let mut types = vec![Value::I32(1); 256];
+    types.extend([Value::I32(3), Value::I32(3)]);
+    w.set("tokenizer.ggml.model", Value::String("gpt2".into()));
+    w.set("tokenizer.ggml.pre", Value::String(pre.into()));
+    w.set(
+        "tokenizer.ggml.tokens",
+        Value::Array(ValueType::String, tokens),
+    );
+    w.set(
+        "tokenizer.ggml.token_type",
+        Value::Array(ValueType::I32, types),
+    );
+    w.set(
+        "tokenizer.ggml.merges",
+        Value::Array(ValueType::String, vec![]),
+    );
+    w.set("tokenizer.ggml.bos_token_id", Value::U32(256));
+    w.set("tokenizer.ggml.eos_token_id", Value::U32(257));
+}
+
 fn tiny_llama(seed: u64, layers: usize, all_f32: bool, chat_template: Option<&str>) -> Vec<u8> {
-    use engram::gguf::{GgufWriter, Value, ValueType};
+    use engram::gguf::{GgufWriter, Value};
     use engram::quant::{GgmlType, quantize_row};
 
     let (dim, heads, kv_heads, ffn) = (64usize, 4usize, 2usize, 256usize);
     let head_dim = dim / heads;
-    let alphabet = engram::tokenizer::byte_level_alphabet();
-    let mut tokens: Vec<String> = alphabet.iter().map(|c| c.to_string()).collect();
-    tokens.push("<|im_start|>".into());
-    tokens.push("<|im_end|>".into());
-    let vocab = tokens.len();
-    let mut types = vec![Value::I32(1); 256];
-    types.extend([Value::I32(3), Value::I32(3)]);
+    let vocab = 256 + 2;
 
     let mut w = GgufWriter::new();
     let s = |v: &str| Value::String(v.into());
@@ -73,25 +98,7 @@ fn tiny_llama(seed: u64, layers: usize, all_f32: bool, chat_template: Option<&st
     w.set("llama.context_length", Value::U32(context));
     w.set("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5));
     w.set("llama.rope.freq_base", Value::F32(10000.0));
-    w.set("tokenizer.ggml.model", s("gpt2"));
-    w.set("tokenizer.ggml.pre", s("smollm"));
-    w.set(
-        "tokenizer.ggml.tokens",
-        Value::Array(
-            ValueType::String,
-            tokens.into_iter().map(Value::String).collect(),
-        ),
-    );
-    w.set(
-        "tokenizer.ggml.token_type",
-        Value::Array(ValueType::I32, types),
-    );
-    w.set(
-        "tokenizer.ggml.merges",
-        Value::Array(ValueType::String, vec![]),
-    );
-    w.set("tokenizer.ggml.bos_token_id", Value::U32(256));
-    w.set("tokenizer.ggml.eos_token_id", Value::U32(257));
+    set_byte_level_vocab(&mut w, "smollm", ["<|im_start|>", "<|im_end|>"]);
     if let Some(template) = chat_template {
         w.set("tokenizer.chat_template", s(template));
     }
