@@ -72,11 +72,13 @@ fn tiny_models_of_every_architecture_match_llama_cpp() {
             "{arch}: mean KL {kl_ours:.2e} over 2× the f16-KV floor {kl_floor:.2e}"
         );
         let scale = theirs.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let max_abs = ours
-            .iter()
-            .zip(&theirs)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let off_by = |a: &[f32]| {
+            a.iter()
+                .zip(&theirs)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max)
+        };
+        let max_abs = off_by(&ours);
         // The same graph in f32 differs only in summation order: ~1e-6 of the logits' scale.
         // A wrong norm, RoPE pairing, bias or window moves them by a large fraction of it.
         assert!(
@@ -92,11 +94,7 @@ fn tiny_models_of_every_architecture_match_llama_cpp() {
         for &t in &tokens[30..] {
             stepped.extend(model.forward(&[t], &mut cache, Logits::All).unwrap());
         }
-        let step_abs = stepped
-            .iter()
-            .zip(&theirs)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let step_abs = off_by(&stepped);
         assert!(
             step_abs <= 1e-3 * scale.max(1.0),
             "{arch}: decoding through the cache differs by {step_abs}"

@@ -68,16 +68,23 @@ fn signed_max(values: impl IntoIterator<Item = f32>) -> f32 {
         .fold(0f32, |a, v| if v.abs() > a.abs() { v } else { a })
 }
 
-/// Round-to-nearest Q2_K block of 256 values.
-pub(crate) fn quantize_q2_k(x: &[f32], out: &mut Vec<u8>) {
-    let mut scale = [0f32; 16];
-    let mut min = [0f32; 16];
-    for (j, s) in x.chunks_exact(16).enumerate() {
+/// For each of the `N` sub-blocks of a 256-value block: the step that spans its range (from
+/// its minimum, at most 0, to its maximum) in `levels` steps, and that minimum negated.
+fn steps_and_mins<const N: usize>(x: &[f32], levels: f32) -> ([f32; N], [f32; N]) {
+    let mut step = [0f32; N];
+    let mut min = [0f32; N];
+    for (j, s) in x.chunks_exact(256 / N).enumerate() {
         let lo = s.iter().copied().fold(0f32, f32::min);
         let hi = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        scale[j] = (hi - lo) / 3.0;
+        step[j] = (hi - lo) / levels;
         min[j] = -lo;
     }
+    (step, min)
+}
+
+/// Round-to-nearest Q2_K block of 256 values.
+pub(crate) fn quantize_q2_k(x: &[f32], out: &mut Vec<u8>) {
+    let (scale, min) = steps_and_mins::<16>(x, 3.0);
     let d = scale.iter().copied().fold(0f32, f32::max) / 15.0;
     let dmin = min.iter().copied().fold(0f32, f32::max) / 15.0;
     let (d16, dmin16) = (f16::from_f32(d), f16::from_f32(dmin));
@@ -159,14 +166,7 @@ pub(crate) fn quantize_q3_k(x: &[f32], out: &mut Vec<u8>) {
 
 /// Round-to-nearest Q5_K block of 256 values (Q4_K's scales, 5-bit quants).
 pub(crate) fn quantize_q5_k(x: &[f32], out: &mut Vec<u8>) {
-    let mut scale = [0f32; 8];
-    let mut min = [0f32; 8];
-    for (j, s) in x.chunks_exact(32).enumerate() {
-        let lo = s.iter().copied().fold(0f32, f32::min);
-        let hi = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        scale[j] = (hi - lo) / 31.0;
-        min[j] = -lo;
-    }
+    let (scale, min) = steps_and_mins::<8>(x, 31.0);
     let d = scale.iter().copied().fold(0f32, f32::max) / 63.0;
     let dmin = min.iter().copied().fold(0f32, f32::max) / 63.0;
     let level = |v: f32, unit: f32| {
