@@ -174,6 +174,32 @@ int main(int argc, char **argv) {
     CHECK(engram_delta_revert(b, id) == ENGRAM_STATUS_INVALID_ARGUMENT, "revert twice is refused");
     engram_string_free(id);
 
+    /* Signed deltas: B imports only what Ana's key signed. */
+    char key_path[1024], public_path[1024];
+    snprintf(key_path, sizeof key_path, "%s/c-ana.key", dir);
+    snprintf(public_path, sizeof public_path, "%s/c-ana.key.pub", dir);
+    remove(key_path);
+    remove(public_path);
+    char *public_key = NULL;
+    CHECK(engram_key_generate(key_path, "Ana's phone", &public_key) == ENGRAM_STATUS_OK &&
+              public_key != NULL && strlen(public_key) == 64,
+          "generate a signing key");
+    CHECK(engram_key_generate(key_path, NULL, NULL) == ENGRAM_STATUS_INVALID_ARGUMENT,
+          "an existing key file is never overwritten");
+    CHECK(engram_trust_signers(b, public_path) == ENGRAM_STATUS_OK, "B trusts Ana's key only");
+    CHECK(engram_delta_import(b, delta_path, NULL) == ENGRAM_STATUS_UNTRUSTED,
+          "an unsigned delta is refused under the policy");
+    CHECK(engram_delta_sign(delta_path, key_path) == ENGRAM_STATUS_OK, "sign the delta");
+    char *signer = NULL;
+    CHECK(engram_delta_verify(delta_path, public_path, &signer) == ENGRAM_STATUS_OK &&
+              signer != NULL && public_key != NULL && strcmp(signer, public_key) == 0,
+          "verify: signed by the trusted key");
+    CHECK(engram_delta_import(b, delta_path, NULL) == ENGRAM_STATUS_OK,
+          "the signed delta imports");
+    CHECK(engram_trust_signers(b, NULL) == ENGRAM_STATUS_OK, "lift the requirement");
+    engram_string_free(signer);
+    engram_string_free(public_key);
+
     /* Closed handles are detected. */
     CHECK(engram_close(b) == ENGRAM_STATUS_OK, "close B");
     CHECK(engram_ask(b, "hi", 4, &text) == ENGRAM_STATUS_INVALID_HANDLE, "use after close");

@@ -9,6 +9,9 @@ import uniffi.engram.Engram
 import uniffi.engram.EngramException
 import uniffi.engram.LearnListener
 import uniffi.engram.TokenListener
+import uniffi.engram.generateSigningKey
+import uniffi.engram.signDelta
+import uniffi.engram.verifyDelta
 import uniffi.engram.version
 
 var passed = 0
@@ -103,6 +106,18 @@ fun main(args: Array<String>) {
             val reverted = b.revertDelta(exported.id)
             check(reverted.exact == exported.rows && b.ask(question) == before, "revert restores B")
             throws<EngramException.InvalidArgument>("revert twice") { b.revertDelta(exported.id) }
+
+            // Signed deltas: once B requires Ana's key, only what she signed imports.
+            val key = deltaPath + ".kt-ana.key"
+            java.io.File(key).delete()
+            java.io.File("$key.pub").delete()
+            val public = generateSigningKey(key, "Ana's phone")
+            check(public.length == 64, "generate a signing key")
+            b.trustSigners("$key.pub")
+            throws<EngramException.Untrusted>("an unsigned delta under the policy") { b.importDelta(deltaPath) }
+            signDelta(deltaPath, key)
+            check(verifyDelta(deltaPath, "$key.pub") == public, "verify: signed by the trusted key")
+            check(b.importDelta(deltaPath).rows == exported.rows, "the signed delta imports")
         }
     }
     println("$passed passed, $failed failed")

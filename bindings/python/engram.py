@@ -555,6 +555,12 @@ def _uniffi_check_contract_api_version(lib):
         raise InternalError("UniFFI contract version mismatch: try cleaning and rebuilding your project")
 
 def _uniffi_check_api_checksums(lib):
+    if lib.uniffi_engram_uniffi_checksum_func_generate_signing_key() != 55085:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_engram_uniffi_checksum_func_sign_delta() != 13821:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_engram_uniffi_checksum_func_verify_delta() != 31389:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_engram_uniffi_checksum_func_version() != 35072:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_engram_uniffi_checksum_method_engram_ask() != 46260:
@@ -580,6 +586,8 @@ def _uniffi_check_api_checksums(lib):
     if lib.uniffi_engram_uniffi_checksum_method_engram_snapshot() != 37034:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_engram_uniffi_checksum_method_engram_snapshots() != 35630:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_engram_uniffi_checksum_method_engram_trust_signers() != 3131:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_engram_uniffi_checksum_constructor_engram_open() != 52706:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -612,6 +620,15 @@ _UniffiLib.ffi_engram_uniffi_rustbuffer_reserve.restype = _UniffiRustBuffer
 _UniffiLib.ffi_engram_uniffi_uniffi_contract_version.argtypes = (
 )
 _UniffiLib.ffi_engram_uniffi_uniffi_contract_version.restype = ctypes.c_uint32
+_UniffiLib.uniffi_engram_uniffi_checksum_func_generate_signing_key.argtypes = (
+)
+_UniffiLib.uniffi_engram_uniffi_checksum_func_generate_signing_key.restype = ctypes.c_uint16
+_UniffiLib.uniffi_engram_uniffi_checksum_func_sign_delta.argtypes = (
+)
+_UniffiLib.uniffi_engram_uniffi_checksum_func_sign_delta.restype = ctypes.c_uint16
+_UniffiLib.uniffi_engram_uniffi_checksum_func_verify_delta.argtypes = (
+)
+_UniffiLib.uniffi_engram_uniffi_checksum_func_verify_delta.restype = ctypes.c_uint16
 _UniffiLib.uniffi_engram_uniffi_checksum_func_version.argtypes = (
 )
 _UniffiLib.uniffi_engram_uniffi_checksum_func_version.restype = ctypes.c_uint16
@@ -651,9 +668,30 @@ _UniffiLib.uniffi_engram_uniffi_checksum_method_engram_snapshot.restype = ctypes
 _UniffiLib.uniffi_engram_uniffi_checksum_method_engram_snapshots.argtypes = (
 )
 _UniffiLib.uniffi_engram_uniffi_checksum_method_engram_snapshots.restype = ctypes.c_uint16
+_UniffiLib.uniffi_engram_uniffi_checksum_method_engram_trust_signers.argtypes = (
+)
+_UniffiLib.uniffi_engram_uniffi_checksum_method_engram_trust_signers.restype = ctypes.c_uint16
 _UniffiLib.uniffi_engram_uniffi_checksum_constructor_engram_open.argtypes = (
 )
 _UniffiLib.uniffi_engram_uniffi_checksum_constructor_engram_open.restype = ctypes.c_uint16
+_UniffiLib.uniffi_engram_uniffi_fn_func_generate_signing_key.argtypes = (
+    _UniffiRustBuffer,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_engram_uniffi_fn_func_generate_signing_key.restype = _UniffiRustBuffer
+_UniffiLib.uniffi_engram_uniffi_fn_func_sign_delta.argtypes = (
+    _UniffiRustBuffer,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_engram_uniffi_fn_func_sign_delta.restype = None
+_UniffiLib.uniffi_engram_uniffi_fn_func_verify_delta.argtypes = (
+    _UniffiRustBuffer,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_engram_uniffi_fn_func_verify_delta.restype = _UniffiRustBuffer
 _UniffiLib.uniffi_engram_uniffi_fn_func_version.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
@@ -737,6 +775,12 @@ _UniffiLib.uniffi_engram_uniffi_fn_method_engram_snapshots.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_engram_uniffi_fn_method_engram_snapshots.restype = _UniffiRustBuffer
+_UniffiLib.uniffi_engram_uniffi_fn_method_engram_trust_signers.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_engram_uniffi_fn_method_engram_trust_signers.restype = None
 _UniffiLib.uniffi_engram_uniffi_fn_constructor_engram_open.argtypes = (
     _UniffiRustBuffer,
     _UniffiRustBuffer,
@@ -1351,6 +1395,13 @@ class EngramError:  # type: ignore
         def __repr__(self):
             return "EngramError.Internal({})".format(repr(str(self)))
     _UniffiTempEngramError.Internal = Internal # type: ignore
+    class Untrusted(_UniffiTempEngramError):
+        """
+        A delta is unsigned or signed by a key this engine does not trust.
+"""
+        def __repr__(self):
+            return "EngramError.Untrusted({})".format(repr(str(self)))
+    _UniffiTempEngramError.Untrusted = Untrusted # type: ignore
 
 EngramError = _UniffiTempEngramError # type: ignore
 del _UniffiTempEngramError
@@ -1384,6 +1435,10 @@ class _UniffiFfiConverterTypeEngramError(_UniffiConverterRustBuffer):
             return EngramError.Internal(
                 _UniffiFfiConverterString.read(buf),
             )
+        if variant == 7:
+            return EngramError.Untrusted(
+                _UniffiFfiConverterString.read(buf),
+            )
         raise InternalError("Raw enum value doesn't match any cases")
 
     @staticmethod
@@ -1400,6 +1455,8 @@ class _UniffiFfiConverterTypeEngramError(_UniffiConverterRustBuffer):
             return
         if isinstance(value, EngramError.Internal):
             return
+        if isinstance(value, EngramError.Untrusted):
+            return
 
     @staticmethod
     def write(value, buf):
@@ -1415,6 +1472,8 @@ class _UniffiFfiConverterTypeEngramError(_UniffiConverterRustBuffer):
             buf.write_i32(5)
         if isinstance(value, EngramError.Internal):
             buf.write_i32(6)
+        if isinstance(value, EngramError.Untrusted):
+            buf.write_i32(7)
 
 class _UniffiFfiConverterOptionalString(_UniffiConverterRustBuffer):
     @classmethod
@@ -1746,6 +1805,12 @@ class EngramProtocol(typing.Protocol):
         The store's snapshots, oldest first.
 """
         raise NotImplementedError
+    def trust_signers(self, trusted_signers_path: typing.Optional[str]) -> None:
+        """
+        From now on imports only deltas signed by a key in the trusted-signers file at
+        `trusted_signers_path`; None lifts the requirement.
+"""
+        raise NotImplementedError
 
 class Engram(EngramProtocol):
     """
@@ -2052,6 +2117,25 @@ class Engram(EngramProtocol):
             *_uniffi_lowered_args,
         )
         return _uniffi_lift_return(_uniffi_ffi_result)
+    def trust_signers(self, trusted_signers_path: typing.Optional[str]) -> None:
+        """
+        From now on imports only deltas signed by a key in the trusted-signers file at
+        `trusted_signers_path`; None lifts the requirement.
+"""
+        
+        _UniffiFfiConverterOptionalString.check_lower(trusted_signers_path)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterOptionalString.lower(trusted_signers_path),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeEngramError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_engram_uniffi_fn_method_engram_trust_signers,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
 
 
 
@@ -2081,6 +2165,70 @@ class _UniffiFfiConverterTypeEngram:
     @classmethod
     def write(cls, value: Engram, buf: _UniffiRustBuffer):
         buf.write_u64(cls.lower(value))
+def generate_signing_key(secret_path: str,label: str = "") -> str:
+    """
+    Makes a new delta-signing key: the secret-key file `secret_path` (owner-only) and
+    `secret_path.pub`; neither may exist. Returns the public key (64 hex digits).
+"""
+    
+    _UniffiFfiConverterString.check_lower(secret_path)
+
+    _UniffiFfiConverterString.check_lower(label)
+    _uniffi_lowered_args = (
+        _UniffiFfiConverterString.lower(secret_path),
+        _UniffiFfiConverterString.lower(label),
+    )
+    _uniffi_lift_return = _UniffiFfiConverterString.lift
+    _uniffi_error_converter = _UniffiFfiConverterTypeEngramError
+    _uniffi_ffi_result = _uniffi_rust_call_with_error(
+        _uniffi_error_converter,
+        _UniffiLib.uniffi_engram_uniffi_fn_func_generate_signing_key,
+        *_uniffi_lowered_args,
+    )
+    return _uniffi_lift_return(_uniffi_ffi_result)
+def sign_delta(path: str,key_path: str) -> None:
+    """
+    Signs the delta file at `path` with the secret-key file `key_path`, in place (atomically).
+"""
+    
+    _UniffiFfiConverterString.check_lower(path)
+
+    _UniffiFfiConverterString.check_lower(key_path)
+    _uniffi_lowered_args = (
+        _UniffiFfiConverterString.lower(path),
+        _UniffiFfiConverterString.lower(key_path),
+    )
+    _uniffi_lift_return = lambda val: None
+    _uniffi_error_converter = _UniffiFfiConverterTypeEngramError
+    _uniffi_ffi_result = _uniffi_rust_call_with_error(
+        _uniffi_error_converter,
+        _UniffiLib.uniffi_engram_uniffi_fn_func_sign_delta,
+        *_uniffi_lowered_args,
+    )
+    return _uniffi_lift_return(_uniffi_ffi_result)
+def verify_delta(path: str,trusted_signers_path: typing.Union[object, typing.Optional[str]] = _DEFAULT) -> typing.Optional[str]:
+    """
+    Checks the delta file at `path` (checksum, signature) and, with `trusted_signers_path`,
+    that a key in that file signed it. Returns the signer (64 hex digits), or None if unsigned.
+"""
+    
+    _UniffiFfiConverterString.check_lower(path)
+
+    if trusted_signers_path is _DEFAULT:
+        trusted_signers_path = None
+    _UniffiFfiConverterOptionalString.check_lower(trusted_signers_path)
+    _uniffi_lowered_args = (
+        _UniffiFfiConverterString.lower(path),
+        _UniffiFfiConverterOptionalString.lower(trusted_signers_path),
+    )
+    _uniffi_lift_return = _UniffiFfiConverterOptionalString.lift
+    _uniffi_error_converter = _UniffiFfiConverterTypeEngramError
+    _uniffi_ffi_result = _uniffi_rust_call_with_error(
+        _uniffi_error_converter,
+        _UniffiLib.uniffi_engram_uniffi_fn_func_verify_delta,
+        *_uniffi_lowered_args,
+    )
+    return _uniffi_lift_return(_uniffi_ffi_result)
 def version() -> str:
     """
     The library version, e.g. "0.1.0".
@@ -2107,6 +2255,9 @@ __all__ = [
     "LearnedFact",
     "RevertReport",
     "SnapshotInfo",
+    "generate_signing_key",
+    "sign_delta",
+    "verify_delta",
     "version",
     "Engram",
     "EngramProtocol",

@@ -7,6 +7,7 @@ ENGRAM_MODEL, ENGRAM_STORE_A, ENGRAM_STORE_B, ENGRAM_SCRATCH.
 """
 
 import os
+import shutil
 import threading
 
 import pytest
@@ -78,6 +79,29 @@ def test_delta_moves_the_fact_to_a_second_store(learned):
     reverted = b.revert_delta(exported.id)
     assert reverted.exact == exported.rows and reverted.adjusted == 0
     assert b.ask(QUESTION) == learned["before"]
+
+
+def test_only_signed_deltas_import_once_signers_are_required(learned):
+    key = os.path.join(SCRATCH, "py-ana.key")
+    for p in (key, key + ".pub"):
+        if os.path.exists(p):
+            os.remove(p)
+    public = engram.generate_signing_key(key, label="Ana's phone")
+    assert len(public) == 64
+    with pytest.raises(engram.EngramError.InvalidArgument):
+        engram.generate_signing_key(key)
+    delta = os.path.join(SCRATCH, "py-signed.delta")
+    shutil.copyfile(learned["delta"], delta)
+    assert engram.verify_delta(delta) is None
+    b = engram.Engram.open(MODEL, memory_path=STORE_B, threads=2)
+    b.trust_signers(key + ".pub")
+    with pytest.raises(engram.EngramError.Untrusted):
+        b.import_delta(delta)
+    engram.sign_delta(delta, key)
+    assert engram.verify_delta(delta, trusted_signers_path=key + ".pub") == public
+    assert b.import_delta(delta).rows == learned["exported"].rows
+    b.revert_delta(learned["exported"].id)
+    del b
 
 
 def test_streaming_pieces_make_the_whole_text(learned):

@@ -656,6 +656,12 @@ public protocol EngramProtocol: AnyObject, Sendable {
      */
     func snapshots() throws  -> [SnapshotInfo]
     
+    /**
+     * From now on imports only deltas signed by a key in the trusted-signers file at
+     * `trusted_signers_path`; None lifts the requirement.
+     */
+    func trustSigners(trustedSignersPath: String?) throws 
+    
 }
 /**
  * A model (GGUF), its tokenizer and optionally a memory store to learn into.
@@ -891,6 +897,19 @@ open func snapshots()throws  -> [SnapshotInfo]  {
             self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
+}
+    
+    /**
+     * From now on imports only deltas signed by a key in the trusted-signers file at
+     * `trusted_signers_path`; None lifts the requirement.
+     */
+open func trustSigners(trustedSignersPath: String?)throws   {try rustCallWithError(FfiConverterTypeEngramError_lift) {
+        uniffiCallStatus in
+    uniffi_engram_uniffi_fn_method_engram_trust_signers(
+            self.uniffiCloneHandle(),
+        FfiConverterOptionString.lower(trustedSignersPath),uniffiCallStatus
+    )
+}
 }
     
 
@@ -1602,6 +1621,11 @@ enum EngramError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
      */
     case Internal(message: String)
     
+    /**
+     * A delta is unsigned or signed by a key this engine does not trust.
+     */
+    case Untrusted(message: String)
+    
 
     
 
@@ -1655,6 +1679,10 @@ public struct FfiConverterTypeEngramError: FfiConverterRustBuffer {
             message: try FfiConverterString.read(from: &buf)
         )
         
+        case 7: return .Untrusted(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
 
         default: throw UniffiInternalError.unexpectedEnumCase
         }
@@ -1678,6 +1706,8 @@ public struct FfiConverterTypeEngramError: FfiConverterRustBuffer {
             writeInt(&buf, Int32(5))
         case .Internal(_ /* message is ignored*/):
             writeInt(&buf, Int32(6))
+        case .Untrusted(_ /* message is ignored*/):
+            writeInt(&buf, Int32(7))
 
         
         }
@@ -2182,6 +2212,43 @@ fileprivate struct FfiConverterSequenceTypeSnapshotInfo: FfiConverterRustBuffer 
     }
 }
 /**
+ * Makes a new delta-signing key: the secret-key file `secret_path` (owner-only) and
+ * `secret_path.pub`; neither may exist. Returns the public key (64 hex digits).
+ */
+public func generateSigningKey(secretPath: String, label: String = "")throws  -> String  {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeEngramError_lift) {
+        uniffiCallStatus in
+    uniffi_engram_uniffi_fn_func_generate_signing_key(
+        FfiConverterString.lower(secretPath),
+        FfiConverterString.lower(label),uniffiCallStatus
+    )
+})
+}
+/**
+ * Signs the delta file at `path` with the secret-key file `key_path`, in place (atomically).
+ */
+public func signDelta(path: String, keyPath: String)throws   {try rustCallWithError(FfiConverterTypeEngramError_lift) {
+        uniffiCallStatus in
+    uniffi_engram_uniffi_fn_func_sign_delta(
+        FfiConverterString.lower(path),
+        FfiConverterString.lower(keyPath),uniffiCallStatus
+    )
+}
+}
+/**
+ * Checks the delta file at `path` (checksum, signature) and, with `trusted_signers_path`,
+ * that a key in that file signed it. Returns the signer (64 hex digits), or None if unsigned.
+ */
+public func verifyDelta(path: String, trustedSignersPath: String? = nil)throws  -> String?  {
+    return try  FfiConverterOptionString.lift(try rustCallWithError(FfiConverterTypeEngramError_lift) {
+        uniffiCallStatus in
+    uniffi_engram_uniffi_fn_func_verify_delta(
+        FfiConverterString.lower(path),
+        FfiConverterOptionString.lower(trustedSignersPath),uniffiCallStatus
+    )
+})
+}
+/**
  * The library version, e.g. "0.1.0".
  */
 public func version() -> String  {
@@ -2206,6 +2273,15 @@ private let initializationResult: InitializationResult = {
     let scaffolding_contract_version = ffi_engram_uniffi_uniffi_contract_version()
     if bindings_contract_version != scaffolding_contract_version {
         return InitializationResult.contractVersionMismatch
+    }
+    if (uniffi_engram_uniffi_checksum_func_generate_signing_key() != 55085) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_engram_uniffi_checksum_func_sign_delta() != 13821) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_engram_uniffi_checksum_func_verify_delta() != 31389) {
+        return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_engram_uniffi_checksum_func_version() != 35072) {
         return InitializationResult.apiChecksumMismatch
@@ -2244,6 +2320,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_engram_uniffi_checksum_method_engram_snapshots() != 35630) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_engram_uniffi_checksum_method_engram_trust_signers() != 3131) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_engram_uniffi_checksum_constructor_engram_open() != 52706) {

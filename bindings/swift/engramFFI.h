@@ -350,6 +350,11 @@ void uniffi_engram_uniffi_fn_method_engram_snapshot(uint64_t ptr, RustBuffer nam
 RustBuffer uniffi_engram_uniffi_fn_method_engram_snapshots(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_ENGRAM_TRUST_SIGNERS
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_ENGRAM_TRUST_SIGNERS
+void uniffi_engram_uniffi_fn_method_engram_trust_signers(uint64_t ptr, RustBuffer trusted_signers_path, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_INIT_CALLBACK_VTABLE_LEARNLISTENER
 #define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_INIT_CALLBACK_VTABLE_LEARNLISTENER
 void uniffi_engram_uniffi_fn_init_callback_vtable_learnlistener(const UniffiVTableCallbackInterfaceLearnListener* _Nonnull vtable
@@ -358,6 +363,21 @@ void uniffi_engram_uniffi_fn_init_callback_vtable_learnlistener(const UniffiVTab
 #ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_INIT_CALLBACK_VTABLE_TOKENLISTENER
 #define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_INIT_CALLBACK_VTABLE_TOKENLISTENER
 void uniffi_engram_uniffi_fn_init_callback_vtable_tokenlistener(const UniffiVTableCallbackInterfaceTokenListener* _Nonnull vtable
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_FUNC_GENERATE_SIGNING_KEY
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_FUNC_GENERATE_SIGNING_KEY
+RustBuffer uniffi_engram_uniffi_fn_func_generate_signing_key(RustBuffer secret_path, RustBuffer label, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_FUNC_SIGN_DELTA
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_FUNC_SIGN_DELTA
+void uniffi_engram_uniffi_fn_func_sign_delta(RustBuffer path, RustBuffer key_path, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_FUNC_VERIFY_DELTA
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_FUNC_VERIFY_DELTA
+RustBuffer uniffi_engram_uniffi_fn_func_verify_delta(RustBuffer path, RustBuffer trusted_signers_path, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_FUNC_VERSION
@@ -626,6 +646,24 @@ void ffi_engram_uniffi_rust_future_free_void(uint64_t handle
 void ffi_engram_uniffi_rust_future_complete_void(uint64_t handle, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_FUNC_GENERATE_SIGNING_KEY
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_FUNC_GENERATE_SIGNING_KEY
+uint16_t uniffi_engram_uniffi_checksum_func_generate_signing_key(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_FUNC_SIGN_DELTA
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_FUNC_SIGN_DELTA
+uint16_t uniffi_engram_uniffi_checksum_func_sign_delta(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_FUNC_VERIFY_DELTA
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_FUNC_VERIFY_DELTA
+uint16_t uniffi_engram_uniffi_checksum_func_verify_delta(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_FUNC_VERSION
 #define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_FUNC_VERSION
 uint16_t uniffi_engram_uniffi_checksum_func_version(void
@@ -701,6 +739,12 @@ uint16_t uniffi_engram_uniffi_checksum_method_engram_snapshot(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_ENGRAM_SNAPSHOTS
 #define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_ENGRAM_SNAPSHOTS
 uint16_t uniffi_engram_uniffi_checksum_method_engram_snapshots(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_ENGRAM_TRUST_SIGNERS
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_ENGRAM_TRUST_SIGNERS
+uint16_t uniffi_engram_uniffi_checksum_method_engram_trust_signers(void
     
 );
 #endif

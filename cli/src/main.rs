@@ -19,6 +19,7 @@ mod delta;
 mod eval;
 mod eval_set;
 mod info;
+mod keys;
 mod learn;
 mod plot;
 mod quiz;
@@ -111,6 +112,11 @@ enum Command {
     Delta {
         #[command(subcommand)]
         command: delta::DeltaCommand,
+    },
+    /// Signing keys for deltas: generate, show the public line, list trusted signers.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
     },
     /// Name the memory's current state (a later `delta export --since NAME` holds only what
     /// was learned after it).
@@ -401,6 +407,7 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Quiz(args) => quiz::run(&open(cli.model, cli.memory, place, 0)?, &args),
         Command::Delta { command } => delta::run(cli.model, cli.memory, place, command),
+        Command::Keys { command } => keys::run(command),
         Command::Snapshot { name } => {
             let memory = cli.memory.ok_or("snapshot needs --memory STORE")?;
             let mut engine = open_with(

@@ -557,3 +557,145 @@ fn bad_deltas_are_refused_and_the_store_is_untouched() {
     ]);
     assert!(std::fs::read(&target).unwrap() != store_bytes);
 }
+
+#[test]
+fn only_deltas_signed_by_a_trusted_key_import_under_a_signature_policy() {
+    let a = fresh("sig-a.engram");
+    let facts = facts_file("sig-facts.txt", &["My sister Ana lives in Porto."]);
+    let a_str = a.to_str().unwrap();
+    ok(&[
+        "learn",
+        "--memory",
+        a_str,
+        "--facts",
+        facts.to_str().unwrap(),
+        "--steps",
+        "2",
+    ]);
+    // Ana signs; Eve has a key too, but nobody trusts it.
+    let (ana, eve) = (scratch("ana.key"), scratch("eve.key"));
+    for (key, label) in [(&ana, "Ana's phone"), (&eve, "Eve")] {
+        let _ = std::fs::remove_file(key);
+        let _ = std::fs::remove_file(key.with_extension("key.pub"));
+        ok(&[
+            "keys",
+            "generate",
+            "-o",
+            key.to_str().unwrap(),
+            "--label",
+            label,
+        ]);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&ana).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "secret key readable by others: {mode:o}");
+    }
+    let o = run_on(model(), &["keys", "generate", "-o", ana.to_str().unwrap()]);
+    assert_one_line_error(&o, "never overwritten");
+    let trusted = ana.with_extension("key.pub");
+    let listed = ok(&["keys", "list", trusted.to_str().unwrap()]);
+    assert!(
+        listed.contains("1 trusted signers") && listed.contains("Ana's phone"),
+        "{listed}"
+    );
+
+    let export = |name: &str, key: Option<&Path>| {
+        let path = scratch(name);
+        let mut args = vec![
+            "delta",
+            "export",
+            "--memory",
+            a_str,
+            "-o",
+            path.to_str().unwrap(),
+        ];
+        if let Some(k) = key {
+            args.extend(["--sign", k.to_str().unwrap()]);
+        }
+        ok(&args);
+        path
+    };
+    let signed = export("signed.delta", Some(&ana));
+    let by_eve = export("by-eve.delta", Some(&eve));
+    let unsigned = export("unsigned.delta", None);
+    let described = ok(&["delta", "inspect", signed.to_str().unwrap()]);
+    assert!(described.contains("(verified)"), "{described}");
+    let mut flipped = std::fs::read(&signed).unwrap();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x01;
+    let flipped_path = scratch("flipped-signed.delta");
+    std::fs::write(&flipped_path, &flipped).unwrap();
+
+    let target = fresh("sig-target.engram");
+    let t_str = target.to_str().unwrap();
+    let before = std::fs::read(&target).unwrap();
+    let policy = ["--trusted-signers", trusted.to_str().unwrap()];
+    for (what, file, needle) in [
+        ("signed by an untrusted key", &by_eve, "not among"),
+        ("unsigned", &unsigned, "unsigned"),
+        ("signed, then a byte flipped", &flipped_path, "checksum"),
+    ] {
+        let mut args = vec!["delta", "import", "--memory", t_str, file.to_str().unwrap()];
+        args.extend(policy);
+        let o = run_on(model(), &args);
+        assert_one_line_error(&o, needle);
+        assert!(
+            std::fs::read(&target).unwrap() == before,
+            "{what}: store changed"
+        );
+        assert!(
+            std::fs::read(journal_path(&target)).map_or(true, |j| j.is_empty()),
+            "{what}: journal written"
+        );
+        eprintln!(
+            "refused ({what}): {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    // `delta verify` applies the same policy without touching a store.
+    let o = run_on(
+        model(),
+        &[
+            "delta",
+            "verify",
+            by_eve.to_str().unwrap(),
+            "--trusted-signers",
+            trusted.to_str().unwrap(),
+        ],
+    );
+    assert_one_line_error(&o, "not among");
+    let verified = ok(&[
+        "delta",
+        "verify",
+        signed.to_str().unwrap(),
+        "--trusted-signers",
+        trusted.to_str().unwrap(),
+    ]);
+    assert!(verified.contains("(trusted)"), "{verified}");
+    // Signing afterwards works the same as signing at export.
+    let late = scratch("late-signed.delta");
+    ok(&[
+        "delta",
+        "sign",
+        unsigned.to_str().unwrap(),
+        "--key",
+        ana.to_str().unwrap(),
+        "-o",
+        late.to_str().unwrap(),
+    ]);
+    let mut args = vec!["delta", "import", "--memory", t_str, late.to_str().unwrap()];
+    args.extend(policy);
+    ok(&args);
+    assert!(std::fs::read(&target).unwrap() != before);
+    // Without a policy an unsigned delta still imports (the app allows it).
+    let open = fresh("sig-open.engram");
+    ok(&[
+        "delta",
+        "import",
+        "--memory",
+        open.to_str().unwrap(),
+        unsigned.to_str().unwrap(),
+    ]);
+}

@@ -39,6 +39,9 @@ pub enum Error {
     /// A delta file is malformed, damaged, or made for another base model or memory.
     #[error("delta: {0}")]
     Delta(String),
+    /// A delta is unsigned or signed by a key the engine does not trust.
+    #[error("untrusted: {0}")]
+    Untrusted(String),
     /// Another process has the memory store open for writing.
     #[error("in use: {0}")]
     InUse(String),
@@ -74,6 +77,8 @@ pub enum ErrorKind {
     BadFile,
     /// Another process holds the memory store for writing.
     InUse,
+    /// A delta's signature is missing or not from a trusted signer.
+    Untrusted,
     /// The caller stopped long work; nothing was written.
     Interrupted,
     /// An earlier call failed internally; the engine must be opened again.
@@ -95,6 +100,7 @@ impl Error {
             | Error::Memory(_)
             | Error::Delta(_) => ErrorKind::BadFile,
             Error::InUse(_) => ErrorKind::InUse,
+            Error::Untrusted(_) => ErrorKind::Untrusted,
             Error::Interrupted(_) => ErrorKind::Interrupted,
             Error::Internal(_) => ErrorKind::Internal,
             Error::InvalidArgument(_) | Error::ContextOverflow { .. } => ErrorKind::InvalidArgument,

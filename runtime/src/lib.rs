@@ -38,7 +38,9 @@ pub mod tokenizer;
 
 pub use backend::wgpu::{AdapterSummary, adapters as wgpu_adapters};
 pub use delta::{
-    Delta, DeltaPrecision, ImportedDelta, LearnedEntry, MemoryAccess, MemoryStore, Snapshot,
+    Delta, DeltaPrecision, DeltaSignature, ImportedDelta, LearnedEntry, MemoryAccess, MemoryStore,
+    PublicKey, SignaturePolicy, SigningKey, Snapshot, TrustedSigners, generate_key_files,
+    sign_delta_file, verify_delta_file,
 };
 pub use engine::{
     Conversation, DEFAULT_TOPIC_COSINE, Device, Engine, EngineOptions, GenerateOptions, Generation,

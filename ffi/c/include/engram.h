@@ -31,6 +31,8 @@ typedef enum EngramStatus {
   ENGRAM_STATUS_INTERRUPTED = 8,
   // An internal error (a bug); the engine should be closed.
   ENGRAM_STATUS_PANIC = 9,
+  // A delta is unsigned or signed by a key the engine does not trust.
+  ENGRAM_STATUS_UNTRUSTED = 10,
 } EngramStatus;
 
 // An engine: a model, its tokenizer and (optionally) a memory store. Opaque.
@@ -124,6 +126,28 @@ enum EngramStatus engram_delta_import(const struct EngramEngine *engine,
 
 // Reverts an imported delta, given its id (or a unique prefix) or its file.
 enum EngramStatus engram_delta_revert(const struct EngramEngine *engine, const char *id_or_path);
+
+// Makes a new delta-signing key: the secret-key file `secret_path` (readable by its owner
+// only) and `secret_path.pub`; neither may exist. The public key (64 hex digits) goes to
+// `*out_public` (may be null; free it).
+enum EngramStatus engram_key_generate(const char *secret_path,
+                                      const char *label,
+                                      char **out_public);
+
+// Signs the delta file at `path` with the secret-key file `key_path`, in place (atomically).
+enum EngramStatus engram_delta_sign(const char *path, const char *key_path);
+
+// Checks the delta file at `path` (checksum, signature) and, if `trusted_signers_path` is not
+// null, that a key in that file signed it. The signer (64 hex digits, or "" when unsigned)
+// goes to `*out_signer` (may be null; free it).
+enum EngramStatus engram_delta_verify(const char *path,
+                                      const char *trusted_signers_path,
+                                      char **out_signer);
+
+// From now on this engine imports only deltas signed by a key in the trusted-signers file
+// at `trusted_signers_path`; null lifts the requirement (unsigned deltas import again).
+enum EngramStatus engram_trust_signers(const struct EngramEngine *engine,
+                                       const char *trusted_signers_path);
 
 #ifdef __cplusplus
 }  // extern "C"

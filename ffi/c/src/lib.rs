@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use engram::{
     Delta, DeltaPrecision, Engine, Error, ErrorKind, Fact, GenerateOptions, SharedEngine,
+    SignaturePolicy,
 };
 
 /// What a call did.
@@ -50,6 +51,8 @@ pub enum EngramStatus {
     Interrupted = 8,
     /// An internal error (a bug); the engine should be closed.
     Panic = 9,
+    /// A delta is unsigned or signed by a key the engine does not trust.
+    Untrusted = 10,
 }
 
 /// An engine: a model, its tokenizer and (optionally) a memory store. Opaque.
@@ -92,6 +95,7 @@ impl From<Error> for Failure {
             ErrorKind::Io => EngramStatus::Io,
             ErrorKind::BadFile => EngramStatus::BadFile,
             ErrorKind::InUse => EngramStatus::InUse,
+            ErrorKind::Untrusted => EngramStatus::Untrusted,
             ErrorKind::Interrupted => EngramStatus::Interrupted,
             ErrorKind::Internal => EngramStatus::Panic,
             ErrorKind::InvalidArgument => EngramStatus::InvalidArgument,
@@ -445,6 +449,74 @@ pub unsafe extern "C" fn engram_delta_revert(
             e.revert_delta_or_file(arg)
                 .map(|_| ())
                 .map_err(Failure::from)
+        })
+    })
+}
+
+/// Makes a new delta-signing key: the secret-key file `secret_path` (readable by its owner
+/// only) and `secret_path.pub`; neither may exist. The public key (64 hex digits) goes to
+/// `*out_public` (may be null; free it).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn engram_key_generate(
+    secret_path: *const c_char,
+    label: *const c_char,
+    out_public: *mut *mut c_char,
+) -> EngramStatus {
+    guard(|| {
+        let path = unsafe { text(secret_path, "secret_path") }?;
+        let label = unsafe { optional_text(label, "label") }?.unwrap_or("");
+        let public = engram::generate_key_files(path.as_ref(), label)?;
+        unsafe { give(out_public, &public.to_string()) };
+        Ok(())
+    })
+}
+
+/// Signs the delta file at `path` with the secret-key file `key_path`, in place (atomically).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn engram_delta_sign(
+    path: *const c_char,
+    key_path: *const c_char,
+) -> EngramStatus {
+    guard(|| {
+        let path = unsafe { text(path, "path") }?;
+        let key = unsafe { text(key_path, "key_path") }?;
+        engram::sign_delta_file(path.as_ref(), key.as_ref(), None)?;
+        Ok(())
+    })
+}
+
+/// Checks the delta file at `path` (checksum, signature) and, if `trusted_signers_path` is not
+/// null, that a key in that file signed it. The signer (64 hex digits, or "" when unsigned)
+/// goes to `*out_signer` (may be null; free it).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn engram_delta_verify(
+    path: *const c_char,
+    trusted_signers_path: *const c_char,
+    out_signer: *mut *mut c_char,
+) -> EngramStatus {
+    guard(|| {
+        let path = unsafe { text(path, "path") }?;
+        let trusted = unsafe { optional_text(trusted_signers_path, "trusted_signers_path") }?;
+        let delta = engram::verify_delta_file(path.as_ref(), trusted.map(AsRef::as_ref))?;
+        let signer = delta.signature.map(|s| s.signer.to_string());
+        unsafe { give(out_signer, &signer.unwrap_or_default()) };
+        Ok(())
+    })
+}
+
+/// From now on this engine imports only deltas signed by a key in the trusted-signers file
+/// at `trusted_signers_path`; null lifts the requirement (unsigned deltas import again).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn engram_trust_signers(
+    engine: *const EngramEngine,
+    trusted_signers_path: *const c_char,
+) -> EngramStatus {
+    guard(|| {
+        let trusted = unsafe { optional_text(trusted_signers_path, "trusted_signers_path") }?;
+        let policy = SignaturePolicy::from_file(trusted.map(AsRef::as_ref))?;
+        with_exclusive(engine, |e| {
+            e.set_delta_policy(policy);
+            Ok(())
         })
     })
 }

@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLockReadGuard, RwLockWriteGuard};
 
 use engram::{
     Delta, DeltaPrecision, Engine, Error, ErrorKind, Fact, GenerateOptions, SharedEngine,
+    SignaturePolicy,
 };
 
 uniffi::setup_scaffolding!("engram");
@@ -40,6 +41,9 @@ pub enum EngramError {
     /// An earlier call on this engine failed internally (a bug); open a new one.
     #[error("{0}")]
     Internal(String),
+    /// A delta is unsigned or signed by a key this engine does not trust.
+    #[error("{0}")]
+    Untrusted(String),
 }
 
 impl From<Error> for EngramError {
@@ -49,6 +53,7 @@ impl From<Error> for EngramError {
             ErrorKind::Io => Self::Io(message),
             ErrorKind::BadFile => Self::BadFile(message),
             ErrorKind::InUse => Self::InUse(message),
+            ErrorKind::Untrusted => Self::Untrusted(message),
             ErrorKind::Interrupted => Self::Interrupted(message),
             ErrorKind::Internal => Self::Internal(message),
             ErrorKind::InvalidArgument => Self::InvalidArgument(message),
@@ -160,6 +165,34 @@ pub struct ImportedDeltaInfo {
 #[uniffi::export]
 pub fn version() -> String {
     env!("CARGO_PKG_VERSION").into()
+}
+
+/// Makes a new delta-signing key: the secret-key file `secret_path` (owner-only) and
+/// `secret_path.pub`; neither may exist. Returns the public key (64 hex digits).
+#[uniffi::export(default(label = ""))]
+pub fn generate_signing_key(secret_path: String, label: String) -> Result<String, EngramError> {
+    Ok(engram::generate_key_files(secret_path.as_ref(), &label)?.to_string())
+}
+
+/// Signs the delta file at `path` with the secret-key file `key_path`, in place (atomically).
+#[uniffi::export]
+pub fn sign_delta(path: String, key_path: String) -> Result<(), EngramError> {
+    engram::sign_delta_file(path.as_ref(), key_path.as_ref(), None)?;
+    Ok(())
+}
+
+/// Checks the delta file at `path` (checksum, signature) and, with `trusted_signers_path`,
+/// that a key in that file signed it. Returns the signer (64 hex digits), or None if unsigned.
+#[uniffi::export(default(trusted_signers_path = None))]
+pub fn verify_delta(
+    path: String,
+    trusted_signers_path: Option<String>,
+) -> Result<Option<String>, EngramError> {
+    let delta = engram::verify_delta_file(
+        path.as_ref(),
+        trusted_signers_path.as_deref().map(AsRef::as_ref),
+    )?;
+    Ok(delta.signature.map(|s| s.signer.to_string()))
 }
 
 /// A model (GGUF), its tokenizer and optionally a memory store to learn into.
@@ -323,6 +356,15 @@ impl Engram {
             overlapping: r.overlapping as u64,
             already_imported: r.already_imported,
         })
+    }
+
+    /// From now on imports only deltas signed by a key in the trusted-signers file at
+    /// `trusted_signers_path`; None lifts the requirement.
+    pub fn trust_signers(&self, trusted_signers_path: Option<String>) -> Result<(), EngramError> {
+        let policy =
+            SignaturePolicy::from_file(trusted_signers_path.as_deref().map(AsRef::as_ref))?;
+        self.exclusive()?.set_delta_policy(policy);
+        Ok(())
     }
 
     /// Reverts an imported delta, given its id (or a unique prefix) or its file.

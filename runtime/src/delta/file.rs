@@ -4,7 +4,9 @@
 //! Layout (little-endian): magic `"ENGRAMD\0"`, format version `u32`, header length `u32`,
 //! the header as UTF-8 JSON, row ids (`u32` each), differences (`f32` or `f16` each, rows ×
 //! dim), then xxh3-128 of everything before it. The checksum is verified before anything
-//! else is read, so a truncated or bit-flipped file is refused as a whole.
+//! else is read, so a truncated or bit-flipped file is refused as a whole. A signed delta adds
+//! a trailer: `"ENGRSIG1"`, the signer's ed25519 public key (32 bytes) and the signature
+//! (64 bytes) over everything before the trailer; it is verified on every read.
 
 use std::path::Path;
 
@@ -13,6 +15,9 @@ use serde_json::{Value as Json, json};
 use xxhash_rust::xxh3::{Xxh3, xxh3_128};
 
 use super::history::RowSet;
+use super::signing::{DeltaSignature, PublicKey, SigningKey};
+#[cfg(test)]
+use super::signing::TrustedSigners;
 use crate::error::{Error, Result};
 use crate::memory::MemoryConfig;
 
@@ -20,6 +25,8 @@ const MAGIC: &[u8; 8] = b"ENGRAMD\0";
 /// Delta format version this build reads and writes.
 pub const DELTA_FORMAT_VERSION: u32 = 1;
 const MAX_HEADER: usize = 16 << 20;
+const SIGNATURE_MAGIC: &[u8; 8] = b"ENGRSIG1";
+const SIGNATURE_LEN: usize = 8 + 32 + 64;
 
 /// How differences are stored.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -71,6 +78,8 @@ pub struct Delta {
     pub precision: DeltaPrecision,
     /// Global row ids and their differences (already rounded to `precision`).
     pub rows: RowSet,
+    /// Who signed it (verified when the file was read), if anyone did.
+    pub signature: Option<DeltaSignature>,
 }
 
 fn config_json(c: &MemoryConfig) -> Json {
@@ -139,11 +148,42 @@ impl Delta {
             dim,
             precision,
             rows,
+            signature: None,
         }
     }
 
-    /// The file's bytes.
+    /// Signs the delta with `key` (replacing an earlier signature).
+    pub fn sign(&mut self, key: &SigningKey) {
+        self.signature = Some(DeltaSignature {
+            signer: key.public(),
+            signature: key.sign(&self.unsigned_bytes()),
+        });
+    }
+
+    /// Checks the signature (if any) against the delta's contents; the signer when signed.
+    pub fn verify_signature(&self) -> Result<Option<PublicKey>> {
+        match &self.signature {
+            None => Ok(None),
+            Some(s) => {
+                s.signer.verify(&self.unsigned_bytes(), &s.signature)?;
+                Ok(Some(s.signer))
+            }
+        }
+    }
+
+    /// The file's bytes (with the signature trailer when signed).
     pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = self.unsigned_bytes();
+        if let Some(s) = &self.signature {
+            out.extend(SIGNATURE_MAGIC);
+            out.extend(s.signer.0);
+            out.extend(s.signature);
+        }
+        out
+    }
+
+    /// The file's bytes without a signature: what a signature signs.
+    fn unsigned_bytes(&self) -> Vec<u8> {
         let header = json!({
             "id": self.id,
             "created": self.created,
@@ -178,8 +218,18 @@ impl Delta {
         out
     }
 
-    /// Parses and checks a delta file's bytes.
+    /// Parses and checks a delta file's bytes, verifying its signature if it has one.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let (bytes, signature) = split_signature(bytes);
+        let mut delta = Self::from_unsigned_bytes(bytes)?;
+        if let Some(s) = &signature {
+            s.signer.verify(bytes, &s.signature)?;
+        }
+        delta.signature = signature;
+        Ok(delta)
+    }
+
+    fn from_unsigned_bytes(bytes: &[u8]) -> Result<Self> {
         let bad = |m: &str| Error::Delta(m.to_owned());
         if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
             return Err(bad("not an engram delta file (bad magic)"));
@@ -338,6 +388,10 @@ impl Delta {
             c.k_dim,
             if c.gated { ", gated" } else { "" },
         );
+        match &self.signature {
+            Some(sig) => s.push_str(&format!("  signed by     {} (verified)\n", sig.signer)),
+            None => s.push_str("  signed by     nobody (unsigned)\n"),
+        }
         s.push_str(&format!("  learned       {} facts\n", self.learned.len()));
         for l in &self.learned {
             s.push_str(&format!("    - {l}\n"));
@@ -346,8 +400,35 @@ impl Delta {
     }
 }
 
+/// Splits a signature trailer off a delta file's bytes.
+fn split_signature(bytes: &[u8]) -> (&[u8], Option<DeltaSignature>) {
+    let Some(at) = bytes.len().checked_sub(SIGNATURE_LEN) else {
+        return (bytes, None);
+    };
+    let (unsigned, trailer) = bytes.split_at(at);
+    if &trailer[..8] != SIGNATURE_MAGIC {
+        return (bytes, None);
+    }
+    let mut signer = [0u8; 32];
+    signer.copy_from_slice(&trailer[8..40]);
+    let mut signature = [0u8; 64];
+    signature.copy_from_slice(&trailer[40..]);
+    let signer = PublicKey(signer);
+    (unsigned, Some(DeltaSignature { signer, signature }))
+}
+
 /// Writes `bytes` to `path` so a crash leaves either the old file or the whole new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_replacing(path, bytes, false)
+}
+
+/// [`write_atomic`] for secrets: the file is created readable and writable by its owner only
+/// (on Unix), before any byte is written.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_replacing(path, bytes, true)
+}
+
+fn write_replacing(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
     use std::io::Write;
     let name = path
         .file_name()
@@ -358,7 +439,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         std::process::id()
     ));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        if private {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        #[cfg(not(unix))]
+        let _ = private;
+        let mut f = options.open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -368,4 +458,80 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         return Err(Error::io(path, e));
     }
     super::journal::sync_parent(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Delta {
+        let config = MemoryConfig {
+            layers: vec![1],
+            n_keys: 4,
+            heads: 1,
+            top_k: 2,
+            k_dim: 4,
+            gated: false,
+        };
+        let rows = RowSet {
+            ids: vec![3, 9],
+            values: vec![0.5, -1.0, 0.25, 2.0],
+        };
+        Delta::new(
+            "base".into(),
+            "init".into(),
+            config,
+            2,
+            DeltaPrecision::F32,
+            rows,
+            "beginning".into(),
+            "test".into(),
+            vec!["My sister Ana lives in Porto.".into()],
+            1,
+        )
+    }
+
+    #[test]
+    fn a_signed_delta_reads_back_verified_and_any_changed_byte_is_refused() {
+        let key = SigningKey::from_seed([5; 32]);
+        let mut delta = sample();
+        let unsigned = delta.to_bytes();
+        delta.sign(&key);
+        let bytes = delta.to_bytes();
+        assert_eq!(bytes.len(), unsigned.len() + SIGNATURE_LEN);
+        let back = Delta::from_bytes(&bytes).expect("reads");
+        assert_eq!(back, delta);
+        assert_eq!(back.verify_signature().unwrap(), Some(key.public()));
+        assert_eq!(Delta::from_bytes(&unsigned).unwrap().signature, None);
+        // Every byte: header, rows, checksum, the signer's key and the signature itself.
+        for at in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[at] ^= 0x10;
+            assert!(Delta::from_bytes(&b).is_err(), "flip at {at} was accepted");
+        }
+        // A signature moved onto other content (same signer) fails too.
+        let mut other = sample();
+        other.learned = vec!["My sister Ana lives in Lisbon.".into()];
+        let mut forged = other.to_bytes();
+        forged.extend_from_slice(&bytes[unsigned.len()..]);
+        let err = Delta::from_bytes(&forged).unwrap_err();
+        assert!(err.to_string().contains("does not verify"), "{err}");
+    }
+
+    #[test]
+    fn the_policy_refuses_unsigned_and_unknown_signers() {
+        let (ana, eve) = (SigningKey::from_seed([1; 32]), SigningKey::from_seed([2; 32]));
+        let mut trusted = TrustedSigners::new();
+        trusted.add(ana.public(), "ana");
+        let policy = super::super::SignaturePolicy::RequireTrusted(trusted);
+        let mut delta = sample();
+        let err = policy.check(&delta.id, None).unwrap_err();
+        assert!(err.to_string().contains("unsigned"), "{err}");
+        delta.sign(&eve);
+        let err = policy.check(&delta.id, delta.signature.as_ref()).unwrap_err();
+        assert!(err.to_string().contains("not among"), "{err}");
+        assert_eq!(err.kind(), crate::error::ErrorKind::Untrusted);
+        delta.sign(&ana);
+        policy.check(&delta.id, delta.signature.as_ref()).unwrap();
+    }
 }

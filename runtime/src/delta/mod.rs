@@ -35,13 +35,18 @@ mod durable;
 mod file;
 mod history;
 mod journal;
+mod signing;
 mod store;
 
 pub use durable::{DurableMemory, MemoryAccess, lock_path, open_store};
-pub use file::{DELTA_FORMAT_VERSION, Delta, DeltaPrecision, write_atomic};
+pub use file::{DELTA_FORMAT_VERSION, Delta, DeltaPrecision, write_atomic, write_private};
 pub use history::{
     Applied, Change, ImportedDelta, LearnedEntry, RowAccess, RowSet, Snapshot, StoreHistory,
     unix_now,
 };
 pub use journal::{Journal, JournalContents, Record, journal_path, read_journal};
+pub use signing::{
+    DeltaSignature, PublicKey, SignaturePolicy, SigningKey, TrustedSigners, generate_key_files,
+    sign_delta_file, verify_delta_file,
+};
 pub use store::{MemoryStore, STORE_FORMAT_VERSION, STORE_KIND};

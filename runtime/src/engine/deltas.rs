@@ -1,7 +1,9 @@
 //! What a user taught, as delta files: export, import and revert.
 
 use super::Engine;
-use crate::delta::{Applied, Change, Delta, DeltaPrecision, RowAccess, RowSet, unix_now};
+use crate::delta::{
+    Applied, Change, Delta, DeltaPrecision, RowAccess, RowSet, SignaturePolicy, unix_now,
+};
 use crate::error::{Error, Result};
 
 /// What importing a delta did.
@@ -108,8 +110,13 @@ impl Engine {
     }
 
     /// Adds a delta's differences to the attached memory. Importing the same delta again
-    /// changes nothing. Where deltas touch the same rows their differences add up.
+    /// changes nothing. Where deltas touch the same rows their differences add up. The
+    /// delta's signature, if it has one, must verify, and the engine's
+    /// [`SignaturePolicy`] must accept its signer.
     pub fn import_delta(&mut self, delta: &Delta) -> Result<ImportReport> {
+        delta.verify_signature()?;
+        self.delta_policy
+            .check(&delta.id, delta.signature.as_ref())?;
         let (m, mut rows) = self.attached()?;
         let s = &m.store;
         if delta.base_fingerprint != s.base_fingerprint {
@@ -160,6 +167,16 @@ impl Engine {
             overlapping,
             already_imported: false,
         })
+    }
+
+    /// Which deltas [`Self::import_delta`] accepts (all, by default).
+    pub fn set_delta_policy(&mut self, policy: SignaturePolicy) {
+        self.delta_policy = policy;
+    }
+
+    /// The policy [`Self::import_delta`] applies.
+    pub fn delta_policy(&self) -> &SignaturePolicy {
+        &self.delta_policy
     }
 
     /// Undoes an imported delta (`id` or a unique prefix of it). Rows nothing changed since

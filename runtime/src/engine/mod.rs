@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use crate::backend::device::DeviceBackend;
 use crate::backend::{Backend, open_backend};
-use crate::delta::{MemoryAccess, MemoryStore};
+use crate::delta::{MemoryAccess, MemoryStore, SignaturePolicy};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::learn::{RetrofitOptions, RetrofitProgress};
@@ -48,6 +48,9 @@ pub struct EngineOptions {
     /// What the chat template gets when a conversation has no system message: asking,
     /// chatting and learning's phrasings all follow it.
     pub system_prompt: SystemPrompt,
+    /// Which deltas imports accept: any (a signature present must verify) or only those
+    /// signed by a trusted key.
+    pub delta_policy: SignaturePolicy,
 }
 
 /// A loaded model ready to generate.
@@ -60,6 +63,7 @@ pub struct Engine {
     context: usize,
     memory: Option<AttachedMemory>,
     read_gating: ReadGating,
+    delta_policy: SignaturePolicy,
 }
 
 impl Engine {
@@ -99,6 +103,7 @@ impl Engine {
             context,
             memory: None,
             read_gating: options.read_gate,
+            delta_policy: options.delta_policy.clone(),
         };
         options.read_gate.new_gate(engine.model.config.dim)?;
         if let Some(m) = &options.memory {

@@ -719,6 +719,12 @@ internal object IntegrityCheckingUniffiLib {
     }
 
     internal fun ensureInitialized() = Unit
+    external fun uniffi_engram_uniffi_checksum_func_generate_signing_key(
+    ): Int
+    external fun uniffi_engram_uniffi_checksum_func_sign_delta(
+    ): Int
+    external fun uniffi_engram_uniffi_checksum_func_verify_delta(
+    ): Int
     external fun uniffi_engram_uniffi_checksum_func_version(
     ): Int
     external fun uniffi_engram_uniffi_checksum_method_engram_ask(
@@ -744,6 +750,8 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_engram_uniffi_checksum_method_engram_snapshot(
     ): Int
     external fun uniffi_engram_uniffi_checksum_method_engram_snapshots(
+    ): Int
+    external fun uniffi_engram_uniffi_checksum_method_engram_trust_signers(
     ): Int
     external fun uniffi_engram_uniffi_checksum_constructor_engram_open(
     ): Int
@@ -803,10 +811,18 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_engram_uniffi_fn_method_engram_snapshots(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_engram_uniffi_fn_method_engram_trust_signers(`ptr`: Long,`trustedSignersPath`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_engram_uniffi_fn_init_callback_vtable_learnlistener(`vtable`: UniffiVTableCallbackInterfaceLearnListener,
     ): Unit
     external fun uniffi_engram_uniffi_fn_init_callback_vtable_tokenlistener(`vtable`: UniffiVTableCallbackInterfaceTokenListener,
     ): Unit
+    external fun uniffi_engram_uniffi_fn_func_generate_signing_key(`secretPath`: RustBuffer.ByValue,`label`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_engram_uniffi_fn_func_sign_delta(`path`: RustBuffer.ByValue,`keyPath`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_engram_uniffi_fn_func_verify_delta(`path`: RustBuffer.ByValue,`trustedSignersPath`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
     external fun uniffi_engram_uniffi_fn_func_version(uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun ffi_engram_uniffi_rustbuffer_alloc(`size`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -928,6 +944,15 @@ private fun uniffiCheckContractApiVersion(lib: IntegrityCheckingUniffiLib) {
 }
 @Suppress("UNUSED_PARAMETER")
 private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
+    if ((lib.uniffi_engram_uniffi_checksum_func_generate_signing_key() and 0xFFFF) != 55085) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_engram_uniffi_checksum_func_sign_delta() and 0xFFFF) != 13821) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_engram_uniffi_checksum_func_verify_delta() and 0xFFFF) != 31389) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_engram_uniffi_checksum_func_version() and 0xFFFF) != 35072) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -965,6 +990,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_engram_uniffi_checksum_method_engram_snapshots() and 0xFFFF) != 35630) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_engram_uniffi_checksum_method_engram_trust_signers() and 0xFFFF) != 3131) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_engram_uniffi_checksum_constructor_engram_open() and 0xFFFF) != 52706) {
@@ -1476,6 +1504,12 @@ public interface EngramInterface {
      */
     fun `snapshots`(): List<SnapshotInfo>
     
+    /**
+     * From now on imports only deltas signed by a key in the trusted-signers file at
+     * `trusted_signers_path`; None lifts the requirement.
+     */
+    fun `trustSigners`(`trustedSignersPath`: kotlin.String?)
+    
     companion object
 }
 
@@ -1804,6 +1838,24 @@ open class Engram: Disposable, AutoCloseable, EngramInterface
     }
     )
     }
+    
+
+    
+    /**
+     * From now on imports only deltas signed by a key in the trusted-signers file at
+     * `trusted_signers_path`; None lifts the requirement.
+     */
+    @Throws(EngramException::class)override fun `trustSigners`(`trustedSignersPath`: kotlin.String?)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(EngramException) { _status ->
+    UniffiLib.uniffi_engram_uniffi_fn_method_engram_trust_signers(
+        it,
+        
+        FfiConverterOptionalString.lower(`trustedSignersPath`),_status)
+}
+    }
+    
     
 
     
@@ -2335,6 +2387,11 @@ sealed class EngramException(message: String): kotlin.Exception(message) {
      */
         class Internal(message: String) : EngramException(message)
         
+    /**
+     * A delta is unsigned or signed by a key this engine does not trust.
+     */
+        class Untrusted(message: String) : EngramException(message)
+        
 
     companion object ErrorHandler : UniffiRustCallStatusErrorHandler<EngramException> {
         override fun lift(error_buf: RustBuffer.ByValue): EngramException = FfiConverterTypeEngramError.lift(error_buf)
@@ -2354,6 +2411,7 @@ public object FfiConverterTypeEngramError : FfiConverterRustBuffer<EngramExcepti
             4 -> EngramException.InUse(FfiConverterString.read(buf))
             5 -> EngramException.Interrupted(FfiConverterString.read(buf))
             6 -> EngramException.Internal(FfiConverterString.read(buf))
+            7 -> EngramException.Untrusted(FfiConverterString.read(buf))
             else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
         }
         
@@ -2387,6 +2445,10 @@ public object FfiConverterTypeEngramError : FfiConverterRustBuffer<EngramExcepti
             }
             is EngramException.Internal -> {
                 buf.putInt(6)
+                Unit
+            }
+            is EngramException.Untrusted -> {
+                buf.putInt(7)
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
@@ -2763,6 +2825,55 @@ public object FfiConverterSequenceTypeSnapshotInfo: FfiConverterRustBuffer<List<
         }
     }
 }
+        /**
+         * Makes a new delta-signing key: the secret-key file `secret_path` (owner-only) and
+         * `secret_path.pub`; neither may exist. Returns the public key (64 hex digits).
+         */
+    @Throws(EngramException::class) fun `generateSigningKey`(`secretPath`: kotlin.String, `label`: kotlin.String = ""): kotlin.String {
+            return FfiConverterString.lift(
+    uniffiRustCallWithError(EngramException) { _status ->
+    UniffiLib.uniffi_engram_uniffi_fn_func_generate_signing_key(
+    
+        
+        FfiConverterString.lower(`secretPath`),
+        FfiConverterString.lower(`label`),_status)
+}
+    )
+    }
+    
+
+        /**
+         * Signs the delta file at `path` with the secret-key file `key_path`, in place (atomically).
+         */
+    @Throws(EngramException::class) fun `signDelta`(`path`: kotlin.String, `keyPath`: kotlin.String)
+        = 
+    uniffiRustCallWithError(EngramException) { _status ->
+    UniffiLib.uniffi_engram_uniffi_fn_func_sign_delta(
+    
+        
+        FfiConverterString.lower(`path`),
+        FfiConverterString.lower(`keyPath`),_status)
+}
+    
+    
+
+        /**
+         * Checks the delta file at `path` (checksum, signature) and, with `trusted_signers_path`,
+         * that a key in that file signed it. Returns the signer (64 hex digits), or None if unsigned.
+         */
+    @Throws(EngramException::class) fun `verifyDelta`(`path`: kotlin.String, `trustedSignersPath`: kotlin.String? = null): kotlin.String? {
+            return FfiConverterOptionalString.lift(
+    uniffiRustCallWithError(EngramException) { _status ->
+    UniffiLib.uniffi_engram_uniffi_fn_func_verify_delta(
+    
+        
+        FfiConverterString.lower(`path`),
+        FfiConverterOptionalString.lower(`trustedSignersPath`),_status)
+}
+    )
+    }
+    
+
         /**
          * The library version, e.g. "0.1.0".
          */ fun `version`(): kotlin.String {
