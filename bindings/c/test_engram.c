@@ -202,6 +202,38 @@ int main(int argc, char **argv) {
 
     /* Closed handles are detected. */
     CHECK(engram_close(b) == ENGRAM_STATUS_OK, "close B");
+
+    /* Encrypted at rest: B under a key the app holds. */
+    uint8_t store_key[32], wrong_key[32];
+    for (int i = 0; i < 32; i++) {
+        store_key[i] = (uint8_t)(7 * i + 1);
+        wrong_key[i] = (uint8_t)(7 * i + 2);
+    }
+    CHECK(engram_store_encrypt(store_b, store_key, 32, false) == ENGRAM_STATUS_OK,
+          "encrypt store B");
+    EngramEngine *sealed = NULL;
+    CHECK(engram_open(model, store_b, true, 2, &sealed) == ENGRAM_STATUS_BAD_FILE &&
+              strstr(engram_last_error(), "encrypted") != NULL,
+          "an encrypted store does not open without its key");
+    CHECK(engram_open_with_key(model, store_b, true, 2, wrong_key, 32, &sealed) ==
+                  ENGRAM_STATUS_BAD_FILE &&
+              strstr(engram_last_error(), "wrong store key") != NULL,
+          "a wrong key is named");
+    CHECK(engram_open_with_key(model, store_b, true, 2, store_key, 16, &sealed) ==
+              ENGRAM_STATUS_INVALID_ARGUMENT,
+          "a 16-byte key is refused");
+    CHECK(engram_open_with_key(model, store_b, true, 2, store_key, 32, &sealed) ==
+                  ENGRAM_STATUS_OK,
+          "open B with its key");
+    CHECK(engram_ask(sealed, "hi", 2, &text) == ENGRAM_STATUS_OK, "ask through the sealed store");
+    engram_string_free(text);
+    text = NULL;
+    CHECK(engram_close(sealed) == ENGRAM_STATUS_OK, "close sealed B");
+    CHECK(engram_store_encrypt(store_b, store_key, 32, true) == ENGRAM_STATUS_OK,
+          "decrypt store B");
+    CHECK(engram_open(model, store_b, false, 2, &sealed) == ENGRAM_STATUS_OK &&
+              engram_close(sealed) == ENGRAM_STATUS_OK,
+          "B opens plain again");
     CHECK(engram_ask(b, "hi", 4, &text) == ENGRAM_STATUS_INVALID_HANDLE, "use after close");
     CHECK(engram_close(b) == ENGRAM_STATUS_INVALID_HANDLE, "double close");
     CHECK(engram_close(a) == ENGRAM_STATUS_OK, "close A");

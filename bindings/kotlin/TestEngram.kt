@@ -9,6 +9,7 @@ import uniffi.engram.Engram
 import uniffi.engram.EngramException
 import uniffi.engram.LearnListener
 import uniffi.engram.TokenListener
+import uniffi.engram.encryptStore
 import uniffi.engram.generateSigningKey
 import uniffi.engram.signDelta
 import uniffi.engram.verifyDelta
@@ -118,6 +119,21 @@ fun main(args: Array<String>) {
             signDelta(deltaPath, key)
             check(verifyDelta(deltaPath, "$key.pub") == public, "verify: signed by the trusted key")
             check(b.importDelta(deltaPath).rows == exported.rows, "the signed delta imports")
+            b.checkpoint()
+        }
+        // Encrypted at rest: a copy of B under a key the app holds.
+        run {
+            val sealed = deltaPath + ".kt-sealed.engram"
+            listOf(sealed, "$sealed.journal", "$sealed.readkeys").forEach { java.io.File(it).delete() }
+            java.io.File(storeB).copyTo(java.io.File(sealed))
+            val storeKey = ByteArray(32) { it.toByte() }
+            encryptStore(sealed, storeKey, false)
+            throws<EngramException.BadFile>("an encrypted store without its key") { Engram.open(model, sealed, true, 2u, null) }
+            Engram.open(model, sealed, true, 2u, storeKey).use { e ->
+                check(e.importedDeltas().size == 1 && e.ask(question) == after, "opens with its key and answers as B")
+            }
+            encryptStore(sealed, storeKey, true)
+            Engram.open(model, sealed, false, 2u, null).use { check(it.importedDeltas().size == 1, "decrypted again") }
         }
     }
     println("$passed passed, $failed failed")

@@ -555,6 +555,8 @@ def _uniffi_check_contract_api_version(lib):
         raise InternalError("UniFFI contract version mismatch: try cleaning and rebuilding your project")
 
 def _uniffi_check_api_checksums(lib):
+    if lib.uniffi_engram_uniffi_checksum_func_encrypt_store() != 52270:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_engram_uniffi_checksum_func_generate_signing_key() != 55085:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_engram_uniffi_checksum_func_sign_delta() != 13821:
@@ -589,7 +591,7 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_engram_uniffi_checksum_method_engram_trust_signers() != 3131:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_engram_uniffi_checksum_constructor_engram_open() != 52706:
+    if lib.uniffi_engram_uniffi_checksum_constructor_engram_open() != 11380:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
 
 # A ctypes library to expose the extern-C FFI definitions.
@@ -620,6 +622,9 @@ _UniffiLib.ffi_engram_uniffi_rustbuffer_reserve.restype = _UniffiRustBuffer
 _UniffiLib.ffi_engram_uniffi_uniffi_contract_version.argtypes = (
 )
 _UniffiLib.ffi_engram_uniffi_uniffi_contract_version.restype = ctypes.c_uint32
+_UniffiLib.uniffi_engram_uniffi_checksum_func_encrypt_store.argtypes = (
+)
+_UniffiLib.uniffi_engram_uniffi_checksum_func_encrypt_store.restype = ctypes.c_uint16
 _UniffiLib.uniffi_engram_uniffi_checksum_func_generate_signing_key.argtypes = (
 )
 _UniffiLib.uniffi_engram_uniffi_checksum_func_generate_signing_key.restype = ctypes.c_uint16
@@ -674,6 +679,13 @@ _UniffiLib.uniffi_engram_uniffi_checksum_method_engram_trust_signers.restype = c
 _UniffiLib.uniffi_engram_uniffi_checksum_constructor_engram_open.argtypes = (
 )
 _UniffiLib.uniffi_engram_uniffi_checksum_constructor_engram_open.restype = ctypes.c_uint16
+_UniffiLib.uniffi_engram_uniffi_fn_func_encrypt_store.argtypes = (
+    _UniffiRustBuffer,
+    _UniffiRustBuffer,
+    ctypes.c_int8,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_engram_uniffi_fn_func_encrypt_store.restype = None
 _UniffiLib.uniffi_engram_uniffi_fn_func_generate_signing_key.argtypes = (
     _UniffiRustBuffer,
     _UniffiRustBuffer,
@@ -786,6 +798,7 @@ _UniffiLib.uniffi_engram_uniffi_fn_constructor_engram_open.argtypes = (
     _UniffiRustBuffer,
     ctypes.c_int8,
     ctypes.c_uint32,
+    _UniffiRustBuffer,
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_engram_uniffi_fn_constructor_engram_open.restype = ctypes.c_uint64
@@ -1819,11 +1832,12 @@ class Engram(EngramProtocol):
     
     _handle: ctypes.c_uint64
     @classmethod
-    def open(cls, model_path: str,memory_path: typing.Union[object, typing.Optional[str]] = _DEFAULT,writable: bool = True,threads: int = 0) -> Engram:
+    def open(cls, model_path: str,memory_path: typing.Union[object, typing.Optional[str]] = _DEFAULT,writable: bool = True,threads: int = 0,store_key: typing.Union[object, typing.Optional[bytes]] = _DEFAULT) -> Engram:
         """
         Opens `model_path` (GGUF) and, if given, the memory store at `memory_path`. With
         `writable` the store is locked for this process and every change is journaled;
         `threads` = 0 uses one per core.
+        `store_key` (32 bytes, e.g. from the OS keychain) opens a store encrypted at rest.
 """
         
         _UniffiFfiConverterString.check_lower(model_path)
@@ -1835,11 +1849,16 @@ class Engram(EngramProtocol):
         _UniffiFfiConverterBoolean.check_lower(writable)
 
         _UniffiFfiConverterUInt32.check_lower(threads)
+
+        if store_key is _DEFAULT:
+            store_key = None
+        _UniffiFfiConverterOptionalBytes.check_lower(store_key)
         _uniffi_lowered_args = (
             _UniffiFfiConverterString.lower(model_path),
             _UniffiFfiConverterOptionalString.lower(memory_path),
             _UniffiFfiConverterBoolean.lower(writable),
             _UniffiFfiConverterUInt32.lower(threads),
+            _UniffiFfiConverterOptionalBytes.lower(store_key),
         )
         _uniffi_lift_return = _UniffiFfiConverterTypeEngram.lift
         _uniffi_error_converter = _UniffiFfiConverterTypeEngramError
@@ -2165,6 +2184,75 @@ class _UniffiFfiConverterTypeEngram:
     @classmethod
     def write(cls, value: Engram, buf: _UniffiRustBuffer):
         buf.write_u64(cls.lower(value))
+
+class _UniffiFfiConverterBytes(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        size = buf.read_i32()
+        if size < 0:
+            raise InternalError("Unexpected negative byte string length")
+        return buf.read(size)
+
+    @staticmethod
+    def check_lower(value):
+        try:
+            memoryview(value)
+        except TypeError:
+            raise TypeError("a bytes-like object is required, not {!r}".format(type(value).__name__))
+
+    @staticmethod
+    def write(value, buf):
+        buf.write_i32(len(value))
+        buf.write(value)
+
+class _UniffiFfiConverterOptionalBytes(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        if value is not None:
+            _UniffiFfiConverterBytes.check_lower(value)
+
+    @classmethod
+    def write(cls, value, buf):
+        if value is None:
+            buf.write_u8(0)
+            return
+
+        buf.write_u8(1)
+        _UniffiFfiConverterBytes.write(value, buf)
+
+    @classmethod
+    def read(cls, buf):
+        flag = buf.read_u8()
+        if flag == 0:
+            return None
+        elif flag == 1:
+            return _UniffiFfiConverterBytes.read(buf)
+        else:
+            raise InternalError("Unexpected flag byte for optional type")
+def encrypt_store(memory_path: str,store_key: bytes,decrypt: bool = False) -> None:
+    """
+    Encrypts the plain memory store at `memory_path` under the 32-byte `store_key` (journal
+    included), or with `decrypt` turns the store encrypted under it back into a plain one.
+"""
+    
+    _UniffiFfiConverterString.check_lower(memory_path)
+
+    _UniffiFfiConverterBytes.check_lower(store_key)
+
+    _UniffiFfiConverterBoolean.check_lower(decrypt)
+    _uniffi_lowered_args = (
+        _UniffiFfiConverterString.lower(memory_path),
+        _UniffiFfiConverterBytes.lower(store_key),
+        _UniffiFfiConverterBoolean.lower(decrypt),
+    )
+    _uniffi_lift_return = lambda val: None
+    _uniffi_error_converter = _UniffiFfiConverterTypeEngramError
+    _uniffi_ffi_result = _uniffi_rust_call_with_error(
+        _uniffi_error_converter,
+        _UniffiLib.uniffi_engram_uniffi_fn_func_encrypt_store,
+        *_uniffi_lowered_args,
+    )
+    return _uniffi_lift_return(_uniffi_ffi_result)
 def generate_signing_key(secret_path: str,label: str = "") -> str:
     """
     Makes a new delta-signing key: the secret-key file `secret_path` (owner-only) and
@@ -2255,6 +2343,7 @@ __all__ = [
     "LearnedFact",
     "RevertReport",
     "SnapshotInfo",
+    "encrypt_store",
     "generate_signing_key",
     "sign_delta",
     "verify_delta",

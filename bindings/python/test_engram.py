@@ -159,3 +159,31 @@ def test_errors_arrive_as_exceptions(learned):
         a.learn_note("My cat is called Miso.", steps=1, listener=Halt())
     # The engine still works after every error.
     assert a.generate("The capital of France is", 3)
+
+
+def test_an_encrypted_store_opens_only_with_its_key(learned):
+    store = os.path.join(SCRATCH, "py-sealed.engram")
+    for p in (store, store + ".journal", store + ".readkeys"):
+        if os.path.exists(p):
+            os.remove(p)
+    shutil.copyfile(STORE_B, store)
+    key = bytes(range(32))
+    engram.encrypt_store(store, key)
+    with open(store, "rb") as f:
+        assert not f.read(8).startswith(b"GGUF")
+    with pytest.raises(engram.EngramError.BadFile, match="encrypted"):
+        engram.Engram.open(MODEL, memory_path=store)
+    with pytest.raises(engram.EngramError.BadFile, match="wrong store key"):
+        engram.Engram.open(MODEL, memory_path=store, store_key=bytes(32))
+    e = engram.Engram.open(MODEL, memory_path=store, threads=2, store_key=key)
+    e.learn_note("My dentist is Dr Okafor.", steps=1)
+    e.checkpoint()
+    del e
+    for p in (store, store + ".journal", store + ".readkeys"):
+        if os.path.exists(p):
+            with open(p, "rb") as f:
+                assert b"Okafor" not in f.read(), p
+    engram.encrypt_store(store, key, decrypt=True)
+    plain = engram.Engram.open(MODEL, memory_path=store, writable=False)
+    assert any("Okafor" in f.text for f in plain.learned_facts())
+

@@ -586,6 +586,24 @@ fileprivate struct FfiConverterString: FfiConverter {
     }
 }
 
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterData: FfiConverterRustBuffer {
+    typealias SwiftType = Data
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Data {
+        let len: Int32 = try readInt(&buf)
+        return Data(try readBytes(&buf, count: Int(len)))
+    }
+
+    public static func write(_ value: Data, into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        writeBytes(&buf, value)
+    }
+}
+
 
 
 
@@ -721,15 +739,17 @@ open class Engram: EngramProtocol, @unchecked Sendable {
      * Opens `model_path` (GGUF) and, if given, the memory store at `memory_path`. With
      * `writable` the store is locked for this process and every change is journaled;
      * `threads` = 0 uses one per core.
+     * `store_key` (32 bytes, e.g. from the OS keychain) opens a store encrypted at rest.
      */
-public static func `open`(modelPath: String, memoryPath: String? = nil, writable: Bool = true, threads: UInt32 = UInt32(0))throws  -> Engram  {
+public static func `open`(modelPath: String, memoryPath: String? = nil, writable: Bool = true, threads: UInt32 = UInt32(0), storeKey: Data? = nil)throws  -> Engram  {
     return try  FfiConverterTypeEngram_lift(try rustCallWithError(FfiConverterTypeEngramError_lift) {
         uniffiCallStatus in
     uniffi_engram_uniffi_fn_constructor_engram_open(
         FfiConverterString.lower(modelPath),
         FfiConverterOptionString.lower(memoryPath),
         FfiConverterBool.lower(writable),
-        FfiConverterUInt32.lower(threads),uniffiCallStatus
+        FfiConverterUInt32.lower(threads),
+        FfiConverterOptionData.lower(storeKey),uniffiCallStatus
     )
 })
 }
@@ -2042,6 +2062,30 @@ fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionData: FfiConverterRustBuffer {
+    typealias SwiftType = Data?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterData.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterData.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionCallbackInterfaceLearnListener: FfiConverterRustBuffer {
     typealias SwiftType = LearnListener?
 
@@ -2212,6 +2256,19 @@ fileprivate struct FfiConverterSequenceTypeSnapshotInfo: FfiConverterRustBuffer 
     }
 }
 /**
+ * Encrypts the plain memory store at `memory_path` under the 32-byte `store_key` (journal
+ * included), or with `decrypt` turns the store encrypted under it back into a plain one.
+ */
+public func encryptStore(memoryPath: String, storeKey: Data, decrypt: Bool = false)throws   {try rustCallWithError(FfiConverterTypeEngramError_lift) {
+        uniffiCallStatus in
+    uniffi_engram_uniffi_fn_func_encrypt_store(
+        FfiConverterString.lower(memoryPath),
+        FfiConverterData.lower(storeKey),
+        FfiConverterBool.lower(decrypt),uniffiCallStatus
+    )
+}
+}
+/**
  * Makes a new delta-signing key: the secret-key file `secret_path` (owner-only) and
  * `secret_path.pub`; neither may exist. Returns the public key (64 hex digits).
  */
@@ -2274,6 +2331,9 @@ private let initializationResult: InitializationResult = {
     if bindings_contract_version != scaffolding_contract_version {
         return InitializationResult.contractVersionMismatch
     }
+    if (uniffi_engram_uniffi_checksum_func_encrypt_store() != 52270) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_engram_uniffi_checksum_func_generate_signing_key() != 55085) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -2325,7 +2385,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_engram_uniffi_checksum_method_engram_trust_signers() != 3131) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_engram_uniffi_checksum_constructor_engram_open() != 52706) {
+    if (uniffi_engram_uniffi_checksum_constructor_engram_open() != 11380) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_engram_uniffi_checksum_method_learnlistener_on_step() != 16249) {

@@ -287,7 +287,7 @@ void uniffi_engram_uniffi_fn_free_engram(uint64_t handle, RustCallStatus *_Nonnu
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_CONSTRUCTOR_ENGRAM_OPEN
 #define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_CONSTRUCTOR_ENGRAM_OPEN
-uint64_t uniffi_engram_uniffi_fn_constructor_engram_open(RustBuffer model_path, RustBuffer memory_path, int8_t writable, uint32_t threads, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_engram_uniffi_fn_constructor_engram_open(RustBuffer model_path, RustBuffer memory_path, int8_t writable, uint32_t threads, RustBuffer store_key, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_ENGRAM_ASK
@@ -363,6 +363,11 @@ void uniffi_engram_uniffi_fn_init_callback_vtable_learnlistener(const UniffiVTab
 #ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_INIT_CALLBACK_VTABLE_TOKENLISTENER
 #define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_INIT_CALLBACK_VTABLE_TOKENLISTENER
 void uniffi_engram_uniffi_fn_init_callback_vtable_tokenlistener(const UniffiVTableCallbackInterfaceTokenListener* _Nonnull vtable
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_FUNC_ENCRYPT_STORE
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_FUNC_ENCRYPT_STORE
+void uniffi_engram_uniffi_fn_func_encrypt_store(RustBuffer memory_path, RustBuffer store_key, int8_t decrypt, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_FUNC_GENERATE_SIGNING_KEY
@@ -644,6 +649,12 @@ void ffi_engram_uniffi_rust_future_free_void(uint64_t handle
 #ifndef UNIFFI_FFIDEF_FFI_ENGRAM_UNIFFI_RUST_FUTURE_COMPLETE_VOID
 #define UNIFFI_FFIDEF_FFI_ENGRAM_UNIFFI_RUST_FUTURE_COMPLETE_VOID
 void ffi_engram_uniffi_rust_future_complete_void(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_FUNC_ENCRYPT_STORE
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_FUNC_ENCRYPT_STORE
+uint16_t uniffi_engram_uniffi_checksum_func_encrypt_store(void
+    
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_FUNC_GENERATE_SIGNING_KEY

@@ -11,7 +11,7 @@ use engram::gguf::Gguf;
 use engram::memory::DEFAULT_NOTE_READ_GATE;
 use engram::{
     Conversation, Device, Engine, EngineOptions, GenerateOptions, LoopGuard, ReadGating,
-    SamplingConfig, StopReason, SystemPrompt,
+    SamplingConfig, StopReason, StoreKey, SystemPrompt,
 };
 
 mod bench;
@@ -49,6 +49,11 @@ struct Cli {
     /// Memory store to attach (from `engram retrofit`) for generate, chat and bench.
     #[arg(long, global = true)]
     memory: Option<PathBuf>,
+    /// Key file of an encrypted memory store (from `engram keys store-key`); retrofit
+    /// encrypts the store it writes under it. $ENGRAM_STORE_KEY (64 hex digits) also gives
+    /// the key.
+    #[arg(long, global = true, value_name = "FILE")]
+    store_key_file: Option<PathBuf>,
     /// Which reads of learned value rows pass. "topics[:QUESTIONS[,NOTES]]" (the default,
     /// topics:-1,-1): those of a fact the sequence has named (held one of its topic words, a
     /// name or "bike"), and within these cosines of the fact's tokens; QUESTIONS[,NOTES]:
@@ -233,6 +238,8 @@ pub struct Placement {
     pub read_gate: ReadGating,
     /// What the chat template gets when a conversation has no system message.
     pub system: SystemPrompt,
+    /// The key of an encrypted store.
+    pub store_key: Option<StoreKey>,
 }
 
 /// `--read-gate` and `--gate-sweep` values: QUESTIONS[,NOTES] cosines, topics[:OPEN] or off.
@@ -265,13 +272,21 @@ pub fn parse_read_gate(s: &str) -> Result<ReadGating, String> {
 }
 
 impl Cli {
-    fn placement(&self) -> Placement {
-        Placement {
+    fn placement(&self) -> Result<Placement, String> {
+        let store_key = match (&self.store_key_file, std::env::var("ENGRAM_STORE_KEY")) {
+            (Some(file), _) => Some(StoreKey::read(file).map_err(|e| e.to_string())?),
+            (None, Ok(hex)) if !hex.is_empty() => {
+                Some(StoreKey::from_text(&hex).map_err(|e| format!("ENGRAM_STORE_KEY: {e}"))?)
+            }
+            _ => None,
+        };
+        Ok(Placement {
             threads: self.threads,
             device: self.device,
             read_gate: self.read_gate.unwrap_or_default(),
             system: self.system.clone().unwrap_or_default(),
-        }
+            store_key,
+        })
     }
 }
 
@@ -302,6 +317,7 @@ fn open_with(
             context: ctx,
             read_gate: place.read_gate,
             system_prompt: place.system,
+            store_key: place.store_key,
             ..Default::default()
         },
     )
@@ -325,7 +341,7 @@ fn open_with(
 }
 
 fn run(cli: Cli) -> Result<(), String> {
-    let place = cli.placement();
+    let place = cli.placement()?;
     match cli.command {
         Command::Info { devices: true, .. } => {
             info::print_devices();
@@ -407,7 +423,7 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Quiz(args) => quiz::run(&open(cli.model, cli.memory, place, 0)?, &args),
         Command::Delta { command } => delta::run(cli.model, cli.memory, place, command),
-        Command::Keys { command } => keys::run(command),
+        Command::Keys { command } => keys::run(command, cli.memory, place.store_key),
         Command::Snapshot { name } => {
             let memory = cli.memory.ok_or("snapshot needs --memory STORE")?;
             let mut engine = open_with(

@@ -179,7 +179,9 @@ pub fn run(engine: Engine, args: &RetrofitArgs) -> Result<(), String> {
     if interrupted.load(Ordering::SeqCst) {
         return Err("interrupted: nothing was written".into());
     }
-    store.save(&args.output).map_err(|e| e.to_string())?;
+    store
+        .save_sealed(&args.output, engine.store_key())
+        .map_err(|e| e.to_string())?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "retrofit: {} background tokens in {} batches, {:.1} s",

@@ -32,6 +32,8 @@ inner_modules!(backend, delta, learn, memory, model, sampling);
 
 mod engine;
 mod error;
+#[cfg(feature = "internals")]
+pub mod fuzzing;
 pub mod gguf;
 pub mod quant;
 pub mod tokenizer;
@@ -39,13 +41,13 @@ pub mod tokenizer;
 pub use backend::wgpu::{AdapterSummary, adapters as wgpu_adapters};
 pub use delta::{
     Delta, DeltaPrecision, DeltaSignature, ImportedDelta, LearnedEntry, MemoryAccess, MemoryStore,
-    PublicKey, SignaturePolicy, SigningKey, Snapshot, TrustedSigners, generate_key_files,
+    PublicKey, SignaturePolicy, SigningKey, Snapshot, StoreKey, TrustedSigners, generate_key_files,
     sign_delta_file, verify_delta_file,
 };
 pub use engine::{
     Conversation, DEFAULT_TOPIC_COSINE, Device, Engine, EngineOptions, GenerateOptions, Generation,
     ImportReport, LoopGuard, ReadGating, Reply, RevertReport, Session, SharedEngine, StopReason,
-    TextStream, log_softmax_at, read_keys_path,
+    TextStream, log_softmax_at, read_keys_path, reseal_store_file,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use learn::{

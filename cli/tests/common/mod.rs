@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
+use engram::delta::{journal_path, lock_path};
 use engram::gguf::{GgufWriter, Value};
 
 #[path = "../../../tests/src/scratch.rs"]
@@ -83,25 +85,29 @@ pub fn background() -> PathBuf {
 
 /// A small fitted store (4,096 slots over 512 background tokens) at `out`.
 pub fn small_store(out: &Path) -> Output {
+    small_store_with(out, &[])
+}
+
+/// [`small_store`] with more arguments for retrofit (e.g. a store key).
+pub fn small_store_with(out: &Path, extra: &[&str]) -> Output {
     let bg = background();
-    run_on(
-        model(),
-        &[
-            "retrofit",
-            "--background",
-            bg.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--max-tokens",
-            "512",
-            "--batch-tokens",
-            "128",
-            "--n-keys",
-            "64",
-            "--fit-samples",
-            "512",
-        ],
-    )
+    let mut args = vec![
+        "retrofit",
+        "--background",
+        bg.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--max-tokens",
+        "512",
+        "--batch-tokens",
+        "128",
+        "--n-keys",
+        "64",
+        "--fit-samples",
+        "512",
+    ];
+    args.extend(extra);
+    run_on(model(), &args)
 }
 
 /// A data file made by `scripts/SCRIPT`.
@@ -111,4 +117,42 @@ pub fn data(name: &str, script: &str) -> PathBuf {
         .join(name);
     assert!(p.is_file(), "{} missing: run scripts/{script}", p.display());
     p
+}
+
+/// A small fitted store made once for this test process (4,096 slots).
+pub fn initial_store() -> &'static Path {
+    static STORE: OnceLock<PathBuf> = OnceLock::new();
+    STORE.get_or_init(|| {
+        let p = scratch("initial.engram");
+        let o = small_store(&p);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        p
+    })
+}
+
+/// A fresh copy of the initial store at `name` (no journal, no lock).
+pub fn fresh(name: &str) -> PathBuf {
+    let p = scratch(name);
+    for extra in [journal_path(&p), lock_path(&p)] {
+        let _ = std::fs::remove_file(extra);
+    }
+    std::fs::copy(initial_store(), &p).unwrap();
+    p
+}
+
+pub fn facts_file(name: &str, lines: &[&str]) -> PathBuf {
+    let p = scratch(name);
+    std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+    p
+}
+
+/// Runs `engram ARGS` on the default model and asserts success; returns stdout.
+pub fn ok(args: &[&str]) -> String {
+    let o = run_on(model(), args);
+    assert!(
+        o.status.success(),
+        "engram {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout(&o)
 }

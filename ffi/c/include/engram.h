@@ -67,6 +67,18 @@ enum EngramStatus engram_open(const char *model_path,
                               uint32_t threads,
                               struct EngramEngine **out);
 
+// [`engram_open`] for a memory store encrypted at rest: `store_key` points to the 32-byte
+// key (`key_len` must be 32), e.g. from the OS keychain; null opens a plain store. A store
+// made encrypted stays encrypted (journal and read keys too); a wrong key is
+// `ENGRAM_STATUS_BAD_FILE` with "wrong store key".
+enum EngramStatus engram_open_with_key(const char *model_path,
+                                       const char *memory_path,
+                                       bool writable,
+                                       uint32_t threads,
+                                       const uint8_t *store_key,
+                                       size_t key_len,
+                                       struct EngramEngine **out);
+
 // Closes an engine (calls still running on other threads finish first). The handle is
 // invalid afterwards; closing it again returns `ENGRAM_STATUS_INVALID_HANDLE`.
 enum EngramStatus engram_close(struct EngramEngine *engine);
@@ -148,6 +160,14 @@ enum EngramStatus engram_delta_verify(const char *path,
 // at `trusted_signers_path`; null lifts the requirement (unsigned deltas import again).
 enum EngramStatus engram_trust_signers(const struct EngramEngine *engine,
                                        const char *trusted_signers_path);
+
+// Encrypts the plain memory store at `memory_path` under the 32-byte `store_key` (journal
+// included), or with `decrypt` turns the store encrypted under it back into a plain one. A
+// crash leaves the store whole in its old form or its new one.
+enum EngramStatus engram_store_encrypt(const char *memory_path,
+                                       const uint8_t *store_key,
+                                       size_t key_len,
+                                       bool decrypt);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use engram::{
     Delta, DeltaPrecision, Engine, Error, ErrorKind, Fact, GenerateOptions, SharedEngine,
-    SignaturePolicy,
+    SignaturePolicy, StoreKey,
 };
 
 /// What a call did.
@@ -227,20 +227,60 @@ pub unsafe extern "C" fn engram_open(
     threads: u32,
     out: *mut *mut EngramEngine,
 ) -> EngramStatus {
+    guard(|| unsafe { open_engine(model_path, memory_path, writable, threads, None, out) })
+}
+
+unsafe fn open_engine(
+    model_path: *const c_char,
+    memory_path: *const c_char,
+    writable: bool,
+    threads: u32,
+    store_key: Option<&[u8]>,
+    out: *mut *mut EngramEngine,
+) -> Outcome {
+    if out.is_null() {
+        return Err(Failure(EngramStatus::NullArgument, "out is null".into()));
+    }
+    let model = unsafe { text(model_path, "model_path") }?;
+    let memory = unsafe { optional_text(memory_path, "memory_path") }?;
+    let engine = SharedEngine::open_with_key(
+        model,
+        memory.map(Into::into),
+        writable,
+        threads as usize,
+        store_key,
+    )?;
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed) * 16;
+    let mut map = HANDLES.lock().unwrap_or_else(|e| e.into_inner());
+    map.get_or_insert_with(HashMap::new)
+        .insert(id, Arc::new(Handle { engine }));
+    // SAFETY: checked non-null above.
+    unsafe { *out = id as *mut EngramEngine };
+    Ok(())
+}
+
+/// [`engram_open`] for a memory store encrypted at rest: `store_key` points to the 32-byte
+/// key (`key_len` must be 32), e.g. from the OS keychain; null opens a plain store. A store
+/// made encrypted stays encrypted (journal and read keys too); a wrong key is
+/// `ENGRAM_STATUS_BAD_FILE` with "wrong store key".
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn engram_open_with_key(
+    model_path: *const c_char,
+    memory_path: *const c_char,
+    writable: bool,
+    threads: u32,
+    store_key: *const u8,
+    key_len: usize,
+    out: *mut *mut EngramEngine,
+) -> EngramStatus {
     guard(|| {
-        if out.is_null() {
-            return Err(Failure(EngramStatus::NullArgument, "out is null".into()));
-        }
-        let model = unsafe { text(model_path, "model_path") }?;
-        let memory = unsafe { optional_text(memory_path, "memory_path") }?;
-        let engine = SharedEngine::open(model, memory.map(Into::into), writable, threads as usize)?;
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed) * 16;
-        let mut map = HANDLES.lock().unwrap_or_else(|e| e.into_inner());
-        map.get_or_insert_with(HashMap::new)
-            .insert(id, Arc::new(Handle { engine }));
-        // SAFETY: checked non-null above.
-        unsafe { *out = id as *mut EngramEngine };
-        Ok(())
+        let key = if store_key.is_null() {
+            None
+        } else {
+            // SAFETY: the caller passes `key_len` readable bytes at `store_key`.
+            Some(unsafe { std::slice::from_raw_parts(store_key, key_len) })
+        };
+        unsafe { open_engine(model_path, memory_path, writable, threads, key, out) }
     })
 }
 
@@ -518,5 +558,35 @@ pub unsafe extern "C" fn engram_trust_signers(
             e.set_delta_policy(policy);
             Ok(())
         })
+    })
+}
+
+/// Encrypts the plain memory store at `memory_path` under the 32-byte `store_key` (journal
+/// included), or with `decrypt` turns the store encrypted under it back into a plain one. A
+/// crash leaves the store whole in its old form or its new one.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn engram_store_encrypt(
+    memory_path: *const c_char,
+    store_key: *const u8,
+    key_len: usize,
+    decrypt: bool,
+) -> EngramStatus {
+    guard(|| {
+        let path = unsafe { text(memory_path, "memory_path") }?;
+        if store_key.is_null() {
+            return Err(Failure(
+                EngramStatus::NullArgument,
+                "store_key is null".into(),
+            ));
+        }
+        // SAFETY: the caller passes `key_len` readable bytes at `store_key`.
+        let key = StoreKey::from_slice(unsafe { std::slice::from_raw_parts(store_key, key_len) })?;
+        let (from, to) = if decrypt {
+            (Some(&key), None)
+        } else {
+            (None, Some(&key))
+        };
+        engram::reseal_store_file(path.as_ref(), from, to)?;
+        Ok(())
     })
 }

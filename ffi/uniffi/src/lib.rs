@@ -13,7 +13,7 @@ use std::sync::{Arc, RwLockReadGuard, RwLockWriteGuard};
 
 use engram::{
     Delta, DeltaPrecision, Engine, Error, ErrorKind, Fact, GenerateOptions, SharedEngine,
-    SignaturePolicy,
+    SignaturePolicy, StoreKey,
 };
 
 uniffi::setup_scaffolding!("engram");
@@ -195,6 +195,24 @@ pub fn verify_delta(
     Ok(delta.signature.map(|s| s.signer.to_string()))
 }
 
+/// Encrypts the plain memory store at `memory_path` under the 32-byte `store_key` (journal
+/// included), or with `decrypt` turns the store encrypted under it back into a plain one.
+#[uniffi::export(default(decrypt = false))]
+pub fn encrypt_store(
+    memory_path: String,
+    store_key: Vec<u8>,
+    decrypt: bool,
+) -> Result<(), EngramError> {
+    let key = StoreKey::from_slice(&store_key)?;
+    let (from, to) = if decrypt {
+        (Some(&key), None)
+    } else {
+        (None, Some(&key))
+    };
+    engram::reseal_store_file(memory_path.as_ref(), from, to)?;
+    Ok(())
+}
+
 /// A model (GGUF), its tokenizer and optionally a memory store to learn into.
 #[derive(uniffi::Object)]
 pub struct Engram {
@@ -244,18 +262,21 @@ impl Engram {
     /// Opens `model_path` (GGUF) and, if given, the memory store at `memory_path`. With
     /// `writable` the store is locked for this process and every change is journaled;
     /// `threads` = 0 uses one per core.
-    #[uniffi::constructor(default(memory_path = None, writable = true, threads = 0))]
+    /// `store_key` (32 bytes, e.g. from the OS keychain) opens a store encrypted at rest.
+    #[uniffi::constructor(default(memory_path = None, writable = true, threads = 0, store_key = None))]
     pub fn open(
         model_path: String,
         memory_path: Option<String>,
         writable: bool,
         threads: u32,
+        store_key: Option<Vec<u8>>,
     ) -> Result<Arc<Self>, EngramError> {
-        let engine = SharedEngine::open(
+        let engine = SharedEngine::open_with_key(
             &model_path,
             memory_path.map(Into::into),
             writable,
             threads as usize,
+            store_key.as_deref(),
         )?;
         Ok(Arc::new(Self { engine }))
     }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::history::{Applied, Change, RowAccess, StoreHistory};
 use super::journal::{Journal, Record, journal_path, read_journal};
+use super::sealed::StoreKey;
 use super::store::MemoryStore;
 use crate::error::{Error, Result};
 
@@ -31,6 +32,7 @@ pub struct DurableMemory {
     journal: Option<Journal>,
     _lock: Option<File>,
     next_seq: u64,
+    key: Option<StoreKey>,
     /// The store's snapshots, imports and learned facts, kept current with every change.
     pub history: StoreHistory,
     /// What opening noticed and repaired (e.g. a torn journal tail), for the user to see.
@@ -74,23 +76,27 @@ impl RowAccess for MemoryStore {
 
 /// Opens the store at `path` and replays its journal; with [`MemoryAccess::Write`] also takes
 /// the writer's lock and cuts a torn journal tail so appends continue after the last intact
-/// record. The returned store's `history` is moved into the [`DurableMemory`].
-pub fn open_store(path: &Path, access: MemoryAccess) -> Result<(MemoryStore, DurableMemory)> {
+/// record. The returned store's `history` is moved into the [`DurableMemory`]. An encrypted
+/// store needs its `key`; its journal and checkpoints stay encrypted under it.
+pub fn open_store(
+    path: &Path,
+    access: MemoryAccess,
+    key: Option<&StoreKey>,
+) -> Result<(MemoryStore, DurableMemory)> {
     let lock = match access {
         MemoryAccess::Read => None,
         MemoryAccess::Write => Some(take_lock(path)?),
     };
-    let mut store = MemoryStore::open(path)?;
+    let mut store = MemoryStore::open_sealed(path, key)?;
     let mut history = std::mem::take(&mut store.history);
     let jpath = journal_path(path);
-    let contents = read_journal(&jpath)?;
+    let contents = read_journal(&jpath, key)?;
     let mut warnings = Vec::new();
     let mut next_seq = history.journal_seq + 1;
     let mut valid_len = 0u64;
     let mut offset = 0u64;
     let mut stopped = false;
-    for record in &contents.records {
-        let len = record.encode().len() as u64;
+    for (record, &len) in contents.records.iter().zip(&contents.sizes) {
         offset += len;
         if record.seq < next_seq {
             // Already in the checkpoint (a crash came between its rename and the journal reset).
@@ -132,7 +138,7 @@ pub fn open_store(path: &Path, access: MemoryAccess) -> Result<(MemoryStore, Dur
     }
     let journal = match access {
         MemoryAccess::Read => None,
-        MemoryAccess::Write => Some(Journal::open(&jpath, valid_len)?),
+        MemoryAccess::Write => Some(Journal::open(&jpath, valid_len, key.cloned())?),
     };
     Ok((
         store,
@@ -141,6 +147,7 @@ pub fn open_store(path: &Path, access: MemoryAccess) -> Result<(MemoryStore, Dur
             journal,
             _lock: lock,
             next_seq,
+            key: key.cloned(),
             history,
             warnings,
         },
@@ -175,6 +182,7 @@ impl DurableMemory {
             journal: None,
             _lock: None,
             next_seq: history.journal_seq + 1,
+            key: None,
             history,
             warnings: Vec::new(),
         }
@@ -183,6 +191,11 @@ impl DurableMemory {
     /// The store file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The key the store is encrypted under, if it is.
+    pub fn key(&self) -> Option<&StoreKey> {
+        self.key.as_ref()
     }
 
     /// Whether changes are journaled (opened with [`MemoryAccess::Write`]).
@@ -252,9 +265,30 @@ impl DurableMemory {
         };
         store.history = self.history.clone();
         store.history.journal_seq = self.next_seq - 1;
-        store.save_with_values(&self.path, values)?;
+        store.save_with_values_sealed(&self.path, values, self.key.as_ref())?;
         journal.clear()?;
         self.history.journal_seq = self.next_seq - 1;
+        Ok(())
+    }
+
+    /// Re-encrypts the store under `to` (`None`: stored plain): the journal is first folded
+    /// into the store under the current key, so at every moment the files on disk are one
+    /// consistent store under one key (a crash leaves the old form or the new one).
+    pub fn reseal(&mut self, mut store: MemoryStore, to: Option<StoreKey>) -> Result<()> {
+        let Some(journal) = &mut self.journal else {
+            return Err(Error::InvalidArgument(format!(
+                "{} was opened read-only; open it for writing to change its key",
+                self.path.display()
+            )));
+        };
+        store.history = self.history.clone();
+        store.history.journal_seq = self.next_seq - 1;
+        store.save_sealed(&self.path, self.key.as_ref())?;
+        journal.clear()?;
+        self.history.journal_seq = self.next_seq - 1;
+        store.save_sealed(&self.path, to.as_ref())?;
+        *journal = Journal::open(&journal_path(&self.path), 0, to.clone())?;
+        self.key = to;
         Ok(())
     }
 }

@@ -4,7 +4,8 @@
 //! Record layout (little-endian): `"EGJR"`, body length `u32`, body, xxh3-64 of the body.
 //! Body: sequence number `u64`, kind `u8`, then the kind's fields (strings and row sets are
 //! length-prefixed). A record that is cut short or fails its checksum ends the journal: it
-//! and everything after it are dropped, never applied.
+//! and everything after it are dropped, never applied. In an encrypted store's journal the
+//! magic is `"EGJX"` and the body is sealed under the store key (see `sealed.rs`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -13,9 +14,11 @@ use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::history::{Change, LearnedEntry, RowSet};
+use super::sealed::StoreKey;
 use crate::error::{Error, Result};
 
 const RECORD_MAGIC: &[u8; 4] = b"EGJR";
+const SEALED_RECORD_MAGIC: &[u8; 4] = b"EGJX";
 /// Largest body a record may claim (a few thousand rows of a wide model fit easily).
 const MAX_BODY: u32 = 1 << 30;
 
@@ -107,6 +110,18 @@ impl<'a> Reader<'a> {
 impl Record {
     /// The record's bytes, framing and checksum included.
     pub fn encode(&self) -> Vec<u8> {
+        frame(RECORD_MAGIC, &self.body())
+    }
+
+    /// The record's bytes, its body sealed under `key` when the store is encrypted.
+    pub fn encode_with(&self, key: Option<&StoreKey>) -> Result<Vec<u8>> {
+        Ok(match key {
+            None => self.encode(),
+            Some(k) => frame(SEALED_RECORD_MAGIC, &k.seal_record(&self.body())?),
+        })
+    }
+
+    fn body(&self) -> Vec<u8> {
         let mut w = Writer(Vec::new());
         w.u64(self.seq);
         match &self.change {
@@ -146,20 +161,25 @@ impl Record {
                 w.str(id);
             }
         }
-        let body = w.0;
-        let mut out = Vec::with_capacity(body.len() + 16);
-        out.extend(RECORD_MAGIC);
-        out.extend((body.len() as u32).to_le_bytes());
-        out.extend(&body);
-        out.extend(xxh3_64(&body).to_le_bytes());
-        out
+        w.0
     }
 
     /// Decodes one record at the start of `bytes`: the record and its length, or `None` if
     /// it is cut short, damaged or not a record.
     pub fn decode(bytes: &[u8]) -> Option<(Record, usize)> {
+        Self::decode_with(bytes, None)
+    }
+
+    /// [`Self::decode`] for a journal whose records are sealed under `key` (if given).
+    pub fn decode_with(bytes: &[u8], key: Option<&StoreKey>) -> Option<(Record, usize)> {
         let mut r = Reader { bytes, at: 0 };
-        if r.take(4)? != RECORD_MAGIC {
+        let magic = r.take(4)?;
+        let want = if key.is_some() {
+            SEALED_RECORD_MAGIC
+        } else {
+            RECORD_MAGIC
+        };
+        if magic != want {
             return None;
         }
         let len = r.u32()?;
@@ -172,6 +192,14 @@ impl Record {
             return None;
         }
         let total = r.at;
+        let opened;
+        let body = match key {
+            None => body,
+            Some(k) => {
+                opened = k.open_record(body)?;
+                &opened[..]
+            }
+        };
         let mut b = Reader { bytes: body, at: 0 };
         let seq = b.u64()?;
         let change = match b.u8()? {
@@ -203,6 +231,15 @@ impl Record {
     }
 }
 
+fn frame(magic: &[u8; 4], body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 16);
+    out.extend(magic);
+    out.extend((body.len() as u32).to_le_bytes());
+    out.extend(body);
+    out.extend(xxh3_64(body).to_le_bytes());
+    out
+}
+
 /// The journal file of a store: `<store>.journal`.
 pub fn journal_path(store: &Path) -> PathBuf {
     let mut name = store.as_os_str().to_owned();
@@ -215,14 +252,18 @@ pub fn journal_path(store: &Path) -> PathBuf {
 pub struct JournalContents {
     /// Intact records, in file order.
     pub records: Vec<Record>,
+    /// Each record's size in the file (bytes).
+    pub sizes: Vec<u64>,
     /// Bytes of intact records (where the next record goes).
     pub valid_len: u64,
     /// Bytes after them that were dropped (a torn or damaged tail).
     pub dropped_bytes: u64,
 }
 
-/// Reads every intact record of the journal at `path` (a missing journal is empty).
-pub fn read_journal(path: &Path) -> Result<JournalContents> {
+/// Reads every intact record of the journal at `path` (a missing journal is empty); records
+/// are sealed under `key` when the store is encrypted. A journal of the other kind (sealed
+/// when no key is given, or plain when one is) is an error, never a dropped tail.
+pub fn read_journal(path: &Path, key: Option<&StoreKey>) -> Result<JournalContents> {
     let mut bytes = Vec::new();
     match File::open(path) {
         Ok(mut f) => {
@@ -231,12 +272,33 @@ pub fn read_journal(path: &Path) -> Result<JournalContents> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(path, e)),
     }
+    let other_kind = match key {
+        Some(_) => RECORD_MAGIC,
+        None => SEALED_RECORD_MAGIC,
+    };
+    if bytes.starts_with(other_kind) {
+        return Err(Error::Memory(format!(
+            "{}: the journal is {} but {}",
+            path.display(),
+            if key.is_some() {
+                "not encrypted"
+            } else {
+                "encrypted"
+            },
+            if key.is_some() {
+                "a store key was given"
+            } else {
+                "no store key was given (--store-key-file or ENGRAM_STORE_KEY)"
+            }
+        )));
+    }
     let mut out = JournalContents::default();
     let mut at = 0;
     while at < bytes.len() {
-        match Record::decode(&bytes[at..]) {
+        match Record::decode_with(&bytes[at..], key) {
             Some((record, n)) => {
                 out.records.push(record);
+                out.sizes.push(n as u64);
                 at += n;
             }
             None => break,
@@ -252,12 +314,14 @@ pub struct Journal {
     file: File,
     path: PathBuf,
     len: u64,
+    key: Option<StoreKey>,
 }
 
 impl Journal {
     /// Opens (creating) the journal at `path` for appending after its first `valid_len`
-    /// bytes; anything beyond them (a torn tail) is cut off first.
-    pub fn open(path: &Path, valid_len: u64) -> Result<Self> {
+    /// bytes; anything beyond them (a torn tail) is cut off first. With `key` every record
+    /// is sealed.
+    pub fn open(path: &Path, valid_len: u64, key: Option<StoreKey>) -> Result<Self> {
         let io = |e| Error::io(path, e);
         let mut file = OpenOptions::new()
             .read(true)
@@ -276,12 +340,13 @@ impl Journal {
             file,
             path: path.to_owned(),
             len: valid_len,
+            key,
         })
     }
 
     /// Appends a record and waits until it is on disk.
     pub fn append(&mut self, record: &Record) -> Result<()> {
-        let bytes = record.encode();
+        let bytes = record.encode_with(self.key.as_ref())?;
         let io = |e| Error::io(&self.path, e);
         if let Err(e) = self
             .file
@@ -383,7 +448,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("j");
         std::fs::write(&path, &all).unwrap();
-        let read = read_journal(&path).unwrap();
+        let read = read_journal(&path, None).unwrap();
         assert_eq!(read.records, sample());
         assert_eq!(read.dropped_bytes, 0);
         let first = sample()[0].encode().len();
@@ -391,7 +456,7 @@ mod tests {
         let second_end = first + sample()[1].encode().len();
         for cut in first..second_end {
             std::fs::write(&path, &all[..cut]).unwrap();
-            let r = read_journal(&path).unwrap();
+            let r = read_journal(&path, None).unwrap();
             assert_eq!(r.records.len(), 1, "cut at {cut}");
             assert_eq!(r.valid_len, first as u64);
         }
@@ -401,17 +466,49 @@ mod tests {
             bad[byte] ^= 0x10;
             std::fs::write(&path, &bad).unwrap();
             assert!(
-                read_journal(&path).unwrap().records.is_empty(),
+                read_journal(&path, None).unwrap().records.is_empty(),
                 "flip at {byte}"
             );
         }
         // Appending after a torn tail cuts the tail first.
         std::fs::write(&path, &all[..first + 5]).unwrap();
-        let r = read_journal(&path).unwrap();
-        let mut j = Journal::open(&path, r.valid_len).unwrap();
+        let r = read_journal(&path, None).unwrap();
+        let mut j = Journal::open(&path, r.valid_len, None).unwrap();
         j.append(&sample()[1]).unwrap();
-        let r = read_journal(&path).unwrap();
+        let r = read_journal(&path, None).unwrap();
         assert_eq!(r.records, sample()[..2].to_vec());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod sealed_tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_journal_reads_back_only_with_its_key_and_holds_no_plain_text() {
+        let key = StoreKey::from_bytes([1; 32]);
+        let record = Record {
+            seq: 1,
+            change: Change::Learned(LearnedEntry {
+                at: 3,
+                text: "My dentist is Dr Okafor.".into(),
+            }),
+        };
+        let bytes = record.encode_with(Some(&key)).unwrap();
+        assert!(!bytes.windows(6).any(|w| w == b"Okafor"));
+        let dir = std::env::temp_dir().join(format!("engram-sealed-j-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("j");
+        std::fs::write(&path, &bytes).unwrap();
+        let read = read_journal(&path, Some(&key)).unwrap();
+        assert_eq!(read.records, vec![record.clone()]);
+        assert_eq!(read.sizes, vec![bytes.len() as u64]);
+        let err = read_journal(&path, None).unwrap_err();
+        assert!(err.to_string().contains("encrypted"), "{err}");
+        std::fs::write(&path, record.encode()).unwrap();
+        let err = read_journal(&path, Some(&key)).unwrap_err();
+        assert!(err.to_string().contains("not encrypted"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

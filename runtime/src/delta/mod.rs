@@ -35,6 +35,7 @@ mod durable;
 mod file;
 mod history;
 mod journal;
+mod sealed;
 mod signing;
 mod store;
 
@@ -45,6 +46,7 @@ pub use history::{
     unix_now,
 };
 pub use journal::{Journal, JournalContents, Record, journal_path, read_journal};
+pub use sealed::{SEALED_FILE_OVERHEAD, SEALED_RECORD_OVERHEAD, StoreKey, is_sealed};
 pub use signing::{
     DeltaSignature, PublicKey, SignaturePolicy, SigningKey, TrustedSigners, generate_key_files,
     sign_delta_file, verify_delta_file,

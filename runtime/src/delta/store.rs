@@ -4,7 +4,9 @@ use std::path::Path;
 
 use xxhash_rust::xxh3::Xxh3;
 
+use super::file::write_atomic;
 use super::history::{ImportedDelta, LearnedEntry, RowSet, Snapshot, StoreHistory};
+use super::sealed::{StoreKey, is_sealed};
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, GgufWriter, Value, ValueType};
 use crate::memory::{
@@ -266,10 +268,57 @@ impl MemoryStore {
         self.writer_with_values(values)?.write_atomic(path)
     }
 
+    /// [`Self::save`], encrypted under `key` when one is given.
+    pub fn save_sealed(&self, path: impl AsRef<Path>, key: Option<&StoreKey>) -> Result<()> {
+        self.write_sealed(self.to_writer()?, path.as_ref(), key)
+    }
+
+    /// [`Self::save_with_values`], encrypted under `key` when one is given.
+    pub fn save_with_values_sealed(
+        &self,
+        path: impl AsRef<Path>,
+        values: &[&[f32]],
+        key: Option<&StoreKey>,
+    ) -> Result<()> {
+        self.write_sealed(self.writer_with_values(values)?, path.as_ref(), key)
+    }
+
+    fn write_sealed(&self, w: GgufWriter<'_>, path: &Path, key: Option<&StoreKey>) -> Result<()> {
+        match key {
+            None => w.write_atomic(path),
+            Some(k) => write_atomic(path, &k.seal_file(w.to_bytes(), "store")?),
+        }
+    }
+
     /// Reads a store, checking that it is one and that every tensor matches its config.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_sealed(path, None)
+    }
+
+    /// [`Self::open`] for a store that may be encrypted: `key` must be given exactly when
+    /// it is, and must be its key.
+    pub fn open_sealed(path: impl AsRef<Path>, key: Option<&StoreKey>) -> Result<Self> {
         let path = path.as_ref();
-        let gguf = Gguf::open(path)?;
+        let gguf = match key {
+            Some(k) => {
+                let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+                Gguf::from_bytes(k.open_file(bytes, "store", path)?)?
+            }
+            None => {
+                let mut magic = [0u8; 8];
+                let is_encrypted = std::fs::File::open(path)
+                    .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+                    .is_ok()
+                    && is_sealed(&magic);
+                if is_encrypted {
+                    return Err(Error::Memory(format!(
+                        "{} is encrypted: give its store key (--store-key-file or ENGRAM_STORE_KEY)",
+                        path.display()
+                    )));
+                }
+                Gguf::open(path)?
+            }
+        };
         Self::from_gguf(&gguf).map_err(|e| match e {
             Error::Memory(m) => Error::Memory(format!("{}: {m}", path.display())),
             other => other,

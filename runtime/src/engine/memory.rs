@@ -8,7 +8,7 @@ use crate::backend::Backend;
 use crate::backend::device::DeviceBackend;
 use crate::delta::{
     Change, DurableMemory, ImportedDelta, LearnedEntry, MemoryAccess, MemoryStore, RowAccess,
-    Snapshot, StoreHistory, open_store, unix_now,
+    Snapshot, StoreHistory, StoreKey, open_store, unix_now,
 };
 use crate::error::{Error, Result};
 use crate::learn::{Committed, Fact, LearnOptions, LearnReport, LearningState, rekey_read_gate};
@@ -218,7 +218,7 @@ impl Engine {
         access: MemoryAccess,
     ) -> Result<Vec<String>> {
         let path = path.as_ref();
-        let (store, durable) = open_store(path, access)?;
+        let (store, durable) = open_store(path, access, self.store_key.as_ref())?;
         let warnings = durable.warnings.clone();
         self.attach(store, Some(path.to_owned()), durable)?;
         Ok(warnings)
@@ -292,6 +292,11 @@ impl Engine {
         let cached = match (&mut gate, &cache) {
             (Some(g), Some(path)) if !facts.is_empty() => std::fs::read(path)
                 .ok()
+                .and_then(|bytes| match m.durable.key() {
+                    // Keys that do not open (changed, or another key's) are rebuilt.
+                    Some(k) => k.open_file(bytes, "readkeys", path).ok(),
+                    None => Some(bytes),
+                })
                 .and_then(|bytes| g.load_bytes(&bytes, &tag))
                 .is_some(),
             _ => false,
@@ -321,6 +326,13 @@ impl Engine {
             return;
         };
         let bytes = gate.to_bytes(&read_keys_tag(&self.fingerprint(), m));
+        let bytes = match m.durable.key() {
+            Some(k) => match k.seal_file(bytes, "readkeys") {
+                Ok(sealed) => sealed,
+                Err(_) => return,
+            },
+            None => bytes,
+        };
         let _ = crate::delta::write_atomic(&read_keys_path(path), &bytes);
     }
 
@@ -508,12 +520,18 @@ impl Engine {
         Ok(store)
     }
 
-    /// Writes the attached memory, learned values included, to `path` atomically.
+    /// The key stores are encrypted under (from [`super::EngineOptions::store_key`]).
+    pub fn store_key(&self) -> Option<&StoreKey> {
+        self.store_key.as_ref()
+    }
+
+    /// Writes the attached memory, learned values included, to `path` atomically (encrypted
+    /// when the engine has a store key).
     pub fn save_memory(&self, path: impl AsRef<Path>) -> Result<()> {
         let store = self.store_without_values()?;
         let views = value_views(&self.model);
         let values: Vec<&[f32]> = views.iter().map(|v| v.as_ref()).collect();
-        store.save_with_values(path, &values)
+        store.save_with_values_sealed(path, &values, self.store_key.as_ref())
     }
 
     /// Background slot usage of each attached memory layer.

@@ -16,13 +16,13 @@ pub use generate::{
     GenerateOptions, Generation, LoopGuard, Session, StopReason, TextStream, log_softmax_at,
 };
 pub use memory::{DEFAULT_TOPIC_COSINE, ReadGating, read_keys_path};
-pub use shared::SharedEngine;
+pub use shared::{SharedEngine, reseal_store_file};
 
 use std::path::{Path, PathBuf};
 
 use crate::backend::device::DeviceBackend;
 use crate::backend::{Backend, open_backend};
-use crate::delta::{MemoryAccess, MemoryStore, SignaturePolicy};
+use crate::delta::{MemoryAccess, MemoryStore, SignaturePolicy, StoreKey};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::learn::{RetrofitOptions, RetrofitProgress};
@@ -51,6 +51,9 @@ pub struct EngineOptions {
     /// Which deltas imports accept: any (a signature present must verify) or only those
     /// signed by a trusted key.
     pub delta_policy: SignaturePolicy,
+    /// The key the memory store (with its journal and read keys) is encrypted under; `None`
+    /// for a plain store. Stores made or saved by this engine are encrypted under it.
+    pub store_key: Option<StoreKey>,
 }
 
 /// A loaded model ready to generate.
@@ -64,6 +67,7 @@ pub struct Engine {
     memory: Option<AttachedMemory>,
     read_gating: ReadGating,
     delta_policy: SignaturePolicy,
+    store_key: Option<StoreKey>,
 }
 
 impl Engine {
@@ -104,6 +108,7 @@ impl Engine {
             memory: None,
             read_gating: options.read_gate,
             delta_policy: options.delta_policy.clone(),
+            store_key: options.store_key.clone(),
         };
         options.read_gate.new_gate(engine.model.config.dim)?;
         if let Some(m) = &options.memory {

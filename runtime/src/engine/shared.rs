@@ -8,7 +8,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::deltas::RevertReport;
 use super::{Engine, EngineOptions};
-use crate::delta::{Delta, MemoryAccess};
+use crate::delta::{Delta, MemoryAccess, StoreKey, open_store};
 use crate::error::{Error, Result};
 use crate::learn::{Fact, LearnOptions, LearnReport};
 
@@ -63,6 +63,23 @@ impl Engine {
     }
 }
 
+/// Encrypts a plain store (`from` = None, `to` = its new key), decrypts one (`from` = its key,
+/// `to` = None) or changes its key, journal included; its read keys are dropped and rebuilt
+/// on the next open. A crash leaves the store whole under the old key or the new one.
+pub fn reseal_store_file(
+    path: &Path,
+    from: Option<&StoreKey>,
+    to: Option<&StoreKey>,
+) -> Result<()> {
+    let (store, mut durable) = open_store(path, MemoryAccess::Write, from)?;
+    durable.reseal(store, to.cloned())?;
+    let keys = super::read_keys_path(path);
+    match std::fs::remove_file(&keys) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(keys, e)),
+        _ => Ok(()),
+    }
+}
+
 /// An engine several threads of an app may call at once.
 pub struct SharedEngine {
     engine: RwLock<Engine>,
@@ -77,7 +94,20 @@ impl SharedEngine {
         writable: bool,
         threads: usize,
     ) -> Result<Self> {
-        let options = EngineOptions::for_store(memory, writable, threads);
+        Self::open_with_key(model, memory, writable, threads, None)
+    }
+
+    /// [`Self::open`] for a store encrypted at rest under `store_key` (32 bytes, e.g. from the
+    /// OS keychain); `None` opens a plain store.
+    pub fn open_with_key(
+        model: impl AsRef<Path>,
+        memory: Option<PathBuf>,
+        writable: bool,
+        threads: usize,
+        store_key: Option<&[u8]>,
+    ) -> Result<Self> {
+        let mut options = EngineOptions::for_store(memory, writable, threads);
+        options.store_key = store_key.map(StoreKey::from_slice).transpose()?;
         Ok(SharedEngine {
             engine: RwLock::new(Engine::open(model, &options)?),
         })

@@ -43,11 +43,15 @@ impl Fact {
             .and_then(|e| e.to_str())
             .unwrap_or("")
             .to_lowercase();
-        let bad = |line: u64, why: String| {
-            Error::InvalidArgument(format!("{}:{line}: {why}", path.display()))
-        };
-        let facts = match ext.as_str() {
-            "csv" => read_csv(&text, &bad)?,
+        Self::parse(&text, &ext, &path.display().to_string())
+    }
+
+    /// Facts from a file's `text`, in the format its extension `ext` names (see
+    /// [`Self::read_file`]); errors name `name` and the line.
+    pub fn parse(text: &str, ext: &str, name: &str) -> Result<Vec<Fact>> {
+        let bad = |line: u64, why: String| Error::InvalidArgument(format!("{name}:{line}: {why}"));
+        let facts = match ext {
+            "csv" => read_csv(text, &bad)?,
             "jsonl" | "json" => {
                 let mut facts = Vec::new();
                 for (i, line) in text.lines().enumerate() {
@@ -79,10 +83,7 @@ impl Fact {
                 .collect(),
         };
         if facts.is_empty() {
-            return Err(Error::InvalidArgument(format!(
-                "{} holds no facts",
-                path.display()
-            )));
+            return Err(Error::InvalidArgument(format!("{name} holds no facts")));
         }
         Ok(facts)
     }

@@ -415,6 +415,9 @@ impl Tokenizer {
             .as_deref()
             .ok_or_else(|| Error::Template("the model has no tokenizer.chat_template".into()))?;
         let mut env = minijinja::Environment::new();
+        // A chat template is a program from the model file: bound its work and depth.
+        env.set_fuel(Some(TEMPLATE_FUEL));
+        env.set_recursion_limit(TEMPLATE_RECURSION);
         env.add_function(
             "raise_exception",
             |msg: String| -> std::result::Result<String, minijinja::Error> {
@@ -434,13 +437,53 @@ impl Tokenizer {
             .map(|m| minijinja::context! { role => m.role.as_str(), content => m.content.as_str() })
             .collect();
         let token = |id: Option<u32>| id.map(|i| self.decode(&[i], false)).unwrap_or_default();
-        tmpl.render(minijinja::context! {
-            messages => msgs,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => bos.map_or_else(|| token(self.bos), str::to_owned),
-            eos_token => token(self.eos),
-        })
-        .map_err(|e| Error::Template(e.to_string()))
+        let mut out = CappedText::default();
+        tmpl.render_captured_to(
+            minijinja::context! {
+                messages => msgs,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => bos.map_or_else(|| token(self.bos), str::to_owned),
+                eos_token => token(self.eos),
+            },
+            &mut out,
+        )
+        .map_err(|e| match out.overflowed {
+            true => Error::Template(format!(
+                "the rendered conversation passed {TEMPLATE_OUTPUT} bytes; the template is broken"
+            )),
+            false => Error::Template(e.to_string()),
+        })?;
+        String::from_utf8(out.bytes)
+            .map_err(|_| Error::Template("the template rendered invalid UTF-8".into()))
+    }
+}
+
+/// Instructions a chat template may run per rendering (a long conversation takes tens of
+/// thousands).
+const TEMPLATE_FUEL: u64 = 20_000_000;
+/// Nesting depth of a chat template's calls, loops and includes.
+const TEMPLATE_RECURSION: usize = 64;
+/// Largest rendered conversation (far beyond any model's context).
+const TEMPLATE_OUTPUT: usize = 16 << 20;
+
+/// A rendering's output that refuses to grow past [`TEMPLATE_OUTPUT`] bytes.
+#[derive(Default)]
+struct CappedText {
+    bytes: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for CappedText {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > TEMPLATE_OUTPUT {
+            self.overflowed = true;
+            return Err(std::io::Error::other("template output too large"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -719,6 +719,8 @@ internal object IntegrityCheckingUniffiLib {
     }
 
     internal fun ensureInitialized() = Unit
+    external fun uniffi_engram_uniffi_checksum_func_encrypt_store(
+    ): Int
     external fun uniffi_engram_uniffi_checksum_func_generate_signing_key(
     ): Int
     external fun uniffi_engram_uniffi_checksum_func_sign_delta(
@@ -785,7 +787,7 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_engram_uniffi_fn_free_engram(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
-    external fun uniffi_engram_uniffi_fn_constructor_engram_open(`modelPath`: RustBuffer.ByValue,`memoryPath`: RustBuffer.ByValue,`writable`: Byte,`threads`: Int,uniffi_out_err: UniffiRustCallStatus, 
+    external fun uniffi_engram_uniffi_fn_constructor_engram_open(`modelPath`: RustBuffer.ByValue,`memoryPath`: RustBuffer.ByValue,`writable`: Byte,`threads`: Int,`storeKey`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_engram_uniffi_fn_method_engram_ask(`ptr`: Long,`question`: RustBuffer.ByValue,`maxTokens`: Int,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
@@ -816,6 +818,8 @@ internal object UniffiLib {
     external fun uniffi_engram_uniffi_fn_init_callback_vtable_learnlistener(`vtable`: UniffiVTableCallbackInterfaceLearnListener,
     ): Unit
     external fun uniffi_engram_uniffi_fn_init_callback_vtable_tokenlistener(`vtable`: UniffiVTableCallbackInterfaceTokenListener,
+    ): Unit
+    external fun uniffi_engram_uniffi_fn_func_encrypt_store(`memoryPath`: RustBuffer.ByValue,`storeKey`: RustBuffer.ByValue,`decrypt`: Byte,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_engram_uniffi_fn_func_generate_signing_key(`secretPath`: RustBuffer.ByValue,`label`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
@@ -944,6 +948,9 @@ private fun uniffiCheckContractApiVersion(lib: IntegrityCheckingUniffiLib) {
 }
 @Suppress("UNUSED_PARAMETER")
 private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
+    if ((lib.uniffi_engram_uniffi_checksum_func_encrypt_store() and 0xFFFF) != 52270) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_engram_uniffi_checksum_func_generate_signing_key() and 0xFFFF) != 55085) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -995,7 +1002,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_engram_uniffi_checksum_method_engram_trust_signers() and 0xFFFF) != 3131) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_engram_uniffi_checksum_constructor_engram_open() and 0xFFFF) != 52706) {
+    if ((lib.uniffi_engram_uniffi_checksum_constructor_engram_open() and 0xFFFF) != 11380) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_engram_uniffi_checksum_method_learnlistener_on_step() and 0xFFFF) != 16249) {
@@ -1338,6 +1345,25 @@ public object FfiConverterString: FfiConverter<String, RustBuffer.ByValue> {
         val byteBuf = toUtf8(value)
         buf.putInt(byteBuf.limit())
         buf.put(byteBuf)
+    }
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterByteArray: FfiConverterRustBuffer<ByteArray> {
+    override fun read(buf: ByteBuffer): ByteArray {
+        val len = buf.getInt()
+        val byteArr = ByteArray(len)
+        buf.get(byteArr)
+        return byteArr
+    }
+    override fun allocationSize(value: ByteArray): ULong {
+        return 4UL + value.size.toULong()
+    }
+    override fun write(value: ByteArray, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        buf.put(value)
     }
 }
 
@@ -1870,8 +1896,9 @@ open class Engram: Disposable, AutoCloseable, EngramInterface
      * Opens `model_path` (GGUF) and, if given, the memory store at `memory_path`. With
      * `writable` the store is locked for this process and every change is journaled;
      * `threads` = 0 uses one per core.
+     * `store_key` (32 bytes, e.g. from the OS keychain) opens a store encrypted at rest.
      */
-    @Throws(EngramException::class) fun `open`(`modelPath`: kotlin.String, `memoryPath`: kotlin.String? = null, `writable`: kotlin.Boolean = true, `threads`: kotlin.UInt = 0u): Engram {
+    @Throws(EngramException::class) fun `open`(`modelPath`: kotlin.String, `memoryPath`: kotlin.String? = null, `writable`: kotlin.Boolean = true, `threads`: kotlin.UInt = 0u, `storeKey`: kotlin.ByteArray? = null): Engram {
             return FfiConverterTypeEngram.lift(
     uniffiRustCallWithError(EngramException) { _status ->
     UniffiLib.uniffi_engram_uniffi_fn_constructor_engram_open(
@@ -1880,7 +1907,8 @@ open class Engram: Disposable, AutoCloseable, EngramInterface
         FfiConverterString.lower(`modelPath`),
         FfiConverterOptionalString.lower(`memoryPath`),
         FfiConverterBoolean.lower(`writable`),
-        FfiConverterUInt.lower(`threads`),_status)
+        FfiConverterUInt.lower(`threads`),
+        FfiConverterOptionalByteArray.lower(`storeKey`),_status)
 }
     )
     }
@@ -2628,6 +2656,38 @@ public object FfiConverterOptionalString: FfiConverterRustBuffer<kotlin.String?>
 /**
  * @suppress
  */
+public object FfiConverterOptionalByteArray: FfiConverterRustBuffer<kotlin.ByteArray?> {
+    override fun read(buf: ByteBuffer): kotlin.ByteArray? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterByteArray.read(buf)
+    }
+
+    override fun allocationSize(value: kotlin.ByteArray?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterByteArray.allocationSize(value)
+        }
+    }
+
+    override fun write(value: kotlin.ByteArray?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterByteArray.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterOptionalTypeLearnListener: FfiConverterRustBuffer<LearnListener?> {
     override fun read(buf: ByteBuffer): LearnListener? {
         if (buf.get().toInt() == 0) {
@@ -2825,6 +2885,23 @@ public object FfiConverterSequenceTypeSnapshotInfo: FfiConverterRustBuffer<List<
         }
     }
 }
+        /**
+         * Encrypts the plain memory store at `memory_path` under the 32-byte `store_key` (journal
+         * included), or with `decrypt` turns the store encrypted under it back into a plain one.
+         */
+    @Throws(EngramException::class) fun `encryptStore`(`memoryPath`: kotlin.String, `storeKey`: kotlin.ByteArray, `decrypt`: kotlin.Boolean = false)
+        = 
+    uniffiRustCallWithError(EngramException) { _status ->
+    UniffiLib.uniffi_engram_uniffi_fn_func_encrypt_store(
+    
+        
+        FfiConverterString.lower(`memoryPath`),
+        FfiConverterByteArray.lower(`storeKey`),
+        FfiConverterBoolean.lower(`decrypt`),_status)
+}
+    
+    
+
         /**
          * Makes a new delta-signing key: the secret-key file `secret_path` (owner-only) and
          * `secret_path.pub`; neither may exist. Returns the public key (64 hex digits).

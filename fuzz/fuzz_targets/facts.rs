@@ -1,0 +1,4 @@
+#![no_main]
+//! Fuzzes `engram::fuzzing::facts` (see runtime/src/fuzzing.rs).
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| engram::fuzzing::facts(data));
