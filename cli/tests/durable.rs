@@ -377,18 +377,8 @@ fn export_import_and_revert_move_rows_exactly() {
 
 #[test]
 fn bad_deltas_are_refused_and_the_store_is_untouched() {
-    let a = fresh("bad-a.engram");
-    let facts = facts_file("bad-facts.txt", &["My sister Ana lives in Porto."]);
+    let a = store_that_learned("bad-a.engram", "My sister Ana lives in Porto.");
     let a_str = a.to_str().unwrap();
-    ok(&[
-        "learn",
-        "--memory",
-        a_str,
-        "--facts",
-        facts.to_str().unwrap(),
-        "--steps",
-        "2",
-    ]);
     let delta = scratch("good.delta");
     ok(&[
         "delta",

@@ -187,18 +187,8 @@ fn an_encrypted_store_holds_no_plain_text_and_opens_only_with_its_key() {
 
 #[test]
 fn only_deltas_signed_by_a_trusted_key_import_under_a_signature_policy() {
-    let a = fresh("sig-a.engram");
-    let facts = facts_file("sig-facts.txt", &["My sister Ana lives in Porto."]);
+    let a = store_that_learned("sig-a.engram", "My sister Ana lives in Porto.");
     let a_str = a.to_str().unwrap();
-    ok(&[
-        "learn",
-        "--memory",
-        a_str,
-        "--facts",
-        facts.to_str().unwrap(),
-        "--steps",
-        "2",
-    ]);
     // Ana signs; Eve has a key too, but nobody trusts it.
     let (ana, eve) = (scratch("ana.key"), scratch("eve.key"));
     for (key, label) in [(&ana, "Ana's phone"), (&eve, "Eve")] {

@@ -156,3 +156,19 @@ pub fn ok(args: &[&str]) -> String {
     );
     stdout(&o)
 }
+
+/// A fresh copy of the initial store at `name` that learned `note` (2 steps).
+pub fn store_that_learned(name: &str, note: &str) -> PathBuf {
+    let store = fresh(name);
+    let facts = facts_file(&format!("{name}.facts.txt"), &[note]);
+    ok(&[
+        "learn",
+        "--memory",
+        store.to_str().unwrap(),
+        "--facts",
+        facts.to_str().unwrap(),
+        "--steps",
+        "2",
+    ]);
+    store
+}

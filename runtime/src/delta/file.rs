@@ -419,46 +419,64 @@ fn split_signature(bytes: &[u8]) -> (&[u8], Option<DeltaSignature>) {
 
 /// Writes `bytes` to `path` so a crash leaves either the old file or the whole new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_replacing(path, bytes, false)
-}
-
-/// [`write_atomic`] for secrets: the file is created readable and writable by its owner only
-/// (on Unix), before any byte is written.
-pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_replacing(path, bytes, true)
-}
-
-fn write_replacing(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
-    use std::io::Write;
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::InvalidArgument(format!("{} is not a file path", path.display())))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        if private {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        #[cfg(not(unix))]
-        let _ = private;
-        let mut f = options.open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
+    let tmp = temporary_beside(path)?;
+    let result = write_file(&tmp, bytes, false).and_then(|_| std::fs::rename(&tmp, path));
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(path, e));
     }
     super::journal::sync_parent(path)
 }
+
+/// Writes a key file: created readable and writable by its owner only (on Unix) before any
+/// byte is written, and never over an existing file (it may hold the only copy of a key):
+/// the finished file is linked into place, which fails if the name is taken.
+pub fn write_key_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temporary_beside(path)?;
+    let result = write_file(&tmp, bytes, true).and_then(|_| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(key_file_exists(path)),
+        Err(e) => Err(Error::io(path, e)),
+        Ok(()) => super::journal::sync_parent(path),
+    }
+}
+
+/// The error for a key file that would replace an existing file.
+pub(super) fn key_file_exists(path: &Path) -> Error {
+    Error::InvalidArgument(format!(
+        "{} exists; a key file is never overwritten",
+        path.display()
+    ))
+}
+
+fn temporary_beside(path: &Path) -> Result<std::path::PathBuf> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::InvalidArgument(format!("{} is not a file path", path.display())))?;
+    Ok(path.with_file_name(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    )))
+}
+
+fn write_file(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut f = options.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
 
 #[cfg(test)]
 mod tests {

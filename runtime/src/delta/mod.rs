@@ -40,7 +40,7 @@ mod signing;
 mod store;
 
 pub use durable::{DurableMemory, MemoryAccess, lock_path, open_store};
-pub use file::{DELTA_FORMAT_VERSION, Delta, DeltaPrecision, write_atomic, write_private};
+pub use file::{DELTA_FORMAT_VERSION, Delta, DeltaPrecision, write_atomic, write_key_file};
 pub use history::{
     Applied, Change, ImportedDelta, LearnedEntry, RowAccess, RowSet, Snapshot, StoreHistory,
     unix_now,

@@ -98,15 +98,9 @@ impl StoreKey {
     /// Writes a key file readable by its owner only; an existing file is never replaced.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        if path.exists() {
-            return Err(Error::InvalidArgument(format!(
-                "{} exists; a key file is never overwritten",
-                path.display()
-            )));
-        }
         let hex: String = self.0.iter().map(|b| format!("{b:02x}")).collect();
         let text = Zeroizing::new(format!("{KEY_TAG} {hex}\n"));
-        super::write_private(path, text.as_bytes())
+        super::write_key_file(path, text.as_bytes())
     }
 
     fn cipher(&self) -> XChaCha20Poly1305 {

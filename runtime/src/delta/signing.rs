@@ -119,14 +119,8 @@ impl SigningKey {
     /// is never replaced (it may be the only copy of someone's key).
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        if path.exists() {
-            return Err(Error::InvalidArgument(format!(
-                "{} exists; a key file is never overwritten",
-                path.display()
-            )));
-        }
         let text = format!("{SECRET_TAG} {}\n", hex(self.0.as_bytes()));
-        super::write_private(path, text.as_bytes())
+        super::write_key_file(path, text.as_bytes())
     }
 }
 
@@ -245,10 +239,7 @@ pub fn generate_key_files(secret: &Path, label: &str) -> Result<PublicKey> {
     let public = std::path::PathBuf::from(public);
     for p in [secret, public.as_path()] {
         if p.exists() {
-            return Err(Error::InvalidArgument(format!(
-                "{} exists; a key file is never overwritten",
-                p.display()
-            )));
+            return Err(super::file::key_file_exists(p));
         }
     }
     let key = SigningKey::generate()?;
