@@ -16,7 +16,8 @@ mod tiny;
 pub use archs::{TINY_WINDOW, tiny_arch_gguf, tiny_arch_writer};
 pub use scratch::scratch_dir;
 pub use tiny::{
-    noise, tiny_chat_llama_gguf, tiny_llama_f32_gguf, tiny_llama_gguf, tiny_memory_config,
+    noise, set_byte_level_vocab, tiny_chat_llama_gguf, tiny_llama_f32_gguf, tiny_llama_gguf,
+    tiny_memory_config,
 };
 
 /// The workspace root (parent of this crate).

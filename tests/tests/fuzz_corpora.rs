@@ -13,8 +13,9 @@ use engram::delta::{Change, Delta, DeltaPrecision, LearnedEntry, Record, RowSet}
 use engram::fuzzing::TARGETS;
 use engram::gguf::{GgufWriter, Value, ValueType};
 use engram::memory::{KeyKind, ReadGate};
+use engram::quant::{GgmlType, quantize_row};
 use engram::{Engine, EngineOptions, MemoryConfig, RetrofitOptions, SigningKey, StoreKey};
-use engram_e2e::{tiny_arch_gguf, tiny_llama_gguf, workspace_root};
+use engram_e2e::{tiny_llama_gguf, workspace_root};
 
 fn fuzz_dir() -> PathBuf {
     workspace_root().join("fuzz")
@@ -30,9 +31,7 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn committed_corpora_and_regressions_replay_without_a_panic() {
-    if std::env::var_os("ENGRAM_WRITE_FUZZ_SEEDS").is_some() {
-        write_seeds();
-    }
+    write_seeds_if_asked();
     let started = Instant::now();
     for (target, run) in TARGETS {
         let corpus = files(&fuzz_dir().join("corpus").join(target));
@@ -67,6 +66,14 @@ fn committed_corpora_and_regressions_replay_without_a_panic() {
         );
     }
     eprintln!("all targets: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// Writes the seeds once per test process when `ENGRAM_WRITE_FUZZ_SEEDS` is set.
+fn write_seeds_if_asked() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    if std::env::var_os("ENGRAM_WRITE_FUZZ_SEEDS").is_some() {
+        ONCE.call_once(write_seeds);
+    }
 }
 
 fn write(target: &str, kind: &str, name: &str, bytes: &[u8]) {
@@ -309,13 +316,66 @@ fn tiny_store_bytes() -> Vec<u8> {
     store.to_writer().unwrap().to_bytes()
 }
 
+/// The smallest llama engram loads (d = 32, 2 heads sharing one KV head, 8 tokens, one
+/// block, Q8_0 and f32 tensors): a few kB, so the fuzzer runs thousands of loads a second.
+fn mini_llama(ty: GgmlType) -> Vec<u8> {
+    let (dim, ffn, vocab) = (32usize, 32usize, 8usize);
+    let mut w = GgufWriter::new();
+    let k = |name: &str| format!("llama.{name}");
+    w.set("general.architecture", Value::String("llama".into()));
+    for (name, v) in [
+        ("embedding_length", dim),
+        ("block_count", 1),
+        ("attention.head_count", 2),
+        ("attention.head_count_kv", 1),
+        ("feed_forward_length", ffn),
+        ("context_length", 64),
+        ("rope.dimension_count", 16),
+    ] {
+        w.set(k(name), Value::U32(v as u32));
+    }
+    w.set(k("attention.layer_norm_rms_epsilon"), Value::F32(1e-5));
+    let mut seed = 1;
+    let mut matrix = |w: &mut GgufWriter, name: &str, rows: usize, cols: usize| {
+        seed += 1;
+        let bytes: Vec<u8> = engram_e2e::noise(rows * cols, seed, 0.4)
+            .chunks_exact(cols)
+            .flat_map(|r| quantize_row(ty, r))
+            .collect();
+        w.add_tensor(name, ty, &[cols as u64, rows as u64], bytes)
+            .unwrap();
+    };
+    matrix(&mut w, "token_embd.weight", vocab, dim);
+    for (name, rows, cols) in [
+        ("blk.0.attn_q.weight", dim, dim),
+        ("blk.0.attn_k.weight", 16, dim),
+        ("blk.0.attn_v.weight", 16, dim),
+        ("blk.0.attn_output.weight", dim, dim),
+        ("blk.0.ffn_gate.weight", ffn, dim),
+        ("blk.0.ffn_up.weight", ffn, dim),
+        ("blk.0.ffn_down.weight", dim, ffn),
+    ] {
+        matrix(&mut w, name, rows, cols);
+    }
+    for name in [
+        "blk.0.attn_norm.weight",
+        "blk.0.ffn_norm.weight",
+        "output_norm.weight",
+    ] {
+        w.add_f32(name, &[dim as u64], &vec![1.0; dim]).unwrap();
+    }
+    w.to_bytes()
+}
+
 fn write_seeds() {
-    // Models and their tokenizers: a tiny model of each architecture, and a quantized one.
-    seed("gguf_model", "llama-quantized", &tiny_llama_gguf(1));
-    for arch in ["llama", "gemma3", "qwen2", "qwen3", "phi3"] {
-        let bytes = tiny_arch_gguf(arch, 1, 2);
-        seed("gguf_model", arch, &bytes);
-        seed("tokenizer", arch, &bytes);
+    // Models: the smallest llama in two weight types (the fuzzer's seeds: small inputs run
+    // fast); the tokenizers of a tiny model of each architecture.
+    seed("gguf_model", "mini-llama-q8_0", &mini_llama(GgmlType::Q8_0));
+    seed("gguf_model", "mini-llama-f32", &mini_llama(GgmlType::F32));
+    for pre in ["smollm", "qwen2", "llama-bpe", "gpt2"] {
+        let mut w = GgufWriter::new();
+        engram_e2e::set_byte_level_vocab(&mut w, pre, ["<|endoftext|>", "<|end|>"]);
+        seed("tokenizer", &format!("byte-level-{pre}"), &w.to_bytes());
     }
     seed(
         "tokenizer",
@@ -435,6 +495,7 @@ fn seeds_parse_as_what_they_are_for() {
     use engram::delta::MemoryStore;
     use engram::gguf::Gguf;
     use engram::{Fact, Tokenizer};
+    write_seeds_if_asked();
     let corpus = |t: &str| {
         let found = files(&fuzz_dir().join("corpus").join(t));
         let seeds: Vec<(String, Vec<u8>)> = found
