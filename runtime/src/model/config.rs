@@ -84,6 +84,15 @@ impl ModelConfig {
         };
         let dim = usize_key("embedding_length")?;
         let n_layers = usize_key("block_count")?;
+        // Every block has several tensors of its own: a count beyond the file's tensors is a
+        // broken file, refused before anything is sized by it.
+        if n_layers > gguf.tensors().len() {
+            return Err(Error::Model(format!(
+                "{} = {n_layers} but the file holds only {} tensors",
+                key("block_count"),
+                gguf.tensors().len()
+            )));
+        }
         let n_heads = usize_key("attention.head_count")?;
         let n_kv_heads = match gguf.get(&key("attention.head_count_kv")) {
             Some(_) => usize_key("attention.head_count_kv")?,

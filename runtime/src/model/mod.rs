@@ -154,7 +154,8 @@ impl<B: Backend> Model<B> {
         let w = |name: String, rows, cols| -> Result<B::Weight> {
             backend.load_weight(&weight_source(gguf, &name, rows, cols)?)
         };
-        let mut layers = Vec::with_capacity(c.n_layers);
+        // Grown as blocks load: a missing block's tensors end loading before any large size.
+        let mut layers = Vec::new();
         for i in 0..c.n_layers {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
             let hook = |on: bool, name: &str, len: usize| -> Result<Option<B::Tensor>> {
