@@ -352,7 +352,28 @@ fn run(cli: Cli) -> Result<(), String> {
                 Some(f) => f,
                 None => resolve_model(cli.model)?,
             };
-            let gguf = Gguf::open(&path).map_err(|e| e.to_string())?;
+            let mut head = [0u8; 8];
+            let sealed = std::fs::File::open(&path)
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+                .is_ok()
+                && engram::delta::is_sealed(&head);
+            let gguf = match (sealed, &place.store_key) {
+                (false, _) => Gguf::open(&path),
+                (true, None) => {
+                    return Err(format!(
+                        "{} is an encrypted store: give its key (--store-key-file or ENGRAM_STORE_KEY)",
+                        path.display()
+                    ));
+                }
+                (true, Some(key)) => std::fs::read(&path)
+                    .map_err(|source| engram::Error::Io {
+                        path: path.clone(),
+                        source,
+                    })
+                    .and_then(|bytes| key.open_file(bytes, "store", &path))
+                    .and_then(Gguf::from_bytes),
+            }
+            .map_err(|e| e.to_string())?;
             info::print(&path, &gguf).map_err(|e| e.to_string())
         }
         Command::Generate { prompt, sampling } => {

@@ -110,6 +110,9 @@ fn an_encrypted_store_holds_no_plain_text_and_opens_only_with_its_key() {
         "Who is my dentist?",
     ]);
 
+    let info = ok(&["info", s, "--store-key-file", key_arg]);
+    assert!(info.contains("engram memory store"), "{info}");
+    assert_one_line_error(&run_on(model(), &["info", s]), "encrypted store");
     // Without the key, with another key, and with a changed byte: refused, nothing changed.
     let before = std::fs::read(&sealed).unwrap();
     let o = run_on(
