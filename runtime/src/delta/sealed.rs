@@ -19,6 +19,8 @@ use crate::error::{Error, Result};
 const MAGIC: &[u8; 8] = b"ENGRAMX1";
 const NONCE: usize = 24;
 const TAG: usize = 16;
+/// Bytes before a sealed file's ciphertext: magic, nonce, key check.
+pub const SEALED_HEADER: usize = MAGIC.len() + NONCE + TAG;
 /// Bytes a sealed file adds to what it holds.
 pub const SEALED_FILE_OVERHEAD: usize = MAGIC.len() + NONCE + TAG + TAG;
 /// Bytes a sealed journal record adds to its body.
@@ -128,20 +130,37 @@ impl StoreKey {
     }
 
     /// Encrypts a whole file's bytes; `what` names the kind of file.
-    pub fn seal_file(&self, mut plain: Vec<u8>, what: &str) -> Result<Vec<u8>> {
+    pub fn seal_file(&self, plain: Vec<u8>, what: &str) -> Result<Vec<u8>> {
+        let mut buf = Vec::with_capacity(SEALED_HEADER + plain.len() + TAG);
+        buf.resize(SEALED_HEADER, 0);
+        buf.extend_from_slice(&plain);
+        drop(plain);
+        self.seal_in_place(&mut buf, what)?;
+        Ok(buf)
+    }
+
+    /// Seals `buf` where its first [`SEALED_HEADER`] bytes are room for the header and the
+    /// rest is the plain file: encrypted where it lies (no second copy of a large store),
+    /// the header written and the tag appended.
+    pub fn seal_in_place(&self, buf: &mut Vec<u8>, what: &str) -> Result<()> {
+        if buf.len() < SEALED_HEADER {
+            return Err(Error::Internal("no room for the sealed header".into()));
+        }
         let nonce = random_nonce()?;
         let check = self.key_check(&nonce, what)?;
         let tag = self
             .cipher()
-            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &aad(what), &mut plain)
+            .encrypt_in_place_detached(
+                XNonce::from_slice(&nonce),
+                &aad(what),
+                &mut buf[SEALED_HEADER..],
+            )
             .map_err(|_| Error::Internal(format!("{what} could not be encrypted")))?;
-        let mut out = Vec::with_capacity(plain.len() + SEALED_FILE_OVERHEAD);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&check);
-        out.extend_from_slice(&plain);
-        out.extend_from_slice(&tag);
-        Ok(out)
+        buf[..MAGIC.len()].copy_from_slice(MAGIC);
+        buf[MAGIC.len()..MAGIC.len() + NONCE].copy_from_slice(&nonce);
+        buf[MAGIC.len() + NONCE..SEALED_HEADER].copy_from_slice(&check);
+        buf.extend_from_slice(&tag);
+        Ok(())
     }
 
     /// Decrypts a sealed file's bytes (in place), telling a wrong key from a changed file.

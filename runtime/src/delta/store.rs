@@ -6,7 +6,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 use super::file::write_atomic;
 use super::history::{ImportedDelta, LearnedEntry, RowSet, Snapshot, StoreHistory};
-use super::sealed::{StoreKey, is_sealed};
+use super::sealed::{SEALED_HEADER, StoreKey, is_sealed};
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, GgufWriter, Value, ValueType};
 use crate::memory::{
@@ -286,7 +286,15 @@ impl MemoryStore {
     fn write_sealed(&self, w: GgufWriter<'_>, path: &Path, key: Option<&StoreKey>) -> Result<()> {
         match key {
             None => w.write_atomic(path),
-            Some(k) => write_atomic(path, &k.seal_file(w.to_bytes(), "store")?),
+            Some(k) => {
+                // The plain store is written after room for the header and sealed where it
+                // lies: one copy of the store in memory, not two.
+                let mut buf = vec![0u8; SEALED_HEADER];
+                w.write_to(&mut buf)
+                    .map_err(|e| Error::Internal(format!("serializing the store: {e}")))?;
+                k.seal_in_place(&mut buf, "store")?;
+                write_atomic(path, &buf)
+            }
         }
     }
 
