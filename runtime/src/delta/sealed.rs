@@ -139,7 +139,7 @@ impl StoreKey {
         Ok(buf)
     }
 
-    /// Seals `buf` where its first [`SEALED_HEADER`] bytes are room for the header and the
+    /// Seals `buf` where its first `SEALED_HEADER` (48) bytes are room for the header and the
     /// rest is the plain file: encrypted where it lies (no second copy of a large store),
     /// the header written and the tag appended.
     pub fn seal_in_place(&self, buf: &mut Vec<u8>, what: &str) -> Result<()> {
