@@ -46,9 +46,7 @@ pub use history::{
     unix_now,
 };
 pub use journal::{Journal, JournalContents, Record, journal_path, read_journal};
-pub use sealed::{
-    SEALED_FILE_OVERHEAD, SEALED_HEADER, SEALED_RECORD_OVERHEAD, StoreKey, is_sealed,
-};
+pub use sealed::{StoreKey, is_sealed};
 pub use signing::{
     DeltaSignature, PublicKey, SignaturePolicy, SigningKey, TrustedSigners, generate_key_files,
     sign_delta_file, verify_delta_file,

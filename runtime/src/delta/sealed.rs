@@ -20,11 +20,11 @@ const MAGIC: &[u8; 8] = b"ENGRAMX1";
 const NONCE: usize = 24;
 const TAG: usize = 16;
 /// Bytes before a sealed file's ciphertext: magic, nonce, key check.
-pub const SEALED_HEADER: usize = MAGIC.len() + NONCE + TAG;
+pub(super) const SEALED_HEADER: usize = MAGIC.len() + NONCE + TAG;
 /// Bytes a sealed file adds to what it holds.
-pub const SEALED_FILE_OVERHEAD: usize = MAGIC.len() + NONCE + TAG + TAG;
+const SEALED_FILE_OVERHEAD: usize = MAGIC.len() + NONCE + TAG + TAG;
 /// Bytes a sealed journal record adds to its body.
-pub const SEALED_RECORD_OVERHEAD: usize = NONCE + TAG;
+const SEALED_RECORD_OVERHEAD: usize = NONCE + TAG;
 const KEY_TAG: &str = "engram-store-key";
 
 /// The 256-bit key a store is encrypted under, supplied by the app (e.g. from the OS
