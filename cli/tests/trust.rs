@@ -50,19 +50,12 @@ fn an_encrypted_store_holds_no_plain_text_and_opens_only_with_its_key() {
     let note = "My dentist is Dr Okafor on Harbour Street.";
     let facts = facts_file("enc-facts.txt", &[note]);
     let learn = |store: &Path, with_key: bool| {
-        let mut args = vec![
-            "learn",
-            "--memory",
-            store.to_str().unwrap(),
-            "--facts",
-            facts.to_str().unwrap(),
-            "--steps",
-            "2",
-        ];
-        if with_key {
-            args.extend(["--store-key-file", key_arg]);
-        }
-        ok(&args);
+        let extra: &[&str] = if with_key {
+            &["--store-key-file", key_arg]
+        } else {
+            &[]
+        };
+        learn_into(store, &facts, extra);
     };
 
     // The control: a plain store keeps the note's text (its history) where anyone can read it.

@@ -157,11 +157,10 @@ pub fn ok(args: &[&str]) -> String {
     stdout(&o)
 }
 
-/// A fresh copy of the initial store at `name` that learned `note` (2 steps).
-pub fn store_that_learned(name: &str, note: &str) -> PathBuf {
-    let store = fresh(name);
-    let facts = facts_file(&format!("{name}.facts.txt"), &[note]);
-    ok(&[
+/// Runs `engram learn` of the facts file `facts` into `store` (2 steps), with `extra`
+/// arguments (e.g. a store key); asserts success.
+pub fn learn_into(store: &Path, facts: &Path, extra: &[&str]) {
+    let mut args = vec![
         "learn",
         "--memory",
         store.to_str().unwrap(),
@@ -169,6 +168,15 @@ pub fn store_that_learned(name: &str, note: &str) -> PathBuf {
         facts.to_str().unwrap(),
         "--steps",
         "2",
-    ]);
+    ];
+    args.extend(extra);
+    ok(&args);
+}
+
+/// A fresh copy of the initial store at `name` that learned `note` (2 steps).
+pub fn store_that_learned(name: &str, note: &str) -> PathBuf {
+    let store = fresh(name);
+    let facts = facts_file(&format!("{name}.facts.txt"), &[note]);
+    learn_into(&store, &facts, &[]);
     store
 }
