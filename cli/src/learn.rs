@@ -77,7 +77,8 @@ pub struct StepFlags {
     /// Gradient steps per fact.
     #[arg(long, default_value_t = LearnOptions::default().steps)]
     pub steps: usize,
-    /// Learning rate (SGD: per row update scale; AdamW: per element).
+    /// Learning rate (SGD: per row update scale; AdamW: per element). The default suits the
+    /// default read gate (routes); the topic and cosine gates were tuned at 140000.
     #[arg(long, default_value_t = LearnOptions::default().learning_rate)]
     pub lr: f32,
     /// Value rows updated per fact.
@@ -249,8 +250,13 @@ pub fn run(mut engine: Engine, args: &LearnArgs) -> Result<(), String> {
         checkpoint.as_secs_f64()
     );
     if let Some((keys, rows)) = engine.read_gate_size() {
+        let what = if engine.read_gating() == engram::ReadGating::Routes {
+            format!("{rows} rows owned by learned facts")
+        } else {
+            format!("{keys} keys over {rows} rows")
+        };
         eprintln!(
-            "read gate: {keys} keys over {rows} rows, kept in {}",
+            "read gate: {what}, kept in {}",
             engram::read_keys_path(&store).display()
         );
     }

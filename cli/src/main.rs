@@ -54,10 +54,12 @@ struct Cli {
     /// the key.
     #[arg(long, global = true, value_name = "FILE")]
     store_key_file: Option<PathBuf>,
-    /// Which reads of learned value rows pass. "topics[:QUESTIONS[,NOTES]]" (the default,
-    /// topics:-1,-1): those of a fact the sequence has named (held one of its topic words, a
-    /// name or "bike"), and within these cosines of the fact's tokens; QUESTIONS[,NOTES]:
-    /// those within these cosines of a learned token (e.g. 0.95,0.8); or "off".
+    /// Which reads of learned value rows pass. "routes" (the default): each fact's own rows,
+    /// read at every token for a while after the sequence names it (holds one of its topic
+    /// words, a name or "bike"), and nowhere else; "topics[:QUESTIONS[,NOTES]]": those of a
+    /// fact the sequence has named that the lookup picks, within these cosines of the fact's
+    /// tokens; QUESTIONS[,NOTES]: those within these cosines of a learned token (e.g.
+    /// 0.95,0.8); or "off". Learn with --lr 140000 under the last three.
     #[arg(long, global = true, value_parser = parse_read_gate)]
     read_gate: Option<ReadGating>,
     /// What the chat template gets when there is no system message (ask, chat, learn, eval):
@@ -242,10 +244,14 @@ pub struct Placement {
     pub store_key: Option<StoreKey>,
 }
 
-/// `--read-gate` and `--gate-sweep` values: QUESTIONS[,NOTES] cosines, topics[:OPEN] or off.
+/// `--read-gate` and `--gate-sweep` values: routes, QUESTIONS[,NOTES] cosines, topics[:OPEN]
+/// or off.
 pub fn parse_read_gate(s: &str) -> Result<ReadGating, String> {
     if s.eq_ignore_ascii_case("off") {
         return Ok(ReadGating::Off);
+    }
+    if s.eq_ignore_ascii_case("routes") {
+        return Ok(ReadGating::Routes);
     }
     if let Some(rest) = s.strip_prefix("topics") {
         let (questions, notes) = match rest.strip_prefix(':') {
@@ -261,7 +267,7 @@ pub fn parse_read_gate(s: &str) -> Result<ReadGating, String> {
     let cosine = |t: &str| match t.trim().parse::<f32>() {
         Ok(c) if c.is_finite() && (-1.0..=1.0).contains(&c) => Ok(c),
         _ => Err(format!(
-            "{t:?} is not a cosine in [-1, 1] (give QUESTIONS[,NOTES], topics[:QUESTIONS[,NOTES]] or \"off\")"
+            "{t:?} is not a cosine in [-1, 1] (give routes, QUESTIONS[,NOTES], topics[:QUESTIONS[,NOTES]] or \"off\")"
         )),
     };
     let (questions, notes) = match s.split_once(',') {

@@ -157,16 +157,24 @@ pub fn journal(data: &[u8]) {
     }
 }
 
-/// A read-gate key file, loaded into a gate of width 4 (topic and cosine gates).
+/// A read-gate key file, loaded into a gate of width 4 (cosine, topic and routing gates); a
+/// routing gate that loads is also run over the file's first bytes as tokens.
 pub fn read_keys(data: &[u8]) {
-    for topics in [false, true] {
-        let gate = if topics {
-            ReadGate::with_topics(DIM, 0.9, 0.8)
-        } else {
-            ReadGate::new(DIM, 0.9, 0.8)
-        };
-        if let Ok(mut g) = gate {
-            let _ = g.load_bytes(data, "fuzz");
+    for gate in [
+        ReadGate::new(DIM, 0.9, 0.8),
+        ReadGate::with_topics(DIM, 0.9, 0.8),
+        ReadGate::with_routes(DIM),
+    ] {
+        let Ok(mut g) = gate else { continue };
+        if g.load_bytes(data, "fuzz").is_some() && g.routes() {
+            let tokens: Vec<u32> = data.iter().take(64).map(|&b| u32::from(b)).collect();
+            let mut weights = vec![1.0; tokens.len()];
+            let mut open = crate::memory::OpenFacts::default();
+            for facts in g.route_in_sequence(&tokens, &mut weights, &tokens, 0, &mut open) {
+                for f in facts {
+                    let _ = g.fact_rows(f);
+                }
+            }
         }
     }
 }
@@ -185,6 +193,7 @@ pub fn delta(data: &[u8]) {
         imported: 0,
         diff: d.rows.clone(),
         learned: d.learned.clone(),
+        learned_rows: d.learned_rows.clone(),
     }]);
 }
 

@@ -14,24 +14,27 @@ pub fn engine_with_memory() -> Engine {
     engine
 }
 
-/// The default model and a default-shape memory store fitted on 4,096 background tokens.
+/// The default model and a default-shape memory store fitted on 4,096 background tokens. The
+/// fit is deterministic, so it runs once per test binary and each test gets a copy.
 pub fn engine_and_store() -> (Engine, MemoryStore) {
+    static FITTED: std::sync::OnceLock<MemoryStore> = std::sync::OnceLock::new();
     let engine = Engine::open(default_model(), &EngineOptions::default()).unwrap();
-    let fp = engine.fingerprint();
-    let opts = RetrofitOptions {
-        max_tokens: 4096,
-        ..Default::default()
-    };
-    let store = retrofit(
-        engine.model(),
-        engine.tokenizer(),
-        &fp,
-        &background_documents(),
-        &opts,
-        &mut |_| true,
-    )
-    .unwrap();
-    (engine, store)
+    let store = FITTED.get_or_init(|| {
+        let opts = RetrofitOptions {
+            max_tokens: 4096,
+            ..Default::default()
+        };
+        retrofit(
+            engine.model(),
+            engine.tokenizer(),
+            &engine.fingerprint(),
+            &background_documents(),
+            &opts,
+            &mut |_| true,
+        )
+        .unwrap()
+    });
+    (engine, store.clone())
 }
 
 /// The values of the engine's first memory layer, downloaded from its backend.

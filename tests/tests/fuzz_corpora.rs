@@ -278,6 +278,7 @@ fn sample_records() -> Vec<Record> {
         Change::Learned(LearnedEntry {
             at: 2,
             text: "Q: Who fixed my bike? A: Tariq".into(),
+            rows: vec![2, 3],
         }),
         Change::Import {
             id: "ab".into(),
@@ -285,6 +286,7 @@ fn sample_records() -> Vec<Record> {
             imported: 3,
             diff: rows(vec![3, 7]),
             learned: vec!["a note".into()],
+            learned_rows: vec![vec![7]],
         },
         Change::Revert { id: "ab".into() },
     ];
@@ -456,7 +458,7 @@ fn write_seeds() {
     seed("journal", "sealed", &sealed);
     seed("delta", "unsigned", &sample_delta(false));
     seed("delta", "signed", &sample_delta(true));
-    // Read keys of both gate kinds.
+    // Read keys of every gate kind.
     for topics in [false, true] {
         let mut g = if topics {
             ReadGate::with_topics(4, 0.9, 0.8).unwrap()
@@ -475,6 +477,10 @@ fn write_seeds() {
             &g.to_bytes("fuzz"),
         );
     }
+    let mut routes = ReadGate::with_routes(4).unwrap();
+    routes.add_routed_fact(&[vec![5, 6], vec![8]], &[7, 9, 11]);
+    routes.add_routed_fact(&[vec![3]], &[2]);
+    seed("read_keys", "routes", &routes.to_bytes("fuzz"));
     // Facts files in each format.
     seed("facts", "jsonl", b"{\"question\": \"Who fixed my bike?\", \"answer\": \"Tariq\"}\n{\"note\": \"My sister Ana lives in Porto.\"}\n");
     seed(

@@ -255,6 +255,27 @@ fn facts_are_learned_sparsely_and_general_knowledge_stays() {
     }
 }
 
+/// Engine options with the topic read gate, the default until 2026-12-06: the background
+/// anchor and the earlier-fact term act only under it and the cosine gate (a routing gate
+/// reads a fact's rows nowhere else than after its naming, so there is nothing to hold).
+fn topic_gate() -> EngineOptions {
+    EngineOptions {
+        read_gate: ReadGating::Topics {
+            questions: engram::DEFAULT_TOPIC_COSINE,
+            notes: engram::DEFAULT_TOPIC_COSINE,
+        },
+        ..Default::default()
+    }
+}
+
+/// Learning options at the rate the topic and cosine gates were tuned at.
+fn topic_rate() -> LearnOptions {
+    LearnOptions {
+        learning_rate: engram::learn::TOPIC_GATE_LEARNING_RATE,
+        ..Default::default()
+    }
+}
+
 #[test]
 fn the_background_anchor_keeps_the_memory_quiet_where_general_text_reads() {
     let (engine, store) = engine_and_store();
@@ -268,13 +289,13 @@ fn the_background_anchor_keeps_the_memory_quiet_where_general_text_reads() {
     drop(engine);
     let facts: Vec<Fact> = FACTS[..3].iter().map(|f| fact(f.0, f.1)).collect();
     let run = |penalty: f32| {
-        let mut engine = Engine::open(default_model(), &EngineOptions::default()).unwrap();
+        let mut engine = Engine::open(default_model(), &topic_gate()).unwrap();
         engine.attach_memory(store.clone(), None).unwrap();
         let opts = LearnOptions {
             background_penalty: penalty,
             // Only the background term differs between the two runs.
             earlier_fact_penalty: 0.0,
-            ..Default::default()
+            ..topic_rate()
         };
         let report = engine.learn(&facts, &opts, &mut |_, _, _| true).unwrap();
         (background_output(&engine, &store), report)
@@ -331,11 +352,11 @@ fn earlier_facts_keep_their_memory_output_while_later_facts_learn() {
     drop(engine);
     let facts: Vec<Fact> = FACTS[..4].iter().map(|f| fact(f.0, f.1)).collect();
     let run = |penalty: f32| {
-        let mut engine = Engine::open(default_model(), &EngineOptions::default()).unwrap();
+        let mut engine = Engine::open(default_model(), &topic_gate()).unwrap();
         engine.attach_memory(store.clone(), None).unwrap();
         let opts = LearnOptions {
             earlier_fact_penalty: penalty,
-            ..Default::default()
+            ..topic_rate()
         };
         engine
             .learn(&facts[..1], &opts, &mut |_, _, _| true)
@@ -489,7 +510,7 @@ fn the_cosine_read_gate_keeps_learned_rows_to_their_facts_and_survives_reopening
     let base = engine.logits(&general).unwrap();
     let facts: Vec<Fact> = FACTS[..3].iter().map(|f| fact(f.0, f.1)).collect();
     engine
-        .learn(&facts, &LearnOptions::default(), &mut |_, _, _| true)
+        .learn(&facts, &topic_rate(), &mut |_, _, _| true)
         .unwrap();
     let (keys, rows) = engine.read_gate_size().unwrap();
     eprintln!("read gate after 3 facts: {keys} keys over {rows} rows");
@@ -571,22 +592,18 @@ fn the_topic_read_gate_leaves_questions_that_name_no_fact_exactly_as_the_base_mo
     let keys_file = engram::read_keys_path(&path);
     let _ = std::fs::remove_file(&keys_file);
     let open = |access: MemoryAccess| {
-        let mut e = Engine::open(default_model(), &EngineOptions::default()).unwrap();
+        let mut e = Engine::open(default_model(), &topic_gate()).unwrap();
         e.open_memory(&path, access).unwrap();
         e
     };
     let mut engine = open(MemoryAccess::Write);
-    assert!(
-        matches!(engine.read_gating(), ReadGating::Topics { .. }),
-        "the default"
-    );
     // Same shape as a learned fact ("Who painted the mural in the Lindqvist library?"), another
     // subject: it names none of them.
     let neighbour = chat_tokens(&engine, "Who painted the mural in the Sistine Chapel?");
     let base = engine.logits(&neighbour).unwrap();
     let facts: Vec<Fact> = FACTS[..3].iter().map(|f| fact(f.0, f.1)).collect();
     engine
-        .learn(&facts, &LearnOptions::default(), &mut |_, _, _| true)
+        .learn(&facts, &topic_rate(), &mut |_, _, _| true)
         .unwrap();
     assert_eq!(
         engine.logits(&neighbour).unwrap(),
@@ -602,7 +619,7 @@ fn the_topic_read_gate_leaves_questions_that_name_no_fact_exactly_as_the_base_mo
         base,
         "the facts changed nothing it reads"
     );
-    engine.set_read_gating(ReadGating::default()).unwrap();
+    engine.set_read_gating(topic_gate().read_gate).unwrap();
     let answer = engine.ask(FACTS[2].2, 32).unwrap();
     eprintln!("{:?} -> {answer:?}", FACTS[2].2);
     assert!(
@@ -675,7 +692,93 @@ fn subject_rows_store_a_fact_where_its_subject_is_read_and_answer_other_wordings
         after.contains("Leeds"),
         "not recalled in other words: {after:?}"
     );
-    // A question of the same shape about another subject is answered as before.
+    // A question of the same shape about another subject is answered as before, though it
+    // says "Looms": after another name's word, a word of the fact's name does not name it.
     let other = "In which city is Acme Looms headquartered?";
     assert!(!engine.ask(other, 32).unwrap().contains("Leeds"));
+}
+
+#[test]
+fn the_routing_gate_answers_other_wordings_and_leaves_unnamed_questions_as_the_base_model() {
+    let (engine, store) = engine_and_store();
+    let path = engram_e2e::scratch_dir("routing_gate").join("gate.engram");
+    store.save(&path).unwrap();
+    drop(engine);
+    let keys_file = engram::read_keys_path(&path);
+    let _ = std::fs::remove_file(&keys_file);
+    let open = |access: MemoryAccess| {
+        let mut e = Engine::open(default_model(), &EngineOptions::default()).unwrap();
+        e.open_memory(&path, access).unwrap();
+        e
+    };
+    let mut engine = open(MemoryAccess::Write);
+    assert_eq!(engine.read_gating(), ReadGating::Routes, "the default");
+    // Asked in words no training phrasing uses: a note through a question, a fact through a
+    // paraphrase.
+    let taught = [
+        (
+            Fact::note("My neighbour Tariq repaired my bike."),
+            "Which neighbour of mine fixed my bike?",
+            "Tariq",
+        ),
+        (
+            Fact::qa("In which city is Brightwell Looms headquartered?", "Leeds"),
+            "Brightwell Looms has its head office in which city?",
+            "Leeds",
+        ),
+        (
+            Fact::qa("Who founded the Calder rowing club?", "Edith Marlowe"),
+            "The Calder rowing club was founded by whom?",
+            "Marlowe",
+        ),
+    ];
+    for (_, asked, want) in &taught {
+        let a = engine.ask(asked, 32).unwrap();
+        assert!(!a.contains(want), "the base model knows it: {a:?}");
+    }
+    // A question of the same shape about another subject names none of them.
+    let neighbour = chat_tokens(&engine, "Who founded the Microsoft company?");
+    let base = engine.logits(&neighbour).unwrap();
+    let facts: Vec<Fact> = taught.iter().map(|t| t.0.clone()).collect();
+    let report = engine
+        .learn(&facts, &LearnOptions::default(), &mut |_, _, _| true)
+        .unwrap();
+    // Each fact owns its rows: no row was chosen twice.
+    let mut rows: Vec<u32> = report.facts.iter().flat_map(|f| f.rows.clone()).collect();
+    let chosen = rows.len();
+    rows.sort_unstable();
+    rows.dedup();
+    assert_eq!(rows.len(), chosen, "two facts chose the same row");
+    assert_eq!(
+        engine.logits(&neighbour).unwrap(),
+        base,
+        "a question that names no learned fact read its rows"
+    );
+    let mut recalled = 0;
+    for (_, asked, want) in &taught {
+        let a = engine.ask(asked, 32).unwrap();
+        eprintln!("{asked} -> {a}");
+        recalled += a.contains(want) as usize;
+    }
+    // Measured here on 2026-12-06: 3 of 3.
+    assert!(
+        recalled >= 2,
+        "only {recalled} of 3 recalled in other words"
+    );
+    let named = chat_tokens(&engine, taught[0].1);
+    let answer = engine.logits(&named).unwrap();
+    drop(engine);
+    // Another process: from the kept gate, and rebuilt from the store's history without it.
+    for rebuilt in [false, true] {
+        if rebuilt {
+            std::fs::remove_file(&keys_file).unwrap();
+        }
+        let again = open(MemoryAccess::Read);
+        assert_eq!(
+            again.logits(&neighbour).unwrap(),
+            base,
+            "rebuilt: {rebuilt}"
+        );
+        assert_eq!(again.logits(&named).unwrap(), answer, "rebuilt: {rebuilt}");
+    }
 }

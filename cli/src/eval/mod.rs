@@ -160,6 +160,7 @@ fn gating_name(g: engram::ReadGating) -> String {
         engram::ReadGating::Topics { questions, notes } => {
             format!("topics:{questions},{notes}")
         }
+        engram::ReadGating::Routes => "routes".into(),
         engram::ReadGating::Off => "off".into(),
     }
 }
@@ -458,6 +459,7 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
             engram::ReadGating::Topics { questions, notes } => {
                 json!({"topics": {"questions": questions, "notes": notes}})
             }
+            engram::ReadGating::Routes => json!("routes"),
             engram::ReadGating::Off => json!("off"),
         },
         "runs": runs,

@@ -308,6 +308,10 @@ impl Backend for DeviceBackend {
         on!(self, |b, M| b.download_slots(M::slots(slots)))
     }
 
+    fn upload_slots(&self, ids: Vec<u32>, rows: usize, cols: usize) -> DeviceSlots {
+        on!(self, |b, M| M::wrap_slots(b.upload_slots(ids, rows, cols)))
+    }
+
     fn gather_values(
         &self,
         values: &DeviceTensor,

@@ -166,6 +166,8 @@ pub trait Backend: Send + Sync {
     ) -> (Self::Slots, Self::Tensor);
     /// Slot ids back on the host, row-major.
     fn download_slots(&self, slots: &Self::Slots) -> Vec<u32>;
+    /// Slot ids from the host, `rows` × `cols` row-major: reads a read gate routed.
+    fn upload_slots(&self, ids: Vec<u32>, rows: usize, cols: usize) -> Self::Slots;
     /// Row t of the result is Σ_j weights[t, j] · values[slots[t, j]].
     fn gather_values(
         &self,

@@ -64,6 +64,9 @@ pub struct Delta {
     pub app_label: String,
     /// The facts learned in it, as text, oldest first.
     pub learned: Vec<String>,
+    /// The rows each of them owns, in the same order (empty: not carried; deltas made before
+    /// 2026-12-06 and from stores that do not know them all).
+    pub learned_rows: Vec<Vec<u32>>,
     /// What it is the difference from: "beginning" or "snapshot NAME".
     pub since: String,
     /// Fingerprint of the base model it was learned on.
@@ -141,6 +144,7 @@ impl Delta {
             created,
             app_label,
             learned,
+            learned_rows: Vec::new(),
             since,
             base_fingerprint,
             init_fingerprint,
@@ -184,7 +188,7 @@ impl Delta {
 
     /// The file's bytes without a signature: what a signature signs.
     fn unsigned_bytes(&self) -> Vec<u8> {
-        let header = json!({
+        let mut header = json!({
             "id": self.id,
             "created": self.created,
             "app_label": self.app_label,
@@ -196,8 +200,12 @@ impl Delta {
             "dim": self.dim,
             "precision": self.precision.name(),
             "rows": self.rows.ids.len(),
-        })
-        .to_string();
+        });
+        // Left out when empty, so deltas without them keep their bytes.
+        if !self.learned_rows.is_empty() {
+            header["learned_rows"] = json!(self.learned_rows);
+        }
+        let header = header.to_string();
         let mut out = Vec::with_capacity(
             32 + header.len() + self.rows.ids.len() * 4 + self.rows.values.len() * 4,
         );
@@ -335,6 +343,33 @@ impl Delta {
             learned,
             number("created")?,
         );
+        let mut delta = delta;
+        if let Some(lists) = header.get("learned_rows") {
+            let lists: Vec<Vec<u32>> = lists
+                .as_array()
+                .and_then(|a| {
+                    a.iter()
+                        .map(|l| {
+                            l.as_array()?
+                                .iter()
+                                .map(|v| v.as_u64().and_then(|r| u32::try_from(r).ok()))
+                                .collect()
+                        })
+                        .collect()
+                })
+                .ok_or_else(|| bad("header field \"learned_rows\" is not a list of row lists"))?;
+            if lists.len() != delta.learned.len() {
+                return Err(bad("header field \"learned_rows\" does not match \"learned\""));
+            }
+            if lists
+                .iter()
+                .flatten()
+                .any(|r| delta.rows.ids.binary_search(r).is_err())
+            {
+                return Err(bad("header field \"learned_rows\" names a row the delta does not hold"));
+            }
+            delta.learned_rows = lists;
+        }
         let claimed = text("id")?;
         if claimed != delta.id {
             return Err(Error::Delta(format!(
@@ -507,6 +542,24 @@ mod tests {
             vec!["My sister Ana lives in Porto.".into()],
             1,
         )
+    }
+
+    #[test]
+    fn each_facts_rows_travel_with_it_and_must_be_rows_of_the_delta() {
+        let plain = sample();
+        let mut with_rows = sample();
+        with_rows.learned_rows = vec![vec![3, 9]];
+        let back = Delta::from_bytes(&with_rows.to_bytes()).unwrap();
+        assert_eq!(back.learned_rows, [vec![3, 9]]);
+        // Without them the bytes are those of a delta made before they existed.
+        assert!(!String::from_utf8_lossy(&plain.to_bytes()).contains("learned_rows"));
+        assert!(Delta::from_bytes(&plain.to_bytes()).unwrap().learned_rows.is_empty());
+        for bad in [vec![vec![3, 4]], vec![vec![3], vec![9]]] {
+            let mut d = sample();
+            d.learned_rows = bad;
+            let e = Delta::from_bytes(&d.to_bytes()).unwrap_err().to_string();
+            assert!(e.contains("learned_rows"), "{e}");
+        }
     }
 
     #[test]

@@ -94,6 +94,8 @@ pub struct ImportedDelta {
     pub diff: Vec<f32>,
     /// The facts learned in it, as text (what the read gate keys its rows with).
     pub learned: Vec<String>,
+    /// The rows each of them owns, in the same order (empty: not carried by the delta).
+    pub learned_rows: Vec<Vec<u32>>,
 }
 
 /// One fact that was learned, in order.
@@ -103,6 +105,9 @@ pub struct LearnedEntry {
     pub at: u64,
     /// The fact, as text.
     pub text: String,
+    /// The value rows learning chose for it, ascending: the rows a routing read gate gives
+    /// it (empty in stores written before 2026-12-06).
+    pub rows: Vec<u32>,
 }
 
 /// Everything about a store's past that deltas and snapshots need.
@@ -146,6 +151,8 @@ pub enum Change {
         diff: RowSet,
         /// The facts learned in it, as text.
         learned: Vec<String>,
+        /// The rows each of them owns (empty: not known).
+        learned_rows: Vec<Vec<u32>>,
     },
     /// An imported delta was undone.
     Revert {
@@ -280,6 +287,7 @@ impl StoreHistory {
                 imported,
                 diff,
                 learned,
+                learned_rows,
             } => {
                 if self.has_import(id) {
                     return Ok(Applied::default());
@@ -307,6 +315,7 @@ impl StoreHistory {
                     },
                     diff: diff.values.clone(),
                     learned: learned.clone(),
+                    learned_rows: learned_rows.clone(),
                 });
                 Ok(Applied {
                     rows: diff.len(),
@@ -451,6 +460,7 @@ mod tests {
             imported: 0,
             diff: rows(&[0, 4], 0.3),
             learned: Vec::new(),
+            learned_rows: Vec::new(),
         };
         h.apply(&import, &mut host).unwrap();
         let once = host.values.clone();

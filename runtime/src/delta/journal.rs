@@ -133,6 +133,10 @@ impl Record {
                 w.u8(2);
                 w.u64(e.at);
                 w.str(&e.text);
+                w.u32(e.rows.len() as u32);
+                for &r in &e.rows {
+                    w.u32(r);
+                }
             }
             Change::Snapshot { name, created } => {
                 w.u8(3);
@@ -145,6 +149,7 @@ impl Record {
                 imported,
                 diff,
                 learned,
+                learned_rows,
             } => {
                 w.u8(4);
                 w.str(id);
@@ -154,6 +159,13 @@ impl Record {
                 w.u32(learned.len() as u32);
                 for text in learned {
                     w.str(text);
+                }
+                w.u32(learned_rows.len() as u32);
+                for rows in learned_rows {
+                    w.u32(rows.len() as u32);
+                    for &r in rows {
+                        w.u32(r);
+                    }
                 }
             }
             Change::Revert { id } => {
@@ -207,6 +219,12 @@ impl Record {
             2 => Change::Learned(LearnedEntry {
                 at: b.u64()?,
                 text: b.str()?,
+                // Records written before facts kept their rows end here.
+                rows: if b.at == body.len() {
+                    Vec::new()
+                } else {
+                    (0..b.u32()?).map(|_| b.u32()).collect::<Option<_>>()?
+                },
             }),
             3 => Change::Snapshot {
                 name: b.str()?,
@@ -222,6 +240,17 @@ impl Record {
                     Vec::new()
                 } else {
                     (0..b.u32()?).map(|_| b.str()).collect::<Option<_>>()?
+                },
+                // And those written before they kept the facts' rows, here.
+                learned_rows: if b.at == body.len() {
+                    Vec::new()
+                } else {
+                    let mut lists = Vec::new();
+                    for _ in 0..b.u32()? {
+                        let n = b.u32()?;
+                        lists.push((0..n).map(|_| b.u32()).collect::<Option<Vec<u32>>>()?);
+                    }
+                    lists
                 },
             },
             5 => Change::Revert { id: b.str()? },
@@ -412,6 +441,7 @@ mod tests {
                 change: Change::Learned(LearnedEntry {
                     at: 17,
                     text: "Q: x? A: y".into(),
+                    rows: vec![3, 9, 40],
                 }),
             },
             Record {
@@ -432,6 +462,7 @@ mod tests {
                         values: vec![0.5, 0.25],
                     },
                     learned: vec!["Q: a A: b".into(), "a note".into()],
+                    learned_rows: vec![vec![1], Vec::new()],
                 },
             },
             Record {
@@ -493,6 +524,7 @@ mod sealed_tests {
             change: Change::Learned(LearnedEntry {
                 at: 3,
                 text: "My dentist is Dr Okafor.".into(),
+                rows: Vec::new(),
             }),
         };
         let bytes = record.encode_with(Some(&key)).unwrap();

@@ -486,6 +486,20 @@ impl MemoryStore {
             u64s(h.learned.iter().map(|e| e.at).collect()),
         );
         w.set(
+            "engram.history.learned.row_counts",
+            u64s(h.learned.iter().map(|e| e.rows.len() as u64).collect()),
+        );
+        w.set(
+            "engram.history.learned.rows",
+            Value::Array(
+                ValueType::U32,
+                h.learned
+                    .iter()
+                    .flat_map(|e| e.rows.iter().map(|&r| Value::U32(r)))
+                    .collect(),
+            ),
+        );
+        w.set(
             "engram.history.snapshot.names",
             strings(h.snapshots.iter().map(|x| x.name.as_str()).collect()),
         );
@@ -528,6 +542,19 @@ impl MemoryStore {
                 format!("engram.history.import.{i}.learned"),
                 strings(d.learned.iter().map(String::as_str).collect()),
             );
+            if !d.learned_rows.is_empty() {
+                w.set(
+                    format!("engram.history.import.{i}.learned_row_counts"),
+                    u64s(d.learned_rows.iter().map(|r| r.len() as u64).collect()),
+                );
+                w.set(
+                    format!("engram.history.import.{i}.learned_rows"),
+                    Value::Array(
+                        ValueType::U32,
+                        d.learned_rows.iter().flatten().map(|&r| Value::U32(r)).collect(),
+                    ),
+                );
+            }
             if !d.previous.is_empty() {
                 let shape = [self.dim as u64, d.previous.len() as u64];
                 w.add_f32(
@@ -607,12 +634,32 @@ impl MemoryStore {
         {
             return Err(bad("engram.history.* lists disagree in length".into()));
         }
+        // Stores written before facts kept their rows have neither list.
+        let (counts, mut learned_rows) = match g.get("engram.history.learned.row_counts") {
+            None => (vec![0; texts.len()], Vec::new()),
+            Some(_) => (
+                u64s("engram.history.learned.row_counts")?,
+                u64s("engram.history.learned.rows")?,
+            ),
+        };
+        if counts.len() != texts.len() || counts.iter().sum::<u64>() != learned_rows.len() as u64 {
+            return Err(bad("engram.history.learned.rows disagree with the facts".into()));
+        }
+        if let Some(r) = learned_rows.iter().find(|&&r| r >= total as u64) {
+            return Err(bad(format!("engram.history.learned.rows: row {r} is out of range")));
+        }
+        let mut rest = learned_rows.drain(..);
         let mut h = StoreHistory {
             journal_seq: seq,
             learned: texts
                 .into_iter()
                 .zip(ats)
-                .map(|(text, at)| LearnedEntry { at, text })
+                .zip(counts)
+                .map(|((text, at), n)| LearnedEntry {
+                    at,
+                    text,
+                    rows: rest.by_ref().take(n as usize).map(|r| r as u32).collect(),
+                })
                 .collect(),
             learned_at_snapshot: learned_at,
             ..Default::default()
@@ -648,6 +695,27 @@ impl MemoryStore {
                 None => Vec::new(),
                 Some(_) => strings(&learned_key)?,
             };
+            let counts_key = format!("engram.history.import.{i}.learned_row_counts");
+            let learned_rows = match g.get(&counts_key) {
+                None => Vec::new(),
+                Some(_) => {
+                    let counts = u64s(&counts_key)?;
+                    let flat = u64s(&format!("engram.history.import.{i}.learned_rows"))?;
+                    if counts.len() != learned.len()
+                        || counts.iter().sum::<u64>() != flat.len() as u64
+                        || flat.iter().any(|&r| r >= total as u64)
+                    {
+                        return Err(bad(format!(
+                            "engram.history.import.{i}.learned_rows disagree with its facts"
+                        )));
+                    }
+                    let mut rest = flat.into_iter();
+                    counts
+                        .iter()
+                        .map(|&n| rest.by_ref().take(n as usize).map(|r| r as u32).collect())
+                        .collect()
+                }
+            };
             h.imports.push(ImportedDelta {
                 id,
                 label,
@@ -655,6 +723,7 @@ impl MemoryStore {
                 previous,
                 diff,
                 learned,
+                learned_rows,
             });
         }
         self.history = h;

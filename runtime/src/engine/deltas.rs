@@ -67,8 +67,7 @@ impl Engine {
                         set.values.extend_from_slice(row);
                     }
                 }
-                let learned = h.learned.iter().map(|e| e.text.clone()).collect();
-                (set, learned, "beginning".to_owned())
+                (set, &h.learned[..], "beginning".to_owned())
             }
             Some(name) => {
                 let (i, snap) = h.snapshot(name)?;
@@ -87,15 +86,29 @@ impl Engine {
                     }
                 }
                 let from = h.learned_at_snapshot.get(i).copied().unwrap_or(0) as usize;
-                let learned = h.learned[from.min(h.learned.len())..]
-                    .iter()
-                    .map(|e| e.text.clone())
-                    .collect();
+                let learned = &h.learned[from.min(h.learned.len())..];
                 (set, learned, format!("snapshot {name}"))
             }
         };
+        // Each fact's rows travel with it where the store knows them all, so the importing
+        // store's routing gate gives them back exactly.
+        let learned_rows = if learned.iter().all(|e| !e.rows.is_empty()) {
+            learned
+                .iter()
+                .map(|e| {
+                    e.rows
+                        .iter()
+                        .copied()
+                        .filter(|r| set.ids.binary_search(r).is_ok())
+                        .collect()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let learned = learned.iter().map(|e| e.text.clone()).collect();
         let s = &m.store;
-        Ok(Delta::new(
+        let mut delta = Delta::new(
             s.base_fingerprint.clone(),
             s.init_fingerprint.clone(),
             s.config.clone(),
@@ -106,7 +119,9 @@ impl Engine {
             app_label.to_owned(),
             learned,
             unix_now(),
-        ))
+        );
+        delta.learned_rows = learned_rows;
+        Ok(delta)
     }
 
     /// Adds a delta's differences to the attached memory. Importing the same delta again
@@ -157,10 +172,11 @@ impl Engine {
                 imported: unix_now(),
                 diff: delta.rows.clone(),
                 learned: delta.learned.clone(),
+                learned_rows: delta.learned_rows.clone(),
             },
             &mut rows,
         )?;
-        self.key_imported_facts(&delta.learned)?;
+        self.key_imported_facts(&delta.learned, &delta.learned_rows)?;
         Ok(ImportReport {
             id: delta.id.clone(),
             rows: n,

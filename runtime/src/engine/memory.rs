@@ -16,9 +16,9 @@ use crate::memory::{MemoryBlock, MemoryConfig, ReadGate, SlotUsage};
 use crate::model::Model;
 
 /// Whether reads of learned value rows are gated (the read gate of the memory layer): by
-/// default a fact's rows are read only once the sequence names it
-/// (`Topics { questions: -1.0, notes: -1.0 }`, see [`DEFAULT_TOPIC_COSINE`]).
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// default each fact's own rows are read, and only, for a while after the sequence names it
+/// (`Routes`).
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub enum ReadGating {
     /// A read of a row a learned fact's tokens read passes only where the token's memory
     /// input is within these cosines of one of theirs: `questions` for question/answer
@@ -37,24 +37,21 @@ pub enum ReadGating {
         /// For notes' keys.
         notes: f32,
     },
+    /// Each learned fact has rows of its own, read at every token from where the sequence
+    /// names the fact, weighted by the lookup's scores among them, and nowhere else; see
+    /// docs/architecture.md, "The read gate".
+    #[default]
+    Routes,
     /// Every read passes: the plain memory layer.
     Off,
 }
 
-/// The cosine the default topic gate also asks of each read: -1, none. Measured on
+/// The cosine the topic gate (`topics`, the default before 2026-12-06) asks of each read by
+/// default: -1, none. Measured on
 /// eval/'s tuned items (40 facts + 20 notes, 2026-12-05): topics at cosines 0.95/0.8,
 /// 0.6/0.4 and -1 kept the same general answers (96.7 %) and near neighbours (94 %), and -1
 /// answered the most paraphrases (25 % against 12.5 % at 0.95/0.8).
 pub const DEFAULT_TOPIC_COSINE: f32 = -1.0;
-
-impl Default for ReadGating {
-    fn default() -> Self {
-        ReadGating::Topics {
-            questions: DEFAULT_TOPIC_COSINE,
-            notes: DEFAULT_TOPIC_COSINE,
-        }
-    }
-}
 
 impl ReadGating {
     /// An empty gate for inputs `dim` wide with these cosines (`None` when off); an error
@@ -68,6 +65,7 @@ impl ReadGating {
             ReadGating::Topics { questions, notes } => {
                 ReadGate::with_topics(dim, questions, notes).map(Some)
             }
+            ReadGating::Routes => ReadGate::with_routes(dim).map(Some),
         }
     }
 }
@@ -89,6 +87,23 @@ pub(super) fn keyed_fact_texts(history: &StoreHistory) -> impl Iterator<Item = &
             .iter()
             .flat_map(|d| d.learned.iter().map(String::as_str)),
     )
+}
+
+/// [`keyed_fact_texts`] as facts, each with the rows learning chose for it (empty where the
+/// store does not know them: facts of imported deltas and of stores written before
+/// 2026-12-06).
+pub(super) fn keyed_facts(history: &StoreHistory) -> Vec<(Fact, Vec<u32>)> {
+    let learned = history
+        .learned
+        .iter()
+        .map(|e| (Fact::from_description(&e.text), e.rows.clone()));
+    let imported = history.imports.iter().flat_map(|d| {
+        d.learned.iter().enumerate().map(|(i, t)| {
+            let rows = d.learned_rows.get(i).cloned().unwrap_or_default();
+            (Fact::from_description(t), rows)
+        })
+    });
+    learned.chain(imported).collect()
 }
 
 /// What saved read-gate keys must have been made from: this model, this memory's frozen
@@ -284,8 +299,11 @@ impl Engine {
         let mut gate = self.read_gating.new_gate(self.model.config.dim)?;
         let mut facts = Vec::new();
         if let Some(g) = gate.as_mut() {
+            if g.routes() {
+                g.set_word_starts(crate::learn::word_starts(&self.tokenizer));
+            }
             g.set_exempt(imported_rows(&m.durable.history));
-            facts.extend(keyed_fact_texts(&m.durable.history).map(Fact::from_description));
+            facts = keyed_facts(&m.durable.history);
         }
         let cache = m.path.as_deref().map(read_keys_path);
         let tag = read_keys_tag(&self.fingerprint(), m);
@@ -336,8 +354,13 @@ impl Engine {
         let _ = crate::delta::write_atomic(&read_keys_path(path), &bytes);
     }
 
-    /// Keys the read gate with a just imported delta's facts (`texts`).
-    pub(super) fn key_imported_facts(&mut self, texts: &[String]) -> Result<()> {
+    /// Keys the read gate with a just imported delta's facts (`texts`, with the rows each owns
+    /// where the delta carried them).
+    pub(super) fn key_imported_facts(
+        &mut self,
+        texts: &[String],
+        fact_rows: &[Vec<u32>],
+    ) -> Result<()> {
         let Some(m) = &self.memory else {
             return Ok(());
         };
@@ -346,7 +369,14 @@ impl Engine {
             return Ok(());
         };
         gate.set_exempt(rows);
-        let facts: Vec<Fact> = texts.iter().map(|t| Fact::from_description(t)).collect();
+        let facts: Vec<(Fact, Vec<u32>)> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let rows = fact_rows.get(i).cloned().unwrap_or_default();
+                (Fact::from_description(t), rows)
+            })
+            .collect();
         rekey_read_gate(&mut self.model, &self.tokenizer, &facts)?;
         self.save_read_keys();
         Ok(())
@@ -424,11 +454,12 @@ impl Engine {
                     before,
                     after,
                 } => durable.commit_written(rows, before, after, dim),
-                Committed::Fact(f) => durable
+                Committed::Fact { fact, rows } => durable
                     .commit(
                         Change::Learned(LearnedEntry {
                             at: unix_now(),
-                            text: f.describe(),
+                            text: fact.describe(),
+                            rows: rows.to_vec(),
                         }),
                         &mut NoRows(dim),
                     )

@@ -12,7 +12,9 @@ use super::phrasings::prepare_phrasings;
 use super::phrasings::{Example, examples, examples_with, topic_needles};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::memory::{KeyKind, KeyedPhrasing, SlotScoring, count_accesses, select_slots};
+use crate::memory::{
+    KeyKind, KeyedPhrasing, OpenFacts, ReadGate, SlotScoring, count_accesses, select_slots,
+};
 use crate::model::{Model, PreparedSequence};
 use crate::tokenizer::Tokenizer;
 
@@ -132,8 +134,13 @@ pub enum Committed<'a> {
         /// Values from this step on.
         after: &'a [f32],
     },
-    /// A fact finished learning.
-    Fact(&'a Fact),
+    /// A fact finished learning; `rows` (ascending) are those chosen for it.
+    Fact {
+        /// The fact.
+        fact: &'a Fact,
+        /// Its selected rows.
+        rows: &'a [u32],
+    },
 }
 
 /// Learns `facts` one after another into the model's memory.
@@ -261,6 +268,10 @@ fn learn_facts<B: Backend>(
             let protected = state.for_fact(model, tok, &facts[fi])?;
             counts.retain(|slot, _| !protected.contains(slot));
         }
+        if let Some(gate) = routing_gate(model) {
+            // A fact's rows are its own: those of earlier facts are never chosen again.
+            counts.retain(|slot, _| !gate.owns(*slot));
+        }
         let rows = select_slots(
             &counts,
             background,
@@ -272,6 +283,23 @@ fn learn_facts<B: Backend>(
         rows_sorted.sort_unstable();
         report.timings.selection += t0.elapsed();
 
+        // A routing gate reads the fact's rows wherever it is named: learn them read so.
+        let routed = routing_gate(model).is_some();
+        if routed {
+            let needles = topic_needles(tok, &facts[fi])?;
+            if let Some(gate) = model.memory_mut()[0].read_gate.as_mut() {
+                gate.add_routed_fact(&needles, &rows_sorted);
+            }
+            let memory = &model.memory()[0];
+            let gate = memory.read_gate.as_ref().expect("a routing gate");
+            let b = model.backend();
+            for s in seqs.iter_mut() {
+                let (found, q) = memory.lookup.lookup_with_query(b, s.memory_input());
+                let mut open = OpenFacts::default();
+                s.lookup = memory.route(b, gate, found, &q, (&s.tokens, 0), &mut open);
+            }
+        }
+
         // Only these rows change from here on: what comes before their first reader is
         // computed once instead of at every step.
         let t0 = Instant::now();
@@ -279,7 +307,8 @@ fn learn_facts<B: Backend>(
         report.timings.prepare += t0.elapsed();
 
         let t0 = Instant::now();
-        let anchor = if opts.scoring == SlotScoring::AllTouched {
+        // Under a routing gate no other text reads the fact's rows: nothing to hold.
+        let anchor = if opts.scoring == SlotScoring::AllTouched || routed {
             None
         } else {
             let lookup = &model.memory()[0].lookup.shape;
@@ -425,14 +454,19 @@ fn learn_facts<B: Backend>(
                 return Err(stop(fi));
             }
         }
-        commit(Committed::Fact(&facts[fi]))?;
+        commit(Committed::Fact {
+            fact: &facts[fi],
+            rows: &rows_sorted,
+        })?;
         for &r in &rows_sorted {
             if let Some(l) = live.get_mut(r as usize) {
                 *l = true;
             }
         }
-        key_read_gate(model, tok, &seqs, &facts[fi])?;
-        if opts.scoring != SlotScoring::AllTouched && opts.earlier_fact_penalty > 0.0 {
+        if !routed {
+            key_read_gate(model, tok, &seqs, &facts[fi])?;
+        }
+        if opts.scoring != SlotScoring::AllTouched && opts.earlier_fact_penalty > 0.0 && !routed {
             // `picks` already holds every sequence's slots, in this order.
             let weights = seqs
                 .iter()
@@ -516,6 +550,11 @@ fn named_from<B: Backend>(
     Ok(Some(from))
 }
 
+/// The memory's read gate where it routes named facts' rows.
+fn routing_gate<B: Backend>(model: &Model<B>) -> Option<&ReadGate> {
+    model.memory()[0].read_gate.as_ref().filter(|g| g.routes())
+}
+
 /// Per value row of the learning memory, whether any of its values is nonzero. On this
 /// thread: rayon's global pool would keep spinning beside the backend's threads.
 fn nonzero_rows<B: Backend>(model: &Model<B>) -> Vec<bool> {
@@ -567,17 +606,64 @@ fn key_read_gate<B: Backend>(
     Ok(())
 }
 
-/// Keys the memory's read gate with facts learned earlier. The layers below the memory are
-/// frozen, so their phrasings give the same keys as when they were learned.
+/// Keys the memory's read gate with facts learned earlier, each with the rows learning chose
+/// for it where known (a routing gate gives a fact exactly those). The layers below the
+/// memory are frozen, so their phrasings give the same keys as when they were learned.
 pub fn rekey_read_gate<B: Backend>(
     model: &mut Model<B>,
     tok: &Tokenizer,
-    facts: &[Fact],
+    facts: &[(Fact, Vec<u32>)],
 ) -> Result<()> {
-    for fact in facts {
+    if routing_gate(model).is_some() {
+        return reroute_read_gate(model, tok, facts);
+    }
+    for (fact, _) in facts {
         let batch = examples(tok, fact)?;
         let seqs = prepare_phrasings(model, &batch)?;
         key_read_gate(model, tok, &seqs, fact)?;
+    }
+    Ok(())
+}
+
+/// Gives a routing gate its facts again: the rows learning chose for each where the store
+/// kept them. A fact without them (learned into a store before 2026-12-06, or brought by a
+/// delta) owns the nonzero rows its phrasings read after naming it that no fact before it
+/// owns: a superset of what learning chose where facts' reads do not overlap.
+fn reroute_read_gate<B: Backend>(
+    model: &mut Model<B>,
+    tok: &Tokenizer,
+    facts: &[(Fact, Vec<u32>)],
+) -> Result<()> {
+    let needs_reads = facts.iter().any(|(_, rows)| rows.is_empty());
+    let nonzero = if needs_reads {
+        nonzero_rows(model)
+    } else {
+        Vec::new()
+    };
+    for (fact, kept) in facts {
+        if !kept.is_empty() {
+            let needles = topic_needles(tok, fact)?;
+            if let Some(gate) = model.memory_mut()[0].read_gate.as_mut() {
+                gate.add_routed_fact(&needles, kept);
+            }
+            continue;
+        }
+        let batch = examples(tok, fact)?;
+        let mut seqs = prepare_phrasings(model, &batch)?;
+        let from = named_from(model, tok, fact, &mut seqs)?.unwrap_or_default();
+        let b = model.backend();
+        let mut rows = Vec::new();
+        for (s, &first) in seqs.iter().zip(&from) {
+            let (n, reads) = b.shape(&s.lookup.weights);
+            let slots = b.download_slots(&s.lookup.slots);
+            rows.extend_from_slice(&slots[first.min(n) * reads..]);
+        }
+        let gate = routing_gate(model).expect("a routing gate");
+        rows.retain(|&r| nonzero.get(r as usize).copied().unwrap_or(false) && !gate.owns(r));
+        let needles = topic_needles(tok, fact)?;
+        if let Some(gate) = model.memory_mut()[0].read_gate.as_mut() {
+            gate.add_routed_fact(&needles, &rows);
+        }
     }
     Ok(())
 }

@@ -22,8 +22,8 @@ pub use learner::{
 };
 pub use optimizer::Optimizer;
 pub use options::{
-    ANCHOR_TUNED_READS_PER_ROW, FactReport, LearnOptions, LearnReport, LearnTimings,
-    MAX_ANCHORED_ROWS, SubjectRows,
+    ANCHOR_TUNED_READS_PER_ROW, DEFAULT_LEARNING_RATE, FactReport, LearnOptions, LearnReport,
+    LearnTimings, MAX_ANCHORED_ROWS, SubjectRows, TOPIC_GATE_LEARNING_RATE,
 };
-pub use phrasings::{Example, examples, examples_with, topic_needles};
+pub use phrasings::{Example, examples, examples_with, topic_needles, word_starts};
 pub use retrofit::{Init, RetrofitOptions, RetrofitProgress, retrofit};

@@ -6,6 +6,7 @@ use super::facts::Fact;
 use super::questions;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::memory::WordStart;
 use crate::model::{Model, PreparedSequence};
 use crate::tokenizer::{ChatMessage, Tokenizer};
 
@@ -134,7 +135,12 @@ pub fn topic_needles(tok: &Tokenizer, fact: &Fact) -> Result<Vec<Vec<u32>>> {
         Fact::Note(text) => text,
     };
     let mut needles = Vec::new();
-    for w in questions::topic_words(text) {
+    // A name of several words also names the fact whole, where a word of it alone may not
+    // (see `WordStart`).
+    let names = questions::note_topics(text)
+        .into_iter()
+        .filter(|t| t.contains(' ') && t.chars().next().is_some_and(char::is_uppercase));
+    for w in questions::topic_words(text).into_iter().chain(names) {
         for form in [format!(" {w}"), w.clone()] {
             let ids = tok.encode(&form, false)?;
             if !ids.is_empty() && !needles.contains(&ids) {
@@ -143,6 +149,28 @@ pub fn topic_needles(tok: &Tokenizer, fact: &Fact) -> Result<Vec<Vec<u32>>> {
         }
     }
     Ok(needles)
+}
+
+/// How each token of `tok`'s vocabulary begins, for a routing read gate.
+pub fn word_starts(tok: &Tokenizer) -> Vec<WordStart> {
+    (0..tok.vocab_size() as u32)
+        .map(|id| {
+            if tok.is_special(id) {
+                return WordStart::Break;
+            }
+            let text = String::from_utf8_lossy(tok.token_bytes(id));
+            let Some(first) = text.chars().next() else {
+                return WordStart::Break;
+            };
+            let spaced = first == ' ';
+            match text.trim_start_matches(' ').chars().next() {
+                Some(c) if c.is_uppercase() => WordStart::Capital,
+                Some(c) if c.is_alphanumeric() && spaced => WordStart::Lower,
+                Some(c) if c.is_alphanumeric() => WordStart::Inside,
+                _ => WordStart::Break,
+            }
+        })
+        .collect()
 }
 
 /// [`examples`], with the rule-made questions the fact answers only where `asked` (see

@@ -215,11 +215,12 @@ impl<B: Backend> Model<B> {
         }
         let b = &self.backend;
         let memory = &self.memory[0];
-        let reads = memory.lookup.shape.heads * memory.lookup.shape.top_k;
         let mut frozen = 0;
         for seq in seqs.iter_mut() {
             seq.frozen = None;
             let slots = b.download_slots(&seq.lookup.slots);
+            // A routing gate's reads are wider than the lookup's.
+            let reads = b.shape(&seq.lookup.weights).1;
             let first_read = slots
                 .chunks_exact(reads)
                 .position(|r| r.iter().any(|s| rows.binary_search(s).is_ok()))

@@ -258,6 +258,11 @@ impl Backend for CpuBackend {
         memory::download_slots(self, slots)
     }
 
+    fn upload_slots(&self, ids: Vec<u32>, rows: usize, cols: usize) -> CpuSlots {
+        assert_eq!(ids.len(), rows * cols, "upload_slots: {rows} x {cols} ids");
+        CpuSlots { ids, rows, cols }
+    }
+
     fn gather_values(
         &self,
         values: &CpuTensor,

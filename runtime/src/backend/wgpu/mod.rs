@@ -329,6 +329,13 @@ impl Backend for WgpuBackend {
         memory::download_slots(self, slots)
     }
 
+    fn upload_slots(&self, ids: Vec<u32>, rows: usize, cols: usize) -> WgpuSlots {
+        assert_eq!(ids.len(), rows * cols, "upload_slots: {rows} x {cols} ids");
+        // A zero-size binding is invalid: an empty upload still holds one id.
+        let buf = if ids.is_empty() { self.u32s(&[0]) } else { self.u32s(&ids) };
+        WgpuSlots { buf, rows, cols }
+    }
+
     fn gather_values(
         &self,
         values: &WgpuTensor,

@@ -64,6 +64,26 @@ const TIME_WORDS: &[&str] = &[
 /// Words that open a question: never what names a fact.
 const QUESTION_WORDS: &[&str] = &["what", "which", "where", "when", "whom", "whose", "how"];
 
+/// Words too common to name a fact by themselves: order and rank ("my first marathon", "my
+/// best friend"), times ("this year", "on Friday"), counts, and a few verbs and prepositions
+/// that the content-word fallback would keep. Under the routing read gate a word that names a
+/// fact makes every question holding it read the fact: on eval/'s 100 facts and 50 notes
+/// (2026-12-06) "year" and "first" put "You have read 23 books so far this year." and "You ran
+/// your first marathon in Berlin." into a dozen general answers.
+const WEAK_TOPICS: &[&str] = &[
+    "first", "second", "third", "last", "next", "best", "worst", "favourite", "favorite",
+    "former", "younger", "older", "elder", "eldest", "youngest", "new", "old", "little", "big",
+    "own", "usual", "other", "same", "year", "years", "month", "months", "week", "weeks",
+    "day", "days", "morning", "mornings", "evening", "evenings", "night", "nights",
+    "afternoon", "today", "tonight", "spring", "summer", "autumn", "winter", "monday",
+    "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "mondays", "tuesdays",
+    "wednesdays", "thursdays", "fridays", "saturdays", "sundays", "january", "february",
+    "march", "april", "may", "june", "july", "august", "september", "october", "november",
+    "december", "christmas", "one", "two", "three", "four", "five", "six", "seven", "eight",
+    "nine", "ten", "eleven", "twelve", "number", "read", "take", "coming", "along", "inside",
+    "plant", "time", "times", "every", "each",
+];
+
 /// Titles that go with the name after them.
 const TITLES: &[&str] = &[
     "dr", "mr", "mrs", "ms", "miss", "professor", "prof", "aunt", "uncle", "sir", "madam",
@@ -77,6 +97,10 @@ const PLACE_PREPOSITIONS: &[&str] = &[
 fn bare(word: &str) -> String {
     word.trim_matches(|c: char| !c.is_alphanumeric() && c != '\'')
         .to_lowercase()
+}
+
+fn is_weak_topic(word: &str) -> bool {
+    WEAK_TOPICS.contains(&bare(word).trim_end_matches("'s").to_lowercase().as_str())
 }
 
 fn is_function(word: &str) -> bool {
@@ -227,24 +251,31 @@ fn strip_punct(s: &str) -> String {
 }
 
 /// The words that name what a fact or note is about: its topics' words without function
-/// words and titles ("bike", "neighbour", "Tariq"; "Velmoria"), and its numbers. A question
-/// about the same thing in other words still holds some of them.
+/// words, titles and words too common to name anything (`WEAK_TOPICS`: "bike", "neighbour",
+/// "Tariq"; "Velmoria"), its numbers where it has none. A question about the same thing in
+/// other words still holds some of them.
 pub fn topic_words(text: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    let numbers = words(text)
-        .into_iter()
-        .filter(|w| is_number(w))
-        .map(strip_punct);
-    for w in note_topics(text)
-        .iter()
-        .flat_map(|t| t.split_whitespace().map(strip_punct).collect::<Vec<_>>())
-        .chain(numbers)
-    {
+    let push = |out: &mut Vec<String>, w: String| {
         let core = w.trim_end_matches("'s").trim_end_matches('\u{2019}').to_owned();
         let b = bare(&core);
         if b.len() >= 3 && !is_function(&core) && !TITLES.contains(&b.as_str()) && !out.contains(&core)
         {
             out.push(core);
+        }
+    };
+    for w in note_topics(text)
+        .iter()
+        .flat_map(|t| t.split_whitespace().map(strip_punct).collect::<Vec<_>>())
+        .filter(|w| !is_weak_topic(w))
+    {
+        push(&mut out, w);
+    }
+    // A number names a fact only where nothing else does: "2010" beside "the IEEE Frank
+    // Rosenblatt Award" would name it in any question about 2010.
+    if out.is_empty() {
+        for w in words(text).into_iter().filter(|w| is_number(w)) {
+            push(&mut out, strip_punct(w));
         }
     }
     if out.is_empty() {
@@ -256,6 +287,7 @@ pub fn topic_words(text: &str) -> Vec<String> {
             if b.len() >= 4
                 && !is_function(&core)
                 && !is_verb(&core)
+                && !is_weak_topic(&core)
                 && !QUESTION_WORDS.contains(&b.as_str())
                 && !out.contains(&core)
             {
@@ -496,10 +528,18 @@ mod tests {
             topic_words("The wifi password at the cabin is heron-42."),
             ["wifi", "password", "cabin", "heron-42"]
         );
+        // A number only where nothing else names the fact.
         assert_eq!(
             topic_words("Who received the IEEE Frank Rosenblatt Award in 2010?"),
-            ["IEEE", "Frank", "Rosenblatt", "Award", "2010"]
+            ["IEEE", "Frank", "Rosenblatt", "Award"]
         );
+        assert_eq!(topic_words("What happened in 1887?"), ["1887"]);
+        // Order, rank and time name nothing by themselves.
+        assert_eq!(
+            topic_words("I ran my first marathon in Berlin."),
+            ["marathon", "Berlin"]
+        );
+        assert_eq!(topic_words("I have read 23 books so far this year."), ["books"]);
     }
 
     #[test]
