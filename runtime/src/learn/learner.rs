@@ -164,6 +164,16 @@ pub fn learn<B: Backend>(
 ) -> Result<LearnReport> {
     opts.validate()?;
     model.keep_dense_above_memory(true)?;
+    // A routing gate holds a fact from before its first step: one whose learning does not
+    // finish is taken out again, as the store's history never names it.
+    let routed_before = routing_gate(model).map(ReadGate::fact_count);
+    let mut finished = 0;
+    let mut counted = |c: Committed<'_>| {
+        let fact = matches!(c, Committed::Fact { .. });
+        commit(c)?;
+        finished += usize::from(fact);
+        Ok(())
+    };
     let report = learn_facts(
         model,
         tok,
@@ -173,8 +183,13 @@ pub fn learn<B: Backend>(
         opts,
         state,
         progress,
-        commit,
+        &mut counted,
     );
+    if let (Err(_), Some(n)) = (&report, routed_before) {
+        if let Some(gate) = model.memory_mut()[0].read_gate.as_mut() {
+            gate.truncate_facts(n + finished);
+        }
+    }
     // The copies cost memory for as long as they live: only while learning.
     model.keep_dense_above_memory(false)?;
     report

@@ -341,6 +341,23 @@ impl ReadGate {
 
 
 
+    /// Forgets the facts added after the first `n` (a routing gate's fact whose learning
+    /// stopped before it finished: its rows are then no fact's, as in a store that reopens).
+    pub fn truncate_facts(&mut self, n: usize) {
+        let n = n.min(self.facts as usize) as u32;
+        self.facts = n;
+        self.fact_rows.truncate(n as usize);
+        self.row_facts.retain(|_, facts| {
+            facts.retain(|&f| f < n);
+            !facts.is_empty()
+        });
+        for list in self.needles.values_mut() {
+            list.retain(|&(_, f)| f < n);
+        }
+        self.needles.retain(|_, list| !list.is_empty());
+        self.partial.retain(|&(f, _)| f < n);
+    }
+
     /// Whether a fact of a routing gate owns `row`.
     pub fn owns(&self, row: u32) -> bool {
         self.routes && self.row_facts.contains_key(&row)
@@ -883,6 +900,14 @@ mod tests {
         // Named again across a call: open again from there.
         let mut w = [1.0];
         assert_eq!(gate.route_in_sequence(&[3], &mut w, &[8], 7, &mut open), vec![vec![1]]);
+        // A fact whose learning stopped is taken out: its rows are no fact's, its name names
+        // nothing.
+        gate.truncate_facts(1);
+        assert_eq!(gate.fact_count(), 1);
+        assert!(gate.owns(7) && !gate.owns(4));
+        let mut w = [1.0];
+        let facts = gate.route_in_sequence(&[4], &mut w, &[8], 0, &mut OpenFacts::default());
+        assert_eq!((w, facts), ([1.0], vec![vec![]]));
     }
 
     #[test]
