@@ -185,10 +185,12 @@ pub fn learn<B: Backend>(
         progress,
         &mut counted,
     );
-    if let (Err(_), Some(n)) = (&report, routed_before) {
-        if let Some(gate) = model.memory_mut()[0].read_gate.as_mut() {
-            gate.truncate_facts(n + finished);
-        }
+    if let (Err(_), Some(n), Some(gate)) = (
+        &report,
+        routed_before,
+        model.memory_mut()[0].read_gate.as_mut(),
+    ) {
+        gate.truncate_facts(n + finished);
     }
     // The copies cost memory for as long as they live: only while learning.
     model.keep_dense_above_memory(false)?;
