@@ -117,6 +117,9 @@ pub struct OpenFacts {
     /// The last tokens seen, with their positions: a topic word may end in a later call
     /// than it began (decoding runs one token per call).
     recent: Vec<(usize, u32)>,
+    /// Facts a routing gate saw named by the token at this position, opened by the next
+    /// token unless it goes on with the word or starts another capitalized one.
+    pending: Vec<(u32, usize)>,
 }
 
 /// Tokens [`OpenFacts`] remembers: longer topic words are not matched across calls.
@@ -127,6 +130,7 @@ impl OpenFacts {
     pub fn truncate(&mut self, len: usize) {
         self.opened.retain(|_, &mut at| at < len);
         self.recent.retain(|&(at, _)| at < len);
+        self.pending.retain(|&(_, at)| at < len);
     }
 
     fn see(&mut self, at: usize, token: u32) {
@@ -321,22 +325,27 @@ impl ReadGate {
         self.word_starts = starts;
     }
 
-    /// Whether the `n` tokens seen last follow a capitalized word: another name, when they
-    /// are one word of a learned name of several.
-    fn follows_a_capitalized_word(&self, open: &OpenFacts, n: usize) -> bool {
-        let class = |t: u32| {
-            self.word_starts
-                .get(t as usize)
-                .copied()
-                .unwrap_or(WordStart::Break)
-        };
+    fn class(&self, token: u32) -> WordStart {
+        self.word_starts
+            .get(token as usize)
+            .copied()
+            .unwrap_or(WordStart::Break)
+    }
+
+    /// Whether the `n` tokens seen last follow a capitalized word that belongs to another
+    /// name: any, when they are one word of a learned name of several ("Acme Looms"); one
+    /// not at a sentence's start otherwise ("Irving Berlin", but "Did Tariq").
+    fn follows_another_name(&self, open: &OpenFacts, n: usize, part: bool) -> bool {
         let before = &open.recent[..open.recent.len().saturating_sub(n)];
         // Back over the word right before to its first token.
         let mut i = before.len();
-        while i > 0 && class(before[i - 1].1) == WordStart::Inside {
+        while i > 0 && self.class(before[i - 1].1) == WordStart::Inside {
             i -= 1;
         }
-        i > 0 && class(before[i - 1].1) == WordStart::Capital
+        if i == 0 || self.class(before[i - 1].1) != WordStart::Capital {
+            return false;
+        }
+        part || (i >= 2 && self.class(before[i - 2].1) != WordStart::Break)
     }
 
 
@@ -385,14 +394,21 @@ impl ReadGate {
         for (t, &token) in tokens.iter().enumerate() {
             let at = pos0 + t;
             open.see(at, token);
-            for (needle, fact) in self.needles.get(&token).into_iter().flatten() {
-                let elsewhere = || {
-                    self.partial.contains(&(*fact, needle.clone()))
-                        && self.follows_a_capitalized_word(open, needle.len())
-                };
-                if open.ends_with(needle) && !elsewhere() {
+            // A name is a name once its word has ended and no other capitalized word follows
+            // ("Ana" is not "Anatoly" or "Ana Costa"): the fact opens at the token after it.
+            let ended = !matches!(self.class(token), WordStart::Inside | WordStart::Capital);
+            for (fact, named_at) in std::mem::take(&mut open.pending) {
+                if ended && named_at + 1 == at {
                     // The latest naming counts: a fact is read for a window after it.
-                    open.opened.insert(*fact, at);
+                    open.opened.insert(fact, at);
+                }
+            }
+            for (needle, fact) in self.needles.get(&token).into_iter().flatten() {
+                if open.ends_with(needle) {
+                    let part = self.partial.contains(&(*fact, needle.clone()));
+                    if !self.follows_another_name(open, needle.len(), part) {
+                        open.pending.push((*fact, at));
+                    }
                 }
             }
             for j in t * reads..(t + 1) * reads {
@@ -894,10 +910,11 @@ mod tests {
         let facts = gate.route_in_sequence(&slots, &mut w, &[1, 5, 6, 2, 2, 2, 8], 0, &mut open);
         // Owned rows are closed wherever they are read; row 3 is no fact's.
         assert_eq!(w, [0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
-        // Fact 0 is open from its naming (position 2) for 3 tokens; fact 1 from position 6.
-        let want: [&[u32]; 7] = [&[], &[], &[0], &[0], &[0], &[], &[1]];
+        // Fact 0 is open from the token after its naming (position 2) for 3 tokens; fact 1,
+        // named by the last token, not yet.
+        let want: [&[u32]; 7] = [&[], &[], &[], &[0], &[0], &[0], &[]];
         assert_eq!(facts, want.map(<[u32]>::to_vec));
-        // Named again across a call: open again from there.
+        // The next call's first token opens it.
         let mut w = [1.0];
         assert_eq!(gate.route_in_sequence(&[3], &mut w, &[8], 7, &mut open), vec![vec![1]]);
         // A fact whose learning stopped is taken out: its rows are no fact's, its name names
@@ -913,9 +930,12 @@ mod tests {
     #[test]
     fn a_word_of_a_learned_name_does_not_name_the_fact_after_another_name() {
         use WordStart::*;
-        // 0 "\n", 1 " is", 2 " Acme", 3 " Looms", 4 " Bright", 5 "well", 6 "Did", 7 " Tariq".
+        // 0 "\n", 1 " is", 2 " Acme", 3 " Looms", 4 " Bright", 5 "well", 6 "Did", 7 " Tariq",
+        // 8 "ov".
         let mut gate = ReadGate::with_routes(3).unwrap();
-        let starts = vec![Break, Lower, Capital, Capital, Capital, Inside, Capital, Capital];
+        let starts = vec![
+            Break, Lower, Capital, Capital, Capital, Inside, Capital, Capital, Inside,
+        ];
         gate.set_word_starts(starts);
         // "Brightwell Looms", named whole or by "Looms"; "Tariq", a name of one word.
         gate.add_routed_fact(&[vec![3], vec![4, 5, 3]], &[7]);
@@ -926,11 +946,17 @@ mod tests {
             let facts = gate.route_in_sequence(&slots, &mut w, tokens, 0, &mut OpenFacts::default());
             facts[tokens.len() - 1].clone()
         };
-        assert_eq!(named(&[6, 1, 2, 3]), [] as [u32; 0], "Did is Acme Looms");
-        assert_eq!(named(&[0, 2, 3]), [] as [u32; 0], "Acme Looms at a line's start");
-        assert_eq!(named(&[6, 1, 4, 5, 3]), [0], "Did is Brightwell Looms");
-        assert_eq!(named(&[6, 1, 3]), [0], "Did is Looms");
-        assert_eq!(named(&[0, 6, 7]), [1], "Did Tariq: a name of one word");
+        // A fact opens at the token after its name, once the name's word has ended.
+        let none: [u32; 0] = [];
+        assert_eq!(named(&[6, 1, 2, 3, 0]), none, "Did is Acme Looms");
+        assert_eq!(named(&[0, 2, 3, 0]), none, "Acme Looms at a line's start");
+        assert_eq!(named(&[6, 1, 4, 5, 3, 0]), [0], "Did is Brightwell Looms");
+        assert_eq!(named(&[6, 1, 4, 5, 3]), none, "the name's word may go on");
+        assert_eq!(named(&[6, 1, 3, 0]), [0], "Did is Looms");
+        assert_eq!(named(&[0, 6, 7, 0]), [1], "Did Tariq: a name of one word");
+        assert_eq!(named(&[6, 1, 2, 7, 0]), none, "is Acme Tariq: after another name");
+        assert_eq!(named(&[0, 7, 8, 0]), none, "Tariqov: the word goes on");
+        assert_eq!(named(&[0, 7, 3, 0]), none, "Tariq Looms: another name follows");
         // The parts are found again when a saved gate loads.
         let mut back = ReadGate::with_routes(3).unwrap();
         back.load_bytes(&gate.to_bytes("t"), "t").unwrap();
