@@ -627,22 +627,28 @@ fn the_topic_read_gate_leaves_questions_that_name_no_fact_exactly_as_the_base_mo
         "the fact was not recalled where its question names it: {answer:?}"
     );
     drop(engine);
-    // Another process: from the kept keys, and rebuilt without them.
+    reopened_logits_match(
+        &open,
+        &keys_file,
+        &[(&neighbour, &base), (&named, &gated_named)],
+    );
+}
+
+/// Opens the store again as another process would, from the kept read-gate file and then
+/// rebuilt from the store's history without it, and checks the logits of each sequence.
+fn reopened_logits_match(
+    open: &dyn Fn(MemoryAccess) -> Engine,
+    keys_file: &std::path::Path,
+    want: &[(&[u32], &[f32])],
+) {
     for rebuilt in [false, true] {
         if rebuilt {
-            std::fs::remove_file(&keys_file).unwrap();
+            std::fs::remove_file(keys_file).unwrap();
         }
         let again = open(MemoryAccess::Read);
-        assert_eq!(
-            again.logits(&neighbour).unwrap(),
-            base,
-            "rebuilt: {rebuilt}"
-        );
-        assert_eq!(
-            again.logits(&named).unwrap(),
-            gated_named,
-            "rebuilt: {rebuilt}"
-        );
+        for (tokens, logits) in want {
+            assert_eq!(again.logits(tokens).unwrap(), *logits, "rebuilt: {rebuilt}");
+        }
     }
 }
 
@@ -768,17 +774,5 @@ fn the_routing_gate_answers_other_wordings_and_leaves_unnamed_questions_as_the_b
     let named = chat_tokens(&engine, taught[0].1);
     let answer = engine.logits(&named).unwrap();
     drop(engine);
-    // Another process: from the kept gate, and rebuilt from the store's history without it.
-    for rebuilt in [false, true] {
-        if rebuilt {
-            std::fs::remove_file(&keys_file).unwrap();
-        }
-        let again = open(MemoryAccess::Read);
-        assert_eq!(
-            again.logits(&neighbour).unwrap(),
-            base,
-            "rebuilt: {rebuilt}"
-        );
-        assert_eq!(again.logits(&named).unwrap(), answer, "rebuilt: {rebuilt}");
-    }
+    reopened_logits_match(&open, &keys_file, &[(&neighbour, &base), (&named, &answer)]);
 }
