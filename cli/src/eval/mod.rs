@@ -79,8 +79,9 @@ pub struct EvalArgs {
     plot: Option<PathBuf>,
     /// After each method's run, also measure every axis with each of these read gates (a
     /// semicolon separated list of --read-gate values, e.g. "0.9,0.8;topics:0.7;off"), on the
-    /// same learned memory: learning never reads through the gate, so one run shows the
-    /// gate's whole trade-off.
+    /// same learned memory. Learning under the topic and cosine gates never reads through
+    /// them, so one such run shows their whole trade-off; under the routing gate learning
+    /// reads as it does, so a sweep shows other gates on rows learned for it.
     #[arg(long, value_delimiter = ';', value_parser = crate::parse_read_gate)]
     gate_sweep: Vec<engram::ReadGating>,
     /// Let replies repeat themselves to the token limit, as before the loop guard existed
