@@ -24,10 +24,10 @@ pub struct LearnArgs {
     /// its learning rate is per element, e.g. --lr 0.5).
     #[arg(long, value_enum, default_value_t = OptimizerArg::Sgd)]
     optimizer: OptimizerArg,
-    /// Print "durable FACT STEP" on stdout as each step reaches the journal.
+    /// Print "learned FACT" on stdout as each fact (counted from 0) reaches the journal.
     #[arg(long)]
-    print_steps: bool,
-    /// Leave the steps in the journal instead of folding them into the store at the end.
+    print_learned: bool,
+    /// Leave the learned facts in the journal instead of folding them into the store at the end.
     #[arg(long)]
     no_checkpoint: bool,
 }
@@ -178,7 +178,7 @@ pub enum ScoringArg {
     All,
 }
 
-/// Learns the facts (each step journaled as it happens), then checkpoints the store.
+/// Learns the facts (each journaled as it is learned), then checkpoints the store.
 pub fn run(mut engine: Engine, args: &LearnArgs) -> Result<(), String> {
     let store = engine
         .memory_path()
@@ -199,10 +199,10 @@ pub fn run(mut engine: Engine, args: &LearnArgs) -> Result<(), String> {
         .expect("valid template")
         .progress_chars("=> "),
     );
-    let print_steps = args.print_steps;
+    let print_learned = args.print_learned;
     let report = engine.learn(&facts, &options, &mut |fact, step, loss| {
-        if print_steps && step < options.steps {
-            println!("durable {fact} {step}");
+        if print_learned && options.is_last_step(step, loss) {
+            println!("learned {fact}");
         }
         bar.set_position(fact as u64);
         bar.set_message(format!("step {step} loss {loss:.3}"));
@@ -210,12 +210,14 @@ pub fn run(mut engine: Engine, args: &LearnArgs) -> Result<(), String> {
     });
     bar.finish_and_clear();
     let report = report.map_err(|e| {
-        format!("{e}; the steps reported before this are kept in the store's journal")
+        format!("{e}; the facts learned before this are kept in the store's journal")
     })?;
     let checkpoint = std::time::Instant::now();
-    if !args.no_checkpoint {
-        engine.checkpoint().map_err(|e| e.to_string())?;
-    }
+    let written = if args.no_checkpoint {
+        None
+    } else {
+        Some(engine.checkpoint().map_err(|e| e.to_string())?)
+    };
     let checkpoint = checkpoint.elapsed();
     for (f, r) in facts.iter().zip(&report.facts) {
         let what = match f {
@@ -249,6 +251,9 @@ pub fn run(mut engine: Engine, args: &LearnArgs) -> Result<(), String> {
         store.display(),
         checkpoint.as_secs_f64()
     );
+    if let Some(w) = written {
+        eprintln!("checkpoint: {}", crate::describe_checkpoint(&w));
+    }
     if let Some((keys, rows)) = engine.read_gate_size() {
         let what = if engine.read_gating() == engram::ReadGating::Routes {
             format!("{rows} rows owned by learned facts")

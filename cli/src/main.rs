@@ -475,11 +475,12 @@ fn run(cli: Cli) -> Result<(), String> {
             )?;
             let journal = engine.journal_len();
             let t = Instant::now();
-            engine.checkpoint().map_err(|e| e.to_string())?;
+            let written = engine.checkpoint().map_err(|e| e.to_string())?;
             println!(
-                "checkpointed {} ({journal} journal bytes folded in, {:.2} s)",
+                "checkpointed {} ({journal} journal bytes folded in, {:.2} s): {}",
                 memory.display(),
-                t.elapsed().as_secs_f64()
+                t.elapsed().as_secs_f64(),
+                describe_checkpoint(&written)
             );
             Ok(())
         }
@@ -597,5 +598,21 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// What a checkpoint wrote, in one phrase.
+fn describe_checkpoint(w: &engram::delta::CheckpointReport) -> String {
+    if w.in_place {
+        format!(
+            "{} rows and the history written in place, {:.2} MB",
+            w.rows,
+            w.bytes_written as f64 / 1e6
+        )
+    } else {
+        format!(
+            "the whole store written anew, {:.1} MB",
+            w.bytes_written as f64 / 1e6
+        )
     }
 }

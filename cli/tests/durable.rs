@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use engram::delta::MemoryStore;
-use engram::delta::{Change, Delta, MemoryAccess, journal_path, open_store, read_journal};
+use engram::delta::{
+    CRASH_POINT_VAR, Change, Delta, MemoryAccess, journal_path, open_store, read_journal,
+};
 
 const STEPS: usize = 3;
 
@@ -51,19 +53,22 @@ impl Lcg {
     }
 }
 
-#[test]
-fn sigkill_at_random_moments_never_loses_a_reported_step() {
-    let facts = facts_file(
-        "crash-facts.txt",
-        &[
-            "My sister Ana lives in Porto.",
-            "The wifi password at the cabin is heron-42.",
-        ],
-    );
-    // Reference: the same run, uninterrupted, every step left in the journal.
+/// Learned-fact counts of a store, as a reader opening it sees it.
+fn learned(store: &Path) -> usize {
+    let (_, durable) = open_store(store, MemoryAccess::Read, None).unwrap();
+    durable.history.learned.len()
+}
+
+const CRASH_FACTS: [&str; 2] = [
+    "My sister Ana lives in Porto.",
+    "The wifi password at the cabin is heron-42.",
+];
+
+/// The values after 0, 1, … facts, from an uninterrupted run's journal; and how long it took.
+fn reference_states(facts: &Path) -> (Vec<Vec<u32>>, Duration) {
     let reference = fresh("crash-reference.engram");
     let t = Instant::now();
-    let mut args = learn_args(&reference, &facts);
+    let mut args = learn_args(&reference, facts);
     args.push("--no-checkpoint".into());
     let o = engram()
         .args(&args)
@@ -76,34 +81,52 @@ fn sigkill_at_random_moments_never_loses_a_reported_step() {
     let records = read_journal(&journal_path(&reference), None)
         .unwrap()
         .records;
+    assert_eq!(records.len(), CRASH_FACTS.len(), "one journal record per fact");
     let mut replay = MemoryStore::open(initial_store()).unwrap();
     let mut history = std::mem::take(&mut replay.history);
     let mut states = vec![bits(&replay.layers[0].values)];
     for r in &records {
+        assert!(matches!(r.change, Change::LearnedFact { .. }), "{:?}", r.seq);
         history.apply(&r.change, &mut replay).unwrap();
-        if matches!(r.change, Change::Rows(_)) {
-            states.push(bits(&replay.layers[0].values));
-        }
+        states.push(bits(&replay.layers[0].values));
     }
-    assert_eq!(states.len(), 2 * STEPS + 1, "one journal record per step");
     assert_eq!(
         bits(&values(&reference)),
-        states[2 * STEPS],
+        states[CRASH_FACTS.len()],
         "replaying the journal on open gives the final state"
     );
+    (states, full_run)
+}
 
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    eprintln!("kill moments seeded with {seed}; an uninterrupted run took {full_run:?}");
+/// SIGKILLs at random moments of `engram learn` (its checkpoint in place included): the
+/// store is always the state after some whole number of facts, never fewer than were
+/// reported learned. `ENGRAM_CRASH_KILLS` sets how many (default 16; scripts/crash-campaign
+/// runs 200).
+#[test]
+fn sigkill_at_random_moments_never_loses_a_reported_fact() {
+    let facts = facts_file("crash-facts.txt", &CRASH_FACTS);
+    let (states, full_run) = reference_states(&facts);
+    let seed = std::env::var("ENGRAM_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    let kills: usize = std::env::var("ENGRAM_CRASH_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(16);
+    eprintln!("{kills} kill moments seeded with {seed}; an uninterrupted run took {full_run:?}");
     let mut rng = Lcg(seed);
-    let kills = 12;
     let mut seen = vec![0usize; states.len()];
+    let mut in_checkpoint = 0;
     for i in 0..kills {
         let store = fresh("crash.engram");
         let mut args = learn_args(&store, &facts);
-        args.push("--print-steps".into());
+        args.push("--print-learned".into());
         let mut child = engram()
             .args(&args)
             .arg("-m")
@@ -117,7 +140,7 @@ fn sigkill_at_random_moments_never_loses_a_reported_step() {
             BufReader::new(out)
                 .lines()
                 .map_while(Result::ok)
-                .filter(|l| l.starts_with("durable "))
+                .filter(|l| l.starts_with("learned "))
                 .count()
         });
         // Spread over the whole run, the final checkpoint included.
@@ -126,26 +149,76 @@ fn sigkill_at_random_moments_never_loses_a_reported_step() {
         let _ = child.kill(); // SIGKILL
         let status = child.wait().unwrap();
         let reported = reader.join().unwrap();
+        let journal = read_journal(&journal_path(&store), None).unwrap();
+        in_checkpoint += usize::from(journal.image.is_some());
         let now = bits(&values(&store));
         let matched = states.iter().position(|s| *s == now);
         eprintln!(
-            "kill {i} after {at:?} ({status}): {reported} steps reported, store = state after {matched:?} steps"
+            "kill {i} after {at:?} ({status}): {reported} facts reported, store = state after \
+             {matched:?} facts{}",
+            if journal.image.is_some() {
+                ", a checkpoint image in the journal"
+            } else {
+                ""
+            }
         );
         let j = matched.unwrap_or_else(|| {
-            panic!("kill {i}: the store is not the state after any prefix of steps")
+            panic!("kill {i}: the store is not the state after any prefix of facts")
         });
         assert!(
             j >= reported,
-            "kill {i}: {reported} steps were reported durable but the store holds {j}"
+            "kill {i}: {reported} facts were reported learned but the store holds {j}"
         );
+        assert_eq!(learned(&store), j, "kill {i}: the history names what the rows hold");
         seen[j] += 1;
-        // The killed writer's lock is gone: the store opens for writing (cutting a torn tail).
-        let (_, durable) = open_store(&store, MemoryAccess::Write, None).unwrap();
+        // The killed writer's lock is gone: the store opens for writing (cutting a torn tail)
+        // and checkpoints.
+        let (s, mut durable) = open_store(&store, MemoryAccess::Write, None).unwrap();
         for w in &durable.warnings {
             eprintln!("  warning on reopen: {w}");
         }
+        let v: Vec<&[f32]> = s.layers.iter().map(|l| l.values.as_slice()).collect();
+        durable.checkpoint_with_values(s.clone(), &v).unwrap();
+        drop(durable);
+        assert_eq!(bits(&values(&store)), now, "kill {i}: checkpointing changed the state");
     }
-    eprintln!("stores found after kills, by steps completed: {seen:?}");
+    eprintln!(
+        "stores found after {kills} kills, by facts completed: {seen:?}; {in_checkpoint} killed \
+         inside a checkpoint"
+    );
+}
+
+/// A crash at each point of a checkpoint in place: opening finishes it from the journal.
+#[test]
+fn a_crash_at_every_point_of_a_checkpoint_loses_nothing() {
+    let facts = facts_file("crash-point-facts.txt", &CRASH_FACTS);
+    let (states, _) = reference_states(&facts);
+    let last = &states[CRASH_FACTS.len()];
+    for point in ["logged", "rows-half", "rows", "tail-half", "written"] {
+        let store = fresh("crash-point.engram");
+        let o = engram()
+            .args(learn_args(&store, &facts))
+            .arg("-m")
+            .arg(model())
+            .env(CRASH_POINT_VAR, point)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{point}: the run was to abort");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("aborting here"), "{point}: {err}");
+        let journal = read_journal(&journal_path(&store), None).unwrap();
+        assert!(journal.image.is_some(), "{point}: the image was logged");
+        assert_eq!(&bits(&values(&store)), last, "{point}: every fact is there");
+        assert_eq!(learned(&store), CRASH_FACTS.len(), "{point}");
+        // A later writer checkpoints it whole; the store then stands alone.
+        let (s, mut durable) = open_store(&store, MemoryAccess::Write, None).unwrap();
+        assert!(durable.warnings.is_empty(), "{point}: {:?}", durable.warnings);
+        let v: Vec<&[f32]> = s.layers.iter().map(|l| l.values.as_slice()).collect();
+        durable.checkpoint_with_values(s.clone(), &v).unwrap();
+        drop(durable);
+        std::fs::remove_file(journal_path(&store)).unwrap();
+        assert_eq!(&bits(&values(&store)), last, "{point}: after the checkpoint");
+    }
 }
 
 #[test]

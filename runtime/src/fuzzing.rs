@@ -3,7 +3,7 @@
 //! `fuzz/` drives them with libFuzzer (`cargo fuzz`, nightly); the e2e test
 //! `fuzz_corpora` replays the committed corpora through the same functions on stable Rust.
 
-use crate::delta::{Change, Delta, MemoryStore, Record, RowAccess, StoreHistory, StoreKey};
+use crate::delta::{Change, Delta, Entry, MemoryStore, RowAccess, StoreHistory, StoreKey};
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, GgufWriter, Value, ValueType};
 use crate::learn::Fact;
@@ -149,8 +149,14 @@ pub fn journal(data: &[u8]) {
     for key in [None, Some(&key)] {
         let mut changes = Vec::new();
         let mut at = 0;
-        while let Some((record, n)) = Record::decode_with(&data[at..], key) {
-            changes.push(record.change);
+        while let Some((entry, n)) = Entry::decode_with(&data[at..], key) {
+            match entry {
+                Entry::Record(record) => changes.push(record.change),
+                // An image's rows are written whole, as a learning step's were.
+                Entry::Image(image) => {
+                    changes.push(Change::Rows(image.rows));
+                }
+            }
             at += n;
         }
         replay(changes);

@@ -9,7 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use engram::delta::{Change, Delta, DeltaPrecision, LearnedEntry, Record, RowSet};
+use engram::delta::{
+    Change, CheckpointImage, Delta, DeltaPrecision, Entry, LearnedEntry, Record, RowSet,
+};
 use engram::fuzzing::TARGETS;
 use engram::gguf::{GgufWriter, Value, ValueType};
 use engram::memory::{KeyKind, ReadGate};
@@ -289,6 +291,14 @@ fn sample_records() -> Vec<Record> {
             learned_rows: vec![vec![7]],
         },
         Change::Revert { id: "ab".into() },
+        Change::LearnedFact {
+            entry: LearnedEntry {
+                at: 4,
+                text: "My sister Ana lives in Porto.".into(),
+                rows: vec![5, 9],
+            },
+            diff: rows(vec![5, 9]),
+        },
     ];
     changes
         .into_iter()
@@ -315,7 +325,7 @@ fn tiny_store_bytes() -> Vec<u8> {
         ..Default::default()
     };
     let store = engine.retrofit(&docs, &options, &mut |_| true).unwrap();
-    store.to_writer().unwrap().to_bytes()
+    store.to_bytes().unwrap()
 }
 
 /// The smallest llama engram loads (d = 32, 2 heads sharing one KV head, 8 tokens, one
@@ -449,13 +459,23 @@ fn write_seeds() {
     );
     // Journals, plain and sealed (the fuzz target's key), and the delta files.
     let records = sample_records();
-    let plain: Vec<u8> = records.iter().flat_map(Record::encode).collect();
-    seed("journal", "plain", &plain);
-    let sealed: Vec<u8> = records
-        .iter()
-        .flat_map(|r| r.encode_with(Some(&key)).unwrap())
-        .collect();
-    seed("journal", "sealed", &sealed);
+    // Then a checkpoint's image, as a crash in a checkpoint in place leaves it.
+    let image = CheckpointImage {
+        upto: records.len() as u64,
+        rows: RowSet {
+            ids: vec![5, 9],
+            values: vec![0.5; 8],
+        },
+        history: b"history tail".to_vec(),
+    };
+    for (name, key) in [("plain", None), ("sealed", Some(&key))] {
+        let mut bytes: Vec<u8> = records
+            .iter()
+            .flat_map(|r| r.encode_with(key).unwrap())
+            .collect();
+        bytes.extend(image.encode_with(key).unwrap());
+        seed("journal", name, &bytes);
+    }
     seed("delta", "unsigned", &sample_delta(false));
     seed("delta", "signed", &sample_delta(true));
     // Read keys of every gate kind.
@@ -532,11 +552,15 @@ fn seeds_parse_as_what_they_are_for() {
     for (name, bytes) in corpus("journal") {
         let sealed = name.ends_with("sealed");
         let (mut at, mut n) = (0, 0);
-        while let Some((_, len)) = Record::decode_with(&bytes[at..], sealed.then_some(&key)) {
+        while let Some((_, len)) = Entry::decode_with(&bytes[at..], sealed.then_some(&key)) {
             at += len;
             n += 1;
         }
-        assert_eq!((n, at), (5, bytes.len()), "{name}");
+        assert_eq!(
+            (n, at),
+            (7, bytes.len()),
+            "{name}: six records and an image"
+        );
     }
     for (name, bytes) in corpus("delta") {
         let d = Delta::from_bytes(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));

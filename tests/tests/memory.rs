@@ -343,7 +343,7 @@ fn a_detached_store_holds_the_values_the_model_read() {
 fn truncated_or_inconsistent_stores_are_clear_errors() {
     let engine = tiny_engine(3);
     let store = tiny_store(&engine);
-    let bytes = store.to_writer().unwrap().to_bytes();
+    let bytes = store.to_bytes().unwrap();
     let path = scratch("cut.engram");
     for cut in [0, 3, 24, 100, bytes.len() / 2, bytes.len() - 1] {
         std::fs::write(&path, &bytes[..cut]).unwrap();
@@ -356,7 +356,8 @@ fn truncated_or_inconsistent_stores_are_clear_errors() {
     // Metadata that disagrees with the tensors: the tensor is named.
     let mut w = store.to_writer().unwrap();
     w.set("engram.memory.n_keys", engram::gguf::Value::U64(16));
-    std::fs::write(&path, w.to_bytes()).unwrap();
+    let tail = store.history_tail(&store.history).unwrap();
+    std::fs::write(&path, [w.to_bytes(), tail].concat()).unwrap();
     let err = MemoryStore::open(&path).unwrap_err().to_string();
     assert!(
         err.contains("mem.1.") && err.contains("config needs"),
@@ -367,7 +368,7 @@ fn truncated_or_inconsistent_stores_are_clear_errors() {
     let values: Vec<&[f32]> = store.layers.iter().map(|l| l.values.as_slice()).collect();
     assert_eq!(
         store.writer_with_values(&values).unwrap().to_bytes(),
-        bytes,
+        store.to_writer().unwrap().to_bytes(),
         "values given apart write the same store"
     );
     let short = &store.layers[0].values[1..];

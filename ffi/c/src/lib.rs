@@ -427,7 +427,11 @@ pub unsafe extern "C" fn engram_snapshot(
 /// Folds the journal into the store file (atomically).
 #[unsafe(no_mangle)]
 pub extern "C" fn engram_checkpoint(engine: *const EngramEngine) -> EngramStatus {
-    guard(|| with_exclusive(engine, |e| e.checkpoint().map_err(Failure::from)))
+    guard(|| {
+        with_exclusive(engine, |e| {
+            e.checkpoint().map(|_| ()).map_err(Failure::from)
+        })
+    })
 }
 
 /// Writes what was learned (since the beginning, or since snapshot `since` if not null) to a

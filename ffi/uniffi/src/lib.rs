@@ -338,7 +338,8 @@ impl Engram {
 
     /// Folds the journal into the store file (atomically).
     pub fn checkpoint(&self) -> Result<(), EngramError> {
-        Ok(self.exclusive()?.checkpoint()?)
+        self.exclusive()?.checkpoint()?;
+        Ok(())
     }
 
     /// Writes what was learned (since the beginning, or since snapshot `since`) to a delta

@@ -1,9 +1,11 @@
 //! Opening a store with its journal replayed, the writer's lock, and durable changes.
 
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 
-use super::history::{Applied, Change, RowAccess, StoreHistory};
+use super::history::{Applied, Change, LearnedEntry, RowAccess, RowSet, StoreHistory};
+use super::in_place::{CheckpointImage, FileLayout, crash_point, write_in_place};
 use super::journal::{Journal, Record, journal_path, read_journal};
 use super::sealed::StoreKey;
 use super::store::MemoryStore;
@@ -33,10 +35,27 @@ pub struct DurableMemory {
     _lock: Option<File>,
     next_seq: u64,
     key: Option<StoreKey>,
+    /// Where a checkpoint can write the store in place (`None`: it writes a new file).
+    layout: Option<FileLayout>,
+    /// Rows changed since the last checkpoint: what the next one writes.
+    dirty: BTreeSet<u32>,
     /// The store's snapshots, imports and learned facts, kept current with every change.
     pub history: StoreHistory,
     /// What opening noticed and repaired (e.g. a torn journal tail), for the user to see.
     pub warnings: Vec<String>,
+}
+
+/// What a checkpoint wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointReport {
+    /// Whether only the changed rows and the history were written, in place (a plain store),
+    /// or the whole store as a new file (an encrypted or older store).
+    pub in_place: bool,
+    /// Value rows written.
+    pub rows: usize,
+    /// Bytes written to disk: the logged image and the rows and history in place, or the
+    /// new file.
+    pub bytes_written: u64,
 }
 
 /// Global rows of a host-side store.
@@ -87,14 +106,26 @@ pub fn open_store(
         MemoryAccess::Read => None,
         MemoryAccess::Write => Some(take_lock(path)?),
     };
-    let mut store = MemoryStore::open_sealed(path, key)?;
-    let mut history = std::mem::take(&mut store.history);
     let jpath = journal_path(path);
     let contents = read_journal(&jpath, key)?;
+    // A checkpoint image in the journal means a checkpoint in place may have been cut short:
+    // its history and rows are the store's, whatever the file holds.
+    let image = contents.image.as_ref();
+    let (mut store, layout) = MemoryStore::open_with(path, key, image.map(|i| &i.history[..]))?;
+    let mut dirty = BTreeSet::new();
+    if let Some(image) = image {
+        image
+            .rows
+            .validate(store.dim, store.total_rows(), "checkpoint image")
+            .map_err(|e| Error::Memory(format!("{}: {e}", jpath.display())))?;
+        store.write_rows(&image.rows.ids, &image.rows.values)?;
+        dirty.extend(&image.rows.ids);
+    }
+    let mut history = std::mem::take(&mut store.history);
     let mut warnings = Vec::new();
     let mut next_seq = history.journal_seq + 1;
-    let mut valid_len = 0u64;
-    let mut offset = 0u64;
+    let mut valid_len = contents.image_end;
+    let mut offset = contents.image_end;
     let mut stopped = false;
     for (record, &len) in contents.records.iter().zip(&contents.sizes) {
         offset += len;
@@ -113,6 +144,7 @@ pub fn open_store(
             stopped = true;
             break;
         }
+        let written = history.rows_written(&record.change);
         if let Err(e) = history
             .check(&record.change, &store)
             .and_then(|_| history.apply(&record.change, &mut store))
@@ -125,6 +157,7 @@ pub fn open_store(
             stopped = true;
             break;
         }
+        dirty.extend(written);
         next_seq += 1;
         valid_len = offset;
     }
@@ -148,6 +181,8 @@ pub fn open_store(
             _lock: lock,
             next_seq,
             key: key.cloned(),
+            layout,
+            dirty,
             history,
             warnings,
         },
@@ -183,6 +218,8 @@ impl DurableMemory {
             _lock: None,
             next_seq: history.journal_seq + 1,
             key: None,
+            layout: None,
+            dirty: BTreeSet::new(),
             history,
             warnings: Vec::new(),
         }
@@ -216,24 +253,34 @@ impl DurableMemory {
     /// Checks `change`, journals it (when writable), then applies it to the history and `rows`.
     pub fn commit(&mut self, change: Change, rows: &mut dyn RowAccess) -> Result<Applied> {
         self.history.check(&change, rows)?;
+        let written = self.history.rows_written(&change);
         self.append(&change)?;
-        self.history.apply(&change, rows)
+        let applied = self.history.apply(&change, rows)?;
+        self.dirty.extend(written);
+        Ok(applied)
     }
 
-    /// Journals a learning step whose rows are already written (`before` = their old values).
-    pub fn commit_written(
+    /// Journals a learned fact whose rows the learner already moved from `before` by `diff`
+    /// (each row `add_diff(before, diff)`, as replaying the record computes it).
+    pub fn commit_learned(
         &mut self,
+        entry: LearnedEntry,
         ids: &[u32],
         before: &[f32],
-        after: &[f32],
-        dim: usize,
+        diff: &[f32],
     ) -> Result<()> {
-        let change = Change::Rows(super::RowSet {
-            ids: ids.to_vec(),
-            values: after.to_vec(),
-        });
+        let change = Change::LearnedFact {
+            entry,
+            diff: RowSet {
+                ids: ids.to_vec(),
+                values: diff.to_vec(),
+            },
+        };
         self.append(&change)?;
-        self.history.rows_changed(ids, before, dim);
+        if let Change::LearnedFact { entry, .. } = &change {
+            self.history.fact_learned(entry, ids, before);
+        }
+        self.dirty.extend(ids);
         Ok(())
     }
 
@@ -248,27 +295,74 @@ impl DurableMemory {
         Ok(())
     }
 
-    /// Writes `store` (the full current state; its history is replaced by ours) as the new
-    /// checkpoint, atomically, then empties the journal. Each layer's values are given apart
+    /// Makes the current state the store file's, then empties the journal. A plain store
+    /// gets the rows changed since the last checkpoint and its history written in place,
+    /// after they are logged to the journal (a crash part way is redone on open); an
+    /// encrypted or format-1 store is written whole as a new file, atomically. `store` is the
+    /// attached store (its history is replaced by ours); each layer's values are given apart
     /// (borrowed from where the model reads them), so `store` needs no copy of them (its own
     /// values are ignored).
     pub fn checkpoint_with_values(
         &mut self,
         mut store: MemoryStore,
         values: &[&[f32]],
-    ) -> Result<()> {
+    ) -> Result<CheckpointReport> {
         let Some(journal) = &mut self.journal else {
             return Err(Error::InvalidArgument(format!(
                 "{} was opened read-only; open it for writing to checkpoint",
                 self.path.display()
             )));
         };
-        store.history = self.history.clone();
-        store.history.journal_seq = self.next_seq - 1;
-        store.save_with_values_sealed(&self.path, values, self.key.as_ref())?;
+        let upto = self.next_seq - 1;
+        let mut history = self.history.clone();
+        history.journal_seq = upto;
+        let report = match (&self.layout, &self.key) {
+            (Some(layout), None) => {
+                if journal.is_empty() && self.dirty.is_empty() {
+                    return Ok(CheckpointReport {
+                        in_place: true,
+                        ..Default::default()
+                    });
+                }
+                let ids: Vec<u32> = self.dirty.iter().copied().collect();
+                let rows = RowSet {
+                    values: gather_rows(values, &ids, layout)?,
+                    ids,
+                };
+                let image = CheckpointImage {
+                    upto,
+                    rows,
+                    history: store.history_tail(&history)?,
+                };
+                let logged = journal.append_image(&image)?;
+                crash_point("logged");
+                let written = write_in_place(&self.path, layout, &image.rows, &image.history)?;
+                crash_point("written");
+                CheckpointReport {
+                    in_place: true,
+                    rows: image.rows.len(),
+                    bytes_written: logged + written,
+                }
+            }
+            _ => {
+                store.history = history;
+                store.save_with_values_sealed(&self.path, values, self.key.as_ref())?;
+                if self.key.is_none() {
+                    self.layout = store.file_layout(&self.path)?;
+                }
+                CheckpointReport {
+                    in_place: false,
+                    rows: store.total_rows(),
+                    bytes_written: std::fs::metadata(&self.path)
+                        .map_err(|e| Error::io(&self.path, e))?
+                        .len(),
+                }
+            }
+        };
         journal.clear()?;
-        self.history.journal_seq = self.next_seq - 1;
-        Ok(())
+        self.history.journal_seq = upto;
+        self.dirty.clear();
+        Ok(report)
     }
 
     /// Re-encrypts the store under `to` (`None`: stored plain): the journal is first folded
@@ -288,7 +382,27 @@ impl DurableMemory {
         self.history.journal_seq = self.next_seq - 1;
         store.save_sealed(&self.path, to.as_ref())?;
         *journal = Journal::open(&journal_path(&self.path), 0, to.clone())?;
+        self.layout = match to {
+            None => store.file_layout(&self.path)?,
+            Some(_) => None,
+        };
+        self.dirty.clear();
         self.key = to;
         Ok(())
     }
+}
+
+/// The values of rows `ids` (global, ascending) from each layer's values.
+fn gather_rows(values: &[&[f32]], ids: &[u32], layout: &FileLayout) -> Result<Vec<f32>> {
+    let dim = layout.dim;
+    let mut out = Vec::with_capacity(ids.len() * dim);
+    for &id in ids {
+        let (l, slot) = (id as usize / layout.slots, id as usize % layout.slots);
+        let row = values
+            .get(l)
+            .and_then(|v| v.get(slot * dim..(slot + 1) * dim))
+            .ok_or_else(|| Error::Memory(format!("row {id} is outside the memory")))?;
+        out.extend_from_slice(row);
+    }
+    Ok(out)
 }

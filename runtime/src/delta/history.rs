@@ -128,10 +128,18 @@ pub struct StoreHistory {
 /// A change to a store: what a journal record holds.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
-    /// New values of rows (a learning step).
+    /// New values of rows (a learning step, in journals written before 2026-12-06).
     Rows(RowSet),
-    /// A fact finished learning.
+    /// A fact finished learning (journals before 2026-12-06: its steps came as `Rows`).
     Learned(LearnedEntry),
+    /// A fact finished learning, with its rows' net change: each row becomes its previous
+    /// value plus the difference.
+    LearnedFact {
+        /// The fact.
+        entry: LearnedEntry,
+        /// Its rows (ids ascending) and differences.
+        diff: RowSet,
+    },
     /// A snapshot was taken.
     Snapshot {
         /// Its name.
@@ -181,6 +189,7 @@ impl StoreHistory {
         match change {
             Change::Rows(set) => set.validate(dim, total, "learning step"),
             Change::Learned(_) => Ok(()),
+            Change::LearnedFact { diff, .. } => diff.validate(dim, total, "learned fact"),
             Change::Snapshot { name, .. } => {
                 if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
                     return Err(Error::InvalidArgument(format!(
@@ -223,9 +232,31 @@ impl StoreHistory {
         self.imports.iter().any(|d| d.id == id)
     }
 
-    /// Records that rows `ids` were overwritten; `before` are their values until then.
-    pub(crate) fn rows_changed(&mut self, ids: &[u32], before: &[f32], dim: usize) {
+    /// Records that `entry` was learned, its rows `ids` already moved by `diff` (with
+    /// [`add_diff`]) from `before`: what applying [`Change::LearnedFact`] records.
+    pub(crate) fn fact_learned(&mut self, entry: &LearnedEntry, ids: &[u32], before: &[f32]) {
+        let dim = if ids.is_empty() {
+            0
+        } else {
+            before.len() / ids.len()
+        };
         self.copy_on_write(ids, before, dim);
+        self.learned.push(entry.clone());
+    }
+
+    /// The rows `change` writes, by global id (checked changes only: a revert's delta must be
+    /// imported).
+    pub fn rows_written(&self, change: &Change) -> Vec<u32> {
+        match change {
+            Change::Rows(set) => set.ids.clone(),
+            Change::LearnedFact { diff, .. } => diff.ids.clone(),
+            Change::Import { id, diff, .. } if !self.has_import(id) => diff.ids.clone(),
+            Change::Revert { id } => self
+                .import(id)
+                .map(|d| d.previous.ids.clone())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
     }
 
     /// Copies the current values of `ids` into every snapshot that has not seen them change.
@@ -272,6 +303,15 @@ impl StoreHistory {
                 self.learned.push(entry.clone());
                 Ok(Applied::default())
             }
+            Change::LearnedFact { entry, diff } => {
+                let previous = rows.read_rows(&diff.ids)?;
+                rows.write_rows(&diff.ids, &add_diff(&previous, &diff.values))?;
+                self.fact_learned(entry, &diff.ids, &previous);
+                Ok(Applied {
+                    rows: diff.len(),
+                    ..Default::default()
+                })
+            }
             Change::Snapshot { name, created } => {
                 self.snapshots.push(Snapshot {
                     name: name.clone(),
@@ -298,11 +338,7 @@ impl StoreHistory {
                     .iter()
                     .filter(|r| self.imports.iter().any(|d| d.previous.ids.contains(r)))
                     .count();
-                let next: Vec<f32> = previous
-                    .iter()
-                    .zip(&diff.values)
-                    .map(|(p, d)| p + d)
-                    .collect();
+                let next = add_diff(&previous, &diff.values);
                 self.copy_on_write(&diff.ids, &previous, dim);
                 rows.write_rows(&diff.ids, &next)?;
                 self.imports.push(ImportedDelta {
@@ -373,6 +409,12 @@ impl StoreHistory {
                 ))
             })
     }
+}
+
+/// `previous + diff`, element by element: how every change by differences is applied, live
+/// and on replay alike, so the two give the same bits.
+pub fn add_diff(previous: &[f32], diff: &[f32]) -> Vec<f32> {
+    previous.iter().zip(diff).map(|(p, d)| p + d).collect()
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).

@@ -6,6 +6,12 @@
 //! length-prefixed). A record that is cut short or fails its checksum ends the journal: it
 //! and everything after it are dropped, never applied. In an encrypted store's journal the
 //! magic is `"EGJX"` and the body is sealed under the store key (see `sealed.rs`).
+//!
+//! A learned fact is one record with its rows' net change, each difference stored as f16
+//! when every one of them is an f16 value (the learner rounds them so) and as f32 otherwise:
+//! the record always gives back exactly the values the learner wrote. A checkpoint that
+//! writes the store in place first appends a [`CheckpointImage`] (kind 7), which stands for
+//! every record before it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -13,7 +19,10 @@ use std::path::{Path, PathBuf};
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use half::f16;
+
 use super::history::{Change, LearnedEntry, RowSet};
+use super::in_place::CheckpointImage;
 use super::sealed::StoreKey;
 use crate::error::{Error, Result};
 
@@ -55,6 +64,27 @@ impl Writer {
         self.u32(r.values.len() as u32);
         for &v in &r.values {
             self.0.extend(v.to_le_bytes());
+        }
+    }
+    /// Values as f16 (width byte 2) when each is exactly an f16 value, else as f32 (4).
+    fn values_exact(&mut self, values: &[f32]) {
+        let half = values
+            .iter()
+            .all(|&v| f16::from_f32(v).to_f32().to_bits() == v.to_bits());
+        self.u8(if half { 2 } else { 4 });
+        self.u32(values.len() as u32);
+        for &v in values {
+            if half {
+                self.0.extend(f16::from_f32(v).to_le_bytes());
+            } else {
+                self.0.extend(v.to_le_bytes());
+            }
+        }
+    }
+    fn ids(&mut self, ids: &[u32]) {
+        self.u32(ids.len() as u32);
+        for &id in ids {
+            self.u32(id);
         }
     }
 }
@@ -105,6 +135,122 @@ impl<'a> Reader<'a> {
             .collect();
         Some(RowSet { ids, values })
     }
+    fn ids(&mut self) -> Option<Vec<u32>> {
+        let n = self.u32()? as usize;
+        Some(
+            self.take(n.checked_mul(4)?)?
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        )
+    }
+    fn values_exact(&mut self) -> Option<Vec<f32>> {
+        let width = self.u8()?;
+        let n = self.u32()? as usize;
+        let bytes = self.take(n.checked_mul(usize::from(width))?)?;
+        match width {
+            2 => Some(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+            ),
+            4 => Some(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// What one journal entry holds: a change, or a checkpoint's image.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Entry {
+    /// A change to the store.
+    Record(Record),
+    /// A checkpoint in place, logged before it started.
+    Image(CheckpointImage),
+}
+
+impl Entry {
+    /// Decodes one entry at the start of `bytes` (sealed under `key` when given): the entry
+    /// and its length, or `None` if it is cut short, damaged or not an entry.
+    pub fn decode_with(bytes: &[u8], key: Option<&StoreKey>) -> Option<(Entry, usize)> {
+        let (body, total) = open_frame(bytes, key)?;
+        let mut b = Reader {
+            bytes: &body,
+            at: 0,
+        };
+        let seq = b.u64()?;
+        let entry = if body.get(8) == Some(&7) {
+            b.u8()?;
+            let rows = b.rows()?;
+            let n = b.u32()? as usize;
+            let history = b.take(n)?.to_vec();
+            Entry::Image(CheckpointImage {
+                upto: seq,
+                rows,
+                history,
+            })
+        } else {
+            Entry::Record(Record {
+                seq,
+                change: decode_change(&mut b)?,
+            })
+        };
+        (b.at == body.len()).then_some((entry, total))
+    }
+}
+
+impl CheckpointImage {
+    /// The image's bytes as a journal entry, sealed under `key` when given.
+    pub fn encode_with(&self, key: Option<&StoreKey>) -> Result<Vec<u8>> {
+        let mut w = Writer(Vec::new());
+        w.u64(self.upto);
+        w.u8(7);
+        w.rows(&self.rows);
+        w.u32(self.history.len() as u32);
+        w.0.extend_from_slice(&self.history);
+        seal_frame(&w.0, key)
+    }
+}
+
+fn seal_frame(body: &[u8], key: Option<&StoreKey>) -> Result<Vec<u8>> {
+    Ok(match key {
+        None => frame(RECORD_MAGIC, body),
+        Some(k) => frame(SEALED_RECORD_MAGIC, &k.seal_record(body)?),
+    })
+}
+
+/// The body of the entry at the start of `bytes` (opened when sealed) and the entry's length.
+fn open_frame(bytes: &[u8], key: Option<&StoreKey>) -> Option<(Vec<u8>, usize)> {
+    let mut r = Reader { bytes, at: 0 };
+    let magic = r.take(4)?;
+    let want = if key.is_some() {
+        SEALED_RECORD_MAGIC
+    } else {
+        RECORD_MAGIC
+    };
+    if magic != want {
+        return None;
+    }
+    let len = r.u32()?;
+    if len > MAX_BODY {
+        return None;
+    }
+    let body = r.take(len as usize)?;
+    let sum = r.u64()?;
+    if xxh3_64(body) != sum {
+        return None;
+    }
+    let body = match key {
+        None => body.to_vec(),
+        Some(k) => k.open_record(body)?,
+    };
+    Some((body, r.at))
 }
 
 impl Record {
@@ -115,10 +261,7 @@ impl Record {
 
     /// The record's bytes, its body sealed under `key` when the store is encrypted.
     pub fn encode_with(&self, key: Option<&StoreKey>) -> Result<Vec<u8>> {
-        Ok(match key {
-            None => self.encode(),
-            Some(k) => frame(SEALED_RECORD_MAGIC, &k.seal_record(&self.body())?),
-        })
+        seal_frame(&self.body(), key)
     }
 
     fn body(&self) -> Vec<u8> {
@@ -137,6 +280,20 @@ impl Record {
                 for &r in &e.rows {
                     w.u32(r);
                 }
+            }
+            Change::LearnedFact { entry, diff } => {
+                w.u8(6);
+                w.u64(entry.at);
+                w.str(&entry.text);
+                // The fact's own rows are nearly always the rows it changed: said in one byte.
+                if entry.rows == diff.ids {
+                    w.u8(1);
+                } else {
+                    w.u8(0);
+                    w.ids(&entry.rows);
+                }
+                w.ids(&diff.ids);
+                w.values_exact(&diff.values);
             }
             Change::Snapshot { name, created } => {
                 w.u8(3);
@@ -182,45 +339,26 @@ impl Record {
         Self::decode_with(bytes, None)
     }
 
-    /// [`Self::decode`] for a journal whose records are sealed under `key` (if given).
+    /// [`Self::decode`] for a journal whose records are sealed under `key` (if given); a
+    /// checkpoint image is not a record (`None`: read entries with [`Entry::decode_with`]).
     pub fn decode_with(bytes: &[u8], key: Option<&StoreKey>) -> Option<(Record, usize)> {
-        let mut r = Reader { bytes, at: 0 };
-        let magic = r.take(4)?;
-        let want = if key.is_some() {
-            SEALED_RECORD_MAGIC
-        } else {
-            RECORD_MAGIC
-        };
-        if magic != want {
-            return None;
+        match Entry::decode_with(bytes, key)? {
+            (Entry::Record(r), n) => Some((r, n)),
+            (Entry::Image(_), _) => None,
         }
-        let len = r.u32()?;
-        if len > MAX_BODY {
-            return None;
-        }
-        let body = r.take(len as usize)?;
-        let sum = r.u64()?;
-        if xxh3_64(body) != sum {
-            return None;
-        }
-        let total = r.at;
-        let opened;
-        let body = match key {
-            None => body,
-            Some(k) => {
-                opened = k.open_record(body)?;
-                &opened[..]
-            }
-        };
-        let mut b = Reader { bytes: body, at: 0 };
-        let seq = b.u64()?;
-        let change = match b.u8()? {
+    }
+}
+
+/// The change a record's body holds after its sequence number.
+fn decode_change(b: &mut Reader<'_>) -> Option<Change> {
+    let body_len = b.bytes.len();
+    let change = match b.u8()? {
             1 => Change::Rows(b.rows()?),
             2 => Change::Learned(LearnedEntry {
                 at: b.u64()?,
                 text: b.str()?,
                 // Records written before facts kept their rows end here.
-                rows: if b.at == body.len() {
+                rows: if b.at == body_len {
                     Vec::new()
                 } else {
                     (0..b.u32()?).map(|_| b.u32()).collect::<Option<_>>()?
@@ -236,13 +374,13 @@ impl Record {
                 imported: b.u64()?,
                 diff: b.rows()?,
                 // Records written before imports kept their facts end here.
-                learned: if b.at == body.len() {
+                learned: if b.at == body_len {
                     Vec::new()
                 } else {
                     (0..b.u32()?).map(|_| b.str()).collect::<Option<_>>()?
                 },
                 // And those written before they kept the facts' rows, here.
-                learned_rows: if b.at == body.len() {
+                learned_rows: if b.at == body_len {
                     Vec::new()
                 } else {
                     let mut lists = Vec::new();
@@ -254,10 +392,28 @@ impl Record {
                 },
             },
             5 => Change::Revert { id: b.str()? },
+            6 => {
+                let at = b.u64()?;
+                let text = b.str()?;
+                let own = match b.u8()? {
+                    1 => None,
+                    0 => Some(b.ids()?),
+                    _ => return None,
+                };
+                let ids = b.ids()?;
+                let values = b.values_exact()?;
+                Change::LearnedFact {
+                    entry: LearnedEntry {
+                        at,
+                        text,
+                        rows: own.unwrap_or_else(|| ids.clone()),
+                    },
+                    diff: RowSet { ids, values },
+                }
+            }
             _ => return None,
         };
-        (b.at == body.len()).then_some((Record { seq, change }, total))
-    }
+    Some(change)
 }
 
 fn frame(magic: &[u8; 4], body: &[u8]) -> Vec<u8> {
@@ -279,7 +435,12 @@ pub fn journal_path(store: &Path) -> PathBuf {
 /// What reading a journal found.
 #[derive(Debug, Default)]
 pub struct JournalContents {
-    /// Intact records, in file order.
+    /// The last checkpoint image, if a checkpoint in place was logged and the journal not
+    /// emptied after it (a crash came first): it stands for every record before it.
+    pub image: Option<CheckpointImage>,
+    /// Bytes up to the end of that image (0 without one).
+    pub image_end: u64,
+    /// Intact records after the last image, in file order.
     pub records: Vec<Record>,
     /// Each record's size in the file (bytes).
     pub sizes: Vec<u64>,
@@ -324,11 +485,18 @@ pub fn read_journal(path: &Path, key: Option<&StoreKey>) -> Result<JournalConten
     let mut out = JournalContents::default();
     let mut at = 0;
     while at < bytes.len() {
-        match Record::decode_with(&bytes[at..], key) {
-            Some((record, n)) => {
+        match Entry::decode_with(&bytes[at..], key) {
+            Some((Entry::Record(record), n)) => {
                 out.records.push(record);
                 out.sizes.push(n as u64);
                 at += n;
+            }
+            Some((Entry::Image(image), n)) => {
+                out.records.clear();
+                out.sizes.clear();
+                out.image = Some(image);
+                at += n;
+                out.image_end = at as u64;
             }
             None => break,
         }
@@ -376,10 +544,21 @@ impl Journal {
     /// Appends a record and waits until it is on disk.
     pub fn append(&mut self, record: &Record) -> Result<()> {
         let bytes = record.encode_with(self.key.as_ref())?;
+        self.append_bytes(&bytes)
+    }
+
+    /// Appends a checkpoint image and waits until it is on disk; returns its size in bytes.
+    pub fn append_image(&mut self, image: &CheckpointImage) -> Result<u64> {
+        let bytes = image.encode_with(self.key.as_ref())?;
+        self.append_bytes(&bytes)?;
+        Ok(bytes.len() as u64)
+    }
+
+    fn append_bytes(&mut self, bytes: &[u8]) -> Result<()> {
         let io = |e| Error::io(&self.path, e);
         if let Err(e) = self
             .file
-            .write_all(&bytes)
+            .write_all(bytes)
             .and_then(|_| self.file.sync_data())
         {
             // Leave no partial record behind for the next append to follow.
@@ -469,7 +648,81 @@ mod tests {
                 seq: 5,
                 change: Change::Revert { id: "ab12".into() },
             },
+            // Differences that are f16 values are kept as f16, others as f32; both exactly.
+            Record {
+                seq: 6,
+                change: Change::LearnedFact {
+                    entry: LearnedEntry {
+                        at: 8,
+                        text: "My sister Ana lives in Porto.".into(),
+                        rows: vec![2, 7],
+                    },
+                    diff: RowSet {
+                        ids: vec![2, 7],
+                        values: vec![0.5, -0.000_122_070_31, 1024.0, 0.0],
+                    },
+                },
+            },
+            Record {
+                seq: 7,
+                change: Change::LearnedFact {
+                    entry: LearnedEntry {
+                        at: 9,
+                        text: "Q: y? A: z".into(),
+                        rows: vec![1, 2, 3],
+                    },
+                    diff: RowSet {
+                        ids: vec![4],
+                        values: vec![0.1, 1e-9],
+                    },
+                },
+            },
         ]
+    }
+
+    #[test]
+    fn a_learned_fact_takes_two_bytes_a_difference_when_they_are_f16_values() {
+        let s = sample();
+        let half = s[5].encode().len();
+        let mut wide = s[5].clone();
+        if let Change::LearnedFact { diff, .. } = &mut wide.change {
+            diff.values[0] = 0.1;
+        }
+        assert_eq!(wide.encode().len(), half + 4 * 2, "one f32 value makes all four f32");
+    }
+
+    #[test]
+    fn a_checkpoint_image_stands_for_the_records_before_it() {
+        let dir = std::env::temp_dir().join(format!("engram-image-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("j");
+        let image = CheckpointImage {
+            upto: 3,
+            rows: RowSet {
+                ids: vec![3],
+                values: vec![1.5, 2.5],
+            },
+            history: b"tail".to_vec(),
+        };
+        let s = sample();
+        let mut bytes: Vec<u8> = s[..3].iter().flat_map(Record::encode).collect();
+        bytes.extend(image.encode_with(None).unwrap());
+        let image_end = bytes.len() as u64;
+        bytes.extend(s[3].encode());
+        std::fs::write(&path, &bytes).unwrap();
+        let read = read_journal(&path, None).unwrap();
+        assert_eq!(read.image, Some(image.clone()));
+        assert_eq!(read.image_end, image_end);
+        assert_eq!(read.records, vec![s[3].clone()]);
+        // A torn image is a torn tail: the records before it stand.
+        std::fs::write(&path, &bytes[..image_end as usize - 3]).unwrap();
+        let read = read_journal(&path, None).unwrap();
+        assert_eq!((read.image, read.records.len()), (None, 3));
+        // Sealed, it reads back only with its key.
+        let key = StoreKey::from_bytes([2; 32]);
+        std::fs::write(&path, image.encode_with(Some(&key)).unwrap()).unwrap();
+        assert_eq!(read_journal(&path, Some(&key)).unwrap().image, Some(image));
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -2,9 +2,12 @@
 //! snapshots, and delta files that carry learned rows to another device.
 //!
 //! A store `my.engram` (the checkpoint) has two companions: `my.engram.journal`, where every
-//! change is appended and fsynced before it is reported done, and `my.engram.lock`, which the
-//! one writer holds. Opening replays the journal over the checkpoint; a checkpoint writes a
-//! new store atomically and then empties the journal.
+//! change is appended and fsynced before it is reported done (a learned fact as one record
+//! holding its rows' net change), and `my.engram.lock`, which the one writer holds. Opening
+//! replays the journal over the checkpoint; a checkpoint writes the rows changed since the
+//! last one and the history in place, after logging them to the journal (see `in_place.rs`),
+//! then empties the journal. An encrypted store is sealed whole, so its checkpoint writes a
+//! new store atomically instead.
 //!
 //! ```no_run
 //! use engram::{Delta, DeltaPrecision, Engine, EngineOptions, Fact, LearnOptions, MemoryAccess};
@@ -15,7 +18,7 @@
 //! phone.open_memory("phone.engram", MemoryAccess::Write)?; // journaled, locked
 //! phone.snapshot("synced")?;
 //! let facts = [Fact::note("My sister Ana lives in Porto.")];
-//! phone.learn(&facts, &LearnOptions::default(), &mut |_, _, _| true)?; // each step durable
+//! phone.learn(&facts, &LearnOptions::default(), &mut |_, _, _| true)?; // each fact durable
 //! phone.checkpoint()?; // fold the journal into phone.engram
 //! let delta = phone.export_delta(Some("synced"), DeltaPrecision::F16, "phone")?;
 //! delta.write("ana.delta")?;
@@ -34,18 +37,21 @@
 mod durable;
 mod file;
 mod history;
+mod in_place;
 mod journal;
 mod sealed;
 mod signing;
 mod store;
+mod store_history;
 
-pub use durable::{DurableMemory, MemoryAccess, lock_path, open_store};
+pub use durable::{CheckpointReport, DurableMemory, MemoryAccess, lock_path, open_store};
 pub use file::{DELTA_FORMAT_VERSION, Delta, DeltaPrecision, write_atomic, write_key_file};
 pub use history::{
     Applied, Change, ImportedDelta, LearnedEntry, RowAccess, RowSet, Snapshot, StoreHistory,
-    unix_now,
+    add_diff, unix_now,
 };
-pub use journal::{Journal, JournalContents, Record, journal_path, read_journal};
+pub use in_place::{CRASH_POINT_VAR, CheckpointImage};
+pub use journal::{Entry, Journal, JournalContents, Record, journal_path, read_journal};
 pub use sealed::{StoreKey, is_sealed};
 pub use signing::{
     DeltaSignature, PublicKey, SignaturePolicy, SigningKey, TrustedSigners, generate_key_files,

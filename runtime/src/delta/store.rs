@@ -5,7 +5,8 @@ use std::path::Path;
 use xxhash_rust::xxh3::Xxh3;
 
 use super::file::write_atomic;
-use super::history::{ImportedDelta, LearnedEntry, RowSet, Snapshot, StoreHistory};
+use super::history::StoreHistory;
+use super::in_place::{FileLayout, frame_history, unframe_history};
 use super::sealed::{SEALED_HEADER, StoreKey, is_sealed};
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, GgufWriter, Value, ValueType};
@@ -15,8 +16,12 @@ use crate::memory::{
 use crate::model::ModelConfig;
 use crate::quant::GgmlType;
 
-/// Version of the memory-store layout this build reads and writes.
-pub const STORE_FORMAT_VERSION: u32 = 1;
+/// Version of the memory-store layout this build writes: 2 keeps the history after the
+/// tensor data, so a checkpoint rewrites it and the changed rows in place.
+pub const STORE_FORMAT_VERSION: u32 = 2;
+/// The layout before 2026-12-06, history in the GGUF header: still read, and rewritten as
+/// the current layout by its first checkpoint.
+const HEADER_HISTORY_VERSION: u64 = 1;
 /// `engram.kind` of a memory store.
 pub const STORE_KIND: &str = "memory";
 
@@ -254,18 +259,31 @@ impl MemoryStore {
                 )?;
             }
         }
-        self.write_history(&mut w)?;
         Ok(w)
+    }
+
+    /// `h` framed as the tail of a store file (what follows the tensor data).
+    pub fn history_tail(&self, h: &StoreHistory) -> Result<Vec<u8>> {
+        let mut w = GgufWriter::new();
+        self.write_history_of(h, &mut w)?;
+        Ok(frame_history(&w.to_bytes()))
+    }
+
+    /// The whole store file in memory: the GGUF part, then the history tail.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut bytes = self.to_writer()?.to_bytes();
+        bytes.extend(self.history_tail(&self.history)?);
+        Ok(bytes)
     }
 
     /// Writes the store atomically (a crash leaves either the old file or the new one).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        self.to_writer()?.write_atomic(path)
+        self.save_sealed(path, None)
     }
 
     /// [`Self::save`] with each layer's values given apart (see [`Self::writer_with_values`]).
     pub fn save_with_values(&self, path: impl AsRef<Path>, values: &[&[f32]]) -> Result<()> {
-        self.writer_with_values(values)?.write_atomic(path)
+        self.save_with_values_sealed(path, values, None)
     }
 
     /// [`Self::save`], encrypted under `key` when one is given.
@@ -284,14 +302,16 @@ impl MemoryStore {
     }
 
     fn write_sealed(&self, w: GgufWriter<'_>, path: &Path, key: Option<&StoreKey>) -> Result<()> {
+        let tail = self.history_tail(&self.history)?;
         match key {
-            None => w.write_atomic(path),
+            None => w.write_atomic_with_trailer(path, &tail),
             Some(k) => {
                 // The plain store is written after room for the header and sealed where it
                 // lies: one copy of the store in memory, not two.
                 let mut buf = vec![0u8; SEALED_HEADER];
                 w.write_to(&mut buf)
                     .map_err(|e| Error::Internal(format!("serializing the store: {e}")))?;
+                buf.extend_from_slice(&tail);
                 k.seal_in_place(&mut buf, "store")?;
                 write_atomic(path, &buf)
             }
@@ -306,7 +326,17 @@ impl MemoryStore {
     /// [`Self::open`] for a store that may be encrypted: `key` must be given exactly when
     /// it is, and must be its key.
     pub fn open_sealed(path: impl AsRef<Path>, key: Option<&StoreKey>) -> Result<Self> {
-        let path = path.as_ref();
+        Ok(Self::open_with(path.as_ref(), key, None)?.0)
+    }
+
+    /// [`Self::open_sealed`], with the history taken from the framed `history` tail when one is
+    /// given (a checkpoint image's: the file's own may be half written), and where each part
+    /// lies in the file when a checkpoint can write it in place (a plain format-2 store).
+    pub(crate) fn open_with(
+        path: &Path,
+        key: Option<&StoreKey>,
+        history: Option<&[u8]>,
+    ) -> Result<(Self, Option<FileLayout>)> {
         let gguf = match key {
             Some(k) => {
                 let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
@@ -327,14 +357,49 @@ impl MemoryStore {
                 Gguf::open(path)?
             }
         };
-        Self::from_gguf(&gguf).map_err(|e| match e {
+        let store = Self::from_gguf_with(&gguf, history).map_err(|e| match e {
             Error::Memory(m) => Error::Memory(format!("{}: {m}", path.display())),
             other => other,
+        })?;
+        let layout = match key {
+            None => store.layout(&gguf),
+            Some(_) => None,
+        };
+        Ok((store, layout))
+    }
+
+    /// Where a plain store file read as `g` keeps its value rows and history tail (`None`:
+    /// a format-1 store, whose history lies in the header).
+    fn layout(&self, g: &Gguf) -> Option<FileLayout> {
+        if g.get_u64("engram.format_version").ok()? == HEADER_HISTORY_VERSION {
+            return None;
+        }
+        let values_at = self
+            .config
+            .layers
+            .iter()
+            .map(|&l| g.tensor(&tensor_name(l, "values")).map(|t| g.tensor_file_offset(t)))
+            .collect::<Option<_>>()?;
+        Some(FileLayout {
+            values_at,
+            history_at: g.data_end() as u64,
+            dim: self.dim,
+            slots: self.config.slots(),
         })
     }
 
-    /// Reads a store from a parsed GGUF.
+    /// Where the plain store file at `path` keeps what a checkpoint rewrites in place.
+    pub(crate) fn file_layout(&self, path: &Path) -> Result<Option<FileLayout>> {
+        Ok(self.layout(&Gguf::open(path)?))
+    }
+
+    /// Reads a store from a parsed GGUF (a store file's whole bytes).
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
+        Self::from_gguf_with(g, None)
+    }
+
+    /// [`Self::from_gguf`], the history read from the framed tail `history` when given.
+    fn from_gguf_with(g: &Gguf, history: Option<&[u8]>) -> Result<Self> {
         let bad = |m: String| Error::Memory(m);
         match g.get("engram.kind").and_then(Value::as_str) {
             Some(STORE_KIND) => {}
@@ -345,9 +410,10 @@ impl MemoryStore {
             }
         }
         let version = g.get_u64("engram.format_version")?;
-        if version != STORE_FORMAT_VERSION as u64 {
+        if version != STORE_FORMAT_VERSION as u64 && version != HEADER_HISTORY_VERSION {
             return Err(Error::Unsupported(format!(
-                "memory store format version {version} (this build reads {STORE_FORMAT_VERSION})"
+                "memory store format version {version} (this build reads \
+                 {HEADER_HISTORY_VERSION} and {STORE_FORMAT_VERSION})"
             )));
         }
         let size = |k: &str| -> Result<usize> {
@@ -454,280 +520,29 @@ impl MemoryStore {
                 },
             });
         }
-        store.read_history(g)?;
+        let tail = match history {
+            Some(tail) => Some(tail),
+            None if version == HEADER_HISTORY_VERSION => None,
+            None => Some(g.trailing_bytes()),
+        };
+        match tail {
+            None => store.read_history(g)?,
+            Some(tail) => {
+                let blob = unframe_history(tail).ok_or_else(|| {
+                    bad("the history after the tensor data is missing or damaged (the file \
+                         was cut short, or changed outside engram)"
+                        .into())
+                })?;
+                let h = Gguf::from_bytes(blob.to_vec())?;
+                store.read_history(&h)?;
+            }
+        }
         Ok(store)
     }
 
     /// Rows in all layers together (global row ids run layer by layer).
     pub fn total_rows(&self) -> usize {
         self.config.slots() * self.layers.len()
-    }
-
-    fn write_history(&self, w: &mut GgufWriter) -> Result<()> {
-        let h = &self.history;
-        let s = |v: &str| Value::String(v.to_owned());
-        let strings =
-            |v: Vec<&str>| Value::Array(ValueType::String, v.into_iter().map(s).collect());
-        let u64s =
-            |v: Vec<u64>| Value::Array(ValueType::U64, v.into_iter().map(Value::U64).collect());
-        let ids = |r: &RowSet| {
-            Value::Array(
-                ValueType::U32,
-                r.ids.iter().map(|&i| Value::U32(i)).collect(),
-            )
-        };
-        w.set("engram.history.journal_seq", Value::U64(h.journal_seq));
-        w.set(
-            "engram.history.learned.text",
-            strings(h.learned.iter().map(|e| e.text.as_str()).collect()),
-        );
-        w.set(
-            "engram.history.learned.at",
-            u64s(h.learned.iter().map(|e| e.at).collect()),
-        );
-        w.set(
-            "engram.history.learned.row_counts",
-            u64s(h.learned.iter().map(|e| e.rows.len() as u64).collect()),
-        );
-        w.set(
-            "engram.history.learned.rows",
-            Value::Array(
-                ValueType::U32,
-                h.learned
-                    .iter()
-                    .flat_map(|e| e.rows.iter().map(|&r| Value::U32(r)))
-                    .collect(),
-            ),
-        );
-        w.set(
-            "engram.history.snapshot.names",
-            strings(h.snapshots.iter().map(|x| x.name.as_str()).collect()),
-        );
-        w.set(
-            "engram.history.snapshot.created",
-            u64s(h.snapshots.iter().map(|x| x.created).collect()),
-        );
-        w.set(
-            "engram.history.snapshot.learned",
-            u64s(h.learned_at_snapshot.clone()),
-        );
-        for (i, snap) in h.snapshots.iter().enumerate() {
-            w.set(
-                format!("engram.history.snapshot.{i}.rows"),
-                ids(&snap.before),
-            );
-            if !snap.before.is_empty() {
-                w.add_f32(
-                    format!("history.snapshot.{i}.before"),
-                    &[self.dim as u64, snap.before.len() as u64],
-                    &snap.before.values,
-                )?;
-            }
-        }
-        w.set(
-            "engram.history.import.ids",
-            strings(h.imports.iter().map(|x| x.id.as_str()).collect()),
-        );
-        w.set(
-            "engram.history.import.labels",
-            strings(h.imports.iter().map(|x| x.label.as_str()).collect()),
-        );
-        w.set(
-            "engram.history.import.at",
-            u64s(h.imports.iter().map(|x| x.imported).collect()),
-        );
-        for (i, d) in h.imports.iter().enumerate() {
-            w.set(format!("engram.history.import.{i}.rows"), ids(&d.previous));
-            w.set(
-                format!("engram.history.import.{i}.learned"),
-                strings(d.learned.iter().map(String::as_str).collect()),
-            );
-            if !d.learned_rows.is_empty() {
-                w.set(
-                    format!("engram.history.import.{i}.learned_row_counts"),
-                    u64s(d.learned_rows.iter().map(|r| r.len() as u64).collect()),
-                );
-                w.set(
-                    format!("engram.history.import.{i}.learned_rows"),
-                    Value::Array(
-                        ValueType::U32,
-                        d.learned_rows.iter().flatten().map(|&r| Value::U32(r)).collect(),
-                    ),
-                );
-            }
-            if !d.previous.is_empty() {
-                let shape = [self.dim as u64, d.previous.len() as u64];
-                w.add_f32(
-                    format!("history.import.{i}.previous"),
-                    &shape,
-                    &d.previous.values,
-                )?;
-                w.add_f32(format!("history.import.{i}.diff"), &shape, &d.diff)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn read_history(&mut self, g: &Gguf) -> Result<()> {
-        let bad = |m: String| Error::Memory(m);
-        // Stores written before the history existed have none of these keys.
-        let Some(seq) = g.get("engram.history.journal_seq") else {
-            return Ok(());
-        };
-        let seq = seq
-            .as_u64()
-            .ok_or_else(|| bad("engram.history.journal_seq is not a number".into()))?;
-        let strings = |k: &str| -> Result<Vec<String>> {
-            g.get(k)
-                .and_then(Value::as_array)
-                .and_then(|a| a.iter().map(|v| v.as_str().map(str::to_owned)).collect())
-                .ok_or_else(|| bad(format!("{k} is missing or not a list of strings")))
-        };
-        let u64s = |k: &str| -> Result<Vec<u64>> {
-            g.get(k)
-                .and_then(Value::as_array)
-                .and_then(|a| a.iter().map(Value::as_u64).collect())
-                .ok_or_else(|| bad(format!("{k} is missing or not a list of numbers")))
-        };
-        let dim = self.dim;
-        let total = self.total_rows();
-        let rows = |key: &str, tensor: &str| -> Result<RowSet> {
-            let ids: Vec<u32> = u64s(key)?
-                .into_iter()
-                .map(|v| {
-                    u32::try_from(v).map_err(|_| bad(format!("{key}: row {v} is out of range")))
-                })
-                .collect::<Result<_>>()?;
-            let values = if ids.is_empty() {
-                Vec::new()
-            } else {
-                let t = g
-                    .tensor(tensor)
-                    .ok_or_else(|| bad(format!("tensor {tensor} is missing")))?;
-                if t.dtype != GgmlType::F32 || t.dims != [dim as u64, ids.len() as u64] {
-                    return Err(bad(format!(
-                        "tensor {tensor} is {} {:?}, expected f32 [{dim}, {}]",
-                        t.dtype,
-                        t.dims,
-                        ids.len()
-                    )));
-                }
-                g.tensor_f32(t)
-            };
-            let set = RowSet { ids, values };
-            set.validate(dim, total, tensor)?;
-            Ok(set)
-        };
-        let texts = strings("engram.history.learned.text")?;
-        let ats = u64s("engram.history.learned.at")?;
-        let names = strings("engram.history.snapshot.names")?;
-        let created = u64s("engram.history.snapshot.created")?;
-        let learned_at = u64s("engram.history.snapshot.learned")?;
-        let ids = strings("engram.history.import.ids")?;
-        let labels = strings("engram.history.import.labels")?;
-        let imported = u64s("engram.history.import.at")?;
-        if texts.len() != ats.len()
-            || names.len() != created.len()
-            || names.len() != learned_at.len()
-            || ids.len() != labels.len()
-            || ids.len() != imported.len()
-        {
-            return Err(bad("engram.history.* lists disagree in length".into()));
-        }
-        // Stores written before facts kept their rows have neither list.
-        let (counts, mut learned_rows) = match g.get("engram.history.learned.row_counts") {
-            None => (vec![0; texts.len()], Vec::new()),
-            Some(_) => (
-                u64s("engram.history.learned.row_counts")?,
-                u64s("engram.history.learned.rows")?,
-            ),
-        };
-        if counts.len() != texts.len() || counts.iter().sum::<u64>() != learned_rows.len() as u64 {
-            return Err(bad("engram.history.learned.rows disagree with the facts".into()));
-        }
-        if let Some(r) = learned_rows.iter().find(|&&r| r >= total as u64) {
-            return Err(bad(format!("engram.history.learned.rows: row {r} is out of range")));
-        }
-        let mut rest = learned_rows.drain(..);
-        let mut h = StoreHistory {
-            journal_seq: seq,
-            learned: texts
-                .into_iter()
-                .zip(ats)
-                .zip(counts)
-                .map(|((text, at), n)| LearnedEntry {
-                    at,
-                    text,
-                    rows: rest.by_ref().take(n as usize).map(|r| r as u32).collect(),
-                })
-                .collect(),
-            learned_at_snapshot: learned_at,
-            ..Default::default()
-        };
-        for (i, (name, created)) in names.into_iter().zip(created).enumerate() {
-            let before = rows(
-                &format!("engram.history.snapshot.{i}.rows"),
-                &format!("history.snapshot.{i}.before"),
-            )?;
-            h.snapshots.push(Snapshot {
-                name,
-                created,
-                before,
-            });
-        }
-        for (i, ((id, label), imported)) in ids.into_iter().zip(labels).zip(imported).enumerate() {
-            let previous = rows(
-                &format!("engram.history.import.{i}.rows"),
-                &format!("history.import.{i}.previous"),
-            )?;
-            let diff = if previous.is_empty() {
-                Vec::new()
-            } else {
-                rows(
-                    &format!("engram.history.import.{i}.rows"),
-                    &format!("history.import.{i}.diff"),
-                )?
-                .values
-            };
-            // Stores written before imports kept their facts have none.
-            let learned_key = format!("engram.history.import.{i}.learned");
-            let learned = match g.get(&learned_key) {
-                None => Vec::new(),
-                Some(_) => strings(&learned_key)?,
-            };
-            let counts_key = format!("engram.history.import.{i}.learned_row_counts");
-            let learned_rows = match g.get(&counts_key) {
-                None => Vec::new(),
-                Some(_) => {
-                    let counts = u64s(&counts_key)?;
-                    let flat = u64s(&format!("engram.history.import.{i}.learned_rows"))?;
-                    if counts.len() != learned.len()
-                        || counts.iter().sum::<u64>() != flat.len() as u64
-                        || flat.iter().any(|&r| r >= total as u64)
-                    {
-                        return Err(bad(format!(
-                            "engram.history.import.{i}.learned_rows disagree with its facts"
-                        )));
-                    }
-                    let mut rest = flat.into_iter();
-                    counts
-                        .iter()
-                        .map(|&n| rest.by_ref().take(n as usize).map(|r| r as u32).collect())
-                        .collect()
-                }
-            };
-            h.imports.push(ImportedDelta {
-                id,
-                label,
-                imported,
-                previous,
-                diff,
-                learned,
-                learned_rows,
-            });
-        }
-        self.history = h;
-        Ok(())
     }
 
     /// Slot-usage statistics of each layer's background counts.

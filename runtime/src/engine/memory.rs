@@ -7,11 +7,11 @@ use super::Engine;
 use crate::backend::Backend;
 use crate::backend::device::DeviceBackend;
 use crate::delta::{
-    Change, DurableMemory, ImportedDelta, LearnedEntry, MemoryAccess, MemoryStore, RowAccess,
-    Snapshot, StoreHistory, StoreKey, open_store, unix_now,
+    Change, CheckpointReport, DurableMemory, ImportedDelta, LearnedEntry, MemoryAccess,
+    MemoryStore, RowAccess, Snapshot, StoreHistory, StoreKey, open_store, unix_now,
 };
 use crate::error::{Error, Result};
-use crate::learn::{Committed, Fact, LearnOptions, LearnReport, LearningState, rekey_read_gate};
+use crate::learn::{Fact, LearnOptions, LearnReport, LearningState, rekey_read_gate};
 use crate::memory::{MemoryBlock, MemoryConfig, ReadGate, SlotUsage};
 use crate::model::Model;
 
@@ -204,27 +204,9 @@ pub(super) fn no_memory() -> Error {
     Error::InvalidArgument("no memory store is attached (engram retrofit makes one)".into())
 }
 
-/// Row access for changes that touch no rows.
-pub(super) struct NoRows(usize);
-
-impl RowAccess for NoRows {
-    fn dim(&self) -> usize {
-        self.0
-    }
-    fn total_rows(&self) -> usize {
-        0
-    }
-    fn read_rows(&self, _: &[u32]) -> Result<Vec<f32>> {
-        Ok(Vec::new())
-    }
-    fn write_rows(&mut self, _: &[u32], _: &[f32]) -> Result<()> {
-        Ok(())
-    }
-}
-
 impl Engine {
     /// Opens the memory store at `path` (journal replayed) and attaches it. With
-    /// [`MemoryAccess::Write`] this process holds the store's lock and every learning step,
+    /// [`MemoryAccess::Write`] this process holds the store's lock and every learned fact,
     /// snapshot and delta import is journaled before it returns. Returns what opening noticed
     /// and repaired (e.g. a torn journal tail that was dropped).
     pub fn open_memory(
@@ -426,8 +408,9 @@ impl Engine {
     }
 
     /// Learns `facts` into the attached memory (one after another). `progress(fact, step,
-    /// loss)` is called after every step, once the step is durable (journaled when the store
-    /// was opened for writing); returning `false` stops after that step.
+    /// loss)` is called after every step; a fact's last call comes once the fact is durable
+    /// (journaled as one record when the store was opened for writing). Returning `false`
+    /// stops: a fact stopped before its last step leaves nothing of itself.
     pub fn learn(
         &mut self,
         facts: &[Fact],
@@ -436,7 +419,6 @@ impl Engine {
     ) -> Result<LearnReport> {
         let m = self.memory.as_mut().ok_or_else(no_memory)?;
         let layer = &m.store.layers[0];
-        let dim = self.model.config.dim;
         let durable = &mut m.durable;
         let report = crate::learn::learn(
             &mut self.model,
@@ -447,23 +429,18 @@ impl Engine {
             options,
             &mut m.learning,
             progress,
-            &mut |c| match c {
-                // The learning memory is the first layer: slot ids are global row ids.
-                Committed::Step {
-                    rows,
-                    before,
-                    after,
-                } => durable.commit_written(rows, before, after, dim),
-                Committed::Fact { fact, rows } => durable
-                    .commit(
-                        Change::Learned(LearnedEntry {
-                            at: unix_now(),
-                            text: fact.describe(),
-                            rows: rows.to_vec(),
-                        }),
-                        &mut NoRows(dim),
-                    )
-                    .map(|_| ()),
+            &mut |c| {
+                durable.commit_learned(
+                    LearnedEntry {
+                        at: unix_now(),
+                        text: c.fact.describe(),
+                        rows: c.rows.to_vec(),
+                    },
+                    // The learning memory is the first layer: slot ids are global row ids.
+                    c.rows,
+                    c.before,
+                    c.diff,
+                )
             },
         );
         self.save_read_keys();
@@ -516,9 +493,10 @@ impl Engine {
             .map_or(&[], |m| m.durable.history.learned.as_slice())
     }
 
-    /// Writes the attached memory as a new checkpoint of its store (atomically) and empties
-    /// the journal. Needs the store opened for writing.
-    pub fn checkpoint(&mut self) -> Result<()> {
+    /// Makes the attached memory its store file's (the rows changed since the last checkpoint
+    /// and the history written in place, crash-safe; an encrypted store written whole,
+    /// atomically) and empties the journal. Needs the store opened for writing.
+    pub fn checkpoint(&mut self) -> Result<CheckpointReport> {
         let m = self.memory.as_mut().ok_or_else(no_memory)?;
         let views = value_views(&self.model);
         let values: Vec<&[f32]> = views.iter().map(|v| v.as_ref()).collect();

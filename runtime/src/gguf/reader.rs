@@ -332,6 +332,29 @@ impl Gguf {
         }
     }
 
+    /// Where a tensor's bytes start in the file (for writing them in place).
+    pub fn tensor_file_offset(&self, info: &TensorInfo) -> u64 {
+        (self.data_offset + info.offset as usize) as u64
+    }
+
+    /// Where the tensor data ends: after the last tensor, padded to the alignment (the
+    /// start of whatever a file keeps after its GGUF part).
+    pub fn data_end(&self) -> usize {
+        let len = self.storage.as_slice().len();
+        self.tensors
+            .iter()
+            .filter_map(|t| align_up(t.offset + t.size as u64, self.alignment))
+            .map(|end| self.data_offset.saturating_add(end as usize))
+            .max()
+            .unwrap_or(self.data_offset)
+            .min(len)
+    }
+
+    /// The bytes after the tensor data (see [`Self::data_end`]); empty in a plain GGUF.
+    pub fn trailing_bytes(&self) -> &[u8] {
+        &self.storage.as_slice()[self.data_end()..]
+    }
+
     /// Size of the whole file in bytes.
     pub fn file_len(&self) -> usize {
         self.storage.as_slice().len()

@@ -164,6 +164,11 @@ impl<'a> GgufWriter<'a> {
 
     /// Writes `path` atomically: a temporary file beside it is written, fsynced, then renamed.
     pub fn write_atomic(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.write_atomic_with_trailer(path, &[])
+    }
+
+    /// [`Self::write_atomic`] with `trailer` written after the tensor data, in the same file.
+    pub fn write_atomic_with_trailer(&self, path: impl AsRef<Path>, trailer: &[u8]) -> Result<()> {
         let path = path.as_ref();
         let file_name = path.file_name().ok_or_else(|| {
             Error::InvalidArgument(format!("{} is not a file path", path.display()))
@@ -176,6 +181,7 @@ impl<'a> GgufWriter<'a> {
         let result = (|| {
             let mut f = io::BufWriter::new(File::create(&tmp)?);
             self.write_to(&mut f)?;
+            f.write_all(trailer)?;
             let f = f.into_inner().map_err(|e| e.into_error())?;
             f.sync_all()?;
             fs::rename(&tmp, path)?;

@@ -11,6 +11,7 @@ use super::options::{ANCHOR_TUNED_READS_PER_ROW, FactReport, LearnOptions, Learn
 use super::phrasings::prepare_phrasings;
 use super::phrasings::{Example, examples, examples_with, topic_needles};
 use crate::backend::Backend;
+use crate::delta::add_diff;
 use crate::error::{Error, Result};
 use crate::memory::{
     KeyKind, KeyedPhrasing, OpenFacts, ReadGate, SlotScoring, count_accesses, select_slots,
@@ -108,6 +109,32 @@ impl LearningState {
     }
 }
 
+/// How a fact's steps ended.
+struct Stepped {
+    /// Loss before the first step.
+    loss_before: f64,
+    /// Loss after the last.
+    loss: f64,
+    /// The last pass's step number.
+    last_step: usize,
+}
+
+/// `after - before`, each difference rounded to the nearest f16 value when all of them fit
+/// in f16 (relative error 2^-11 of the change; the journal then keeps the change in half
+/// the bytes), else exact.
+fn net_change(before: &[f32], after: &[f32]) -> Vec<f32> {
+    let exact: Vec<f32> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    let half: Vec<f32> = exact
+        .iter()
+        .map(|&d| half::f16::from_f32(d).to_f32())
+        .collect();
+    if half.iter().all(|v| v.is_finite()) {
+        half
+    } else {
+        exact
+    }
+}
+
 /// Scales every row of `values` (rows of `dim`) whose L2 norm exceeds `max` down to `max`;
 /// whether any row changed.
 fn clamp_row_norms(values: &mut [f32], dim: usize, max: f32) -> bool {
@@ -123,31 +150,29 @@ fn clamp_row_norms(values: &mut [f32], dim: usize, max: f32) -> bool {
     changed
 }
 
-/// A change learning made, handed to the caller to make durable before it is reported.
-pub enum Committed<'a> {
-    /// A step overwrote `rows` (ascending): their values before and after (rows × dim).
-    Step {
-        /// Slot ids in the learning memory.
-        rows: &'a [u32],
-        /// Values until this step.
-        before: &'a [f32],
-        /// Values from this step on.
-        after: &'a [f32],
-    },
-    /// A fact finished learning; `rows` (ascending) are those chosen for it.
-    Fact {
-        /// The fact.
-        fact: &'a Fact,
-        /// Its selected rows.
-        rows: &'a [u32],
-    },
+/// A fact that finished learning, handed to the caller to make durable before it is
+/// reported: its rows (ascending, slot ids in the learning memory) now hold
+/// [`add_diff`]`(before, diff)`.
+pub struct Committed<'a> {
+    /// The fact.
+    pub fact: &'a Fact,
+    /// The rows chosen for it.
+    pub rows: &'a [u32],
+    /// Their values before the fact (rows × dim).
+    pub before: &'a [f32],
+    /// The fact's net change of them: every difference an f16 value where all fit in f16,
+    /// so a journal keeps it exactly in half the bytes.
+    pub diff: &'a [f32],
 }
 
 /// Learns `facts` one after another into the model's memory.
 ///
-/// After every step's update, `commit` gets the rows it changed (an error from it undoes the
-/// step and stops); only then is `progress(fact, step, loss)` told the step is done, so a
-/// caller that journals in `commit` never reports a step that a crash could lose.
+/// A fact's steps change only the model; when its last step is done `commit` gets the
+/// fact's net change (an error from it puts the rows back and stops), and only then is
+/// `progress(fact, step, loss)` told of that last step. A fact that does not finish (an
+/// error, or `progress` returning `false` before its last step) leaves its rows as they
+/// were, so a caller that journals in `commit` never reports a fact that a crash could
+/// lose, and nothing half learned stays.
 /// `state` keeps the template rows found for this memory, and the reads of the facts
 /// learned into it, from one call to the next.
 #[allow(clippy::too_many_arguments)]
@@ -169,9 +194,8 @@ pub fn learn<B: Backend>(
     let routed_before = routing_gate(model).map(ReadGate::fact_count);
     let mut finished = 0;
     let mut counted = |c: Committed<'_>| {
-        let fact = matches!(c, Committed::Fact { .. });
         commit(c)?;
-        finished += usize::from(fact);
+        finished += 1;
         Ok(())
     };
     let report = learn_facts(
@@ -354,127 +378,133 @@ fn learn_facts<B: Backend>(
         report.timings.anchor += t0.elapsed();
 
         let count: usize = batch.iter().map(|e| e.targets.len()).sum();
-        let mut loss_before = f64::NAN;
-        let mut loss = f64::NAN;
-        // The last step's rows before it, on the backend and the host, and after it.
-        let mut last_update: Option<(B::Tensor, Vec<f32>, Vec<f32>)> = None;
-        // Masked AdamW: moments exist only for this fact's selected rows.
-        let mut adam: Option<AdamState> = None;
-        for step in 0..=opts.steps {
-            let want: &[u32] = if step < opts.steps { &rows_sorted } else { &[] };
-            // Once the loss target is reached the step's gradient would be thrown away.
-            let stop_at = (step > 0 && opts.stop_loss > 0.0).then_some(f64::from(opts.stop_loss));
-            let g = match model.value_gradients_unless_below(&seqs, want, stop_at) {
-                Ok(g) => g,
-                Err(e) => {
-                    // The last update made the loss non-finite: put the rows back exactly.
-                    return Err(match last_update.take() {
-                        Some((before, before_host, after_host)) => {
-                            model.write_values(&rows_sorted, &before)?;
-                            // The undo is a change too: make it as durable as the step was.
-                            commit(Committed::Step {
-                                rows: &rows_sorted,
-                                before: &after_host,
-                                after: &before_host,
-                            })?;
-                            Error::InvalidArgument(format!(
-                                "fact {}: step {step} was rejected and its update undone: {e} \
-                                 (lower the learning rate)",
-                                fi + 1
-                            ))
-                        }
-                        None => Error::InvalidArgument(format!(
-                            "fact {}: nothing was changed: {e}",
+        // The rows as they were before this fact: put back if it does not finish.
+        let fact_before = model.read_values(&rows_sorted)?;
+        let stepped = (|| -> Result<Stepped> {
+            let mut loss_before = f64::NAN;
+            // Masked AdamW: moments exist only for this fact's selected rows.
+            let mut adam: Option<AdamState> = None;
+            for step in 0..=opts.steps {
+                let want: &[u32] = if step < opts.steps { &rows_sorted } else { &[] };
+                // Once the loss target is reached the step's gradient would be thrown away.
+                let stop_at =
+                    (step > 0 && opts.stop_loss > 0.0).then_some(f64::from(opts.stop_loss));
+                let g = model
+                    .value_gradients_unless_below(&seqs, want, stop_at)
+                    .map_err(|e| {
+                        Error::InvalidArgument(format!(
+                            "fact {}: stopped at step {step}, nothing of it was kept: {e} \
+                             (lower the learning rate)",
                             fi + 1
-                        )),
+                        ))
+                    })?;
+                let loss = g.loss / count as f64;
+                let t0 = Instant::now();
+                let grad = (!opts.is_last_step(step, loss))
+                    .then(|| model.backend().download(&g.grads));
+                report.timings.forward += g.forward_time;
+                report.timings.backward += g.backward_time + t0.elapsed();
+                if step == 0 {
+                    loss_before = loss;
+                }
+                let Some(mut g) = grad else {
+                    return Ok(Stepped {
+                        loss_before,
+                        loss,
+                        last_step: step,
                     });
+                };
+                let t0 = Instant::now();
+                let scale = 1.0 / count as f32;
+                g.iter_mut().for_each(|v| *v *= scale);
+                if let Some(bad) = g.iter().position(|v| !v.is_finite()) {
+                    return Err(Error::InvalidArgument(format!(
+                        "step {step} of fact {} produced a non-finite gradient (at {bad}); \
+                         nothing of the fact was kept (lower the learning rate)",
+                        fi + 1
+                    )));
                 }
-            };
-            let total = g.loss;
-            let t0 = Instant::now();
-            let reached = step > 0 && total / count as f64 <= f64::from(opts.stop_loss);
-            let grad = (step < opts.steps && !reached).then(|| model.backend().download(&g.grads));
-            report.timings.forward += g.forward_time;
-            report.timings.backward += g.backward_time + t0.elapsed();
-            loss = total / count as f64;
-            if step == 0 {
-                loss_before = loss;
-            }
-            let stop = |fi: usize| {
-                Error::Interrupted(format!(
-                    "learning stopped during fact {}; facts before it are learned",
-                    fi + 1
-                ))
-            };
-            let Some(mut g) = grad else {
+                let d = model.config.dim;
+                let gt = model.backend().upload_vec(g, rows_sorted.len(), d);
+                match opts.optimizer {
+                    Optimizer::Sgd => model.sgd_values(&rows_sorted, &gt, opts.learning_rate)?,
+                    Optimizer::AdamW { .. } => {
+                        let state =
+                            adam.get_or_insert_with(|| AdamState::new(rows_sorted.len() * d));
+                        let current = model
+                            .backend()
+                            .take_to_host(model.read_values(&rows_sorted)?);
+                        let grads = model.backend().download(&gt);
+                        let next = state.step(opts.optimizer, opts.learning_rate, &current, &grads);
+                        let next = model.backend().upload_vec(next, rows_sorted.len(), d);
+                        model.write_values(&rows_sorted, &next)?;
+                    }
+                }
+                let mut moved = model
+                    .backend()
+                    .take_to_host(model.read_values(&rows_sorted)?);
+                let held = anchor.as_ref().map(|a| a.hold(&mut moved)).is_some();
+                let clamped =
+                    opts.max_row_norm > 0.0 && clamp_row_norms(&mut moved, d, opts.max_row_norm);
+                if moved.iter().any(|v| !v.is_finite()) {
+                    return Err(Error::InvalidArgument(format!(
+                        "fact {}: step {step} made value rows non-finite; nothing of the fact \
+                         was kept (lower the learning rate)",
+                        fi + 1
+                    )));
+                }
+                if held || clamped {
+                    let t = model.backend().upload_vec(moved, rows_sorted.len(), d);
+                    model.write_values(&rows_sorted, &t)?;
+                }
+                report.timings.update += t0.elapsed();
                 if !progress(fi, step, loss) {
-                    return Err(stop(fi));
-                }
-                break;
-            };
-            let t0 = Instant::now();
-            let scale = 1.0 / count as f32;
-            g.iter_mut().for_each(|v| *v *= scale);
-            if let Some(bad) = g.iter().position(|v| !v.is_finite()) {
-                return Err(Error::InvalidArgument(format!(
-                    "step {step} of fact {} produced a non-finite gradient (at {bad}); the memory \
-                     was left unchanged by that step (lower the learning rate)",
-                    fi + 1
-                )));
-            }
-            let d = model.config.dim;
-            let gt = model.backend().upload_vec(g, rows_sorted.len(), d);
-            let before = model.read_values(&rows_sorted)?;
-            match opts.optimizer {
-                Optimizer::Sgd => model.sgd_values(&rows_sorted, &gt, opts.learning_rate)?,
-                Optimizer::AdamW { .. } => {
-                    let state = adam.get_or_insert_with(|| AdamState::new(rows_sorted.len() * d));
-                    let current = model.backend().download(&before);
-                    let grads = model.backend().download(&gt);
-                    let next = state.step(opts.optimizer, opts.learning_rate, &current, &grads);
-                    let next = model.backend().upload_vec(next, rows_sorted.len(), d);
-                    model.write_values(&rows_sorted, &next)?;
+                    return Err(Error::Interrupted(format!(
+                        "learning stopped during fact {}; facts before it are learned, \
+                         nothing of it was kept",
+                        fi + 1
+                    )));
                 }
             }
-            let mut moved = model
+            unreachable!("the last pass has no gradient and returns")
+        })()
+        .and_then(|stepped| {
+            // The fact's net change, made exactly what its journal record gives back.
+            let before = model.backend().download(&fact_before);
+            let after = model
                 .backend()
                 .take_to_host(model.read_values(&rows_sorted)?);
-            let held = anchor.as_ref().map(|a| a.hold(&mut moved)).is_some();
-            let clamped =
-                opts.max_row_norm > 0.0 && clamp_row_norms(&mut moved, d, opts.max_row_norm);
-            if held || clamped {
-                let t = model
-                    .backend()
-                    .upload_vec(moved.clone(), rows_sorted.len(), d);
-                model.write_values(&rows_sorted, &t)?;
-            }
-            if moved.iter().any(|v| !v.is_finite()) {
-                model.write_values(&rows_sorted, &before)?;
-                return Err(Error::InvalidArgument(format!(
-                    "fact {}: step {step} was rejected and its update undone: it made value \
-                     rows non-finite (lower the learning rate)",
-                    fi + 1
-                )));
-            }
-            let before_host = model.backend().download(&before);
-            if let Err(e) = commit(Committed::Step {
+            let diff = net_change(&before, &after);
+            let next = add_diff(&before, &diff);
+            let next = model
+                .backend()
+                .upload_vec(next, rows_sorted.len(), model.config.dim);
+            model.write_values(&rows_sorted, &next)?;
+            commit(Committed {
+                fact: &facts[fi],
                 rows: &rows_sorted,
-                before: &before_host,
-                after: &moved,
-            }) {
-                model.write_values(&rows_sorted, &before)?;
+                before: &before,
+                diff: &diff,
+            })?;
+            Ok(stepped)
+        });
+        let Stepped {
+            loss_before,
+            loss,
+            last_step,
+        } = match stepped {
+            Ok(s) => s,
+            Err(e) => {
+                model.write_values(&rows_sorted, &fact_before)?;
                 return Err(e);
             }
-            last_update = Some((before, before_host, moved));
-            report.timings.update += t0.elapsed();
-            if !progress(fi, step, loss) {
-                return Err(stop(fi));
-            }
+        };
+        if !progress(fi, last_step, loss) {
+            return Err(Error::Interrupted(format!(
+                "learning stopped after fact {}; it and the facts before it are learned",
+                fi + 1
+            )));
         }
-        commit(Committed::Fact {
-            fact: &facts[fi],
-            rows: &rows_sorted,
-        })?;
         for &r in &rows_sorted {
             if let Some(l) = live.get_mut(r as usize) {
                 *l = true;

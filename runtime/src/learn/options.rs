@@ -160,6 +160,13 @@ impl Default for LearnOptions {
 }
 
 impl LearnOptions {
+    /// Whether the pass `step` whose mean loss was `loss` is a fact's last: the one after its
+    /// final update, or the first to reach `stop_loss`. Its progress call comes once the fact
+    /// is learned and durable.
+    pub fn is_last_step(&self, step: usize, loss: f64) -> bool {
+        step >= self.steps || (step > 0 && loss <= f64::from(self.stop_loss))
+    }
+
     /// Refuses settings that cannot work, before anything changes.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidArgument(m));
