@@ -376,7 +376,7 @@ fn run(cli: Cli) -> Result<(), String> {
                         path: path.clone(),
                         source,
                     })
-                    .and_then(|bytes| key.open_file(bytes, "store", &path))
+                    .and_then(|bytes| key.open_store_file(bytes, &path))
                     .and_then(Gguf::from_bytes),
             }
             .map_err(|e| e.to_string())?;

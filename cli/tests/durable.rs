@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use engram::delta::MemoryStore;
 use engram::delta::{
-    CRASH_POINT_VAR, Change, Delta, MemoryAccess, journal_path, open_store, read_journal,
+    CRASH_POINT_VAR, Change, Delta, MemoryAccess, StoreKey, journal_path, open_store, read_journal,
 };
 
 const STEPS: usize = 3;
@@ -81,12 +81,20 @@ fn reference_states(facts: &Path) -> (Vec<Vec<u32>>, Duration) {
     let records = read_journal(&journal_path(&reference), None)
         .unwrap()
         .records;
-    assert_eq!(records.len(), CRASH_FACTS.len(), "one journal record per fact");
+    assert_eq!(
+        records.len(),
+        CRASH_FACTS.len(),
+        "one journal record per fact"
+    );
     let mut replay = MemoryStore::open(initial_store()).unwrap();
     let mut history = std::mem::take(&mut replay.history);
     let mut states = vec![bits(&replay.layers[0].values)];
     for r in &records {
-        assert!(matches!(r.change, Change::LearnedFact { .. }), "{:?}", r.seq);
+        assert!(
+            matches!(r.change, Change::LearnedFact { .. }),
+            "{:?}",
+            r.seq
+        );
         history.apply(&r.change, &mut replay).unwrap();
         states.push(bits(&replay.layers[0].values));
     }
@@ -169,7 +177,11 @@ fn sigkill_at_random_moments_never_loses_a_reported_fact() {
             j >= reported,
             "kill {i}: {reported} facts were reported learned but the store holds {j}"
         );
-        assert_eq!(learned(&store), j, "kill {i}: the history names what the rows hold");
+        assert_eq!(
+            learned(&store),
+            j,
+            "kill {i}: the history names what the rows hold"
+        );
         seen[j] += 1;
         // The killed writer's lock is gone: the store opens for writing (cutting a torn tail)
         // and checkpoints.
@@ -180,7 +192,11 @@ fn sigkill_at_random_moments_never_loses_a_reported_fact() {
         let v: Vec<&[f32]> = s.layers.iter().map(|l| l.values.as_slice()).collect();
         durable.checkpoint_with_values(s.clone(), &v).unwrap();
         drop(durable);
-        assert_eq!(bits(&values(&store)), now, "kill {i}: checkpointing changed the state");
+        assert_eq!(
+            bits(&values(&store)),
+            now,
+            "kill {i}: checkpointing changed the state"
+        );
     }
     eprintln!(
         "stores found after {kills} kills, by facts completed: {seen:?}; {in_checkpoint} killed \
@@ -188,36 +204,75 @@ fn sigkill_at_random_moments_never_loses_a_reported_fact() {
     );
 }
 
-/// A crash at each point of a checkpoint in place: opening finishes it from the journal.
+/// A crash at each point of a checkpoint in place, in a plain and in an encrypted store:
+/// opening finishes it from the journal.
 #[test]
 fn a_crash_at_every_point_of_a_checkpoint_loses_nothing() {
     let facts = facts_file("crash-point-facts.txt", &CRASH_FACTS);
     let (states, _) = reference_states(&facts);
     let last = &states[CRASH_FACTS.len()];
-    for point in ["logged", "rows-half", "rows", "tail-half", "written"] {
-        let store = fresh("crash-point.engram");
-        let o = engram()
-            .args(learn_args(&store, &facts))
-            .arg("-m")
-            .arg(model())
-            .env(CRASH_POINT_VAR, point)
-            .output()
-            .unwrap();
-        assert!(!o.status.success(), "{point}: the run was to abort");
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(err.contains("aborting here"), "{point}: {err}");
-        let journal = read_journal(&journal_path(&store), None).unwrap();
-        assert!(journal.image.is_some(), "{point}: the image was logged");
-        assert_eq!(&bits(&values(&store)), last, "{point}: every fact is there");
-        assert_eq!(learned(&store), CRASH_FACTS.len(), "{point}");
-        // A later writer checkpoints it whole; the store then stands alone.
-        let (s, mut durable) = open_store(&store, MemoryAccess::Write, None).unwrap();
-        assert!(durable.warnings.is_empty(), "{point}: {:?}", durable.warnings);
-        let v: Vec<&[f32]> = s.layers.iter().map(|l| l.values.as_slice()).collect();
-        durable.checkpoint_with_values(s.clone(), &v).unwrap();
-        drop(durable);
-        std::fs::remove_file(journal_path(&store)).unwrap();
-        assert_eq!(&bits(&values(&store)), last, "{point}: after the checkpoint");
+    let key_file = scratch("crash-point.key");
+    let _ = std::fs::remove_file(&key_file);
+    ok(&["keys", "store-key", "-o", key_file.to_str().unwrap()]);
+    let key = StoreKey::read(&key_file).unwrap();
+    for sealed in [false, true] {
+        let key = sealed.then_some(&key);
+        let values = |store: &Path| -> Vec<u32> {
+            let (s, _) = open_store(store, MemoryAccess::Read, key).unwrap();
+            bits(
+                &s.layers
+                    .into_iter()
+                    .flat_map(|l| l.values)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        for point in ["logged", "rows-half", "rows", "tail-half", "written"] {
+            let store = fresh("crash-point.engram");
+            let mut args = learn_args(&store, &facts);
+            if sealed {
+                let s = store.to_str().unwrap();
+                let k = key_file.to_str().unwrap();
+                ok(&[
+                    "keys",
+                    "encrypt-store",
+                    "--memory",
+                    s,
+                    "--store-key-file",
+                    k,
+                ]);
+                args.extend(["--store-key-file".into(), k.into()]);
+            }
+            let o = engram()
+                .args(&args)
+                .arg("-m")
+                .arg(model())
+                .env(CRASH_POINT_VAR, point)
+                .output()
+                .unwrap();
+            let what = format!("{point}{}", if sealed { ", encrypted" } else { "" });
+            assert!(!o.status.success(), "{what}: the run was to abort");
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(err.contains("aborting here"), "{what}: {err}");
+            let journal = read_journal(&journal_path(&store), key).unwrap();
+            assert!(journal.image.is_some(), "{what}: the image was logged");
+            assert_eq!(&values(&store), last, "{what}: every fact is there");
+            let (_, durable) = open_store(&store, MemoryAccess::Read, key).unwrap();
+            assert_eq!(durable.history.learned.len(), CRASH_FACTS.len(), "{what}");
+            drop(durable);
+            // A later writer checkpoints it again; the store then stands alone.
+            let (s, mut durable) = open_store(&store, MemoryAccess::Write, key).unwrap();
+            assert!(
+                durable.warnings.is_empty(),
+                "{what}: {:?}",
+                durable.warnings
+            );
+            let v: Vec<&[f32]> = s.layers.iter().map(|l| l.values.as_slice()).collect();
+            let report = durable.checkpoint_with_values(s.clone(), &v).unwrap();
+            assert!(report.in_place, "{what}: {report:?}");
+            drop(durable);
+            std::fs::remove_file(journal_path(&store)).unwrap();
+            assert_eq!(&values(&store), last, "{what}: after the checkpoint");
+        }
     }
 }
 

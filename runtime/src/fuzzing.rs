@@ -217,12 +217,17 @@ pub fn facts(data: &[u8]) {
     }
 }
 
-/// A sealed (encrypted) file opened under a fixed key, as store and as read keys.
+/// A sealed (encrypted) file opened under a fixed key, as store and as read keys, and as a
+/// store sealed piece by piece.
 pub fn sealed(data: &[u8]) {
     let key = StoreKey::from_bytes([7; 32]);
+    let path = std::path::Path::new("fuzz");
     for what in ["store", "readkeys"] {
-        if let Ok(plain) = key.open_file(data.to_vec(), what, std::path::Path::new("fuzz")) {
+        if let Ok(plain) = key.open_file(data.to_vec(), what, path) {
             store(&plain);
         }
+    }
+    if let Ok((plain, _)) = key.open_sealed_store(data, path, None) {
+        store(&plain);
     }
 }

@@ -9,7 +9,7 @@ use engram::delta::{
 };
 use engram::gguf::Gguf;
 use engram::learn::RetrofitOptions;
-use engram::{Engine, EngineOptions};
+use engram::{Engine, EngineOptions, StoreKey};
 use engram_e2e::{tiny_llama_gguf, tiny_memory_config};
 
 fn scratch(name: &str) -> PathBuf {
@@ -216,4 +216,92 @@ fn a_format_1_store_opens_and_its_first_checkpoint_rewrites_it_whole() {
     let (reopened, durable) = open_store(&path, MemoryAccess::Read, None).unwrap();
     assert_eq!(bits(&reopened), bits(&store));
     assert_eq!(durable.history.learned.len(), 2);
+}
+
+#[test]
+fn an_encrypted_store_is_checkpointed_in_place_sealed_row_by_row() {
+    let key = StoreKey::from_bytes([5; 32]);
+    let plain_path = saved_store("sealed-source.engram");
+    let store = MemoryStore::open(&plain_path).unwrap();
+    let path = scratch("sealed.engram");
+    clear_companions(&path);
+    store.save_sealed(&path, Some(&key)).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    assert!(before.starts_with(b"ENGRAMX2"));
+    let (mut store, mut durable) = open_store(&path, MemoryAccess::Write, Some(&key)).unwrap();
+    let dim = store.dim;
+    durable
+        .commit(
+            fact("My dentist is Dr Okafor.", &[3, 4, 40], 0.5, dim),
+            &mut store,
+        )
+        .unwrap();
+    let report = checkpoint(&store, &mut durable);
+    assert!(report.in_place && report.rows == 3, "{report:?}");
+    assert!(report.bytes_written < before.len() as u64 / 4, "{report:?}");
+    drop(durable);
+    let after = std::fs::read(&path).unwrap();
+    assert!(
+        !after.windows(6).any(|w| w == b"Okafor"),
+        "the history is sealed"
+    );
+    // Only the three rows' sealed pieces and the history changed (one memory layer: the
+    // header is 48 bytes, its last 8 the static part's length).
+    let row = 24 + dim * 4 + 16;
+    let static_len = u64::from_le_bytes(before[40..48].try_into().unwrap()) as usize;
+    let rows_at = 48 + 24 + 16 + static_len + 16;
+    let tail_at = rows_at + store.total_rows() * row;
+    let piece = |i: usize| (i >= rows_at && i < tail_at).then(|| (i - rows_at) / row);
+    let outside: Vec<usize> = (0..tail_at)
+        .filter(|&i| before[i] != after[i] && !matches!(piece(i), Some(3 | 4 | 40)))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "bytes written outside: {:?}",
+        &outside[..outside.len().min(8)]
+    );
+    assert!((0..tail_at).any(|i| before[i] != after[i]));
+    let (reopened, d) = open_store(&path, MemoryAccess::Read, Some(&key)).unwrap();
+    assert_eq!(bits(&reopened), bits(&store));
+    assert_eq!(d.history.learned[0].text, "My dentist is Dr Okafor.");
+    let other = StoreKey::from_bytes([6; 32]);
+    let err = open_store(&path, MemoryAccess::Read, Some(&other))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("wrong store key"), "{err}");
+
+    // A row and the history a crash left half written: opened from the image, else refused.
+    let (mut store, mut durable) = open_store(&path, MemoryAccess::Write, Some(&key)).unwrap();
+    durable
+        .commit(fact("Q: g? A: h", &[4, 5], -1.0, dim), &mut store)
+        .unwrap();
+    let mut history = durable.history.clone();
+    history.journal_seq = durable.last_seq();
+    let image = CheckpointImage {
+        upto: durable.last_seq(),
+        rows: RowSet {
+            ids: vec![4, 5],
+            values: store.read_rows(&[4, 5]).unwrap(),
+        },
+        history: store.history_tail(&history).unwrap(),
+    };
+    drop(durable);
+    let jpath = journal_path(&path);
+    let valid = read_journal(&jpath, Some(&key)).unwrap().valid_len;
+    Journal::open(&jpath, valid, Some(key.clone()))
+        .unwrap()
+        .append_image(&image)
+        .unwrap();
+    let mut torn = std::fs::read(&path).unwrap();
+    torn[rows_at + 4 * row + 30] ^= 0xff;
+    torn.truncate(torn.len() - 5);
+    std::fs::write(&path, &torn).unwrap();
+    let (reopened, d) = open_store(&path, MemoryAccess::Read, Some(&key)).unwrap();
+    assert_eq!(bits(&reopened), bits(&store));
+    assert_eq!(d.history.learned.len(), 2);
+    std::fs::remove_file(&jpath).unwrap();
+    let err = open_store(&path, MemoryAccess::Read, Some(&key))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("tampered"), "{err}");
 }

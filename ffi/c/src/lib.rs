@@ -380,7 +380,8 @@ fn learn(
 }
 
 /// Learns a note (e.g. "My sister Ana lives in Porto."); `steps` = 0 uses the default.
-/// With a writable store every step is journaled before `on_progress` hears of it.
+/// With a writable store the fact is journaled before `on_progress` hears of its last step;
+/// stopped before that, nothing of it is kept.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn engram_learn_note(
     engine: *const EngramEngine,
@@ -424,7 +425,9 @@ pub unsafe extern "C" fn engram_snapshot(
     })
 }
 
-/// Folds the journal into the store file (atomically).
+/// Folds the journal into the store file: the changed rows and the history written in place,
+/// logged first so a crash part way is finished on the next open (an encrypted store is
+/// written whole, atomically).
 #[unsafe(no_mangle)]
 pub extern "C" fn engram_checkpoint(engine: *const EngramEngine) -> EngramStatus {
     guard(|| {

@@ -68,10 +68,11 @@ pub trait TokenListener: Send + Sync {
     fn on_token(&self, piece: String) -> bool;
 }
 
-/// Hears of every learning step once it is durable.
+/// Hears of every learning step; a fact's last step once the fact is durable.
 #[uniffi::export(callback_interface)]
 pub trait LearnListener: Send + Sync {
-    /// `fact` and `step` count from 0; `loss` is the step's training loss. Return false to stop.
+    /// `fact` and `step` count from 0; `loss` is the step's training loss. Return false to
+    /// stop (a fact stopped before its last step keeps nothing of itself).
     fn on_step(&self, fact: u32, step: u32, loss: f64) -> bool;
 }
 
@@ -336,7 +337,9 @@ impl Engram {
         Ok(self.exclusive()?.snapshot(&name)?)
     }
 
-    /// Folds the journal into the store file (atomically).
+    /// Folds the journal into the store file: the changed rows and the history written in
+    /// place, logged first so a crash part way is finished on the next open (an encrypted
+    /// store is written whole, atomically).
     pub fn checkpoint(&self) -> Result<(), EngramError> {
         self.exclusive()?.checkpoint()?;
         Ok(())

@@ -111,7 +111,7 @@ pub fn open_store(
     // A checkpoint image in the journal means a checkpoint in place may have been cut short:
     // its history and rows are the store's, whatever the file holds.
     let image = contents.image.as_ref();
-    let (mut store, layout) = MemoryStore::open_with(path, key, image.map(|i| &i.history[..]))?;
+    let (mut store, layout) = MemoryStore::open_with(path, key, image)?;
     let mut dirty = BTreeSet::new();
     if let Some(image) = image {
         image
@@ -316,8 +316,13 @@ impl DurableMemory {
         let upto = self.next_seq - 1;
         let mut history = self.history.clone();
         history.journal_seq = upto;
-        let report = match (&self.layout, &self.key) {
-            (Some(layout), None) => {
+        // In place when the file is of the form this build writes for its key.
+        let in_place = self
+            .layout
+            .as_ref()
+            .filter(|l| l.sealed.is_some() == self.key.is_some());
+        let report = match in_place {
+            Some(layout) => {
                 if journal.is_empty() && self.dirty.is_empty() {
                     return Ok(CheckpointReport {
                         in_place: true,
@@ -336,7 +341,13 @@ impl DurableMemory {
                 };
                 let logged = journal.append_image(&image)?;
                 crash_point("logged");
-                let written = write_in_place(&self.path, layout, &image.rows, &image.history)?;
+                let written = write_in_place(
+                    &self.path,
+                    layout,
+                    &image.rows,
+                    &image.history,
+                    self.key.as_ref(),
+                )?;
                 crash_point("written");
                 CheckpointReport {
                     in_place: true,
@@ -344,12 +355,13 @@ impl DurableMemory {
                     bytes_written: logged + written,
                 }
             }
-            _ => {
+            None => {
                 store.history = history;
-                store.save_with_values_sealed(&self.path, values, self.key.as_ref())?;
-                if self.key.is_none() {
-                    self.layout = store.file_layout(&self.path)?;
-                }
+                let sealed = store.save_with_layout(&self.path, values, self.key.as_ref())?;
+                self.layout = match sealed {
+                    Some(layout) => Some(layout),
+                    None => store.file_layout(&self.path)?,
+                };
                 CheckpointReport {
                     in_place: false,
                     rows: store.total_rows(),
@@ -380,11 +392,12 @@ impl DurableMemory {
         store.save_sealed(&self.path, self.key.as_ref())?;
         journal.clear()?;
         self.history.journal_seq = self.next_seq - 1;
-        store.save_sealed(&self.path, to.as_ref())?;
+        let values: Vec<&[f32]> = store.layers.iter().map(|l| l.values.as_slice()).collect();
+        let sealed = store.save_with_layout(&self.path, &values, to.as_ref())?;
         *journal = Journal::open(&journal_path(&self.path), 0, to.clone())?;
-        self.layout = match to {
+        self.layout = match sealed {
+            Some(layout) => Some(layout),
             None => store.file_layout(&self.path)?,
-            Some(_) => None,
         };
         self.dirty.clear();
         self.key = to;

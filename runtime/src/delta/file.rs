@@ -485,7 +485,7 @@ pub(super) fn key_file_exists(path: &Path) -> Error {
     ))
 }
 
-fn temporary_beside(path: &Path) -> Result<std::path::PathBuf> {
+pub(super) fn temporary_beside(path: &Path) -> Result<std::path::PathBuf> {
     let name = path
         .file_name()
         .ok_or_else(|| Error::InvalidArgument(format!("{} is not a file path", path.display())))?;

@@ -15,6 +15,8 @@ use std::path::Path;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::history::RowSet;
+use super::sealed::StoreKey;
+use super::sealed_store::SealedRows;
 use crate::error::{Error, Result};
 
 const TAIL_MAGIC: &[u8; 4] = b"EGHT";
@@ -45,6 +47,9 @@ pub struct FileLayout {
     pub dim: usize,
     /// Rows per layer.
     pub slots: usize,
+    /// Where the sealed rows and history lie in an encrypted store (`"ENGRAMX2"`); `None`
+    /// for a plain one.
+    pub sealed: Option<SealedRows>,
 }
 
 /// What a checkpoint logs before it writes the store in place: enough to finish it after a
@@ -84,11 +89,42 @@ pub fn unframe_history(tail: &[u8]) -> Option<&[u8]> {
     (xxh3_64(blob) == sum).then_some(blob)
 }
 
-/// Writes `rows` and the framed history `tail` into the store at `path` in place and waits
-/// until they are on disk. Returns the bytes written.
-pub fn write_in_place(path: &Path, layout: &FileLayout, rows: &RowSet, tail: &[u8]) -> Result<u64> {
+/// Writes `rows` and the framed history `tail` into the store at `path` in place (sealed
+/// under `key` in an encrypted store) and waits until they are on disk. Returns the bytes
+/// written.
+pub fn write_in_place(
+    path: &Path,
+    layout: &FileLayout,
+    rows: &RowSet,
+    tail: &[u8],
+    key: Option<&StoreKey>,
+) -> Result<u64> {
     let io = |e| Error::io(path, e);
     let file = OpenOptions::new().write(true).open(path).map_err(io)?;
+    if let Some(sealed) = &layout.sealed {
+        let key = key.ok_or_else(|| {
+            Error::Internal("an encrypted store's checkpoint needs its key".into())
+        })?;
+        let pieces = key.seal_pieces(sealed, layout.dim, rows, tail)?;
+        let mut written = 0;
+        let (tail_piece, row_pieces) = pieces.split_last().expect("the history is last");
+        for (i, (at, piece)) in row_pieces.iter().enumerate() {
+            write_at(&file, piece, *at).map_err(io)?;
+            written += piece.len() as u64;
+            if i + 1 == row_pieces.len() / 2 {
+                crash_point("rows-half");
+            }
+        }
+        crash_point("rows");
+        let (at, piece) = tail_piece;
+        let half = piece.len() / 2;
+        write_at(&file, &piece[..half], *at).map_err(io)?;
+        crash_point("tail-half");
+        write_at(&file, &piece[half..], at + half as u64).map_err(io)?;
+        file.set_len(at + piece.len() as u64).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        return Ok(written + piece.len() as u64);
+    }
     let row_bytes = layout.dim * 4;
     let mut written = 0u64;
     let mut i = 0;

@@ -40,6 +40,7 @@ mod history;
 mod in_place;
 mod journal;
 mod sealed;
+mod sealed_store;
 mod signing;
 mod store;
 mod store_history;

@@ -17,8 +17,8 @@ use zeroize::Zeroizing;
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"ENGRAMX1";
-const NONCE: usize = 24;
-const TAG: usize = 16;
+pub(super) const NONCE: usize = 24;
+pub(super) const TAG: usize = 16;
 /// Bytes before a sealed file's ciphertext: magic, nonce, key check.
 pub(super) const SEALED_HEADER: usize = MAGIC.len() + NONCE + TAG;
 /// Bytes a sealed file adds to what it holds.
@@ -105,11 +105,11 @@ impl StoreKey {
         super::write_key_file(path, text.as_bytes())
     }
 
-    fn cipher(&self) -> XChaCha20Poly1305 {
+    pub(super) fn cipher(&self) -> XChaCha20Poly1305 {
         XChaCha20Poly1305::new(Key::from_slice(self.0.as_ref()))
     }
 
-    fn key_check(&self, nonce: &[u8; NONCE], what: &str) -> Result<[u8; TAG]> {
+    pub(super) fn key_check(&self, nonce: &[u8; NONCE], what: &str) -> Result<[u8; TAG]> {
         let mut check_nonce = *nonce;
         // A nonce of its own: the body's nonce must never encrypt a second message.
         check_nonce[0] ^= 0x80;
@@ -165,7 +165,7 @@ impl StoreKey {
 
     /// Decrypts a sealed file's bytes (in place), telling a wrong key from a changed file.
     pub fn open_file(&self, mut sealed: Vec<u8>, what: &str, path: &Path) -> Result<Vec<u8>> {
-        if !is_sealed(&sealed) || sealed.len() < SEALED_FILE_OVERHEAD {
+        if !sealed.starts_with(MAGIC) || sealed.len() < SEALED_FILE_OVERHEAD {
             return Err(Error::Memory(format!(
                 "{} is not encrypted, but a store key was given (open it without one)",
                 path.display()
@@ -237,16 +237,16 @@ impl StoreKey {
     }
 }
 
-/// Whether `bytes` start like a sealed file.
+/// Whether `bytes` start like a sealed file (either form).
 pub fn is_sealed(bytes: &[u8]) -> bool {
-    bytes.starts_with(MAGIC)
+    bytes.starts_with(MAGIC) || bytes.starts_with(super::sealed_store::MAGIC)
 }
 
 fn aad(what: &str) -> Vec<u8> {
     [MAGIC.as_slice(), what.as_bytes()].concat()
 }
 
-fn random_nonce() -> Result<[u8; NONCE]> {
+pub(super) fn random_nonce() -> Result<[u8; NONCE]> {
     let mut n = [0u8; NONCE];
     getrandom::fill(&mut n)
         .map_err(|e| Error::Internal(format!("no random source for a nonce: {e}")))?;

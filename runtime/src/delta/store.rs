@@ -4,10 +4,10 @@ use std::path::Path;
 
 use xxhash_rust::xxh3::Xxh3;
 
-use super::file::write_atomic;
 use super::history::StoreHistory;
-use super::in_place::{FileLayout, frame_history, unframe_history};
-use super::sealed::{SEALED_HEADER, StoreKey, is_sealed};
+use super::in_place::{CheckpointImage, FileLayout, frame_history, unframe_history};
+use super::sealed_store::MAGIC as SEALED_BY_PIECE;
+use super::sealed::{StoreKey, is_sealed};
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, GgufWriter, Value, ValueType};
 use crate::memory::{
@@ -289,6 +289,7 @@ impl MemoryStore {
     /// [`Self::save`], encrypted under `key` when one is given.
     pub fn save_sealed(&self, path: impl AsRef<Path>, key: Option<&StoreKey>) -> Result<()> {
         self.write_sealed(self.to_writer()?, path.as_ref(), key)
+            .map(|_| ())
     }
 
     /// [`Self::save_with_values`], encrypted under `key` when one is given.
@@ -298,22 +299,44 @@ impl MemoryStore {
         values: &[&[f32]],
         key: Option<&StoreKey>,
     ) -> Result<()> {
-        self.write_sealed(self.writer_with_values(values)?, path.as_ref(), key)
+        self.save_with_layout(path.as_ref(), values, key).map(|_| ())
     }
 
-    fn write_sealed(&self, w: GgufWriter<'_>, path: &Path, key: Option<&StoreKey>) -> Result<()> {
+    /// [`Self::save_with_values_sealed`], returning where an encrypted store's sealed pieces
+    /// lie (`None` for a plain store: read it from the file).
+    pub(crate) fn save_with_layout(
+        &self,
+        path: &Path,
+        values: &[&[f32]],
+        key: Option<&StoreKey>,
+    ) -> Result<Option<FileLayout>> {
+        self.write_sealed(self.writer_with_values(values)?, path, key)
+    }
+
+    fn write_sealed(
+        &self,
+        w: GgufWriter<'_>,
+        path: &Path,
+        key: Option<&StoreKey>,
+    ) -> Result<Option<FileLayout>> {
         let tail = self.history_tail(&self.history)?;
         match key {
-            None => w.write_atomic_with_trailer(path, &tail),
+            None => w.write_atomic_with_trailer(path, &tail).map(|_| None),
             Some(k) => {
-                // The plain store is written after room for the header and sealed where it
-                // lies: one copy of the store in memory, not two.
-                let mut buf = vec![0u8; SEALED_HEADER];
-                w.write_to(&mut buf)
+                // Sealed piece by piece from one plain copy of the store in memory.
+                let mut plain = Vec::new();
+                w.write_to(&mut plain)
                     .map_err(|e| Error::Internal(format!("serializing the store: {e}")))?;
-                buf.extend_from_slice(&tail);
-                k.seal_in_place(&mut buf, "store")?;
-                write_atomic(path, &buf)
+                drop(w);
+                plain.extend_from_slice(&tail);
+                let g = Gguf::from_bytes(plain)?;
+                let layout = self
+                    .layout(&g)
+                    .ok_or_else(|| Error::Internal("a new store has no layout".into()))?;
+                let plain = g
+                    .into_bytes()
+                    .ok_or_else(|| Error::Internal("the serialized store is shared".into()))?;
+                k.write_sealed_store(path, &plain, &layout).map(Some)
             }
         }
     }
@@ -329,18 +352,27 @@ impl MemoryStore {
         Ok(Self::open_with(path.as_ref(), key, None)?.0)
     }
 
-    /// [`Self::open_sealed`], with the history taken from the framed `history` tail when one is
-    /// given (a checkpoint image's: the file's own may be half written), and where each part
-    /// lies in the file when a checkpoint can write it in place (a plain format-2 store).
+    /// [`Self::open_sealed`], with the history (and, encrypted, the rows that do not
+    /// authenticate) taken from a checkpoint's `image` when one is given (the file's own may
+    /// be half written), and where each part lies in the file when a checkpoint can write it
+    /// in place (a format-2 store, plain or sealed piece by piece).
     pub(crate) fn open_with(
         path: &Path,
         key: Option<&StoreKey>,
-        history: Option<&[u8]>,
+        image: Option<&CheckpointImage>,
     ) -> Result<(Self, Option<FileLayout>)> {
+        let history = image.map(|i| &i.history[..]);
+        let mut sealed_layout = None;
         let gguf = match key {
             Some(k) => {
                 let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-                Gguf::from_bytes(k.open_file(bytes, "store", path)?)?
+                if bytes.starts_with(SEALED_BY_PIECE) {
+                    let (plain, layout) = k.open_sealed_store(&bytes, path, image)?;
+                    sealed_layout = Some(layout);
+                    Gguf::from_bytes(plain)?
+                } else {
+                    Gguf::from_bytes(k.open_file(bytes, "store", path)?)?
+                }
             }
             None => {
                 let mut magic = [0u8; 8];
@@ -363,7 +395,7 @@ impl MemoryStore {
         })?;
         let layout = match key {
             None => store.layout(&gguf),
-            Some(_) => None,
+            Some(_) => sealed_layout,
         };
         Ok((store, layout))
     }
@@ -385,6 +417,7 @@ impl MemoryStore {
             history_at: g.data_end() as u64,
             dim: self.dim,
             slots: self.config.slots(),
+            sealed: None,
         })
     }
 

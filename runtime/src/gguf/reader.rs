@@ -355,6 +355,14 @@ impl Gguf {
         &self.storage.as_slice()[self.data_end()..]
     }
 
+    /// The bytes back, when they were given in memory and no tensor view still shares them.
+    pub fn into_bytes(self) -> Option<Vec<u8>> {
+        match Arc::try_unwrap(self.storage).ok()? {
+            Storage::Owned(v) => Some(v),
+            Storage::Mapped(_) => None,
+        }
+    }
+
     /// Size of the whole file in bytes.
     pub fn file_len(&self) -> usize {
         self.storage.as_slice().len()
