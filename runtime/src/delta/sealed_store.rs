@@ -226,7 +226,7 @@ impl StoreKey {
         let layers = u32_at(cur.take(4).ok_or_else(short)?) as usize;
         let slots = u64_at(cur.take(8).ok_or_else(short)?) as usize;
         let row = u32_at(cur.take(4).ok_or_else(short)?) as usize;
-        if layers == 0 || layers > 1 << 16 || slots == 0 || row == 0 || row % 4 != 0 {
+        if layers == 0 || layers > 1 << 16 || slots == 0 || row == 0 || !row.is_multiple_of(4) {
             return Err(damaged("its header"));
         }
         let values_at = (0..layers)
