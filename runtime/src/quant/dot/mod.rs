@@ -1,4 +1,5 @@
-//! Dot products of one quantized weight row with activations, scalar and AVX2.
+//! Dot products of one quantized weight row with activations: scalar, AVX2 (x86-64, chosen at
+//! run time) and NEON (aarch64).
 //!
 //! Integer formats multiply against activations quantized to 8 bits in blocks of [`QK`], the
 //! same trick llama.cpp uses: the inner loop is then integer multiply-adds.
@@ -36,6 +37,9 @@ pub fn quantize_activations(x: &[f32], out: &mut Vec<Q8Act>) {
             // SAFETY: AVX2 was detected at run time; `b` has QK elements.
             return unsafe { avx2::quantize_block(b) };
         }
+        #[cfg(target_arch = "aarch64")]
+        return neon::quantize_block(b);
+        #[allow(unreachable_code)]
         let amax = b.iter().fold(0f32, |a, v| a.max(v.abs()));
         let d = amax / 127.0;
         let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
@@ -85,6 +89,10 @@ pub fn dot_row(dtype: GgmlType, w: &[u8], x: &[f32], xq: &[Q8Act]) -> f32 {
             return v;
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    if let Some([v]) = dot_rows(dtype, w, [xq]) {
+        return v;
+    }
     scalar::dot(dtype, w, x, xq)
 }
 
@@ -113,6 +121,20 @@ pub fn dot_rows<const T: usize>(dtype: GgmlType, w: &[u8], xq: [&[Q8Act]; T]) ->
                 _ => None,
             }
         };
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        let blocks = w.len() / dtype.block_bytes() * (dtype.block_size() / QK);
+        assert!(
+            xq.iter().all(|x| x.len() >= blocks),
+            "activation rows shorter than the weight row"
+        );
+        match dtype {
+            GgmlType::Q4_0 => return Some(neon::q4_0(w, xq)),
+            GgmlType::Q4_1 => return Some(neon::q4_1(w, xq)),
+            GgmlType::Q8_0 => return Some(neon::q8_0(w, xq)),
+            _ => {}
+        }
     }
     let _ = (dtype, w, xq);
     None
@@ -269,6 +291,8 @@ pub(crate) mod scalar {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 
 #[cfg(test)]
 mod tests {
@@ -347,6 +371,38 @@ mod tests {
             let expect: Vec<i8> = b.iter().map(|v| (v * id).round_ties_even() as i8).collect();
             assert_eq!(q.qs.to_vec(), expect);
             assert_eq!(q.d, f16::from_f32(amax / 127.0).to_f32());
+        }
+    }
+
+    /// The NEON kernels form and sum each block's terms as the scalar code does: same bits.
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn neon_kernels_give_the_scalar_bits() {
+        let n = 1024;
+        for seed in 0..8 {
+            let x = noise(n, 400 + seed);
+            let mut xq = Vec::new();
+            quantize_activations(&x, &mut xq);
+            let mut reference = Vec::new();
+            for b in x.chunks_exact(QK) {
+                let amax = b.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+                let qs: Vec<i8> = b.iter().map(|v| (v * id).round_ties_even() as i8).collect();
+                reference.push(qs);
+            }
+            for (q, r) in xq.iter().zip(&reference) {
+                assert_eq!(&q.qs[..], &r[..]);
+            }
+            for dtype in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+                let bytes = quantize_row(dtype, &noise(n, 500 + seed));
+                let [neon] = dot_rows(dtype, &bytes, [&xq[..]]).expect("a NEON kernel");
+                let scalar = scalar::dot(dtype, &bytes, &x, &xq);
+                assert_eq!(
+                    neon.to_bits(),
+                    scalar.to_bits(),
+                    "{dtype}: {neon} vs {scalar}"
+                );
+            }
         }
     }
 
