@@ -567,7 +567,7 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_engram_uniffi_checksum_method_engram_ask() != 46260:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_engram_uniffi_checksum_method_engram_checkpoint() != 9690:
+    if lib.uniffi_engram_uniffi_checksum_method_engram_checkpoint() != 61700:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_engram_uniffi_checksum_method_engram_export_delta() != 41520:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -1624,12 +1624,13 @@ class _UniffiFfiConverterSequenceTypeImportedDeltaInfo(_UniffiConverterRustBuffe
 
 class LearnListener(typing.Protocol):
     """
-    Hears of every learning step once it is durable.
+    Hears of every learning step; a fact's last step once the fact is durable.
 """
     
     def on_step(self, fact: int,step: int,loss: float) -> bool:
         """
-        `fact` and `step` count from 0; `loss` is the step's training loss. Return false to stop.
+        `fact` and `step` count from 0; `loss` is the step's training loss. Return false to
+        stop (a fact stopped before its last step keeps nothing of itself).
 """
         raise NotImplementedError
 # Put all the bits inside a class to keep the top-level namespace clean
@@ -1763,7 +1764,9 @@ class EngramProtocol(typing.Protocol):
         raise NotImplementedError
     def checkpoint(self, ) -> None:
         """
-        Folds the journal into the store file (atomically).
+        Folds the journal into the store file: the changed rows and the history written in
+        place, logged first so a crash part way is finished on the next open (an encrypted
+        store is written whole, atomically).
 """
         raise NotImplementedError
     def export_delta(self, path: str,since: typing.Union[object, typing.Optional[str]] = _DEFAULT,half: bool = False,label: str = "") -> ExportReport:
@@ -1912,7 +1915,9 @@ class Engram(EngramProtocol):
         return _uniffi_lift_return(_uniffi_ffi_result)
     def checkpoint(self, ) -> None:
         """
-        Folds the journal into the store file (atomically).
+        Folds the journal into the store file: the changed rows and the history written in
+        place, logged first so a crash part way is finished on the next open (an encrypted
+        store is written whole, atomically).
 """
         _uniffi_lowered_args = (
             self._uniffi_clone_handle(),

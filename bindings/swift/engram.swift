@@ -618,7 +618,9 @@ public protocol EngramProtocol: AnyObject, Sendable {
     func ask(question: String, maxTokens: UInt32) throws  -> String
     
     /**
-     * Folds the journal into the store file (atomically).
+     * Folds the journal into the store file: the changed rows and the history written in
+     * place, logged first so a crash part way is finished on the next open (an encrypted
+     * store is written whole, atomically).
      */
     func checkpoint() throws 
     
@@ -771,7 +773,9 @@ open func ask(question: String, maxTokens: UInt32 = UInt32(48))throws  -> String
 }
     
     /**
-     * Folds the journal into the store file (atomically).
+     * Folds the journal into the store file: the changed rows and the history written in
+     * place, logged first so a crash part way is finished on the next open (an encrypted
+     * store is written whole, atomically).
      */
 open func checkpoint()throws   {try rustCallWithError(FfiConverterTypeEngramError_lift) {
         uniffiCallStatus in
@@ -1753,12 +1757,13 @@ public func FfiConverterTypeEngramError_lower(_ value: EngramError) -> RustBuffe
 
 
 /**
- * Hears of every learning step once it is durable.
+ * Hears of every learning step; a fact's last step once the fact is durable.
  */
 public protocol LearnListener: AnyObject, Sendable {
     
     /**
-     * `fact` and `step` count from 0; `loss` is the step's training loss. Return false to stop.
+     * `fact` and `step` count from 0; `loss` is the step's training loss. Return false to
+     * stop (a fact stopped before its last step keeps nothing of itself).
      */
     func onStep(fact: UInt32, step: UInt32, loss: Double)  -> Bool
     
@@ -2349,7 +2354,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_engram_uniffi_checksum_method_engram_ask() != 46260) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_engram_uniffi_checksum_method_engram_checkpoint() != 9690) {
+    if (uniffi_engram_uniffi_checksum_method_engram_checkpoint() != 61700) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_engram_uniffi_checksum_method_engram_export_delta() != 41520) {
@@ -2388,7 +2393,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_engram_uniffi_checksum_constructor_engram_open() != 11380) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_engram_uniffi_checksum_method_learnlistener_on_step() != 16249) {
+    if (uniffi_engram_uniffi_checksum_method_learnlistener_on_step() != 62313) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_engram_uniffi_checksum_method_tokenlistener_on_token() != 32782) {

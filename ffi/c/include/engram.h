@@ -100,7 +100,8 @@ enum EngramStatus engram_ask(const struct EngramEngine *engine,
                              char **out_answer);
 
 // Learns a note (e.g. "My sister Ana lives in Porto."); `steps` = 0 uses the default.
-// With a writable store every step is journaled before `on_progress` hears of it.
+// With a writable store the fact is journaled before `on_progress` hears of its last step;
+// stopped before that, nothing of it is kept.
 enum EngramStatus engram_learn_note(const struct EngramEngine *engine,
                                     const char *note,
                                     uint32_t steps,
@@ -118,7 +119,9 @@ enum EngramStatus engram_learn_qa(const struct EngramEngine *engine,
 // Names the memory's current state (for `engram_delta_export(…, since = name, …)`).
 enum EngramStatus engram_snapshot(const struct EngramEngine *engine, const char *name);
 
-// Folds the journal into the store file (atomically).
+// Folds the journal into the store file: the changed rows and the history written in place,
+// logged first so a crash part way is finished on the next open (an encrypted store is
+// written whole, atomically).
 enum EngramStatus engram_checkpoint(const struct EngramEngine *engine);
 
 // Writes what was learned (since the beginning, or since snapshot `since` if not null) to a

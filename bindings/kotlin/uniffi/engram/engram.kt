@@ -966,7 +966,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_engram_uniffi_checksum_method_engram_ask() and 0xFFFF) != 46260) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_engram_uniffi_checksum_method_engram_checkpoint() and 0xFFFF) != 9690) {
+    if ((lib.uniffi_engram_uniffi_checksum_method_engram_checkpoint() and 0xFFFF) != 61700) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_engram_uniffi_checksum_method_engram_export_delta() and 0xFFFF) != 41520) {
@@ -1005,7 +1005,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_engram_uniffi_checksum_constructor_engram_open() and 0xFFFF) != 11380) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_engram_uniffi_checksum_method_learnlistener_on_step() and 0xFFFF) != 16249) {
+    if ((lib.uniffi_engram_uniffi_checksum_method_learnlistener_on_step() and 0xFFFF) != 62313) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_engram_uniffi_checksum_method_tokenlistener_on_token() and 0xFFFF) != 32782) {
@@ -1474,7 +1474,9 @@ public interface EngramInterface {
     fun `ask`(`question`: kotlin.String, `maxTokens`: kotlin.UInt = 48u): kotlin.String
     
     /**
-     * Folds the journal into the store file (atomically).
+     * Folds the journal into the store file: the changed rows and the history written in
+     * place, logged first so a crash part way is finished on the next open (an encrypted
+     * store is written whole, atomically).
      */
     fun `checkpoint`()
     
@@ -1664,7 +1666,9 @@ open class Engram: Disposable, AutoCloseable, EngramInterface
 
     
     /**
-     * Folds the journal into the store file (atomically).
+     * Folds the journal into the store file: the changed rows and the history written in
+     * place, logged first so a crash part way is finished on the next open (an encrypted
+     * store is written whole, atomically).
      */
     @Throws(EngramException::class)override fun `checkpoint`()
         = 
@@ -2489,12 +2493,13 @@ public object FfiConverterTypeEngramError : FfiConverterRustBuffer<EngramExcepti
 
 
 /**
- * Hears of every learning step once it is durable.
+ * Hears of every learning step; a fact's last step once the fact is durable.
  */
 public interface LearnListener {
     
     /**
-     * `fact` and `step` count from 0; `loss` is the step's training loss. Return false to stop.
+     * `fact` and `step` count from 0; `loss` is the step's training loss. Return false to
+     * stop (a fact stopped before its last step keeps nothing of itself).
      */
     fun `onStep`(`fact`: kotlin.UInt, `step`: kotlin.UInt, `loss`: kotlin.Double): kotlin.Boolean
     

@@ -133,6 +133,8 @@ pub fn dot_rows<const T: usize>(dtype: GgmlType, w: &[u8], xq: [&[Q8Act]; T]) ->
             GgmlType::Q4_0 => return Some(neon::q4_0(w, xq)),
             GgmlType::Q4_1 => return Some(neon::q4_1(w, xq)),
             GgmlType::Q8_0 => return Some(neon::q8_0(w, xq)),
+            GgmlType::Q5_0 | GgmlType::Q5_1 => return Some(neon::q5(dtype, w, xq)),
+            GgmlType::Q4_K | GgmlType::Q5_K => return Some(neon::k_quants(dtype, w, xq)),
             _ => {}
         }
     }
@@ -393,7 +395,15 @@ mod tests {
             for (q, r) in xq.iter().zip(&reference) {
                 assert_eq!(&q.qs[..], &r[..]);
             }
-            for dtype in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            for dtype in [
+                GgmlType::Q4_0,
+                GgmlType::Q4_1,
+                GgmlType::Q5_0,
+                GgmlType::Q5_1,
+                GgmlType::Q8_0,
+                GgmlType::Q4_K,
+                GgmlType::Q5_K,
+            ] {
                 let bytes = quantize_row(dtype, &noise(n, 500 + seed));
                 let [neon] = dot_rows(dtype, &bytes, [&xq[..]]).expect("a NEON kernel");
                 let scalar = scalar::dot(dtype, &bytes, &x, &xq);

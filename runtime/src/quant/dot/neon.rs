@@ -1,5 +1,5 @@
-//! NEON kernels (aarch64, where NEON is always present) for the formats small models ship in
-//! on phones: Q4_0, Q4_1 and Q8_0 dot products, and activation quantization.
+//! NEON kernels (aarch64, where NEON is always present): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K
+//! and Q5_K dot products, and activation quantization. Q2_K, Q3_K and Q6_K use the scalar code.
 //!
 //! Each block's integer sum is exact (i8·i8 products, two per i16 lane, then widened), and the
 //! block's float terms are formed and summed in the scalar code's order, so the results are
@@ -10,7 +10,8 @@ use std::arch::aarch64::*;
 use half::f16;
 
 use super::{Q8Act, QK};
-use crate::quant::blocks::f16_at;
+use crate::quant::GgmlType;
+use crate::quant::blocks::{f16_at, q4k_scale_min, q5_layout, q5_quants};
 
 /// Σ w·a over 32 lanes: `w0` holds the weights of elements 0–15, `w1` those of 16–31, each
 /// in [-128, 127] (nibbles 0–15 included); activations are in [-127, 127], so two products
@@ -92,6 +93,81 @@ pub fn q4_1<const T: usize>(w: &[u8], xq: [&[Q8Act]; T]) -> [f32; T] {
         };
         f16_at(b, 0) * a.d * s as f32 + f16_at(b, 2) * a.sum
     })
+}
+
+/// 32 unpacked quants (each below 128) as two signed halves.
+#[inline(always)]
+unsafe fn halves(q: &[u8; 32]) -> (int8x16_t, int8x16_t) {
+    unsafe {
+        let p = q.as_ptr() as *const i8;
+        (vld1q_s8(p), vld1q_s8(p.add(16)))
+    }
+}
+
+/// Q5_0 / Q5_1 (`dtype` says which): the 5-bit quants unpacked as the scalar code does them.
+pub fn q5<const T: usize>(dtype: GgmlType, w: &[u8], xq: [&[Q8Act]; T]) -> [f32; T] {
+    let (size, head) = q5_layout(dtype);
+    rows(w.len() / size, |i, t| {
+        let b = &w[i * size..(i + 1) * size];
+        let a = &xq[t][i];
+        let q = q5_quants(b, head);
+        // SAFETY: NEON is part of aarch64; `q` has 32 quants below 32.
+        let s = unsafe {
+            let (lo, hi) = halves(&q);
+            dot32(lo, hi, a)
+        };
+        if dtype == GgmlType::Q5_0 {
+            f16_at(b, 0) * (a.d * s as f32 - 16.0 * a.sum)
+        } else {
+            f16_at(b, 0) * a.d * s as f32 + f16_at(b, 2) * a.sum
+        }
+    })
+}
+
+/// Q4_K (144-byte super-blocks of 8 × 32) and Q5_K (176 bytes, one more bit per quant):
+/// each sub-block's integer sum, then its terms in the scalar code's order.
+pub fn k_quants<const T: usize>(dtype: GgmlType, w: &[u8], xq: [&[Q8Act]; T]) -> [f32; T] {
+    let five = dtype == GgmlType::Q5_K;
+    let size = if five { 176 } else { 144 };
+    let mut out = [-0.0f32; T];
+    for (i, b) in w.chunks_exact(size).enumerate() {
+        let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+        let (qh, qs) = if five {
+            (&b[16..48], &b[48..176])
+        } else {
+            (&b[0..0], &b[16..144])
+        };
+        let mut sums = [[0i32; 8]; T];
+        for j in 0..8 {
+            let shift = if j % 2 == 0 { 0 } else { 4 };
+            let src = &qs[(j / 2) * 32..(j / 2) * 32 + 32];
+            let q: [u8; 32] = std::array::from_fn(|k| {
+                let low = (src[k] >> shift) & 0xF;
+                if five {
+                    low | (((qh[k] >> j) & 1) << 4)
+                } else {
+                    low
+                }
+            });
+            for (t, s) in sums.iter_mut().enumerate() {
+                // SAFETY: NEON is part of aarch64; `q` has 32 quants below 32.
+                s[j] = unsafe {
+                    let (lo, hi) = halves(&q);
+                    dot32(lo, hi, &xq[t][i * 8 + j])
+                };
+            }
+        }
+        for (t, o) in out.iter_mut().enumerate() {
+            let mut total = 0f32;
+            for j in 0..8 {
+                let (sc, m) = q4k_scale_min(j, &b[4..16]);
+                let a = &xq[t][i * 8 + j];
+                total += d * sc as f32 * a.d * sums[t][j] as f32 - dmin * m as f32 * a.sum;
+            }
+            *o += total;
+        }
+    }
+    out
 }
 
 /// One activation block, as the scalar path computes it: the largest magnitude, then each
