@@ -18,7 +18,9 @@ fn scratch(name: &str) -> PathBuf {
 
 /// A small retrofitted store (64 slots) saved at `name`, with no journal or lock beside it.
 fn saved_store(name: &str) -> PathBuf {
-    let model = scratch("tiny.gguf");
+    // One model file per store: tests run in parallel, and rewriting a file another test has
+    // memory-mapped would pull its pages away (SIGBUS).
+    let model = scratch(&format!("{name}.model.gguf"));
     std::fs::write(&model, tiny_llama_gguf(3)).unwrap();
     let engine = Engine::open(&model, &EngineOptions::default()).unwrap();
     let docs = vec!["some background text to fit on ".repeat(8)];
@@ -61,6 +63,34 @@ fn checkpoint(store: &MemoryStore, durable: &mut DurableMemory) -> engram::delta
     durable
         .checkpoint_with_values(store.clone(), &values)
         .unwrap()
+}
+
+/// What a checkpoint logs first: the image of rows `ids` and the history, appended to the
+/// journal of the store at `path` (whose writer `durable` is closed here).
+fn log_image(
+    path: &Path,
+    store: &MemoryStore,
+    durable: DurableMemory,
+    ids: &[u32],
+    key: Option<&StoreKey>,
+) {
+    let mut history = durable.history.clone();
+    history.journal_seq = durable.last_seq();
+    let image = CheckpointImage {
+        upto: durable.last_seq(),
+        rows: RowSet {
+            ids: ids.to_vec(),
+            values: store.read_rows(ids).unwrap(),
+        },
+        history: store.history_tail(&history).unwrap(),
+    };
+    drop(durable);
+    let jpath = journal_path(path);
+    let valid = read_journal(&jpath, key).unwrap().valid_len;
+    Journal::open(&jpath, valid, key.cloned())
+        .unwrap()
+        .append_image(&image)
+        .unwrap();
 }
 
 fn bits(store: &MemoryStore) -> Vec<u32> {
@@ -134,23 +164,8 @@ fn a_checkpoint_cut_short_is_finished_from_the_journal_on_open() {
         .unwrap();
     // The first half of a checkpoint: its image logged, then a crash while the store was
     // written — row 9 half new, the history tail cut short.
-    let mut history = durable.history.clone();
-    history.journal_seq = durable.last_seq();
-    let image = CheckpointImage {
-        upto: durable.last_seq(),
-        rows: RowSet {
-            ids: vec![9, 10],
-            values: store.read_rows(&[9, 10]).unwrap(),
-        },
-        history: store.history_tail(&history).unwrap(),
-    };
-    drop(durable);
+    log_image(&path, &store, durable, &[9, 10], None);
     let jpath = journal_path(&path);
-    let valid = read_journal(&jpath, None).unwrap().valid_len;
-    Journal::open(&jpath, valid, None)
-        .unwrap()
-        .append_image(&image)
-        .unwrap();
     let g = Gguf::open(&path).unwrap();
     let row9 = g.tensor_file_offset(g.tensor("mem.1.values").unwrap()) as usize + 9 * dim * 4;
     let mut bytes = std::fs::read(&path).unwrap();
@@ -275,23 +290,8 @@ fn an_encrypted_store_is_checkpointed_in_place_sealed_row_by_row() {
     durable
         .commit(fact("Q: g? A: h", &[4, 5], -1.0, dim), &mut store)
         .unwrap();
-    let mut history = durable.history.clone();
-    history.journal_seq = durable.last_seq();
-    let image = CheckpointImage {
-        upto: durable.last_seq(),
-        rows: RowSet {
-            ids: vec![4, 5],
-            values: store.read_rows(&[4, 5]).unwrap(),
-        },
-        history: store.history_tail(&history).unwrap(),
-    };
-    drop(durable);
+    log_image(&path, &store, durable, &[4, 5], Some(&key));
     let jpath = journal_path(&path);
-    let valid = read_journal(&jpath, Some(&key)).unwrap().valid_len;
-    Journal::open(&jpath, valid, Some(key.clone()))
-        .unwrap()
-        .append_image(&image)
-        .unwrap();
     let mut torn = std::fs::read(&path).unwrap();
     torn[rows_at + 4 * row + 30] ^= 0xff;
     torn.truncate(torn.len() - 5);
