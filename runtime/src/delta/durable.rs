@@ -107,11 +107,22 @@ pub fn open_store(
         MemoryAccess::Write => Some(take_lock(path)?),
     };
     let jpath = journal_path(path);
-    let contents = read_journal(&jpath, key)?;
-    // A checkpoint image in the journal means a checkpoint in place may have been cut short:
-    // its history and rows are the store's, whatever the file holds.
+    // A reader holds no lock: a writer may checkpoint in place while it reads. The writer logs
+    // its image before it touches the store and empties the journal after, so a journal that
+    // looks the same before and after the store was read means the two fit; else read again.
+    let mut tries = 0;
+    let (contents, (mut store, layout)) = loop {
+        let seen = journal_state(&jpath);
+        let contents = read_journal(&jpath, key)?;
+        // A checkpoint image in the journal means a checkpoint in place may have been cut
+        // short: its history and rows are the store's, whatever the file holds.
+        let opened = MemoryStore::open_with(path, key, contents.image.as_ref());
+        tries += 1;
+        if lock.is_some() || journal_state(&jpath) == seen || tries == 5 {
+            break (contents, opened?);
+        }
+    };
     let image = contents.image.as_ref();
-    let (mut store, layout) = MemoryStore::open_with(path, key, image)?;
     let mut dirty = BTreeSet::new();
     if let Some(image) = image {
         image
@@ -187,6 +198,12 @@ pub fn open_store(
             warnings,
         },
     ))
+}
+
+/// The journal's length and modification time (`None` when it is missing).
+fn journal_state(jpath: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let m = std::fs::metadata(jpath).ok()?;
+    Some((m.len(), m.modified().ok()?))
 }
 
 fn take_lock(path: &Path) -> Result<File> {
