@@ -15,7 +15,7 @@ fn print_memory(path: &Path, gguf: &Gguf) -> engram::Result<()> {
         "file          {} ({:.1} MB, engram memory store v{})",
         path.display(),
         gguf.file_len() as f64 / 1e6,
-        engram::delta::STORE_FORMAT_VERSION
+        gguf.get_u64("engram.format_version")?
     );
     println!("base model    fingerprint {}", store.base_fingerprint);
     println!("init          fingerprint {}", store.init_fingerprint);
