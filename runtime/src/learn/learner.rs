@@ -121,17 +121,21 @@ struct Stepped {
 
 /// `after - before`, each difference rounded to the nearest f16 value when all of them fit
 /// in f16 (relative error 2^-11 of the change; the journal then keeps the change in half
-/// the bytes), else exact.
-fn net_change(before: &[f32], after: &[f32]) -> Vec<f32> {
-    let exact: Vec<f32> = after.iter().zip(before).map(|(a, b)| a - b).collect();
-    let half: Vec<f32> = exact
+/// the bytes), else exact. `exact` keeps them f32: under a row-norm limit, rounding could
+/// push a clamped row past it.
+fn net_change(before: &[f32], after: &[f32], exact: bool) -> Vec<f32> {
+    let diff: Vec<f32> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    if exact {
+        return diff;
+    }
+    let half: Vec<f32> = diff
         .iter()
         .map(|&d| half::f16::from_f32(d).to_f32())
         .collect();
     if half.iter().all(|v| v.is_finite()) {
         half
     } else {
-        exact
+        diff
     }
 }
 
@@ -474,7 +478,7 @@ fn learn_facts<B: Backend>(
             let after = model
                 .backend()
                 .take_to_host(model.read_values(&rows_sorted)?);
-            let diff = net_change(&before, &after);
+            let diff = net_change(&before, &after, opts.max_row_norm > 0.0);
             let next = add_diff(&before, &diff);
             let next = model
                 .backend()
