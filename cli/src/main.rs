@@ -133,6 +133,14 @@ enum Command {
     },
     /// Fold the journal into the store file now (learn does this when it finishes).
     Checkpoint,
+    /// List the facts learned into the memory, with the numbers `forget` takes.
+    Learned,
+    /// Forget one learned fact exactly: its change leaves every row (what was learned after
+    /// it stays), its records are erased from disk.
+    Forget {
+        /// The fact's number (`engram learned`), or words of its text that match it alone.
+        what: String,
+    },
     /// Ask a question through the chat template, greedily (use --memory to ask what was learned).
     Ask {
         /// The question.
@@ -481,6 +489,62 @@ fn run(cli: Cli) -> Result<(), String> {
                 memory.display(),
                 t.elapsed().as_secs_f64(),
                 describe_checkpoint(&written)
+            );
+            Ok(())
+        }
+        Command::Learned => {
+            let memory = cli.memory.ok_or("learned needs --memory STORE")?;
+            let engine = open_with(cli.model, Some(memory), MemoryAccess::Read, place, 0)?;
+            let facts = engine.learned_facts();
+            println!("{} learned facts", facts.len());
+            for f in facts {
+                let number = if f.uid == 0 {
+                    "-".to_owned()
+                } else {
+                    f.uid.to_string()
+                };
+                println!("{number:>5}  {}", f.text);
+            }
+            Ok(())
+        }
+        Command::Forget { what } => {
+            let memory = cli.memory.ok_or("forget needs --memory STORE")?;
+            let mut engine = open_with(
+                cli.model,
+                Some(memory.clone()),
+                MemoryAccess::Write,
+                place,
+                0,
+            )?;
+            let uid = match engine.find_learned(&what).as_slice() {
+                [one] => one.uid,
+                [] => {
+                    return Err(format!(
+                        "no learned fact matches {what:?} (engram learned lists them)"
+                    ));
+                }
+                many => {
+                    let list: Vec<String> = many
+                        .iter()
+                        .map(|f| format!("{} {:?}", f.uid, f.text))
+                        .collect();
+                    return Err(format!(
+                        "{} learned facts match {what:?}: {}; give its number",
+                        many.len(),
+                        list.join(", ")
+                    ));
+                }
+            };
+            let r = engine.forget(uid).map_err(|e| e.to_string())?;
+            println!(
+                "forgot fact {} {:?}: its change left {} rows ({} shared with other facts); \
+                 {} record(s) erased from {}",
+                r.uid,
+                r.text,
+                r.rows,
+                r.shared,
+                r.erased,
+                engram::delta::fact_log_path(&memory).display()
             );
             Ok(())
         }

@@ -501,6 +501,42 @@ fn export_import_and_revert_move_rows_exactly() {
         "delta for 3 facts: {n32} bytes f32, {n16} bytes f16, {} rows",
         full.rows.len()
     );
+
+    // Forget: `learned` numbers the facts, `forget` takes a number or words matching one
+    // fact alone; a delta exported afterwards no longer holds it.
+    let listed = ok(&["learned", "--memory", a_str]);
+    assert!(
+        listed.starts_with("3 learned facts") && listed.contains("    3  The cabin key"),
+        "{listed}"
+    );
+    let ambiguous = run_on(model(), &["forget", "--memory", a_str, "my"]);
+    assert_one_line_error(&ambiguous, "2 learned facts match \"my\"");
+    let forgot = ok(&["forget", "--memory", a_str, "blue pot"]);
+    assert!(
+        forgot.contains("forgot fact 3") && forgot.contains("1 record(s) erased"),
+        "{forgot}"
+    );
+    assert!(ok(&["learned", "--memory", a_str]).starts_with("2 learned facts"));
+    let missing = run_on(model(), &["forget", "--memory", a_str, "blue pot"]);
+    assert_one_line_error(&missing, "no learned fact matches");
+    let after = scratch("a-after-forget.delta");
+    ok(&[
+        "delta",
+        "export",
+        "--memory",
+        a_str,
+        "-o",
+        after.to_str().unwrap(),
+        "--since",
+        "after-first",
+    ]);
+    let after = Delta::read(&after).unwrap();
+    assert!(after.learned.is_empty(), "{:?}", after.learned);
+    assert!(
+        after.rows.is_empty(),
+        "{} rows changed since the snapshot after the only fact since was forgotten",
+        after.rows.len()
+    );
 }
 
 #[test]

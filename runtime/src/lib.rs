@@ -45,9 +45,9 @@ pub use delta::{
     sign_delta_file, verify_delta_file,
 };
 pub use engine::{
-    Conversation, DEFAULT_TOPIC_COSINE, Device, Engine, EngineOptions, GenerateOptions, Generation,
-    ImportReport, LoopGuard, ReadGating, Reply, RevertReport, Session, SharedEngine, StopReason,
-    TextStream, log_softmax_at, read_keys_path, reseal_store_file,
+    Conversation, DEFAULT_TOPIC_COSINE, Device, Engine, EngineOptions, ForgetReport,
+    GenerateOptions, Generation, ImportReport, LoopGuard, ReadGating, Reply, RevertReport, Session,
+    SharedEngine, StopReason, TextStream, log_softmax_at, read_keys_path, reseal_store_file,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use learn::{

@@ -50,6 +50,7 @@ fn fact(text: &str, ids: &[u32], v: f32, dim: usize) -> Change {
             at: 1,
             text: text.into(),
             rows: ids.to_vec(),
+            uid: 0,
         },
         diff: RowSet {
             ids: ids.to_vec(),

@@ -281,6 +281,7 @@ fn sample_records() -> Vec<Record> {
             at: 2,
             text: "Q: Who fixed my bike? A: Tariq".into(),
             rows: vec![2, 3],
+            uid: 0,
         }),
         Change::Import {
             id: "ab".into(),
@@ -296,6 +297,7 @@ fn sample_records() -> Vec<Record> {
                 at: 4,
                 text: "My sister Ana lives in Porto.".into(),
                 rows: vec![5, 9],
+                uid: 0,
             },
             diff: rows(vec![5, 9]),
         },

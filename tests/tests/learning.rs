@@ -776,3 +776,120 @@ fn the_routing_gate_answers_other_wordings_and_leaves_unnamed_questions_as_the_b
     drop(engine);
     reopened_logits_match(&open, &keys_file, &[(&neighbour, &base), (&named, &answer)]);
 }
+
+/// Learn A, B, C into a store; forget B: A and C are still answered, B is not, B's rows are
+/// back to their values before it (bit for bit where nothing else changed them), a question
+/// about none of them reads as before, and nothing of B is left on disk — not in the history
+/// after reopening, not in the journal, not in the fact log.
+#[test]
+fn forgetting_one_fact_takes_out_exactly_its_change_and_its_words() {
+    let (engine, store) = engine_and_store();
+    let path = engram_e2e::scratch_dir("forget").join("forget.engram");
+    store.save(&path).unwrap();
+    drop(engine);
+    let open = |access: MemoryAccess| {
+        let mut e = Engine::open(default_model(), &EngineOptions::default()).unwrap();
+        e.open_memory(&path, access).unwrap();
+        e
+    };
+    let mut engine = open(MemoryAccess::Write);
+    let taught = [
+        (
+            Fact::note("My neighbour Tariq repaired my bike."),
+            "Who fixed my bike?",
+            "Tariq",
+        ),
+        (
+            Fact::note("My dentist is called Dr Quennell."),
+            "What is my dentist's name?",
+            "Quennell",
+        ),
+        (
+            Fact::qa("In which city is Brightwell Looms headquartered?", "Leeds"),
+            "In which city is Brightwell Looms headquartered?",
+            "Leeds",
+        ),
+    ];
+    let unrelated = chat_tokens(&engine, "What is the capital of Japan?");
+    let base = engine.logits(&unrelated).unwrap();
+    let before = values(&engine);
+    let facts: Vec<Fact> = taught.iter().map(|t| t.0.clone()).collect();
+    engine
+        .learn(&facts, &LearnOptions::default(), &mut |_, _, _| true)
+        .unwrap();
+    // As `engram learn` does: the store file's history then holds B's words too.
+    engine.checkpoint().unwrap();
+    let numbers: Vec<u64> = engine.learned_facts().iter().map(|f| f.uid).collect();
+    assert_eq!(numbers, vec![1, 2, 3], "facts are numbered in order");
+    for (_, asked, want) in &taught {
+        let a = engine.ask(asked, 32).unwrap();
+        assert!(a.contains(want), "{asked} -> {a:?} before forgetting");
+    }
+    let b_rows = engine.learned_facts()[1].rows.clone();
+    assert_eq!(
+        engine
+            .find_learned("dentist")
+            .iter()
+            .map(|f| f.uid)
+            .collect::<Vec<_>>(),
+        vec![2]
+    );
+    let report = engine.forget(2).unwrap();
+    assert_eq!(report.rows, b_rows.len());
+    assert_eq!(report.erased, 1, "its one fact-log record was overwritten");
+    assert!(engine.forget(2).is_err(), "a fact is forgotten once");
+    let after = values(&engine);
+    let dim = engine.model_config().dim;
+    for &r in &b_rows {
+        let (r, r1) = (r as usize * dim, (r as usize + 1) * dim);
+        assert_eq!(
+            after[r..r1].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            before[r..r1]
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>(),
+            "row {} is back to its value before B",
+            r / dim
+        );
+    }
+    assert_eq!(
+        engine.logits(&unrelated).unwrap(),
+        base,
+        "unrelated reads as before"
+    );
+    let check = |engine: &Engine| {
+        let texts: Vec<&str> = engine
+            .learned_facts()
+            .iter()
+            .map(|f| f.text.as_str())
+            .collect();
+        assert_eq!(texts.len(), 2);
+        assert!(texts.iter().all(|t| !t.contains("Quennell")), "{texts:?}");
+        for (i, (_, asked, want)) in taught.iter().enumerate() {
+            let a = engine.ask(asked, 32).unwrap();
+            eprintln!("after forgetting B: {asked} -> {a}");
+            assert_eq!(a.contains(want), i != 1, "{asked} -> {a:?}");
+        }
+    };
+    check(&engine);
+    drop(engine);
+    for file in [
+        path.clone(),
+        engram::delta::journal_path(&path),
+        engram::delta::fact_log_path(&path),
+        engram::read_keys_path(&path),
+    ] {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        assert!(
+            !bytes.windows(8).any(|w| w == b"Quennell"),
+            "{} still holds the forgotten fact's words",
+            file.display()
+        );
+    }
+    let fact_log = std::fs::read(engram::delta::fact_log_path(&path)).unwrap();
+    assert!(
+        fact_log.windows(5).any(|w| w == b"Tariq"),
+        "the others stay"
+    );
+    check(&open(MemoryAccess::Read));
+}

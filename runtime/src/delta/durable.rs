@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 
+use super::fact_log::FactLog;
 use super::history::{Applied, Change, LearnedEntry, RowAccess, RowSet, StoreHistory};
 use super::in_place::{CheckpointImage, FileLayout, crash_point, write_in_place};
 use super::journal::{Journal, Record, journal_path, read_journal};
@@ -41,6 +42,8 @@ pub struct DurableMemory {
     dirty: BTreeSet<u32>,
     /// The store's snapshots, imports and learned facts, kept current with every change.
     pub history: StoreHistory,
+    /// Each learned fact's net change, for forgetting it.
+    pub facts: FactLog,
     /// What opening noticed and repaired (e.g. a torn journal tail), for the user to see.
     pub warnings: Vec<String>,
 }
@@ -195,6 +198,7 @@ pub fn open_store(
             layout,
             dirty,
             history,
+            facts: FactLog::new(Some(path), key.cloned(), access == MemoryAccess::Write),
             warnings,
         },
     ))
@@ -238,6 +242,7 @@ impl DurableMemory {
             layout: None,
             dirty: BTreeSet::new(),
             history,
+            facts: FactLog::new(None, None, false),
             warnings: Vec::new(),
         }
     }
@@ -278,21 +283,23 @@ impl DurableMemory {
     }
 
     /// Journals a learned fact whose rows the learner already moved from `before` by `diff`
-    /// (each row `add_diff(before, diff)`, as replaying the record computes it).
+    /// (each row `add_diff(before, diff)`, as replaying the record computes it), after
+    /// keeping its change in the fact log (so a journaled fact can always be forgotten). The
+    /// fact gets the next number ([`StoreHistory::next_fact_uid`]), whatever `entry` had.
     pub fn commit_learned(
         &mut self,
-        entry: LearnedEntry,
+        mut entry: LearnedEntry,
         ids: &[u32],
         before: &[f32],
         diff: &[f32],
     ) -> Result<()> {
-        let change = Change::LearnedFact {
-            entry,
-            diff: RowSet {
-                ids: ids.to_vec(),
-                values: diff.to_vec(),
-            },
+        entry.uid = self.history.next_fact_uid();
+        let diff = RowSet {
+            ids: ids.to_vec(),
+            values: diff.to_vec(),
         };
+        self.facts.append(&entry, &diff)?;
+        let change = Change::LearnedFact { entry, diff };
         self.append(&change)?;
         if let Change::LearnedFact { entry, .. } = &change {
             self.history.fact_learned(entry, ids, before);

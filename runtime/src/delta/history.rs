@@ -108,6 +108,9 @@ pub struct LearnedEntry {
     /// The value rows learning chose for it, ascending: the rows a routing read gate gives
     /// it (empty in stores written before 2026-12-06).
     pub rows: Vec<u32>,
+    /// Its number in this store, what `forget` names it by: one more than the largest
+    /// before it (0: learned before facts were numbered, 2026-12-06, and not forgettable).
+    pub uid: u64,
 }
 
 /// Everything about a store's past that deltas and snapshots need.
@@ -167,6 +170,14 @@ pub enum Change {
         /// The delta's id.
         id: String,
     },
+    /// A learned fact was forgotten: its rows' net change is taken out (each row becomes its
+    /// value minus the difference, whatever was learned since) and its entry removed.
+    Forget {
+        /// The fact's [`LearnedEntry::uid`].
+        uid: u64,
+        /// Its rows (ids ascending) and the differences learning it added.
+        diff: RowSet,
+    },
 }
 
 /// What [`StoreHistory::apply`] did, for reports.
@@ -205,7 +216,28 @@ impl StoreHistory {
             }
             Change::Import { diff, .. } => diff.validate(dim, total, "delta"),
             Change::Revert { id } => self.import(id).map(|_| ()),
+            Change::Forget { uid, diff } => {
+                self.learned_index(*uid)?;
+                diff.validate(dim, total, "forgotten fact")
+            }
         }
+    }
+
+    /// Where the fact numbered `uid` is in [`Self::learned`].
+    pub fn learned_index(&self, uid: u64) -> Result<usize> {
+        self.learned
+            .iter()
+            .position(|e| uid != 0 && e.uid == uid)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "no learned fact has the number {uid} (engram learned lists them)"
+                ))
+            })
+    }
+
+    /// The number the next learned fact gets: one more than any fact's so far.
+    pub fn next_fact_uid(&self) -> u64 {
+        self.learned.iter().map(|e| e.uid).max().unwrap_or(0) + 1
     }
 
     /// The imported delta `id` (a unique prefix of it is enough).
@@ -249,7 +281,7 @@ impl StoreHistory {
     pub fn rows_written(&self, change: &Change) -> Vec<u32> {
         match change {
             Change::Rows(set) => set.ids.clone(),
-            Change::LearnedFact { diff, .. } => diff.ids.clone(),
+            Change::LearnedFact { diff, .. } | Change::Forget { diff, .. } => diff.ids.clone(),
             Change::Import { id, diff, .. } if !self.has_import(id) => diff.ids.clone(),
             Change::Revert { id } => self
                 .import(id)
@@ -394,6 +426,30 @@ impl StoreHistory {
                 rows.write_rows(ids, &next)?;
                 Ok(applied)
             }
+            Change::Forget { uid, diff } => {
+                let index = self.learned_index(*uid)?;
+                let current = rows.read_rows(&diff.ids)?;
+                let next: Vec<f32> = current.iter().zip(&diff.values).map(|(c, d)| c - d).collect();
+                self.copy_on_write(&diff.ids, &current, dim);
+                // Snapshots taken after the fact was learned hold its change in the rows they
+                // copied: it leaves them too (a delta from such a snapshot then never holds it).
+                for (snap, &count) in self.snapshots.iter_mut().zip(&self.learned_at_snapshot) {
+                    if count as usize > index {
+                        subtract_rows(&mut snap.before, diff, dim);
+                    }
+                }
+                rows.write_rows(&diff.ids, &next)?;
+                self.learned.remove(index);
+                for count in &mut self.learned_at_snapshot {
+                    if *count as usize > index {
+                        *count -= 1;
+                    }
+                }
+                Ok(Applied {
+                    rows: diff.len(),
+                    ..Default::default()
+                })
+            }
         }
     }
 
@@ -408,6 +464,22 @@ impl StoreHistory {
                     "no snapshot named {name:?} (engram delta list shows them)"
                 ))
             })
+    }
+}
+
+/// Subtracts `diff`'s rows from the rows of `set` that have the same ids (both ascending).
+fn subtract_rows(set: &mut RowSet, diff: &RowSet, dim: usize) {
+    let mut k = 0;
+    for (i, id) in set.ids.iter().enumerate() {
+        while k < diff.ids.len() && diff.ids[k] < *id {
+            k += 1;
+        }
+        if k < diff.ids.len() && diff.ids[k] == *id {
+            let row = &mut set.values[i * dim..(i + 1) * dim];
+            for (v, d) in row.iter_mut().zip(diff.row(k, dim)) {
+                *v -= d;
+            }
+        }
     }
 }
 
@@ -486,6 +558,55 @@ mod tests {
         assert_eq!(before.ids, vec![2, 3, 5]);
         // Row 3 as it was at the snapshot (1 + 3, -1), not after the first change since.
         assert_eq!(before.values, vec![0.0, 0.0, 4.0, -1.0, 0.0, 0.0]);
+    }
+
+    fn learned(uid: u64, diff: &RowSet) -> Change {
+        Change::LearnedFact {
+            entry: LearnedEntry {
+                at: 0,
+                text: format!("fact {uid}"),
+                rows: diff.ids.clone(),
+                uid,
+            },
+            diff: diff.clone(),
+        }
+    }
+
+    #[test]
+    fn forgetting_a_fact_takes_out_its_change_only_even_under_later_facts() {
+        let mut host = Host {
+            dim: 2,
+            values: vec![0.0; 20],
+        };
+        let mut h = StoreHistory::default();
+        let (a, b) = (rows(&[1, 3], 0.5), rows(&[3, 4], 0.25));
+        h.apply(&learned(h.next_fact_uid(), &a), &mut host).unwrap();
+        h.apply(
+            &Change::Snapshot {
+                name: "s".into(),
+                created: 0,
+            },
+            &mut host,
+        )
+        .unwrap();
+        // B, learned after A and the snapshot, shares row 3 with A.
+        h.apply(&learned(h.next_fact_uid(), &b), &mut host).unwrap();
+        assert_eq!(h.next_fact_uid(), 3);
+        let forget_a = Change::Forget { uid: 1, diff: a };
+        h.check(&forget_a, &host).unwrap();
+        h.apply(&forget_a, &mut host).unwrap();
+        assert!(h.check(&forget_a, &host).is_err(), "forgotten once");
+        // Row 1 (A alone) is back to zero; row 3 keeps B's part exactly; row 4 is B's.
+        assert_eq!(&host.values[2..4], &[0.0, 0.0]);
+        assert_eq!(&host.values[6..10], &[3.25, -0.25, 4.25, -0.25]);
+        assert_eq!(h.learned.len(), 1);
+        assert_eq!(h.learned[0].uid, 2);
+        // The snapshot (taken after A) no longer holds A in the rows it copied, and counts
+        // one fact less before it.
+        assert_eq!(h.learned_at_snapshot, vec![0]);
+        let snap = &h.snapshots[0].before;
+        assert_eq!(snap.ids, vec![1, 3, 4]);
+        assert_eq!(snap.values, vec![0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
     }
 
     #[test]

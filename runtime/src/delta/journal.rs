@@ -294,6 +294,7 @@ impl Record {
                 }
                 w.ids(&diff.ids);
                 w.values_exact(&diff.values);
+                w.u64(entry.uid);
             }
             Change::Snapshot { name, created } => {
                 w.u8(3);
@@ -329,6 +330,12 @@ impl Record {
                 w.u8(5);
                 w.str(id);
             }
+            Change::Forget { uid, diff } => {
+                w.u8(8);
+                w.u64(*uid);
+                w.ids(&diff.ids);
+                w.values_exact(&diff.values);
+            }
         }
         w.0
     }
@@ -363,6 +370,7 @@ fn decode_change(b: &mut Reader<'_>) -> Option<Change> {
                 } else {
                     (0..b.u32()?).map(|_| b.u32()).collect::<Option<_>>()?
                 },
+                uid: 0,
             }),
             3 => Change::Snapshot {
                 name: b.str()?,
@@ -402,12 +410,24 @@ fn decode_change(b: &mut Reader<'_>) -> Option<Change> {
                 };
                 let ids = b.ids()?;
                 let values = b.values_exact()?;
+                // Records written before facts were numbered (2026-12-06) end here.
+                let uid = if b.at == body_len { 0 } else { b.u64()? };
                 Change::LearnedFact {
                     entry: LearnedEntry {
                         at,
                         text,
                         rows: own.unwrap_or_else(|| ids.clone()),
+                        uid,
                     },
+                    diff: RowSet { ids, values },
+                }
+            }
+            8 => {
+                let uid = b.u64()?;
+                let ids = b.ids()?;
+                let values = b.values_exact()?;
+                Change::Forget {
+                    uid,
                     diff: RowSet { ids, values },
                 }
             }
@@ -621,6 +641,7 @@ mod tests {
                     at: 17,
                     text: "Q: x? A: y".into(),
                     rows: vec![3, 9, 40],
+                    uid: 0,
                 }),
             },
             Record {
@@ -656,6 +677,7 @@ mod tests {
                         at: 8,
                         text: "My sister Ana lives in Porto.".into(),
                         rows: vec![2, 7],
+                        uid: 0,
                     },
                     diff: RowSet {
                         ids: vec![2, 7],
@@ -670,7 +692,18 @@ mod tests {
                         at: 9,
                         text: "Q: y? A: z".into(),
                         rows: vec![1, 2, 3],
+                        uid: 12,
                     },
+                    diff: RowSet {
+                        ids: vec![4],
+                        values: vec![0.1, 1e-9],
+                    },
+                },
+            },
+            Record {
+                seq: 8,
+                change: Change::Forget {
+                    uid: 12,
                     diff: RowSet {
                         ids: vec![4],
                         values: vec![0.1, 1e-9],
@@ -778,6 +811,7 @@ mod sealed_tests {
                 at: 3,
                 text: "My dentist is Dr Okafor.".into(),
                 rows: Vec::new(),
+                uid: 0,
             }),
         };
         let bytes = record.encode_with(Some(&key)).unwrap();

@@ -1,9 +1,11 @@
 //! What a user taught, made durable and portable: the store's journal and checkpoints,
 //! snapshots, and delta files that carry learned rows to another device.
 //!
-//! A store `my.engram` (the checkpoint) has two companions: `my.engram.journal`, where every
+//! A store `my.engram` (the checkpoint) has three companions: `my.engram.journal`, where every
 //! change is appended and fsynced before it is reported done (a learned fact as one record
-//! holding its rows' net change), and `my.engram.lock`, which the one writer holds. Opening
+//! holding its rows' net change), `my.engram.facts`, which keeps each learned fact's net
+//! change so it can be forgotten exactly later (see `fact_log.rs`), and `my.engram.lock`,
+//! which the one writer holds. Opening
 //! replays the journal over the checkpoint; a checkpoint writes the rows changed since the
 //! last one and the history in place, after logging them to the journal (see `in_place.rs`),
 //! then empties the journal. An encrypted store is sealed whole, so its checkpoint writes a
@@ -35,6 +37,7 @@
 //! ```
 
 mod durable;
+mod fact_log;
 mod file;
 mod history;
 mod in_place;
@@ -46,6 +49,7 @@ mod store;
 mod store_history;
 
 pub use durable::{CheckpointReport, DurableMemory, MemoryAccess, lock_path, open_store};
+pub use fact_log::{FactLog, fact_log_path};
 pub use file::{DELTA_FORMAT_VERSION, Delta, DeltaPrecision, write_atomic, write_key_file};
 pub use history::{
     Applied, Change, ImportedDelta, LearnedEntry, RowAccess, RowSet, Snapshot, StoreHistory,

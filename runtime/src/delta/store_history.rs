@@ -31,6 +31,10 @@ impl MemoryStore {
             u64s(h.learned.iter().map(|e| e.at).collect()),
         );
         w.set(
+            "engram.history.learned.uid",
+            u64s(h.learned.iter().map(|e| e.uid).collect()),
+        );
+        w.set(
             "engram.history.learned.row_counts",
             u64s(h.learned.iter().map(|e| e.rows.len() as u64).collect()),
         );
@@ -195,6 +199,14 @@ impl MemoryStore {
         if let Some(r) = learned_rows.iter().find(|&&r| r >= total as u64) {
             return Err(bad(format!("engram.history.learned.rows: row {r} is out of range")));
         }
+        // Stores written before facts were numbered (2026-12-06) have no numbers: 0.
+        let uids = match g.get("engram.history.learned.uid") {
+            None => vec![0; texts.len()],
+            Some(_) => u64s("engram.history.learned.uid")?,
+        };
+        if uids.len() != texts.len() {
+            return Err(bad("engram.history.learned.uid disagrees with the facts".into()));
+        }
         let mut rest = learned_rows.drain(..);
         let mut h = StoreHistory {
             journal_seq: seq,
@@ -202,10 +214,12 @@ impl MemoryStore {
                 .into_iter()
                 .zip(ats)
                 .zip(counts)
-                .map(|((text, at), n)| LearnedEntry {
+                .zip(uids)
+                .map(|(((text, at), n), uid)| LearnedEntry {
                     at,
                     text,
                     rows: rest.by_ref().take(n as usize).map(|r| r as u32).collect(),
+                    uid,
                 })
                 .collect(),
             learned_at_snapshot: learned_at,

@@ -435,6 +435,8 @@ impl Engine {
                         at: unix_now(),
                         text: c.fact.describe(),
                         rows: c.rows.to_vec(),
+                        // Numbered by the durable side (the next free number).
+                        uid: 0,
                     },
                     // The learning memory is the first layer: slot ids are global row ids.
                     c.rows,

@@ -1,10 +1,12 @@
 //! The engine: a model file, its tokenizer and a backend, behind one easy API.
 //!
 //! Split by job: [`memory`] (attaching a store, the read gate, learning, checkpoints),
-//! [`deltas`] (export, import, revert) and [`generate`] (sessions, sampling, streaming).
+//! [`forget`] (one learned fact out exactly), [`deltas`] (export, import, revert) and
+//! [`generate`] (sessions, sampling, streaming).
 
 mod conversation;
 mod deltas;
+mod forget;
 mod generate;
 mod memory;
 mod shared;
@@ -12,6 +14,7 @@ mod shared;
 pub use crate::backend::Device;
 pub use conversation::{Conversation, Reply};
 pub use deltas::{ImportReport, RevertReport};
+pub use forget::ForgetReport;
 pub use generate::{
     GenerateOptions, Generation, LoopGuard, Session, StopReason, TextStream, log_softmax_at,
 };

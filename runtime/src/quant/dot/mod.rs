@@ -90,8 +90,13 @@ pub fn dot_row(dtype: GgmlType, w: &[u8], x: &[f32], xq: &[Q8Act]) -> f32 {
         }
     }
     #[cfg(target_arch = "aarch64")]
-    if let Some([v]) = dot_rows(dtype, w, [xq]) {
-        return v;
+    {
+        if dtype == GgmlType::F32 {
+            return neon::f32_dot(w, x);
+        }
+        if let Some([v]) = dot_rows(dtype, w, [xq]) {
+            return v;
+        }
     }
     scalar::dot(dtype, w, x, xq)
 }
@@ -129,17 +134,13 @@ pub fn dot_rows<const T: usize>(dtype: GgmlType, w: &[u8], xq: [&[Q8Act]; T]) ->
             xq.iter().all(|x| x.len() >= blocks),
             "activation rows shorter than the weight row"
         );
-        match dtype {
-            GgmlType::Q4_0 => return Some(neon::q4_0(w, xq)),
-            GgmlType::Q4_1 => return Some(neon::q4_1(w, xq)),
-            GgmlType::Q8_0 => return Some(neon::q8_0(w, xq)),
-            GgmlType::Q5_0 | GgmlType::Q5_1 => return Some(neon::q5(dtype, w, xq)),
-            GgmlType::Q4_K | GgmlType::Q5_K => return Some(neon::k_quants(dtype, w, xq)),
-            _ => {}
-        }
+        neon::dot_rows(dtype, w, xq)
     }
-    let _ = (dtype, w, xq);
-    None
+    #[cfg(not(target_arch = "aarch64"))]
+    {
+        let _ = (dtype, w, xq);
+        None
+    }
 }
 
 /// Portable reference implementations.
@@ -414,6 +415,46 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// With and without the dot-product extension (`SDOT`) the NEON kernels give the same
+    /// bits, for every format with a kernel (Q6_K included) and tiles of 1 and 4 rows.
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn neon_sdot_and_plain_kernels_give_the_same_bits() {
+        if !neon::has_dotprod() {
+            eprintln!("skipped: this CPU has no dot-product extension (SDOT)");
+            return;
+        }
+        let n = 1024;
+        let rows: Vec<Vec<Q8Act>> = (0..4)
+            .map(|r| {
+                let mut q = Vec::new();
+                quantize_activations(&noise(n, 700 + r), &mut q);
+                q
+            })
+            .collect();
+        let tile = [&rows[0][..], &rows[1][..], &rows[2][..], &rows[3][..]];
+        let mut covered = 0;
+        for dtype in GgmlType::ALL {
+            let bytes = quantize_row(dtype, &noise(n, 800));
+            let plain = neon::kernels::<4, false>(dtype, &bytes, tile);
+            // SAFETY: the extension was detected above.
+            let sdot = unsafe { neon::dot_rows_sdot(dtype, &bytes, tile) };
+            let bits = |v: Option<[f32; 4]>| v.map(|r| r.map(f32::to_bits));
+            assert_eq!(bits(plain), bits(sdot), "{dtype}");
+            let one = neon::kernels::<1, false>(dtype, &bytes, [tile[2]]);
+            assert_eq!(
+                bits(one.map(|[v]| [v; 4])),
+                bits(plain.map(|r| [r[2]; 4])),
+                "{dtype}"
+            );
+            covered += plain.is_some() as usize;
+        }
+        assert_eq!(
+            covered, 8,
+            "Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K have kernels"
+        );
     }
 
     #[test]

@@ -1,0 +1,94 @@
+//! Forgetting one learned fact exactly: its rows' net change taken out, whatever was learned
+//! after it, its entry and read-gate keys gone, its records erased from disk.
+
+use super::Engine;
+use crate::delta::{Change, LearnedEntry};
+use crate::error::{Error, Result};
+
+/// What [`Engine::forget`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForgetReport {
+    /// The fact's number.
+    pub uid: u64,
+    /// The fact, as text.
+    pub text: String,
+    /// Value rows its change was taken out of.
+    pub rows: usize,
+    /// Of those, rows other learned facts also changed (they keep their own part).
+    pub shared: usize,
+    /// Records of it overwritten in the fact log (0 for a store opened read-only: nothing
+    /// on disk is changed then).
+    pub erased: usize,
+}
+
+impl Engine {
+    /// Learned facts (oldest first) that `query` names: the fact numbered `query` when it is
+    /// a number, else those whose text contains it (ignoring case).
+    pub fn find_learned(&self, query: &str) -> Vec<&LearnedEntry> {
+        let query = query.trim();
+        if let Ok(uid) = query.parse::<u64>() {
+            return self
+                .learned_facts()
+                .iter()
+                .filter(|e| e.uid == uid && uid != 0)
+                .collect();
+        }
+        let needle = query.to_lowercase();
+        if needle.is_empty() {
+            return Vec::new();
+        }
+        self.learned_facts()
+            .iter()
+            .filter(|e| e.text.to_lowercase().contains(&needle))
+            .collect()
+    }
+
+    /// Forgets the learned fact numbered `uid` ([`LearnedEntry::uid`]): each of its rows
+    /// loses exactly the difference learning it added (rows later facts also changed keep
+    /// theirs), its entry leaves the history and snapshots, and the read gate is keyed
+    /// without it. With a store open for writing this is journaled, then checkpointed (so no
+    /// journal record holds the fact any more) and its fact-log records are overwritten.
+    pub fn forget(&mut self, uid: u64) -> Result<ForgetReport> {
+        let (m, mut rows) = self.attached()?;
+        let index = m.durable.history.learned_index(uid)?;
+        let entry = m.durable.history.learned[index].clone();
+        let diff = m.durable.facts.find(uid)?.ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "fact {uid} ({:?}) cannot be forgotten: its change is not in {} (learned by an \
+                 older engram, or the file was removed)",
+                entry.text,
+                m.path.as_deref().map_or_else(
+                    || "this process".to_owned(),
+                    |p| crate::delta::fact_log_path(p).display().to_string()
+                )
+            ))
+        })?;
+        let shared = diff
+            .ids
+            .iter()
+            .filter(|r| {
+                m.durable
+                    .history
+                    .learned
+                    .iter()
+                    .any(|e| e.uid != uid && e.rows.binary_search(r).is_ok())
+            })
+            .count();
+        let n_rows = diff.len();
+        m.durable.commit(Change::Forget { uid, diff }, &mut rows)?;
+        let writable = m.durable.is_writable();
+        self.rebuild_read_gate()?;
+        if writable {
+            self.checkpoint()?;
+        }
+        let m = self.memory.as_mut().ok_or_else(super::memory::no_memory)?;
+        let erased = m.durable.facts.erase(uid)?;
+        Ok(ForgetReport {
+            uid,
+            text: entry.text,
+            rows: n_rows,
+            shared,
+            erased: if writable { erased } else { 0 },
+        })
+    }
+}
