@@ -460,27 +460,14 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Delta { command } => delta::run(cli.model, cli.memory, place, command),
         Command::Keys { command } => keys::run(command, cli.memory, place.store_key),
         Command::Snapshot { name } => {
-            let memory = cli.memory.ok_or("snapshot needs --memory STORE")?;
-            let mut engine = open_with(
-                cli.model,
-                Some(memory.clone()),
-                MemoryAccess::Write,
-                place,
-                0,
-            )?;
+            let (mut engine, memory) = open_for_writing(cli.model, cli.memory, "snapshot", place)?;
             engine.snapshot(&name).map_err(|e| e.to_string())?;
             println!("snapshot {name:?} of {} taken", memory.display());
             Ok(())
         }
         Command::Checkpoint => {
-            let memory = cli.memory.ok_or("checkpoint needs --memory STORE")?;
-            let mut engine = open_with(
-                cli.model,
-                Some(memory.clone()),
-                MemoryAccess::Write,
-                place,
-                0,
-            )?;
+            let (mut engine, memory) =
+                open_for_writing(cli.model, cli.memory, "checkpoint", place)?;
             let journal = engine.journal_len();
             let t = Instant::now();
             let written = engine.checkpoint().map_err(|e| e.to_string())?;
@@ -508,14 +495,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Forget { what } => {
-            let memory = cli.memory.ok_or("forget needs --memory STORE")?;
-            let mut engine = open_with(
-                cli.model,
-                Some(memory.clone()),
-                MemoryAccess::Write,
-                place,
-                0,
-            )?;
+            let (mut engine, memory) = open_for_writing(cli.model, cli.memory, "forget", place)?;
             let uid = match engine.find_learned(&what).as_slice() {
                 [one] => one.uid,
                 [] => {
@@ -555,6 +535,19 @@ fn run(cli: Cli) -> Result<(), String> {
             retrofit::run(open(cli.model, None, place, 0)?, &args)
         }
     }
+}
+
+/// The model with the store in `memory` open for writing (locked, journaled), for the
+/// command `what`; the store's path comes back too.
+fn open_for_writing(
+    model: Option<PathBuf>,
+    memory: Option<PathBuf>,
+    what: &str,
+    place: Placement,
+) -> Result<(Engine, PathBuf), String> {
+    let memory = memory.ok_or_else(|| format!("{what} needs --memory STORE"))?;
+    let engine = open_with(model, Some(memory.clone()), MemoryAccess::Write, place, 0)?;
+    Ok((engine, memory))
 }
 
 /// A flag that Ctrl-C sets, so long work can stop cleanly instead of being killed mid-write.
