@@ -65,8 +65,11 @@ pub fn kernels<const T: usize, const SDOT: bool>(
 }
 
 /// `acc + Σ a·b` per group of four lanes, one `SDOT` instruction (written as assembly: the
-/// intrinsic is not stable Rust yet). Only called from functions compiled with `dotprod`.
-#[inline(always)]
+/// intrinsic is not stable Rust yet). Compiled with `dotprod` itself, so the assembler accepts
+/// the instruction wherever it lands (unoptimized builds inline nothing); inlined into
+/// [`dot_rows_sdot`]'s kernels in optimized ones.
+#[target_feature(enable = "dotprod")]
+#[inline]
 unsafe fn sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
     // SAFETY: the caller runs on a CPU with the dot-product extension; registers only.
     unsafe {
