@@ -15,6 +15,7 @@ use engram::{
 };
 
 mod bench;
+mod chat_eval;
 mod delta;
 mod eval;
 mod eval_set;
@@ -93,6 +94,11 @@ enum Command {
     Chat {
         #[command(flatten)]
         sampling: GenArgs,
+        /// Remember what the user tells about themselves (needs --memory, opened for
+        /// writing): statements are learned after the reply is shown, an update replaces the
+        /// fact it changes; /remember TEXT, /forget WHAT and /learned work too.
+        #[arg(long)]
+        learn: bool,
     },
     /// Prints the token ids of TEXT, e.g. [19556, 905, 28].
     Tokenize {
@@ -112,6 +118,10 @@ enum Command {
     /// Learn facts the model gets wrong one after another; measure learned accuracy, retention
     /// and held-out NLL per slot-selection method (needs --memory; the store is not changed).
     Eval(eval::EvalArgs),
+    /// Learning while chatting, on the scripted conversations of eval/chat-*.jsonl: which
+    /// turns would be learned and which facts updates replace; with --memory also learned and
+    /// asked (recall, updates, abstention, retention; the store is not changed).
+    ChatEval(chat_eval::ChatEvalArgs),
     /// Ask questions with known answers through ask's path and count the right ones per
     /// kind (compare --system policies with it).
     Quiz(quiz::QuizArgs),
@@ -408,10 +418,23 @@ fn run(cli: Cli) -> Result<(), String> {
             report(&g);
             Ok(())
         }
-        Command::Chat { sampling } => chat(
-            open(cli.model, cli.memory, place, sampling.ctx)?,
-            &sampling.options(SamplingConfig::chat()),
-        ),
+        Command::Chat { sampling, learn } => {
+            let engine = if learn {
+                let memory = cli
+                    .memory
+                    .ok_or("chat --learn needs --memory STORE (make one with engram retrofit)")?;
+                open_with(
+                    cli.model,
+                    Some(memory),
+                    MemoryAccess::Write,
+                    place,
+                    sampling.ctx,
+                )?
+            } else {
+                open(cli.model, cli.memory, place, sampling.ctx)?
+            };
+            chat(engine, &sampling.options(SamplingConfig::chat()), learn)
+        }
         Command::Tokenize { text, bos } => {
             let path = resolve_model(cli.model)?;
             let gguf = Gguf::open(&path).map_err(|e| e.to_string())?;
@@ -455,6 +478,13 @@ fn run(cli: Cli) -> Result<(), String> {
                     .map_err(|e| e.to_string())?
             );
             Ok(())
+        }
+        Command::ChatEval(args) => {
+            let engine = match cli.memory {
+                Some(m) => Some(open(cli.model, Some(m), place, 0)?),
+                None => None,
+            };
+            chat_eval::run(engine, &args)
         }
         Command::Quiz(args) => quiz::run(&open(cli.model, cli.memory, place, 0)?, &args),
         Command::Delta { command } => delta::run(cli.model, cli.memory, place, command),
@@ -571,80 +601,195 @@ fn report(g: &engram::Generation) {
     );
 }
 
-fn chat(engine: Engine, options: &GenerateOptions) -> Result<(), String> {
-    let mut conversation = Conversation::new(&engine);
+/// What the chat loop needs the engine for, mutably, between turns.
+enum MemoryChange {
+    /// Learn this note (forgetting first the fact it replaces, if any).
+    Remember(String),
+    /// Forget the learned fact these words or this number name.
+    Forget(String),
+}
+
+/// `engram chat`: a conversation on stdin/stdout. With `learn` (a store opened for writing)
+/// statements the user makes are learned after the reply is shown, `/remember TEXT` learns a
+/// note, `/forget WHAT` forgets a learned fact and `/learned` lists them.
+fn chat(mut engine: Engine, options: &GenerateOptions, learn: bool) -> Result<(), String> {
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
     eprintln!(
         "chat with the model ({}-token context); /system TEXT sets the system message, \
-         /reset starts over, /quit or Ctrl-D ends",
-        engine.context()
-    );
-    loop {
-        eprint!("[{}] > ", conversation.turns() + 1);
-        let mut line = String::new();
-        if stdin
-            .lock()
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?
-            == 0
-        {
-            return Ok(());
+         /reset starts over, /quit or Ctrl-D ends{}",
+        engine.context(),
+        if learn {
+            "; what you tell about yourself is remembered (/remember TEXT, /forget WHAT, /learned)"
+        } else {
+            ""
         }
-        let line = line.trim();
-        match line {
-            "" => continue,
-            "/quit" | "/exit" => return Ok(()),
-            "/reset" => {
-                conversation.reset();
-                eprintln!("(conversation cleared)");
+    );
+    let mut kept: (Option<String>, Vec<(String, String)>) = (None, Vec::new());
+    loop {
+        let mut conversation =
+            Conversation::resume(&engine, kept.0.take(), std::mem::take(&mut kept.1));
+        // Turns with this conversation until the memory must change (it borrows the engine).
+        let change = loop {
+            eprint!("[{}] > ", conversation.turns() + 1);
+            let mut line = String::new();
+            if stdin
+                .lock()
+                .read_line(&mut line)
+                .map_err(|e| e.to_string())?
+                == 0
+            {
+                break None;
+            }
+            let line = line.trim();
+            match line {
+                "" => continue,
+                "/quit" | "/exit" => break None,
+                "/reset" => {
+                    conversation.reset();
+                    eprintln!("(conversation cleared)");
+                    continue;
+                }
+                "/learned" => {
+                    for f in engine.learned_facts() {
+                        eprintln!("  {:>4}  {}", f.uid, f.text);
+                    }
+                    eprintln!("({} learned facts)", engine.learned_facts().len());
+                    continue;
+                }
+                _ => {}
+            }
+            let command = |name: &str| {
+                line.strip_prefix(name)
+                    .filter(|rest| rest.is_empty() || rest.starts_with(' '))
+                    .map(str::trim)
+            };
+            if let Some(rest) = command("/system") {
+                conversation.set_system(Some(rest.to_owned()));
+                match conversation.system() {
+                    Some(s) => eprintln!("(system message: {s:?})"),
+                    None => eprintln!("(no system message)"),
+                }
                 continue;
             }
-            _ => {}
-        }
-        if let Some(rest) = line.strip_prefix("/system")
-            && (rest.is_empty() || rest.starts_with(' '))
-        {
-            conversation.set_system(Some(rest.trim().to_owned()));
-            match conversation.system() {
-                Some(s) => eprintln!("(system message: {s:?})"),
-                None => eprintln!("(no system message)"),
-            }
-            continue;
-        }
-        if line.starts_with('/') {
-            eprintln!("unknown command {line}: /system TEXT, /reset, /quit");
-            continue;
-        }
-        let reply = conversation.say(line, options, |piece| {
-            let _ = stdout.write_all(piece.as_bytes());
-            let _ = stdout.flush();
-            true
-        });
-        println!();
-        match reply {
-            Ok(r) => {
-                if r.dropped_turns > 0 {
-                    eprintln!(
-                        "(the {} oldest turn(s) were dropped to fit the context window)",
-                        r.dropped_turns
-                    );
+            let asked = match (command("/remember"), command("/forget")) {
+                (Some(t), _) if !t.is_empty() => Some(MemoryChange::Remember(t.to_owned())),
+                (_, Some(t)) if !t.is_empty() => Some(MemoryChange::Forget(t.to_owned())),
+                (Some(_), _) | (_, Some(_)) => {
+                    eprintln!("(/remember TEXT, /forget WORDS or NUMBER)");
+                    continue;
                 }
-                match r.generation.stop {
-                    StopReason::Repetition => {
-                        eprintln!("(stopped: the reply began repeating itself)")
+                _ => None,
+            };
+            if let Some(change) = asked {
+                if learn {
+                    break Some(change);
+                }
+                eprintln!("(start the chat with --learn --memory STORE to remember and forget)");
+                continue;
+            }
+            if line.starts_with('/') {
+                eprintln!(
+                    "unknown command {line}: /system TEXT, /reset, /remember TEXT, /forget WHAT, \
+                     /learned, /quit"
+                );
+                continue;
+            }
+            let reply = conversation.say(line, options, |piece| {
+                let _ = stdout.write_all(piece.as_bytes());
+                let _ = stdout.flush();
+                true
+            });
+            println!();
+            match reply {
+                Ok(r) => {
+                    if r.dropped_turns > 0 {
+                        eprintln!(
+                            "(the {} oldest turn(s) were dropped to fit the context window)",
+                            r.dropped_turns
+                        );
                     }
-                    StopReason::ContextFull => {
-                        eprintln!("(stopped: the context window is full; /reset starts over)")
+                    match r.generation.stop {
+                        StopReason::Repetition => {
+                            eprintln!("(stopped: the reply began repeating itself)")
+                        }
+                        StopReason::ContextFull => {
+                            eprintln!("(stopped: the context window is full; /reset starts over)")
+                        }
+                        StopReason::MaxTokens => eprintln!("(stopped at the token limit, -n)"),
+                        _ => {}
                     }
-                    StopReason::MaxTokens => eprintln!("(stopped at the token limit, -n)"),
-                    _ => {}
+                }
+                // A turn that cannot be answered (too long for the context) leaves the chat open.
+                Err(e) => eprintln!("error: {e}"),
+            }
+            // The reply is shown; a statement about the user is learned now.
+            if learn && engram::learn::classify_turn(line) == engram::learn::TurnKind::Statement {
+                break Some(MemoryChange::Remember(line.to_owned()));
+            }
+        };
+        kept = conversation.into_parts();
+        match change {
+            None => break,
+            Some(change) => {
+                if let Err(e) = change_memory(&mut engine, change) {
+                    eprintln!("error: {e}");
                 }
             }
-            // A turn that cannot be answered (too long for the context) leaves the chat open.
-            Err(e) => eprintln!("error: {e}"),
         }
     }
+    if learn {
+        engine.checkpoint().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Learns or forgets between chat turns, saying what it did on stderr.
+fn change_memory(engine: &mut Engine, change: MemoryChange) -> Result<(), String> {
+    match change {
+        MemoryChange::Remember(text) => {
+            let earlier: Vec<(u64, String)> = engine
+                .learned_facts()
+                .iter()
+                .map(|f| (f.uid, f.text.clone()))
+                .collect();
+            let t = Instant::now();
+            if let Some(uid) =
+                engram::learn::replaced_fact(&text, earlier.iter().map(|(n, s)| (*n, s.as_str())))
+            {
+                let r = engine.forget(uid).map_err(|e| e.to_string())?;
+                eprintln!("(forgot {:?}: it is replaced)", r.text);
+            }
+            engine
+                .learn(
+                    &[engram::learn::Fact::note(text.clone())],
+                    &engram::learn::LearnOptions::default(),
+                    &mut |_, _, _| true,
+                )
+                .map_err(|e| e.to_string())?;
+            eprintln!(
+                "(remembered {text:?} in {:.1} s)",
+                t.elapsed().as_secs_f64()
+            );
+        }
+        MemoryChange::Forget(what) => match engine.find_learned(&what).as_slice() {
+            [one] => {
+                let uid = one.uid;
+                let r = engine.forget(uid).map_err(|e| e.to_string())?;
+                eprintln!("(forgot {:?})", r.text);
+            }
+            [] => eprintln!("(nothing learned matches {what:?}; /learned lists what is)"),
+            many => eprintln!(
+                "({} learned facts match {what:?}; /forget NUMBER with one of: {})",
+                many.len(),
+                many.iter()
+                    .map(|f| format!("{} {:?}", f.uid, f.text))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -73,6 +73,50 @@ fn chat_keeps_turns_and_takes_system_and_reset_commands() {
     assert_eq!(order, [1, 1, 2, 2, 3, 1, 2], "turn numbers in {err}");
 }
 
+/// `chat --learn`: a statement is learned after its reply, a changed one replaces it, a
+/// question and chit-chat are not learned, /learned and /forget work, and the store keeps
+/// what the chat left (nothing, here).
+#[test]
+fn chat_learns_statements_replaces_updates_and_forgets_on_request() {
+    let store = fresh("chat-learn.engram");
+    let s = store.to_str().unwrap();
+    let o = chat_with_input(
+        &["-n", "24", "--temperature", "0", "--learn", "--memory", s],
+        b"Hello there!\nMy cat is called Miso.\nMy cat is called Tofu.\n\
+          What is my cat called?\n/learned\n/forget tofu\n/learned\n",
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("(remembered \"My cat is called Miso.\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("(forgot \"My cat is called Miso.\": it is replaced)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("(remembered \"My cat is called Tofu.\""),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("(remembered").count(),
+        2,
+        "only the statements: {err}"
+    );
+    assert!(
+        err.contains("(1 learned facts)") && err.contains("(0 learned facts)"),
+        "{err}"
+    );
+    assert!(err.contains("(forgot \"My cat is called Tofu.\")"), "{err}");
+    let out = stdout(&o);
+    eprintln!("{out}");
+    assert!(out.contains("Tofu"), "the updated answer: {out:?}");
+    assert!(ok(&["learned", "--memory", s]).starts_with("0 learned facts"));
+    let log = std::fs::read(engram::delta::fact_log_path(&store)).unwrap_or_default();
+    assert!(!log.windows(4).any(|w| w == b"Miso" || w == b"Tofu"));
+}
+
 #[test]
 fn tokenize_prints_ids() {
     let o = run_on(model(), &["tokenize", "Hello world."]);

@@ -36,6 +36,26 @@ impl<'e> Conversation<'e> {
         }
     }
 
+    /// A conversation that goes on from `turns` ((user, answer) pairs, oldest first) under
+    /// `system`, e.g. after the engine learned something between turns (which needs the
+    /// engine back from the conversation that borrowed it: see [`Self::into_parts`]). Its
+    /// KV cache starts empty.
+    pub fn resume(
+        engine: &'e Engine,
+        system: Option<String>,
+        turns: Vec<(String, String)>,
+    ) -> Self {
+        let mut c = Conversation::new(engine);
+        c.set_system(system);
+        c.turns = turns;
+        c
+    }
+
+    /// The system message and the turns, to [`Self::resume`] from later.
+    pub fn into_parts(self) -> (Option<String>, Vec<(String, String)>) {
+        (self.system, self.turns)
+    }
+
     /// Sets (or, with `None`, clears) the system message; the turns so far are kept.
     pub fn set_system(&mut self, system: Option<String>) {
         self.system = system.filter(|s| !s.trim().is_empty());

@@ -14,6 +14,7 @@ mod options;
 mod phrasings;
 mod questions;
 mod retrofit;
+mod statements;
 
 pub use anchor::BackgroundAnchor;
 pub use facts::Fact;
@@ -27,3 +28,4 @@ pub use options::{
 };
 pub use phrasings::{Example, examples, examples_with, topic_needles, word_starts};
 pub use retrofit::{Init, RetrofitOptions, RetrofitProgress, retrofit};
+pub use statements::{TurnKind, classify_turn, replaced_fact};

@@ -1,0 +1,368 @@
+//! `engram chat-eval`: learning while chatting, measured on the scripted conversations of
+//! eval/chat-turns.jsonl and the questions of eval/chat-questions.jsonl. Without `--memory`
+//! only what needs no model: which turns the rules would learn, and which earlier fact each
+//! update would replace. With it, the turns are also learned (each update forgets what it
+//! replaces first) into an in-process copy of the store, and the questions asked before and
+//! after: recall of what was told, updates answered with the new value, abstention on what was
+//! never told, and retention of general answers. The store file is not changed.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Args;
+use engram::Engine;
+use engram::learn::{Fact, LearnOptions, TurnKind, classify_turn, replaced_fact};
+use serde_json::{Value, json};
+
+use crate::eval::correct;
+
+/// Options of `engram chat-eval`.
+#[derive(Args)]
+pub struct ChatEvalArgs {
+    /// Folder with chat-turns.jsonl and chat-questions.jsonl.
+    #[arg(long, default_value = "eval")]
+    set: PathBuf,
+    /// General questions the base model answers right, asked before and after (retention).
+    #[arg(long, default_value = "data/retention-candidates.jsonl")]
+    retention: PathBuf,
+    /// How many retention questions (the first ones the base model gets right).
+    #[arg(long, default_value_t = 60)]
+    retention_n: usize,
+    /// Write the results (every reply included) as JSON here.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+}
+
+struct Turn {
+    conversation: u64,
+    text: String,
+    label: String,
+    fact: Option<String>,
+    heldout: bool,
+}
+
+struct Question {
+    id: String,
+    question: String,
+    fact: Option<String>,
+    answer: Option<String>,
+    not: Option<String>,
+    heldout: bool,
+}
+
+fn read_lines(path: &Path) -> Result<Vec<Value>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| format!("{}:{}: not a JSON object: {e}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+fn text_of(v: &Value, k: &str) -> Option<String> {
+    v.get(k).and_then(Value::as_str).map(str::to_owned)
+}
+
+fn read_set(dir: &Path) -> Result<(Vec<Turn>, Vec<Question>), String> {
+    let turns_path = dir.join("chat-turns.jsonl");
+    let turns = read_lines(&turns_path)?
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            Ok(Turn {
+                conversation: v.get("conversation").and_then(Value::as_u64).unwrap_or(0),
+                text: text_of(v, "text")
+                    .ok_or_else(|| format!("{}:{}: no \"text\"", turns_path.display(), i + 1))?,
+                label: text_of(v, "label").unwrap_or_default(),
+                fact: text_of(v, "fact"),
+                heldout: v.get("heldout").and_then(Value::as_bool).unwrap_or(false),
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let questions_path = dir.join("chat-questions.jsonl");
+    let questions = read_lines(&questions_path)?
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            Ok(Question {
+                id: text_of(v, "id").unwrap_or_else(|| format!("line {}", i + 1)),
+                question: text_of(v, "question").ok_or_else(|| {
+                    format!("{}:{}: no \"question\"", questions_path.display(), i + 1)
+                })?,
+                fact: text_of(v, "fact"),
+                answer: text_of(v, "answer"),
+                not: text_of(v, "not"),
+                heldout: v.get("heldout").and_then(Value::as_bool).unwrap_or(false),
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok((turns, questions))
+}
+
+/// Counts `right` of `total`, kept apart for tuned and held-out items.
+#[derive(Default, Clone, Copy)]
+struct Split {
+    right: [usize; 2],
+    total: [usize; 2],
+}
+
+impl Split {
+    fn add(&mut self, heldout: bool, right: bool) {
+        self.total[heldout as usize] += 1;
+        self.right[heldout as usize] += right as usize;
+    }
+    fn json(&self) -> Value {
+        let part = |k: usize| {
+            json!({"right": self.right[k], "total": self.total[k],
+                   "rate": self.right[k] as f64 / self.total[k].max(1) as f64})
+        };
+        json!({"tuned": part(0), "heldout": part(1)})
+    }
+    fn line(&self, name: &str) -> String {
+        let pct = |k: usize| 100.0 * self.right[k] as f64 / self.total[k].max(1) as f64;
+        format!(
+            "{name:<34} tuned {:>2}/{:<2} ({:5.1} %)   held out {:>2}/{:<2} ({:5.1} %)",
+            self.right[0],
+            self.total[0],
+            pct(0),
+            self.right[1],
+            self.total[1],
+            pct(1)
+        )
+    }
+}
+
+/// Words in a reply that decline to make something up (or apologise that it cannot answer,
+/// as SmolLM2 does: "I'm sorry …, but as a chatbot …").
+const DECLINES: &[&str] = &[
+    "don't know",
+    "do not know",
+    "don't have",
+    "do not have",
+    "not sure",
+    "haven't told",
+    "have not told",
+    "haven't mentioned",
+    "didn't mention",
+    "no information",
+    "not mentioned",
+    "can't know",
+    "cannot know",
+    "i'm not aware",
+    "not able to",
+    "unable to",
+    "i'm sorry",
+    "as a chatbot",
+    "as an ai",
+    "as a text-based ai",
+];
+
+fn abstains(reply: &str) -> bool {
+    let r = reply.to_lowercase().replace('’', "'");
+    DECLINES.iter().any(|d| r.contains(d))
+}
+
+/// Runs the chat evaluation (see the module notes).
+pub fn run(engine: Option<Engine>, args: &ChatEvalArgs) -> Result<(), String> {
+    let (turns, questions) = read_set(&args.set)?;
+    // Detection and replacement, by the rules alone, turn by turn as a chat would meet them.
+    let (mut detected, mut false_learned, mut updates, mut wrong_replacements) = (
+        Split::default(),
+        Split::default(),
+        Split::default(),
+        Split::default(),
+    );
+    // (number, text, fact key) of what is remembered so far.
+    let mut kept: Vec<(u64, String, Option<String>)> = Vec::new();
+    let mut plan = Vec::new(); // (turn index, the number it replaces)
+    let mut wrong = Vec::new();
+    for (i, t) in turns.iter().enumerate() {
+        let to_learn = matches!(t.label.as_str(), "statement" | "update");
+        let learned = classify_turn(&t.text) == TurnKind::Statement;
+        if to_learn {
+            detected.add(t.heldout, learned);
+        } else {
+            false_learned.add(t.heldout, learned);
+        }
+        if learned != to_learn {
+            wrong.push(json!({"turn": t.text, "label": t.label, "learned": learned}));
+        }
+        if !learned {
+            continue;
+        }
+        let replaced = replaced_fact(&t.text, kept.iter().map(|(n, s, _)| (*n, s.as_str())));
+        let replaced_key = replaced.and_then(|n| {
+            kept.iter()
+                .find(|(m, _, _)| *m == n)
+                .and_then(|(_, _, k)| k.clone())
+        });
+        if t.label == "update" {
+            updates.add(t.heldout, replaced.is_some() && replaced_key == t.fact);
+        } else {
+            wrong_replacements.add(t.heldout, replaced.is_some());
+        }
+        if replaced.is_some() && (t.label != "update" || replaced_key != t.fact) {
+            wrong.push(json!({"turn": t.text, "replaced": replaced_key, "label": t.label}));
+        }
+        kept.retain(|(n, _, _)| Some(*n) != replaced);
+        kept.push((i as u64 + 1, t.text.clone(), t.fact.clone()));
+        plan.push((i, replaced.is_some()));
+    }
+    eprintln!("{} turns in {} conversations", turns.len(), {
+        let mut c: Vec<u64> = turns.iter().map(|t| t.conversation).collect();
+        c.dedup();
+        c.len()
+    });
+    eprintln!("{}", detected.line("statements learned"));
+    eprintln!("{}", false_learned.line("other turns learned (false)"));
+    eprintln!("{}", updates.line("updates replacing the right fact"));
+    eprintln!(
+        "{}",
+        wrong_replacements.line("new statements replacing a fact")
+    );
+    let mut report = json!({
+        "turns": turns.len(),
+        "statements_learned": detected.json(),
+        "false_learning": false_learned.json(),
+        "updates_replacing_the_right_fact": updates.json(),
+        "new_statements_replacing_a_fact": wrong_replacements.json(),
+        "rule_mistakes": wrong,
+    });
+    if let Some(mut engine) = engine {
+        report["learning"] = learn_and_ask(&mut engine, &turns, &questions, &plan, args)?;
+    }
+    if let Some(out) = &args.output {
+        std::fs::write(
+            out,
+            serde_json::to_string_pretty(&report).unwrap_or_default(),
+        )
+        .map_err(|e| format!("{}: {e}", out.display()))?;
+        eprintln!("results written to {}", out.display());
+    }
+    Ok(())
+}
+
+/// Asks every question, returning (question id, reply).
+fn ask_all(engine: &Engine, questions: &[Question]) -> Result<Vec<String>, String> {
+    questions
+        .iter()
+        .map(|q| engine.ask(&q.question, 48).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// Whether a reply to `q` is right: told facts by their latest answer (and not the old one),
+/// never-told ones by declining.
+fn right(q: &Question, reply: &str) -> bool {
+    match &q.answer {
+        Some(a) => correct(reply, a) && q.not.as_ref().is_none_or(|n| !correct(reply, n)),
+        None => abstains(reply),
+    }
+}
+
+fn learn_and_ask(
+    engine: &mut Engine,
+    turns: &[Turn],
+    questions: &[Question],
+    plan: &[(usize, bool)],
+    args: &ChatEvalArgs,
+) -> Result<Value, String> {
+    let candidates = Fact::read_file(&args.retention)
+        .map_err(|e| format!("{e} (make it with scripts/build-retention)"))?;
+    let mut retained = Vec::new();
+    for f in candidates.iter().take(args.retention_n * 3) {
+        if retained.len() == args.retention_n {
+            break;
+        }
+        if let Fact::QuestionAnswer { question, answer } = f {
+            let reply = engine.ask(question, 48).map_err(|e| e.to_string())?;
+            if correct(&reply, answer) {
+                retained.push((question.clone(), answer.clone()));
+            }
+        }
+    }
+    let before = ask_all(engine, questions)?;
+    let options = LearnOptions::default();
+    let start = Instant::now();
+    let mut forgotten = 0;
+    for &(i, replaces) in plan {
+        let text = &turns[i].text;
+        if replaces {
+            let earlier: Vec<(u64, String)> = engine
+                .learned_facts()
+                .iter()
+                .map(|e| (e.uid, e.text.clone()))
+                .collect();
+            if let Some(uid) = replaced_fact(text, earlier.iter().map(|(n, s)| (*n, s.as_str()))) {
+                engine.forget(uid).map_err(|e| e.to_string())?;
+                forgotten += 1;
+            }
+        }
+        engine
+            .learn(&[Fact::note(text.clone())], &options, &mut |_, _, _| true)
+            .map_err(|e| e.to_string())?;
+        eprintln!(
+            "learned {} of {} ({:.0} s): {text}",
+            plan.iter().position(|p| p.0 == i).unwrap_or(0) + 1,
+            plan.len(),
+            start.elapsed().as_secs_f64()
+        );
+    }
+    let learn_seconds = start.elapsed().as_secs_f64();
+    let after = ask_all(engine, questions)?;
+    let (mut told_b, mut told_a, mut upd_b, mut upd_a, mut never_b, mut never_a) = (
+        Split::default(),
+        Split::default(),
+        Split::default(),
+        Split::default(),
+        Split::default(),
+        Split::default(),
+    );
+    let mut replies = Vec::new();
+    for ((q, b), a) in questions.iter().zip(&before).zip(&after) {
+        let (told, upd, never) = if q.answer.is_none() {
+            (None, None, Some((&mut never_b, &mut never_a)))
+        } else if q.not.is_some() {
+            (None, Some((&mut upd_b, &mut upd_a)), None)
+        } else {
+            (Some((&mut told_b, &mut told_a)), None, None)
+        };
+        for (sb, sa) in [told, upd, never].into_iter().flatten() {
+            sb.add(q.heldout, right(q, b));
+            sa.add(q.heldout, right(q, a));
+        }
+        replies.push(json!({"id": q.id, "question": q.question, "fact": q.fact,
+                            "answer": q.answer, "before": b, "after": a, "right": right(q, a)}));
+    }
+    let mut kept = 0;
+    for (question, answer) in &retained {
+        kept += correct(
+            &engine.ask(question, 48).map_err(|e| e.to_string())?,
+            answer,
+        ) as usize;
+    }
+    for (name, b, a) in [
+        ("told facts recalled", &told_b, &told_a),
+        ("updated facts: new value, not old", &upd_b, &upd_a),
+        ("never told: declined", &never_b, &never_a),
+    ] {
+        eprintln!("{}   (base model: {})", a.line(name), b.line("").trim());
+    }
+    eprintln!(
+        "retention: {kept} of {} general answers kept; {} facts learned, {forgotten} forgotten by updates, {learn_seconds:.0} s",
+        retained.len(),
+        plan.len()
+    );
+    Ok(json!({
+        "told": {"before": told_b.json(), "after": told_a.json()},
+        "updated": {"before": upd_b.json(), "after": upd_a.json()},
+        "never_told_declined": {"before": never_b.json(), "after": never_a.json()},
+        "retention": {"kept": kept, "total": retained.len()},
+        "learned": plan.len(),
+        "forgotten_by_updates": forgotten,
+        "learn_seconds": learn_seconds,
+        "replies": replies,
+    }))
+}
