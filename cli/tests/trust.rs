@@ -9,12 +9,17 @@ use common::*;
 use engram::delta::{MemoryAccess, journal_path, open_store};
 use engram::{StoreKey, read_keys_path};
 
-/// Every file of the store at `store` (store, journal, read keys), as bytes.
+/// Every file of the store at `store` (store, journal, fact log, read keys), as bytes.
 fn store_files(store: &Path) -> Vec<(String, Vec<u8>)> {
-    [store.to_owned(), journal_path(store), read_keys_path(store)]
-        .into_iter()
-        .filter_map(|p| Some((p.display().to_string(), std::fs::read(&p).ok()?)))
-        .collect()
+    [
+        store.to_owned(),
+        journal_path(store),
+        engram::delta::fact_log_path(store),
+        read_keys_path(store),
+    ]
+    .into_iter()
+    .filter_map(|p| Some((p.display().to_string(), std::fs::read(&p).ok()?)))
+    .collect()
 }
 
 fn holds(files: &[(String, Vec<u8>)], text: &str) -> Vec<String> {

@@ -424,6 +424,9 @@ impl DurableMemory {
             None => store.file_layout(&self.path)?,
         };
         self.dirty.clear();
+        // The facts after the store: a crash between the two leaves them under the old key,
+        // which `forget` then reports (nothing is lost from the store).
+        self.facts.reseal(to.clone())?;
         self.key = to;
         Ok(())
     }

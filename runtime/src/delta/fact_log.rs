@@ -142,6 +142,29 @@ impl FactLog {
     }
 }
 
+impl FactLog {
+    /// Rewrites the file's records under `to` (`None`: plain), atomically, and reads and
+    /// writes under it from now on: what `keys encrypt-store` / `decrypt-store` do to the
+    /// store, done to its facts too, so no fact's words stay readable beside an encrypted
+    /// store. Erased records are dropped.
+    pub fn reseal(&mut self, to: Option<StoreKey>) -> Result<()> {
+        if let Some(path) = self.file() {
+            let records = read_records(path, self.key.as_ref())?;
+            if !records.is_empty() {
+                let mut bytes = Vec::new();
+                for (_, record) in records {
+                    bytes.extend(record.encode_with(to.as_ref())?);
+                }
+                super::file::write_atomic(path, &bytes)?;
+            } else if path.exists() {
+                std::fs::remove_file(path).map_err(|e| Error::io(path, e))?;
+            }
+        }
+        self.key = to;
+        Ok(())
+    }
+}
+
 /// Every intact record of the log at `path` with its place (offset, length); erased records
 /// are stepped over, and reading stops at a torn tail (a crash during an append: that fact
 /// never reached the journal). A missing log is empty.
@@ -244,6 +267,17 @@ mod tests {
             // A torn tail (a crash in an append) is not an error; what came before stays.
             std::fs::write(&path, [&bytes[..], &bytes[..20]].concat()).unwrap();
             assert_eq!(log.find(1).unwrap(), Some(entry(1, "").1));
+            // Under another key (or none): every kept fact still found, none readable plain
+            // when sealed.
+            let other = match key {
+                None => Some(StoreKey::from_bytes([9; 32])),
+                Some(_) => None,
+            };
+            log.reseal(other.clone()).unwrap();
+            assert_eq!(log.find(1).unwrap(), Some(entry(1, "").1));
+            assert_eq!(log.find(3).unwrap().unwrap().values[0], 9.0);
+            let bytes = std::fs::read(&path).unwrap();
+            assert_eq!(other.is_none(), bytes.windows(5).any(|w| w == b"Porto"));
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
