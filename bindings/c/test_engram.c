@@ -236,6 +236,27 @@ int main(int argc, char **argv) {
           "B opens plain again");
     CHECK(engram_ask(b, "hi", 4, &text) == ENGRAM_STATUS_INVALID_HANDLE, "use after close");
     CHECK(engram_close(b) == ENGRAM_STATUS_INVALID_HANDLE, "double close");
+    /* Learning while chatting: statements told apart, an update replacing, forgetting. */
+    CHECK(engram_is_statement("My cat is called Miso.") == 1 &&
+              engram_is_statement("What is my cat called?") == 0 &&
+              engram_is_statement("Tell me a joke.") == 0 && engram_is_statement(NULL) == 0,
+          "statements told from questions and requests");
+    char *replaced = NULL;
+    CHECK(engram_remember(a, "My cat is called Miso.", &replaced) == ENGRAM_STATUS_OK &&
+              replaced == NULL,
+          "remember a statement");
+    CHECK(engram_remember(a, "My cat is called Tofu.", &replaced) == ENGRAM_STATUS_OK &&
+              replaced != NULL && strstr(replaced, "Miso") != NULL,
+          "a changed statement replaces the earlier one");
+    engram_string_free(replaced);
+    char *forgotten = NULL;
+    CHECK(engram_forget(a, "tofu", &forgotten) == ENGRAM_STATUS_OK && forgotten != NULL &&
+              strstr(forgotten, "Tofu") != NULL,
+          "forget it by a word of it");
+    engram_string_free(forgotten);
+    CHECK(engram_forget(a, "tofu", NULL) == ENGRAM_STATUS_INVALID_ARGUMENT &&
+              strstr(engram_last_error(), "no learned fact") != NULL,
+          "a fact is forgotten once");
     CHECK(engram_close(a) == ENGRAM_STATUS_OK, "close A");
     engram_string_free(NULL);
 

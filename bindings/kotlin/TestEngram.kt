@@ -11,6 +11,7 @@ import uniffi.engram.LearnListener
 import uniffi.engram.TokenListener
 import uniffi.engram.encryptStore
 import uniffi.engram.generateSigningKey
+import uniffi.engram.isStatement
 import uniffi.engram.signDelta
 import uniffi.engram.verifyDelta
 import uniffi.engram.version
@@ -96,6 +97,16 @@ fun main(args: Array<String>) {
         check(texts.size == 12, "4 threads x 3 generations finished (${texts.size})")
         check(old != new && texts.all { it == old || it == new },
             "every generation saw the memory before or after learning (${texts.count { it == new }} after)")
+
+        // Learning while chatting: a statement, a changed one replacing it, forgetting it.
+        check(isStatement("My cat is called Miso.") && !isStatement("What is my cat called?"),
+            "statements told from questions")
+        check(a.remember("My cat is called Miso.").replaced == null, "remember a statement")
+        check(a.remember("My cat is called Tofu.").replaced == "My cat is called Miso.",
+            "a changed statement replaces the earlier one")
+        check(a.forget("tofu").text == "My cat is called Tofu." &&
+            a.learnedFacts().none { it.text.contains("cat") }, "forget it by a word of it")
+        throws<EngramException.InvalidArgument>("a fact is forgotten once") { a.forget("tofu") }
 
         Engram.open(model, storeB, true, 2u).use { b ->
             check(b.ask(question) == before, "B does not know the fact")

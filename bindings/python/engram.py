@@ -559,6 +559,8 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_engram_uniffi_checksum_func_generate_signing_key() != 55085:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_engram_uniffi_checksum_func_is_statement() != 41222:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_engram_uniffi_checksum_func_sign_delta() != 13821:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_engram_uniffi_checksum_func_verify_delta() != 31389:
@@ -571,6 +573,8 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_engram_uniffi_checksum_method_engram_export_delta() != 41520:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_engram_uniffi_checksum_method_engram_forget() != 45300:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_engram_uniffi_checksum_method_engram_generate() != 47158:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_engram_uniffi_checksum_method_engram_import_delta() != 4756:
@@ -582,6 +586,8 @@ def _uniffi_check_api_checksums(lib):
     if lib.uniffi_engram_uniffi_checksum_method_engram_learn_qa() != 13147:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_engram_uniffi_checksum_method_engram_learned_facts() != 52909:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_engram_uniffi_checksum_method_engram_remember() != 55612:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_engram_uniffi_checksum_method_engram_revert_delta() != 42969:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -628,6 +634,9 @@ _UniffiLib.uniffi_engram_uniffi_checksum_func_encrypt_store.restype = ctypes.c_u
 _UniffiLib.uniffi_engram_uniffi_checksum_func_generate_signing_key.argtypes = (
 )
 _UniffiLib.uniffi_engram_uniffi_checksum_func_generate_signing_key.restype = ctypes.c_uint16
+_UniffiLib.uniffi_engram_uniffi_checksum_func_is_statement.argtypes = (
+)
+_UniffiLib.uniffi_engram_uniffi_checksum_func_is_statement.restype = ctypes.c_uint16
 _UniffiLib.uniffi_engram_uniffi_checksum_func_sign_delta.argtypes = (
 )
 _UniffiLib.uniffi_engram_uniffi_checksum_func_sign_delta.restype = ctypes.c_uint16
@@ -646,6 +655,9 @@ _UniffiLib.uniffi_engram_uniffi_checksum_method_engram_checkpoint.restype = ctyp
 _UniffiLib.uniffi_engram_uniffi_checksum_method_engram_export_delta.argtypes = (
 )
 _UniffiLib.uniffi_engram_uniffi_checksum_method_engram_export_delta.restype = ctypes.c_uint16
+_UniffiLib.uniffi_engram_uniffi_checksum_method_engram_forget.argtypes = (
+)
+_UniffiLib.uniffi_engram_uniffi_checksum_method_engram_forget.restype = ctypes.c_uint16
 _UniffiLib.uniffi_engram_uniffi_checksum_method_engram_generate.argtypes = (
 )
 _UniffiLib.uniffi_engram_uniffi_checksum_method_engram_generate.restype = ctypes.c_uint16
@@ -664,6 +676,9 @@ _UniffiLib.uniffi_engram_uniffi_checksum_method_engram_learn_qa.restype = ctypes
 _UniffiLib.uniffi_engram_uniffi_checksum_method_engram_learned_facts.argtypes = (
 )
 _UniffiLib.uniffi_engram_uniffi_checksum_method_engram_learned_facts.restype = ctypes.c_uint16
+_UniffiLib.uniffi_engram_uniffi_checksum_method_engram_remember.argtypes = (
+)
+_UniffiLib.uniffi_engram_uniffi_checksum_method_engram_remember.restype = ctypes.c_uint16
 _UniffiLib.uniffi_engram_uniffi_checksum_method_engram_revert_delta.argtypes = (
 )
 _UniffiLib.uniffi_engram_uniffi_checksum_method_engram_revert_delta.restype = ctypes.c_uint16
@@ -692,6 +707,11 @@ _UniffiLib.uniffi_engram_uniffi_fn_func_generate_signing_key.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_engram_uniffi_fn_func_generate_signing_key.restype = _UniffiRustBuffer
+_UniffiLib.uniffi_engram_uniffi_fn_func_is_statement.argtypes = (
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_engram_uniffi_fn_func_is_statement.restype = ctypes.c_int8
 _UniffiLib.uniffi_engram_uniffi_fn_func_sign_delta.argtypes = (
     _UniffiRustBuffer,
     _UniffiRustBuffer,
@@ -729,6 +749,12 @@ _UniffiLib.uniffi_engram_uniffi_fn_method_engram_export_delta.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_engram_uniffi_fn_method_engram_export_delta.restype = _UniffiRustBuffer
+_UniffiLib.uniffi_engram_uniffi_fn_method_engram_forget.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_engram_uniffi_fn_method_engram_forget.restype = _UniffiRustBuffer
 _UniffiLib.uniffi_engram_uniffi_fn_method_engram_generate.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -770,6 +796,12 @@ _UniffiLib.uniffi_engram_uniffi_fn_method_engram_learned_facts.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_engram_uniffi_fn_method_engram_learned_facts.restype = _UniffiRustBuffer
+_UniffiLib.uniffi_engram_uniffi_fn_method_engram_remember.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_engram_uniffi_fn_method_engram_remember.restype = _UniffiRustBuffer
 _UniffiLib.uniffi_engram_uniffi_fn_method_engram_revert_delta.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -1041,6 +1073,51 @@ class _UniffiFfiConverterTypeFactResult(_UniffiConverterRustBuffer):
         _UniffiFfiConverterFloat64.write(value.loss_after, buf)
         _UniffiFfiConverterUInt32.write(value.rows_changed, buf)
 
+@dataclass
+class ForgetReport:
+    """
+    What forgetting a fact did.
+"""
+    def __init__(self, *, number:int, text:str, rows:int):
+        self.number = number
+        self.text = text
+        self.rows = rows
+        
+        
+
+    
+    def __str__(self):
+        return "ForgetReport(number={}, text={}, rows={})".format(self.number, self.text, self.rows)
+    def __eq__(self, other):
+        if self.number != other.number:
+            return False
+        if self.text != other.text:
+            return False
+        if self.rows != other.rows:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeForgetReport(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return ForgetReport(
+            number=_UniffiFfiConverterUInt64.read(buf),
+            text=_UniffiFfiConverterString.read(buf),
+            rows=_UniffiFfiConverterUInt64.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterUInt64.check_lower(value.number)
+        _UniffiFfiConverterString.check_lower(value.text)
+        _UniffiFfiConverterUInt64.check_lower(value.rows)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterUInt64.write(value.number, buf)
+        _UniffiFfiConverterString.write(value.text, buf)
+        _UniffiFfiConverterUInt64.write(value.rows, buf)
+
 class _UniffiFfiConverterBoolean:
     @classmethod
     def check_lower(cls, value):
@@ -1225,7 +1302,8 @@ class LearnedFact:
     """
     A fact this store learned.
 """
-    def __init__(self, *, text:str, learned_at:int):
+    def __init__(self, *, number:int, text:str, learned_at:int):
+        self.number = number
         self.text = text
         self.learned_at = learned_at
         
@@ -1233,8 +1311,10 @@ class LearnedFact:
 
     
     def __str__(self):
-        return "LearnedFact(text={}, learned_at={})".format(self.text, self.learned_at)
+        return "LearnedFact(number={}, text={}, learned_at={})".format(self.number, self.text, self.learned_at)
     def __eq__(self, other):
+        if self.number != other.number:
+            return False
         if self.text != other.text:
             return False
         if self.learned_at != other.learned_at:
@@ -1245,19 +1325,86 @@ class _UniffiFfiConverterTypeLearnedFact(_UniffiConverterRustBuffer):
     @staticmethod
     def read(buf):
         return LearnedFact(
+            number=_UniffiFfiConverterUInt64.read(buf),
             text=_UniffiFfiConverterString.read(buf),
             learned_at=_UniffiFfiConverterUInt64.read(buf),
         )
 
     @staticmethod
     def check_lower(value):
+        _UniffiFfiConverterUInt64.check_lower(value.number)
         _UniffiFfiConverterString.check_lower(value.text)
         _UniffiFfiConverterUInt64.check_lower(value.learned_at)
 
     @staticmethod
     def write(value, buf):
+        _UniffiFfiConverterUInt64.write(value.number, buf)
         _UniffiFfiConverterString.write(value.text, buf)
         _UniffiFfiConverterUInt64.write(value.learned_at, buf)
+
+class _UniffiFfiConverterOptionalString(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        if value is not None:
+            _UniffiFfiConverterString.check_lower(value)
+
+    @classmethod
+    def write(cls, value, buf):
+        if value is None:
+            buf.write_u8(0)
+            return
+
+        buf.write_u8(1)
+        _UniffiFfiConverterString.write(value, buf)
+
+    @classmethod
+    def read(cls, buf):
+        flag = buf.read_u8()
+        if flag == 0:
+            return None
+        elif flag == 1:
+            return _UniffiFfiConverterString.read(buf)
+        else:
+            raise InternalError("Unexpected flag byte for optional type")
+
+@dataclass
+class RememberReport:
+    """
+    What remembering a statement did.
+"""
+    def __init__(self, *, replaced:typing.Optional[str], seconds:float):
+        self.replaced = replaced
+        self.seconds = seconds
+        
+        
+
+    
+    def __str__(self):
+        return "RememberReport(replaced={}, seconds={})".format(self.replaced, self.seconds)
+    def __eq__(self, other):
+        if self.replaced != other.replaced:
+            return False
+        if self.seconds != other.seconds:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeRememberReport(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return RememberReport(
+            replaced=_UniffiFfiConverterOptionalString.read(buf),
+            seconds=_UniffiFfiConverterFloat64.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterOptionalString.check_lower(value.replaced)
+        _UniffiFfiConverterFloat64.check_lower(value.seconds)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterOptionalString.write(value.replaced, buf)
+        _UniffiFfiConverterFloat64.write(value.seconds, buf)
 
 @dataclass
 class RevertReport:
@@ -1487,31 +1634,6 @@ class _UniffiFfiConverterTypeEngramError(_UniffiConverterRustBuffer):
             buf.write_i32(6)
         if isinstance(value, EngramError.Untrusted):
             buf.write_i32(7)
-
-class _UniffiFfiConverterOptionalString(_UniffiConverterRustBuffer):
-    @classmethod
-    def check_lower(cls, value):
-        if value is not None:
-            _UniffiFfiConverterString.check_lower(value)
-
-    @classmethod
-    def write(cls, value, buf):
-        if value is None:
-            buf.write_u8(0)
-            return
-
-        buf.write_u8(1)
-        _UniffiFfiConverterString.write(value, buf)
-
-    @classmethod
-    def read(cls, buf):
-        flag = buf.read_u8()
-        if flag == 0:
-            return None
-        elif flag == 1:
-            return _UniffiFfiConverterString.read(buf)
-        else:
-            raise InternalError("Unexpected flag byte for optional type")
 
 
 
@@ -1775,6 +1897,12 @@ class EngramProtocol(typing.Protocol):
         file at `path`, in half precision when `half` is set.
 """
         raise NotImplementedError
+    def forget(self, what: str) -> ForgetReport:
+        """
+        Forgets one learned fact exactly, named by its number or by words of its text that
+        match it alone: its change leaves the memory, its words leave the store's files.
+"""
+        raise NotImplementedError
     def generate(self, prompt: str,max_tokens: int,listener: typing.Union[object, typing.Optional[TokenListener]] = _DEFAULT) -> str:
         """
         Continues `prompt` greedily for at most `max_tokens` tokens, telling `listener` of each
@@ -1804,6 +1932,12 @@ class EngramProtocol(typing.Protocol):
     def learned_facts(self, ) -> typing.List[LearnedFact]:
         """
         The facts this store learned, oldest first.
+"""
+        raise NotImplementedError
+    def remember(self, statement: str) -> RememberReport:
+        """
+        Learns a statement the user made (e.g. in a chat) after forgetting the earlier fact it
+        changes, if any ("We moved to Coimbra." replaces "We live in Braga.").
 """
         raise NotImplementedError
     def revert_delta(self, id_or_path: str) -> RevertReport:
@@ -1960,6 +2094,25 @@ class Engram(EngramProtocol):
             *_uniffi_lowered_args,
         )
         return _uniffi_lift_return(_uniffi_ffi_result)
+    def forget(self, what: str) -> ForgetReport:
+        """
+        Forgets one learned fact exactly, named by its number or by words of its text that
+        match it alone: its change leaves the memory, its words leave the store's files.
+"""
+        
+        _UniffiFfiConverterString.check_lower(what)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(what),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeForgetReport.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeEngramError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_engram_uniffi_fn_method_engram_forget,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
     def generate(self, prompt: str,max_tokens: int,listener: typing.Union[object, typing.Optional[TokenListener]] = _DEFAULT) -> str:
         """
         Continues `prompt` greedily for at most `max_tokens` tokens, telling `listener` of each
@@ -2087,6 +2240,25 @@ class Engram(EngramProtocol):
         _uniffi_ffi_result = _uniffi_rust_call_with_error(
             _uniffi_error_converter,
             _UniffiLib.uniffi_engram_uniffi_fn_method_engram_learned_facts,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def remember(self, statement: str) -> RememberReport:
+        """
+        Learns a statement the user made (e.g. in a chat) after forgetting the earlier fact it
+        changes, if any ("We moved to Coimbra." replaces "We live in Braga.").
+"""
+        
+        _UniffiFfiConverterString.check_lower(statement)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(statement),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeRememberReport.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeEngramError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_engram_uniffi_fn_method_engram_remember,
             *_uniffi_lowered_args,
         )
         return _uniffi_lift_return(_uniffi_ffi_result)
@@ -2279,6 +2451,24 @@ def generate_signing_key(secret_path: str,label: str = "") -> str:
         *_uniffi_lowered_args,
     )
     return _uniffi_lift_return(_uniffi_ffi_result)
+def is_statement(text: str) -> bool:
+    """
+    Whether `text`, a user's chat turn, states something to remember about them or their
+    world (not a question, request, supposition or chit-chat).
+"""
+    
+    _UniffiFfiConverterString.check_lower(text)
+    _uniffi_lowered_args = (
+        _UniffiFfiConverterString.lower(text),
+    )
+    _uniffi_lift_return = _UniffiFfiConverterBoolean.lift
+    _uniffi_error_converter = None
+    _uniffi_ffi_result = _uniffi_rust_call_with_error(
+        _uniffi_error_converter,
+        _UniffiLib.uniffi_engram_uniffi_fn_func_is_statement,
+        *_uniffi_lowered_args,
+    )
+    return _uniffi_lift_return(_uniffi_ffi_result)
 def sign_delta(path: str,key_path: str) -> None:
     """
     Signs the delta file at `path` with the secret-key file `key_path`, in place (atomically).
@@ -2342,14 +2532,17 @@ __all__ = [
     "EngramError",
     "ExportReport",
     "FactResult",
+    "ForgetReport",
     "ImportReport",
     "ImportedDeltaInfo",
     "LearnReport",
     "LearnedFact",
+    "RememberReport",
     "RevertReport",
     "SnapshotInfo",
     "encrypt_store",
     "generate_signing_key",
+    "is_statement",
     "sign_delta",
     "verify_delta",
     "version",

@@ -187,3 +187,20 @@ def test_an_encrypted_store_opens_only_with_its_key(learned):
     plain = engram.Engram.open(MODEL, memory_path=store, writable=False)
     assert any("Okafor" in f.text for f in plain.learned_facts())
 
+
+
+def test_statements_are_remembered_replaced_and_forgotten(learned):
+    a = learned["engine"]
+    assert engram.is_statement("My cat is called Miso.")
+    assert not engram.is_statement("What is my cat called?")
+    assert a.remember("My cat is called Miso.").replaced is None
+    r = a.remember("My cat is called Tofu.")
+    assert r.replaced == "My cat is called Miso.", r
+    reply = a.ask("What is my cat called?")
+    assert "Tofu" in reply, reply
+    numbers = {f.text: f.number for f in a.learned_facts()}
+    forgotten = a.forget(str(numbers["My cat is called Tofu."]))
+    assert forgotten.text == "My cat is called Tofu." and forgotten.rows > 0, forgotten
+    assert all("cat" not in f.text for f in a.learned_facts())
+    with pytest.raises(engram.EngramError):
+        a.forget("Tofu")

@@ -631,6 +631,12 @@ public protocol EngramProtocol: AnyObject, Sendable {
     func exportDelta(path: String, since: String?, half: Bool, label: String) throws  -> ExportReport
     
     /**
+     * Forgets one learned fact exactly, named by its number or by words of its text that
+     * match it alone: its change leaves the memory, its words leave the store's files.
+     */
+    func forget(what: String) throws  -> ForgetReport
+    
+    /**
      * Continues `prompt` greedily for at most `max_tokens` tokens, telling `listener` of each
      * piece; returns the whole text.
      */
@@ -660,6 +666,12 @@ public protocol EngramProtocol: AnyObject, Sendable {
      * The facts this store learned, oldest first.
      */
     func learnedFacts() throws  -> [LearnedFact]
+    
+    /**
+     * Learns a statement the user made (e.g. in a chat) after forgetting the earlier fact it
+     * changes, if any ("We moved to Coimbra." replaces "We live in Braga.").
+     */
+    func remember(statement: String) throws  -> RememberReport
     
     /**
      * Reverts an imported delta, given its id (or a unique prefix) or its file.
@@ -803,6 +815,20 @@ open func exportDelta(path: String, since: String? = nil, half: Bool = false, la
 }
     
     /**
+     * Forgets one learned fact exactly, named by its number or by words of its text that
+     * match it alone: its change leaves the memory, its words leave the store's files.
+     */
+open func forget(what: String)throws  -> ForgetReport  {
+    return try  FfiConverterTypeForgetReport_lift(try rustCallWithError(FfiConverterTypeEngramError_lift) {
+        uniffiCallStatus in
+    uniffi_engram_uniffi_fn_method_engram_forget(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(what),uniffiCallStatus
+    )
+})
+}
+    
+    /**
      * Continues `prompt` greedily for at most `max_tokens` tokens, telling `listener` of each
      * piece; returns the whole text.
      */
@@ -882,6 +908,20 @@ open func learnedFacts()throws  -> [LearnedFact]  {
         uniffiCallStatus in
     uniffi_engram_uniffi_fn_method_engram_learned_facts(
             self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Learns a statement the user made (e.g. in a chat) after forgetting the earlier fact it
+     * changes, if any ("We moved to Coimbra." replaces "We live in Braga.").
+     */
+open func remember(statement: String)throws  -> RememberReport  {
+    return try  FfiConverterTypeRememberReport_lift(try rustCallWithError(FfiConverterTypeEngramError_lift) {
+        uniffiCallStatus in
+    uniffi_engram_uniffi_fn_method_engram_remember(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(statement),uniffiCallStatus
     )
 })
 }
@@ -1153,6 +1193,85 @@ public func FfiConverterTypeFactResult_lower(_ value: FactResult) -> RustBuffer 
 
 
 /**
+ * What forgetting a fact did.
+ */
+public struct ForgetReport: Equatable, Hashable {
+    /**
+     * The fact's number.
+     */
+    public var number: UInt64
+    /**
+     * The fact, as text.
+     */
+    public var text: String
+    /**
+     * Memory rows its change was taken out of.
+     */
+    public var rows: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The fact's number.
+         */number: UInt64, 
+        /**
+         * The fact, as text.
+         */text: String, 
+        /**
+         * Memory rows its change was taken out of.
+         */rows: UInt64) {
+        self.number = number
+        self.text = text
+        self.rows = rows
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ForgetReport: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeForgetReport: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ForgetReport {
+        return
+            try ForgetReport(
+                number: FfiConverterUInt64.read(from: &buf), 
+                text: FfiConverterString.read(from: &buf), 
+                rows: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ForgetReport, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.number, into: &buf)
+        FfiConverterString.write(value.text, into: &buf)
+        FfiConverterUInt64.write(value.rows, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeForgetReport_lift(_ buf: RustBuffer) throws -> ForgetReport {
+    return try FfiConverterTypeForgetReport.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeForgetReport_lower(_ value: ForgetReport) -> RustBuffer {
+    return FfiConverterTypeForgetReport.lower(value)
+}
+
+
+/**
  * What importing a delta did.
  */
 public struct ImportReport: Equatable, Hashable {
@@ -1394,6 +1513,10 @@ public func FfiConverterTypeLearnReport_lower(_ value: LearnReport) -> RustBuffe
  */
 public struct LearnedFact: Equatable, Hashable {
     /**
+     * Its number in this store (what `forget` takes; 0: learned before facts were numbered).
+     */
+    public var number: UInt64
+    /**
      * The fact, as text.
      */
     public var text: String
@@ -1406,11 +1529,15 @@ public struct LearnedFact: Equatable, Hashable {
     // declare one manually.
     public init(
         /**
+         * Its number in this store (what `forget` takes; 0: learned before facts were numbered).
+         */number: UInt64, 
+        /**
          * The fact, as text.
          */text: String, 
         /**
          * Unix seconds when learning it finished.
          */learnedAt: UInt64) {
+        self.number = number
         self.text = text
         self.learnedAt = learnedAt
     }
@@ -1431,12 +1558,14 @@ public struct FfiConverterTypeLearnedFact: FfiConverterRustBuffer {
     public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> LearnedFact {
         return
             try LearnedFact(
+                number: FfiConverterUInt64.read(from: &buf), 
                 text: FfiConverterString.read(from: &buf), 
                 learnedAt: FfiConverterUInt64.read(from: &buf)
         )
     }
 
     public static func write(_ value: LearnedFact, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.number, into: &buf)
         FfiConverterString.write(value.text, into: &buf)
         FfiConverterUInt64.write(value.learnedAt, into: &buf)
     }
@@ -1455,6 +1584,75 @@ public func FfiConverterTypeLearnedFact_lift(_ buf: RustBuffer) throws -> Learne
 #endif
 public func FfiConverterTypeLearnedFact_lower(_ value: LearnedFact) -> RustBuffer {
     return FfiConverterTypeLearnedFact.lower(value)
+}
+
+
+/**
+ * What remembering a statement did.
+ */
+public struct RememberReport: Equatable, Hashable {
+    /**
+     * The earlier fact it replaced (forgotten first), if it changed one.
+     */
+    public var replaced: String?
+    /**
+     * Seconds learning it took.
+     */
+    public var seconds: Double
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The earlier fact it replaced (forgotten first), if it changed one.
+         */replaced: String?, 
+        /**
+         * Seconds learning it took.
+         */seconds: Double) {
+        self.replaced = replaced
+        self.seconds = seconds
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension RememberReport: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeRememberReport: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> RememberReport {
+        return
+            try RememberReport(
+                replaced: FfiConverterOptionString.read(from: &buf), 
+                seconds: FfiConverterDouble.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: RememberReport, into buf: inout [UInt8]) {
+        FfiConverterOptionString.write(value.replaced, into: &buf)
+        FfiConverterDouble.write(value.seconds, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRememberReport_lift(_ buf: RustBuffer) throws -> RememberReport {
+    return try FfiConverterTypeRememberReport.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRememberReport_lower(_ value: RememberReport) -> RustBuffer {
+    return FfiConverterTypeRememberReport.lower(value)
 }
 
 
@@ -2287,6 +2485,18 @@ public func generateSigningKey(secretPath: String, label: String = "")throws  ->
 })
 }
 /**
+ * Whether `text`, a user's chat turn, states something to remember about them or their
+ * world (not a question, request, supposition or chit-chat).
+ */
+public func isStatement(text: String) -> Bool  {
+    return try!  FfiConverterBool.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_engram_uniffi_fn_func_is_statement(
+        FfiConverterString.lower(text),uniffiCallStatus
+    )
+})
+}
+/**
  * Signs the delta file at `path` with the secret-key file `key_path`, in place (atomically).
  */
 public func signDelta(path: String, keyPath: String)throws   {try rustCallWithError(FfiConverterTypeEngramError_lift) {
@@ -2342,6 +2552,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_engram_uniffi_checksum_func_generate_signing_key() != 55085) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_engram_uniffi_checksum_func_is_statement() != 41222) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_engram_uniffi_checksum_func_sign_delta() != 13821) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -2360,6 +2573,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_engram_uniffi_checksum_method_engram_export_delta() != 41520) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_engram_uniffi_checksum_method_engram_forget() != 45300) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_engram_uniffi_checksum_method_engram_generate() != 47158) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -2376,6 +2592,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_engram_uniffi_checksum_method_engram_learned_facts() != 52909) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_engram_uniffi_checksum_method_engram_remember() != 55612) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_engram_uniffi_checksum_method_engram_revert_delta() != 42969) {

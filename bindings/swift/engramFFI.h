@@ -305,6 +305,11 @@ void uniffi_engram_uniffi_fn_method_engram_checkpoint(uint64_t ptr, RustCallStat
 RustBuffer uniffi_engram_uniffi_fn_method_engram_export_delta(uint64_t ptr, RustBuffer path, RustBuffer since, int8_t half, RustBuffer label, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_ENGRAM_FORGET
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_ENGRAM_FORGET
+RustBuffer uniffi_engram_uniffi_fn_method_engram_forget(uint64_t ptr, RustBuffer what, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_ENGRAM_GENERATE
 #define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_ENGRAM_GENERATE
 RustBuffer uniffi_engram_uniffi_fn_method_engram_generate(uint64_t ptr, RustBuffer prompt, uint32_t max_tokens, RustBuffer listener, RustCallStatus *_Nonnull out_status
@@ -333,6 +338,11 @@ RustBuffer uniffi_engram_uniffi_fn_method_engram_learn_qa(uint64_t ptr, RustBuff
 #ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_ENGRAM_LEARNED_FACTS
 #define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_ENGRAM_LEARNED_FACTS
 RustBuffer uniffi_engram_uniffi_fn_method_engram_learned_facts(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_ENGRAM_REMEMBER
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_ENGRAM_REMEMBER
+RustBuffer uniffi_engram_uniffi_fn_method_engram_remember(uint64_t ptr, RustBuffer statement, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_ENGRAM_REVERT_DELTA
@@ -373,6 +383,11 @@ void uniffi_engram_uniffi_fn_func_encrypt_store(RustBuffer memory_path, RustBuff
 #ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_FUNC_GENERATE_SIGNING_KEY
 #define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_FUNC_GENERATE_SIGNING_KEY
 RustBuffer uniffi_engram_uniffi_fn_func_generate_signing_key(RustBuffer secret_path, RustBuffer label, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_FUNC_IS_STATEMENT
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_FUNC_IS_STATEMENT
+int8_t uniffi_engram_uniffi_fn_func_is_statement(RustBuffer text, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_FUNC_SIGN_DELTA
@@ -663,6 +678,12 @@ uint16_t uniffi_engram_uniffi_checksum_func_generate_signing_key(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_FUNC_IS_STATEMENT
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_FUNC_IS_STATEMENT
+uint16_t uniffi_engram_uniffi_checksum_func_is_statement(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_FUNC_SIGN_DELTA
 #define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_FUNC_SIGN_DELTA
 uint16_t uniffi_engram_uniffi_checksum_func_sign_delta(void
@@ -699,6 +720,12 @@ uint16_t uniffi_engram_uniffi_checksum_method_engram_export_delta(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_ENGRAM_FORGET
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_ENGRAM_FORGET
+uint16_t uniffi_engram_uniffi_checksum_method_engram_forget(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_ENGRAM_GENERATE
 #define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_ENGRAM_GENERATE
 uint16_t uniffi_engram_uniffi_checksum_method_engram_generate(void
@@ -732,6 +759,12 @@ uint16_t uniffi_engram_uniffi_checksum_method_engram_learn_qa(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_ENGRAM_LEARNED_FACTS
 #define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_ENGRAM_LEARNED_FACTS
 uint16_t uniffi_engram_uniffi_checksum_method_engram_learned_facts(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_ENGRAM_REMEMBER
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_ENGRAM_REMEMBER
+uint16_t uniffi_engram_uniffi_checksum_method_engram_remember(void
     
 );
 #endif

@@ -177,7 +177,7 @@ pub fn run(engine: Option<Engine>, args: &ChatEvalArgs) -> Result<(), String> {
     );
     // (number, text, fact key) of what is remembered so far.
     let mut kept: Vec<(u64, String, Option<String>)> = Vec::new();
-    let mut plan = Vec::new(); // (turn index, the number it replaces)
+    let mut plan = Vec::new(); // indices of the turns learned
     let mut wrong = Vec::new();
     for (i, t) in turns.iter().enumerate() {
         let to_learn = matches!(t.label.as_str(), "statement" | "update");
@@ -209,7 +209,7 @@ pub fn run(engine: Option<Engine>, args: &ChatEvalArgs) -> Result<(), String> {
         }
         kept.retain(|(n, _, _)| Some(*n) != replaced);
         kept.push((i as u64 + 1, t.text.clone(), t.fact.clone()));
-        plan.push((i, replaced.is_some()));
+        plan.push(i);
     }
     eprintln!("{} turns in {} conversations", turns.len(), {
         let mut c: Vec<u64> = turns.iter().map(|t| t.conversation).collect();
@@ -266,7 +266,7 @@ fn learn_and_ask(
     engine: &mut Engine,
     turns: &[Turn],
     questions: &[Question],
-    plan: &[(usize, bool)],
+    plan: &[usize],
     args: &ChatEvalArgs,
 ) -> Result<Value, String> {
     let candidates = Fact::read_file(&args.retention)
@@ -287,25 +287,15 @@ fn learn_and_ask(
     let options = LearnOptions::default();
     let start = Instant::now();
     let mut forgotten = 0;
-    for &(i, replaces) in plan {
+    for &i in plan {
         let text = &turns[i].text;
-        if replaces {
-            let earlier: Vec<(u64, String)> = engine
-                .learned_facts()
-                .iter()
-                .map(|e| (e.uid, e.text.clone()))
-                .collect();
-            if let Some(uid) = replaced_fact(text, earlier.iter().map(|(n, s)| (*n, s.as_str()))) {
-                engine.forget(uid).map_err(|e| e.to_string())?;
-                forgotten += 1;
-            }
-        }
-        engine
-            .learn(&[Fact::note(text.clone())], &options, &mut |_, _, _| true)
+        let r = engine
+            .remember(text, &options, &mut |_, _, _| true)
             .map_err(|e| e.to_string())?;
+        forgotten += r.replaced.is_some() as usize;
         eprintln!(
             "learned {} of {} ({:.0} s): {text}",
-            plan.iter().position(|p| p.0 == i).unwrap_or(0) + 1,
+            plan.iter().position(|&p| p == i).unwrap_or(0) + 1,
             plan.len(),
             start.elapsed().as_secs_f64()
         );

@@ -526,26 +526,7 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Forget { what } => {
             let (mut engine, memory) = open_for_writing(cli.model, cli.memory, "forget", place)?;
-            let uid = match engine.find_learned(&what).as_slice() {
-                [one] => one.uid,
-                [] => {
-                    return Err(format!(
-                        "no learned fact matches {what:?} (engram learned lists them)"
-                    ));
-                }
-                many => {
-                    let list: Vec<String> = many
-                        .iter()
-                        .map(|f| format!("{} {:?}", f.uid, f.text))
-                        .collect();
-                    return Err(format!(
-                        "{} learned facts match {what:?}: {}; give its number",
-                        many.len(),
-                        list.join(", ")
-                    ));
-                }
-            };
-            let r = engine.forget(uid).map_err(|e| e.to_string())?;
+            let r = engine.forget_matching(&what).map_err(|e| e.to_string())?;
             println!(
                 "forgot fact {} {:?}: its change left {} rows ({} shared with other facts); \
                  {} record(s) erased from {}",
@@ -748,46 +729,22 @@ fn chat(mut engine: Engine, options: &GenerateOptions, learn: bool) -> Result<()
 fn change_memory(engine: &mut Engine, change: MemoryChange) -> Result<(), String> {
     match change {
         MemoryChange::Remember(text) => {
-            let earlier: Vec<(u64, String)> = engine
-                .learned_facts()
-                .iter()
-                .map(|f| (f.uid, f.text.clone()))
-                .collect();
             let t = Instant::now();
-            if let Some(uid) =
-                engram::learn::replaced_fact(&text, earlier.iter().map(|(n, s)| (*n, s.as_str())))
-            {
-                let r = engine.forget(uid).map_err(|e| e.to_string())?;
-                eprintln!("(forgot {:?}: it is replaced)", r.text);
-            }
-            engine
-                .learn(
-                    &[engram::learn::Fact::note(text.clone())],
-                    &engram::learn::LearnOptions::default(),
-                    &mut |_, _, _| true,
-                )
+            let r = engine
+                .remember(&text, &engram::LearnOptions::default(), &mut |_, _, _| true)
                 .map_err(|e| e.to_string())?;
+            if let Some(old) = r.replaced {
+                eprintln!("(forgot {:?}: it is replaced)", old.text);
+            }
             eprintln!(
                 "(remembered {text:?} in {:.1} s)",
                 t.elapsed().as_secs_f64()
             );
         }
-        MemoryChange::Forget(what) => match engine.find_learned(&what).as_slice() {
-            [one] => {
-                let uid = one.uid;
-                let r = engine.forget(uid).map_err(|e| e.to_string())?;
-                eprintln!("(forgot {:?})", r.text);
-            }
-            [] => eprintln!("(nothing learned matches {what:?}; /learned lists what is)"),
-            many => eprintln!(
-                "({} learned facts match {what:?}; /forget NUMBER with one of: {})",
-                many.len(),
-                many.iter()
-                    .map(|f| format!("{} {:?}", f.uid, f.text))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        },
+        MemoryChange::Forget(what) => {
+            let r = engine.forget_matching(&what).map_err(|e| e.to_string())?;
+            eprintln!("(forgot {:?})", r.text);
+        }
     }
     Ok(())
 }

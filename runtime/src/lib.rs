@@ -46,13 +46,14 @@ pub use delta::{
 };
 pub use engine::{
     Conversation, DEFAULT_TOPIC_COSINE, Device, Engine, EngineOptions, ForgetReport,
-    GenerateOptions, Generation, ImportReport, LoopGuard, ReadGating, Reply, RevertReport, Session,
-    SharedEngine, StopReason, TextStream, log_softmax_at, read_keys_path, reseal_store_file,
+    GenerateOptions, Generation, ImportReport, LoopGuard, ReadGating, RememberReport, Reply,
+    RevertReport, Session, SharedEngine, StopReason, TextStream, log_softmax_at, read_keys_path,
+    reseal_store_file,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use learn::{
     Fact, FactReport, Init, LearnOptions, LearnReport, LearnTimings, Optimizer, RetrofitOptions,
-    RetrofitProgress,
+    RetrofitProgress, TurnKind, classify_turn,
 };
 pub use memory::{DEFAULT_NOTE_READ_GATE, DEFAULT_READ_GATE, MemoryConfig, SlotScoring, SlotUsage};
 pub use model::ModelConfig;

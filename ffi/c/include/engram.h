@@ -116,6 +116,25 @@ enum EngramStatus engram_learn_qa(const struct EngramEngine *engine,
                                   EngramProgressCallback on_progress,
                                   void *user_data);
 
+// Learns `statement`, something the user said about themselves (e.g. in a chat), after
+// forgetting the earlier fact it changes, if any ("We moved to Coimbra." replaces "We live in
+// Braga."). The replaced fact's text goes to `*out_replaced` (free it), or NULL when none
+// was replaced; `out_replaced` may be null.
+enum EngramStatus engram_remember(const struct EngramEngine *engine,
+                                  const char *statement,
+                                  char **out_replaced);
+
+// Forgets one learned fact exactly, named by its number (as text, e.g. "3") or by words of
+// its text that match it alone; its text goes to `*out_text` (free it; may be null). Naming
+// none or several is an error whose message lists them.
+enum EngramStatus engram_forget(const struct EngramEngine *engine,
+                                const char *what,
+                                char **out_text);
+
+// 1 when `text`, a user's chat turn, states something to remember about them or their world;
+// 0 for a question, request, supposition or chit-chat (and for NULL or invalid UTF-8).
+int32_t engram_is_statement(const char *text);
+
 // Names the memory's current state (for `engram_delta_export(…, since = name, …)`).
 enum EngramStatus engram_snapshot(const struct EngramEngine *engine, const char *name);
 

@@ -413,6 +413,71 @@ pub unsafe extern "C" fn engram_learn_qa(
     })
 }
 
+/// Learns `statement`, something the user said about themselves (e.g. in a chat), after
+/// forgetting the earlier fact it changes, if any ("We moved to Coimbra." replaces "We live in
+/// Braga."). The replaced fact's text goes to `*out_replaced` (free it), or NULL when none
+/// was replaced; `out_replaced` may be null.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn engram_remember(
+    engine: *const EngramEngine,
+    statement: *const c_char,
+    out_replaced: *mut *mut c_char,
+) -> EngramStatus {
+    guard(|| {
+        let statement = unsafe { text(statement, "statement") }?;
+        if !out_replaced.is_null() {
+            // SAFETY: `out_replaced` points to writable storage for one pointer.
+            unsafe { *out_replaced = std::ptr::null_mut() };
+        }
+        let r = with_exclusive(engine, |e| {
+            e.remember(
+                statement,
+                &engram::LearnOptions::default(),
+                &mut |_, _, _| true,
+            )
+            .map_err(Failure::from)
+        })?;
+        if let Some(old) = r.replaced {
+            unsafe { give(out_replaced, &old.text) };
+        }
+        Ok(())
+    })
+}
+
+/// Forgets one learned fact exactly, named by its number (as text, e.g. "3") or by words of
+/// its text that match it alone; its text goes to `*out_text` (free it; may be null). Naming
+/// none or several is an error whose message lists them.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn engram_forget(
+    engine: *const EngramEngine,
+    what: *const c_char,
+    out_text: *mut *mut c_char,
+) -> EngramStatus {
+    guard(|| {
+        let what = unsafe { text(what, "what") }?;
+        let r = with_exclusive(engine, |e| e.forget_matching(what).map_err(Failure::from))?;
+        unsafe { give(out_text, &r.text) };
+        Ok(())
+    })
+}
+
+/// 1 when `text`, a user's chat turn, states something to remember about them or their world;
+/// 0 for a question, request, supposition or chit-chat (and for NULL or invalid UTF-8).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn engram_is_statement(text: *const c_char) -> i32 {
+    if text.is_null() {
+        return 0;
+    }
+    // SAFETY: the caller passes a NUL-terminated string.
+    let s = unsafe { CStr::from_ptr(text) };
+    // No panic may cross into C (none is expected here: the rules only compare words).
+    catch_unwind(|| {
+        s.to_str()
+            .is_ok_and(|t| engram::classify_turn(t) == engram::TurnKind::Statement) as i32
+    })
+    .unwrap_or(0)
+}
+
 /// Names the memory's current state (for `engram_delta_export(…, since = name, …)`).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn engram_snapshot(

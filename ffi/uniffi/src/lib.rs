@@ -136,10 +136,39 @@ pub struct RevertReport {
 /// A fact this store learned.
 #[derive(Clone, Debug, uniffi::Record)]
 pub struct LearnedFact {
+    /// Its number in this store (what `forget` takes; 0: learned before facts were numbered).
+    pub number: u64,
     /// The fact, as text.
     pub text: String,
     /// Unix seconds when learning it finished.
     pub learned_at: u64,
+}
+
+/// What forgetting a fact did.
+#[derive(Clone, Debug, uniffi::Record)]
+pub struct ForgetReport {
+    /// The fact's number.
+    pub number: u64,
+    /// The fact, as text.
+    pub text: String,
+    /// Memory rows its change was taken out of.
+    pub rows: u64,
+}
+
+/// What remembering a statement did.
+#[derive(Clone, Debug, uniffi::Record)]
+pub struct RememberReport {
+    /// The earlier fact it replaced (forgotten first), if it changed one.
+    pub replaced: Option<String>,
+    /// Seconds learning it took.
+    pub seconds: f64,
+}
+
+/// Whether `text`, a user's chat turn, states something to remember about them or their
+/// world (not a question, request, supposition or chit-chat).
+#[uniffi::export]
+pub fn is_statement(text: String) -> bool {
+    engram::classify_turn(&text) == engram::TurnKind::Statement
 }
 
 /// A named state of the memory.
@@ -332,6 +361,32 @@ impl Engram {
         self.learn(Fact::qa(&question, &answer), steps, listener)
     }
 
+    /// Learns a statement the user made (e.g. in a chat) after forgetting the earlier fact it
+    /// changes, if any ("We moved to Coimbra." replaces "We live in Braga.").
+    pub fn remember(&self, statement: String) -> Result<RememberReport, EngramError> {
+        let t = std::time::Instant::now();
+        let r = self.exclusive()?.remember(
+            &statement,
+            &engram::LearnOptions::default(),
+            &mut |_, _, _| true,
+        )?;
+        Ok(RememberReport {
+            replaced: r.replaced.map(|f| f.text),
+            seconds: t.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Forgets one learned fact exactly, named by its number or by words of its text that
+    /// match it alone: its change leaves the memory, its words leave the store's files.
+    pub fn forget(&self, what: String) -> Result<ForgetReport, EngramError> {
+        let r = self.exclusive()?.forget_matching(&what)?;
+        Ok(ForgetReport {
+            number: r.uid,
+            text: r.text,
+            rows: r.rows as u64,
+        })
+    }
+
     /// Names the memory's current state, so a later export can hold only what came after it.
     pub fn snapshot(&self, name: String) -> Result<(), EngramError> {
         Ok(self.exclusive()?.snapshot(&name)?)
@@ -409,6 +464,7 @@ impl Engram {
             .learned_facts()
             .iter()
             .map(|f| LearnedFact {
+                number: f.uid,
                 text: f.text.clone(),
                 learned_at: f.at,
             })

@@ -4,6 +4,16 @@
 use super::Engine;
 use crate::delta::{Change, LearnedEntry};
 use crate::error::{Error, Result};
+use crate::learn::{Fact, LearnOptions, LearnReport, replaced_fact};
+
+/// What [`Engine::remember`] did.
+#[derive(Clone, Debug)]
+pub struct RememberReport {
+    /// The earlier fact the statement replaced (forgotten first), if any.
+    pub replaced: Option<ForgetReport>,
+    /// Learning the statement.
+    pub learned: LearnReport,
+}
 
 /// What [`Engine::forget`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +51,54 @@ impl Engine {
             .iter()
             .filter(|e| e.text.to_lowercase().contains(&needle))
             .collect()
+    }
+
+    /// Forgets the one learned fact `what` names ([`Self::find_learned`]: its number, or
+    /// words of its text); naming none or several is an error that lists them.
+    pub fn forget_matching(&mut self, what: &str) -> Result<ForgetReport> {
+        let uid = match self.find_learned(what).as_slice() {
+            [one] => one.uid,
+            [] => {
+                return Err(Error::InvalidArgument(format!(
+                    "no learned fact matches {what:?} (engram learned lists them)"
+                )));
+            }
+            many => {
+                let list: Vec<String> = many
+                    .iter()
+                    .map(|f| format!("{} {:?}", f.uid, f.text))
+                    .collect();
+                return Err(Error::InvalidArgument(format!(
+                    "{} learned facts match {what:?}: {}; give its number",
+                    many.len(),
+                    list.join(", ")
+                )));
+            }
+        };
+        self.forget(uid)
+    }
+
+    /// Learns `statement` (a note the user made, e.g. in a chat) after forgetting the earlier
+    /// fact it replaces, if it changes one (by the rules of `learn::replaced_fact`: "We moved
+    /// to Coimbra." after "We live in Braga."), so the memory holds the new value, not a mix.
+    pub fn remember(
+        &mut self,
+        statement: &str,
+        options: &LearnOptions,
+        progress: &mut dyn FnMut(usize, usize, f64) -> bool,
+    ) -> Result<RememberReport> {
+        let replaced = replaced_fact(
+            statement,
+            self.learned_facts()
+                .iter()
+                .map(|f| (f.uid, f.text.as_str())),
+        );
+        let replaced = match replaced {
+            Some(uid) => Some(self.forget(uid)?),
+            None => None,
+        };
+        let learned = self.learn(&[Fact::note(statement)], options, progress)?;
+        Ok(RememberReport { replaced, learned })
     }
 
     /// Forgets the learned fact numbered `uid` ([`LearnedEntry::uid`]): each of its rows

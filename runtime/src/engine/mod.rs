@@ -14,7 +14,7 @@ mod shared;
 pub use crate::backend::Device;
 pub use conversation::{Conversation, Reply};
 pub use deltas::{ImportReport, RevertReport};
-pub use forget::ForgetReport;
+pub use forget::{ForgetReport, RememberReport};
 pub use generate::{
     GenerateOptions, Generation, LoopGuard, Session, StopReason, TextStream, log_softmax_at,
 };

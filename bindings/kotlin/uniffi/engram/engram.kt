@@ -723,6 +723,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_engram_uniffi_checksum_func_generate_signing_key(
     ): Int
+    external fun uniffi_engram_uniffi_checksum_func_is_statement(
+    ): Int
     external fun uniffi_engram_uniffi_checksum_func_sign_delta(
     ): Int
     external fun uniffi_engram_uniffi_checksum_func_verify_delta(
@@ -735,6 +737,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_engram_uniffi_checksum_method_engram_export_delta(
     ): Int
+    external fun uniffi_engram_uniffi_checksum_method_engram_forget(
+    ): Int
     external fun uniffi_engram_uniffi_checksum_method_engram_generate(
     ): Int
     external fun uniffi_engram_uniffi_checksum_method_engram_import_delta(
@@ -746,6 +750,8 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_engram_uniffi_checksum_method_engram_learn_qa(
     ): Int
     external fun uniffi_engram_uniffi_checksum_method_engram_learned_facts(
+    ): Int
+    external fun uniffi_engram_uniffi_checksum_method_engram_remember(
     ): Int
     external fun uniffi_engram_uniffi_checksum_method_engram_revert_delta(
     ): Int
@@ -795,6 +801,8 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_engram_uniffi_fn_method_engram_export_delta(`ptr`: Long,`path`: RustBuffer.ByValue,`since`: RustBuffer.ByValue,`half`: Byte,`label`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_engram_uniffi_fn_method_engram_forget(`ptr`: Long,`what`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
     external fun uniffi_engram_uniffi_fn_method_engram_generate(`ptr`: Long,`prompt`: RustBuffer.ByValue,`maxTokens`: Int,`listener`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_engram_uniffi_fn_method_engram_import_delta(`ptr`: Long,`path`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -806,6 +814,8 @@ internal object UniffiLib {
     external fun uniffi_engram_uniffi_fn_method_engram_learn_qa(`ptr`: Long,`question`: RustBuffer.ByValue,`answer`: RustBuffer.ByValue,`steps`: Int,`listener`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_engram_uniffi_fn_method_engram_learned_facts(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_engram_uniffi_fn_method_engram_remember(`ptr`: Long,`statement`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_engram_uniffi_fn_method_engram_revert_delta(`ptr`: Long,`idOrPath`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
@@ -823,6 +833,8 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_engram_uniffi_fn_func_generate_signing_key(`secretPath`: RustBuffer.ByValue,`label`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_engram_uniffi_fn_func_is_statement(`text`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Byte
     external fun uniffi_engram_uniffi_fn_func_sign_delta(`path`: RustBuffer.ByValue,`keyPath`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_engram_uniffi_fn_func_verify_delta(`path`: RustBuffer.ByValue,`trustedSignersPath`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -954,6 +966,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_engram_uniffi_checksum_func_generate_signing_key() and 0xFFFF) != 55085) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_engram_uniffi_checksum_func_is_statement() and 0xFFFF) != 41222) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_engram_uniffi_checksum_func_sign_delta() and 0xFFFF) != 13821) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -972,6 +987,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_engram_uniffi_checksum_method_engram_export_delta() and 0xFFFF) != 41520) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_engram_uniffi_checksum_method_engram_forget() and 0xFFFF) != 45300) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_engram_uniffi_checksum_method_engram_generate() and 0xFFFF) != 47158) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -988,6 +1006,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_engram_uniffi_checksum_method_engram_learned_facts() and 0xFFFF) != 52909) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_engram_uniffi_checksum_method_engram_remember() and 0xFFFF) != 55612) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_engram_uniffi_checksum_method_engram_revert_delta() and 0xFFFF) != 42969) {
@@ -1487,6 +1508,12 @@ public interface EngramInterface {
     fun `exportDelta`(`path`: kotlin.String, `since`: kotlin.String? = null, `half`: kotlin.Boolean = false, `label`: kotlin.String = ""): ExportReport
     
     /**
+     * Forgets one learned fact exactly, named by its number or by words of its text that
+     * match it alone: its change leaves the memory, its words leave the store's files.
+     */
+    fun `forget`(`what`: kotlin.String): ForgetReport
+    
+    /**
      * Continues `prompt` greedily for at most `max_tokens` tokens, telling `listener` of each
      * piece; returns the whole text.
      */
@@ -1516,6 +1543,12 @@ public interface EngramInterface {
      * The facts this store learned, oldest first.
      */
     fun `learnedFacts`(): List<LearnedFact>
+    
+    /**
+     * Learns a statement the user made (e.g. in a chat) after forgetting the earlier fact it
+     * changes, if any ("We moved to Coimbra." replaces "We live in Braga.").
+     */
+    fun `remember`(`statement`: kotlin.String): RememberReport
     
     /**
      * Reverts an imported delta, given its id (or a unique prefix) or its file.
@@ -1706,6 +1739,25 @@ open class Engram: Disposable, AutoCloseable, EngramInterface
 
     
     /**
+     * Forgets one learned fact exactly, named by its number or by words of its text that
+     * match it alone: its change leaves the memory, its words leave the store's files.
+     */
+    @Throws(EngramException::class)override fun `forget`(`what`: kotlin.String): ForgetReport {
+            return FfiConverterTypeForgetReport.lift(
+    callWithHandle {
+    uniffiRustCallWithError(EngramException) { _status ->
+    UniffiLib.uniffi_engram_uniffi_fn_method_engram_forget(
+        it,
+        
+        FfiConverterString.lower(`what`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
      * Continues `prompt` greedily for at most `max_tokens` tokens, telling `listener` of each
      * piece; returns the whole text.
      */
@@ -1812,6 +1864,25 @@ open class Engram: Disposable, AutoCloseable, EngramInterface
     UniffiLib.uniffi_engram_uniffi_fn_method_engram_learned_facts(
         it,
         _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Learns a statement the user made (e.g. in a chat) after forgetting the earlier fact it
+     * changes, if any ("We moved to Coimbra." replaces "We live in Braga.").
+     */
+    @Throws(EngramException::class)override fun `remember`(`statement`: kotlin.String): RememberReport {
+            return FfiConverterTypeRememberReport.lift(
+    callWithHandle {
+    uniffiRustCallWithError(EngramException) { _status ->
+    UniffiLib.uniffi_engram_uniffi_fn_method_engram_remember(
+        it,
+        
+        FfiConverterString.lower(`statement`),_status)
 }
     }
     )
@@ -2068,6 +2139,61 @@ public object FfiConverterTypeFactResult: FfiConverterRustBuffer<FactResult> {
 
 
 /**
+ * What forgetting a fact did.
+ */
+data class ForgetReport (
+    /**
+     * The fact's number.
+     */
+    var `number`: kotlin.ULong
+    , 
+    /**
+     * The fact, as text.
+     */
+    var `text`: kotlin.String
+    , 
+    /**
+     * Memory rows its change was taken out of.
+     */
+    var `rows`: kotlin.ULong
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeForgetReport: FfiConverterRustBuffer<ForgetReport> {
+    override fun read(buf: ByteBuffer): ForgetReport {
+        return ForgetReport(
+            FfiConverterULong.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterULong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ForgetReport) = (
+            FfiConverterULong.allocationSize(value.`number`) +
+            FfiConverterString.allocationSize(value.`text`) +
+            FfiConverterULong.allocationSize(value.`rows`)
+    )
+
+    override fun write(value: ForgetReport, buf: ByteBuffer) {
+            FfiConverterULong.write(value.`number`, buf)
+            FfiConverterString.write(value.`text`, buf)
+            FfiConverterULong.write(value.`rows`, buf)
+    }
+}
+
+
+
+/**
  * What importing a delta did.
  */
 data class ImportReport (
@@ -2237,6 +2363,11 @@ public object FfiConverterTypeLearnReport: FfiConverterRustBuffer<LearnReport> {
  */
 data class LearnedFact (
     /**
+     * Its number in this store (what `forget` takes; 0: learned before facts were numbered).
+     */
+    var `number`: kotlin.ULong
+    , 
+    /**
      * The fact, as text.
      */
     var `text`: kotlin.String
@@ -2261,19 +2392,69 @@ data class LearnedFact (
 public object FfiConverterTypeLearnedFact: FfiConverterRustBuffer<LearnedFact> {
     override fun read(buf: ByteBuffer): LearnedFact {
         return LearnedFact(
+            FfiConverterULong.read(buf),
             FfiConverterString.read(buf),
             FfiConverterULong.read(buf),
         )
     }
 
     override fun allocationSize(value: LearnedFact) = (
+            FfiConverterULong.allocationSize(value.`number`) +
             FfiConverterString.allocationSize(value.`text`) +
             FfiConverterULong.allocationSize(value.`learnedAt`)
     )
 
     override fun write(value: LearnedFact, buf: ByteBuffer) {
+            FfiConverterULong.write(value.`number`, buf)
             FfiConverterString.write(value.`text`, buf)
             FfiConverterULong.write(value.`learnedAt`, buf)
+    }
+}
+
+
+
+/**
+ * What remembering a statement did.
+ */
+data class RememberReport (
+    /**
+     * The earlier fact it replaced (forgotten first), if it changed one.
+     */
+    var `replaced`: kotlin.String?
+    , 
+    /**
+     * Seconds learning it took.
+     */
+    var `seconds`: kotlin.Double
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeRememberReport: FfiConverterRustBuffer<RememberReport> {
+    override fun read(buf: ByteBuffer): RememberReport {
+        return RememberReport(
+            FfiConverterOptionalString.read(buf),
+            FfiConverterDouble.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: RememberReport) = (
+            FfiConverterOptionalString.allocationSize(value.`replaced`) +
+            FfiConverterDouble.allocationSize(value.`seconds`)
+    )
+
+    override fun write(value: RememberReport, buf: ByteBuffer) {
+            FfiConverterOptionalString.write(value.`replaced`, buf)
+            FfiConverterDouble.write(value.`seconds`, buf)
     }
 }
 
@@ -2919,6 +3100,21 @@ public object FfiConverterSequenceTypeSnapshotInfo: FfiConverterRustBuffer<List<
         
         FfiConverterString.lower(`secretPath`),
         FfiConverterString.lower(`label`),_status)
+}
+    )
+    }
+    
+
+        /**
+         * Whether `text`, a user's chat turn, states something to remember about them or their
+         * world (not a question, request, supposition or chit-chat).
+         */ fun `isStatement`(`text`: kotlin.String): kotlin.Boolean {
+            return FfiConverterBoolean.lift(
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_engram_uniffi_fn_func_is_statement(
+    
+        
+        FfiConverterString.lower(`text`),_status)
 }
     )
     }
