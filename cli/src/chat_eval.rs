@@ -9,9 +9,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use std::sync::{Arc, Mutex};
+
 use clap::Args;
-use engram::Engine;
 use engram::learn::{Fact, LearnOptions, TurnKind, classify_turn, replaced_fact};
+use engram::{
+    BackgroundLearner, Conversation, Engine, GenerateOptions, LearnerEvent, SharedEngine,
+};
 use serde_json::{Value, json};
 
 use crate::eval::correct;
@@ -31,6 +35,14 @@ pub struct ChatEvalArgs {
     /// Write the results (every reply included) as JSON here.
     #[arg(short, long)]
     output: Option<PathBuf>,
+    /// Instead of recall, measure reply latency: every turn answered (at most 48 tokens)
+    /// without learning, then again with the statements learned in the background.
+    #[arg(long)]
+    latency: bool,
+    /// With --latency: seconds between a reply and the next turn (the user typing), when the
+    /// background learner works undisturbed.
+    #[arg(long, default_value_t = 2.0)]
+    pause: f64,
 }
 
 struct Turn {
@@ -231,8 +243,14 @@ pub fn run(engine: Option<Engine>, args: &ChatEvalArgs) -> Result<(), String> {
         "new_statements_replacing_a_fact": wrong_replacements.json(),
         "rule_mistakes": wrong,
     });
-    if let Some(mut engine) = engine {
-        report["learning"] = learn_and_ask(&mut engine, &turns, &questions, &plan, args)?;
+    match engine {
+        Some(engine) if args.latency => {
+            report["latency"] = latency(engine, &turns, &plan, args.pause)?;
+        }
+        Some(mut engine) => {
+            report["learning"] = learn_and_ask(&mut engine, &turns, &questions, &plan, args)?;
+        }
+        None => {}
     }
     if let Some(out) = &args.output {
         std::fs::write(
@@ -355,4 +373,132 @@ fn learn_and_ask(
         "learn_seconds": learn_seconds,
         "replies": replies,
     }))
+}
+
+/// One turn's timings: until the first piece of the reply, and until its end, each from the
+/// moment the turn was sent (waiting for the engine included).
+struct Timed {
+    first: f64,
+    whole: f64,
+}
+
+/// Answers every turn of `turns`, conversation by conversation (each turn re-reads its
+/// conversation so far, as a chat does after the memory changed), once without learning and
+/// once with the turns of `plan` learned by a [`BackgroundLearner`] after their reply, with
+/// `pause` seconds between turns. The engine learns into its in-process copy of the store.
+fn latency(engine: Engine, turns: &[Turn], plan: &[usize], pause: f64) -> Result<Value, String> {
+    let options = GenerateOptions {
+        max_tokens: 48,
+        ..Default::default()
+    };
+    let shared = Arc::new(SharedEngine::from(engine));
+    let run = |learner: Option<&BackgroundLearner>| -> Result<Vec<Timed>, String> {
+        let mut timed = Vec::new();
+        let mut kept: (Option<String>, Vec<(String, String)>) = (None, Vec::new());
+        for (i, t) in turns.iter().enumerate() {
+            if i > 0 && turns[i - 1].conversation != t.conversation {
+                kept = (None, Vec::new());
+            }
+            let sent = Instant::now();
+            let mut first = None;
+            {
+                let engine: Box<dyn std::ops::Deref<Target = Engine> + '_> = match learner {
+                    Some(l) => Box::new(l.read().map_err(|e| e.to_string())?),
+                    None => Box::new(shared.read().map_err(|e| e.to_string())?),
+                };
+                let mut c =
+                    Conversation::resume(&engine, kept.0.take(), std::mem::take(&mut kept.1));
+                c.say(&t.text, &options, |_| {
+                    first.get_or_insert_with(|| sent.elapsed().as_secs_f64());
+                    true
+                })
+                .map_err(|e| e.to_string())?;
+                kept = c.into_parts();
+            }
+            let whole = sent.elapsed().as_secs_f64();
+            timed.push(Timed {
+                first: first.unwrap_or(whole),
+                whole,
+            });
+            if let Some(l) = learner {
+                if plan.contains(&i) {
+                    l.remember(&t.text).map_err(|e| e.to_string())?;
+                }
+                std::thread::sleep(std::time::Duration::from_secs_f64(pause));
+            }
+        }
+        Ok(timed)
+    };
+    eprintln!("answering {} turns without learning ...", turns.len());
+    let without = run(None)?;
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let learner = BackgroundLearner::start(shared.clone(), LearnOptions::default(), move |e| {
+        if let Ok(mut v) = sink.lock() {
+            v.push(e);
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    eprintln!(
+        "answering them again, learning {} statements in the background ({pause} s between turns) ...",
+        plan.len()
+    );
+    let with = run(Some(&learner))?;
+    let left_at_end = learner.pending();
+    learner.finish().map_err(|e| e.to_string())?;
+    let events = events.lock().map_err(|_| "learner events lost")?;
+    let (mut learned, mut yields, mut seconds, mut failed) = (0, 0, Vec::new(), 0);
+    for e in events.iter() {
+        match e {
+            LearnerEvent::Remembered {
+                yielded,
+                seconds: s,
+                ..
+            } => {
+                learned += 1;
+                yields += yielded;
+                seconds.push(*s);
+            }
+            LearnerEvent::Failed { .. } => failed += 1,
+            LearnerEvent::Forgot(_) => {}
+        }
+    }
+    let stats = |v: &[Timed], f: fn(&Timed) -> f64| {
+        let mut x: Vec<f64> = v.iter().map(f).collect();
+        x.sort_by(f64::total_cmp);
+        let at = |q: f64| x[((x.len() - 1) as f64 * q).round() as usize];
+        json!({"p50": at(0.5), "p90": at(0.9), "max": at(1.0),
+               "mean": x.iter().sum::<f64>() / x.len().max(1) as f64})
+    };
+    let report = json!({
+        "turns": turns.len(),
+        "pause_seconds": pause,
+        "without_learning": {"first_piece": stats(&without, |t| t.first), "reply": stats(&without, |t| t.whole)},
+        "learning_in_background": {"first_piece": stats(&with, |t| t.first), "reply": stats(&with, |t| t.whole)},
+        "statements": plan.len(),
+        "learned": learned,
+        "failed": failed,
+        "times_a_fact_stepped_aside": yields,
+        "seconds_per_statement": seconds,
+        "still_queued_after_the_last_turn": left_at_end,
+    });
+    for (name, key) in [
+        ("without learning", "without_learning"),
+        ("learning in background", "learning_in_background"),
+    ] {
+        let r = &report[key];
+        eprintln!(
+            "{name:<24} first piece p50 {:.3} s p90 {:.3} s max {:.3} s; whole reply p50 {:.3} s max {:.3} s",
+            r["first_piece"]["p50"].as_f64().unwrap_or(0.0),
+            r["first_piece"]["p90"].as_f64().unwrap_or(0.0),
+            r["first_piece"]["max"].as_f64().unwrap_or(0.0),
+            r["reply"]["p50"].as_f64().unwrap_or(0.0),
+            r["reply"]["max"].as_f64().unwrap_or(0.0),
+        );
+    }
+    eprintln!(
+        "{learned} of {} statements learned ({failed} failed), facts stepped aside {yields} times, {left_at_end} still queued after the last turn",
+        plan.len()
+    );
+    Ok(report)
 }

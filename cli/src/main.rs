@@ -1,6 +1,6 @@
 //! `engram`: the command-line front door to the runtime.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -10,11 +10,12 @@ use engram::delta::MemoryAccess;
 use engram::gguf::Gguf;
 use engram::memory::DEFAULT_NOTE_READ_GATE;
 use engram::{
-    Conversation, Device, Engine, EngineOptions, GenerateOptions, LoopGuard, ReadGating,
-    SamplingConfig, StopReason, StoreKey, SystemPrompt,
+    Device, Engine, EngineOptions, GenerateOptions, LoopGuard, ReadGating, SamplingConfig,
+    StoreKey, SystemPrompt,
 };
 
 mod bench;
+mod chat;
 mod chat_eval;
 mod delta;
 mod eval;
@@ -433,7 +434,7 @@ fn run(cli: Cli) -> Result<(), String> {
             } else {
                 open(cli.model, cli.memory, place, sampling.ctx)?
             };
-            chat(engine, &sampling.options(SamplingConfig::chat()), learn)
+            chat::chat(engine, &sampling.options(SamplingConfig::chat()), learn)
         }
         Command::Tokenize { text, bos } => {
             let path = resolve_model(cli.model)?;
@@ -580,173 +581,6 @@ fn report(g: &engram::Generation) {
         tps(g.tokens.len(), g.decode_time),
         g.stop
     );
-}
-
-/// What the chat loop needs the engine for, mutably, between turns.
-enum MemoryChange {
-    /// Learn this note (forgetting first the fact it replaces, if any).
-    Remember(String),
-    /// Forget the learned fact these words or this number name.
-    Forget(String),
-}
-
-/// `engram chat`: a conversation on stdin/stdout. With `learn` (a store opened for writing)
-/// statements the user makes are learned after the reply is shown, `/remember TEXT` learns a
-/// note, `/forget WHAT` forgets a learned fact and `/learned` lists them.
-fn chat(mut engine: Engine, options: &GenerateOptions, learn: bool) -> Result<(), String> {
-    let stdin = std::io::stdin();
-    let mut stdout = std::io::stdout();
-    eprintln!(
-        "chat with the model ({}-token context); /system TEXT sets the system message, \
-         /reset starts over, /quit or Ctrl-D ends{}",
-        engine.context(),
-        if learn {
-            "; what you tell about yourself is remembered (/remember TEXT, /forget WHAT, /learned)"
-        } else {
-            ""
-        }
-    );
-    let mut kept: (Option<String>, Vec<(String, String)>) = (None, Vec::new());
-    loop {
-        let mut conversation =
-            Conversation::resume(&engine, kept.0.take(), std::mem::take(&mut kept.1));
-        // Turns with this conversation until the memory must change (it borrows the engine).
-        let change = loop {
-            eprint!("[{}] > ", conversation.turns() + 1);
-            let mut line = String::new();
-            if stdin
-                .lock()
-                .read_line(&mut line)
-                .map_err(|e| e.to_string())?
-                == 0
-            {
-                break None;
-            }
-            let line = line.trim();
-            match line {
-                "" => continue,
-                "/quit" | "/exit" => break None,
-                "/reset" => {
-                    conversation.reset();
-                    eprintln!("(conversation cleared)");
-                    continue;
-                }
-                "/learned" => {
-                    for f in engine.learned_facts() {
-                        eprintln!("  {:>4}  {}", f.uid, f.text);
-                    }
-                    eprintln!("({} learned facts)", engine.learned_facts().len());
-                    continue;
-                }
-                _ => {}
-            }
-            let command = |name: &str| {
-                line.strip_prefix(name)
-                    .filter(|rest| rest.is_empty() || rest.starts_with(' '))
-                    .map(str::trim)
-            };
-            if let Some(rest) = command("/system") {
-                conversation.set_system(Some(rest.to_owned()));
-                match conversation.system() {
-                    Some(s) => eprintln!("(system message: {s:?})"),
-                    None => eprintln!("(no system message)"),
-                }
-                continue;
-            }
-            let asked = match (command("/remember"), command("/forget")) {
-                (Some(t), _) if !t.is_empty() => Some(MemoryChange::Remember(t.to_owned())),
-                (_, Some(t)) if !t.is_empty() => Some(MemoryChange::Forget(t.to_owned())),
-                (Some(_), _) | (_, Some(_)) => {
-                    eprintln!("(/remember TEXT, /forget WORDS or NUMBER)");
-                    continue;
-                }
-                _ => None,
-            };
-            if let Some(change) = asked {
-                if learn {
-                    break Some(change);
-                }
-                eprintln!("(start the chat with --learn --memory STORE to remember and forget)");
-                continue;
-            }
-            if line.starts_with('/') {
-                eprintln!(
-                    "unknown command {line}: /system TEXT, /reset, /remember TEXT, /forget WHAT, \
-                     /learned, /quit"
-                );
-                continue;
-            }
-            let reply = conversation.say(line, options, |piece| {
-                let _ = stdout.write_all(piece.as_bytes());
-                let _ = stdout.flush();
-                true
-            });
-            println!();
-            match reply {
-                Ok(r) => {
-                    if r.dropped_turns > 0 {
-                        eprintln!(
-                            "(the {} oldest turn(s) were dropped to fit the context window)",
-                            r.dropped_turns
-                        );
-                    }
-                    match r.generation.stop {
-                        StopReason::Repetition => {
-                            eprintln!("(stopped: the reply began repeating itself)")
-                        }
-                        StopReason::ContextFull => {
-                            eprintln!("(stopped: the context window is full; /reset starts over)")
-                        }
-                        StopReason::MaxTokens => eprintln!("(stopped at the token limit, -n)"),
-                        _ => {}
-                    }
-                }
-                // A turn that cannot be answered (too long for the context) leaves the chat open.
-                Err(e) => eprintln!("error: {e}"),
-            }
-            // The reply is shown; a statement about the user is learned now.
-            if learn && engram::learn::classify_turn(line) == engram::learn::TurnKind::Statement {
-                break Some(MemoryChange::Remember(line.to_owned()));
-            }
-        };
-        kept = conversation.into_parts();
-        match change {
-            None => break,
-            Some(change) => {
-                if let Err(e) = change_memory(&mut engine, change) {
-                    eprintln!("error: {e}");
-                }
-            }
-        }
-    }
-    if learn {
-        engine.checkpoint().map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
-
-/// Learns or forgets between chat turns, saying what it did on stderr.
-fn change_memory(engine: &mut Engine, change: MemoryChange) -> Result<(), String> {
-    match change {
-        MemoryChange::Remember(text) => {
-            let t = Instant::now();
-            let r = engine
-                .remember(&text, &engram::LearnOptions::default(), &mut |_, _, _| true)
-                .map_err(|e| e.to_string())?;
-            if let Some(old) = r.replaced {
-                eprintln!("(forgot {:?}: it is replaced)", old.text);
-            }
-            eprintln!(
-                "(remembered {text:?} in {:.1} s)",
-                t.elapsed().as_secs_f64()
-            );
-        }
-        MemoryChange::Forget(what) => {
-            let r = engine.forget_matching(&what).map_err(|e| e.to_string())?;
-            eprintln!("(forgot {:?})", r.text);
-        }
-    }
-    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -8,7 +8,9 @@ use std::collections::HashSet;
 use engram::delta::MemoryAccess;
 use engram::delta::MemoryStore;
 use engram::learn::{Fact, LearnOptions, Optimizer, template_rows};
-use engram::{Engine, EngineOptions, Error, ReadGating};
+use engram::{
+    BackgroundLearner, Engine, EngineOptions, Error, LearnerEvent, ReadGating, SharedEngine,
+};
 use engram_e2e::default_model;
 use engram_e2e::learning::{engine_and_store, engine_with_memory, values};
 
@@ -892,4 +894,91 @@ fn forgetting_one_fact_takes_out_exactly_its_change_and_its_words() {
         "the others stay"
     );
     check(&open(MemoryAccess::Read));
+}
+
+/// Learning in the background of a chat: a statement queued is learned on the worker; a
+/// reader that asks for the engine meanwhile gets it at the worker's next gradient step (the
+/// fact steps aside, nothing of it kept, and is learned again once the reader is done); the
+/// event comes once the fact is journaled; a forget queued after it takes it out.
+#[test]
+fn a_background_learner_steps_aside_for_a_reader_and_learns_after() {
+    let (engine, store) = engine_and_store();
+    let path = engram_e2e::scratch_dir("background").join("chat.engram");
+    store.save(&path).unwrap();
+    drop(engine);
+    let mut engine = Engine::open(default_model(), &EngineOptions::default()).unwrap();
+    engine.open_memory(&path, MemoryAccess::Write).unwrap();
+    let shared = std::sync::Arc::new(SharedEngine::from(engine));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let learner = BackgroundLearner::start(shared.clone(), LearnOptions::default(), move |e| {
+        tx.send(e).unwrap();
+    })
+    .unwrap();
+    learner
+        .remember("My neighbour Tariq repaired my bike.")
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while learner.steps() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never took a step"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    {
+        let reader = learner.read().unwrap();
+        assert!(
+            rx.try_recv().is_err(),
+            "the fact finished before the reader got in"
+        );
+        assert_eq!(
+            learner.pending(),
+            1,
+            "the statement waits while the reader reads"
+        );
+        assert!(
+            reader.learned_facts().is_empty(),
+            "nothing of a stopped fact is kept"
+        );
+        let reply = reader.ask("Who fixed my bike?", 24).unwrap();
+        assert!(!reply.contains("Tariq"), "{reply:?} before it was learned");
+    }
+    let LearnerEvent::Remembered {
+        uid, yielded, text, ..
+    } = rx.recv().unwrap()
+    else {
+        panic!("the statement was not learned");
+    };
+    assert_eq!(
+        (uid, text.as_str()),
+        (1, "My neighbour Tariq repaired my bike.")
+    );
+    assert!(
+        yielded >= 1,
+        "it stepped aside for the reader ({yielded} times)"
+    );
+    let reply = learner
+        .read()
+        .unwrap()
+        .ask("Who fixed my bike?", 24)
+        .unwrap();
+    assert!(reply.contains("Tariq"), "{reply:?} after it was learned");
+    learner.forget("Tariq").unwrap();
+    learner.wait_idle().unwrap();
+    let LearnerEvent::Forgot(report) = rx.recv().unwrap() else {
+        panic!("the fact was not forgotten");
+    };
+    assert_eq!(report.uid, 1);
+    let reply = learner
+        .read()
+        .unwrap()
+        .ask("Who fixed my bike?", 24)
+        .unwrap();
+    assert!(!reply.contains("Tariq"), "{reply:?} after it was forgotten");
+    // A forget naming nothing is reported, not fatal; the learner ends when asked.
+    learner.forget("the moon").unwrap();
+    learner.wait_idle().unwrap();
+    assert!(matches!(rx.recv().unwrap(), LearnerEvent::Failed { .. }));
+    learner.finish().unwrap();
+    assert!(shared.read().unwrap().learned_facts().is_empty());
 }

@@ -87,18 +87,22 @@ impl Engine {
         options: &LearnOptions,
         progress: &mut dyn FnMut(usize, usize, f64) -> bool,
     ) -> Result<RememberReport> {
-        let replaced = replaced_fact(
-            statement,
-            self.learned_facts()
-                .iter()
-                .map(|f| (f.uid, f.text.as_str())),
-        );
-        let replaced = match replaced {
+        let replaced = match self.replaced_by(statement) {
             Some(uid) => Some(self.forget(uid)?),
             None => None,
         };
         let learned = self.learn(&[Fact::note(statement)], options, progress)?;
         Ok(RememberReport { replaced, learned })
+    }
+
+    /// The number of the learned fact `statement` would replace (see [`Self::remember`]).
+    pub fn replaced_by(&self, statement: &str) -> Option<u64> {
+        replaced_fact(
+            statement,
+            self.learned_facts()
+                .iter()
+                .map(|f| (f.uid, f.text.as_str())),
+        )
     }
 
     /// Forgets the learned fact numbered `uid` ([`LearnedEntry::uid`]): each of its rows

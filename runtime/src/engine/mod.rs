@@ -2,8 +2,10 @@
 //!
 //! Split by job: [`memory`] (attaching a store, the read gate, learning, checkpoints),
 //! [`forget`] (one learned fact out exactly), [`deltas`] (export, import, revert) and
-//! [`generate`] (sessions, sampling, streaming).
+//! [`generate`] (sessions, sampling, streaming), [`background`] (learning while the app
+//! answers).
 
+mod background;
 mod conversation;
 mod deltas;
 mod forget;
@@ -12,6 +14,7 @@ mod memory;
 mod shared;
 
 pub use crate::backend::Device;
+pub use background::{BackgroundLearner, LearnerEvent, LearnerReadGuard};
 pub use conversation::{Conversation, Reply};
 pub use deltas::{ImportReport, RevertReport};
 pub use forget::{ForgetReport, RememberReport};

@@ -85,6 +85,15 @@ pub struct SharedEngine {
     engine: RwLock<Engine>,
 }
 
+impl From<Engine> for SharedEngine {
+    /// Shares an engine already open.
+    fn from(engine: Engine) -> Self {
+        SharedEngine {
+            engine: RwLock::new(engine),
+        }
+    }
+}
+
 impl SharedEngine {
     /// Opens `model` and, if given, the memory store at `memory` (see
     /// [`EngineOptions::for_store`]).

@@ -8,7 +8,7 @@ use super::facts::Fact;
 use super::optimizer::AdamState;
 use super::optimizer::Optimizer;
 use super::options::{ANCHOR_TUNED_READS_PER_ROW, FactReport, LearnOptions, LearnReport};
-use super::phrasings::prepare_phrasings;
+use super::phrasings::{personal_needles, prepare_phrasings};
 use super::phrasings::{Example, examples, examples_with, topic_needles};
 use crate::backend::Backend;
 use crate::delta::add_diff;
@@ -332,8 +332,9 @@ fn learn_facts<B: Backend>(
         let routed = routing_gate(model).is_some();
         if routed {
             let needles = topic_needles(tok, &facts[fi])?;
+            let personal = personal_needles(tok, &facts[fi])?;
             if let Some(gate) = model.memory_mut()[0].read_gate.as_mut() {
-                gate.add_routed_fact(&needles, &rows_sorted);
+                gate.add_routed_fact(&needles, &personal, &rows_sorted);
             }
             let memory = &model.memory()[0];
             let gate = memory.read_gate.as_ref().expect("a routing gate");
@@ -694,8 +695,9 @@ fn reroute_read_gate<B: Backend>(
     for (fact, kept) in facts {
         if !kept.is_empty() {
             let needles = topic_needles(tok, fact)?;
+            let personal = personal_needles(tok, fact)?;
             if let Some(gate) = model.memory_mut()[0].read_gate.as_mut() {
-                gate.add_routed_fact(&needles, kept);
+                gate.add_routed_fact(&needles, &personal, kept);
             }
             continue;
         }
@@ -712,8 +714,9 @@ fn reroute_read_gate<B: Backend>(
         let gate = routing_gate(model).expect("a routing gate");
         rows.retain(|&r| nonzero.get(r as usize).copied().unwrap_or(false) && !gate.owns(r));
         let needles = topic_needles(tok, fact)?;
+        let personal = personal_needles(tok, fact)?;
         if let Some(gate) = model.memory_mut()[0].read_gate.as_mut() {
-            gate.add_routed_fact(&needles, &rows);
+            gate.add_routed_fact(&needles, &personal, &rows);
         }
     }
     Ok(())

@@ -26,6 +26,8 @@ pub use options::{
     ANCHOR_TUNED_READS_PER_ROW, DEFAULT_LEARNING_RATE, FactReport, LearnOptions, LearnReport,
     LearnTimings, MAX_ANCHORED_ROWS, SubjectRows, TOPIC_GATE_LEARNING_RATE,
 };
-pub use phrasings::{Example, examples, examples_with, topic_needles, word_starts};
+pub use phrasings::{
+    Example, examples, examples_with, personal_needles, speaker_tokens, topic_needles, word_starts,
+};
 pub use retrofit::{Init, RetrofitOptions, RetrofitProgress, retrofit};
 pub use statements::{TurnKind, classify_turn, replaced_fact};

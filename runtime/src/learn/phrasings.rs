@@ -1,5 +1,6 @@
 //! How a fact becomes a batch of phrasings to train on.
 
+use std::collections::HashSet;
 use std::ops::Range;
 
 use super::facts::Fact;
@@ -149,6 +150,49 @@ pub fn topic_needles(tok: &Tokenizer, fact: &Fact) -> Result<Vec<Vec<u32>>> {
         }
     }
     Ok(needles)
+}
+
+/// The token ids of a note's personal words ([`questions::personal_words`]) as they read
+/// inside a sentence (" mom") and at its start ("Mom"): what names the note to a routing
+/// gate where the user speaks of themselves. None for a question/answer fact.
+pub fn personal_needles(tok: &Tokenizer, fact: &Fact) -> Result<Vec<Vec<u32>>> {
+    let Fact::Note(text) = fact else {
+        return Ok(Vec::new());
+    };
+    let mut needles = Vec::new();
+    for w in questions::personal_words(text) {
+        let upper: String = w.chars().take(1).flat_map(char::to_uppercase).chain(w.chars().skip(1)).collect();
+        for form in [format!(" {w}"), w.clone(), format!(" {upper}"), upper] {
+            let ids = tok.encode(&form, false)?;
+            if !ids.is_empty() && !needles.contains(&ids) {
+                needles.push(ids);
+            }
+        }
+    }
+    Ok(needles)
+}
+
+/// The tokens of `tok`'s vocabulary that are the user speaking of themselves ("I", " my",
+/// " We") and those that end a sentence or a turn (".", "?", "!", a line break, special
+/// tokens), for a routing read gate's personal words.
+pub fn speaker_tokens(tok: &Tokenizer) -> (HashSet<u32>, HashSet<u32>) {
+    let mut first_person = HashSet::new();
+    let mut ends = HashSet::new();
+    for id in 0..tok.vocab_size() as u32 {
+        if tok.is_special(id) {
+            ends.insert(id);
+            continue;
+        }
+        let text = String::from_utf8_lossy(tok.token_bytes(id));
+        if text.contains(['.', '?', '!', '\n']) {
+            ends.insert(id);
+        } else if (text.starts_with(' ') || text.starts_with(char::is_uppercase))
+            && questions::is_first_person(text.trim_start_matches(' '))
+        {
+            first_person.insert(id);
+        }
+    }
+    (first_person, ends)
 }
 
 /// How each token of `tok`'s vocabulary begins, for a routing read gate.

@@ -24,7 +24,10 @@ const CACHE_MAGIC: &[u8; 8] = b"EGRKEYS2";
 const TOPICS_MAGIC: &[u8; 8] = b"EGRTOPC1";
 
 /// First bytes of a saved routing gate.
-const ROUTES_MAGIC: &[u8; 8] = b"EGRROUT1";
+const ROUTES_MAGIC: &[u8; 8] = b"EGRROUT2";
+
+/// Marks a saved needle that names its fact only where the user speaks of themselves.
+const PERSONAL_NEEDLE: u32 = 1 << 31;
 
 /// Cosine a reading token's input needs to a question/answer fact's key, by default. After 100
 /// facts (ungated: 76 learned, 129 of 150 general answers kept): 0.8 gave 76 / 135, 0.9
@@ -107,6 +110,14 @@ pub struct ReadGate {
     word_starts: Vec<WordStart>,
     /// Needles that are one word of a longer name of their fact (routes).
     partial: HashSet<(u32, Vec<u32>)>,
+    /// Each note's personal words as token ids, by their last token: they name it only in a
+    /// sentence where the user speaks of themselves (routes; see
+    /// [`crate::learn::personal_words`]).
+    personal: HashMap<u32, Vec<(Vec<u32>, u32)>>,
+    /// Tokens of the user speaking of themselves: "I", "my", "we", "our" (routes).
+    first_person: HashSet<u32>,
+    /// Tokens that end a sentence or a turn: ".", "?", a line break, markup (routes).
+    sentence_ends: HashSet<u32>,
 }
 
 /// The learned facts a sequence has named so far, and from which position: what a topic
@@ -117,9 +128,15 @@ pub struct OpenFacts {
     /// The last tokens seen, with their positions: a topic word may end in a later call
     /// than it began (decoding runs one token per call).
     recent: Vec<(usize, u32)>,
-    /// Facts a routing gate saw named by the token at this position, opened by the next
-    /// token unless it goes on with the word or starts another capitalized one.
-    pending: Vec<(u32, usize)>,
+    /// Facts a routing gate saw named by the token at this position (and whether by a
+    /// personal word), opened by the next token unless it goes on with the word or starts
+    /// another capitalized one.
+    pending: Vec<(u32, usize, bool)>,
+    /// Facts open only because a personal word named them: read only where no fact named
+    /// by a name is.
+    personal_only: HashSet<u32>,
+    /// Where the sentence being read last had the user speak of themselves.
+    speaker_at: Option<usize>,
 }
 
 /// Tokens [`OpenFacts`] remembers: longer topic words are not matched across calls.
@@ -130,7 +147,9 @@ impl OpenFacts {
     pub fn truncate(&mut self, len: usize) {
         self.opened.retain(|_, &mut at| at < len);
         self.recent.retain(|&(at, _)| at < len);
-        self.pending.retain(|&(_, at)| at < len);
+        self.pending.retain(|&(_, at, _)| at < len);
+        self.personal_only.retain(|f| self.opened.contains_key(f));
+        self.speaker_at = self.speaker_at.filter(|&at| at < len);
     }
 
     fn see(&mut self, at: usize, token: u32) {
@@ -239,6 +258,9 @@ impl ReadGate {
             route_window: usize::MAX,
             word_starts: Vec::new(),
             partial: HashSet::new(),
+            personal: HashMap::new(),
+            first_person: HashSet::new(),
+            sentence_ends: HashSet::new(),
         })
     }
 
@@ -275,9 +297,15 @@ impl ReadGate {
         self.routes
     }
 
-    /// Adds a learned fact to a routing gate: its topic words as token ids and the rows it
-    /// owns (none another fact owns). Returns its id.
-    pub fn add_routed_fact(&mut self, needles: &[Vec<u32>], rows: &[u32]) -> u32 {
+    /// Adds a learned fact to a routing gate: its topic words as token ids, its personal
+    /// words as token ids (a note's; see [`Self::set_speaker_tokens`]) and the rows it owns
+    /// (none another fact owns). Returns its id.
+    pub fn add_routed_fact(
+        &mut self,
+        needles: &[Vec<u32>],
+        personal: &[Vec<u32>],
+        rows: &[u32],
+    ) -> u32 {
         let fact = self.facts;
         self.facts += 1;
         let mut own: Vec<u32> = rows
@@ -294,6 +322,10 @@ impl ReadGate {
         for n in needles.iter().filter(|n| !n.is_empty()) {
             let last = n[n.len() - 1];
             self.needles.entry(last).or_default().push((n.clone(), fact));
+        }
+        for n in personal.iter().filter(|n| !n.is_empty() && !needles.contains(n)) {
+            let last = n[n.len() - 1];
+            self.personal.entry(last).or_default().push((n.clone(), fact));
         }
         self.mark_partial(fact);
         fact
@@ -323,6 +355,14 @@ impl ReadGate {
     /// Tells a routing gate how each token of the vocabulary begins (see [`WordStart`]).
     pub fn set_word_starts(&mut self, starts: Vec<WordStart>) {
         self.word_starts = starts;
+    }
+
+    /// Tells a routing gate which tokens are the user speaking of themselves ("I", "my",
+    /// "we", "our") and which end a sentence: a note's personal words name it only after
+    /// one of the first in the same sentence.
+    pub fn set_speaker_tokens(&mut self, first_person: HashSet<u32>, sentence_ends: HashSet<u32>) {
+        self.first_person = first_person;
+        self.sentence_ends = sentence_ends;
     }
 
     fn class(&self, token: u32) -> WordStart {
@@ -360,10 +400,11 @@ impl ReadGate {
             facts.retain(|&f| f < n);
             !facts.is_empty()
         });
-        for list in self.needles.values_mut() {
+        for list in self.needles.values_mut().chain(self.personal.values_mut()) {
             list.retain(|&(_, f)| f < n);
         }
         self.needles.retain(|_, list| !list.is_empty());
+        self.personal.retain(|_, list| !list.is_empty());
         self.partial.retain(|&(f, _)| f < n);
     }
 
@@ -397,19 +438,46 @@ impl ReadGate {
             // A name is a name once its word has ended and no other capitalized word follows
             // ("Ana" is not "Anatoly" or "Ana Costa"): the fact opens at the token after it.
             let ended = !matches!(self.class(token), WordStart::Inside | WordStart::Capital);
-            for (fact, named_at) in std::mem::take(&mut open.pending) {
+            for (fact, named_at, personal) in std::mem::take(&mut open.pending) {
                 if ended && named_at + 1 == at {
+                    let named_before = !open.personal_only.contains(&fact)
+                        && open
+                            .opened
+                            .get(&fact)
+                            .is_some_and(|&from| at - from < self.route_window);
                     // The latest naming counts: a fact is read for a window after it.
                     open.opened.insert(fact, at);
+                    if !personal || named_before {
+                        open.personal_only.remove(&fact);
+                    } else {
+                        open.personal_only.insert(fact);
+                    }
                 }
+            }
+            if self.sentence_ends.contains(&token) {
+                open.speaker_at = None;
             }
             for (needle, fact) in self.needles.get(&token).into_iter().flatten() {
                 if open.ends_with(needle) {
                     let part = self.partial.contains(&(*fact, needle.clone()));
                     if !self.follows_another_name(open, needle.len(), part) {
-                        open.pending.push((*fact, at));
+                        open.pending.push((*fact, at, false));
                     }
                 }
+            }
+            // A personal word names a note after the user spoke of themselves in the same
+            // sentence ("Which instrument do I play?"), never in a general question.
+            for (needle, fact) in self.personal.get(&token).into_iter().flatten() {
+                let starts = (at + 1).saturating_sub(needle.len());
+                if open.speaker_at.is_some_and(|p| p < starts)
+                    && open.ends_with(needle)
+                    && !open.pending.iter().any(|&(f, _, _)| f == *fact)
+                {
+                    open.pending.push((*fact, at, true));
+                }
+            }
+            if self.first_person.contains(&token) {
+                open.speaker_at = Some(at);
             }
             for j in t * reads..(t + 1) * reads {
                 if self.row_facts.contains_key(&slots[j]) && !self.exempt.contains(&slots[j]) {
@@ -422,6 +490,11 @@ impl ReadGate {
                 .filter(|&(_, &from)| from <= at && at - from < self.route_window)
                 .map(|(&f, _)| f)
                 .collect();
+            // A fact named by a name outranks those only a personal word named: "my sister
+            // Ana" reads Ana's note, not every note holding "sister".
+            if here.iter().any(|f| !open.personal_only.contains(f)) {
+                here.retain(|f| !open.personal_only.contains(f));
+            }
             here.sort_unstable();
             facts.push(here);
         }
@@ -547,10 +620,13 @@ impl ReadGate {
         if self.topics {
             put(&mut out, self.facts);
             let needles: BTreeMap<_, _> = self.needles.iter().collect();
-            let count = needles.values().map(|v| v.len()).sum::<usize>();
+            let personal: BTreeMap<_, _> = self.personal.iter().collect();
+            let count = needles.values().chain(personal.values()).map(|v| v.len()).sum::<usize>();
             put(&mut out, count as u32);
-            for (needle, fact) in needles.into_values().flatten() {
-                put(&mut out, *fact);
+            let named = needles.into_values().flatten().map(|(n, f)| (n, *f));
+            let personal = personal.into_values().flatten().map(|(n, f)| (n, f | PERSONAL_NEEDLE));
+            for (needle, fact) in named.chain(personal) {
+                put(&mut out, fact);
                 put(&mut out, needle.len() as u32);
                 for &t in needle {
                     put(&mut out, t);
@@ -596,6 +672,8 @@ impl ReadGate {
         gate.routes = self.routes;
         gate.route_window = self.route_window;
         gate.word_starts = std::mem::take(&mut self.word_starts);
+        gate.first_person = std::mem::take(&mut self.first_person);
+        gate.sentence_ends = std::mem::take(&mut self.sentence_ends);
         for id in 0..n as u32 {
             let key: Vec<i8> = cur.take(self.dim)?.iter().map(|&b| b as i8).collect();
             gate.kinds.push(match cur.take(1)?[0] {
@@ -616,13 +694,15 @@ impl ReadGate {
                 gate.fact_rows = vec![Vec::new(); gate.facts as usize];
             }
             for _ in 0..cur.u32()? {
-                let fact = cur.u32()? as u32;
+                let marked = cur.u32()? as u32;
+                let (fact, personal) = (marked & !PERSONAL_NEEDLE, marked & PERSONAL_NEEDLE != 0);
                 let len = cur.u32()?;
-                if fact >= gate.facts || len == 0 || len > RECENT_TOKENS {
+                if fact >= gate.facts || len == 0 || len > RECENT_TOKENS || (personal && !gate.routes) {
                     return None;
                 }
                 let needle = (0..len).map(|_| cur.u32().map(|t| t as u32)).collect::<Option<Vec<u32>>>()?;
-                gate.needles.entry(needle[len - 1]).or_default().push((needle, fact));
+                let map = if personal { &mut gate.personal } else { &mut gate.needles };
+                map.entry(needle[len - 1]).or_default().push((needle, fact));
             }
             for _ in 0..cur.u32()? {
                 let row = cur.u32()? as u32;
@@ -899,8 +979,8 @@ mod tests {
         assert!(gate.routes() && gate.needs_topics() && gate.is_empty());
         // Fact 0 owns rows 7 and 9 and is named by [5, 6]; fact 1 asks for 9 again (already
         // owned: not given) and 4, and is named by 8.
-        assert_eq!(gate.add_routed_fact(&[vec![5, 6]], &[9, 7]), 0);
-        assert_eq!(gate.add_routed_fact(&[vec![8]], &[9, 4]), 1);
+        assert_eq!(gate.add_routed_fact(&[vec![5, 6]], &[], &[9, 7]), 0);
+        assert_eq!(gate.add_routed_fact(&[vec![8]], &[], &[9, 4]), 1);
         assert_eq!((gate.fact_rows(0), gate.fact_rows(1)), (&[7, 9][..], &[4][..]));
         assert!(gate.owns(4) && !gate.owns(3) && !gate.is_empty());
         // Tokens 1 5 6 2 2 2 8: one read each (rows 7, 3, 9, 7, 7, 7, 4).
@@ -938,8 +1018,8 @@ mod tests {
         ];
         gate.set_word_starts(starts);
         // "Brightwell Looms", named whole or by "Looms"; "Tariq", a name of one word.
-        gate.add_routed_fact(&[vec![3], vec![4, 5, 3]], &[7]);
-        gate.add_routed_fact(&[vec![7]], &[8]);
+        gate.add_routed_fact(&[vec![3], vec![4, 5, 3]], &[], &[7]);
+        gate.add_routed_fact(&[vec![7]], &[], &[8]);
         let named = |tokens: &[u32]| {
             let mut w = vec![1.0; tokens.len()];
             let slots = vec![1; tokens.len()];
@@ -965,10 +1045,45 @@ mod tests {
     }
 
     #[test]
+    fn a_personal_word_names_a_note_only_where_the_user_speaks_of_themselves() {
+        use WordStart::*;
+        // 0 "\n", 1 " is", 2 " my", 3 " play", 4 "?", 5 " Ana", 6 " cello".
+        let mut gate = ReadGate::with_routes(3).unwrap();
+        gate.set_word_starts(vec![Break, Lower, Lower, Lower, Break, Capital, Lower]);
+        gate.set_speaker_tokens([2].into(), [0, 4].into());
+        // "I play the cello." (named by "cello"), "My sister Ana plays tennis." (by "Ana"):
+        // both hold the personal word "play".
+        gate.add_routed_fact(&[vec![6]], &[vec![3]], &[7]);
+        gate.add_routed_fact(&[vec![5]], &[vec![3]], &[8]);
+        let read_at_end = |gate: &ReadGate, tokens: &[u32]| {
+            let mut w = vec![1.0; tokens.len()];
+            let slots = vec![1; tokens.len()];
+            let facts = gate.route_in_sequence(&slots, &mut w, tokens, 0, &mut OpenFacts::default());
+            facts[tokens.len() - 1].clone()
+        };
+        let none: [u32; 0] = [];
+        assert_eq!(read_at_end(&gate, &[1, 3, 1]), none, "is play is: no one speaks");
+        assert_eq!(read_at_end(&gate, &[2, 3, 1]), [0, 1], "my play is");
+        assert_eq!(read_at_end(&gate, &[2, 4, 3, 1]), none, "my ? play: another sentence");
+        assert_eq!(read_at_end(&gate, &[3, 2, 1]), none, "play my: the word came first");
+        // A fact its name opened outranks those only a personal word opened.
+        assert_eq!(read_at_end(&gate, &[2, 5, 1, 3, 1]), [1], "my Ana is play is");
+        assert_eq!(read_at_end(&gate, &[2, 6, 1, 3, 1]), [0], "my cello is play is");
+        // Personal words are saved with the gate and load back as personal.
+        let mut back = ReadGate::with_routes(3).unwrap();
+        back.set_word_starts(vec![Break, Lower, Lower, Lower, Break, Capital, Lower]);
+        back.set_speaker_tokens([2].into(), [0, 4].into());
+        back.load_bytes(&gate.to_bytes("t"), "t").unwrap();
+        assert_eq!(read_at_end(&back, &[1, 3, 1]), none);
+        assert_eq!(read_at_end(&back, &[2, 3, 1]), [0, 1]);
+        assert_eq!(read_at_end(&back, &[2, 5, 1, 3, 1]), [1]);
+    }
+
+    #[test]
     fn a_saved_routing_gate_loads_back_with_its_facts_rows() {
         let mut gate = ReadGate::with_routes(3).unwrap();
-        gate.add_routed_fact(&[vec![5, 6]], &[9, 7]);
-        gate.add_routed_fact(&[vec![8]], &[2]);
+        gate.add_routed_fact(&[vec![5, 6]], &[], &[9, 7]);
+        gate.add_routed_fact(&[vec![8]], &[], &[2]);
         let bytes = gate.to_bytes("facts A");
         let mut topics = ReadGate::with_topics(3, -1.0, -1.0).unwrap();
         assert!(topics.load_bytes(&bytes, "facts A").is_none());

@@ -5,8 +5,10 @@
 //! English only, by design of the rules: a note in another language gets none of these and
 //! is trained on its own wording alone.
 
+mod personal;
 mod wh;
 
+pub use personal::{is_first_person, personal_words};
 pub use wh::wh_questions;
 
 /// First-person words and their second-person forms: the user says "my bike", the assistant
