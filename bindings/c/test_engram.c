@@ -54,6 +54,28 @@ static bool on_progress(uint32_t fact, uint32_t step, double loss, void *user_da
     return p->stop_after == 0 || p->calls < p->stop_after;
 }
 
+/* What a chat's background learner told. */
+struct heard {
+    int remembered, forgot, failed;
+    uint64_t number;
+    char text[256];
+};
+
+static void on_memory(EngramMemoryEvent event, uint64_t number, const char *text,
+                      const char *detail, void *user_data) {
+    struct heard *h = user_data;
+    (void)detail;
+    if (event == ENGRAM_MEMORY_EVENT_REMEMBERED) {
+        h->remembered++;
+        h->number = number;
+    } else if (event == ENGRAM_MEMORY_EVENT_FORGOT) {
+        h->forgot++;
+    } else {
+        h->failed++;
+    }
+    snprintf(h->text, sizeof h->text, "%s", text);
+}
+
 /* What an engine says about the note. */
 static EngramStatus recall(const EngramEngine *engine, uint32_t tokens, char **out) {
     return engram_ask(engine, "Where does my sister Ana live?", tokens, out);
@@ -257,6 +279,43 @@ int main(int argc, char **argv) {
     CHECK(engram_forget(a, "tofu", NULL) == ENGRAM_STATUS_INVALID_ARGUMENT &&
               strstr(engram_last_error(), "no learned fact") != NULL,
           "a fact is forgotten once");
+    /* A chat that learns in the background and tells a callback. */
+    EngramChat *chat = NULL;
+    struct heard h = {0};
+    CHECK(engram_chat_new(a, true, on_memory, &h, &chat) == ENGRAM_STATUS_OK && chat != NULL,
+          "a chat that learns");
+    char *reply = NULL;
+    CHECK(engram_chat_say(chat, "My hamster is called Pistachio.", answer_tokens, NULL, NULL,
+                          &reply) == ENGRAM_STATUS_OK && reply != NULL,
+          "the chat answers a statement");
+    engram_string_free(reply);
+    CHECK(engram_chat_wait_idle(chat) == ENGRAM_STATUS_OK && h.remembered == 1 &&
+              strstr(h.text, "Pistachio") != NULL,
+          "the callback hears the statement remembered");
+    if (!light) {
+        reply = NULL;
+        CHECK(engram_chat_reset(chat) == ENGRAM_STATUS_OK &&
+                  engram_chat_say(chat, "What is my hamster called?", 24, NULL, NULL, &reply) ==
+                      ENGRAM_STATUS_OK &&
+                  reply != NULL && strstr(reply, "Pistachio") != NULL,
+              "a new conversation recalls it");
+        engram_string_free(reply);
+    }
+    char number[32];
+    snprintf(number, sizeof number, "%llu", (unsigned long long)h.number);
+    CHECK(engram_chat_forget(chat, number) == ENGRAM_STATUS_OK &&
+              engram_chat_wait_idle(chat) == ENGRAM_STATUS_OK && h.forgot == 1,
+          "forgotten in the background by its number");
+    CHECK(engram_chat_forget(chat, "no such thing") == ENGRAM_STATUS_OK &&
+              engram_chat_wait_idle(chat) == ENGRAM_STATUS_OK && h.failed == 1,
+          "a forget naming nothing reaches the callback as failed");
+    CHECK(engram_chat_free(chat) == ENGRAM_STATUS_OK, "free the chat");
+    CHECK(engram_chat_free(chat) == ENGRAM_STATUS_INVALID_HANDLE, "double free");
+    EngramChat *quiet = NULL;
+    CHECK(engram_chat_new(a, false, NULL, NULL, &quiet) == ENGRAM_STATUS_OK &&
+              engram_chat_remember(quiet, "I have a tortoise.") == ENGRAM_STATUS_INVALID_ARGUMENT,
+          "a chat that does not learn refuses to remember");
+    engram_chat_free(quiet);
     CHECK(engram_close(a) == ENGRAM_STATUS_OK, "close A");
     engram_string_free(NULL);
 

@@ -5,9 +5,11 @@
 import java.util.concurrent.CountDownLatch
 import java.util.concurrent.TimeUnit
 import kotlin.system.exitProcess
+import uniffi.engram.Chat
 import uniffi.engram.Engram
 import uniffi.engram.EngramException
 import uniffi.engram.LearnListener
+import uniffi.engram.MemoryListener
 import uniffi.engram.TokenListener
 import uniffi.engram.encryptStore
 import uniffi.engram.generateSigningKey
@@ -107,6 +109,27 @@ fun main(args: Array<String>) {
         check(a.forget("tofu").text == "My cat is called Tofu." &&
             a.learnedFacts().none { it.text.contains("cat") }, "forget it by a word of it")
         throws<EngramException.InvalidArgument>("a fact is forgotten once") { a.forget("tofu") }
+
+        // A chat that learns in the background and says so through a listener.
+        val heard = java.util.Collections.synchronizedList(mutableListOf<String>())
+        val chat = Chat(a, true, object : MemoryListener {
+            override fun onRemembered(text: String, number: ULong, replaced: String?, seconds: Double) =
+                heard.add("remembered $number $text")
+            override fun onForgot(text: String, number: ULong) = heard.add("forgot $number $text")
+            override fun onFailed(what: String, error: String) = heard.add("failed $what")
+        })
+        check(chat.say("My hamster is called Pistachio.", 24u, null).isNotEmpty(), "a statement gets a reply")
+        chat.waitIdle()
+        check(heard.size == 1 && heard[0].startsWith("remembered ") &&
+            heard[0].endsWith("My hamster is called Pistachio."), "the listener hears it learned ($heard)")
+        chat.reset()
+        val hamster = chat.say("What is my hamster called?", 24u, null)
+        check(hamster.contains("Pistachio"), "a new conversation recalls it ($hamster)")
+        chat.forget("Pistachio")
+        chat.waitIdle()
+        check(heard.last().startsWith("forgot "), "the listener hears it forgotten ($heard)")
+        chat.stopLearning()
+        throws<EngramException.InvalidArgument>("a closed chat learns nothing") { chat.remember("I have a tortoise.") }
 
         Engram.open(model, storeB, true, 2u).use { b ->
             check(b.ask(question) == before, "B does not know the fact")

@@ -567,6 +567,24 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_engram_uniffi_checksum_func_version() != 35072:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_engram_uniffi_checksum_method_chat_forget() != 50887:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_engram_uniffi_checksum_method_chat_pending() != 39214:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_engram_uniffi_checksum_method_chat_remember() != 42969:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_engram_uniffi_checksum_method_chat_reset() != 12902:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_engram_uniffi_checksum_method_chat_say() != 27579:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_engram_uniffi_checksum_method_chat_set_system() != 25246:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_engram_uniffi_checksum_method_chat_stop_learning() != 22082:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_engram_uniffi_checksum_method_chat_wait_idle() != 52989:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_engram_uniffi_checksum_constructor_chat_new() != 3401:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_engram_uniffi_checksum_method_engram_ask() != 46260:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_engram_uniffi_checksum_method_engram_checkpoint() != 61700:
@@ -646,6 +664,33 @@ _UniffiLib.uniffi_engram_uniffi_checksum_func_verify_delta.restype = ctypes.c_ui
 _UniffiLib.uniffi_engram_uniffi_checksum_func_version.argtypes = (
 )
 _UniffiLib.uniffi_engram_uniffi_checksum_func_version.restype = ctypes.c_uint16
+_UniffiLib.uniffi_engram_uniffi_checksum_method_chat_forget.argtypes = (
+)
+_UniffiLib.uniffi_engram_uniffi_checksum_method_chat_forget.restype = ctypes.c_uint16
+_UniffiLib.uniffi_engram_uniffi_checksum_method_chat_pending.argtypes = (
+)
+_UniffiLib.uniffi_engram_uniffi_checksum_method_chat_pending.restype = ctypes.c_uint16
+_UniffiLib.uniffi_engram_uniffi_checksum_method_chat_remember.argtypes = (
+)
+_UniffiLib.uniffi_engram_uniffi_checksum_method_chat_remember.restype = ctypes.c_uint16
+_UniffiLib.uniffi_engram_uniffi_checksum_method_chat_reset.argtypes = (
+)
+_UniffiLib.uniffi_engram_uniffi_checksum_method_chat_reset.restype = ctypes.c_uint16
+_UniffiLib.uniffi_engram_uniffi_checksum_method_chat_say.argtypes = (
+)
+_UniffiLib.uniffi_engram_uniffi_checksum_method_chat_say.restype = ctypes.c_uint16
+_UniffiLib.uniffi_engram_uniffi_checksum_method_chat_set_system.argtypes = (
+)
+_UniffiLib.uniffi_engram_uniffi_checksum_method_chat_set_system.restype = ctypes.c_uint16
+_UniffiLib.uniffi_engram_uniffi_checksum_method_chat_stop_learning.argtypes = (
+)
+_UniffiLib.uniffi_engram_uniffi_checksum_method_chat_stop_learning.restype = ctypes.c_uint16
+_UniffiLib.uniffi_engram_uniffi_checksum_method_chat_wait_idle.argtypes = (
+)
+_UniffiLib.uniffi_engram_uniffi_checksum_method_chat_wait_idle.restype = ctypes.c_uint16
+_UniffiLib.uniffi_engram_uniffi_checksum_constructor_chat_new.argtypes = (
+)
+_UniffiLib.uniffi_engram_uniffi_checksum_constructor_chat_new.restype = ctypes.c_uint16
 _UniffiLib.uniffi_engram_uniffi_checksum_method_engram_ask.argtypes = (
 )
 _UniffiLib.uniffi_engram_uniffi_checksum_method_engram_ask.restype = ctypes.c_uint16
@@ -728,6 +773,59 @@ _UniffiLib.uniffi_engram_uniffi_fn_func_version.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_engram_uniffi_fn_func_version.restype = _UniffiRustBuffer
+_UniffiLib.uniffi_engram_uniffi_fn_method_chat_forget.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_engram_uniffi_fn_method_chat_forget.restype = None
+_UniffiLib.uniffi_engram_uniffi_fn_method_chat_pending.argtypes = (
+    ctypes.c_uint64,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_engram_uniffi_fn_method_chat_pending.restype = ctypes.c_uint32
+_UniffiLib.uniffi_engram_uniffi_fn_method_chat_remember.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_engram_uniffi_fn_method_chat_remember.restype = None
+_UniffiLib.uniffi_engram_uniffi_fn_method_chat_reset.argtypes = (
+    ctypes.c_uint64,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_engram_uniffi_fn_method_chat_reset.restype = None
+_UniffiLib.uniffi_engram_uniffi_fn_method_chat_say.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    ctypes.c_uint32,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_engram_uniffi_fn_method_chat_say.restype = _UniffiRustBuffer
+_UniffiLib.uniffi_engram_uniffi_fn_method_chat_set_system.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_engram_uniffi_fn_method_chat_set_system.restype = None
+_UniffiLib.uniffi_engram_uniffi_fn_method_chat_stop_learning.argtypes = (
+    ctypes.c_uint64,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_engram_uniffi_fn_method_chat_stop_learning.restype = None
+_UniffiLib.uniffi_engram_uniffi_fn_method_chat_wait_idle.argtypes = (
+    ctypes.c_uint64,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_engram_uniffi_fn_method_chat_wait_idle.restype = None
+_UniffiLib.uniffi_engram_uniffi_fn_constructor_chat_new.argtypes = (
+    ctypes.c_uint64,
+    ctypes.c_int8,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_engram_uniffi_fn_constructor_chat_new.restype = ctypes.c_uint64
 _UniffiLib.uniffi_engram_uniffi_fn_method_engram_ask.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -834,6 +932,16 @@ _UniffiLib.uniffi_engram_uniffi_fn_constructor_engram_open.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_engram_uniffi_fn_constructor_engram_open.restype = ctypes.c_uint64
+_UniffiLib.uniffi_engram_uniffi_fn_clone_chat.argtypes = (
+    ctypes.c_uint64,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_engram_uniffi_fn_clone_chat.restype = ctypes.c_uint64
+_UniffiLib.uniffi_engram_uniffi_fn_free_chat.argtypes = (
+    ctypes.c_uint64,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_engram_uniffi_fn_free_chat.restype = None
 _UniffiLib.uniffi_engram_uniffi_fn_clone_engram.argtypes = (
     ctypes.c_uint64,
     ctypes.POINTER(_UniffiRustCallStatus),
@@ -861,6 +969,31 @@ _UniffiLib.uniffi_engram_uniffi_fn_init_callback_vtable_learnlistener.argtypes =
     ctypes.POINTER(_UniffiVTableCallbackInterfaceEngramLearnListener),
 )
 _UniffiLib.uniffi_engram_uniffi_fn_init_callback_vtable_learnlistener.restype = None
+_UNIFFI_CALLBACK_INTERFACE_ENGRAM_MEMORY_LISTENER_METHOD0 = ctypes.CFUNCTYPE(None,ctypes.c_uint64,_UniffiRustBuffer,ctypes.c_uint64,_UniffiRustBuffer,ctypes.c_double,ctypes.POINTER(ctypes.c_int8),
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UNIFFI_CALLBACK_INTERFACE_ENGRAM_MEMORY_LISTENER_METHOD1 = ctypes.CFUNCTYPE(None,ctypes.c_uint64,_UniffiRustBuffer,ctypes.c_uint64,ctypes.POINTER(ctypes.c_int8),
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UNIFFI_CALLBACK_INTERFACE_ENGRAM_MEMORY_LISTENER_METHOD2 = ctypes.CFUNCTYPE(None,ctypes.c_uint64,_UniffiRustBuffer,_UniffiRustBuffer,ctypes.POINTER(ctypes.c_int8),
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UNIFFI_CALLBACK_INTERFACE_CLONE_ENGRAM_MEMORY_LISTENER = ctypes.CFUNCTYPE(ctypes.c_uint64,ctypes.c_uint64,
+)
+_UNIFFI_CALLBACK_INTERFACE_FREE_ENGRAM_MEMORY_LISTENER = ctypes.CFUNCTYPE(None,ctypes.c_uint64,
+)
+class _UniffiVTableCallbackInterfaceEngramMemoryListener(ctypes.Structure):
+    _fields_ = [
+        ("uniffi_free", _UNIFFI_CALLBACK_INTERFACE_FREE_ENGRAM_MEMORY_LISTENER),
+        ("uniffi_clone", _UNIFFI_CALLBACK_INTERFACE_CLONE_ENGRAM_MEMORY_LISTENER),
+        ("on_remembered", _UNIFFI_CALLBACK_INTERFACE_ENGRAM_MEMORY_LISTENER_METHOD0),
+        ("on_forgot", _UNIFFI_CALLBACK_INTERFACE_ENGRAM_MEMORY_LISTENER_METHOD1),
+        ("on_failed", _UNIFFI_CALLBACK_INTERFACE_ENGRAM_MEMORY_LISTENER_METHOD2),
+    ]
+_UniffiLib.uniffi_engram_uniffi_fn_init_callback_vtable_memorylistener.argtypes = (
+    ctypes.POINTER(_UniffiVTableCallbackInterfaceEngramMemoryListener),
+)
+_UniffiLib.uniffi_engram_uniffi_fn_init_callback_vtable_memorylistener.restype = None
 _UNIFFI_CALLBACK_INTERFACE_ENGRAM_TOKEN_LISTENER_METHOD0 = ctypes.CFUNCTYPE(None,ctypes.c_uint64,_UniffiRustBuffer,ctypes.POINTER(ctypes.c_int8),
     ctypes.POINTER(_UniffiRustCallStatus),
 )
@@ -1718,6 +1851,279 @@ class _UniffiFfiConverterOptionalTypeTokenListener(_UniffiConverterRustBuffer):
         else:
             raise InternalError("Unexpected flag byte for optional type")
 
+
+class ChatProtocol(typing.Protocol):
+    """
+    A conversation with the model; with `learn`, statements the user makes are remembered in
+    the background after each reply (a reply never waits for a whole fact: learning steps
+    aside at its next gradient step and goes on after).
+"""
+    
+    def forget(self, what: str) -> None:
+        """
+        Queues the learned fact `what` names (its number or words of it alone) to be forgotten.
+"""
+        raise NotImplementedError
+    def pending(self, ) -> int:
+        """
+        Statements and forgets queued or under way.
+"""
+        raise NotImplementedError
+    def remember(self, statement: str) -> None:
+        """
+        Queues `statement` to be remembered (whatever its form).
+"""
+        raise NotImplementedError
+    def reset(self, ) -> None:
+        """
+        Forgets the turns so far (not what was learned).
+"""
+        raise NotImplementedError
+    def say(self, text: str,max_tokens: int = 128,listener: typing.Union[object, typing.Optional[TokenListener]] = _DEFAULT) -> str:
+        """
+        Answers `text` greedily (at most `max_tokens` tokens), telling `listener` of each
+        piece; a statement about the user is queued to be learned once the reply is done.
+"""
+        raise NotImplementedError
+    def set_system(self, system: typing.Optional[str]) -> None:
+        """
+        Sets (or with `None` clears) the system message.
+"""
+        raise NotImplementedError
+    def stop_learning(self, ) -> None:
+        """
+        Finishes what is queued and stops learning (the chat goes on answering).
+"""
+        raise NotImplementedError
+    def wait_idle(self, ) -> None:
+        """
+        Waits until everything queued is done (each told to the listener).
+"""
+        raise NotImplementedError
+
+class Chat(ChatProtocol):
+    """
+    A conversation with the model; with `learn`, statements the user makes are remembered in
+    the background after each reply (a reply never waits for a whole fact: learning steps
+    aside at its next gradient step and goes on after).
+"""
+    
+    _handle: ctypes.c_uint64
+    def __init__(self, engram: Engram,learn: bool = True,listener: typing.Union[object, typing.Optional[MemoryListener]] = _DEFAULT):
+        """
+        A new conversation on `engram`. With `learn` (a store opened writable) the user's
+        statements are learned in the background and `listener` hears of each.
+"""
+        
+        _UniffiFfiConverterTypeEngram.check_lower(engram)
+
+        _UniffiFfiConverterBoolean.check_lower(learn)
+
+        if listener is _DEFAULT:
+            listener = None
+        _UniffiFfiConverterOptionalTypeMemoryListener.check_lower(listener)
+        _uniffi_lowered_args = (
+            _UniffiFfiConverterTypeEngram.lower(engram),
+            _UniffiFfiConverterBoolean.lower(learn),
+            _UniffiFfiConverterOptionalTypeMemoryListener.lower(listener),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeChat.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeEngramError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_engram_uniffi_fn_constructor_chat_new,
+            *_uniffi_lowered_args,
+        )
+        self._handle = _uniffi_ffi_result
+
+    def __del__(self):
+        # In case of partial initialization of instances.
+        handle = getattr(self, "_handle", None)
+        if handle is not None:
+            _uniffi_rust_call(_UniffiLib.uniffi_engram_uniffi_fn_free_chat, handle)
+
+    def _uniffi_clone_handle(self):
+        return _uniffi_rust_call(_UniffiLib.uniffi_engram_uniffi_fn_clone_chat, self._handle)
+
+    # Used by alternative constructors or any methods which return this type.
+    @classmethod
+    def _uniffi_make_instance(cls, handle):
+        # Lightly yucky way to bypass the usual __init__ logic
+        # and just create a new instance with the required handle.
+        inst = cls.__new__(cls)
+        inst._handle = handle
+        return inst
+    def forget(self, what: str) -> None:
+        """
+        Queues the learned fact `what` names (its number or words of it alone) to be forgotten.
+"""
+        
+        _UniffiFfiConverterString.check_lower(what)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(what),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeEngramError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_engram_uniffi_fn_method_chat_forget,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def pending(self, ) -> int:
+        """
+        Statements and forgets queued or under way.
+"""
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterUInt32.lift
+        _uniffi_error_converter = None
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_engram_uniffi_fn_method_chat_pending,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def remember(self, statement: str) -> None:
+        """
+        Queues `statement` to be remembered (whatever its form).
+"""
+        
+        _UniffiFfiConverterString.check_lower(statement)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(statement),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeEngramError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_engram_uniffi_fn_method_chat_remember,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def reset(self, ) -> None:
+        """
+        Forgets the turns so far (not what was learned).
+"""
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = None
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_engram_uniffi_fn_method_chat_reset,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def say(self, text: str,max_tokens: int = 128,listener: typing.Union[object, typing.Optional[TokenListener]] = _DEFAULT) -> str:
+        """
+        Answers `text` greedily (at most `max_tokens` tokens), telling `listener` of each
+        piece; a statement about the user is queued to be learned once the reply is done.
+"""
+        
+        _UniffiFfiConverterString.check_lower(text)
+
+        _UniffiFfiConverterUInt32.check_lower(max_tokens)
+
+        if listener is _DEFAULT:
+            listener = None
+        _UniffiFfiConverterOptionalTypeTokenListener.check_lower(listener)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(text),
+            _UniffiFfiConverterUInt32.lower(max_tokens),
+            _UniffiFfiConverterOptionalTypeTokenListener.lower(listener),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterString.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeEngramError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_engram_uniffi_fn_method_chat_say,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def set_system(self, system: typing.Optional[str]) -> None:
+        """
+        Sets (or with `None` clears) the system message.
+"""
+        
+        _UniffiFfiConverterOptionalString.check_lower(system)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterOptionalString.lower(system),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = None
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_engram_uniffi_fn_method_chat_set_system,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def stop_learning(self, ) -> None:
+        """
+        Finishes what is queued and stops learning (the chat goes on answering).
+"""
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeEngramError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_engram_uniffi_fn_method_chat_stop_learning,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def wait_idle(self, ) -> None:
+        """
+        Waits until everything queued is done (each told to the listener).
+"""
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeEngramError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_engram_uniffi_fn_method_chat_wait_idle,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+
+
+
+
+
+class _UniffiFfiConverterTypeChat:
+    @staticmethod
+    def lift(value: int) -> Chat:
+        return Chat._uniffi_make_instance(value)
+
+    @staticmethod
+    def check_lower(value: Chat):
+        if not isinstance(value, Chat):
+            raise TypeError("Expected Chat instance, {} found".format(type(value).__name__))
+
+    @staticmethod
+    def lower(value: Chat) -> ctypes.c_uint64:
+        return value._uniffi_clone_handle()
+
+    @classmethod
+    def read(cls, buf: _UniffiRustBuffer) -> Chat:
+        ptr = buf.read_u64()
+        if ptr == 0:
+            raise InternalError("Raw handle value was null")
+        return cls.lift(ptr)
+
+    @classmethod
+    def write(cls, value: Chat, buf: _UniffiRustBuffer):
+        buf.write_u64(cls.lower(value))
+
 class _UniffiFfiConverterSequenceTypeImportedDeltaInfo(_UniffiConverterRustBuffer):
     @classmethod
     def check_lower(cls, value):
@@ -2362,6 +2768,124 @@ class _UniffiFfiConverterTypeEngram:
     def write(cls, value: Engram, buf: _UniffiRustBuffer):
         buf.write_u64(cls.lower(value))
 
+
+
+
+class MemoryListener(typing.Protocol):
+    """
+    Hears what a [`Chat`]'s background learner did, from its thread. Each method returns
+    whether the chat should go on learning the user's statements (false: later statements are
+    only answered; what is queued still finishes).
+"""
+    
+    def on_remembered(self, text: str,number: int,replaced: typing.Optional[str],seconds: float) -> bool:
+        """
+        A statement was learned and is durable in the store, as fact `number`; `replaced` is
+        the earlier fact it replaced (forgotten first), if any.
+"""
+        raise NotImplementedError
+    def on_forgot(self, text: str,number: int) -> bool:
+        """
+        A learned fact was forgotten.
+"""
+        raise NotImplementedError
+    def on_failed(self, what: str,error: str) -> bool:
+        """
+        A statement or forget did not go through (nothing of it was kept).
+"""
+        raise NotImplementedError
+# Put all the bits inside a class to keep the top-level namespace clean
+class _UniffiTraitImplMemoryListenerImpl:
+    # For each method, generate a callback function to pass to Rust
+
+    @_UNIFFI_CALLBACK_INTERFACE_ENGRAM_MEMORY_LISTENER_METHOD0
+    def on_remembered(
+            uniffi_handle,
+            text,
+            number,
+            replaced,
+            seconds,
+            uniffi_out_return,
+            uniffi_call_status_ptr,
+        ):
+        uniffi_obj = _UniffiFfiConverterTypeMemoryListener._handle_map.get(uniffi_handle)
+        def make_call():
+            uniffi_args = (_UniffiFfiConverterString.lift(text), _UniffiFfiConverterUInt64.lift(number), _UniffiFfiConverterOptionalString.lift(replaced), _UniffiFfiConverterFloat64.lift(seconds), )
+            uniffi_method = uniffi_obj.on_remembered
+            return uniffi_method(*uniffi_args)
+        def write_return_value(v):
+            uniffi_out_return[0] = _UniffiFfiConverterBoolean.lower(v)
+        _uniffi_trait_interface_call(
+                uniffi_call_status_ptr.contents,
+                make_call,
+                write_return_value,
+        )
+
+    @_UNIFFI_CALLBACK_INTERFACE_ENGRAM_MEMORY_LISTENER_METHOD1
+    def on_forgot(
+            uniffi_handle,
+            text,
+            number,
+            uniffi_out_return,
+            uniffi_call_status_ptr,
+        ):
+        uniffi_obj = _UniffiFfiConverterTypeMemoryListener._handle_map.get(uniffi_handle)
+        def make_call():
+            uniffi_args = (_UniffiFfiConverterString.lift(text), _UniffiFfiConverterUInt64.lift(number), )
+            uniffi_method = uniffi_obj.on_forgot
+            return uniffi_method(*uniffi_args)
+        def write_return_value(v):
+            uniffi_out_return[0] = _UniffiFfiConverterBoolean.lower(v)
+        _uniffi_trait_interface_call(
+                uniffi_call_status_ptr.contents,
+                make_call,
+                write_return_value,
+        )
+
+    @_UNIFFI_CALLBACK_INTERFACE_ENGRAM_MEMORY_LISTENER_METHOD2
+    def on_failed(
+            uniffi_handle,
+            what,
+            error,
+            uniffi_out_return,
+            uniffi_call_status_ptr,
+        ):
+        uniffi_obj = _UniffiFfiConverterTypeMemoryListener._handle_map.get(uniffi_handle)
+        def make_call():
+            uniffi_args = (_UniffiFfiConverterString.lift(what), _UniffiFfiConverterString.lift(error), )
+            uniffi_method = uniffi_obj.on_failed
+            return uniffi_method(*uniffi_args)
+        def write_return_value(v):
+            uniffi_out_return[0] = _UniffiFfiConverterBoolean.lower(v)
+        _uniffi_trait_interface_call(
+                uniffi_call_status_ptr.contents,
+                make_call,
+                write_return_value,
+        )
+
+    @_UNIFFI_CALLBACK_INTERFACE_FREE_ENGRAM_MEMORY_LISTENER
+    def _uniffi_free(uniffi_handle):
+        _UniffiFfiConverterTypeMemoryListener._handle_map.remove(uniffi_handle)
+
+    @_UNIFFI_CALLBACK_INTERFACE_CLONE_ENGRAM_MEMORY_LISTENER
+    def _uniffi_clone(uniffi_handle):
+        return _UniffiFfiConverterTypeMemoryListener._handle_map.clone(uniffi_handle)
+
+    # Generate the FFI VTable.  This has a field for each callback interface method.
+    _uniffi_vtable = _UniffiVTableCallbackInterfaceEngramMemoryListener(
+        _uniffi_free,
+        _uniffi_clone,
+        on_remembered,
+        on_forgot,
+        on_failed,
+    )
+    # Send Rust a pointer to the VTable.  Note: this means we need to keep the struct alive forever,
+    # or else bad things will happen when Rust tries to access it.
+    _UniffiLib.uniffi_engram_uniffi_fn_init_callback_vtable_memorylistener(ctypes.byref(_uniffi_vtable))
+
+# The _UniffiConverter which transforms the Callbacks in to Handles to pass to Rust.
+_UniffiFfiConverterTypeMemoryListener = _UniffiCallbackInterfaceFfiConverter()
+
 class _UniffiFfiConverterBytes(_UniffiConverterRustBuffer):
     @staticmethod
     def read(buf):
@@ -2381,6 +2905,31 @@ class _UniffiFfiConverterBytes(_UniffiConverterRustBuffer):
     def write(value, buf):
         buf.write_i32(len(value))
         buf.write(value)
+
+class _UniffiFfiConverterOptionalTypeMemoryListener(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        if value is not None:
+            _UniffiFfiConverterTypeMemoryListener.check_lower(value)
+
+    @classmethod
+    def write(cls, value, buf):
+        if value is None:
+            buf.write_u8(0)
+            return
+
+        buf.write_u8(1)
+        _UniffiFfiConverterTypeMemoryListener.write(value, buf)
+
+    @classmethod
+    def read(cls, buf):
+        flag = buf.read_u8()
+        if flag == 0:
+            return None
+        elif flag == 1:
+            return _UniffiFfiConverterTypeMemoryListener.read(buf)
+        else:
+            raise InternalError("Unexpected flag byte for optional type")
 
 class _UniffiFfiConverterOptionalBytes(_UniffiConverterRustBuffer):
     @classmethod
@@ -2546,8 +3095,11 @@ __all__ = [
     "sign_delta",
     "verify_delta",
     "version",
+    "Chat",
+    "ChatProtocol",
     "Engram",
     "EngramProtocol",
     "TokenListener",
     "LearnListener",
+    "MemoryListener",
 ]

@@ -204,3 +204,70 @@ def test_statements_are_remembered_replaced_and_forgotten(learned):
     assert all("cat" not in f.text for f in a.learned_facts())
     with pytest.raises(engram.EngramError):
         a.forget("Tofu")
+
+
+def test_a_chat_learns_statements_in_the_background(learned):
+    a = learned["engine"]
+    events = []
+
+    class Heard(engram.MemoryListener):
+        def on_remembered(self, text, number, replaced, seconds):
+            events.append(("remembered", text, number))
+            return True
+
+        def on_forgot(self, text, number):
+            events.append(("forgot", text, number))
+            return True
+
+        def on_failed(self, what, error):
+            events.append(("failed", what, error))
+            return True
+
+    chat = engram.Chat(a, learn=True, listener=Heard())
+    reply = chat.say("My hamster is called Pistachio.", max_tokens=24)
+    assert reply, "the statement gets a reply first"
+    assert not chat.say("How are you today?", max_tokens=8) is None
+    chat.wait_idle()
+    assert [e[:2] for e in events] == [("remembered", "My hamster is called Pistachio.")], events
+    number = events[0][2]
+    # A new conversation: the answer comes from the memory, not from the turns.
+    chat.reset()
+    reply = chat.say("What is my hamster called?", max_tokens=24)
+    assert "Pistachio" in reply, reply
+    chat.forget(str(number))
+    chat.wait_idle()
+    assert events[-1] == ("forgot", "My hamster is called Pistachio.", number), events
+    chat.forget("no such thing")
+    chat.wait_idle()
+    assert events[-1][0] == "failed", events
+    chat.stop_learning()
+    with pytest.raises(engram.EngramError):
+        chat.remember("I have a tortoise.")
+    quiet = engram.Chat(a, learn=False)
+    assert quiet.pending() == 0
+    with pytest.raises(engram.EngramError):
+        quiet.forget("anything")
+
+
+def test_a_memory_listener_can_stop_a_chat_learning(learned):
+    a = learned["engine"]
+
+    class Once(engram.MemoryListener):
+        def on_remembered(self, text, number, replaced, seconds):
+            return False
+
+        def on_forgot(self, text, number):
+            return True
+
+        def on_failed(self, what, error):
+            return True
+
+    once = engram.Chat(a, learn=True, listener=Once())
+    once.say("My tortoise is called Speedy.", max_tokens=4)
+    once.wait_idle()
+    once.say("My goldfish is called Bubbles.", max_tokens=4)
+    assert once.pending() == 0, "after the listener said no, statements are only answered"
+    once.stop_learning()
+    texts = [f.text for f in a.learned_facts()]
+    assert "My tortoise is called Speedy." in texts and not any("Bubbles" in t for t in texts), texts
+    a.forget("Speedy")

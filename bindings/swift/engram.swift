@@ -608,6 +608,275 @@ fileprivate struct FfiConverterData: FfiConverterRustBuffer {
 
 
 /**
+ * A conversation with the model; with `learn`, statements the user makes are remembered in
+ * the background after each reply (a reply never waits for a whole fact: learning steps
+ * aside at its next gradient step and goes on after).
+ */
+public protocol ChatProtocol: AnyObject, Sendable {
+    
+    /**
+     * Queues the learned fact `what` names (its number or words of it alone) to be forgotten.
+     */
+    func forget(what: String) throws 
+    
+    /**
+     * Statements and forgets queued or under way.
+     */
+    func pending()  -> UInt32
+    
+    /**
+     * Queues `statement` to be remembered (whatever its form).
+     */
+    func remember(statement: String) throws 
+    
+    /**
+     * Forgets the turns so far (not what was learned).
+     */
+    func reset() 
+    
+    /**
+     * Answers `text` greedily (at most `max_tokens` tokens), telling `listener` of each
+     * piece; a statement about the user is queued to be learned once the reply is done.
+     */
+    func say(text: String, maxTokens: UInt32, listener: TokenListener?) throws  -> String
+    
+    /**
+     * Sets (or with `None` clears) the system message.
+     */
+    func setSystem(system: String?) 
+    
+    /**
+     * Finishes what is queued and stops learning (the chat goes on answering).
+     */
+    func stopLearning() throws 
+    
+    /**
+     * Waits until everything queued is done (each told to the listener).
+     */
+    func waitIdle() throws 
+    
+}
+/**
+ * A conversation with the model; with `learn`, statements the user makes are remembered in
+ * the background after each reply (a reply never waits for a whole fact: learning steps
+ * aside at its next gradient step and goes on after).
+ */
+open class Chat: ChatProtocol, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_engram_uniffi_fn_clone_chat(self.handle, $0) }
+    }
+    /**
+     * A new conversation on `engram`. With `learn` (a store opened writable) the user's
+     * statements are learned in the background and `listener` hears of each.
+     */
+public convenience init(engram: Engram, learn: Bool = true, listener: MemoryListener? = nil)throws  {
+    let handle =
+        try rustCallWithError(FfiConverterTypeEngramError_lift) {
+        uniffiCallStatus in
+    uniffi_engram_uniffi_fn_constructor_chat_new(
+        FfiConverterTypeEngram_lower(engram),
+        FfiConverterBool.lower(learn),
+        FfiConverterOptionCallbackInterfaceMemoryListener.lower(listener),uniffiCallStatus
+    )
+}
+    self.init(unsafeFromHandle: handle)
+}
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_engram_uniffi_fn_free_chat(handle, $0) }
+    }
+
+    
+
+    
+    /**
+     * Queues the learned fact `what` names (its number or words of it alone) to be forgotten.
+     */
+open func forget(what: String)throws   {try rustCallWithError(FfiConverterTypeEngramError_lift) {
+        uniffiCallStatus in
+    uniffi_engram_uniffi_fn_method_chat_forget(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(what),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * Statements and forgets queued or under way.
+     */
+open func pending() -> UInt32  {
+    return try!  FfiConverterUInt32.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_engram_uniffi_fn_method_chat_pending(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Queues `statement` to be remembered (whatever its form).
+     */
+open func remember(statement: String)throws   {try rustCallWithError(FfiConverterTypeEngramError_lift) {
+        uniffiCallStatus in
+    uniffi_engram_uniffi_fn_method_chat_remember(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(statement),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * Forgets the turns so far (not what was learned).
+     */
+open func reset()  {try! rustCall() {
+        uniffiCallStatus in
+    uniffi_engram_uniffi_fn_method_chat_reset(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * Answers `text` greedily (at most `max_tokens` tokens), telling `listener` of each
+     * piece; a statement about the user is queued to be learned once the reply is done.
+     */
+open func say(text: String, maxTokens: UInt32 = UInt32(128), listener: TokenListener? = nil)throws  -> String  {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeEngramError_lift) {
+        uniffiCallStatus in
+    uniffi_engram_uniffi_fn_method_chat_say(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(text),
+        FfiConverterUInt32.lower(maxTokens),
+        FfiConverterOptionCallbackInterfaceTokenListener.lower(listener),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Sets (or with `None` clears) the system message.
+     */
+open func setSystem(system: String?)  {try! rustCall() {
+        uniffiCallStatus in
+    uniffi_engram_uniffi_fn_method_chat_set_system(
+            self.uniffiCloneHandle(),
+        FfiConverterOptionString.lower(system),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * Finishes what is queued and stops learning (the chat goes on answering).
+     */
+open func stopLearning()throws   {try rustCallWithError(FfiConverterTypeEngramError_lift) {
+        uniffiCallStatus in
+    uniffi_engram_uniffi_fn_method_chat_stop_learning(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * Waits until everything queued is done (each told to the listener).
+     */
+open func waitIdle()throws   {try rustCallWithError(FfiConverterTypeEngramError_lift) {
+        uniffiCallStatus in
+    uniffi_engram_uniffi_fn_method_chat_wait_idle(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+}
+}
+    
+
+    
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeChat: FfiConverter {
+    typealias FfiType = UInt64
+    typealias SwiftType = Chat
+
+    public static func lift(_ handle: UInt64) throws -> Chat {
+        return Chat(unsafeFromHandle: handle)
+    }
+
+    public static func lower(_ value: Chat) -> UInt64 {
+        return value.uniffiCloneHandle()
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Chat {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: Chat, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeChat_lift(_ handle: UInt64) throws -> Chat {
+    return try FfiConverterTypeChat.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeChat_lower(_ value: Chat) -> UInt64 {
+    return FfiConverterTypeChat.lower(value)
+}
+
+
+
+
+
+
+/**
  * A model (GGUF), its tokenizer and optionally a memory store to learn into.
  */
 public protocol EngramProtocol: AnyObject, Sendable {
@@ -2101,6 +2370,218 @@ public func FfiConverterCallbackInterfaceLearnListener_lower(_ v: LearnListener)
 
 
 /**
+ * Hears what a [`Chat`]'s background learner did, from its thread. Each method returns
+ * whether the chat should go on learning the user's statements (false: later statements are
+ * only answered; what is queued still finishes).
+ */
+public protocol MemoryListener: AnyObject, Sendable {
+    
+    /**
+     * A statement was learned and is durable in the store, as fact `number`; `replaced` is
+     * the earlier fact it replaced (forgotten first), if any.
+     */
+    func onRemembered(text: String, number: UInt64, replaced: String?, seconds: Double)  -> Bool
+    
+    /**
+     * A learned fact was forgotten.
+     */
+    func onForgot(text: String, number: UInt64)  -> Bool
+    
+    /**
+     * A statement or forget did not go through (nothing of it was kept).
+     */
+    func onFailed(what: String, error: String)  -> Bool
+    
+}
+
+
+// Put the implementation in a struct so we don't pollute the top-level namespace
+fileprivate struct UniffiCallbackInterfaceMemoryListener {
+
+    // Create the VTable using a series of closures.
+    // Swift automatically converts these into C callback functions.
+    //
+    // Store the vtable directly.
+    static let vtable: UniffiVTableCallbackInterfaceMemoryListener = UniffiVTableCallbackInterfaceMemoryListener(
+        uniffiFree: { (uniffiHandle: UInt64) -> () in
+            do {
+                try FfiConverterCallbackInterfaceMemoryListener.handleMap.remove(handle: uniffiHandle)
+            } catch {
+                print("Uniffi callback interface MemoryListener: handle missing in uniffiFree")
+            }
+        },
+        uniffiClone: { (uniffiHandle: UInt64) -> UInt64 in
+            do {
+                return try FfiConverterCallbackInterfaceMemoryListener.handleMap.clone(handle: uniffiHandle)
+            } catch {
+                fatalError("Uniffi callback interface MemoryListener: handle missing in uniffiClone")
+            }
+        },
+        onRemembered: { (
+            uniffiHandle: UInt64,
+            text: RustBuffer,
+            number: UInt64,
+            replaced: RustBuffer,
+            seconds: Double,
+            uniffiOutReturn: UnsafeMutablePointer<Int8>,
+            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
+        ) in
+            let makeCall = {
+                () throws -> Bool in
+                guard let uniffiObj = try? FfiConverterCallbackInterfaceMemoryListener.handleMap.get(handle: uniffiHandle) else {
+                    throw UniffiInternalError.unexpectedStaleHandle
+                }
+                return uniffiObj.onRemembered(
+                     text: try FfiConverterString.lift(text),
+                     number: try FfiConverterUInt64.lift(number),
+                     replaced: try FfiConverterOptionString.lift(replaced),
+                     seconds: try FfiConverterDouble.lift(seconds)
+                )
+            }
+
+            
+            let writeReturn = { uniffiOutReturn.pointee = FfiConverterBool.lower($0) }
+            uniffiTraitInterfaceCall(
+                callStatus: uniffiCallStatus,
+                makeCall: makeCall,
+                writeReturn: writeReturn
+            )
+        },
+        onForgot: { (
+            uniffiHandle: UInt64,
+            text: RustBuffer,
+            number: UInt64,
+            uniffiOutReturn: UnsafeMutablePointer<Int8>,
+            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
+        ) in
+            let makeCall = {
+                () throws -> Bool in
+                guard let uniffiObj = try? FfiConverterCallbackInterfaceMemoryListener.handleMap.get(handle: uniffiHandle) else {
+                    throw UniffiInternalError.unexpectedStaleHandle
+                }
+                return uniffiObj.onForgot(
+                     text: try FfiConverterString.lift(text),
+                     number: try FfiConverterUInt64.lift(number)
+                )
+            }
+
+            
+            let writeReturn = { uniffiOutReturn.pointee = FfiConverterBool.lower($0) }
+            uniffiTraitInterfaceCall(
+                callStatus: uniffiCallStatus,
+                makeCall: makeCall,
+                writeReturn: writeReturn
+            )
+        },
+        onFailed: { (
+            uniffiHandle: UInt64,
+            what: RustBuffer,
+            error: RustBuffer,
+            uniffiOutReturn: UnsafeMutablePointer<Int8>,
+            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
+        ) in
+            let makeCall = {
+                () throws -> Bool in
+                guard let uniffiObj = try? FfiConverterCallbackInterfaceMemoryListener.handleMap.get(handle: uniffiHandle) else {
+                    throw UniffiInternalError.unexpectedStaleHandle
+                }
+                return uniffiObj.onFailed(
+                     what: try FfiConverterString.lift(what),
+                     error: try FfiConverterString.lift(error)
+                )
+            }
+
+            
+            let writeReturn = { uniffiOutReturn.pointee = FfiConverterBool.lower($0) }
+            uniffiTraitInterfaceCall(
+                callStatus: uniffiCallStatus,
+                makeCall: makeCall,
+                writeReturn: writeReturn
+            )
+        }
+    )
+
+    // Rust stores this pointer for future callback invocations, so it must live
+    // for the process lifetime (not just for the init function call).
+    //
+    // `nonisolated(unsafe)` is needed under Swift 6 strict concurrency.
+    // This is safe because the pointee is initialized once during static init
+    // and never mutated by either side of the FFI.  Its fields are C function pointers.
+    nonisolated(unsafe) static let vtablePtr: UnsafePointer<UniffiVTableCallbackInterfaceMemoryListener> = {
+        let ptr = UnsafeMutablePointer<UniffiVTableCallbackInterfaceMemoryListener>.allocate(capacity: 1)
+        ptr.initialize(to: vtable)
+        return UnsafePointer(ptr)
+    }()
+}
+
+private func uniffiCallbackInitMemoryListener() {
+    uniffi_engram_uniffi_fn_init_callback_vtable_memorylistener(UniffiCallbackInterfaceMemoryListener.vtablePtr)
+}
+
+// FfiConverter protocol for callback interfaces
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterCallbackInterfaceMemoryListener {
+    fileprivate static let handleMap = UniffiHandleMap<MemoryListener>()
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+extension FfiConverterCallbackInterfaceMemoryListener : FfiConverter {
+    typealias SwiftType = MemoryListener
+    typealias FfiType = UInt64
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public static func lift(_ handle: UInt64) throws -> SwiftType {
+        try handleMap.get(handle: handle)
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public static func lower(_ v: SwiftType) -> UInt64 {
+        return handleMap.insert(obj: v)
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public static func write(_ v: SwiftType, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(v))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterCallbackInterfaceMemoryListener_lift(_ handle: UInt64) throws -> MemoryListener {
+    return try FfiConverterCallbackInterfaceMemoryListener.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterCallbackInterfaceMemoryListener_lower(_ v: MemoryListener) -> UInt64 {
+    return FfiConverterCallbackInterfaceMemoryListener.lower(v)
+}
+
+
+
+
+/**
  * Receives generated text piece by piece.
  */
 public protocol TokenListener: AnyObject, Sendable {
@@ -2305,6 +2786,30 @@ fileprivate struct FfiConverterOptionCallbackInterfaceLearnListener: FfiConverte
         switch try readInt(&buf) as Int8 {
         case 0: return nil
         case 1: return try FfiConverterCallbackInterfaceLearnListener.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionCallbackInterfaceMemoryListener: FfiConverterRustBuffer {
+    typealias SwiftType = MemoryListener?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterCallbackInterfaceMemoryListener.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterCallbackInterfaceMemoryListener.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
     }
@@ -2609,7 +3114,34 @@ private let initializationResult: InitializationResult = {
     if (uniffi_engram_uniffi_checksum_method_engram_trust_signers() != 3131) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_engram_uniffi_checksum_method_chat_forget() != 50887) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_engram_uniffi_checksum_method_chat_pending() != 39214) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_engram_uniffi_checksum_method_chat_remember() != 42969) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_engram_uniffi_checksum_method_chat_reset() != 12902) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_engram_uniffi_checksum_method_chat_say() != 27579) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_engram_uniffi_checksum_method_chat_set_system() != 25246) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_engram_uniffi_checksum_method_chat_stop_learning() != 22082) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_engram_uniffi_checksum_method_chat_wait_idle() != 52989) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_engram_uniffi_checksum_constructor_engram_open() != 11380) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_engram_uniffi_checksum_constructor_chat_new() != 3401) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_engram_uniffi_checksum_method_learnlistener_on_step() != 62313) {
@@ -2618,8 +3150,18 @@ private let initializationResult: InitializationResult = {
     if (uniffi_engram_uniffi_checksum_method_tokenlistener_on_token() != 32782) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_engram_uniffi_checksum_method_memorylistener_on_remembered() != 35146) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_engram_uniffi_checksum_method_memorylistener_on_forgot() != 13125) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_engram_uniffi_checksum_method_memorylistener_on_failed() != 13099) {
+        return InitializationResult.apiChecksumMismatch
+    }
 
     uniffiCallbackInitLearnListener()
+    uniffiCallbackInitMemoryListener()
     uniffiCallbackInitTokenListener()
     return InitializationResult.ok
 }()

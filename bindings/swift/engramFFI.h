@@ -257,6 +257,27 @@ typedef void (*UniffiCallbackInterfaceTokenListenerMethod0)(uint64_t, RustBuffer
     );
 
 #endif
+#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_MEMORY_LISTENER_METHOD0
+#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_MEMORY_LISTENER_METHOD0
+typedef void (*UniffiCallbackInterfaceMemoryListenerMethod0)(uint64_t, RustBuffer, uint64_t, RustBuffer, double, int8_t* _Nonnull, 
+        RustCallStatus *_Nonnull uniffiCallStatus
+    );
+
+#endif
+#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_MEMORY_LISTENER_METHOD1
+#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_MEMORY_LISTENER_METHOD1
+typedef void (*UniffiCallbackInterfaceMemoryListenerMethod1)(uint64_t, RustBuffer, uint64_t, int8_t* _Nonnull, 
+        RustCallStatus *_Nonnull uniffiCallStatus
+    );
+
+#endif
+#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_MEMORY_LISTENER_METHOD2
+#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_MEMORY_LISTENER_METHOD2
+typedef void (*UniffiCallbackInterfaceMemoryListenerMethod2)(uint64_t, RustBuffer, RustBuffer, int8_t* _Nonnull, 
+        RustCallStatus *_Nonnull uniffiCallStatus
+    );
+
+#endif
 #ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_LEARN_LISTENER
 #define UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_LEARN_LISTENER
 typedef struct UniffiVTableCallbackInterfaceLearnListener {
@@ -273,6 +294,17 @@ typedef struct UniffiVTableCallbackInterfaceTokenListener {
     UniffiCallbackInterfaceClone _Nonnull uniffiClone;
     UniffiCallbackInterfaceTokenListenerMethod0 _Nonnull onToken;
 } UniffiVTableCallbackInterfaceTokenListener;
+
+#endif
+#ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_MEMORY_LISTENER
+#define UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_MEMORY_LISTENER
+typedef struct UniffiVTableCallbackInterfaceMemoryListener {
+    UniffiCallbackInterfaceFree _Nonnull uniffiFree;
+    UniffiCallbackInterfaceClone _Nonnull uniffiClone;
+    UniffiCallbackInterfaceMemoryListenerMethod0 _Nonnull onRemembered;
+    UniffiCallbackInterfaceMemoryListenerMethod1 _Nonnull onForgot;
+    UniffiCallbackInterfaceMemoryListenerMethod2 _Nonnull onFailed;
+} UniffiVTableCallbackInterfaceMemoryListener;
 
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_CLONE_ENGRAM
@@ -365,6 +397,61 @@ RustBuffer uniffi_engram_uniffi_fn_method_engram_snapshots(uint64_t ptr, RustCal
 void uniffi_engram_uniffi_fn_method_engram_trust_signers(uint64_t ptr, RustBuffer trusted_signers_path, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_CLONE_CHAT
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_CLONE_CHAT
+uint64_t uniffi_engram_uniffi_fn_clone_chat(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_FREE_CHAT
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_FREE_CHAT
+void uniffi_engram_uniffi_fn_free_chat(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_CONSTRUCTOR_CHAT_NEW
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_CONSTRUCTOR_CHAT_NEW
+uint64_t uniffi_engram_uniffi_fn_constructor_chat_new(uint64_t engram, int8_t learn, RustBuffer listener, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_CHAT_FORGET
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_CHAT_FORGET
+void uniffi_engram_uniffi_fn_method_chat_forget(uint64_t ptr, RustBuffer what, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_CHAT_PENDING
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_CHAT_PENDING
+uint32_t uniffi_engram_uniffi_fn_method_chat_pending(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_CHAT_REMEMBER
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_CHAT_REMEMBER
+void uniffi_engram_uniffi_fn_method_chat_remember(uint64_t ptr, RustBuffer statement, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_CHAT_RESET
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_CHAT_RESET
+void uniffi_engram_uniffi_fn_method_chat_reset(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_CHAT_SAY
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_CHAT_SAY
+RustBuffer uniffi_engram_uniffi_fn_method_chat_say(uint64_t ptr, RustBuffer text, uint32_t max_tokens, RustBuffer listener, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_CHAT_SET_SYSTEM
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_CHAT_SET_SYSTEM
+void uniffi_engram_uniffi_fn_method_chat_set_system(uint64_t ptr, RustBuffer system, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_CHAT_STOP_LEARNING
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_CHAT_STOP_LEARNING
+void uniffi_engram_uniffi_fn_method_chat_stop_learning(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_CHAT_WAIT_IDLE
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_CHAT_WAIT_IDLE
+void uniffi_engram_uniffi_fn_method_chat_wait_idle(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_INIT_CALLBACK_VTABLE_LEARNLISTENER
 #define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_INIT_CALLBACK_VTABLE_LEARNLISTENER
 void uniffi_engram_uniffi_fn_init_callback_vtable_learnlistener(const UniffiVTableCallbackInterfaceLearnListener* _Nonnull vtable
@@ -373,6 +460,11 @@ void uniffi_engram_uniffi_fn_init_callback_vtable_learnlistener(const UniffiVTab
 #ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_INIT_CALLBACK_VTABLE_TOKENLISTENER
 #define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_INIT_CALLBACK_VTABLE_TOKENLISTENER
 void uniffi_engram_uniffi_fn_init_callback_vtable_tokenlistener(const UniffiVTableCallbackInterfaceTokenListener* _Nonnull vtable
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_INIT_CALLBACK_VTABLE_MEMORYLISTENER
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_INIT_CALLBACK_VTABLE_MEMORYLISTENER
+void uniffi_engram_uniffi_fn_init_callback_vtable_memorylistener(const UniffiVTableCallbackInterfaceMemoryListener* _Nonnull vtable
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_FUNC_ENCRYPT_STORE
@@ -792,9 +884,63 @@ uint16_t uniffi_engram_uniffi_checksum_method_engram_trust_signers(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_CHAT_FORGET
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_CHAT_FORGET
+uint16_t uniffi_engram_uniffi_checksum_method_chat_forget(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_CHAT_PENDING
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_CHAT_PENDING
+uint16_t uniffi_engram_uniffi_checksum_method_chat_pending(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_CHAT_REMEMBER
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_CHAT_REMEMBER
+uint16_t uniffi_engram_uniffi_checksum_method_chat_remember(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_CHAT_RESET
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_CHAT_RESET
+uint16_t uniffi_engram_uniffi_checksum_method_chat_reset(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_CHAT_SAY
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_CHAT_SAY
+uint16_t uniffi_engram_uniffi_checksum_method_chat_say(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_CHAT_SET_SYSTEM
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_CHAT_SET_SYSTEM
+uint16_t uniffi_engram_uniffi_checksum_method_chat_set_system(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_CHAT_STOP_LEARNING
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_CHAT_STOP_LEARNING
+uint16_t uniffi_engram_uniffi_checksum_method_chat_stop_learning(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_CHAT_WAIT_IDLE
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_CHAT_WAIT_IDLE
+uint16_t uniffi_engram_uniffi_checksum_method_chat_wait_idle(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_CONSTRUCTOR_ENGRAM_OPEN
 #define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_CONSTRUCTOR_ENGRAM_OPEN
 uint16_t uniffi_engram_uniffi_checksum_constructor_engram_open(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_CONSTRUCTOR_CHAT_NEW
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_CONSTRUCTOR_CHAT_NEW
+uint16_t uniffi_engram_uniffi_checksum_constructor_chat_new(void
     
 );
 #endif
@@ -807,6 +953,24 @@ uint16_t uniffi_engram_uniffi_checksum_method_learnlistener_on_step(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_TOKENLISTENER_ON_TOKEN
 #define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_TOKENLISTENER_ON_TOKEN
 uint16_t uniffi_engram_uniffi_checksum_method_tokenlistener_on_token(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_MEMORYLISTENER_ON_REMEMBERED
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_MEMORYLISTENER_ON_REMEMBERED
+uint16_t uniffi_engram_uniffi_checksum_method_memorylistener_on_remembered(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_MEMORYLISTENER_ON_FORGOT
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_MEMORYLISTENER_ON_FORGOT
+uint16_t uniffi_engram_uniffi_checksum_method_memorylistener_on_forgot(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_MEMORYLISTENER_ON_FAILED
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_MEMORYLISTENER_ON_FAILED
+uint16_t uniffi_engram_uniffi_checksum_method_memorylistener_on_failed(void
     
 );
 #endif

@@ -47,8 +47,8 @@ pub use delta::{
 pub use engine::{
     BackgroundLearner, Conversation, DEFAULT_TOPIC_COSINE, Device, Engine, EngineOptions,
     ForgetReport, GenerateOptions, Generation, ImportReport, LearnerEvent, LearnerReadGuard,
-    LoopGuard, ReadGating, RememberReport, Reply, RevertReport, Session, SharedEngine, StopReason,
-    TextStream, log_softmax_at, read_keys_path, reseal_store_file,
+    LearningChat, LoopGuard, ReadGating, RememberReport, Reply, RevertReport, Session,
+    SharedEngine, StopReason, TextStream, log_softmax_at, read_keys_path, reseal_store_file,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use learn::{

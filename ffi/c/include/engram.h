@@ -35,6 +35,21 @@ typedef enum EngramStatus {
   ENGRAM_STATUS_UNTRUSTED = 10,
 } EngramStatus;
 
+// What a chat's background learner did.
+typedef enum EngramMemoryEvent {
+  // A statement was learned and is durable: `number` is its fact number, `text` the
+  // statement, `detail` the earlier fact it replaced (or NULL).
+  ENGRAM_MEMORY_EVENT_REMEMBERED = 0,
+  // A fact was forgotten: `number` and `text` are its; `detail` is NULL.
+  ENGRAM_MEMORY_EVENT_FORGOT = 1,
+  // A statement or forget did not go through (nothing of it kept): `text` is what was
+  // asked, `detail` why; `number` is 0.
+  ENGRAM_MEMORY_EVENT_FAILED = 2,
+} EngramMemoryEvent;
+
+// A chat: a conversation on an engine, learning in the background or not. Opaque.
+typedef struct EngramChat EngramChat;
+
 // An engine: a model, its tokenizer and (optionally) a memory store. Opaque.
 typedef struct EngramEngine EngramEngine;
 
@@ -43,6 +58,14 @@ typedef bool (*EngramTokenCallback)(const char *piece, void *user_data);
 
 // Called after every learning step (fact and step count from 0); return false to stop.
 typedef bool (*EngramProgressCallback)(uint32_t fact, uint32_t step, double loss, void *user_data);
+
+// Called from the learner's thread with each [`EngramMemoryEvent`]; the strings are valid
+// during the call only.
+typedef void (*EngramMemoryCallback)(enum EngramMemoryEvent event,
+                                     uint64_t number,
+                                     const char *text,
+                                     const char *detail,
+                                     void *user_data);
 
 #ifdef __cplusplus
 extern "C" {
@@ -190,6 +213,43 @@ enum EngramStatus engram_store_encrypt(const char *memory_path,
                                        const uint8_t *store_key,
                                        size_t key_len,
                                        bool decrypt);
+
+// Starts a chat on `engine`. With `learn` (the engine's store opened writable), statements
+// the user makes are learned in the background after each reply, and `on_event` (may be
+// null) is called from the learner's thread with `user_data` as each is learned, forgotten
+// or fails. On success `*out_chat` is the chat; free it with `engram_chat_free`.
+enum EngramStatus engram_chat_new(const struct EngramEngine *engine,
+                                  bool learn,
+                                  EngramMemoryCallback on_event,
+                                  void *user_data,
+                                  struct EngramChat **out_chat);
+
+// Answers `text` greedily (at most `max_tokens` tokens), calling `on_token` (may be null)
+// with each piece; the reply goes to `*out_reply` (may be null; free it). In a learning chat
+// a statement about the user is queued to be learned once the reply is done.
+enum EngramStatus engram_chat_say(const struct EngramChat *chat_handle,
+                                  const char *text_in,
+                                  uint32_t max_tokens,
+                                  EngramTokenCallback on_token,
+                                  void *user_data,
+                                  char **out_reply);
+
+// Queues `statement` to be remembered (whatever its form); the callback hears when it is.
+enum EngramStatus engram_chat_remember(const struct EngramChat *chat_handle, const char *statement);
+
+// Queues the learned fact `what` names (its number as text, or words of it alone) to be
+// forgotten; the callback hears when it is, or why not.
+enum EngramStatus engram_chat_forget(const struct EngramChat *chat_handle, const char *what);
+
+// Waits until everything the chat queued is done (each told to the callback).
+enum EngramStatus engram_chat_wait_idle(const struct EngramChat *chat_handle);
+
+// Forgets the chat's turns so far (not what was learned).
+enum EngramStatus engram_chat_reset(const struct EngramChat *chat_handle);
+
+// Finishes what the chat queued, stops its learner and frees it. The handle is invalid
+// afterwards; freeing it again returns `ENGRAM_STATUS_INVALID_HANDLE`.
+enum EngramStatus engram_chat_free(struct EngramChat *chat_handle);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -15,6 +15,10 @@
 
 #![allow(clippy::missing_safety_doc)]
 
+mod chat;
+
+pub use chat::{EngramChat, EngramMemoryCallback, EngramMemoryEvent};
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, c_char, c_void};
@@ -69,7 +73,7 @@ pub type EngramProgressCallback =
     Option<unsafe extern "C" fn(fact: u32, step: u32, loss: f64, user_data: *mut c_void) -> bool>;
 
 struct Handle {
-    engine: SharedEngine,
+    engine: Arc<SharedEngine>,
 }
 
 /// Live engines by handle id. Ids only grow, so a closed handle is never valid again.
@@ -252,8 +256,12 @@ unsafe fn open_engine(
     )?;
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed) * 16;
     let mut map = HANDLES.lock().unwrap_or_else(|e| e.into_inner());
-    map.get_or_insert_with(HashMap::new)
-        .insert(id, Arc::new(Handle { engine }));
+    map.get_or_insert_with(HashMap::new).insert(
+        id,
+        Arc::new(Handle {
+            engine: Arc::new(engine),
+        }),
+    );
     // SAFETY: checked non-null above.
     unsafe { *out = id as *mut EngramEngine };
     Ok(())

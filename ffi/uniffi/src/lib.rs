@@ -18,6 +18,10 @@ use engram::{
 
 uniffi::setup_scaffolding!("engram");
 
+mod chat;
+
+pub use chat::{Chat, MemoryListener};
+
 /// Why a call failed. A flat error: each language sees the variant and its one-line message
 /// (a `message` field would clash with Kotlin's `Throwable.message`).
 #[derive(Debug, thiserror::Error, uniffi::Error)]
@@ -246,7 +250,7 @@ pub fn encrypt_store(
 /// A model (GGUF), its tokenizer and optionally a memory store to learn into.
 #[derive(uniffi::Object)]
 pub struct Engram {
-    engine: SharedEngine,
+    engine: Arc<SharedEngine>,
 }
 
 impl Engram {
@@ -308,7 +312,9 @@ impl Engram {
             threads as usize,
             store_key.as_deref(),
         )?;
-        Ok(Arc::new(Self { engine }))
+        Ok(Arc::new(Self {
+            engine: Arc::new(engine),
+        }))
     }
 
     /// Continues `prompt` greedily for at most `max_tokens` tokens, telling `listener` of each

@@ -283,8 +283,7 @@ impl Engine {
         if let Some(g) = gate.as_mut() {
             if g.routes() {
                 g.set_word_starts(crate::learn::word_starts(&self.tokenizer));
-                let (first_person, ends) = crate::learn::speaker_tokens(&self.tokenizer);
-                g.set_speaker_tokens(first_person, ends);
+                g.set_speaker_tokens(crate::learn::speaker_tokens(&self.tokenizer));
             }
             g.set_exempt(imported_rows(&m.durable.history));
             facts = keyed_facts(&m.durable.history);

@@ -10,6 +10,7 @@ mod conversation;
 mod deltas;
 mod forget;
 mod generate;
+mod learning_chat;
 mod memory;
 mod shared;
 
@@ -21,6 +22,7 @@ pub use forget::{ForgetReport, RememberReport};
 pub use generate::{
     GenerateOptions, Generation, LoopGuard, Session, StopReason, TextStream, log_softmax_at,
 };
+pub use learning_chat::LearningChat;
 pub use memory::{DEFAULT_TOPIC_COSINE, ReadGating, read_keys_path};
 pub use shared::{SharedEngine, reseal_store_file};
 

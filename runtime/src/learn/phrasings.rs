@@ -1,13 +1,12 @@
 //! How a fact becomes a batch of phrasings to train on.
 
-use std::collections::HashSet;
 use std::ops::Range;
 
 use super::facts::Fact;
 use super::questions;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::memory::WordStart;
+use crate::memory::{SpeakerTokens, WordStart};
 use crate::model::{Model, PreparedSequence};
 use crate::tokenizer::{ChatMessage, Tokenizer};
 
@@ -172,27 +171,39 @@ pub fn personal_needles(tok: &Tokenizer, fact: &Fact) -> Result<Vec<Vec<u32>>> {
     Ok(needles)
 }
 
-/// The tokens of `tok`'s vocabulary that are the user speaking of themselves ("I", " my",
-/// " We") and those that end a sentence or a turn (".", "?", "!", a line break, special
-/// tokens), for a routing read gate's personal words.
-pub fn speaker_tokens(tok: &Tokenizer) -> (HashSet<u32>, HashSet<u32>) {
-    let mut first_person = HashSet::new();
-    let mut ends = HashSet::new();
+/// The tokens of `tok`'s vocabulary a routing gate needs to tell the user asking about
+/// themselves (see [`SpeakerTokens`]): first-person words ("I", " my", " We"), what ends a
+/// sentence or a turn (".", "?", "!", a line break, special tokens), question words ("What",
+/// " where") and question openers ("Do", "Is").
+pub fn speaker_tokens(tok: &Tokenizer) -> SpeakerTokens {
+    const QUESTION_WORDS: &[&str] = &[
+        "what", "which", "who", "whom", "whose", "where", "when", "why", "how",
+    ];
+    const OPENERS: &[&str] = &[
+        "do", "does", "did", "is", "are", "was", "were", "am", "can", "could", "will", "would",
+        "should", "have", "has", "had",
+    ];
+    let mut speaker = SpeakerTokens::default();
     for id in 0..tok.vocab_size() as u32 {
         if tok.is_special(id) {
-            ends.insert(id);
+            speaker.sentence_ends.insert(id);
             continue;
         }
         let text = String::from_utf8_lossy(tok.token_bytes(id));
+        // A whole word: after a space, or capitalized (a sentence's first word).
+        let whole = text.starts_with(' ') || text.starts_with(char::is_uppercase);
+        let word = text.trim_start_matches(' ').to_lowercase();
         if text.contains(['.', '?', '!', '\n']) {
-            ends.insert(id);
-        } else if (text.starts_with(' ') || text.starts_with(char::is_uppercase))
-            && questions::is_first_person(text.trim_start_matches(' '))
-        {
-            first_person.insert(id);
+            speaker.sentence_ends.insert(id);
+        } else if whole && questions::is_first_person(&word) {
+            speaker.first_person.insert(id);
+        } else if whole && QUESTION_WORDS.contains(&word.as_str()) {
+            speaker.question_words.insert(id);
+        } else if whole && OPENERS.contains(&word.as_str()) {
+            speaker.question_openers.insert(id);
         }
     }
-    (first_person, ends)
+    speaker
 }
 
 /// How each token of `tok`'s vocabulary begins, for a routing read gate.

@@ -17,7 +17,7 @@ pub use params::{
 };
 pub use read_gate::{
     DEFAULT_NOTE_READ_GATE, DEFAULT_READ_GATE, KeyKind, KeyedPhrasing, OpenFacts, ReadGate,
-    WordStart,
+    SpeakerTokens, WordStart,
 };
 pub use selection::{SlotScoring, count_accesses, select_slots};
 pub use usage::SlotUsage;

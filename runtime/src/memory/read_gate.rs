@@ -114,10 +114,23 @@ pub struct ReadGate {
     /// sentence where the user speaks of themselves (routes; see
     /// [`crate::learn::personal_words`]).
     personal: HashMap<u32, Vec<(Vec<u32>, u32)>>,
-    /// Tokens of the user speaking of themselves: "I", "my", "we", "our" (routes).
-    first_person: HashSet<u32>,
-    /// Tokens that end a sentence or a turn: ".", "?", a line break, markup (routes).
-    sentence_ends: HashSet<u32>,
+    /// Which tokens make a sentence the user asking about themselves (routes).
+    speaker: SpeakerTokens,
+}
+
+/// The tokens a routing gate needs to tell a question the user asks about themselves ("Which
+/// instrument do I play?") from any other sentence: only there do a note's personal words
+/// name it.
+#[derive(Clone, Debug, Default)]
+pub struct SpeakerTokens {
+    /// The user speaking of themselves: "I", " my", " we", " our".
+    pub first_person: HashSet<u32>,
+    /// What ends a sentence or a turn: ".", "?", a line break, markup.
+    pub sentence_ends: HashSet<u32>,
+    /// Question words, anywhere in a sentence: "What", " which", " where".
+    pub question_words: HashSet<u32>,
+    /// Words that make a question when they open a sentence: "Do", "Is", "Can".
+    pub question_openers: HashSet<u32>,
 }
 
 /// The learned facts a sequence has named so far, and from which position: what a topic
@@ -135,8 +148,14 @@ pub struct OpenFacts {
     /// Facts open only because a personal word named them: read only where no fact named
     /// by a name is.
     personal_only: HashSet<u32>,
-    /// Where the sentence being read last had the user speak of themselves.
+    /// Where the sentence being read last had the user speak of themselves, after it showed
+    /// itself a question.
     speaker_at: Option<usize>,
+    /// Whether the sentence being read is a question so far (a question word, or an opener
+    /// as its first word).
+    asking: bool,
+    /// Where the sentence being read began.
+    sentence_from: usize,
 }
 
 /// Tokens [`OpenFacts`] remembers: longer topic words are not matched across calls.
@@ -150,6 +169,9 @@ impl OpenFacts {
         self.pending.retain(|&(_, at, _)| at < len);
         self.personal_only.retain(|f| self.opened.contains_key(f));
         self.speaker_at = self.speaker_at.filter(|&at| at < len);
+        if self.sentence_from >= len {
+            (self.asking, self.sentence_from) = (false, len);
+        }
     }
 
     fn see(&mut self, at: usize, token: u32) {
@@ -259,8 +281,7 @@ impl ReadGate {
             word_starts: Vec::new(),
             partial: HashSet::new(),
             personal: HashMap::new(),
-            first_person: HashSet::new(),
-            sentence_ends: HashSet::new(),
+            speaker: SpeakerTokens::default(),
         })
     }
 
@@ -357,12 +378,10 @@ impl ReadGate {
         self.word_starts = starts;
     }
 
-    /// Tells a routing gate which tokens are the user speaking of themselves ("I", "my",
-    /// "we", "our") and which end a sentence: a note's personal words name it only after
-    /// one of the first in the same sentence.
-    pub fn set_speaker_tokens(&mut self, first_person: HashSet<u32>, sentence_ends: HashSet<u32>) {
-        self.first_person = first_person;
-        self.sentence_ends = sentence_ends;
+    /// Tells a routing gate the tokens of [`SpeakerTokens`]: a note's personal words name it
+    /// only in a question, after a first-person word in the same sentence.
+    pub fn set_speaker_tokens(&mut self, speaker: SpeakerTokens) {
+        self.speaker = speaker;
     }
 
     fn class(&self, token: u32) -> WordStart {
@@ -454,8 +473,13 @@ impl ReadGate {
                     }
                 }
             }
-            if self.sentence_ends.contains(&token) {
-                open.speaker_at = None;
+            let speaker = &self.speaker;
+            if speaker.sentence_ends.contains(&token) {
+                (open.speaker_at, open.asking, open.sentence_from) = (None, false, at + 1);
+            } else if speaker.question_words.contains(&token)
+                || (at == open.sentence_from && speaker.question_openers.contains(&token))
+            {
+                open.asking = true;
             }
             for (needle, fact) in self.needles.get(&token).into_iter().flatten() {
                 if open.ends_with(needle) {
@@ -476,7 +500,7 @@ impl ReadGate {
                     open.pending.push((*fact, at, true));
                 }
             }
-            if self.first_person.contains(&token) {
+            if open.asking && speaker.first_person.contains(&token) {
                 open.speaker_at = Some(at);
             }
             for j in t * reads..(t + 1) * reads {
@@ -672,8 +696,7 @@ impl ReadGate {
         gate.routes = self.routes;
         gate.route_window = self.route_window;
         gate.word_starts = std::mem::take(&mut self.word_starts);
-        gate.first_person = std::mem::take(&mut self.first_person);
-        gate.sentence_ends = std::mem::take(&mut self.sentence_ends);
+        gate.speaker = std::mem::take(&mut self.speaker);
         for id in 0..n as u32 {
             let key: Vec<i8> = cur.take(self.dim)?.iter().map(|&b| b as i8).collect();
             gate.kinds.push(match cur.take(1)?[0] {
@@ -1045,12 +1068,19 @@ mod tests {
     }
 
     #[test]
-    fn a_personal_word_names_a_note_only_where_the_user_speaks_of_themselves() {
+    fn a_personal_word_names_a_note_only_where_the_user_asks_about_themselves() {
         use WordStart::*;
-        // 0 "\n", 1 " is", 2 " my", 3 " play", 4 "?", 5 " Ana", 6 " cello".
+        // 0 "\n", 1 " is", 2 " my", 3 " play", 4 "?", 5 " Ana", 6 " cello", 7 "What", 8 "Do".
+        let starts = vec![Break, Lower, Lower, Lower, Break, Capital, Lower, Capital, Capital];
+        let speaker = || SpeakerTokens {
+            first_person: [2].into(),
+            sentence_ends: [0, 4].into(),
+            question_words: [7].into(),
+            question_openers: [8].into(),
+        };
         let mut gate = ReadGate::with_routes(3).unwrap();
-        gate.set_word_starts(vec![Break, Lower, Lower, Lower, Break, Capital, Lower]);
-        gate.set_speaker_tokens([2].into(), [0, 4].into());
+        gate.set_word_starts(starts.clone());
+        gate.set_speaker_tokens(speaker());
         // "I play the cello." (named by "cello"), "My sister Ana plays tennis." (by "Ana"):
         // both hold the personal word "play".
         gate.add_routed_fact(&[vec![6]], &[vec![3]], &[7]);
@@ -1062,21 +1092,24 @@ mod tests {
             facts[tokens.len() - 1].clone()
         };
         let none: [u32; 0] = [];
-        assert_eq!(read_at_end(&gate, &[1, 3, 1]), none, "is play is: no one speaks");
-        assert_eq!(read_at_end(&gate, &[2, 3, 1]), [0, 1], "my play is");
-        assert_eq!(read_at_end(&gate, &[2, 4, 3, 1]), none, "my ? play: another sentence");
-        assert_eq!(read_at_end(&gate, &[3, 2, 1]), none, "play my: the word came first");
+        assert_eq!(read_at_end(&gate, &[7, 1, 3, 1]), none, "What is play is: no one speaks");
+        assert_eq!(read_at_end(&gate, &[7, 2, 3, 1]), [0, 1], "What my play is");
+        assert_eq!(read_at_end(&gate, &[0, 8, 2, 3, 1]), [0, 1], "Do my play is");
+        assert_eq!(read_at_end(&gate, &[2, 3, 1]), none, "my play is: not a question");
+        assert_eq!(read_at_end(&gate, &[0, 1, 8, 2, 3, 1]), none, "is Do my play: not first");
+        assert_eq!(read_at_end(&gate, &[7, 2, 4, 3, 1]), none, "What my ? play: another sentence");
+        assert_eq!(read_at_end(&gate, &[7, 3, 2, 1]), none, "What play my: the word came first");
         // A fact its name opened outranks those only a personal word opened.
-        assert_eq!(read_at_end(&gate, &[2, 5, 1, 3, 1]), [1], "my Ana is play is");
-        assert_eq!(read_at_end(&gate, &[2, 6, 1, 3, 1]), [0], "my cello is play is");
+        assert_eq!(read_at_end(&gate, &[7, 2, 5, 1, 3, 1]), [1], "What my Ana is play is");
+        assert_eq!(read_at_end(&gate, &[7, 2, 6, 1, 3, 1]), [0], "What my cello is play is");
         // Personal words are saved with the gate and load back as personal.
         let mut back = ReadGate::with_routes(3).unwrap();
-        back.set_word_starts(vec![Break, Lower, Lower, Lower, Break, Capital, Lower]);
-        back.set_speaker_tokens([2].into(), [0, 4].into());
+        back.set_word_starts(starts);
+        back.set_speaker_tokens(speaker());
         back.load_bytes(&gate.to_bytes("t"), "t").unwrap();
-        assert_eq!(read_at_end(&back, &[1, 3, 1]), none);
-        assert_eq!(read_at_end(&back, &[2, 3, 1]), [0, 1]);
-        assert_eq!(read_at_end(&back, &[2, 5, 1, 3, 1]), [1]);
+        assert_eq!(read_at_end(&back, &[7, 1, 3, 1]), none);
+        assert_eq!(read_at_end(&back, &[7, 2, 3, 1]), [0, 1]);
+        assert_eq!(read_at_end(&back, &[7, 2, 5, 1, 3, 1]), [1]);
     }
 
     #[test]

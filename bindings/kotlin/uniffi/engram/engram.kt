@@ -656,6 +656,15 @@ internal interface UniffiCallbackInterfaceLearnListenerMethod0 : com.sun.jna.Cal
 internal interface UniffiCallbackInterfaceTokenListenerMethod0 : com.sun.jna.Callback {
     fun callback(`uniffiHandle`: Long,`piece`: RustBuffer.ByValue,`uniffiOutReturn`: ByteByReference,uniffiCallStatus: UniffiRustCallStatus,)
 }
+internal interface UniffiCallbackInterfaceMemoryListenerMethod0 : com.sun.jna.Callback {
+    fun callback(`uniffiHandle`: Long,`text`: RustBuffer.ByValue,`number`: Long,`replaced`: RustBuffer.ByValue,`seconds`: Double,`uniffiOutReturn`: ByteByReference,uniffiCallStatus: UniffiRustCallStatus,)
+}
+internal interface UniffiCallbackInterfaceMemoryListenerMethod1 : com.sun.jna.Callback {
+    fun callback(`uniffiHandle`: Long,`text`: RustBuffer.ByValue,`number`: Long,`uniffiOutReturn`: ByteByReference,uniffiCallStatus: UniffiRustCallStatus,)
+}
+internal interface UniffiCallbackInterfaceMemoryListenerMethod2 : com.sun.jna.Callback {
+    fun callback(`uniffiHandle`: Long,`what`: RustBuffer.ByValue,`error`: RustBuffer.ByValue,`uniffiOutReturn`: ByteByReference,uniffiCallStatus: UniffiRustCallStatus,)
+}
 @Structure.FieldOrder("uniffiFree", "uniffiClone", "onStep")
 internal open class UniffiVTableCallbackInterfaceLearnListener(
     @JvmField internal var `uniffiFree`: UniffiCallbackInterfaceFree? = null,
@@ -691,6 +700,31 @@ internal open class UniffiVTableCallbackInterfaceTokenListener(
         `uniffiFree` = other.`uniffiFree`
         `uniffiClone` = other.`uniffiClone`
         `onToken` = other.`onToken`
+    }
+
+}
+@Structure.FieldOrder("uniffiFree", "uniffiClone", "onRemembered", "onForgot", "onFailed")
+internal open class UniffiVTableCallbackInterfaceMemoryListener(
+    @JvmField internal var `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+    @JvmField internal var `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+    @JvmField internal var `onRemembered`: UniffiCallbackInterfaceMemoryListenerMethod0? = null,
+    @JvmField internal var `onForgot`: UniffiCallbackInterfaceMemoryListenerMethod1? = null,
+    @JvmField internal var `onFailed`: UniffiCallbackInterfaceMemoryListenerMethod2? = null,
+) : Structure() {
+    class UniffiByValue(
+        `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+        `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+        `onRemembered`: UniffiCallbackInterfaceMemoryListenerMethod0? = null,
+        `onForgot`: UniffiCallbackInterfaceMemoryListenerMethod1? = null,
+        `onFailed`: UniffiCallbackInterfaceMemoryListenerMethod2? = null,
+    ): UniffiVTableCallbackInterfaceMemoryListener(`uniffiFree`,`uniffiClone`,`onRemembered`,`onForgot`,`onFailed`,), Structure.ByValue
+
+   internal fun uniffiSetValue(other: UniffiVTableCallbackInterfaceMemoryListener) {
+        `uniffiFree` = other.`uniffiFree`
+        `uniffiClone` = other.`uniffiClone`
+        `onRemembered` = other.`onRemembered`
+        `onForgot` = other.`onForgot`
+        `onFailed` = other.`onFailed`
     }
 
 }
@@ -761,11 +795,35 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_engram_uniffi_checksum_method_engram_trust_signers(
     ): Int
+    external fun uniffi_engram_uniffi_checksum_method_chat_forget(
+    ): Int
+    external fun uniffi_engram_uniffi_checksum_method_chat_pending(
+    ): Int
+    external fun uniffi_engram_uniffi_checksum_method_chat_remember(
+    ): Int
+    external fun uniffi_engram_uniffi_checksum_method_chat_reset(
+    ): Int
+    external fun uniffi_engram_uniffi_checksum_method_chat_say(
+    ): Int
+    external fun uniffi_engram_uniffi_checksum_method_chat_set_system(
+    ): Int
+    external fun uniffi_engram_uniffi_checksum_method_chat_stop_learning(
+    ): Int
+    external fun uniffi_engram_uniffi_checksum_method_chat_wait_idle(
+    ): Int
     external fun uniffi_engram_uniffi_checksum_constructor_engram_open(
+    ): Int
+    external fun uniffi_engram_uniffi_checksum_constructor_chat_new(
     ): Int
     external fun uniffi_engram_uniffi_checksum_method_learnlistener_on_step(
     ): Int
     external fun uniffi_engram_uniffi_checksum_method_tokenlistener_on_token(
+    ): Int
+    external fun uniffi_engram_uniffi_checksum_method_memorylistener_on_remembered(
+    ): Int
+    external fun uniffi_engram_uniffi_checksum_method_memorylistener_on_forgot(
+    ): Int
+    external fun uniffi_engram_uniffi_checksum_method_memorylistener_on_failed(
     ): Int
     external fun ffi_engram_uniffi_uniffi_contract_version(
     ): Int
@@ -784,6 +842,7 @@ internal object UniffiLib {
     init {
         Native.register(UniffiLib::class.java, findLibraryName(componentName = "engram"))
         uniffiCallbackInterfaceLearnListener.register(this)
+        uniffiCallbackInterfaceMemoryListener.register(this)
         uniffiCallbackInterfaceTokenListener.register(this)
         
     }
@@ -825,9 +884,33 @@ internal object UniffiLib {
     ): RustBuffer.ByValue
     external fun uniffi_engram_uniffi_fn_method_engram_trust_signers(`ptr`: Long,`trustedSignersPath`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
+    external fun uniffi_engram_uniffi_fn_clone_chat(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_engram_uniffi_fn_free_chat(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_engram_uniffi_fn_constructor_chat_new(`engram`: Long,`learn`: Byte,`listener`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_engram_uniffi_fn_method_chat_forget(`ptr`: Long,`what`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_engram_uniffi_fn_method_chat_pending(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Int
+    external fun uniffi_engram_uniffi_fn_method_chat_remember(`ptr`: Long,`statement`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_engram_uniffi_fn_method_chat_reset(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_engram_uniffi_fn_method_chat_say(`ptr`: Long,`text`: RustBuffer.ByValue,`maxTokens`: Int,`listener`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_engram_uniffi_fn_method_chat_set_system(`ptr`: Long,`system`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_engram_uniffi_fn_method_chat_stop_learning(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_engram_uniffi_fn_method_chat_wait_idle(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_engram_uniffi_fn_init_callback_vtable_learnlistener(`vtable`: UniffiVTableCallbackInterfaceLearnListener,
     ): Unit
     external fun uniffi_engram_uniffi_fn_init_callback_vtable_tokenlistener(`vtable`: UniffiVTableCallbackInterfaceTokenListener,
+    ): Unit
+    external fun uniffi_engram_uniffi_fn_init_callback_vtable_memorylistener(`vtable`: UniffiVTableCallbackInterfaceMemoryListener,
     ): Unit
     external fun uniffi_engram_uniffi_fn_func_encrypt_store(`memoryPath`: RustBuffer.ByValue,`storeKey`: RustBuffer.ByValue,`decrypt`: Byte,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
@@ -1023,13 +1106,49 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_engram_uniffi_checksum_method_engram_trust_signers() and 0xFFFF) != 3131) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_engram_uniffi_checksum_method_chat_forget() and 0xFFFF) != 50887) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_engram_uniffi_checksum_method_chat_pending() and 0xFFFF) != 39214) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_engram_uniffi_checksum_method_chat_remember() and 0xFFFF) != 42969) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_engram_uniffi_checksum_method_chat_reset() and 0xFFFF) != 12902) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_engram_uniffi_checksum_method_chat_say() and 0xFFFF) != 27579) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_engram_uniffi_checksum_method_chat_set_system() and 0xFFFF) != 25246) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_engram_uniffi_checksum_method_chat_stop_learning() and 0xFFFF) != 22082) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_engram_uniffi_checksum_method_chat_wait_idle() and 0xFFFF) != 52989) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_engram_uniffi_checksum_constructor_engram_open() and 0xFFFF) != 11380) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_engram_uniffi_checksum_constructor_chat_new() and 0xFFFF) != 3401) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_engram_uniffi_checksum_method_learnlistener_on_step() and 0xFFFF) != 62313) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_engram_uniffi_checksum_method_tokenlistener_on_token() and 0xFFFF) != 32782) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_engram_uniffi_checksum_method_memorylistener_on_remembered() and 0xFFFF) != 35146) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_engram_uniffi_checksum_method_memorylistener_on_forgot() and 0xFFFF) != 13125) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_engram_uniffi_checksum_method_memorylistener_on_failed() and 0xFFFF) != 13099) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
 }
@@ -1385,6 +1504,446 @@ public object FfiConverterByteArray: FfiConverterRustBuffer<ByteArray> {
     override fun write(value: ByteArray, buf: ByteBuffer) {
         buf.putInt(value.size)
         buf.put(value)
+    }
+}
+
+
+// This template implements a class for working with a Rust struct via a handle
+// to the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque handle to the underlying Rust struct.
+//     Method calls need to read this handle from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its handle should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the handle, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the handle, but is interrupted
+//      before it can pass the handle over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read handle value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
+ * A conversation with the model; with `learn`, statements the user makes are remembered in
+ * the background after each reply (a reply never waits for a whole fact: learning steps
+ * aside at its next gradient step and goes on after).
+ */
+public interface ChatInterface {
+    
+    /**
+     * Queues the learned fact `what` names (its number or words of it alone) to be forgotten.
+     */
+    fun `forget`(`what`: kotlin.String)
+    
+    /**
+     * Statements and forgets queued or under way.
+     */
+    fun `pending`(): kotlin.UInt
+    
+    /**
+     * Queues `statement` to be remembered (whatever its form).
+     */
+    fun `remember`(`statement`: kotlin.String)
+    
+    /**
+     * Forgets the turns so far (not what was learned).
+     */
+    fun `reset`()
+    
+    /**
+     * Answers `text` greedily (at most `max_tokens` tokens), telling `listener` of each
+     * piece; a statement about the user is queued to be learned once the reply is done.
+     */
+    fun `say`(`text`: kotlin.String, `maxTokens`: kotlin.UInt = 128u, `listener`: TokenListener? = null): kotlin.String
+    
+    /**
+     * Sets (or with `None` clears) the system message.
+     */
+    fun `setSystem`(`system`: kotlin.String?)
+    
+    /**
+     * Finishes what is queued and stops learning (the chat goes on answering).
+     */
+    fun `stopLearning`()
+    
+    /**
+     * Waits until everything queued is done (each told to the listener).
+     */
+    fun `waitIdle`()
+    
+    companion object
+}
+
+/**
+ * A conversation with the model; with `learn`, statements the user makes are remembered in
+ * the background after each reply (a reply never waits for a whole fact: learning steps
+ * aside at its next gradient step and goes on after).
+ */
+open class Chat: Disposable, AutoCloseable, ChatInterface
+{
+
+    @Suppress("UNUSED_PARAMETER")
+    /**
+     * @suppress
+     */
+    constructor(withHandle: UniffiWithHandle, handle: Long) {
+        this.handle = handle
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(handle))
+    }
+
+    /**
+     * @suppress
+     *
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noHandle: NoHandle) {
+        this.handle = 0
+        this.cleanable = null
+    }
+    /**
+     * A new conversation on `engram`. With `learn` (a store opened writable) the user's
+     * statements are learned in the background and `listener` hears of each.
+     */
+    constructor(`engram`: Engram, `learn`: kotlin.Boolean = true, `listener`: MemoryListener? = null) :
+        this(UniffiWithHandle, 
+    uniffiRustCallWithError(EngramException) { _status ->
+    UniffiLib.uniffi_engram_uniffi_fn_constructor_chat_new(
+    
+        
+        FfiConverterTypeEngram.lower(`engram`),
+        FfiConverterBoolean.lower(`learn`),
+        FfiConverterOptionalTypeMemoryListener.lower(`listener`),_status)
+}
+    )
+
+    protected val handle: Long
+    protected val cleanable: UniffiCleaner.Cleanable?
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    /**
+     * Whether the current object has been destroyed and its reference is gone in the Rust side.
+     */
+    val uniffiIsDestroyed: Boolean get() = wasDestroyed.get()
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithHandle(block: (handle: Long) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the handle being freed concurrently.
+        try {
+            return block(this.uniffiCloneHandle())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val handle: Long) : Runnable {
+        override fun run() {
+            if (handle == 0.toLong()) {
+                // Fake object created with `NoHandle`, don't try to free.
+                return;
+            }
+            uniffiRustCall { status ->
+                UniffiLib.uniffi_engram_uniffi_fn_free_chat(handle, status)
+            }
+        }
+    }
+
+    /**
+     * @suppress
+     */
+    fun uniffiCloneHandle(): Long {
+        if (handle == 0.toLong()) {
+            throw InternalException("uniffiCloneHandle() called on NoHandle object");
+        }
+        return uniffiRustCall() { status ->
+            UniffiLib.uniffi_engram_uniffi_fn_clone_chat(handle, status)
+        }
+    }
+
+    
+    /**
+     * Queues the learned fact `what` names (its number or words of it alone) to be forgotten.
+     */
+    @Throws(EngramException::class)override fun `forget`(`what`: kotlin.String)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(EngramException) { _status ->
+    UniffiLib.uniffi_engram_uniffi_fn_method_chat_forget(
+        it,
+        
+        FfiConverterString.lower(`what`),_status)
+}
+    }
+    
+    
+
+    
+    /**
+     * Statements and forgets queued or under way.
+     */override fun `pending`(): kotlin.UInt {
+            return FfiConverterUInt.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_engram_uniffi_fn_method_chat_pending(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Queues `statement` to be remembered (whatever its form).
+     */
+    @Throws(EngramException::class)override fun `remember`(`statement`: kotlin.String)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(EngramException) { _status ->
+    UniffiLib.uniffi_engram_uniffi_fn_method_chat_remember(
+        it,
+        
+        FfiConverterString.lower(`statement`),_status)
+}
+    }
+    
+    
+
+    
+    /**
+     * Forgets the turns so far (not what was learned).
+     */override fun `reset`()
+        = 
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_engram_uniffi_fn_method_chat_reset(
+        it,
+        _status)
+}
+    }
+    
+    
+
+    
+    /**
+     * Answers `text` greedily (at most `max_tokens` tokens), telling `listener` of each
+     * piece; a statement about the user is queued to be learned once the reply is done.
+     */
+    @Throws(EngramException::class)override fun `say`(`text`: kotlin.String, `maxTokens`: kotlin.UInt, `listener`: TokenListener?): kotlin.String {
+            return FfiConverterString.lift(
+    callWithHandle {
+    uniffiRustCallWithError(EngramException) { _status ->
+    UniffiLib.uniffi_engram_uniffi_fn_method_chat_say(
+        it,
+        
+        FfiConverterString.lower(`text`),
+        FfiConverterUInt.lower(`maxTokens`),
+        FfiConverterOptionalTypeTokenListener.lower(`listener`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Sets (or with `None` clears) the system message.
+     */override fun `setSystem`(`system`: kotlin.String?)
+        = 
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_engram_uniffi_fn_method_chat_set_system(
+        it,
+        
+        FfiConverterOptionalString.lower(`system`),_status)
+}
+    }
+    
+    
+
+    
+    /**
+     * Finishes what is queued and stops learning (the chat goes on answering).
+     */
+    @Throws(EngramException::class)override fun `stopLearning`()
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(EngramException) { _status ->
+    UniffiLib.uniffi_engram_uniffi_fn_method_chat_stop_learning(
+        it,
+        _status)
+}
+    }
+    
+    
+
+    
+    /**
+     * Waits until everything queued is done (each told to the listener).
+     */
+    @Throws(EngramException::class)override fun `waitIdle`()
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(EngramException) { _status ->
+    UniffiLib.uniffi_engram_uniffi_fn_method_chat_wait_idle(
+        it,
+        _status)
+}
+    }
+    
+    
+
+    
+
+    
+
+
+    
+    
+    /**
+     * @suppress
+     */
+    companion object
+    
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeChat: FfiConverter<Chat, Long> {
+    override fun lower(value: Chat): Long {
+        return value.uniffiCloneHandle()
+    }
+
+    override fun lift(value: Long): Chat {
+        return Chat(UniffiWithHandle, value)
+    }
+
+    override fun read(buf: ByteBuffer): Chat {
+        return lift(buf.getLong())
+    }
+
+    override fun allocationSize(value: Chat) = 8UL
+
+    override fun write(value: Chat, buf: ByteBuffer) {
+        buf.putLong(lower(value))
     }
 }
 
@@ -2743,6 +3302,116 @@ public object FfiConverterTypeLearnListener: FfiConverterCallbackInterface<Learn
 
 
 /**
+ * Hears what a [`Chat`]'s background learner did, from its thread. Each method returns
+ * whether the chat should go on learning the user's statements (false: later statements are
+ * only answered; what is queued still finishes).
+ */
+public interface MemoryListener {
+    
+    /**
+     * A statement was learned and is durable in the store, as fact `number`; `replaced` is
+     * the earlier fact it replaced (forgotten first), if any.
+     */
+    fun `onRemembered`(`text`: kotlin.String, `number`: kotlin.ULong, `replaced`: kotlin.String?, `seconds`: kotlin.Double): kotlin.Boolean
+    
+    /**
+     * A learned fact was forgotten.
+     */
+    fun `onForgot`(`text`: kotlin.String, `number`: kotlin.ULong): kotlin.Boolean
+    
+    /**
+     * A statement or forget did not go through (nothing of it was kept).
+     */
+    fun `onFailed`(`what`: kotlin.String, `error`: kotlin.String): kotlin.Boolean
+    
+    companion object
+}
+
+
+
+// Put the implementation in an object so we don't pollute the top-level namespace
+internal object uniffiCallbackInterfaceMemoryListener {
+    internal object `onRemembered`: UniffiCallbackInterfaceMemoryListenerMethod0 {
+        override fun callback(`uniffiHandle`: Long,`text`: RustBuffer.ByValue,`number`: Long,`replaced`: RustBuffer.ByValue,`seconds`: Double,`uniffiOutReturn`: ByteByReference,uniffiCallStatus: UniffiRustCallStatus,) {
+            val uniffiObj = FfiConverterTypeMemoryListener.handleMap.get(uniffiHandle)
+            val makeCall = { ->
+                uniffiObj.`onRemembered`(
+                    FfiConverterString.lift(`text`),
+                    FfiConverterULong.lift(`number`),
+                    FfiConverterOptionalString.lift(`replaced`),
+                    FfiConverterDouble.lift(`seconds`),
+                )
+            }
+            val writeReturn = { value: kotlin.Boolean -> uniffiOutReturn.setValue(FfiConverterBoolean.lower(value)) }
+            uniffiTraitInterfaceCall(uniffiCallStatus, makeCall, writeReturn)
+        }
+    }
+    internal object `onForgot`: UniffiCallbackInterfaceMemoryListenerMethod1 {
+        override fun callback(`uniffiHandle`: Long,`text`: RustBuffer.ByValue,`number`: Long,`uniffiOutReturn`: ByteByReference,uniffiCallStatus: UniffiRustCallStatus,) {
+            val uniffiObj = FfiConverterTypeMemoryListener.handleMap.get(uniffiHandle)
+            val makeCall = { ->
+                uniffiObj.`onForgot`(
+                    FfiConverterString.lift(`text`),
+                    FfiConverterULong.lift(`number`),
+                )
+            }
+            val writeReturn = { value: kotlin.Boolean -> uniffiOutReturn.setValue(FfiConverterBoolean.lower(value)) }
+            uniffiTraitInterfaceCall(uniffiCallStatus, makeCall, writeReturn)
+        }
+    }
+    internal object `onFailed`: UniffiCallbackInterfaceMemoryListenerMethod2 {
+        override fun callback(`uniffiHandle`: Long,`what`: RustBuffer.ByValue,`error`: RustBuffer.ByValue,`uniffiOutReturn`: ByteByReference,uniffiCallStatus: UniffiRustCallStatus,) {
+            val uniffiObj = FfiConverterTypeMemoryListener.handleMap.get(uniffiHandle)
+            val makeCall = { ->
+                uniffiObj.`onFailed`(
+                    FfiConverterString.lift(`what`),
+                    FfiConverterString.lift(`error`),
+                )
+            }
+            val writeReturn = { value: kotlin.Boolean -> uniffiOutReturn.setValue(FfiConverterBoolean.lower(value)) }
+            uniffiTraitInterfaceCall(uniffiCallStatus, makeCall, writeReturn)
+        }
+    }
+
+    internal object uniffiFree: UniffiCallbackInterfaceFree {
+        override fun callback(handle: Long) {
+            FfiConverterTypeMemoryListener.handleMap.remove(handle)
+        }
+    }
+
+    internal object uniffiClone: UniffiCallbackInterfaceClone {
+        override fun callback(handle: Long): Long {
+            return FfiConverterTypeMemoryListener.handleMap.clone(handle)
+        }
+    }
+
+    internal var vtable = UniffiVTableCallbackInterfaceMemoryListener.UniffiByValue(
+        uniffiFree,
+        uniffiClone,
+        `onRemembered`,
+        `onForgot`,
+        `onFailed`,
+    )
+
+    // Registers the foreign callback with the Rust side.
+    // This method is generated for each callback interface.
+    internal fun register(lib: UniffiLib) {
+        lib.uniffi_engram_uniffi_fn_init_callback_vtable_memorylistener(vtable)
+    }
+}
+
+/**
+ * The ffiConverter which transforms the Callbacks in to handles to pass to Rust.
+ *
+ * @suppress
+ */
+public object FfiConverterTypeMemoryListener: FfiConverterCallbackInterface<MemoryListener>()
+
+
+
+
+
+/**
  * Receives generated text piece by piece.
  */
 public interface TokenListener {
@@ -2896,6 +3565,38 @@ public object FfiConverterOptionalTypeLearnListener: FfiConverterRustBuffer<Lear
         } else {
             buf.put(1)
             FfiConverterTypeLearnListener.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalTypeMemoryListener: FfiConverterRustBuffer<MemoryListener?> {
+    override fun read(buf: ByteBuffer): MemoryListener? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeMemoryListener.read(buf)
+    }
+
+    override fun allocationSize(value: MemoryListener?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeMemoryListener.allocationSize(value)
+        }
+    }
+
+    override fun write(value: MemoryListener?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeMemoryListener.write(value, buf)
         }
     }
 }
