@@ -1,9 +1,9 @@
 //! `engram chat`: a conversation on stdin/stdout. With `--learn` (a store opened for writing)
 //! statements the user makes are learned by a background worker after the reply is shown,
-//! while the user types the next turn; `/remember TEXT` learns a note, `/forget WHAT` forgets
-//! a learned fact and `/learned` lists them.
+//! while the user types the next turn (piped input waits for it instead); `/remember TEXT`
+//! learns a note, `/forget WHAT` forgets a learned fact and `/learned` lists them.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::ops::Deref;
 use std::sync::Arc;
 
@@ -79,16 +79,18 @@ pub fn chat(engine: Engine, options: &GenerateOptions, learn: bool) -> Result<()
         None
     };
     let mut kept: (Option<String>, Vec<(String, String)>) = (None, Vec::new());
-    let mut waiting: Option<String> = None;
+    // Piped input (a script) waits for what its earlier turns queued, so what it gets does not
+    // depend on how fast the machine learns; a person typing never waits.
+    let scripted = !std::io::stdin().is_terminal();
     loop {
+        if let (true, Some(l)) = (scripted, &learner) {
+            l.wait_idle().map_err(|e| e.to_string())?;
+        }
         // The first turn of a stretch is read before the engine is taken: the learner works
         // while the user types.
-        let line = match waiting.take() {
+        let line = match read_turn(kept.1.len() + 1)? {
             Some(l) => l,
-            None => match read_turn(kept.1.len() + 1)? {
-                Some(l) => l,
-                None => break,
-            },
+            None => break,
         };
         let engine: Box<dyn Deref<Target = Engine> + '_> = match &learner {
             Some(l) => Box::new(l.read().map_err(|e| e.to_string())?),
