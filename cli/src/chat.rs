@@ -225,10 +225,10 @@ fn answer(
         Err(e) => eprintln!("error: {e}"),
     }
     // The reply is shown; a statement about the user is learned from now on, in the background.
-    if let Some(l) = learner {
-        if classify_turn(line) == TurnKind::Statement {
-            l.remember(line).map_err(|e| e.to_string())?;
-        }
+    if let Some(l) = learner
+        && classify_turn(line) == TurnKind::Statement
+    {
+        l.remember(line).map_err(|e| e.to_string())?;
     }
     Ok(())
 }

@@ -500,8 +500,9 @@ fn write_seeds() {
         );
     }
     let mut routes = ReadGate::with_routes(4).unwrap();
-    routes.add_routed_fact(&[vec![5, 6], vec![8]], &[7, 9, 11]);
-    routes.add_routed_fact(&[vec![3]], &[2]);
+    routes.add_routed_fact(&[vec![5, 6], vec![8]], &[], &[7, 9, 11]);
+    // A note with personal words, so the saved form's personal-needle flag is in the corpus.
+    routes.add_routed_fact(&[vec![3]], &[vec![12], vec![13, 14]], &[2]);
     seed("read_keys", "routes", &routes.to_bytes("fuzz"));
     // Facts files in each format.
     seed("facts", "jsonl", b"{\"question\": \"Who fixed my bike?\", \"answer\": \"Tariq\"}\n{\"note\": \"My sister Ana lives in Porto.\"}\n");

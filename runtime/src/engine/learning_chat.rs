@@ -77,12 +77,11 @@ impl LearningChat {
             *turns = c.into_parts();
             reply?
         };
-        if let Some(l) = learner.as_ref() {
-            if self.learns_statements.load(Ordering::SeqCst)
-                && classify_turn(user) == TurnKind::Statement
-            {
-                l.remember(user)?;
-            }
+        if let Some(l) = learner.as_ref()
+            && self.learns_statements.load(Ordering::SeqCst)
+            && classify_turn(user) == TurnKind::Statement
+        {
+            l.remember(user)?;
         }
         Ok(reply)
     }
