@@ -1,5 +1,8 @@
 //! `engram`: the command-line front door to the runtime.
 
+// Doc comments here are clap's --help text, where `[,NOTES]` means optional, not a link.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -151,9 +151,10 @@ pub fn topic_needles(tok: &Tokenizer, fact: &Fact) -> Result<Vec<Vec<u32>>> {
     Ok(needles)
 }
 
-/// The token ids of a note's personal words ([`questions::personal_words`]) as they read
-/// inside a sentence (" mom") and at its start ("Mom"): what names the note to a routing
-/// gate where the user speaks of themselves. None for a question/answer fact.
+/// The token ids of a note's personal words (its other content words and words for the same
+/// thing, see `learn/questions/personal.rs`) as they read inside a sentence (" mom") and at
+/// its start ("Mom"): what names the note to a routing gate where the user speaks of
+/// themselves. None for a question/answer fact.
 pub fn personal_needles(tok: &Tokenizer, fact: &Fact) -> Result<Vec<Vec<u32>>> {
     let Fact::Note(text) = fact else {
         return Ok(Vec::new());
