@@ -10,7 +10,7 @@ use engram::{GenerateOptions, LearnOptions, LearnerEvent, LearningChat};
 
 use super::{
     EngramEngine, EngramStatus, EngramTokenCallback, Failure, NEXT_ID, Outcome, give, guard,
-    handle, text,
+    handle, live, text,
 };
 
 /// A chat: a conversation on an engine, learning in the background or not. Opaque.
@@ -85,21 +85,7 @@ impl Listener {
 static CHATS: Mutex<Option<HashMap<usize, Arc<LearningChat>>>> = Mutex::new(None);
 
 fn chat(chat: *const EngramChat) -> Result<Arc<LearningChat>, Failure> {
-    let id = chat as usize;
-    let map = CHATS.lock().unwrap_or_else(|e| e.into_inner());
-    map.as_ref()
-        .and_then(|m| m.get(&id))
-        .cloned()
-        .ok_or_else(|| {
-            Failure(
-                EngramStatus::InvalidHandle,
-                if chat.is_null() {
-                    "chat is null".into()
-                } else {
-                    format!("chat {id:#x} is freed or was never made")
-                },
-            )
-        })
+    live(&CHATS, chat as usize, "chat", "is freed or was never made")
 }
 
 /// Starts a chat on `engine`. With `learn` (the engine's store opened writable), statements

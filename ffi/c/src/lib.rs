@@ -154,18 +154,33 @@ unsafe fn optional_text<'a>(p: *const c_char, name: &str) -> Result<Option<&'a s
 }
 
 fn handle(engine: *const EngramEngine) -> Result<Arc<Handle>, Failure> {
-    let id = engine as usize;
-    let map = HANDLES.lock().unwrap_or_else(|e| e.into_inner());
+    live(
+        &HANDLES,
+        engine as usize,
+        "engine",
+        "is closed or was never opened",
+    )
+}
+
+/// The live object a C handle names, or an invalid-handle failure saying which `kind` of
+/// handle was null or `gone` (handles are ids from a counter, never pointers we follow).
+pub(crate) fn live<T: Clone>(
+    map: &Mutex<Option<HashMap<usize, T>>>,
+    id: usize,
+    kind: &str,
+    gone: &str,
+) -> Result<T, Failure> {
+    let map = map.lock().unwrap_or_else(|e| e.into_inner());
     map.as_ref()
         .and_then(|m| m.get(&id))
         .cloned()
         .ok_or_else(|| {
             Failure(
                 EngramStatus::InvalidHandle,
-                if engine.is_null() {
-                    "engine is null".into()
+                if id == 0 {
+                    format!("{kind} is null")
                 } else {
-                    format!("engine {id:#x} is closed or was never opened")
+                    format!("{kind} {id:#x} {gone}")
                 },
             )
         })
