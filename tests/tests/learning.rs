@@ -900,6 +900,55 @@ fn forgetting_one_fact_takes_out_exactly_its_change_and_its_words() {
 /// reader that asks for the engine meanwhile gets it at the worker's next gradient step (the
 /// fact steps aside, nothing of it kept, and is learned again once the reader is done); the
 /// event comes once the fact is journaled; a forget queued after it takes it out.
+/// A fact stopped by its progress callback and learned again goes on from the step where it
+/// stopped and ends in the same rows, bit for bit, as one learned without a stop (a chat's
+/// learner steps aside for every reply and must not start over each time).
+#[test]
+fn a_stopped_fact_goes_on_from_its_step_and_ends_as_if_never_stopped() {
+    let fact = [Fact::note("My neighbour Tariq repaired my bike.")];
+    let opts = LearnOptions::default();
+    let mut whole = engine_with_memory();
+    let whole_report = whole.learn(&fact, &opts, &mut |_, _, _| true).unwrap();
+    let rows = &whole_report.facts[0].rows;
+    let whole_rows = whole.model().memory_rows(0, rows).unwrap();
+
+    let mut stopped = engine_with_memory();
+    let untouched = stopped.model().memory_rows(0, rows).unwrap();
+    let stop_after = 2;
+    let err = stopped
+        .learn(&fact, &opts, &mut |_, step, _| step < stop_after)
+        .unwrap_err();
+    assert!(matches!(err, engram::Error::Interrupted(_)), "{err}");
+    assert!(stopped.learned_facts().is_empty());
+    assert_eq!(
+        stopped.model().memory_rows(0, rows).unwrap(),
+        untouched,
+        "a stopped fact left something in the memory"
+    );
+    let mut steps_seen = Vec::new();
+    let report = stopped
+        .learn(&fact, &opts, &mut |_, step, _| {
+            steps_seen.push(step);
+            true
+        })
+        .unwrap();
+    eprintln!(
+        "stopped after step {stop_after}; learned again from step {:?} to {:?}",
+        steps_seen.first(),
+        steps_seen.last()
+    );
+    assert_eq!(
+        steps_seen.first(),
+        Some(&(stop_after + 1)),
+        "it started over instead of going on"
+    );
+    assert_eq!(&report.facts[0].rows, rows);
+    assert!(
+        stopped.model().memory_rows(0, rows).unwrap() == whole_rows,
+        "the resumed fact's rows differ from the uninterrupted fact's"
+    );
+}
+
 #[test]
 fn a_background_learner_steps_aside_for_a_reader_and_learns_after() {
     let (engine, store) = engine_and_store();

@@ -80,7 +80,7 @@ pub struct BackgroundLearner {
 }
 
 /// The engine for reading, taken through a [`BackgroundLearner`]: while it lives the learner
-/// pauses (a fact in progress is stopped at its next step and tried again after).
+/// pauses (a fact in progress is stopped at its next step and goes on from there after).
 pub struct LearnerReadGuard<'a> {
     guard: Option<RwLockReadGuard<'a, Engine>>,
     shared: &'a Shared,
@@ -246,8 +246,8 @@ fn work(shared: &Shared, options: &LearnOptions, mut on_event: impl FnMut(Learne
     }
 }
 
-/// Runs one job to its end, stepping aside for readers (a statement is tried again from its
-/// start each time; an earlier fact it replaces is forgotten once).
+/// Runs one job to its end, stepping aside for readers (a statement stopped for one goes on
+/// from the step where it stopped; an earlier fact it replaces is forgotten once).
 fn run_job(shared: &Shared, options: &LearnOptions, job: &Job) -> LearnerEvent {
     let started = Instant::now();
     let mut yielded = 0;
@@ -304,7 +304,8 @@ fn run_job(shared: &Shared, options: &LearnOptions, job: &Job) -> LearnerEvent {
                     yielded,
                 };
             }
-            // Stopped for a reader: nothing of the fact was kept; it is tried again after.
+            // Stopped for a reader: nothing of the fact is in the memory while the reader
+            // reads; the learner's state keeps its steps, and the next try goes on from them.
             Err(Error::Interrupted(_)) if stepped_aside.get() => yielded += 1,
             Err(e) => return failed(e),
         }

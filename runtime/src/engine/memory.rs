@@ -411,7 +411,9 @@ impl Engine {
     /// Learns `facts` into the attached memory (one after another). `progress(fact, step,
     /// loss)` is called after every step; a fact's last call comes once the fact is durable
     /// (journaled as one record when the store was opened for writing). Returning `false`
-    /// stops: a fact stopped before its last step leaves nothing of itself.
+    /// stops: a fact stopped before its last step leaves nothing of itself in the memory,
+    /// and learning the same fact next goes on from the step where it stopped (when nothing
+    /// else changed the memory between).
     pub fn learn(
         &mut self,
         facts: &[Fact],
@@ -452,6 +454,8 @@ impl Engine {
 
     pub(super) fn attached(&mut self) -> Result<(&mut AttachedMemory, ModelRows<'_>)> {
         let m = self.memory.as_mut().ok_or_else(no_memory)?;
+        // Whoever takes the rows this way changes them otherwise than by learning.
+        m.learning.drop_suspended();
         let slots = m.store.config.slots();
         Ok((
             m,

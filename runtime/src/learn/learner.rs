@@ -74,9 +74,34 @@ pub const MAX_KEPT_TOKENS: usize = 65_536;
 pub struct LearningState {
     by_kind: [Option<HashSet<u32>>; 2],
     learned: crate::memory::BackgroundSample,
+    /// A fact whose steps a `progress` callback stopped: learning the same fact next goes on
+    /// from there instead of from its first step (a chat's learner steps aside for every
+    /// reply; starting over each time, a fact longer than the pauses would never finish).
+    suspended: Option<Suspended>,
+}
+
+/// Where a stopped fact's steps were: its rows' values then and the optimizer's moments.
+/// Only in memory; the store never held them.
+#[derive(Clone, Debug)]
+struct Suspended {
+    fact: Fact,
+    rows: Vec<u32>,
+    /// The rows' values before the fact's first step: it goes on only from those.
+    before: Vec<f32>,
+    values: Vec<f32>,
+    adam: Option<AdamState>,
+    next_step: usize,
+    loss_before: f64,
 }
 
 impl LearningState {
+    /// Drops a stopped fact's progress: the memory was changed otherwise (a forget, an
+    /// imported or reverted delta), so its steps no longer fit, and what it held of a
+    /// forgotten fact must not come back.
+    pub fn drop_suspended(&mut self) {
+        self.suspended = None;
+    }
+
     /// Tokens of earlier facts whose reads are kept.
     pub fn kept_tokens(&self, reads: usize) -> usize {
         self.learned.tokens(reads)
@@ -385,11 +410,26 @@ fn learn_facts<B: Backend>(
         let count: usize = batch.iter().map(|e| e.targets.len()).sum();
         // The rows as they were before this fact: put back if it does not finish.
         let fact_before = model.read_values(&rows_sorted)?;
+        // A fact stopped earlier goes on from its step, if it picked the same rows again (the
+        // memory is as it was then unless something else was learned or forgotten between).
+        let resumed = state.suspended.take().filter(|s| {
+            s.fact == facts[fi]
+                && s.rows == rows_sorted
+                && s.before == model.backend().download(&fact_before)
+        });
         let stepped = (|| -> Result<Stepped> {
             let mut loss_before = f64::NAN;
             // Masked AdamW: moments exist only for this fact's selected rows.
             let mut adam: Option<AdamState> = None;
-            for step in 0..=opts.steps {
+            let mut first_step = 0;
+            if let Some(s) = resumed {
+                let values = model
+                    .backend()
+                    .upload_vec(s.values, rows_sorted.len(), model.config.dim);
+                model.write_values(&rows_sorted, &values)?;
+                (loss_before, adam, first_step) = (s.loss_before, s.adam, s.next_step);
+            }
+            for step in first_step..=opts.steps {
                 let want: &[u32] = if step < opts.steps { &rows_sorted } else { &[] };
                 // Once the loss target is reached the step's gradient would be thrown away.
                 let stop_at =
@@ -464,10 +504,23 @@ fn learn_facts<B: Backend>(
                 }
                 report.timings.update += t0.elapsed();
                 if !progress(fi, step, loss) {
+                    let values = model
+                        .backend()
+                        .take_to_host(model.read_values(&rows_sorted)?);
+                    state.suspended = Some(Suspended {
+                        fact: facts[fi].clone(),
+                        rows: rows_sorted.clone(),
+                        before: model.backend().download(&fact_before),
+                        values,
+                        adam: adam.clone(),
+                        next_step: step + 1,
+                        loss_before,
+                    });
                     return Err(Error::Interrupted(format!(
-                        "learning stopped during fact {}; facts before it are learned, \
-                         nothing of it was kept",
-                        fi + 1
+                        "learning stopped during fact {} at step {}; facts before it are \
+                         learned, nothing of it was kept (learning it next goes on from there)",
+                        fi + 1,
+                        step + 1
                     )));
                 }
             }

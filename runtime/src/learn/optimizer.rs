@@ -35,6 +35,7 @@ impl Optimizer {
 }
 
 /// AdamW moments of the rows selected for the current fact.
+#[derive(Clone, Debug)]
 pub(super) struct AdamState {
     m: Vec<f32>,
     v: Vec<f32>,
