@@ -141,3 +141,51 @@ pub fn run_notebook(mut program: Command, dir: &Path, tag: &str) -> String {
     engram::delta::Delta::read(&delta).expect("the exported delta reads back");
     out
 }
+
+/// Runs a chat example (`examples/chat`) given as `program` on a fresh store, fed a script on
+/// a pipe: the statement is learned and reported, a new conversation answers it from the
+/// memory, and it is forgotten on request.
+pub fn run_chat_example(mut program: Command, dir: &Path, tag: &str) -> String {
+    use std::io::Write;
+    use std::process::Stdio;
+    let store = store_copy(dir, &format!("chat-{tag}"));
+    let mut child = program
+        .arg(model())
+        .arg(&store)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the chat example starts");
+    child
+        .stdin
+        .take()
+        .expect("a pipe")
+        .write_all(
+            b"My hamster is called Pistachio.\n/reset\nWhat is my hamster called?\n\
+              /forget Pistachio\n/quit\n",
+        )
+        .expect("the chat example reads its script");
+    let o = child.wait_with_output().expect("the chat example ends");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    eprintln!(
+        "--- chat example ({tag}) ---\n{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "the {tag} chat example failed");
+    assert!(
+        out.contains("[learned #1: \"My hamster is called Pistachio.\""),
+        "the statement was not reported learned"
+    );
+    let answer = out
+        .split("> What is my hamster called?")
+        .nth(1)
+        .and_then(|rest| rest.lines().nth(1))
+        .expect("the question got a reply");
+    assert!(answer.contains("Pistachio"), "{answer:?}: not recalled");
+    assert!(
+        out.contains("[forgot #1: \"My hamster is called Pistachio.\"]"),
+        "the fact was not forgotten"
+    );
+    out
+}

@@ -445,7 +445,10 @@ fn latency(engine: Engine, turns: &[Turn], plan: &[usize], pause: f64) -> Result
     );
     let with = run(Some(&learner))?;
     let left_at_end = learner.pending();
+    // How long the user's device still works once they stop talking.
+    let draining = Instant::now();
     learner.finish().map_err(|e| e.to_string())?;
+    let drain_seconds = draining.elapsed().as_secs_f64();
     let events = events.lock().map_err(|_| "learner events lost")?;
     let (mut learned, mut yields, mut seconds, mut failed) = (0, 0, Vec::new(), 0);
     for e in events.iter() {
@@ -481,6 +484,7 @@ fn latency(engine: Engine, turns: &[Turn], plan: &[usize], pause: f64) -> Result
         "times_a_fact_stepped_aside": yields,
         "seconds_per_statement": seconds,
         "still_queued_after_the_last_turn": left_at_end,
+        "seconds_to_learn_them_after_the_last_turn": drain_seconds,
     });
     for (name, key) in [
         ("without learning", "without_learning"),
@@ -497,7 +501,7 @@ fn latency(engine: Engine, turns: &[Turn], plan: &[usize], pause: f64) -> Result
         );
     }
     eprintln!(
-        "{learned} of {} statements learned ({failed} failed), facts stepped aside {yields} times, {left_at_end} still queued after the last turn",
+        "{learned} of {} statements learned ({failed} failed), facts stepped aside {yields} times, {left_at_end} still queued after the last turn and learned in {drain_seconds:.1} s more",
         plan.len()
     );
     Ok(report)

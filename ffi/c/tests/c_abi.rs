@@ -309,3 +309,18 @@ fn notebook_example_in_c_adds_asks_and_exports() {
     program.env("LD_LIBRARY_PATH", &lib);
     support::run_notebook(program, &dir, "c");
 }
+
+#[test]
+fn chat_example_in_c_learns_recalls_and_forgets() {
+    let dir = scratch();
+    let lib = lib_dir();
+    let exe = dir.join("chat");
+    gcc(
+        "examples/chat/chat.c",
+        &exe,
+        &["-L", lib.to_str().unwrap(), "-lengram_c"],
+    );
+    let mut program = Command::new(&exe);
+    program.env("LD_LIBRARY_PATH", &lib);
+    support::run_chat_example(program, &dir, "c");
+}

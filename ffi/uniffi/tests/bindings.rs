@@ -92,11 +92,10 @@ fn staged(language: &str, tag: &str) -> PathBuf {
         for file in ["engram.py", "test_engram.py"] {
             std::fs::copy(root().join("bindings/python").join(file), dir.join(file)).unwrap();
         }
-        std::fs::copy(
-            root().join("examples/notebook/notebook.py"),
-            dir.join("notebook.py"),
-        )
-        .unwrap();
+        for (example, file) in [("notebook", "notebook.py"), ("chat", "chat.py")] {
+            std::fs::copy(root().join("examples").join(example).join(file), dir.join(file))
+                .unwrap();
+        }
     }
     dir
 }
@@ -144,7 +143,11 @@ fn python_binding_passes_pytest_on_the_real_model() {
     let mut notebook = Command::new("python3");
     notebook.arg(dir.join("notebook.py"));
     support::run_notebook(notebook, &dir, "python");
+    let mut chat = Command::new("python3");
+    chat.arg(dir.join("chat.py"));
+    support::run_chat_example(chat, &dir, "python");
 }
+
 
 /// kotlinc: `KOTLINC`, then `.ci/tools` (where `.ci/run` installs it), then `PATH`.
 fn kotlinc() -> PathBuf {
@@ -207,13 +210,14 @@ fn java_command(dir: &Path, jar: &Path, main_class: &str) -> Command {
 #[test]
 fn kotlin_binding_test_program_passes_on_the_real_model() {
     let dir = staged("kotlin", "uniffi-kt");
-    // One compilation for the test and the notebook example (kotlinc is slow to start).
+    // One compilation for the test and the examples (kotlinc is slow to start).
     let jar = kotlin_jar(
         &dir,
         "test",
         &[
             root().join("bindings/kotlin/TestEngram.kt"),
             root().join("examples/notebook/Notebook.kt"),
+            root().join("examples/chat/Chat.kt"),
         ],
     );
     let (a, b) = (store_copy(&dir, "kt-a"), store_copy(&dir, "kt-b"));
@@ -227,6 +231,11 @@ fn kotlin_binding_test_program_passes_on_the_real_model() {
     assert!(text.contains(", 0 failed"), "no pass/fail count printed");
     support::run_notebook(
         java_command(&dir, &jar, "engram.examples.NotebookKt"),
+        &dir,
+        "kotlin",
+    );
+    support::run_chat_example(
+        java_command(&dir, &jar, "engram.examples.ChatKt"),
         &dir,
         "kotlin",
     );
