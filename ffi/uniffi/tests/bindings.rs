@@ -93,8 +93,11 @@ fn staged(language: &str, tag: &str) -> PathBuf {
             std::fs::copy(root().join("bindings/python").join(file), dir.join(file)).unwrap();
         }
         for (example, file) in [("notebook", "notebook.py"), ("chat", "chat.py")] {
-            std::fs::copy(root().join("examples").join(example).join(file), dir.join(file))
-                .unwrap();
+            std::fs::copy(
+                root().join("examples").join(example).join(file),
+                dir.join(file),
+            )
+            .unwrap();
         }
     }
     dir
@@ -147,7 +150,6 @@ fn python_binding_passes_pytest_on_the_real_model() {
     chat.arg(dir.join("chat.py"));
     support::run_chat_example(chat, &dir, "python");
 }
-
 
 /// kotlinc: `KOTLINC`, then `.ci/tools` (where `.ci/run` installs it), then `PATH`.
 fn kotlinc() -> PathBuf {
