@@ -410,12 +410,14 @@ fn learn_facts<B: Backend>(
         let count: usize = batch.iter().map(|e| e.targets.len()).sum();
         // The rows as they were before this fact: put back if it does not finish.
         let fact_before = model.read_values(&rows_sorted)?;
+        // On the host once: to match a stopped fact, to keep with one, and for the net change.
+        let before = model.backend().download(&fact_before);
         // A fact stopped earlier goes on from its step, if it picked the same rows again (the
         // memory is as it was then unless something else was learned or forgotten between).
         let resumed = state.suspended.take().filter(|s| {
             s.fact == facts[fi]
                 && s.rows == rows_sorted
-                && s.before == model.backend().download(&fact_before)
+                && s.before == before
         });
         let stepped = (|| -> Result<Stepped> {
             let mut loss_before = f64::NAN;
@@ -510,9 +512,9 @@ fn learn_facts<B: Backend>(
                     state.suspended = Some(Suspended {
                         fact: facts[fi].clone(),
                         rows: rows_sorted.clone(),
-                        before: model.backend().download(&fact_before),
+                        before: before.clone(),
                         values,
-                        adam: adam.clone(),
+                        adam: adam.take(),
                         next_step: step + 1,
                         loss_before,
                     });
@@ -528,7 +530,6 @@ fn learn_facts<B: Backend>(
         })()
         .and_then(|stepped| {
             // The fact's net change, made exactly what its journal record gives back.
-            let before = model.backend().download(&fact_before);
             let after = model
                 .backend()
                 .take_to_host(model.read_values(&rows_sorted)?);
