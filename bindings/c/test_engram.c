@@ -292,6 +292,9 @@ int main(int argc, char **argv) {
     CHECK(engram_chat_wait_idle(chat) == ENGRAM_STATUS_OK && h.remembered == 1 &&
               strstr(h.text, "Pistachio") != NULL,
           "the callback hears the statement remembered");
+    const char *abstention = "You haven't told me that.";
+    CHECK(engram_chat_set_abstention(chat, abstention) == ENGRAM_STATUS_OK,
+          "abstention on");
     if (!light) {
         reply = NULL;
         CHECK(engram_chat_reset(chat) == ENGRAM_STATUS_OK &&
@@ -301,6 +304,14 @@ int main(int argc, char **argv) {
               "a new conversation recalls it");
         engram_string_free(reply);
     }
+    reply = NULL;
+    CHECK(engram_chat_reset(chat) == ENGRAM_STATUS_OK &&
+              engram_chat_say(chat, "What is my cat called?", 24, NULL, NULL, &reply) ==
+                  ENGRAM_STATUS_OK &&
+              reply != NULL && strcmp(reply, abstention) == 0,
+          "a question about something never told is declined");
+    engram_string_free(reply);
+    CHECK(engram_chat_set_abstention(chat, NULL) == ENGRAM_STATUS_OK, "abstention off");
     char number[32];
     snprintf(number, sizeof number, "%llu", (unsigned long long)h.number);
     CHECK(engram_chat_forget(chat, number) == ENGRAM_STATUS_OK &&

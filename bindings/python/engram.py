@@ -577,6 +577,8 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_engram_uniffi_checksum_method_chat_say() != 27579:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_engram_uniffi_checksum_method_chat_set_abstention() != 19499:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_engram_uniffi_checksum_method_chat_set_system() != 25246:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_engram_uniffi_checksum_method_chat_stop_learning() != 22082:
@@ -679,6 +681,9 @@ _UniffiLib.uniffi_engram_uniffi_checksum_method_chat_reset.restype = ctypes.c_ui
 _UniffiLib.uniffi_engram_uniffi_checksum_method_chat_say.argtypes = (
 )
 _UniffiLib.uniffi_engram_uniffi_checksum_method_chat_say.restype = ctypes.c_uint16
+_UniffiLib.uniffi_engram_uniffi_checksum_method_chat_set_abstention.argtypes = (
+)
+_UniffiLib.uniffi_engram_uniffi_checksum_method_chat_set_abstention.restype = ctypes.c_uint16
 _UniffiLib.uniffi_engram_uniffi_checksum_method_chat_set_system.argtypes = (
 )
 _UniffiLib.uniffi_engram_uniffi_checksum_method_chat_set_system.restype = ctypes.c_uint16
@@ -803,6 +808,12 @@ _UniffiLib.uniffi_engram_uniffi_fn_method_chat_say.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_engram_uniffi_fn_method_chat_say.restype = _UniffiRustBuffer
+_UniffiLib.uniffi_engram_uniffi_fn_method_chat_set_abstention.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_engram_uniffi_fn_method_chat_set_abstention.restype = None
 _UniffiLib.uniffi_engram_uniffi_fn_method_chat_set_system.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -1885,6 +1896,13 @@ class ChatProtocol(typing.Protocol):
         piece; a statement about the user is queued to be learned once the reply is done.
 """
         raise NotImplementedError
+    def set_abstention(self, reply: typing.Optional[str]) -> None:
+        """
+        Makes the chat answer `reply` to a question about the user that nothing learned
+        answers, instead of letting the model invent one ("What is my cat called?" never
+        told); `None` turns it off (the default). Needs the routing read gate (the default).
+"""
+        raise NotImplementedError
     def set_system(self, system: typing.Optional[str]) -> None:
         """
         Sets (or with `None` clears) the system message.
@@ -2043,6 +2061,26 @@ class Chat(ChatProtocol):
         _uniffi_ffi_result = _uniffi_rust_call_with_error(
             _uniffi_error_converter,
             _UniffiLib.uniffi_engram_uniffi_fn_method_chat_say,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def set_abstention(self, reply: typing.Optional[str]) -> None:
+        """
+        Makes the chat answer `reply` to a question about the user that nothing learned
+        answers, instead of letting the model invent one ("What is my cat called?" never
+        told); `None` turns it off (the default). Needs the routing read gate (the default).
+"""
+        
+        _UniffiFfiConverterOptionalString.check_lower(reply)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterOptionalString.lower(reply),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = None
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_engram_uniffi_fn_method_chat_set_abstention,
             *_uniffi_lowered_args,
         )
         return _uniffi_lift_return(_uniffi_ffi_result)

@@ -230,10 +230,15 @@ def test_a_chat_learns_statements_in_the_background(learned):
     chat.wait_idle()
     assert [e[:2] for e in events] == [("remembered", "My hamster is called Pistachio.")], events
     number = events[0][2]
-    # A new conversation: the answer comes from the memory, not from the turns.
+    # A new conversation: the answer comes from the memory, not from the turns; a chat that
+    # abstains still answers it, and declines what it was never told.
+    chat.set_abstention("You haven't told me that.")
     chat.reset()
     reply = chat.say("What is my hamster called?", max_tokens=24)
     assert "Pistachio" in reply, reply
+    chat.reset()
+    assert chat.say("What is my cat called?", max_tokens=24) == "You haven't told me that."
+    chat.set_abstention(None)
     chat.forget(str(number))
     chat.wait_idle()
     assert events[-1] == ("forgot", "My hamster is called Pistachio.", number), events

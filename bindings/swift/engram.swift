@@ -641,6 +641,13 @@ public protocol ChatProtocol: AnyObject, Sendable {
     func say(text: String, maxTokens: UInt32, listener: TokenListener?) throws  -> String
     
     /**
+     * Makes the chat answer `reply` to a question about the user that nothing learned
+     * answers, instead of letting the model invent one ("What is my cat called?" never
+     * told); `None` turns it off (the default). Needs the routing read gate (the default).
+     */
+    func setAbstention(reply: String?) 
+    
+    /**
      * Sets (or with `None` clears) the system message.
      */
     func setSystem(system: String?) 
@@ -790,6 +797,20 @@ open func say(text: String, maxTokens: UInt32 = UInt32(128), listener: TokenList
         FfiConverterOptionCallbackInterfaceTokenListener.lower(listener),uniffiCallStatus
     )
 })
+}
+    
+    /**
+     * Makes the chat answer `reply` to a question about the user that nothing learned
+     * answers, instead of letting the model invent one ("What is my cat called?" never
+     * told); `None` turns it off (the default). Needs the routing read gate (the default).
+     */
+open func setAbstention(reply: String?)  {try! rustCall() {
+        uniffiCallStatus in
+    uniffi_engram_uniffi_fn_method_chat_set_abstention(
+            self.uniffiCloneHandle(),
+        FfiConverterOptionString.lower(reply),uniffiCallStatus
+    )
+}
 }
     
     /**
@@ -3127,6 +3148,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_engram_uniffi_checksum_method_chat_say() != 27579) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_engram_uniffi_checksum_method_chat_set_abstention() != 19499) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_engram_uniffi_checksum_method_chat_set_system() != 25246) {

@@ -437,6 +437,11 @@ void uniffi_engram_uniffi_fn_method_chat_reset(uint64_t ptr, RustCallStatus *_No
 RustBuffer uniffi_engram_uniffi_fn_method_chat_say(uint64_t ptr, RustBuffer text, uint32_t max_tokens, RustBuffer listener, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_CHAT_SET_ABSTENTION
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_CHAT_SET_ABSTENTION
+void uniffi_engram_uniffi_fn_method_chat_set_abstention(uint64_t ptr, RustBuffer reply, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_CHAT_SET_SYSTEM
 #define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_FN_METHOD_CHAT_SET_SYSTEM
 void uniffi_engram_uniffi_fn_method_chat_set_system(uint64_t ptr, RustBuffer system, RustCallStatus *_Nonnull out_status
@@ -911,6 +916,12 @@ uint16_t uniffi_engram_uniffi_checksum_method_chat_reset(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_CHAT_SAY
 #define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_CHAT_SAY
 uint16_t uniffi_engram_uniffi_checksum_method_chat_say(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_CHAT_SET_ABSTENTION
+#define UNIFFI_FFIDEF_UNIFFI_ENGRAM_UNIFFI_CHECKSUM_METHOD_CHAT_SET_ABSTENTION
+uint16_t uniffi_engram_uniffi_checksum_method_chat_set_abstention(void
     
 );
 #endif

@@ -57,7 +57,12 @@ enum Next {
 }
 
 /// Runs the chat (see the module notes).
-pub fn chat(engine: Engine, options: &GenerateOptions, learn: bool) -> Result<(), String> {
+pub fn chat(
+    engine: Engine,
+    options: &GenerateOptions,
+    learn: bool,
+    abstain: Option<String>,
+) -> Result<(), String> {
     eprintln!(
         "chat with the model ({}-token context); /system TEXT sets the system message, \
          /reset starts over, /quit or Ctrl-D ends{}",
@@ -99,6 +104,7 @@ pub fn chat(engine: Engine, options: &GenerateOptions, learn: bool) -> Result<()
         let engine: &Engine = &engine;
         let mut conversation =
             Conversation::resume(engine, kept.0.take(), std::mem::take(&mut kept.1));
+        conversation.set_abstention(abstain.clone());
         let next = turns(engine, &mut conversation, line, options, learner.as_ref())?;
         kept = conversation.into_parts();
         if let Next::Quit = next {

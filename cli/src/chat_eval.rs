@@ -263,12 +263,75 @@ pub fn run(engine: Option<Engine>, args: &ChatEvalArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Asks every question, returning (question id, reply).
+/// Asks every question, returning the replies.
 fn ask_all(engine: &Engine, questions: &[Question]) -> Result<Vec<String>, String> {
     questions
         .iter()
         .map(|q| engine.ask(&q.question, 48).map_err(|e| e.to_string()))
         .collect()
+}
+
+/// Asks each of `questions` in a new chat that abstains ([`engram::DEFAULT_ABSTENTION`]) when
+/// the question is about the user and the memory recalls nothing for it, returning (reply,
+/// whether it abstained). At most `max_tokens` per reply.
+fn ask_abstaining<'q>(
+    engine: &Engine,
+    questions: impl Iterator<Item = &'q str>,
+    max_tokens: usize,
+) -> Result<Vec<(String, bool)>, String> {
+    let options = GenerateOptions {
+        max_tokens,
+        ..Default::default()
+    };
+    questions
+        .map(|q| {
+            let mut chat = Conversation::new(engine);
+            chat.set_abstention(Some(engram::DEFAULT_ABSTENTION.to_owned()));
+            let r = chat.say(q, &options, |_| true).map_err(|e| e.to_string())?;
+            Ok((r.generation.text.trim().to_owned(), r.abstained))
+        })
+        .collect()
+}
+
+/// General questions worded in the first person (advice, knowledge), from
+/// `chat-general.jsonl` beside the chat set: a chat must not abstain on them.
+fn read_general(dir: &Path) -> Result<Vec<String>, String> {
+    let path = dir.join("chat-general.jsonl");
+    read_lines(&path)?
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            text_of(v, "question")
+                .ok_or_else(|| format!("{}:{}: no \"question\"", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// The questions asked both ways, scored as told / updated / never told, before and after.
+struct Scored {
+    told: (Split, Split),
+    updated: (Split, Split),
+    never: (Split, Split),
+}
+
+fn score(questions: &[Question], before: &[String], after: &[String]) -> Scored {
+    let mut s = Scored {
+        told: Default::default(),
+        updated: Default::default(),
+        never: Default::default(),
+    };
+    for ((q, b), a) in questions.iter().zip(before).zip(after) {
+        let pair = if q.answer.is_none() {
+            &mut s.never
+        } else if q.not.is_some() {
+            &mut s.updated
+        } else {
+            &mut s.told
+        };
+        pair.0.add(q.heldout, right(q, b));
+        pair.1.add(q.heldout, right(q, a));
+    }
+    s
 }
 
 /// Whether a reply to `q` is right: told facts by their latest answer (and not the old one),
@@ -302,6 +365,10 @@ fn learn_and_ask(
         }
     }
     let before = ask_all(engine, questions)?;
+    let general = read_general(&args.set)?;
+    let qs = || questions.iter().map(|q| q.question.as_str());
+    let abstaining_before = ask_abstaining(engine, qs(), 48)?;
+    let general_before = ask_abstaining(engine, general.iter().map(String::as_str), 1)?;
     let options = LearnOptions::default();
     let start = Instant::now();
     let mut forgotten = 0;
@@ -320,30 +387,29 @@ fn learn_and_ask(
     }
     let learn_seconds = start.elapsed().as_secs_f64();
     let after = ask_all(engine, questions)?;
-    let (mut told_b, mut told_a, mut upd_b, mut upd_a, mut never_b, mut never_a) = (
-        Split::default(),
-        Split::default(),
-        Split::default(),
-        Split::default(),
-        Split::default(),
-        Split::default(),
+    let abstaining_after = ask_abstaining(engine, qs(), 48)?;
+    let general_after = ask_abstaining(engine, general.iter().map(String::as_str), 1)?;
+    let plain = score(questions, &before, &after);
+    let texts = |r: &[(String, bool)]| r.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>();
+    let abstaining = score(
+        questions,
+        &texts(&abstaining_before),
+        &texts(&abstaining_after),
     );
     let mut replies = Vec::new();
-    for ((q, b), a) in questions.iter().zip(&before).zip(&after) {
-        let (told, upd, never) = if q.answer.is_none() {
-            (None, None, Some((&mut never_b, &mut never_a)))
-        } else if q.not.is_some() {
-            (None, Some((&mut upd_b, &mut upd_a)), None)
-        } else {
-            (Some((&mut told_b, &mut told_a)), None, None)
-        };
-        for (sb, sa) in [told, upd, never].into_iter().flatten() {
-            sb.add(q.heldout, right(q, b));
-            sa.add(q.heldout, right(q, a));
-        }
+    for (((q, b), a), (aa, abstained)) in questions
+        .iter()
+        .zip(&before)
+        .zip(&after)
+        .zip(&abstaining_after)
+    {
         replies.push(json!({"id": q.id, "question": q.question, "fact": q.fact,
-                            "answer": q.answer, "before": b, "after": a, "right": right(q, a)}));
+                            "answer": q.answer, "before": b, "after": a, "right": right(q, a),
+                            "abstaining": aa, "abstained": abstained,
+                            "right_abstaining": right(q, aa)}));
     }
+    let count = |r: &[(String, bool)]| r.iter().filter(|(_, a)| *a).count();
+    let general_abstained = (count(&general_before), count(&general_after), general.len());
     let mut kept = 0;
     for (question, answer) in &retained {
         kept += correct(
@@ -351,22 +417,39 @@ fn learn_and_ask(
             answer,
         ) as usize;
     }
-    for (name, b, a) in [
-        ("told facts recalled", &told_b, &told_a),
-        ("updated facts: new value, not old", &upd_b, &upd_a),
-        ("never told: declined", &never_b, &never_a),
-    ] {
-        eprintln!("{}   (base model: {})", a.line(name), b.line("").trim());
+    for (way, s) in [("", &plain), ("abstaining: ", &abstaining)] {
+        for (name, (b, a)) in [
+            ("told facts recalled", &s.told),
+            ("updated facts: new value, not old", &s.updated),
+            ("never told: declined", &s.never),
+        ] {
+            eprintln!(
+                "{}   (base model: {})",
+                a.line(&format!("{way}{name}")),
+                b.line("").trim()
+            );
+        }
     }
+    eprintln!(
+        "abstaining: general first-person questions declined {} of {} (base model: {})",
+        general_abstained.1, general_abstained.2, general_abstained.0
+    );
     eprintln!(
         "retention: {kept} of {} general answers kept; {} facts learned, {forgotten} forgotten by updates, {learn_seconds:.0} s",
         retained.len(),
         plan.len()
     );
     Ok(json!({
-        "told": {"before": told_b.json(), "after": told_a.json()},
-        "updated": {"before": upd_b.json(), "after": upd_a.json()},
-        "never_told_declined": {"before": never_b.json(), "after": never_a.json()},
+        "told": {"before": plain.told.0.json(), "after": plain.told.1.json()},
+        "updated": {"before": plain.updated.0.json(), "after": plain.updated.1.json()},
+        "never_told_declined": {"before": plain.never.0.json(), "after": plain.never.1.json()},
+        "abstaining": {
+            "told": {"before": abstaining.told.0.json(), "after": abstaining.told.1.json()},
+            "updated": {"before": abstaining.updated.0.json(), "after": abstaining.updated.1.json()},
+            "never_told_declined": {"before": abstaining.never.0.json(), "after": abstaining.never.1.json()},
+            "general_declined": {"before": general_abstained.0, "after": general_abstained.1,
+                                 "total": general_abstained.2},
+        },
         "retention": {"kept": kept, "total": retained.len()},
         "learned": plan.len(),
         "forgotten_by_updates": forgotten,

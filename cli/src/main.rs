@@ -103,6 +103,11 @@ enum Command {
         /// fact it changes; /remember TEXT, /forget WHAT and /learned work too.
         #[arg(long)]
         learn: bool,
+        /// Let the model answer questions about the user that nothing learned answers
+        /// (by default the chat says "You haven't told me that." to them instead of letting
+        /// the model invent an answer; needs the routing read gate, the default).
+        #[arg(long)]
+        no_abstain: bool,
     },
     /// Prints the token ids of TEXT, e.g. [19556, 905, 28].
     Tokenize {
@@ -422,7 +427,11 @@ fn run(cli: Cli) -> Result<(), String> {
             report(&g);
             Ok(())
         }
-        Command::Chat { sampling, learn } => {
+        Command::Chat {
+            sampling,
+            learn,
+            no_abstain,
+        } => {
             let engine = if learn {
                 let memory = cli
                     .memory
@@ -437,7 +446,13 @@ fn run(cli: Cli) -> Result<(), String> {
             } else {
                 open(cli.model, cli.memory, place, sampling.ctx)?
             };
-            chat::chat(engine, &sampling.options(SamplingConfig::chat()), learn)
+            let abstain = (!no_abstain).then(|| engram::DEFAULT_ABSTENTION.to_owned());
+            chat::chat(
+                engine,
+                &sampling.options(SamplingConfig::chat()),
+                learn,
+                abstain,
+            )
         }
         Command::Tokenize { text, bos } => {
             let path = resolve_model(cli.model)?;

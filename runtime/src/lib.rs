@@ -45,10 +45,11 @@ pub use delta::{
     sign_delta_file, verify_delta_file,
 };
 pub use engine::{
-    BackgroundLearner, Conversation, DEFAULT_TOPIC_COSINE, Device, Engine, EngineOptions,
-    ForgetReport, GenerateOptions, Generation, ImportReport, LearnerEvent, LearnerReadGuard,
-    LearningChat, LoopGuard, ReadGating, RememberReport, Reply, RevertReport, Session,
-    SharedEngine, StopReason, TextStream, log_softmax_at, read_keys_path, reseal_store_file,
+    BackgroundLearner, Conversation, DEFAULT_ABSTENTION, DEFAULT_TOPIC_COSINE, Device, Engine,
+    EngineOptions, ForgetReport, GenerateOptions, Generation, ImportReport, LearnerEvent,
+    LearnerReadGuard, LearningChat, LoopGuard, ReadGating, RememberReport, Reply, RevertReport,
+    Session, SharedEngine, StopReason, TextStream, log_softmax_at, read_keys_path,
+    reseal_store_file,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use learn::{

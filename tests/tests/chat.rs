@@ -241,3 +241,21 @@ fn a_model_without_a_template_is_asked_in_plain_lines() {
         .unwrap();
     assert!(raw.text.trim_start().contains('\n'), "{:?}", raw.text);
 }
+
+/// Abstention needs a routing read gate to say what was recalled: without a memory the chat
+/// lets the model answer even a question about the user.
+#[test]
+fn without_a_routing_gate_a_chat_never_abstains() {
+    let engine = Engine::open(default_model(), &EngineOptions::default()).unwrap();
+    let mut chat = Conversation::new(&engine);
+    chat.set_abstention(Some(engram::DEFAULT_ABSTENTION.to_owned()));
+    let options = GenerateOptions {
+        max_tokens: 4,
+        ..Default::default()
+    };
+    let reply = chat
+        .say("What is my cat called?", &options, |_| true)
+        .unwrap();
+    assert!(!reply.abstained);
+    assert_ne!(reply.generation.text, engram::DEFAULT_ABSTENTION);
+}

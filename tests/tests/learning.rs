@@ -773,6 +773,25 @@ fn the_routing_gate_answers_other_wordings_and_leaves_unnamed_questions_as_the_b
         recalled >= 2,
         "only {recalled} of 3 recalled in other words"
     );
+    // A chat that abstains answers what the memory recalls, and declines what nothing
+    // learned answers instead of inventing it.
+    let abstaining = |question: &str| {
+        let mut chat = engram::Conversation::new(&engine);
+        chat.set_abstention(Some(engram::DEFAULT_ABSTENTION.to_owned()));
+        let options = engram::GenerateOptions {
+            max_tokens: 24,
+            ..Default::default()
+        };
+        let reply = chat.say(question, &options, |_| true).unwrap();
+        (reply.abstained, reply.generation.text)
+    };
+    let (abstained, text) = abstaining("Who fixed my bike?");
+    assert!(!abstained && text.contains("Tariq"), "{text:?}");
+    let (abstained, text) = abstaining("What is my cat called?");
+    assert!(abstained, "a never-told question was answered: {text:?}");
+    assert_eq!(text, engram::DEFAULT_ABSTENTION);
+    // General questions in the first person are answered by the model.
+    assert!(!abstaining("What should I cook for dinner tonight?").0);
     let named = chat_tokens(&engine, taught[0].1);
     let answer = engine.logits(&named).unwrap();
     drop(engine);

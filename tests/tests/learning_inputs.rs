@@ -207,6 +207,49 @@ fn training_phrasings_target_only_what_the_fact_says() {
     assert!(whole.iter().any(|w| w.contains("The answer is Ana Porto.")));
 }
 
+/// A question fact is named by its rare words where it has any: a country or an
+/// abbreviation in it would otherwise open it for every question about that country.
+#[test]
+fn common_words_name_a_question_only_without_a_rarer_one() {
+    let engine = Engine::open(default_model(), &EngineOptions::default()).unwrap();
+    let tok = engine.tokenizer();
+    let named = |fact: &Fact| -> Vec<String> {
+        engram::learn::topic_needles(tok, fact)
+            .unwrap()
+            .iter()
+            .map(|n| tok.decode(n, false).trim().to_owned())
+            .collect()
+    };
+    let hesse = named(&Fact::qa(
+        "Who wrote the lyrics for the official anthem of the state of Hesse, Germany?",
+        "Carl Preser",
+    ));
+    assert!(hesse.iter().any(|n| n == "Hesse"), "{hesse:?}");
+    assert!(!hesse.iter().any(|n| n == "Germany"), "{hesse:?}");
+    let whaley = named(&Fact::qa(
+        "In which U.S. state was painter Davyd Whaley born?",
+        "Tennessee",
+    ));
+    assert!(!whaley.iter().any(|n| n == "U.S."), "{whaley:?}");
+    assert!(whaley.iter().any(|n| n == "Whaley"), "{whaley:?}");
+    // Where every such word is common, the question's rare content words name it instead.
+    let india = named(&Fact::qa(
+        "What is the name of India's first nano-satellite?",
+        "Jugnu",
+    ));
+    assert!(!india.iter().any(|n| n == "India"), "{india:?}");
+    assert!(india.iter().any(|n| n == "nano-satellite"), "{india:?}");
+    // And where there is none, the common words.
+    let france = named(&Fact::qa("What is the capital of France?", "Paris"));
+    assert!(france.iter().any(|n| n == "France"), "{france:?}");
+    // A note keeps its common words: "Where does Ana live?" names Ana alone.
+    let ana = named(&Fact::note("My sister Ana lives in Porto."));
+    assert!(
+        ana.iter().any(|n| n == "Ana") && ana.iter().any(|n| n == "Porto"),
+        "{ana:?}"
+    );
+}
+
 #[test]
 fn content_positions_hold_the_facts_words_and_no_template_text() {
     let engine = Engine::open(default_model(), &EngineOptions::default()).unwrap();

@@ -247,6 +247,12 @@ enum EngramStatus engram_chat_wait_idle(const struct EngramChat *chat_handle);
 // Forgets the chat's turns so far (not what was learned).
 enum EngramStatus engram_chat_reset(const struct EngramChat *chat_handle);
 
+// Makes the chat answer `reply` (copied) to a question about the user that nothing learned
+// answers, instead of letting the model invent one; `NULL` turns it off (the default). Needs
+// the routing read gate (the default).
+enum EngramStatus engram_chat_set_abstention(const struct EngramChat *chat_handle,
+                                             const char *reply);
+
 // Finishes what the chat queued, stops its learner and frees it. The handle is invalid
 // afterwards; freeing it again returns `ENGRAM_STATUS_INVALID_HANDLE`.
 enum EngramStatus engram_chat_free(struct EngramChat *chat_handle);

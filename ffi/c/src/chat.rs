@@ -208,6 +208,25 @@ pub extern "C" fn engram_chat_reset(chat_handle: *const EngramChat) -> EngramSta
     })
 }
 
+/// Makes the chat answer `reply` (copied) to a question about the user that nothing learned
+/// answers, instead of letting the model invent one; `NULL` turns it off (the default). Needs
+/// the routing read gate (the default).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn engram_chat_set_abstention(
+    chat_handle: *const EngramChat,
+    reply: *const c_char,
+) -> EngramStatus {
+    guard(|| {
+        let reply = if reply.is_null() {
+            None
+        } else {
+            Some(unsafe { text(reply, "reply") }?.to_owned())
+        };
+        chat(chat_handle)?.set_abstention(reply);
+        Ok(())
+    })
+}
+
 /// Finishes what the chat queued, stops its learner and frees it. The handle is invalid
 /// afterwards; freeing it again returns `ENGRAM_STATUS_INVALID_HANDLE`.
 #[unsafe(no_mangle)]

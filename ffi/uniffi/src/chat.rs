@@ -121,6 +121,13 @@ impl Chat {
         self.chat.set_system(system);
     }
 
+    /// Makes the chat answer `reply` to a question about the user that nothing learned
+    /// answers, instead of letting the model invent one ("What is my cat called?" never
+    /// told); `None` turns it off (the default). Needs the routing read gate (the default).
+    pub fn set_abstention(&self, reply: Option<String>) {
+        self.chat.set_abstention(reply);
+    }
+
     /// Finishes what is queued and stops learning (the chat goes on answering).
     pub fn stop_learning(&self) -> Result<(), EngramError> {
         Ok(self.chat.stop_learning()?)

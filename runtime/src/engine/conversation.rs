@@ -1,8 +1,12 @@
 //! A multi-turn chat that stays inside the context window.
 
 use super::Engine;
-use super::generate::{GenerateOptions, Generation, Session};
+use super::generate::{GenerateOptions, Generation, Session, StopReason};
 use crate::error::Result;
+use crate::learn::asks_about_user;
+
+/// Most tokens a chat template puts around a user turn and after it.
+const TEMPLATE_TOKENS: usize = 12;
 use crate::tokenizer::ChatMessage;
 
 /// A conversation with the model: its system message, the turns so far, and a session whose
@@ -13,7 +17,14 @@ pub struct Conversation<'e> {
     system: Option<String>,
     /// (what the user said, what the model answered), oldest first.
     turns: Vec<(String, String)>,
+    /// The reply to a question about the user that the memory recalls nothing for (`None`:
+    /// the model answers it anyway).
+    abstain: Option<String>,
 }
+
+/// What a chat answers when asked about the user something the memory recalls nothing for
+/// (see [`Conversation::set_abstention`]).
+pub const DEFAULT_ABSTENTION: &str = "You haven't told me that.";
 
 /// One answer of a [`Conversation`].
 #[derive(Clone, Debug)]
@@ -22,6 +33,9 @@ pub struct Reply {
     pub generation: Generation,
     /// How many of the oldest turns were dropped so that this one fit the context window.
     pub dropped_turns: usize,
+    /// Whether the reply is the abstention: a question about the user that nothing learned
+    /// answers (see [`Conversation::set_abstention`]).
+    pub abstained: bool,
 }
 
 impl<'e> Conversation<'e> {
@@ -33,7 +47,18 @@ impl<'e> Conversation<'e> {
             session: engine.session(),
             system: None,
             turns: Vec::new(),
+            abstain: None,
         }
+    }
+
+    /// Makes the conversation answer `reply` (e.g. [`DEFAULT_ABSTENTION`]) instead of letting
+    /// the model answer, when the user asks for a fact about themselves
+    /// ([`asks_about_user`](crate::learn::asks_about_user)) and the memory's routing read gate
+    /// recalls no learned fact for the question: a small model asked "What is my cat called?"
+    /// otherwise invents a name. `None` (the default) turns it off; without a routing gate it
+    /// never applies.
+    pub fn set_abstention(&mut self, reply: Option<String>) {
+        self.abstain = reply;
     }
 
     /// A conversation that goes on from `turns` ((user, answer) pairs, oldest first) under
@@ -111,12 +136,61 @@ impl<'e> Conversation<'e> {
             self.turns.remove(0);
             dropped += 1;
         };
+        if let Some(text) = self.abstention_for(user, &tokens, options)? {
+            let mut on_text = on_text;
+            on_text(&text);
+            self.turns.push((user.to_owned(), text.clone()));
+            let generation = Generation {
+                text,
+                tokens: Vec::new(),
+                prompt_tokens: tokens.len(),
+                stop: StopReason::EndOfText,
+                prefill_time: std::time::Duration::ZERO,
+                decode_time: std::time::Duration::ZERO,
+            };
+            return Ok(Reply {
+                generation,
+                dropped_turns: dropped,
+                abstained: true,
+            });
+        }
         let generation = self.session.reply(&tokens, options, on_text)?;
         self.turns
             .push((user.to_owned(), generation.text.trim().to_owned()));
         Ok(Reply {
             generation,
             dropped_turns: dropped,
+            abstained: false,
+        })
+    }
+
+    /// The abstention, where it applies to `user` asked as `prompt`: the prompt is run (its
+    /// cache is kept for the reply) and the read gate asked what it recalled from the user's
+    /// words on.
+    fn abstention_for(
+        &mut self,
+        user: &str,
+        prompt: &[u32],
+        options: &GenerateOptions,
+    ) -> Result<Option<String>> {
+        let Some(text) = self.abstain.clone() else {
+            return Ok(None);
+        };
+        if !asks_about_user(user) {
+            return Ok(None);
+        }
+        let prefill_only = GenerateOptions {
+            max_tokens: 0,
+            ..options.clone()
+        };
+        self.session.generate(prompt, &prefill_only, |_| true)?;
+        // The user's words start at most this far from the end: the template adds a few
+        // tokens around them ("<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n").
+        let user_tokens = self.engine.tokenizer().encode(user, false)?.len();
+        let from = prompt.len().saturating_sub(user_tokens + TEMPLATE_TOKENS);
+        Ok(match self.session.facts_recalled_since(from) {
+            Some(0) => Some(text),
+            _ => None,
         })
     }
 }

@@ -183,6 +183,19 @@ impl Session<'_> {
         self.generate_until(prompt, options, None, on_text)
     }
 
+    /// How many learned facts the memory's routing read gate recalled from position `from` of
+    /// what this session ran; `None` where no memory block has a routing gate (another gate
+    /// cannot say which fact a read belongs to).
+    pub fn facts_recalled_since(&self, from: usize) -> Option<usize> {
+        let routed = self
+            .engine
+            .model
+            .memory()
+            .iter()
+            .any(|m| m.read_gate.as_ref().is_some_and(|g| g.routes()));
+        routed.then(|| self.cache.open.named_since(from))
+    }
+
     /// Like [`Session::generate`] for a prompt rendered through the chat template: the reply
     /// also ends where the template's turn ends without an end-of-turn token
     /// ([`Tokenizer::turn_end`](crate::Tokenizer::turn_end)).

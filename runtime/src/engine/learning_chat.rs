@@ -25,6 +25,8 @@ pub struct LearningChat {
     turns: Mutex<Turns>,
     /// Whether statements are still queued after their reply (an event handler may say no).
     learns_statements: Arc<AtomicBool>,
+    /// See [`Conversation::set_abstention`].
+    abstain: Mutex<Option<String>>,
 }
 
 impl LearningChat {
@@ -35,6 +37,15 @@ impl LearningChat {
             learner: Mutex::new(None),
             turns: Mutex::new((None, Vec::new())),
             learns_statements: Arc::new(AtomicBool::new(true)),
+            abstain: Mutex::new(None),
+        }
+    }
+
+    /// What the chat answers to a question about the user that nothing learned answers
+    /// (`None`, the default: the model answers); see [`Conversation::set_abstention`].
+    pub fn set_abstention(&self, reply: Option<String>) {
+        if let Ok(mut a) = self.abstain.lock() {
+            *a = reply.filter(|r| !r.trim().is_empty());
         }
     }
 
@@ -73,6 +84,7 @@ impl LearningChat {
                 None => Box::new(self.engine.read()?),
             };
             let mut c = Conversation::resume(&engine, turns.0.take(), std::mem::take(&mut turns.1));
+            c.set_abstention(self.abstain.lock().map_err(|_| poisoned())?.clone());
             let reply = c.say(user, options, on_text);
             *turns = c.into_parts();
             reply?

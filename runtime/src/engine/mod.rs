@@ -16,7 +16,7 @@ mod shared;
 
 pub use crate::backend::Device;
 pub use background::{BackgroundLearner, LearnerEvent, LearnerReadGuard};
-pub use conversation::{Conversation, Reply};
+pub use conversation::{Conversation, DEFAULT_ABSTENTION, Reply};
 pub use deltas::{ImportReport, RevertReport};
 pub use forget::{ForgetReport, RememberReport};
 pub use generate::{

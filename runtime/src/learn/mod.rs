@@ -30,4 +30,4 @@ pub use phrasings::{
     Example, examples, examples_with, personal_needles, speaker_tokens, topic_needles, word_starts,
 };
 pub use retrofit::{Init, RetrofitOptions, RetrofitProgress, retrofit};
-pub use statements::{TurnKind, classify_turn, replaced_fact};
+pub use statements::{TurnKind, asks_about_user, classify_turn, replaced_fact};

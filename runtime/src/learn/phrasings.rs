@@ -140,7 +140,36 @@ pub fn topic_needles(tok: &Tokenizer, fact: &Fact) -> Result<Vec<Vec<u32>>> {
     let names = questions::note_topics(text)
         .into_iter()
         .filter(|t| t.contains(' ') && t.chars().next().is_some_and(char::is_uppercase));
-    for w in questions::topic_words(text).into_iter().chain(names) {
+    let mut words = questions::topic_words(text);
+    // A question's word common enough to be one token of the vocabulary ("Germany",
+    // "Justice"), or an abbreviation ("U.S."), names it only where no rarer word does
+    // ("Hesse", "Whaley"): otherwise "What is the capital of Germany?" reads the rows of "Who
+    // wrote the anthem of Hesse, Germany?" and answers its answer. A paraphrase keeps the
+    // subject's rare name. Notes keep every word: "Where does Ana live?" names Ana alone.
+    // Where every such word is common ("India" in "What is the name of India's first
+    // nano-satellite?"), the question's rare content words name it instead.
+    if let Fact::QuestionAnswer { question, .. } = fact {
+        let rare = |w: &String| -> Result<bool> {
+            Ok(!w.contains('.') && tok.encode(&format!(" {w}"), false)?.len() > 1)
+        };
+        let mut kept = Vec::new();
+        for w in &words {
+            if rare(w)? {
+                kept.push(w.clone());
+            }
+        }
+        if kept.is_empty() {
+            for w in questions::content_words(question) {
+                if rare(&w)? && !words.contains(&w) {
+                    kept.push(w);
+                }
+            }
+        }
+        if !kept.is_empty() {
+            words = kept;
+        }
+    }
+    for w in words.into_iter().chain(names) {
         for form in [format!(" {w}"), w.clone()] {
             let ids = tok.encode(&form, false)?;
             if !ids.is_empty() && !needles.contains(&ids) {

@@ -193,6 +193,87 @@ pub fn replaced_fact<'a>(
     best.map(|(_, uid)| uid)
 }
 
+/// Question words that ask for a fact ("What is my …", "Where do I …"); "how" only with
+/// these after it ("How old is my son?").
+const FACT_QUESTION_WORDS: &[&str] = &["what", "who", "where", "when", "which", "whose", "how"];
+/// Words after "how" that ask for a fact rather than a way.
+const HOW_FACTS: &[&str] = &["many", "much", "old", "long"];
+/// Verbs that go before the subject in a question.
+const QUESTION_AUXILIARIES: &[&str] = &[
+    "is", "are", "was", "were", "am", "do", "does", "did", "have", "has", "had",
+];
+/// Modal verbs: "What should I cook?" asks for advice, not for something the user said.
+const MODALS: &[&str] = &["should", "could", "would", "can", "might", "may", "shall", "will", "must"];
+/// Verbs after "do I" that ask what to do, not what is so ("What do I need to bring?").
+const NEEDING: &[&str] = &["need", "needs", "want", "wants", "ought"];
+
+/// Whether `question` asks for a fact about the user that only the user could have told
+/// ("What is my cat called?", "Where does my sister live?", "Which school does my son
+/// attend?", "Do I have a car?"), not for advice or general knowledge ("What should I cook
+/// tonight?", "What is a good gift for my mother?", "How do I reset my router?"). A chat that
+/// abstains asks the memory only these. Rules, English only; a question it cannot read is
+/// not one.
+pub fn asks_about_user(question: &str) -> bool {
+    let mut w: Vec<String> = Vec::new();
+    for word in words(question) {
+        // "what's my …" is "what is my …".
+        match word.split_once("'s") {
+            Some((wh, "")) if FACT_QUESTION_WORDS.contains(&wh) => {
+                w.push(wh.to_owned());
+                w.push("is".to_owned());
+            }
+            _ => w.push(word),
+        }
+    }
+    if w.iter().any(|x| ["you", "your", "you're", "yours"].contains(&x.as_str())) {
+        return false;
+    }
+    let first_person = |x: &str| ["my", "our", "i", "we", "me", "us"].contains(&x);
+    // "On which day do I swim?": a preposition before the question word.
+    let mut i = usize::from(w.first().is_some_and(|x| {
+        ["in", "on", "at", "for", "from", "to", "with", "by", "since"].contains(&x.as_str())
+    }));
+    let Some(opener) = w.get(i) else {
+        return false;
+    };
+    if FACT_QUESTION_WORDS.contains(&opener.as_str()) {
+        if opener == "how" && !w.get(i + 1).is_some_and(|x| HOW_FACTS.contains(&x.as_str())) {
+            return false;
+        }
+        i += 1;
+        // "Which school does …", "How many cousins do …": the noun asked about.
+        let mut skipped = 0;
+        while w.get(i).is_some_and(|x| {
+            !QUESTION_AUXILIARIES.contains(&x.as_str()) && !MODALS.contains(&x.as_str()) && !first_person(x)
+        }) && skipped < 3
+        {
+            i += 1;
+            skipped += 1;
+        }
+        match w.get(i) {
+            Some(x) if QUESTION_AUXILIARIES.contains(&x.as_str()) => i += 1,
+            // "Who repaired our washing machine?": a verb, then what of the user's it acted on.
+            Some(x) if ["my", "our"].contains(&x.as_str()) && skipped == 1 && opener == "who" => {
+                return true;
+            }
+            _ => return false,
+        }
+    } else if QUESTION_AUXILIARIES.contains(&opener.as_str()) {
+        i += 1;
+    } else {
+        return false;
+    }
+    match w.get(i).map(String::as_str) {
+        Some("i" | "we") => !w.get(i + 1).is_some_and(|x| NEEDING.contains(&x.as_str()) || MODALS.contains(&x.as_str())),
+        Some("my" | "our") => true,
+        // "What is the name of my dog?"
+        Some("the") => (i + 2..=i + 3).any(|j| {
+            w.get(j).is_some_and(|x| x == "of") && w.get(j + 1).is_some_and(|x| x == "my" || x == "our")
+        }),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,5 +307,36 @@ mod tests {
         assert_eq!(replaced_fact("My dog is called Max.", earlier), Some(3));
         assert_eq!(replaced_fact("My favourite film is Spirited Away.", earlier), None);
         assert_eq!(replaced_fact("My bike is red.", earlier), None);
+    }
+
+    #[test]
+    fn questions_about_the_user_are_told_from_advice_and_knowledge() {
+        for q in [
+            "What's the name of my dog?",
+            "Which city do we live in now?",
+            "On which day do I swim?",
+            "Who repaired our washing machine?",
+            "How old is my son?",
+            "How many cousins do I have?",
+            "What is the name of my dentist?",
+            "Do I have a cat?",
+            "Where does my sister live?",
+        ] {
+            assert!(asks_about_user(q), "{q}");
+        }
+        for q in [
+            "What should I cook tonight?",
+            "What is a good gift for my mother?",
+            "How do I reset my router?",
+            "What do I need to bring to an interview?",
+            "Is it safe for my dog to eat grapes?",
+            "What is your name?",
+            "In which city is Yewande based?",
+            "What is the capital of France?",
+            "Who wrote the book I am reading?",
+            "My dog is called Pipoca.",
+        ] {
+            assert!(!asks_about_user(q), "{q}");
+        }
     }
 }

@@ -199,6 +199,12 @@ impl OpenFacts {
         self.opened.get(&fact).is_some_and(|&from| from <= at)
     }
 
+    /// How many learned facts were last named at or after position `from`: what a routing
+    /// gate recalled for the text from there on.
+    pub fn named_since(&self, from: usize) -> usize {
+        self.opened.values().filter(|&&at| at >= from).count()
+    }
+
     /// Facts opened so far.
     pub fn len(&self) -> usize {
         self.opened.len()

@@ -805,6 +805,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_engram_uniffi_checksum_method_chat_say(
     ): Int
+    external fun uniffi_engram_uniffi_checksum_method_chat_set_abstention(
+    ): Int
     external fun uniffi_engram_uniffi_checksum_method_chat_set_system(
     ): Int
     external fun uniffi_engram_uniffi_checksum_method_chat_stop_learning(
@@ -900,6 +902,8 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_engram_uniffi_fn_method_chat_say(`ptr`: Long,`text`: RustBuffer.ByValue,`maxTokens`: Int,`listener`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_engram_uniffi_fn_method_chat_set_abstention(`ptr`: Long,`reply`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_engram_uniffi_fn_method_chat_set_system(`ptr`: Long,`system`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_engram_uniffi_fn_method_chat_stop_learning(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -1119,6 +1123,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_engram_uniffi_checksum_method_chat_say() and 0xFFFF) != 27579) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_engram_uniffi_checksum_method_chat_set_abstention() and 0xFFFF) != 19499) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_engram_uniffi_checksum_method_chat_set_system() and 0xFFFF) != 25246) {
@@ -1637,6 +1644,13 @@ public interface ChatInterface {
     fun `say`(`text`: kotlin.String, `maxTokens`: kotlin.UInt = 128u, `listener`: TokenListener? = null): kotlin.String
     
     /**
+     * Makes the chat answer `reply` to a question about the user that nothing learned
+     * answers, instead of letting the model invent one ("What is my cat called?" never
+     * told); `None` turns it off (the default). Needs the routing read gate (the default).
+     */
+    fun `setAbstention`(`reply`: kotlin.String?)
+    
+    /**
      * Sets (or with `None` clears) the system message.
      */
     fun `setSystem`(`system`: kotlin.String?)
@@ -1859,6 +1873,24 @@ open class Chat: Disposable, AutoCloseable, ChatInterface
     }
     )
     }
+    
+
+    
+    /**
+     * Makes the chat answer `reply` to a question about the user that nothing learned
+     * answers, instead of letting the model invent one ("What is my cat called?" never
+     * told); `None` turns it off (the default). Needs the routing read gate (the default).
+     */override fun `setAbstention`(`reply`: kotlin.String?)
+        = 
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_engram_uniffi_fn_method_chat_set_abstention(
+        it,
+        
+        FfiConverterOptionalString.lower(`reply`),_status)
+}
+    }
+    
     
 
     

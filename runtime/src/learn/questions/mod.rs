@@ -5,6 +5,7 @@
 //! English only, by design of the rules: a note in another language gets none of these and
 //! is trained on its own wording alone.
 
+mod patterns;
 mod personal;
 mod wh;
 
@@ -52,6 +53,9 @@ const COMMON_VERBS: &[&str] = &[
     "owns", "own", "drives", "drive", "teaches", "teach", "said", "says", "took", "gave",
     "made", "bought", "sold", "met", "went", "grew", "taught", "wrote", "built", "won",
     "came", "left", "found", "got", "runs", "run", "speaks", "speak", "goes", "go",
+    "sits", "sit", "stands", "stand", "hangs", "hang", "lies", "stays", "collects", "collect",
+    "drives", "eats", "eat", "wants", "want", "needs", "need", "uses", "sells", "cooks",
+    "visits", "walks", "rides", "reads", "sings", "swims", "writes", "stores", "store",
 ];
 
 /// Months and weekdays: a span holding one is asked with "when".
@@ -59,7 +63,7 @@ const TIME_WORDS: &[&str] = &[
     "january", "february", "march", "april", "may", "june", "july", "august", "september",
     "october", "november", "december", "monday", "tuesday", "wednesday", "thursday", "friday",
     "saturday", "sunday", "morning", "evening", "evenings", "night", "noon", "midnight",
-    "o'clock", "am", "pm", "weekend", "weekends", "afternoon", "afternoons", "spring", "summer",
+    "o'clock", "mornings", "nights", "weekend", "weekends", "afternoon", "afternoons", "spring", "summer",
     "autumn", "winter",
 ];
 
@@ -83,7 +87,7 @@ const WEAK_TOPICS: &[&str] = &[
     "march", "april", "may", "june", "july", "august", "september", "october", "november",
     "december", "christmas", "one", "two", "three", "four", "five", "six", "seven", "eight",
     "nine", "ten", "eleven", "twelve", "number", "read", "take", "coming", "along", "inside",
-    "plant", "time", "times", "every", "each",
+    "plant", "time", "times", "every", "each", "name", "names",
 ];
 
 /// Titles that go with the name after them.
@@ -93,8 +97,15 @@ const TITLES: &[&str] = &[
 
 /// Prepositions that open a place ("under the blue flowerpot", "in Porto").
 const PLACE_PREPOSITIONS: &[&str] = &[
-    "in", "at", "under", "behind", "near", "beside", "above", "below", "inside", "on",
+    "in", "at", "under", "behind", "near", "beside", "above", "below", "inside", "on", "along",
+    "through", "around", "across",
 ];
+
+/// Prepositions a time takes ("on 14 June", "at 7 pm").
+const TIME_PREPOSITIONS: &[&str] = &["on", "at", "in", "by", "since", "for", "every"];
+
+/// Words that start a clause of time and so end a place ("in the park before work").
+const TIME_CLAUSE: &[&str] = &["before", "after", "while", "when", "until", "since", "every", "because"];
 
 fn bare(word: &str) -> String {
     word.trim_matches(|c: char| !c.is_alphanumeric() && c != '\'')
@@ -140,7 +151,17 @@ fn is_time(word: &str) -> bool {
     let year = w.len() == 4
         && w.chars().all(|c| c.is_ascii_digit())
         && (w.starts_with("19") || w.starts_with("20"));
-    TIME_WORDS.contains(&w.as_str()) || year || (w.contains(':') && w.chars().any(|c| c.is_ascii_digit()))
+    // "10am", "7pm": a clock time in one word.
+    let clock = w.len() > 2
+        && (w.ends_with("am") || w.ends_with("pm"))
+        && w[..w.len() - 2].chars().all(|c| c.is_ascii_digit());
+    // "on Saturdays": a weekday said in the plural is still a time.
+    let plural = w.strip_suffix('s').is_some_and(|s| s.ends_with("day") && TIME_WORDS.contains(&s));
+    TIME_WORDS.contains(&w.as_str())
+        || year
+        || clock
+        || plural
+        || (w.contains(':') && w.chars().any(|c| c.is_ascii_digit()))
 }
 
 fn is_number(word: &str) -> bool {
@@ -283,18 +304,27 @@ pub fn topic_words(text: &str) -> Vec<String> {
     if out.is_empty() {
         // No name, possession or number: the words that carry the content ("wifi",
         // "password", "cabin"), so that the fact can still be named.
-        for w in words(text) {
-            let core = strip_punct(w);
-            let b = bare(&core);
-            if b.len() >= 4
-                && !is_function(&core)
-                && !is_verb(&core)
-                && !is_weak_topic(&core)
-                && !QUESTION_WORDS.contains(&b.as_str())
-                && !out.contains(&core)
-            {
-                out.push(core);
-            }
+        out = content_words(text);
+    }
+    out
+}
+
+/// The words of `text` that carry its content: four letters or more, no function word, verb,
+/// question word or word too common to name anything ("wifi", "password", "cabin";
+/// "nano-satellite").
+pub fn content_words(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for w in words(text) {
+        let core = strip_punct(w).trim_end_matches("'s").to_owned();
+        let b = bare(&core);
+        if b.len() >= 4
+            && !is_function(&core)
+            && !is_verb(&core)
+            && !is_weak_topic(&core)
+            && !QUESTION_WORDS.contains(&b.as_str())
+            && !out.contains(&core)
+        {
+            out.push(core);
         }
     }
     out
@@ -312,27 +342,54 @@ struct Span {
 /// ("what").
 fn askable_spans(w: &[&str]) -> Vec<Span> {
     let mut spans = Vec::new();
+    // "am" and "pm" are a time only after a number ("7 pm"; "I am" is not).
+    let clock = |x: &str| is_time(x) || ["am", "pm", "a.m", "p.m"].contains(&bare(x).as_str());
     let time_at = |j: usize| {
-        j < w.len() && (is_time(w[j]) || (is_number(w[j]) && w.get(j + 1).is_some_and(|n| is_time(n))))
+        j < w.len() && (is_time(w[j]) || (is_number(w[j]) && w.get(j + 1).is_some_and(|n| clock(n))))
+    };
+    // Where a place told from `i` ends: at a comma (kept), at a time or a clause word, or
+    // after 8 words ("behind the bookshelf in the study" is one place).
+    let place_end = |i: usize| {
+        let limit = w.len().min(i + 8);
+        (i + 1..limit)
+            .find_map(|j| {
+                if w[j].ends_with(',') {
+                    Some(j + 1)
+                } else if j > i + 1
+                    && (time_at(j)
+                        || (TIME_PREPOSITIONS.contains(&bare(w[j]).as_str()) && time_at(j + 1))
+                        || TIME_CLAUSE.contains(&bare(w[j]).as_str())
+                        || COMMON_VERBS.contains(&bare(w[j]).as_str()))
+                {
+                    Some(j)
+                } else {
+                    None
+                }
+            })
+            .unwrap_or(limit)
     };
     let mut i = 0;
     while i < w.len() {
         let prev = if i > 0 { bare(w[i - 1]) } else { String::new() };
         // "on 14 June", "at 7 pm": the preposition goes with the question word.
-        let with_preposition = ["on", "at", "in", "by", "since", "for"].contains(&bare(w[i]).as_str()) && time_at(i + 1);
+        let with_preposition = TIME_PREPOSITIONS.contains(&bare(w[i]).as_str()) && time_at(i + 1);
         if with_preposition || time_at(i) {
             let mut end = i + 1 + with_preposition as usize;
-            while end < w.len() && (is_time(w[end]) || is_number(w[end])) {
+            while end < w.len() && (clock(w[end]) || is_number(w[end])) {
                 end += 1;
             }
             spans.push(Span { start: i, end, wh: "when" });
             i = end;
         } else if PLACE_PREPOSITIONS.contains(&bare(w[i]).as_str()) && i + 1 < w.len() {
-            let end = w.len().min(i + 5);
-            let end = (i + 1..end)
-                .find(|&j| w[j].ends_with(',') || (j > i + 1 && PLACE_PREPOSITIONS.contains(&bare(w[j]).as_str())))
-                .map_or(end, |j| j + 1);
+            let end = place_end(i);
             spans.push(Span { start: i, end, wh: "where" });
+            i = end;
+        } else if ["before", "after"].contains(&bare(w[i]).as_str()) && i + 1 < w.len() {
+            // "before work", "after school": a time told by what it is next to.
+            let end = (i + 1..w.len().min(i + 4))
+                .find(|&j| w[j].ends_with(',') || PLACE_PREPOSITIONS.contains(&bare(w[j]).as_str()))
+                .map_or(w.len().min(i + 4), |j| j + usize::from(w[j].ends_with(',')));
+            spans.push(Span { start: i, end, wh: "when" });
             i = end;
         } else if is_number(w[i]) {
             spans.push(Span { start: i, end: i + 1, wh: "how many" });
@@ -388,9 +445,20 @@ pub fn note_questions(note: &str) -> Vec<String> {
     let w = words(note);
     // As people ask first, then what the note is about, then the note echoed with a question
     // word: a caller that keeps only the first few keeps the most natural.
-    let mut questions = wh_questions(note);
+    // The shapes people ask most about the subject as the user names it first, then the
+    // note's parts asked for, then the same shapes about the subject's other name.
+    let mut by_name = patterns::by_name(note).into_iter();
+    let mut questions = by_name.next().unwrap_or_default();
+    for q in wh_questions(note).into_iter().chain(by_name.flatten()) {
+        if !questions.contains(&q) {
+            questions.push(q);
+        }
+    }
     let mut echoed = Vec::new();
-    for span in askable_spans(&w) {
+    // Only the parts after the verb: a part of the subject echoed ("Our who router sits …?")
+    // is no question anyone asks.
+    let verb = wh::clause(&w).map_or(0, |(_, v)| v);
+    for span in askable_spans(&w).into_iter().filter(|s| s.start > verb) {
         let before = strip_punct(&w[..span.start].join(" "));
         let after = w[span.end..].join(" ");
         let q = match (before.is_empty(), after.is_empty()) {
@@ -473,7 +541,8 @@ fn is_participle(word: &str) -> bool {
         || [
             "born", "held", "built", "made", "written", "won", "given", "known", "sold", "shot",
             "drawn", "sung", "begun", "taken", "set", "found", "led", "run", "hit", "put", "laid",
-            "read", "grown", "seen", "done", "gone", "met", "kept",
+            "read", "grown", "seen", "done", "gone", "met", "kept", "hidden", "stolen", "broken",
+            "chosen", "eaten", "driven", "ridden", "forgotten", "hung", "left", "stuck",
         ]
         .contains(&w.as_str())
 }
@@ -547,7 +616,7 @@ mod tests {
     #[test]
     fn note_questions_ask_for_each_part() {
         let q = note_questions("My neighbour Tariq repaired my bike.");
-        assert!(q.contains(&"My neighbour who repaired my bike?".to_owned()), "{q:?}");
+        assert!(q.contains(&"Who repaired my bike?".to_owned()), "{q:?}");
         assert!(q.contains(&"My neighbour Tariq repaired what?".to_owned()), "{q:?}");
         assert!(q.contains(&"What do you know about my bike?".to_owned()), "{q:?}");
         let q = note_questions("I keep my spare key under the blue flowerpot.");

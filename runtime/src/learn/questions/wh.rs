@@ -17,6 +17,10 @@ const PERSON_NOUNS: &[&str] = &[
     "godmother", "godfather", "godson", "goddaughter", "classmate", "roommate", "flatmate",
     "instructor", "tutor", "lawyer", "accountant", "babysitter", "nanny", "parents", "kids",
     "children", "child", "baby", "girlfriend", "boyfriend", "fiancé", "fiancee", "fiance",
+    "hairdresser", "barber", "sweep", "gardener", "cleaner", "builder", "mechanic", "electrician",
+    "carpenter", "pharmacist", "optician", "nurse", "midwife", "priest", "vicar", "imam", "rabbi",
+    "trainer", "physio", "physiotherapist", "surgeon", "gp", "twin", "twins", "cousins", "grandparents", "kid", "gran",
+    "granny", "grandad", "husband", "spouse", "fiancée", "stepson", "stepdaughter", "flatmates",
 ];
 
 /// Past forms whose present is not made by a rule.
@@ -41,7 +45,7 @@ const INVERTED: &[&str] = &[
 
 /// How a verb is asked about with "do": the auxiliary its tense and person take and the verb's
 /// plain form ("lives" -> does live, "repaired" -> did repair, "keep" -> do keep).
-fn do_support(verb: &str) -> (&'static str, String) {
+pub(super) fn do_support(verb: &str) -> (&'static str, String) {
     let w = bare(verb);
     if let Some(&(_, base)) = IRREGULAR_PAST.iter().find(|(past, _)| *past == w) {
         return ("did", base.to_owned());
@@ -93,6 +97,18 @@ fn do_support(verb: &str) -> (&'static str, String) {
 fn subject_forms(subject: &[&str]) -> Vec<String> {
     let said = strip_punct(&subject.join(" "));
     let mut forms = Vec::new();
+    // "the tortoise we own" -> "our tortoise", "the car I have" -> "my car".
+    if let [the, noun @ .., who, verb] = subject {
+        let owner = match bare(who).as_str() {
+            "we" => Some("our"),
+            "i" => Some("my"),
+            _ => None,
+        };
+        let owns = ["own", "have", "keep", "rent", "use"].contains(&bare(verb).as_str());
+        if let (Some(owner), true, false, "the") = (owner, owns, noun.is_empty(), bare(the).as_str()) {
+            return vec![format!("{owner} {}", noun.join(" ")), said];
+        }
+    }
     let comma = subject.iter().position(|x| x.ends_with(','));
     let split = match comma {
         Some(c) if c + 1 < subject.len() => Some((&subject[..=c], &subject[c + 1..])),
@@ -128,34 +144,12 @@ fn subject_forms(subject: &[&str]) -> Vec<String> {
 /// subject and verb these rules find.
 pub fn wh_questions(note: &str) -> Vec<String> {
     let w = words(note);
-    let is_pronoun = |x: &str| ["i", "we", "you", "they"].contains(&bare(x).as_str());
-    // After a pronoun the verb is the next word that is not an adverb ("I usually swim");
-    // a leading time ("Every Tuesday I see …") stays out of the subject.
-    let leading_time = |p: usize| {
-        p == 0 || w[..p].iter().any(|x| is_time(x) || bare(x) == "every")
-    };
-    let (subject, v) = match w.iter().position(|x| is_pronoun(x)) {
-        Some(p) if p + 1 < w.len() && leading_time(p) => {
-            let v = (p + 1..w.len())
-                .find(|&i| !ADVERBS.contains(&bare(w[i]).as_str()))
-                .unwrap_or(p + 1);
-            (&w[p..=p], v)
-        }
-        _ => match (1..w.len()).find(|&i| is_verb_at(&w, i)) {
-            Some(v) => (&w[..v], v),
-            None => return Vec::new(),
-        },
-    };
-    if v >= w.len() {
+    let Some((subject, v)) = clause(&w) else {
         return Vec::new();
-    }
+    };
     let verb = bare(w[v]);
     let pronoun = subject.len() == 1 && is_pronoun(subject[0]);
-    let forms: Vec<String> = if pronoun {
-        vec![if bare(subject[0]) == "i" { "I".to_owned() } else { bare(subject[0]) }]
-    } else {
-        subject_forms(subject)
-    };
+    let forms = subject_names(subject);
     let mut out: Vec<String> = Vec::new();
     let mut push = |q: String| {
         let q = format!("{}?", q.split_whitespace().collect::<Vec<_>>().join(" "));
@@ -165,11 +159,7 @@ pub fn wh_questions(note: &str) -> Vec<String> {
     };
     let rest = &w[v + 1..];
     let copula = ["is", "are", "was", "were"].contains(&verb.as_str());
-    let named = |x: &&str| capitalized(x) && !is_function(x) && !is_time(x) && bare(x) != "i";
-    let person = subject.iter().any(|x| {
-        let b = bare(x);
-        PERSON_NOUNS.contains(&b.as_str()) || TITLES.contains(&b.as_str()) || named(x)
-    });
+    let person = is_person(subject);
     // The subject asked for: who did it ("Who repaired my bike?", "Who is my dentist?").
     if !pronoun && !rest.is_empty() && (person || !copula) {
         let wh = if person { "Who" } else { "What" };
@@ -183,7 +173,8 @@ pub fn wh_questions(note: &str) -> Vec<String> {
     for span in &spans {
         // After an auxiliary, "what" would ask for the participle ("is getting married").
         let participle = rest.first().is_some_and(|x| bare(x).ends_with("ing") || is_participle(x));
-        if inverted && span.wh == "what" && (!copula || participle) {
+        let asks_participle = span.start == v + 1;
+        if inverted && span.wh == "what" && (!copula || participle) && asks_participle {
             continue;
         }
         let mut left: Vec<&str> = w[v + 1..span.start].to_vec();
@@ -201,18 +192,29 @@ pub fn wh_questions(note: &str) -> Vec<String> {
             let mut left: Vec<&str> = w[v + 1..span.start].to_vec();
             left.extend_from_slice(&w[span.end + noun.len()..]);
             (format!("How many {}", strip_punct(&noun.join(" "))), left)
+        } else if span.wh == "who" && copula && !person {
+            // "My daughter's school is St Brigid's Primary": a name, but not a person's.
+            ("What".to_owned(), left)
         } else {
             (upper_first(span.wh), left)
         };
+        // A name right after the verb may be a thing's ("I am learning Portuguese"): asked
+        // with "what" too.
+        let object_name = span.wh == "who"
+            && !copula
+            && (span.start == v + 1 || (span.start == v + 2 && participle));
+        let whs = if object_name { vec![wh, "What".to_owned()] } else { vec![wh] };
         let left = strip_punct(&left.join(" "));
-        for subj in forms.iter().take(2) {
-            let subj = lower_determiner(subj);
-            if inverted {
-                push(format!("{wh} {verb} {subj} {left}"));
-            } else {
-                let (aux, base) = do_support(&verb);
-                let aux = if pronoun && aux == "does" { "do" } else { aux };
-                push(format!("{wh} {aux} {subj} {base} {left}"));
+        for wh in &whs {
+            for subj in forms.iter().take(2) {
+                let subj = lower_determiner(subj);
+                if inverted {
+                    push(format!("{wh} {verb} {subj} {left}"));
+                } else {
+                    let (aux, base) = do_support(&verb);
+                    let aux = if pronoun && aux == "does" { "do" } else { aux };
+                    push(format!("{wh} {aux} {subj} {base} {left}"));
+                }
             }
         }
     }
@@ -231,6 +233,62 @@ pub fn wh_questions(note: &str) -> Vec<String> {
     out
 }
 
+/// Whether `x` is a subject pronoun.
+pub(super) fn is_pronoun(x: &str) -> bool {
+    ["i", "we", "you", "they"].contains(&bare(x).as_str())
+}
+
+/// Whether a subject names a person: a role ("my sister", "our neighbours"), a title or a
+/// name.
+pub(super) fn is_person(subject: &[&str]) -> bool {
+    subject.iter().any(|x| {
+        let b = bare(x);
+        let singular = b.strip_suffix('s').unwrap_or(&b);
+        PERSON_NOUNS.contains(&b.as_str())
+            || PERSON_NOUNS.contains(&singular)
+            || PERSON_NOUNS.iter().any(|p| b.ends_with(&format!("-{p}")))
+            || TITLES.contains(&b.as_str())
+            || (capitalized(x) && !is_function(x) && !is_time(x) && b != "i" && !b.contains('-'))
+    })
+}
+
+/// A note's subject and the index of its verb ("My neighbour Tariq" + "repaired"; "I" +
+/// "keep"), or `None` where these rules find no verb.
+pub(super) fn clause<'a>(w: &'a [&'a str]) -> Option<(&'a [&'a str], usize)> {
+    // After a pronoun the verb is the next word that is not an adverb ("I usually swim");
+    // a leading time ("Every Tuesday I see …") stays out of the subject.
+    let leading_time =
+        |p: usize| p == 0 || w[..p].iter().any(|x| is_time(x) || bare(x) == "every");
+    let (subject, v) = match w.iter().position(|x| is_pronoun(x)) {
+        Some(p) if p + 1 < w.len() && leading_time(p) => {
+            let v = (p + 1..w.len())
+                .find(|&i| !ADVERBS.contains(&bare(w[i]).as_str()))
+                .unwrap_or(p + 1);
+            (&w[p..=p], v)
+        }
+        _ => {
+            let mut v = (1..w.len()).find(|&i| is_verb_at(w, i))?;
+            // "The tortoise we own is called Gregor": a pronoun just before the verb opens a
+            // relative clause inside the subject; the sentence's verb comes after it.
+            if is_pronoun(w[v - 1]) && v >= 2 {
+                v = (v + 1..w.len()).find(|&i| is_verb_at(w, i)).unwrap_or(v);
+            }
+            (&w[..v], v)
+        }
+    };
+    (v < w.len()).then_some((subject, v))
+}
+
+/// How questions name a subject: "I" and "we" as they are, otherwise [`subject_forms`].
+pub(super) fn subject_names(subject: &[&str]) -> Vec<String> {
+    match subject {
+        [p] if is_pronoun(p) => {
+            vec![if bare(p) == "i" { "I".to_owned() } else { bare(p) }]
+        }
+        _ => subject_forms(subject),
+    }
+}
+
 /// Adverbs between a pronoun and its verb ("I usually swim").
 const ADVERBS: &[&str] = &[
     "usually", "always", "often", "never", "sometimes", "normally", "also", "still", "just",
@@ -239,7 +297,7 @@ const ADVERBS: &[&str] = &[
 
 /// `text` with a leading determiner in lower case ("My sister" -> "my sister"), names as
 /// they are.
-fn lower_determiner(text: &str) -> String {
+pub(super) fn lower_determiner(text: &str) -> String {
     match text.split_once(' ') {
         Some((first, rest)) if is_function(first) => format!("{} {rest}", first.to_lowercase()),
         _ => text.to_owned(),
