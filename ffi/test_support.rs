@@ -163,7 +163,7 @@ pub fn run_chat_example(mut program: Command, dir: &Path, tag: &str) -> String {
         .expect("a pipe")
         .write_all(
             b"My hamster is called Pistachio.\n/reset\nWhat is my hamster called?\n\
-              /forget Pistachio\n/quit\n",
+              /forget Pistachio\nWhat is my hamster called?\n/quit\n",
         )
         .expect("the chat example reads its script");
     let o = child.wait_with_output().expect("the chat example ends");
@@ -186,6 +186,17 @@ pub fn run_chat_example(mut program: Command, dir: &Path, tag: &str) -> String {
     assert!(
         out.contains("[forgot #1: \"My hamster is called Pistachio.\"]"),
         "the fact was not forgotten"
+    );
+    // Forgotten, it is declined rather than invented (the example turns abstention on).
+    let after = out
+        .split("> What is my hamster called?")
+        .nth(2)
+        .and_then(|rest| rest.lines().nth(1))
+        .expect("the second question got a reply");
+    assert_eq!(
+        after.trim(),
+        "You haven't told me that.",
+        "after forgetting"
     );
     out
 }

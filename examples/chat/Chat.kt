@@ -57,6 +57,8 @@ fun main(args: Array<String>) {
     try {
         Engram.open(args[0], args[1]).use { engram ->
             Chat(engram, true, Told).use { chat ->
+                // Asked about yourself something you never told, it says so instead of inventing.
+                chat.setAbstention("You haven't told me that.")
                 while (true) {
                     val turn = readLine()?.trim() ?: break
                     when {

@@ -57,6 +57,8 @@ int main(int argc, char **argv) {
         engram_close(engine);
         return fail("chat");
     }
+    /* Asked about yourself something you never told, it says so instead of inventing. */
+    engram_chat_set_abstention(chat, "You haven't told me that.");
     bool scripted = !isatty(STDIN_FILENO);
     int status = 0;
     char line[4096];

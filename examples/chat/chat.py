@@ -6,7 +6,8 @@ Type a turn and press Enter. Statements about you ("My cat is called Miso.") are
 the background after the reply, while you type the next turn; one that changes an earlier fact
 ("We moved to Coimbra.") replaces it. `/remember TEXT` learns TEXT whatever its form,
 `/forget WHAT` forgets the fact WHAT names (its words or its number), `/reset` starts a new
-conversation (what was learned stays), `/quit` or end of input ends. Input from a pipe waits
+conversation (what was learned stays), `/quit` or end of input ends. Asked about yourself
+something you never told, it says so instead of inventing an answer. Input from a pipe waits
 for each fact before the next turn, so a script gets the same answers on any machine.
 
 The `engram` module is the generated binding (bindings/python/engram.py with
@@ -50,6 +51,8 @@ def main(argv):
     scripted = not sys.stdin.isatty()
     try:
         chat = engram.Chat(engram.Engram.open(model, memory_path=store), learn=True, listener=Told())
+        # Asked about yourself something you never told, it says so instead of inventing.
+        chat.set_abstention("You haven't told me that.")
         for line in sys.stdin:
             turn = line.strip()
             if not turn:

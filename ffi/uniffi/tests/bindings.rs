@@ -307,3 +307,72 @@ fn swift_binding_parses_and_calls_only_symbols_the_library_exports() {
         "called but not in engramFFI.h: {undeclared:?}"
     );
 }
+
+/// The Swift chat example (no Swift toolchain here to build or run it): it parses, and every
+/// call it makes on the binding's types is a function of the generated `engram.swift` with the
+/// same first argument label.
+#[test]
+fn swift_chat_example_parses_and_calls_the_generated_api() {
+    let example = root().join("examples/chat/Chat.swift");
+    let o = Command::new("python3")
+        .arg(root().join("bindings/swift/check_swift.py"))
+        .arg(&example)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        o.status.success(),
+        "Chat.swift does not parse (pip install tree-sitter tree-sitter-swift): {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let source = std::fs::read_to_string(&example).unwrap();
+    let binding = std::fs::read_to_string(root().join("bindings/swift/engram.swift")).unwrap();
+    let mut checked = Vec::new();
+    for receiver in ["chat.", "Engram."] {
+        for (at, _) in source.match_indices(receiver) {
+            let rest = &source[at + receiver.len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '`')
+                .collect();
+            let after = &rest[name.len()..];
+            if !after.starts_with('(') {
+                continue;
+            }
+            let label: String = after[1..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric())
+                .collect();
+            let labelled = after[1 + label.len()..].starts_with(':');
+            let name = name.trim_matches('`');
+            let wanted = if labelled {
+                format!("func `{name}`({label}:")
+            } else {
+                format!("func {name}()")
+            };
+            let plain = wanted.replace('`', "");
+            assert!(
+                binding.contains(&wanted) || binding.contains(&plain),
+                "Chat.swift calls {receiver}{name}({}) but engram.swift has no {plain}",
+                if labelled {
+                    format!("{label}:")
+                } else {
+                    String::new()
+                }
+            );
+            checked.push(format!("{receiver}{name}"));
+        }
+    }
+    eprintln!(
+        "Chat.swift parses; {} calls checked against engram.swift (not compiled or run: no \
+         Swift toolchain here): {checked:?}",
+        checked.len()
+    );
+    for needed in [
+        "chat.say",
+        "chat.setAbstention",
+        "chat.forget",
+        "Engram.open",
+    ] {
+        assert!(checked.iter().any(|c| c == needed), "{needed} not found");
+    }
+}
