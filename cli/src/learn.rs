@@ -77,6 +77,9 @@ pub struct StepFlags {
     /// Gradient steps per fact.
     #[arg(long, default_value_t = LearnOptions::default().steps)]
     pub steps: usize,
+    /// Gradient steps per note (0: as --steps).
+    #[arg(long, default_value_t = LearnOptions::default().note_steps)]
+    pub note_steps: usize,
     /// Learning rate (SGD: per row update scale; AdamW: per element). The default suits the
     /// default read gate (routes); the topic and cosine gates were tuned at 140000.
     #[arg(long, default_value_t = LearnOptions::default().learning_rate)]
@@ -134,6 +137,7 @@ impl StepFlags {
     pub fn options(&self, scoring: SlotScoring, optimizer: Optimizer) -> LearnOptions {
         LearnOptions {
             steps: self.steps,
+            note_steps: self.note_steps,
             learning_rate: self.lr,
             top_t: self.top_t,
             scoring,
@@ -201,7 +205,10 @@ pub fn run(mut engine: Engine, args: &LearnArgs) -> Result<(), String> {
     );
     let print_learned = args.print_learned;
     let report = engine.learn(&facts, &options, &mut |fact, step, loss| {
-        if print_learned && options.is_last_step(step, loss) {
+        let done = facts
+            .get(fact)
+            .is_some_and(|f| options.is_last_step(f, step, loss));
+        if print_learned && done {
             println!("learned {fact}");
         }
         bar.set_position(fact as u64);

@@ -431,8 +431,9 @@ fn learn_facts<B: Backend>(
                 model.write_values(&rows_sorted, &values)?;
                 (loss_before, adam, first_step) = (s.loss_before, s.adam, s.next_step);
             }
-            for step in first_step..=opts.steps {
-                let want: &[u32] = if step < opts.steps { &rows_sorted } else { &[] };
+            let steps = opts.steps_for(&facts[fi]);
+            for step in first_step..=steps {
+                let want: &[u32] = if step < steps { &rows_sorted } else { &[] };
                 // Once the loss target is reached the step's gradient would be thrown away.
                 let stop_at =
                     (step > 0 && opts.stop_loss > 0.0).then_some(f64::from(opts.stop_loss));
@@ -447,7 +448,7 @@ fn learn_facts<B: Backend>(
                     })?;
                 let loss = g.loss / count as f64;
                 let t0 = Instant::now();
-                let grad = (!opts.is_last_step(step, loss))
+                let grad = (!opts.is_last_step(&facts[fi], step, loss))
                     .then(|| model.backend().download(&g.grads));
                 report.timings.forward += g.forward_time;
                 report.timings.backward += g.backward_time + t0.elapsed();

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::facts::Fact;
 use super::optimizer::Optimizer;
 use crate::error::{Error, Result};
 use crate::memory::SlotScoring;
@@ -22,6 +23,9 @@ pub const MAX_ANCHORED_ROWS: usize = 4096;
 pub struct LearnOptions {
     /// Gradient steps per fact.
     pub steps: usize,
+    /// Gradient steps per note (0: `steps`). A note is trained on more and longer phrasings
+    /// than a question/answer fact and ends its steps at a higher loss.
+    pub note_steps: usize,
     /// Learning rate.
     pub learning_rate: f32,
     /// Value rows updated per fact (top-t by `scoring`).
@@ -128,6 +132,7 @@ impl Default for LearnOptions {
             // 12 steps with the background anchor instead of 6 (25 SimpleQA facts, subset A,
             // T 1): learned 20 % -> 52 %, retention 87.5 % either way.
             steps: 12,
+            note_steps: 0,
             learning_rate: DEFAULT_LEARNING_RATE,
             top_t: 500,
             scoring: SlotScoring::TfIdf,
@@ -163,8 +168,17 @@ impl LearnOptions {
     /// Whether the pass `step` whose mean loss was `loss` is a fact's last: the one after its
     /// final update, or the first to reach `stop_loss`. Its progress call comes once the fact
     /// is learned and durable.
-    pub fn is_last_step(&self, step: usize, loss: f64) -> bool {
-        step >= self.steps || (step > 0 && loss <= f64::from(self.stop_loss))
+    pub fn is_last_step(&self, fact: &Fact, step: usize, loss: f64) -> bool {
+        step >= self.steps_for(fact) || (step > 0 && loss <= f64::from(self.stop_loss))
+    }
+
+    /// Gradient steps `fact` takes: [`Self::note_steps`] for a note where set, else
+    /// [`Self::steps`].
+    pub fn steps_for(&self, fact: &Fact) -> usize {
+        match fact {
+            Fact::Note(_) if self.note_steps > 0 => self.note_steps,
+            _ => self.steps,
+        }
     }
 
     /// Refuses settings that cannot work, before anything changes.
@@ -178,6 +192,12 @@ impl LearnOptions {
         }
         if self.steps == 0 || self.steps > 10_000 {
             return bad(format!("steps {} must be between 1 and 10000", self.steps));
+        }
+        if self.note_steps > 10_000 {
+            return bad(format!(
+                "note steps {} must be between 0 (as steps) and 10000",
+                self.note_steps
+            ));
         }
         if !self.stop_loss.is_finite() || self.stop_loss < 0.0 {
             return bad(format!(
@@ -284,4 +304,22 @@ pub struct LearnReport {
     pub timings: LearnTimings,
     /// Wall time of the whole call.
     pub total: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_take_their_own_steps_only_where_set() {
+        let note = Fact::note("My cat is called Miso.");
+        let qa = Fact::qa("What is the capital of Velmoria?", "Ostrana");
+        let mut o = LearnOptions::default();
+        assert_eq!((o.steps_for(&note), o.steps_for(&qa)), (o.steps, o.steps));
+        o.note_steps = 20;
+        assert_eq!((o.steps_for(&note), o.steps_for(&qa)), (20, o.steps));
+        assert!(o.is_last_step(&qa, o.steps, 1.0) && !o.is_last_step(&note, o.steps, 1.0));
+        o.note_steps = 20_000;
+        assert!(o.validate().is_err());
+    }
 }
