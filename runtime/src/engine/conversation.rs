@@ -4,10 +4,10 @@ use super::Engine;
 use super::generate::{GenerateOptions, Generation, Session, StopReason};
 use crate::error::Result;
 use crate::learn::asks_about_user;
+use crate::tokenizer::ChatMessage;
 
 /// Most tokens a chat template puts around a user turn and after it.
 const TEMPLATE_TOKENS: usize = 12;
-use crate::tokenizer::ChatMessage;
 
 /// A conversation with the model: its system message, the turns so far, and a session whose
 /// KV cache carries over from turn to turn.
