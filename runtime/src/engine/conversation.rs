@@ -53,7 +53,7 @@ impl<'e> Conversation<'e> {
 
     /// Makes the conversation answer `reply` (e.g. [`DEFAULT_ABSTENTION`]) instead of letting
     /// the model answer, when the user asks for a fact about themselves
-    /// ([`asks_about_user`](crate::learn::asks_about_user)) and the memory's routing read gate
+    /// (`learn::asks_about_user`, English rules) and the memory's routing read gate
     /// recalls no learned fact for the question: a small model asked "What is my cat called?"
     /// otherwise invents a name. `None` (the default) turns it off; without a routing gate it
     /// never applies.
