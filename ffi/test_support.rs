@@ -177,24 +177,22 @@ pub fn run_chat_example(mut program: Command, dir: &Path, tag: &str) -> String {
         out.contains("[learned #1: \"My hamster is called Pistachio.\""),
         "the statement was not reported learned"
     );
-    let answer = out
-        .split("> What is my hamster called?")
-        .nth(1)
-        .and_then(|rest| rest.lines().nth(1))
-        .expect("the question got a reply");
+    // The reply to the `n`th time the script asks (from 1): the line after the question.
+    let reply = |n: usize| {
+        out.split("> What is my hamster called?")
+            .nth(n)
+            .and_then(|rest| rest.lines().nth(1))
+            .unwrap_or_else(|| panic!("question {n} got no reply"))
+    };
+    let answer = reply(1);
     assert!(answer.contains("Pistachio"), "{answer:?}: not recalled");
     assert!(
         out.contains("[forgot #1: \"My hamster is called Pistachio.\"]"),
         "the fact was not forgotten"
     );
     // Forgotten, it is declined rather than invented (the example turns abstention on).
-    let after = out
-        .split("> What is my hamster called?")
-        .nth(2)
-        .and_then(|rest| rest.lines().nth(1))
-        .expect("the second question got a reply");
     assert_eq!(
-        after.trim(),
+        reply(2).trim(),
         "You haven't told me that.",
         "after forgetting"
     );

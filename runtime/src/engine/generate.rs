@@ -184,7 +184,7 @@ impl Session<'_> {
     }
 
     /// How many learned facts the memory's routing read gate recalled from position `from` of
-    /// what this session ran; `None` where no memory block has a routing gate (another gate
+    /// the tokens run so far; `None` where no memory block has a routing gate (another gate
     /// cannot say which fact a read belongs to).
     pub fn facts_recalled_since(&self, from: usize) -> Option<usize> {
         let routed = self
