@@ -57,8 +57,8 @@ fn place_at(rest: &[&str]) -> Option<usize> {
 }
 
 /// Questions for the note shapes this module knows (see the module's doc), most natural
-/// first, for each name of the note's subject apart ("my partner", "Lucía"),
-/// the name the user gives first first.
+/// first, one list per name of the note's subject ("my partner", then "Lucía"), in the order
+/// questions should use them.
 pub(super) fn by_name(note: &str) -> Vec<Vec<String>> {
     let w = words(note);
     let Some((subject, v)) = clause(&w) else {
