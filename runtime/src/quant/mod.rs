@@ -8,7 +8,7 @@ mod dot;
 mod more_k;
 
 pub use blocks::{dequantize_row, quantize_row};
-pub use dot::{Q8Act, QK, dot_f32, dot_row, dot_rows, quantize_activations};
+pub use dot::{Q8Act, QK, axpy_f32, dot_f32, dot_row, dot_rows, quantize_activations};
 
 use crate::error::{Error, Result};
 

@@ -93,26 +93,50 @@ pub(super) fn matmul(backend: &CpuBackend, w: &CpuWeight, x: &CpuTensor) -> CpuT
             cols: rows,
         };
     }
-    let dtype = w.src.dtype;
+    // One hand-over to the pool for both steps: each costs a wake-up of the workers.
     backend.pool.install(|| {
-        let blocks = k / QK;
-        let mut xq: Vec<Q8Act> = Vec::new();
-        if !is_float(dtype) {
-            xq = vec![
-                Q8Act {
-                    d: 0.0,
-                    sum: 0.0,
-                    qs: [0; QK]
-                };
-                n * blocks
-            ];
-            xq.par_chunks_mut(blocks)
-                .zip(x.data.par_chunks(k))
-                .for_each_init(Vec::new, |tmp, (out, row)| {
-                    quantize_activations(row, tmp);
-                    out.copy_from_slice(tmp);
-                });
-        }
+        let xq = quantize_input(w.src.dtype, x);
+        matmul_quantized(backend, w, x, &xq)
+    })
+}
+
+/// Every row of `x` as Q8 activation blocks, or nothing where `dtype` is a float format
+/// (whose products read `x` itself).
+/// Runs on the calling thread's pool.
+fn quantize_input(dtype: GgmlType, x: &CpuTensor) -> Vec<Q8Act> {
+    if is_float(dtype) {
+        return Vec::new();
+    }
+    let blocks = x.cols / QK;
+    let mut xq = vec![
+        Q8Act {
+            d: 0.0,
+            sum: 0.0,
+            qs: [0; QK]
+        };
+        x.rows * blocks
+    ];
+    xq.par_chunks_mut(blocks)
+        .zip(x.data.par_chunks(x.cols))
+        .with_min_len(8)
+        .for_each_init(Vec::new, |tmp, (out, row)| {
+            quantize_activations(row, tmp);
+            out.copy_from_slice(tmp);
+        });
+    xq
+}
+
+/// Tokens per task of the prefill matmul: the task's four-token tiles stay in the L1 cache
+/// while every weight row passes over them, and it writes whole output rows.
+const TOKENS_PER_TASK: usize = 16;
+
+/// [`matmul`] through the weight's quantized rows, given `x` already quantized (`xq`, from
+/// [`quantize_input`]).
+fn matmul_quantized(backend: &CpuBackend, w: &CpuWeight, x: &CpuTensor, xq: &[Q8Act]) -> CpuTensor {
+    let dtype = w.src.dtype;
+    let (n, k, rows) = (x.rows, x.cols, w.src.rows);
+    let blocks = k / QK;
+    backend.pool.install(|| {
         let act = |t: usize| {
             (
                 &x.data[t * k..(t + 1) * k],
@@ -140,9 +164,46 @@ pub(super) fn matmul(backend: &CpuBackend, w: &CpuWeight, x: &CpuTensor) -> CpuT
                 cols: rows,
             };
         }
-        // Weight-row-major so each row is decoded once for a tile of four tokens.
+        // Each weight row is decoded once for a tile of four tokens.
         let tiled = !xq.is_empty() && dot_rows::<4>(dtype, w.row(0), [&xq[..blocks]; 4]).is_some();
-        let mut transposed = vec![0f32; rows * n];
+        let tile_row = |wr: &[u8], t: usize| {
+            let tile = [act(t).1, act(t + 1).1, act(t + 2).1, act(t + 3).1];
+            dot_rows(dtype, wr, tile)
+        };
+        if n >= TOKENS_PER_TASK * 2 * backend.threads() {
+            // Long prompts: tasks over blocks of tokens write their output rows in place; the
+            // weights (at most a few MiB) stream from L2/L3 once per block.
+            let mut data = buffers::zeroed(n * rows);
+            data.par_chunks_mut(TOKENS_PER_TASK * rows)
+                .enumerate()
+                .for_each(|(bi, out)| {
+                    let t0 = bi * TOKENS_PER_TASK;
+                    let end = t0 + out.len() / rows;
+                    for r in 0..rows {
+                        let wr = w.row(r);
+                        let mut t = t0;
+                        while tiled && t + 4 <= end {
+                            if let Some(v) = tile_row(wr, t) {
+                                for (i, v) in v.into_iter().enumerate() {
+                                    out[(t - t0 + i) * rows + r] = v;
+                                }
+                            }
+                            t += 4;
+                        }
+                        for t in t..end {
+                            let (xf, xb) = act(t);
+                            out[(t - t0) * rows + r] = dot_row(dtype, wr, xf, xb);
+                        }
+                    }
+                });
+            return CpuTensor {
+                data,
+                rows: n,
+                cols: rows,
+            };
+        }
+        // Short inputs: tasks over blocks of weight rows, so both threads have work.
+        let mut transposed = buffers::zeroed(rows * n);
         transposed
             .par_chunks_mut(chunk * n)
             .enumerate()
@@ -151,8 +212,7 @@ pub(super) fn matmul(backend: &CpuBackend, w: &CpuWeight, x: &CpuTensor) -> CpuT
                     let wr = w.row(ci * chunk + j);
                     let mut t = 0;
                     while tiled && t + 4 <= n {
-                        let tile = [act(t).1, act(t + 1).1, act(t + 2).1, act(t + 3).1];
-                        if let Some(v) = dot_rows(dtype, wr, tile) {
+                        if let Some(v) = tile_row(wr, t) {
                             o[t..t + 4].copy_from_slice(&v);
                         }
                         t += 4;
@@ -163,7 +223,7 @@ pub(super) fn matmul(backend: &CpuBackend, w: &CpuWeight, x: &CpuTensor) -> CpuT
                     }
                 }
             });
-        let mut data = vec![0f32; n * rows];
+        let mut data = buffers::zeroed(n * rows);
         data.par_chunks_mut(rows).enumerate().for_each(|(t, out)| {
             for (r, v) in out.iter_mut().enumerate() {
                 *v = transposed[r * n + t];
@@ -184,9 +244,26 @@ pub(super) fn matmul_each(
 ) -> Vec<CpuTensor> {
     let dense: Option<Vec<_>> = ws.iter().map(|w| w.dense()).collect();
     let float = ws.iter().map(|w| is_float(w.src.dtype)).collect::<Vec<_>>();
-    let (Some(dense), false) = (dense, float.windows(2).any(|f| f[0] != f[1])) else {
-        return ws.iter().map(|w| backend.matmul(w, x)).collect();
+    let mixed = float.windows(2).any(|f| f[0] != f[1]);
+    let Some(dense) = dense else {
+        for w in ws {
+            assert_eq!(x.cols, w.src.cols, "matmul {}: input width", w.src.name);
+        }
+        // The input is quantized once for all the weights (q, k and v; gate and up).
+        let some_dense = ws.iter().any(|w| w.dense().is_some());
+        let Some(first) = ws.first().filter(|_| !mixed && !some_dense) else {
+            return ws.iter().map(|w| backend.matmul(w, x)).collect();
+        };
+        return backend.pool.install(|| {
+            let xq = quantize_input(first.src.dtype, x);
+            ws.iter()
+                .map(|w| matmul_quantized(backend, w, x, &xq))
+                .collect()
+        });
     };
+    if mixed {
+        return ws.iter().map(|w| backend.matmul(w, x)).collect();
+    }
     for w in ws {
         assert_eq!(x.cols, w.src.cols, "matmul {}: input width", w.src.name);
     }
@@ -293,5 +370,59 @@ pub(super) fn matmul_backward(backend: &CpuBackend, w: &CpuWeight, dy: &CpuTenso
         data,
         rows: n,
         cols,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Backend;
+    use crate::gguf::TensorBytes;
+    use crate::quant::quantize_row;
+
+    fn noise(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / u32::MAX as f32 - 0.5)
+            .collect()
+    }
+
+    /// Every path of the quantized matmul (one token, tasks over weight rows, tasks over
+    /// blocks of tokens with a ragged last block) gives each output the row's own dot product.
+    #[test]
+    fn every_matmul_path_gives_each_rows_dot_product() {
+        let backend = CpuBackend::new(2).expect("two threads");
+        let (rows, cols) = (37, 256);
+        for dtype in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+            let bytes: Vec<u8> = (0..rows)
+                .flat_map(|r| quantize_row(dtype, &noise(cols, r as u32)))
+                .collect();
+            let src = WeightSource {
+                name: format!("test {dtype}"),
+                dtype,
+                rows,
+                cols,
+                bytes: TensorBytes::from_vec(bytes),
+            };
+            let w = backend.load_weight(&src).expect("weight");
+            // 70 tokens: over 2 threads × 2 blocks of 16, so tasks over tokens, the last
+            // block six tokens long; 6 and 1 take the other paths.
+            for n in [1, 6, 70] {
+                let x = noise(n * cols, 99 + n as u32);
+                let got = backend.matmul(&w, &backend.upload(&x, n, cols));
+                let mut xq = Vec::new();
+                for t in 0..n {
+                    let xt = &x[t * cols..(t + 1) * cols];
+                    quantize_activations(xt, &mut xq);
+                    for r in 0..rows {
+                        let want = dot_row(dtype, w.row(r), xt, &xq);
+                        let have = got.data[t * rows + r];
+                        assert!(
+                            (have - want).abs() <= 1e-5 * want.abs().max(1.0),
+                            "{dtype} n={n} token {t} row {r}: {have} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

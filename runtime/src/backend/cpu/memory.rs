@@ -7,13 +7,7 @@ use super::*;
 use crate::backend::ProductKeyShape;
 use crate::backend::product_keys::{lookup_head, softmax};
 
-/// out += a · x.
-#[inline]
-pub(super) fn axpy(out: &mut [f32], a: f32, x: &[f32]) {
-    for (o, v) in out.iter_mut().zip(x) {
-        *o += a * v;
-    }
-}
+pub(super) use crate::quant::axpy_f32 as axpy;
 
 pub(super) fn product_key_topk(
     backend: &CpuBackend,
@@ -83,7 +77,7 @@ pub(super) fn gather_values(
         "gather_values: slots and weights differ in shape"
     );
     let d = values.cols;
-    let mut data = vec![0f32; slots.rows * d];
+    let mut data = buffers::zeroed(slots.rows * d);
     let row = |t: usize, out: &mut [f32]| {
         let ids = &slots.ids[t * slots.cols..][..slots.cols];
         let ws = &weights.data[t * slots.cols..][..slots.cols];

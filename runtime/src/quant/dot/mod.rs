@@ -57,8 +57,16 @@ pub fn quantize_activations(x: &[f32], out: &mut Vec<Q8Act>) {
     }));
 }
 
-/// Plain dot product written in 8 lanes so the compiler vectorizes it.
+/// Dot product of two f32 slices of equal length: AVX2 + FMA where the CPU has them, else
+/// written in 8 lanes so the compiler vectorizes it for the build's baseline.
+#[inline]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: AVX2 and FMA were detected at run time; the kernel reads min(len) elements.
+        return unsafe { avx2::dot_f32(a, b) };
+    }
     let mut acc = [0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ac
@@ -73,6 +81,20 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
+}
+
+/// `out += a · x` over f32 slices of equal length: AVX2 + FMA where the CPU has them.
+#[inline]
+pub fn axpy_f32(out: &mut [f32], a: f32, x: &[f32]) {
+    debug_assert_eq!(out.len(), x.len());
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: AVX2 and FMA were detected at run time; the kernel touches min(len) elements.
+        return unsafe { avx2::axpy_f32(out, a, x) };
+    }
+    for (o, v) in out.iter_mut().zip(x) {
+        *o += a * v;
+    }
 }
 
 /// Dot product of one weight row (`dtype` blocks) with an activation row given both as f32
