@@ -8,6 +8,8 @@ mod dot;
 mod more_k;
 
 pub use blocks::{dequantize_row, quantize_row};
+#[cfg(target_arch = "x86_64")]
+pub use dot::avx2_f32_available;
 pub use dot::{Q8Act, QK, axpy_f32, dot_f32, dot_row, dot_rows, quantize_activations};
 
 use crate::error::{Error, Result};

@@ -83,6 +83,13 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Whether [`dot_f32`] and [`axpy_f32`] run AVX2 + FMA kernels on this CPU: other f32
+/// kernels compiled for those features may run where this says so.
+#[cfg(target_arch = "x86_64")]
+pub fn avx2_f32_available() -> bool {
+    avx2::available()
+}
+
 /// `out += a · x` over f32 slices of equal length: AVX2 + FMA where the CPU has them.
 #[inline]
 pub fn axpy_f32(out: &mut [f32], a: f32, x: &[f32]) {
