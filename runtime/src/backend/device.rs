@@ -173,6 +173,10 @@ impl Backend for DeviceBackend {
         on!(self, |b, M| b.name())
     }
 
+    fn run<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
+        on!(self, |b, M| b.run(work))
+    }
+
     fn load_weight(&self, w: &WeightSource) -> Result<DeviceWeight> {
         on!(self, |b, M| b.load_weight(w).map(M::wrap_weight))
     }

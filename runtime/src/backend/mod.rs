@@ -92,6 +92,13 @@ pub trait Backend: Send + Sync {
 
     /// Human-readable device name.
     fn name(&self) -> String;
+    /// Runs `work`, a sequence of this backend's ops, from where issuing them is cheapest: the
+    /// CPU backend runs it on one of its own worker threads, so that its ops share work with
+    /// the other workers directly instead of waking them from outside for each op (hundreds
+    /// per decoded token) while a third thread competes for the cores.
+    fn run<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
+        work()
+    }
     /// Makes a weight matrix resident (zero-copy where the device can read host memory).
     fn load_weight(&self, w: &WeightSource) -> Result<Self::Weight>;
     /// Copies host data to a `rows × cols` tensor.

@@ -287,6 +287,17 @@ impl<B: Backend> Model<B> {
         cache: &mut Cache<B>,
         which: Logits,
     ) -> Result<B::Tensor> {
+        self.backend
+            .run(|| self.logits_in_place(tokens, cache, which))
+    }
+
+    /// [`Model::logits_on_device`] inside [`Backend::run`].
+    fn logits_in_place(
+        &self,
+        tokens: &[u32],
+        cache: &mut Cache<B>,
+        which: Logits,
+    ) -> Result<B::Tensor> {
         let b = &self.backend;
         let c = &self.config;
         let mut x = self.embed(tokens)?;

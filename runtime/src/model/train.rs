@@ -145,6 +145,14 @@ impl<B: Backend> Model<B> {
         &self,
         seqs: &[(&[u32], std::ops::Range<usize>)],
     ) -> Result<Vec<PreparedSequence<B>>> {
+        self.backend.run(|| self.prepare_many_in_place(seqs))
+    }
+
+    /// [`Self::prepare_many`] inside [`Backend::run`].
+    fn prepare_many_in_place(
+        &self,
+        seqs: &[(&[u32], std::ops::Range<usize>)],
+    ) -> Result<Vec<PreparedSequence<B>>> {
         let layer = self.learning_block()?;
         for (tokens, loss_positions) in seqs {
             if tokens.len() < 2
@@ -271,6 +279,17 @@ impl<B: Backend> Model<B> {
     /// `stop_loss` the backward pass is skipped and the gradient is all zeros: a caller
     /// that stops there would throw it away.
     pub fn value_gradients_unless_below(
+        &self,
+        seqs: &[PreparedSequence<B>],
+        rows: &[u32],
+        stop_loss: Option<f64>,
+    ) -> Result<SequenceGradient<B>> {
+        self.backend
+            .run(|| self.value_gradients_in_place(seqs, rows, stop_loss))
+    }
+
+    /// [`Self::value_gradients_unless_below`] inside [`Backend::run`].
+    fn value_gradients_in_place(
         &self,
         seqs: &[PreparedSequence<B>],
         rows: &[u32],

@@ -130,6 +130,10 @@ impl Backend for CpuBackend {
         format!("cpu ({} threads)", self.threads())
     }
 
+    fn run<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(work)
+    }
+
     fn load_weight(&self, w: &WeightSource) -> Result<CpuWeight> {
         matmul::load_weight(self, w)
     }

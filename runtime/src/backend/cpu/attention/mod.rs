@@ -68,7 +68,8 @@ pub(super) fn attention(
                         v.start - span.start..v.end - span.start
                     })
                     .collect();
-                if simd {
+                // Transposing the keys pays off only when a tile of queries shares them.
+                if simd && block.nq >= 4 {
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: AVX2 and FMA were detected; head_dim is a multiple of 8.
                     return unsafe { block.attend_avx2(&seen, scratch) };
