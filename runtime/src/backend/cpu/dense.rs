@@ -42,7 +42,7 @@ impl CpuBackend {
     /// does not depend on scheduling.
     pub(super) fn gemm_sum(&self, m: usize, n: usize, terms: &[GemmTerm<'_>]) -> Vec<f32> {
         terms.iter().for_each(|t| t.check(m, n));
-        let mut out = vec![0f32; m * n];
+        let mut out = buffers::zeroed(m * n);
         if m == 0 || n == 0 {
             return out;
         }
@@ -77,7 +77,7 @@ impl CpuBackend {
             })
             .collect();
         let widths: Vec<usize> = bs.iter().map(|&(_, _, n)| n).collect();
-        let mut outs: Vec<Vec<f32>> = widths.iter().map(|&n| vec![0f32; m * n]).collect();
+        let mut outs: Vec<Vec<f32>> = widths.iter().map(|&n| buffers::zeroed(m * n)).collect();
         if m == 0 {
             return outs;
         }

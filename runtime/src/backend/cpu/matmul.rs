@@ -173,7 +173,7 @@ fn matmul_quantized(backend: &CpuBackend, w: &CpuWeight, x: &CpuTensor, xq: &[Q8
         if n >= TOKENS_PER_TASK * 2 * backend.threads() {
             // Long prompts: tasks over blocks of tokens write their output rows in place; the
             // weights (at most a few MiB) stream from L2/L3 once per block.
-            let mut data = vec![0f32; n * rows];
+            let mut data = buffers::zeroed(n * rows);
             data.par_chunks_mut(TOKENS_PER_TASK * rows)
                 .enumerate()
                 .for_each(|(bi, out)| {
@@ -203,7 +203,7 @@ fn matmul_quantized(backend: &CpuBackend, w: &CpuWeight, x: &CpuTensor, xq: &[Q8
             };
         }
         // Short inputs: tasks over blocks of weight rows, so both threads have work.
-        let mut transposed = vec![0f32; rows * n];
+        let mut transposed = buffers::zeroed(rows * n);
         transposed
             .par_chunks_mut(chunk * n)
             .enumerate()
@@ -223,7 +223,7 @@ fn matmul_quantized(backend: &CpuBackend, w: &CpuWeight, x: &CpuTensor, xq: &[Q8
                     }
                 }
             });
-        let mut data = vec![0f32; n * rows];
+        let mut data = buffers::zeroed(n * rows);
         data.par_chunks_mut(rows).enumerate().for_each(|(t, out)| {
             for (r, v) in out.iter_mut().enumerate() {
                 *v = transposed[r * n + t];

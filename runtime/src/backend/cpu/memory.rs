@@ -77,7 +77,7 @@ pub(super) fn gather_values(
         "gather_values: slots and weights differ in shape"
     );
     let d = values.cols;
-    let mut data = vec![0f32; slots.rows * d];
+    let mut data = buffers::zeroed(slots.rows * d);
     let row = |t: usize, out: &mut [f32]| {
         let ids = &slots.ids[t * slots.cols..][..slots.cols];
         let ws = &weights.data[t * slots.cols..][..slots.cols];

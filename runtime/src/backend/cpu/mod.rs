@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 mod attention;
+mod buffers;
 mod dense;
 mod matmul;
 mod memory;
@@ -163,8 +164,8 @@ impl Backend for CpuBackend {
         std::borrow::Cow::Borrowed(&t.data)
     }
 
-    fn take_to_host(&self, t: CpuTensor) -> Vec<f32> {
-        t.data
+    fn take_to_host(&self, mut t: CpuTensor) -> Vec<f32> {
+        std::mem::take(&mut t.data)
     }
 
     fn shape(&self, t: &CpuTensor) -> (usize, usize) {
@@ -186,7 +187,7 @@ impl Backend for CpuBackend {
 
     fn pad_rows(&self, t: &CpuTensor, start: usize, total: usize) -> CpuTensor {
         assert!(start + t.rows <= total, "pad_rows: rows do not fit");
-        let mut data = vec![0f32; total * t.cols];
+        let mut data = buffers::zeroed(total * t.cols);
         data[start * t.cols..(start + t.rows) * t.cols].copy_from_slice(&t.data);
         CpuTensor {
             data,
@@ -370,5 +371,12 @@ impl Backend for CpuBackend {
         shape: AttentionShape,
     ) -> CpuTensor {
         attention::attention(self, q, k, v, cache, layer, shape)
+    }
+}
+
+impl Drop for CpuTensor {
+    /// Hands activation-sized buffers to [`buffers`] for the next op to reuse.
+    fn drop(&mut self) {
+        buffers::recycle(std::mem::take(&mut self.data));
     }
 }

@@ -100,7 +100,7 @@ fn activation(act: Activation, g: f32) -> (f32, f32) {
 
 pub(super) fn glu(backend: &CpuBackend, act: Activation, gate: &CpuTensor, up: &CpuTensor) -> CpuTensor {
     let c = gate.cols;
-    let mut data = vec![0f32; gate.data.len()];
+    let mut data = buffers::zeroed(gate.data.len());
     backend.for_rows(&mut data, c, |r, out| {
         let (g, u) = (&gate.data[r * c..(r + 1) * c], &up.data[r * c..(r + 1) * c]);
         for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
@@ -137,7 +137,7 @@ pub(super) fn rms_norm_backward(
     dy: &CpuTensor,
 ) -> CpuTensor {
     let d = x.cols;
-    let mut data = vec![0f32; x.data.len()];
+    let mut data = buffers::zeroed(x.data.len());
     backend.for_rows(&mut data, d, |r, out| {
         let (xr, gr) = (&x.data[r * d..(r + 1) * d], &dy.data[r * d..(r + 1) * d]);
         let sum: f64 = xr.iter().map(|&v| (v * v) as f64).sum();

@@ -79,7 +79,7 @@ pub(super) fn attention(
             .collect()
     });
     let cols = n_heads * head_dim;
-    let mut data = vec![0f32; n * cols];
+    let mut data = buffers::zeroed(n * cols);
     for (task, out) in outs.iter().enumerate() {
         let (h, b) = (task % n_heads, task / n_heads);
         for (r, o) in out.chunks_exact(head_dim).enumerate() {
