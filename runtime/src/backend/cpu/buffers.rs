@@ -11,8 +11,9 @@ use std::sync::Mutex;
 const MIN_FLOATS: usize = 16 * 1024;
 /// Larger ones are tables (a memory's values), not activations: never kept.
 const MAX_FLOATS: usize = 4 << 20;
-/// At most 48 MiB of freed buffers are held.
-const MAX_KEPT_FLOATS: usize = 12 << 20;
+/// At most 16 MiB of freed buffers are held, and only while ops run (see [`release_all`]):
+/// enough for one layer's worth of a 512-token prompt's activations.
+const MAX_KEPT_FLOATS: usize = 4 << 20;
 
 static FREE: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
@@ -39,6 +40,12 @@ pub(super) fn recycle(buf: Vec<f32>) {
     if (MIN_FLOATS..=MAX_FLOATS).contains(&buf.capacity()) {
         keep_in(&mut free_list(), buf);
     }
+}
+
+/// Frees every kept buffer: called when no [`crate::backend::Backend::run`] is under way, so
+/// that an idle engine holds no spare activations.
+pub(super) fn release_all() {
+    free_list().clear();
 }
 
 /// The smallest buffer in `free` that holds `len` floats without wasting half of itself.

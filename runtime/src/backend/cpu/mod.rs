@@ -18,6 +18,8 @@ use crate::quant::GgmlType;
 /// Runs every op on the host CPU.
 pub struct CpuBackend {
     pool: rayon::ThreadPool,
+    /// [`Backend::run`] calls under way; the last to finish frees the kept buffers.
+    runs: std::sync::atomic::AtomicUsize,
 }
 
 /// A row-major f32 matrix in host memory.
@@ -81,7 +83,10 @@ impl CpuBackend {
             .thread_name(|i| format!("engram-cpu-{i}"))
             .build()
             .map_err(|e| Error::InvalidArgument(format!("cannot start {threads} threads: {e}")))?;
-        Ok(CpuBackend { pool })
+        Ok(CpuBackend {
+            pool,
+            runs: Default::default(),
+        })
     }
 
     /// Number of worker threads.
@@ -131,6 +136,18 @@ impl Backend for CpuBackend {
     }
 
     fn run<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
+        use std::sync::atomic::Ordering;
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        // Decremented even when `work` panics, so the count cannot stay up for good.
+        struct Finished<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Finished<'_> {
+            fn drop(&mut self) {
+                if self.0.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    buffers::release_all();
+                }
+            }
+        }
+        let _finished = Finished(&self.runs);
         self.pool.install(work)
     }
 
