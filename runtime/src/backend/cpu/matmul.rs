@@ -126,6 +126,50 @@ fn quantize_input(dtype: GgmlType, x: &CpuTensor) -> Vec<Q8Act> {
     xq
 }
 
+/// One weight row's products with a range of tokens, in tiles of eight and four tokens that
+/// decode each weight block once for the whole tile.
+struct RowProducts<'a> {
+    dtype: GgmlType,
+    /// Whether [`dot_rows`] has a kernel for `dtype` on this CPU.
+    tiled: bool,
+    x: &'a [f32],
+    xq: &'a [Q8Act],
+    /// Elements and activation blocks per token.
+    k: usize,
+    blocks: usize,
+}
+
+impl RowProducts<'_> {
+    fn act(&self, t: usize) -> &[Q8Act] {
+        &self.xq[t * self.blocks..(t + 1) * self.blocks]
+    }
+
+    /// Calls `put(t, product)` for each token `t` of `tokens` against the weight row `wr`.
+    #[inline]
+    fn run(&self, wr: &[u8], tokens: std::ops::Range<usize>, mut put: impl FnMut(usize, f32)) {
+        let mut t = tokens.start;
+        while self.tiled && t + 8 <= tokens.end {
+            let tile: [&[Q8Act]; 8] = std::array::from_fn(|i| self.act(t + i));
+            if let Some(v) = dot_rows(self.dtype, wr, tile) {
+                v.into_iter().enumerate().for_each(|(i, v)| put(t + i, v));
+            }
+            t += 8;
+        }
+        while self.tiled && t + 4 <= tokens.end {
+            let tile: [&[Q8Act]; 4] = std::array::from_fn(|i| self.act(t + i));
+            if let Some(v) = dot_rows(self.dtype, wr, tile) {
+                v.into_iter().enumerate().for_each(|(i, v)| put(t + i, v));
+            }
+            t += 4;
+        }
+        for t in t..tokens.end {
+            let xf = &self.x[t * self.k..(t + 1) * self.k];
+            let xb = if self.xq.is_empty() { &[][..] } else { self.act(t) };
+            put(t, dot_row(self.dtype, wr, xf, xb));
+        }
+    }
+}
+
 /// Tokens per task of the prefill matmul: the task's four-token tiles stay in the L1 cache
 /// while every weight row passes over them, and it writes whole output rows.
 const TOKENS_PER_TASK: usize = 16;
@@ -164,11 +208,15 @@ fn matmul_quantized(backend: &CpuBackend, w: &CpuWeight, x: &CpuTensor, xq: &[Q8
                 cols: rows,
             };
         }
-        // Each weight row is decoded once for a tile of four tokens.
+        // Each weight row is decoded once for a tile of eight (then four) tokens.
         let tiled = !xq.is_empty() && dot_rows::<4>(dtype, w.row(0), [&xq[..blocks]; 4]).is_some();
-        let tile_row = |wr: &[u8], t: usize| {
-            let tile = [act(t).1, act(t + 1).1, act(t + 2).1, act(t + 3).1];
-            dot_rows(dtype, wr, tile)
+        let rows_of = RowProducts {
+            dtype,
+            tiled,
+            x: &x.data,
+            xq,
+            k,
+            blocks,
         };
         if n >= TOKENS_PER_TASK * 2 * backend.threads() {
             // Long prompts: tasks over blocks of tokens write their output rows in place; the
@@ -180,20 +228,7 @@ fn matmul_quantized(backend: &CpuBackend, w: &CpuWeight, x: &CpuTensor, xq: &[Q8
                     let t0 = bi * TOKENS_PER_TASK;
                     let end = t0 + out.len() / rows;
                     for r in 0..rows {
-                        let wr = w.row(r);
-                        let mut t = t0;
-                        while tiled && t + 4 <= end {
-                            if let Some(v) = tile_row(wr, t) {
-                                for (i, v) in v.into_iter().enumerate() {
-                                    out[(t - t0 + i) * rows + r] = v;
-                                }
-                            }
-                            t += 4;
-                        }
-                        for t in t..end {
-                            let (xf, xb) = act(t);
-                            out[(t - t0) * rows + r] = dot_row(dtype, wr, xf, xb);
-                        }
+                        rows_of.run(w.row(r), t0..end, |t, v| out[(t - t0) * rows + r] = v);
                     }
                 });
             return CpuTensor {
@@ -209,18 +244,7 @@ fn matmul_quantized(backend: &CpuBackend, w: &CpuWeight, x: &CpuTensor, xq: &[Q8
             .enumerate()
             .for_each(|(ci, out)| {
                 for (j, o) in out.chunks_exact_mut(n).enumerate() {
-                    let wr = w.row(ci * chunk + j);
-                    let mut t = 0;
-                    while tiled && t + 4 <= n {
-                        if let Some(v) = tile_row(wr, t) {
-                            o[t..t + 4].copy_from_slice(&v);
-                        }
-                        t += 4;
-                    }
-                    for (v, t) in o[t..].iter_mut().zip(t..) {
-                        let (xf, xb) = act(t);
-                        *v = dot_row(dtype, wr, xf, xb);
-                    }
+                    rows_of.run(w.row(ci * chunk + j), 0..n, |t, v| o[t] = v);
                 }
             });
         let mut data = buffers::zeroed(n * rows);
@@ -405,8 +429,9 @@ mod tests {
             };
             let w = backend.load_weight(&src).expect("weight");
             // 70 tokens: over 2 threads × 2 blocks of 16, so tasks over tokens, the last
-            // block six tokens long; 6 and 1 take the other paths.
-            for n in [1, 6, 70] {
+            // block six tokens long (a tile of four and single tokens); 13 and 6 take tasks
+            // over weight rows (tiles of eight, four, single), 1 the one-token path.
+            for n in [1, 6, 13, 70] {
                 let x = noise(n * cols, 99 + n as u32);
                 let got = backend.matmul(&w, &backend.upload(&x, n, cols));
                 let mut xq = Vec::new();
