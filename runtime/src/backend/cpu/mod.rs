@@ -392,7 +392,7 @@ impl Backend for CpuBackend {
 }
 
 impl Drop for CpuTensor {
-    /// Hands activation-sized buffers to [`buffers`] for the next op to reuse.
+    /// Hands activation-sized buffers to the backend's spare list for the next op to reuse.
     fn drop(&mut self) {
         buffers::recycle(std::mem::take(&mut self.data));
     }
