@@ -101,8 +101,7 @@ pub(super) fn matmul(backend: &CpuBackend, w: &CpuWeight, x: &CpuTensor) -> CpuT
 }
 
 /// Every row of `x` as Q8 activation blocks, or nothing where `dtype` is a float format
-/// (whose products read `x` itself).
-/// Runs on the calling thread's pool.
+/// (whose products read `x` itself); in parallel on the pool it is called from.
 fn quantize_input(dtype: GgmlType, x: &CpuTensor) -> Vec<Q8Act> {
     if is_float(dtype) {
         return Vec::new();
@@ -170,7 +169,7 @@ impl RowProducts<'_> {
     }
 }
 
-/// Tokens per task of the prefill matmul: the task's four-token tiles stay in the L1 cache
+/// Tokens per task of the prefill matmul: the task's tiles of tokens stay in the L1 cache
 /// while every weight row passes over them, and it writes whole output rows.
 const TOKENS_PER_TASK: usize = 16;
 
@@ -266,31 +265,28 @@ pub(super) fn matmul_each(
     ws: &[&CpuWeight],
     x: &CpuTensor,
 ) -> Vec<CpuTensor> {
-    let dense: Option<Vec<_>> = ws.iter().map(|w| w.dense()).collect();
+    for w in ws {
+        assert_eq!(x.cols, w.src.cols, "matmul {}: input width", w.src.name);
+    }
     let float = ws.iter().map(|w| is_float(w.src.dtype)).collect::<Vec<_>>();
-    let mixed = float.windows(2).any(|f| f[0] != f[1]);
-    let Some(dense) = dense else {
-        for w in ws {
-            assert_eq!(x.cols, w.src.cols, "matmul {}: input width", w.src.name);
-        }
+    let (Some(first), false) = (ws.first(), float.windows(2).any(|f| f[0] != f[1])) else {
+        // Float and quantized weights together: one at a time.
+        return ws.iter().map(|w| backend.matmul(w, x)).collect();
+    };
+    let dense: Vec<_> = ws.iter().map(|w| w.dense()).collect();
+    if dense.iter().all(Option::is_none) {
         // The input is quantized once for all the weights (q, k and v; gate and up).
-        let some_dense = ws.iter().any(|w| w.dense().is_some());
-        let Some(first) = ws.first().filter(|_| !mixed && !some_dense) else {
-            return ws.iter().map(|w| backend.matmul(w, x)).collect();
-        };
         return backend.pool.install(|| {
             let xq = quantize_input(first.src.dtype, x);
             ws.iter()
                 .map(|w| matmul_quantized(backend, w, x, &xq))
                 .collect()
         });
-    };
-    if mixed {
+    }
+    let Some(dense) = dense.into_iter().collect::<Option<Vec<_>>>() else {
+        // Some with a full-precision copy and some without: one at a time.
         return ws.iter().map(|w| backend.matmul(w, x)).collect();
-    }
-    for w in ws {
-        assert_eq!(x.cols, w.src.cols, "matmul {}: input width", w.src.name);
-    }
+    };
     // The input is rounded once for all the weights, and all their column blocks share
     // one batch of tasks.
     let xs = backend.dense_input(float.first().copied().unwrap_or(true), x);
@@ -433,7 +429,12 @@ mod tests {
             // over weight rows (tiles of eight, four, single), 1 the one-token path.
             for n in [1, 6, 13, 70] {
                 let x = noise(n * cols, 99 + n as u32);
-                let got = backend.matmul(&w, &backend.upload(&x, n, cols));
+                let xt = backend.upload(&x, n, cols);
+                let got = backend.matmul(&w, &xt);
+                // Two weights through one shared quantized input give the same products.
+                for each in backend.matmul_each(&[&w, &w], &xt) {
+                    assert_eq!(each.data, got.data, "{dtype} n={n}: matmul_each");
+                }
                 let mut xq = Vec::new();
                 for t in 0..n {
                     let xt = &x[t * cols..(t + 1) * cols];
