@@ -258,6 +258,11 @@ pub fn run(mut engine: Engine, args: &LearnArgs) -> Result<(), String> {
         store.display(),
         checkpoint.as_secs_f64()
     );
+    let stepped: usize = report.facts.iter().map(|r| r.tokens_stepped).sum();
+    eprintln!(
+        "phrasing tokens run through the model: {} per fact (tokens × passes)",
+        stepped / facts.len().max(1)
+    );
     if let Some(w) = written {
         eprintln!("checkpoint: {}", crate::describe_checkpoint(&w));
     }

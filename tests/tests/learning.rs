@@ -243,11 +243,26 @@ fn facts_are_learned_sparsely_and_general_knowledge_stays() {
         ..Default::default()
     };
     let fact = Fact::qa("Which street is the Orvell bakery on?", "Lindengasse");
-    let r = engine.learn(&[fact], &adam, &mut |_, _, _| true).unwrap();
+    let mut steps = 0;
+    let r = engine
+        .learn(&[fact], &adam, &mut |_, _, _| {
+            steps += 1;
+            true
+        })
+        .unwrap();
     let after = values(&engine);
     let f = &r.facts[0];
     eprintln!("AdamW: loss {:.3} -> {:.3}", f.loss_before, f.loss_after);
     assert!(f.loss_after < 0.5 * f.loss_before);
+    // Every pass (each step, then the final loss) runs all the phrasings' tokens; progress
+    // is reported after each step and once for the final pass.
+    let passes = steps;
+    assert!(
+        f.tokens_stepped % passes == 0 && f.tokens_stepped / passes >= 4 * f.examples,
+        "{} tokens over {passes} passes of {} phrasings",
+        f.tokens_stepped,
+        f.examples
+    );
     for row in 0..before.len() / dim {
         let same = before[row * dim..(row + 1) * dim] == after[row * dim..(row + 1) * dim];
         assert!(

@@ -142,6 +142,8 @@ struct Stepped {
     loss: f64,
     /// The last pass's step number.
     last_step: usize,
+    /// Passes run by this call (a resumed fact's earlier ones not counted).
+    passes: usize,
 }
 
 /// `after - before`, each difference rounded to the nearest f16 value when all of them fit
@@ -460,6 +462,7 @@ fn learn_facts<B: Backend>(
                         loss_before,
                         loss,
                         last_step: step,
+                        passes: step + 1 - first_step,
                     });
                 };
                 let t0 = Instant::now();
@@ -552,6 +555,7 @@ fn learn_facts<B: Backend>(
             loss_before,
             loss,
             last_step,
+            passes,
         } = match stepped {
             Ok(s) => s,
             Err(e) => {
@@ -583,6 +587,7 @@ fn learn_facts<B: Backend>(
         }
         report.facts.push(FactReport {
             examples: batch.len(),
+            tokens_stepped: passes * seqs.iter().map(|s| s.tokens.len()).sum::<usize>(),
             loss_before,
             loss_after: loss,
             rows: rows_sorted,

@@ -287,6 +287,10 @@ impl std::ops::AddAssign for LearnTimings {
 pub struct FactReport {
     /// Phrasings trained on.
     pub examples: usize,
+    /// The phrasings' tokens times the passes over them (gradient steps and the final loss):
+    /// the tokens a prefill of the same sequences as often would run, to compare learning's
+    /// cost with inference speed.
+    pub tokens_stepped: usize,
     /// Mean next-token loss over the target tokens before the first step (nats).
     pub loss_before: f64,
     /// The same after the last step.
