@@ -258,7 +258,7 @@ fn facts_are_learned_sparsely_and_general_knowledge_stays() {
     // is reported after each step and once for the final pass.
     let passes = steps;
     assert!(
-        f.tokens_stepped % passes == 0 && f.tokens_stepped / passes >= 4 * f.examples,
+        f.tokens_stepped.is_multiple_of(passes) && f.tokens_stepped / passes >= 4 * f.examples,
         "{} tokens over {passes} passes of {} phrasings",
         f.tokens_stepped,
         f.examples
