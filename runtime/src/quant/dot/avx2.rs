@@ -380,44 +380,6 @@ pub unsafe fn f32_dot(w: &[u8], x: &[f32]) -> f32 {
     }
 }
 
-/// Σ a·b over two f32 slices of equal length, with two FMA chains.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    unsafe {
-        let n = a.len().min(b.len());
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); 2];
-        let mut i = 0;
-        while i + 16 <= n {
-            acc[0] = _mm256_fmadd_ps(
-                _mm256_loadu_ps(pa.add(i)),
-                _mm256_loadu_ps(pb.add(i)),
-                acc[0],
-            );
-            acc[1] = _mm256_fmadd_ps(
-                _mm256_loadu_ps(pa.add(i + 8)),
-                _mm256_loadu_ps(pb.add(i + 8)),
-                acc[1],
-            );
-            i += 16;
-        }
-        if i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(
-                _mm256_loadu_ps(pa.add(i)),
-                _mm256_loadu_ps(pb.add(i)),
-                acc[0],
-            );
-            i += 8;
-        }
-        let mut s = hsum(_mm256_add_ps(acc[0], acc[1]));
-        while i < n {
-            s += a[i] * b[i];
-            i += 1;
-        }
-        s
-    }
-}
-
 /// out += a·x over f32 slices of equal length.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn axpy_f32(out: &mut [f32], a: f32, x: &[f32]) {
