@@ -112,25 +112,29 @@ fn replies_under_the_chat_defaults_never_go_round_in_a_loop() {
     let guard = GenerateOptions::default()
         .loop_guard
         .expect("the loop guard is on by default");
-    // Under the template's default line the default model answers this one with a loop
-    // until the token limit when nothing stops it (the case this guard exists for).
+    // Under the template's default line the default model answers some of these with a loop
+    // until the token limit when nothing stops it (the case this guard exists for); which
+    // ones moves with the kernels' rounding, so at least one must.
     let engine = open(SystemPrompt::TemplateDefault);
     let unguarded = GenerateOptions {
         max_tokens: 96,
         loop_guard: None,
         ..Default::default()
     };
-    let looping = engine
-        .chat(
-            &[ChatMessage::new("user", PLAIN_QUESTIONS[0])],
-            &unguarded,
-            |_| true,
-        )
-        .unwrap();
+    let replies: Vec<_> = PLAIN_QUESTIONS
+        .iter()
+        .map(|q| {
+            engine
+                .chat(&[ChatMessage::new("user", *q)], &unguarded, |_| true)
+                .unwrap()
+        })
+        .collect();
     assert!(
-        most_repeated_run(&looping.tokens, guard.ngram) > guard.max_repeats,
-        "expected the unguarded greedy reply to loop: {:?}",
-        looping.text
+        replies
+            .iter()
+            .any(|r| most_repeated_run(&r.tokens, guard.ngram) > guard.max_repeats),
+        "expected an unguarded greedy reply to loop: {:?}",
+        replies.iter().map(|r| &r.text).collect::<Vec<_>>()
     );
     for policy in [SystemPrompt::TemplateDefault, SystemPrompt::None] {
         let engine = open(policy.clone());

@@ -130,11 +130,9 @@ unsafe fn blocks32<const T: usize>(
     unsafe {
         let mut acc = [[_mm256_setzero_ps(); T]; 2];
         let mut offset = [[0f32; T]; 2];
-        // Eight tokens fill eight accumulators already: a second chain would spill registers.
-        let step = if T >= 8 { 1 } else { 2 };
         let mut i = 0;
         while i < n_blocks {
-            let lanes = if step == 2 && i + 1 < n_blocks { 2 } else { 1 };
+            let lanes = if i + 1 < n_blocks { 2 } else { 1 };
             for u in 0..lanes {
                 let (q, d, m) = block(i + u);
                 for t in 0..T {
@@ -144,7 +142,7 @@ unsafe fn blocks32<const T: usize>(
                     offset[u][t] += m * a.sum;
                 }
             }
-            i += lanes;
+            i += 2;
         }
         std::array::from_fn(|t| {
             hsum(_mm256_add_ps(acc[0][t], acc[1][t])) + offset[0][t] + offset[1][t]
