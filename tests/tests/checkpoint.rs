@@ -103,6 +103,49 @@ fn bits(store: &MemoryStore) -> Vec<u32> {
 }
 
 #[test]
+fn the_writer_maps_the_value_rows_and_changes_only_its_own_copy_until_a_checkpoint() {
+    let path = saved_store("mapped.engram");
+    let before = std::fs::read(&path).unwrap();
+    let (mut store, mut durable) = open_store(&path, MemoryAccess::Write, None).unwrap();
+    let dim = store.dim;
+    assert!(
+        store.layers[0].values.is_mapped(),
+        "the writer maps its values"
+    );
+    let (reader, _) = open_store(&path, MemoryAccess::Read, None).unwrap();
+    assert!(
+        !reader.layers[0].values.is_mapped(),
+        "a reader copies them (a writer may checkpoint in place under it)"
+    );
+    assert!(store.layers[0].values.nonzero_rows(dim).iter().all(|&n| !n));
+    durable
+        .commit(
+            fact("My cat is called Miso.", &[2, 5, 6], 0.5, dim),
+            &mut store,
+        )
+        .unwrap();
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "a change reaches the file only through the journal and a checkpoint"
+    );
+    let nonzero: Vec<usize> = (store.layers[0].values.nonzero_rows(dim).iter())
+        .enumerate()
+        .filter_map(|(i, &n)| n.then_some(i))
+        .collect();
+    assert_eq!(nonzero, vec![2, 5, 6]);
+    assert_eq!(store.read_rows(&[5]).unwrap(), vec![0.5; dim]);
+    checkpoint(&store, &mut durable);
+    let (reopened, _) = open_store(&path, MemoryAccess::Read, None).unwrap();
+    assert_eq!(
+        bits(&reopened),
+        bits(&store),
+        "the checkpoint wrote what the writer holds"
+    );
+    assert_eq!(store.read_rows(&[5]).unwrap(), vec![0.5; dim]);
+}
+
+#[test]
 fn a_checkpoint_writes_the_changed_rows_and_history_in_place() {
     let path = saved_store("in-place.engram");
     let before = std::fs::read(&path).unwrap();
@@ -164,8 +207,12 @@ fn a_checkpoint_cut_short_is_finished_from_the_journal_on_open() {
         )
         .unwrap();
     // The first half of a checkpoint: its image logged, then a crash while the store was
-    // written — row 9 half new, the history tail cut short.
+    // written — row 9 half new, the history tail cut short. The writer's values are kept
+    // aside and its mapping let go first: its process would be gone after a crash, and
+    // rewriting a file under a live mapping of it takes the mapping's pages away.
     log_image(&path, &store, durable, &[9, 10], None);
+    let want = bits(&store);
+    drop(store);
     let jpath = journal_path(&path);
     let g = Gguf::open(&path).unwrap();
     let row9 = g.tensor_file_offset(g.tensor("mem.1.values").unwrap()) as usize + 9 * dim * 4;
@@ -175,11 +222,7 @@ fn a_checkpoint_cut_short_is_finished_from_the_journal_on_open() {
     std::fs::write(&path, &bytes).unwrap();
 
     let (reopened, reader) = open_store(&path, MemoryAccess::Read, None).unwrap();
-    assert_eq!(
-        bits(&reopened),
-        bits(&store),
-        "the image's rows are the store's"
-    );
+    assert_eq!(bits(&reopened), want, "the image's rows are the store's");
     assert_eq!(reader.history.learned.len(), 2);
     assert!(reader.warnings.is_empty(), "{:?}", reader.warnings);
     // A writer finishes the checkpoint; the store then stands without its journal.
@@ -189,7 +232,7 @@ fn a_checkpoint_cut_short_is_finished_from_the_journal_on_open() {
     drop(durable);
     std::fs::remove_file(&jpath).unwrap();
     let (alone, durable) = open_store(&path, MemoryAccess::Read, None).unwrap();
-    assert_eq!(bits(&alone), bits(&store));
+    assert_eq!(bits(&alone), want);
     assert_eq!(durable.history.learned.len(), 2);
 
     // Without the image, a cut tail is a clear error, not an empty history.

@@ -19,7 +19,11 @@ fn backend() -> CpuBackend {
 }
 
 fn tensor(data: Vec<f32>, rows: usize, cols: usize) -> CpuTensor {
-    CpuTensor { data, rows, cols }
+    CpuTensor {
+        data: data.into(),
+        rows,
+        cols,
+    }
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f64 {
@@ -450,7 +454,7 @@ fn value_gradients_through(path: &std::path::Path, cases: &[(bool, usize)]) {
         .unwrap();
         // Non-zero values, so the blocks above see a memory that matters.
         let n = store.layers[0].values.len();
-        store.layers[0].values = noise(n, 22, 0.5);
+        store.layers[0].values = noise(n, 22, 0.5).into();
         engine.attach_memory(store, None).unwrap();
 
         let tokens = engine

@@ -117,7 +117,7 @@ fn zero_values_leave_every_logit_bit_identical() {
         // non-zero values must move the logits.
         let mut live = store;
         let n = live.layers[0].values.len();
-        live.layers[0].values = noise(n, 5, 0.05);
+        live.layers[0].values = noise(n, 5, 0.05).into();
         engine.attach_memory(live, None).unwrap();
         let p = &prompts(&engine)[1];
         let moved = engine.logits(p).unwrap();
@@ -323,7 +323,7 @@ fn a_store_for_another_model_is_refused() {
 fn a_detached_store_holds_the_values_the_model_read() {
     let mut engine = tiny_engine(4);
     let mut store = tiny_store(&engine);
-    store.layers[0].values = noise(store.layers[0].values.len(), 9, 0.5);
+    store.layers[0].values = noise(store.layers[0].values.len(), 9, 0.5).into();
     engine.attach_memory(store.clone(), None).unwrap();
     let attached = scratch("attached.engram");
     engine.save_memory(&attached).unwrap();

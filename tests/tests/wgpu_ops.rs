@@ -85,7 +85,7 @@ impl Pair {
     fn up(&self, data: &[f32], rows: usize, cols: usize) -> (CpuTensor, WgpuTensor) {
         (
             CpuTensor {
-                data: data.to_vec(),
+                data: data.to_vec().into(),
                 rows,
                 cols,
             },

@@ -6,6 +6,7 @@ use super::cpu::{CpuBackend, CpuKvCache, CpuSlots, CpuTensor, CpuWeight};
 use super::wgpu::{WgpuBackend, WgpuKvCache, WgpuSlots, WgpuTensor, WgpuWeight};
 use super::{Activation, AttentionShape, Backend, ProductKeyShape, Rope, WeightSource};
 use crate::error::Result;
+use crate::gguf::F32Buffer;
 
 /// The backend an engine runs on.
 pub enum DeviceBackend {
@@ -187,6 +188,21 @@ impl Backend for DeviceBackend {
 
     fn upload_vec(&self, data: Vec<f32>, rows: usize, cols: usize) -> DeviceTensor {
         on!(self, |b, M| M::wrap(b.upload_vec(data, rows, cols)))
+    }
+
+    fn upload_values(&self, data: F32Buffer, rows: usize, cols: usize) -> DeviceTensor {
+        on!(self, |b, M| M::wrap(b.upload_values(data, rows, cols)))
+    }
+
+    fn take_values(&self, t: DeviceTensor) -> F32Buffer {
+        match (self, t) {
+            (DeviceBackend::Cpu(b), DeviceTensor::Cpu(x)) => b.take_values(x),
+            (b, t) => F32Buffer::Owned(b.download(&t)),
+        }
+    }
+
+    fn nonzero_rows(&self, t: &DeviceTensor) -> Vec<bool> {
+        on!(self, |b, M| b.nonzero_rows(M::tensor(t)))
     }
 
     fn download(&self, t: &DeviceTensor) -> Vec<f32> {

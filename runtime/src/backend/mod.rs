@@ -11,7 +11,7 @@ pub mod product_keys;
 pub mod wgpu;
 
 use crate::error::Result;
-use crate::gguf::TensorBytes;
+use crate::gguf::{F32Buffer, TensorBytes};
 use crate::quant::GgmlType;
 pub use product_keys::ProductKeyShape;
 
@@ -106,6 +106,21 @@ pub trait Backend: Send + Sync {
     /// Moves host data into a tensor, without a copy where the device reads host memory.
     fn upload_vec(&self, data: Vec<f32>, rows: usize, cols: usize) -> Self::Tensor {
         self.upload(&data, rows, cols)
+    }
+    /// Makes a memory's value table a tensor: the CPU keeps a mapped table as it is (only the
+    /// pages read take memory); other devices copy it.
+    fn upload_values(&self, data: F32Buffer, rows: usize, cols: usize) -> Self::Tensor {
+        self.upload(&data, rows, cols)
+    }
+    /// A value table back on the host, moved out (mapping and all) where it lives there.
+    fn take_values(&self, t: Self::Tensor) -> F32Buffer {
+        F32Buffer::Owned(self.download(&t))
+    }
+    /// Per row of a value table, whether any of its values is nonzero (reading a mapped
+    /// table's file for the rows never written, so its pages are not all brought in).
+    fn nonzero_rows(&self, t: &Self::Tensor) -> Vec<bool> {
+        let (_, cols) = self.shape(t);
+        F32Buffer::Owned(self.download(t)).nonzero_rows(cols)
     }
     /// Copies a tensor back to the host, row-major.
     fn download(&self, t: &Self::Tensor) -> Vec<f32>;

@@ -90,7 +90,7 @@ impl RowAccess for MemoryStore {
                 .layers
                 .get_mut(l)
                 .ok_or_else(|| Error::Memory(format!("row {id} is outside the memory")))?;
-            layer.values[s * dim..(s + 1) * dim].copy_from_slice(&values[k * dim..(k + 1) * dim]);
+            layer.values.write_row(s, &values[k * dim..(k + 1) * dim]);
         }
         Ok(())
     }
@@ -119,7 +119,12 @@ pub fn open_store(
         let contents = read_journal(&jpath, key)?;
         // A checkpoint image in the journal means a checkpoint in place may have been cut
         // short: its history and rows are the store's, whatever the file holds.
-        let opened = MemoryStore::open_with(path, key, contents.image.as_ref());
+        let opened = MemoryStore::open_with(
+            path,
+            key,
+            contents.image.as_ref(),
+            access == MemoryAccess::Write,
+        );
         tries += 1;
         if lock.is_some() || journal_state(&jpath) == seen || tries == 5 {
             break (contents, opened?);
@@ -416,7 +421,7 @@ impl DurableMemory {
         store.save_sealed(&self.path, self.key.as_ref())?;
         journal.clear()?;
         self.history.journal_seq = self.next_seq - 1;
-        let values: Vec<&[f32]> = store.layers.iter().map(|l| l.values.as_slice()).collect();
+        let values: Vec<&[f32]> = store.layers.iter().map(|l| &l.values[..]).collect();
         let sealed = store.save_with_layout(&self.path, &values, to.as_ref())?;
         *journal = Journal::open(&journal_path(&self.path), 0, to.clone())?;
         self.layout = match sealed {

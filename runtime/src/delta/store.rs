@@ -9,7 +9,7 @@ use super::in_place::{CheckpointImage, FileLayout, frame_history, unframe_histor
 use super::sealed_store::MAGIC as SEALED_BY_PIECE;
 use super::sealed::{StoreKey, is_sealed};
 use crate::error::{Error, Result};
-use crate::gguf::{Gguf, GgufWriter, Value, ValueType};
+use crate::gguf::{F32Buffer, Gguf, GgufWriter, TensorInfo, Value, ValueType};
 use crate::memory::{
     BackgroundInfo, BackgroundSample, BackgroundStats, MemoryConfig, MemoryLayerParams, SlotUsage,
 };
@@ -178,7 +178,7 @@ impl MemoryStore {
 
     /// Serializes the store (values and statistics included) into a GGUF writer.
     pub fn to_writer(&self) -> Result<GgufWriter<'_>> {
-        let values: Vec<&[f32]> = self.layers.iter().map(|l| l.values.as_slice()).collect();
+        let values: Vec<&[f32]> = self.layers.iter().map(|l| &l.values[..]).collect();
         self.writer_with_values(&values)
     }
 
@@ -349,17 +349,21 @@ impl MemoryStore {
     /// [`Self::open`] for a store that may be encrypted: `key` must be given exactly when
     /// it is, and must be its key.
     pub fn open_sealed(path: impl AsRef<Path>, key: Option<&StoreKey>) -> Result<Self> {
-        Ok(Self::open_with(path.as_ref(), key, None)?.0)
+        Ok(Self::open_with(path.as_ref(), key, None, false)?.0)
     }
 
     /// [`Self::open_sealed`], with the history (and, encrypted, the rows that do not
     /// authenticate) taken from a checkpoint's `image` when one is given (the file's own may
     /// be half written), and where each part lies in the file when a checkpoint can write it
-    /// in place (a format-2 store, plain or sealed piece by piece).
+    /// in place (a format-2 store, plain or sealed piece by piece). With `map_values` a plain
+    /// store's value rows are mapped copy-on-write from the file rather than read into memory:
+    /// only for the writer, the one process that may change the file in place (a reader's
+    /// mapping would show a writer's checkpoint part way).
     pub(crate) fn open_with(
         path: &Path,
         key: Option<&StoreKey>,
         image: Option<&CheckpointImage>,
+        map_values: bool,
     ) -> Result<(Self, Option<FileLayout>)> {
         let history = image.map(|i| &i.history[..]);
         let mut sealed_layout = None;
@@ -389,7 +393,7 @@ impl MemoryStore {
                 Gguf::open(path)?
             }
         };
-        let store = Self::from_gguf_with(&gguf, history).map_err(|e| match e {
+        let store = Self::from_gguf_with(&gguf, history, map_values).map_err(|e| match e {
             Error::Memory(m) => Error::Memory(format!("{}: {m}", path.display())),
             other => other,
         })?;
@@ -428,11 +432,12 @@ impl MemoryStore {
 
     /// Reads a store from a parsed GGUF (a store file's whole bytes).
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
-        Self::from_gguf_with(g, None)
+        Self::from_gguf_with(g, None, false)
     }
 
-    /// [`Self::from_gguf`], the history read from the framed tail `history` when given.
-    fn from_gguf_with(g: &Gguf, history: Option<&[u8]>) -> Result<Self> {
+    /// [`Self::from_gguf`], the history read from the framed tail `history` when given, the
+    /// value rows mapped from a mapped file where `map_values` asks for it and it can be done.
+    fn from_gguf_with(g: &Gguf, history: Option<&[u8]>, map_values: bool) -> Result<Self> {
         let bad = |m: String| Error::Memory(m);
         match g.get("engram.kind").and_then(Value::as_str) {
             Some(STORE_KIND) => {}
@@ -505,7 +510,7 @@ impl MemoryStore {
         };
         let shapes = store.tensor_shapes();
         for &layer in &store.config.layers {
-            let read = |part: &str| -> Result<Vec<f32>> {
+            let tensor = |part: &str| -> Result<&TensorInfo> {
                 let name = tensor_name(layer, part);
                 let t = g
                     .tensor(&name)
@@ -521,13 +526,27 @@ impl MemoryStore {
                         t.dtype, t.dims
                     )));
                 }
-                let v = g.tensor_f32(t);
-                if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                    return Err(bad(format!(
-                        "tensor {name} holds a non-finite value at {i}"
-                    )));
+                Ok(t)
+            };
+            let non_finite = |part: &str, i: usize| {
+                let name = tensor_name(layer, part);
+                bad(format!("tensor {name} holds a non-finite value at {i}"))
+            };
+            let read = |part: &str| -> Result<Vec<f32>> {
+                let v = g.tensor_f32(tensor(part)?);
+                match v.iter().position(|x| !x.is_finite()) {
+                    Some(i) => Err(non_finite(part, i)),
+                    None => Ok(v),
                 }
-                Ok(v)
+            };
+            let values = match map_values {
+                true => g.tensor_f32_mapped(tensor("values")?, store.dim),
+                false => None,
+            };
+            let values = match values {
+                Some(Ok(mapped)) => mapped,
+                Some(Err(i)) => return Err(non_finite("values", i)),
+                None => F32Buffer::Owned(read("values")?),
             };
             let gated = store.config.gated;
             store.layers.push(MemoryLayerParams {
@@ -545,7 +564,7 @@ impl MemoryStore {
                 } else {
                     None
                 },
-                values: read("values")?,
+                values,
                 background: BackgroundStats {
                     count: read("background.count")?,
                     df: read("background.df")?,

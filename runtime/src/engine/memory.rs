@@ -374,7 +374,7 @@ impl Engine {
         let blocks = self.model.take_memory();
         let b = self.model.backend();
         for (layer, block) in store.layers.iter_mut().zip(blocks) {
-            layer.values = b.take_to_host(block.values);
+            layer.values = b.take_values(block.values);
         }
         Ok(store)
     }
@@ -531,7 +531,7 @@ impl Engine {
         let mut store = self.store_without_values()?;
         let b = self.model.backend();
         for (layer, block) in store.layers.iter_mut().zip(self.model.memory()) {
-            layer.values = b.download(&block.values);
+            layer.values = b.download(&block.values).into();
         }
         Ok(store)
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
+use super::f32_buffer::{F32Buffer, MappedF32, scan_rows};
 use super::value::{Value, ValueType};
 use crate::error::{Error, Result};
 use crate::quant::GgmlType;
@@ -70,6 +71,8 @@ pub struct Gguf {
     tensor_index: HashMap<String, usize>,
     alignment: u64,
     data_offset: usize,
+    /// The file a mapped `Gguf` was read from (for copy-on-write views of its tensors).
+    file: Option<File>,
 }
 
 impl Gguf {
@@ -80,7 +83,9 @@ impl Gguf {
         // SAFETY: the mapping is read-only; engram never writes through it, and a file changed
         // by another process under us is outside what any mmap-based reader can guard against.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        Self::parse(Storage::Mapped(mmap))
+        let mut gguf = Self::parse(Storage::Mapped(mmap))?;
+        gguf.file = Some(file);
+        Ok(gguf)
     }
 
     /// Parses a GGUF held in memory.
@@ -220,6 +225,7 @@ impl Gguf {
             tensor_index,
             alignment,
             data_offset,
+            file: None,
         })
     }
 
@@ -304,6 +310,34 @@ impl Gguf {
             self.release(start + i * PIECE, piece.len());
         }
         out
+    }
+
+    /// An f32 table of rows `row_width` wide as a private copy-on-write mapping of its bytes
+    /// in the file: its pages take memory only once read, and writes stay in this process.
+    /// The file's bytes are read once here (and let go), to find which rows hold anything and
+    /// the index of a value that is not finite (`Err`). `None` for a `Gguf` held in memory, a
+    /// tensor that is not f32, or one that cannot be mapped in place.
+    pub fn tensor_f32_mapped(
+        &self,
+        info: &TensorInfo,
+        row_width: usize,
+    ) -> Option<std::result::Result<F32Buffer, usize>> {
+        let file = self.file.as_ref()?;
+        let n = info.n_elements();
+        if info.dtype != GgmlType::F32 || info.size != n * 4 || row_width == 0 {
+            return None;
+        }
+        if !n.is_multiple_of(row_width) {
+            return None;
+        }
+        let start = self.data_offset + info.offset as usize;
+        let bytes = &self.storage.as_slice()[start..start + info.size];
+        let scan = scan_rows(bytes, row_width, |at, len| self.release(start + at, len));
+        if let Some(i) = scan.first_non_finite {
+            return Some(Err(i));
+        }
+        let offset = self.tensor_file_offset(info);
+        MappedF32::map(file, offset, n, row_width, scan.nonzero).map(|m| Ok(F32Buffer::Mapped(m)))
     }
 
     /// Drops the resident pages of `len` bytes at `offset` of a mapped file; the next read

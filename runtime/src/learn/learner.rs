@@ -275,8 +275,11 @@ fn learn_facts<B: Backend>(
     let reads = model.memory()[0].lookup.shape.heads * model.memory()[0].lookup.shape.top_k;
     // Value rows that may hold something: the anchor skips the others. Rows learning changes
     // join as they change.
+    // Under a routing gate there is no anchor (no other text reads a fact's rows), so the
+    // rows are not looked for: that would read every learned row of the store.
     let anchored = opts.scoring != SlotScoring::AllTouched
-        && (opts.background_penalty > 0.0 || opts.earlier_fact_penalty > 0.0);
+        && (opts.background_penalty > 0.0 || opts.earlier_fact_penalty > 0.0)
+        && routing_gate(model).is_none();
     let mut live = if anchored {
         nonzero_rows(model)
     } else {
@@ -667,14 +670,11 @@ fn routing_gate<B: Backend>(model: &Model<B>) -> Option<&ReadGate> {
     model.memory()[0].read_gate.as_ref().filter(|g| g.routes())
 }
 
-/// Per value row of the learning memory, whether any of its values is nonzero. On this
-/// thread: rayon's global pool would keep spinning beside the backend's threads.
+/// Per value row of the learning memory, whether any of its values is nonzero. A table
+/// mapped from its store file is read from the file for the rows never written (its pages are
+/// let go as it goes), so finding them does not bring 604 MB into memory.
 fn nonzero_rows<B: Backend>(model: &Model<B>) -> Vec<bool> {
-    let values = model.backend().host_view(&model.memory()[0].values);
-    values
-        .chunks_exact(model.config.dim)
-        .map(|row| row.iter().any(|&v| v != 0.0))
-        .collect()
+    model.backend().nonzero_rows(&model.memory()[0].values)
 }
 
 /// Adds a learned fact's tokens (its prepared phrasings `seqs` of `batch`) to the memory's

@@ -253,7 +253,7 @@ pub fn retrofit<B: Backend>(
             keys,
             gate_in,
             gate_out,
-            values: Vec::new(),
+            values: Vec::new().into(),
             background: BackgroundStats::default(),
         });
     }
@@ -311,7 +311,7 @@ pub fn retrofit<B: Backend>(
     }
     drop(states);
     for p in &mut params {
-        p.values = vec![0f32; slots * dim];
+        p.values = vec![0f32; slots * dim].into();
     }
 
     let init_fingerprint = MemoryStore::compute_init_fingerprint(&opts.config, &params);

@@ -192,7 +192,7 @@ impl<B: Backend> MemoryBlock<B> {
             layer,
             lookup,
             gate,
-            values: backend.upload_vec(params.values, config.slots(), dim),
+            values: backend.upload_values(params.values, config.slots(), dim),
             read_gate: None,
         })
     }

@@ -1,5 +1,7 @@
 //! The memory layer's parameters in host memory and the background statistics kept with them.
 
+use crate::gguf::F32Buffer;
+
 /// Per-slot statistics of the background corpus.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct BackgroundStats {
@@ -63,8 +65,8 @@ pub struct MemoryLayerParams {
     pub gate_in: Option<Vec<f32>>,
     /// Output projection W2 (dim × dim), when gated.
     pub gate_out: Option<Vec<f32>>,
-    /// Value rows, slots × dim.
-    pub values: Vec<f32>,
+    /// Value rows, slots × dim (a store opened for writing maps them from its file).
+    pub values: F32Buffer,
     /// Background usage of each slot.
     pub background: BackgroundStats,
 }
@@ -79,7 +81,7 @@ impl MemoryLayerParams {
             keys: self.keys.clone(),
             gate_in: self.gate_in.clone(),
             gate_out: self.gate_out.clone(),
-            values: Vec::new(),
+            values: F32Buffer::default(),
             background: self.background.clone(),
         }
     }

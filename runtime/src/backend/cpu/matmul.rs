@@ -69,7 +69,7 @@ pub(super) fn embed(_backend: &CpuBackend, table: &CpuWeight, tokens: &[u32]) ->
         dequantize_row(table.src.dtype, table.row(t as usize), out);
     }
     Ok(CpuTensor {
-        data,
+        data: data.into(),
         rows: tokens.len(),
         cols,
     })
@@ -88,7 +88,7 @@ pub(super) fn matmul(backend: &CpuBackend, w: &CpuWeight, x: &CpuTensor) -> CpuT
             strides: (1, k),
         };
         return CpuTensor {
-            data: backend.gemm_sum(n, rows, &[term]),
+            data: backend.gemm_sum(n, rows, &[term]).into(),
             rows: n,
             cols: rows,
         };
@@ -199,7 +199,7 @@ fn matmul_quantized(backend: &CpuBackend, w: &CpuWeight, x: &CpuTensor, xq: &[Q8
                     }
                 });
             return CpuTensor {
-                data,
+                data: data.into(),
                 rows: 1,
                 cols: rows,
             };
@@ -228,7 +228,7 @@ fn matmul_quantized(backend: &CpuBackend, w: &CpuWeight, x: &CpuTensor, xq: &[Q8
                     }
                 });
             return CpuTensor {
-                data,
+                data: data.into(),
                 rows: n,
                 cols: rows,
             };
@@ -250,7 +250,7 @@ fn matmul_quantized(backend: &CpuBackend, w: &CpuWeight, x: &CpuTensor, xq: &[Q8
             }
         });
         CpuTensor {
-            data,
+            data: data.into(),
             rows: n,
             cols: rows,
         }
@@ -297,7 +297,7 @@ pub(super) fn matmul_each(
         .into_iter()
         .zip(ws)
         .map(|(data, w)| CpuTensor {
-            data,
+            data: data.into(),
             rows: x.rows,
             cols: w.src.rows,
         })
@@ -336,7 +336,7 @@ pub(super) fn matmul_backward_sum(
         })
         .collect();
     CpuTensor {
-        data: backend.gemm_sum(n, cols, &terms),
+        data: backend.gemm_sum(n, cols, &terms).into(),
         rows: n,
         cols,
     }
@@ -357,7 +357,7 @@ pub(super) fn matmul_backward(backend: &CpuBackend, w: &CpuWeight, dy: &CpuTenso
             strides: (cols, 1),
         };
         return CpuTensor {
-            data: backend.gemm_sum(n, cols, &[term]),
+            data: backend.gemm_sum(n, cols, &[term]).into(),
             rows: n,
             cols,
         };
@@ -384,7 +384,7 @@ pub(super) fn matmul_backward(backend: &CpuBackend, w: &CpuWeight, dy: &CpuTenso
         data.iter_mut().zip(p).for_each(|(x, y)| *x += y);
     }
     CpuTensor {
-        data,
+        data: data.into(),
         rows: n,
         cols,
     }

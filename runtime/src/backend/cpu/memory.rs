@@ -54,7 +54,7 @@ pub(super) fn product_key_topk(
             cols: picks,
         },
         CpuTensor {
-            data: weights,
+            data: weights.into(),
             rows: q.rows,
             cols: picks,
         },
@@ -82,6 +82,12 @@ pub(super) fn gather_values(
         let ids = &slots.ids[t * slots.cols..][..slots.cols];
         let ws = &weights.data[t * slots.cols..][..slots.cols];
         for (&id, &w) in ids.iter().zip(ws) {
+            // A read the gate closed, or of a row known to be zero, adds nothing; skipping it
+            // leaves the row's page unread (a mapped value table then takes memory only for
+            // the rows that hold something).
+            if w == 0.0 || !values.data.row_may_be_nonzero(id as usize) {
+                continue;
+            }
             let v = &values.data[id as usize * d..][..d];
             for (o, x) in out.iter_mut().zip(v) {
                 *o += w * x;
@@ -98,7 +104,7 @@ pub(super) fn gather_values(
         });
     }
     CpuTensor {
-        data,
+        data: data.into(),
         rows: slots.rows,
         cols: d,
     }
@@ -128,7 +134,7 @@ pub(super) fn value_grads(
         }
     }
     CpuTensor {
-        data,
+        data: data.into(),
         rows: rows.len(),
         cols: d,
     }
@@ -141,7 +147,7 @@ pub(super) fn read_rows(_backend: &CpuBackend, t: &CpuTensor, rows: &[u32]) -> C
         data.extend_from_slice(&t.data[r as usize * d..(r as usize + 1) * d]);
     }
     CpuTensor {
-        data,
+        data: data.into(),
         rows: rows.len(),
         cols: d,
     }
@@ -157,6 +163,7 @@ pub(super) fn write_rows(_backend: &CpuBackend, t: &mut CpuTensor, rows: &[u32],
     for (&r, row) in rows.iter().zip(src.data.chunks_exact(d)) {
         t.data[r as usize * d..(r as usize + 1) * d].copy_from_slice(row);
     }
+    t.data.note_written(rows, d);
 }
 
 pub(super) fn sgd_rows(
@@ -179,4 +186,5 @@ pub(super) fn sgd_rows(
             g,
         );
     }
+    values.data.note_written(rows, d);
 }

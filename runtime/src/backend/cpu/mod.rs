@@ -12,6 +12,7 @@ mod memory;
 mod rows;
 
 use super::{Activation, AttentionShape, Backend, ProductKeyShape, Rope, WeightSource};
+use crate::gguf::F32Buffer;
 use crate::error::{Error, Result};
 use crate::quant::GgmlType;
 
@@ -25,8 +26,8 @@ pub struct CpuBackend {
 /// A row-major f32 matrix in host memory.
 #[derive(Clone, Debug)]
 pub struct CpuTensor {
-    /// Row-major values.
-    pub data: Vec<f32>,
+    /// Row-major values (a memory's value table may be a mapping of its store file).
+    pub data: F32Buffer,
     /// Number of rows (tokens).
     pub rows: usize,
     /// Number of columns (features).
@@ -162,7 +163,7 @@ impl Backend for CpuBackend {
     fn upload(&self, data: &[f32], rows: usize, cols: usize) -> CpuTensor {
         assert_eq!(data.len(), rows * cols, "upload: data does not match shape");
         CpuTensor {
-            data: data.to_vec(),
+            data: data.to_vec().into(),
             rows,
             cols,
         }
@@ -170,11 +171,28 @@ impl Backend for CpuBackend {
 
     fn upload_vec(&self, data: Vec<f32>, rows: usize, cols: usize) -> CpuTensor {
         assert_eq!(data.len(), rows * cols, "upload: data does not match shape");
+        CpuTensor {
+            data: data.into(),
+            rows,
+            cols,
+        }
+    }
+
+    fn upload_values(&self, data: F32Buffer, rows: usize, cols: usize) -> CpuTensor {
+        assert_eq!(data.len(), rows * cols, "upload: data does not match shape");
         CpuTensor { data, rows, cols }
     }
 
+    fn take_values(&self, mut t: CpuTensor) -> F32Buffer {
+        std::mem::take(&mut t.data)
+    }
+
+    fn nonzero_rows(&self, t: &CpuTensor) -> Vec<bool> {
+        t.data.nonzero_rows(t.cols)
+    }
+
     fn download(&self, t: &CpuTensor) -> Vec<f32> {
-        t.data.clone()
+        t.data.to_vec()
     }
 
     fn host_view<'t>(&self, t: &'t CpuTensor) -> std::borrow::Cow<'t, [f32]> {
@@ -182,7 +200,10 @@ impl Backend for CpuBackend {
     }
 
     fn take_to_host(&self, mut t: CpuTensor) -> Vec<f32> {
-        std::mem::take(&mut t.data)
+        match std::mem::take(&mut t.data) {
+            F32Buffer::Owned(v) => v,
+            mapped => mapped.to_vec(),
+        }
     }
 
     fn shape(&self, t: &CpuTensor) -> (usize, usize) {
@@ -196,7 +217,9 @@ impl Backend for CpuBackend {
             "concat_rows: widths differ"
         );
         CpuTensor {
-            data: parts.iter().flat_map(|p| p.data.iter().copied()).collect(),
+            data: parts.iter().flat_map(|p| p.data.iter().copied())
+                .collect::<Vec<_>>()
+                .into(),
             rows: parts.iter().map(|p| p.rows).sum(),
             cols,
         }
@@ -207,7 +230,7 @@ impl Backend for CpuBackend {
         let mut data = buffers::zeroed(total * t.cols);
         data[start * t.cols..(start + t.rows) * t.cols].copy_from_slice(&t.data);
         CpuTensor {
-            data,
+            data: data.into(),
             rows: total,
             cols: t.cols,
         }
@@ -215,7 +238,7 @@ impl Backend for CpuBackend {
 
     fn slice_rows(&self, t: &CpuTensor, start: usize, end: usize) -> CpuTensor {
         CpuTensor {
-            data: t.data[start * t.cols..end * t.cols].to_vec(),
+            data: (t.data[start * t.cols..end * t.cols].to_vec()).into(),
             rows: end - start,
             cols: t.cols,
         }
@@ -394,6 +417,8 @@ impl Backend for CpuBackend {
 impl Drop for CpuTensor {
     /// Hands activation-sized buffers to the backend's spare list for the next op to reuse.
     fn drop(&mut self) {
-        buffers::recycle(std::mem::take(&mut self.data));
+        if let F32Buffer::Owned(v) = std::mem::take(&mut self.data) {
+            buffers::recycle(v);
+        }
     }
 }

@@ -108,7 +108,7 @@ pub(super) fn glu(backend: &CpuBackend, act: Activation, gate: &CpuTensor, up: &
         }
     });
     CpuTensor {
-        data,
+        data: data.into(),
         rows: gate.rows,
         cols: gate.cols,
     }
@@ -155,7 +155,7 @@ pub(super) fn rms_norm_backward(
         }
     });
     CpuTensor {
-        data,
+        data: data.into(),
         rows: x.rows,
         cols: d,
     }
@@ -197,8 +197,8 @@ pub(super) fn glu_backward(
         dg.extend_from_slice(&row[..c]);
         du.extend_from_slice(&row[c..]);
     }
-    let t = |data| CpuTensor {
-        data,
+    let t = |data: Vec<f32>| CpuTensor {
+        data: data.into(),
         rows: gate.rows,
         cols: gate.cols,
     };

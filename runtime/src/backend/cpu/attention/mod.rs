@@ -88,7 +88,7 @@ pub(super) fn attention(
         }
     }
     CpuTensor {
-        data,
+        data: data.into(),
         rows: n,
         cols,
     }
@@ -312,8 +312,8 @@ pub(super) fn attention_backward(
                 .for_each(|(a, b)| *a += b);
         }
     }
-    let t = |data, cols| CpuTensor {
-        data,
+    let t = |data: Vec<f32>, cols| CpuTensor {
+        data: data.into(),
         rows: n,
         cols,
     };
