@@ -60,8 +60,10 @@ impl MappedF32 {
         if !(map.as_ptr() as usize).is_multiple_of(std::mem::align_of::<f32>()) {
             return None;
         }
-        // Rows are read where the lookup points, scattered: without this the kernel maps the
-        // 15 pages around each one read as well (fault-around), six times the memory.
+        // Rows are read where the lookup points, scattered: a row read from disk should not
+        // bring in the file around it (read-ahead). Pages already cached around a page read
+        // are still mapped with it (the kernel's fault-around), which only costs clean,
+        // reclaimable memory.
         #[cfg(unix)]
         let _ = map.advise(memmap2::Advice::Random);
         Some(MappedF32 {
