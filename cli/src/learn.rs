@@ -81,10 +81,12 @@ pub struct StepFlags {
     #[arg(long, default_value_t = LearnOptions::default().note_steps)]
     pub note_steps: usize,
     /// Learning rate (SGD: per row update scale; AdamW: per element). The default suits the
-    /// default read gate (routes); the topic and cosine gates were tuned at 140000.
+    /// default read gate (routes), where it is for a fact of 500 rows and scaled to the rows a
+    /// fact has; the topic and cosine gates were tuned at 140000 with --top-t 500.
     #[arg(long, default_value_t = LearnOptions::default().learning_rate)]
     pub lr: f32,
-    /// Value rows updated per fact.
+    /// Value rows updated per fact (under the routing gate each fact owns its rows: the
+    /// default memory of 262,144 rows holds about 262,144 / this many facts).
     #[arg(long, default_value_t = LearnOptions::default().top_t)]
     pub top_t: usize,
     /// Stop a fact's steps once its mean loss is at or below this (nats; 0 = every step).

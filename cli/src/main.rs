@@ -64,7 +64,7 @@ struct Cli {
     /// words, a name or "bike"), and nowhere else; "topics[:QUESTIONS[,NOTES]]": those of a
     /// fact the sequence has named that the lookup picks, within these cosines of the fact's
     /// tokens; QUESTIONS[,NOTES]: those within these cosines of a learned token (e.g.
-    /// 0.95,0.8); or "off". Learn with --lr 140000 under the last three.
+    /// 0.95,0.8); or "off". Learn with --lr 140000 --top-t 500 under the last three.
     #[arg(long, global = true, value_parser = parse_read_gate)]
     read_gate: Option<ReadGating>,
     /// What the chat template gets when there is no system message (ask, chat, learn, eval):

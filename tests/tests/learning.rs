@@ -285,10 +285,11 @@ fn topic_gate() -> EngineOptions {
     }
 }
 
-/// Learning options at the rate the topic and cosine gates were tuned at.
+/// Learning options at the rate and rows per fact the topic and cosine gates were tuned at.
 fn topic_rate() -> LearnOptions {
     LearnOptions {
         learning_rate: engram::learn::TOPIC_GATE_LEARNING_RATE,
+        top_t: engram::learn::TOPIC_GATE_TOP_T,
         ..Default::default()
     }
 }
@@ -1064,4 +1065,80 @@ fn a_background_learner_steps_aside_for_a_reader_and_learns_after() {
     assert!(matches!(rx.recv().unwrap(), LearnerEvent::Failed { .. }));
     learner.finish().unwrap();
     assert!(shared.read().unwrap().learned_facts().is_empty());
+}
+
+/// Under the routing gate each fact owns its rows. Once the rows its own words read are taken,
+/// a fact takes free rows elsewhere in the table (routing reads them wherever it is named), and
+/// when no row is free it is refused with a clear error and nothing changes.
+#[test]
+fn a_full_memory_fills_from_free_rows_then_refuses_clearly() {
+    let engine = Engine::open(default_model(), &EngineOptions::default()).unwrap();
+    // 256 rows: room for two facts of 100 rows and part of a third.
+    let opts = engram::learn::RetrofitOptions {
+        config: engram::MemoryConfig {
+            n_keys: 16,
+            top_k: 8,
+            ..Default::default()
+        },
+        max_tokens: 1024,
+        sample_tokens: 256,
+        ..Default::default()
+    };
+    let store = engram::learn::retrofit(
+        engine.model(),
+        engine.tokenizer(),
+        &engine.fingerprint(),
+        &engram_e2e::background_documents(),
+        &opts,
+        &mut |_| true,
+    )
+    .unwrap();
+    let mut engine = engine;
+    engine.attach_memory(store, None).unwrap();
+    assert_eq!(engine.read_gating(), ReadGating::Routes, "the default");
+    let learn = LearnOptions {
+        top_t: 100,
+        steps: 2,
+        ..Default::default()
+    };
+    let facts = [
+        fact("Who founded the Calder rowing club?", "Edith Marlowe"),
+        fact("In which city is Brightwell Looms headquartered?", "Leeds"),
+        fact("", "My neighbour Tariq repaired my bike."),
+        fact("What colour is the Ostrava tram?", "Teal"),
+    ];
+    let mut owned: Vec<u32> = Vec::new();
+    let mut refused = None;
+    for (i, f) in facts.iter().enumerate() {
+        let before = values(&engine);
+        match engine.learn(std::slice::from_ref(f), &learn, &mut |_, _, _| true) {
+            Ok(report) => {
+                let rows = &report.facts[0].rows;
+                eprintln!("fact {i}: {} rows", rows.len());
+                assert!(!rows.is_empty(), "fact {i} learned in no row");
+                if i < 2 {
+                    assert_eq!(rows.len(), 100, "fact {i} did not get its 100 rows");
+                }
+                assert!(
+                    rows.iter().all(|r| !owned.contains(r)),
+                    "fact {i} took a row an earlier fact owns"
+                );
+                owned.extend(rows);
+            }
+            Err(e) => {
+                assert_eq!(values(&engine), before, "a refused fact changed the memory");
+                refused = Some((i, e.to_string()));
+                break;
+            }
+        }
+    }
+    let (at, message) = refused.expect("a 256-row memory took four facts of 100 rows");
+    eprintln!("fact {at} refused: {message}");
+    assert!(
+        at >= 2,
+        "refused at fact {at} with {} rows owned",
+        owned.len()
+    );
+    assert!(message.contains("the memory is full"), "{message}");
+    assert!(owned.len() <= 256);
 }

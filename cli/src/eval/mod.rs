@@ -19,6 +19,9 @@ use crate::eval_set::{Ask, Item, Tally, interleave, read_items, read_neighbours}
 use crate::learn::{ScoringArg, StepFlags};
 use serde_json::json;
 
+/// Most learned items a curve point asks (evenly spaced over those learned so far).
+const CURVE_ITEMS: usize = 200;
+
 /// Flags of `engram eval`.
 #[derive(Args)]
 pub struct EvalArgs {
@@ -355,13 +358,30 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
             right_after.add(item.heldout, right);
             let done = i + 1;
             if done % args.every.max(1) == 0 || done == items.len() {
+                // Every item so far, or as many evenly spaced over them: asking all of them
+                // at every point would grow with the square of a long stream.
+                let asked = done.min(CURVE_ITEMS);
                 let so_far = ask_all(
                     &engine,
-                    items[..done]
-                        .iter()
-                        .map(|it| (it.primary().question.as_str(), it.primary().answer.as_str())),
+                    (0..asked)
+                        .map(|k| items[k * done / asked].primary())
+                        .map(|p| (p.question.as_str(), p.answer.as_str())),
                 )?;
-                let learned = so_far.iter().filter(|(r, _)| *r).count() as f64 / done as f64;
+                let learned = so_far.iter().filter(|(r, _)| *r).count() as f64 / asked as f64;
+                // Generalization along the way: the hand-written paraphrases of the items
+                // learned so far that have one.
+                let paraphrases: Vec<(&str, &str)> = items[..done]
+                    .iter()
+                    .flat_map(|it| &it.probes)
+                    .filter(|p| p.ask == Ask::Paraphrase)
+                    .map(|p| (p.question.as_str(), p.answer.as_str()))
+                    .collect();
+                let asked_paraphrases = paraphrases.len();
+                let paraphrased = ask_all(&engine, paraphrases)?
+                    .iter()
+                    .filter(|(r, _)| *r)
+                    .count() as f64
+                    / asked_paraphrases.max(1) as f64;
                 let kept = ask_all(&engine, probe.iter().map(qa))?
                     .iter()
                     .filter(|(r, _)| *r)
@@ -370,12 +390,15 @@ pub fn run(mut engine: Engine, args: &EvalArgs) -> Result<(), String> {
                 let recent = &seconds[seconds.len().saturating_sub(args.every.max(1))..];
                 let per_item = recent.iter().sum::<f64>() / recent.len().max(1) as f64;
                 eprintln!(
-                    "{name}: {done} learned, {:.1} % answered as taught, retention (probe) {:.1} %, {per_item:.2} s per item lately",
+                    "{name}: {done} learned, {:.1} % of {asked} answered as taught, {:.1} % of {asked_paraphrases} paraphrases, retention (probe) {:.1} %, {per_item:.2} s per item lately",
                     100.0 * learned,
+                    100.0 * paraphrased,
                     100.0 * kept
                 );
                 curve.push(
                     json!({"items": done, "facts": done, "learned_accuracy": learned,
+                    "learned_asked": asked,
+                    "paraphrase_accuracy": paraphrased, "paraphrases_asked": asked_paraphrases,
                     "retention_probe": kept, "seconds_per_item": per_item}),
                 );
                 points.push((done, learned, kept));

@@ -115,17 +115,11 @@ impl F32Buffer {
     /// rows must be noted; an owned buffer needs nothing.
     pub fn note_written(&mut self, rows: &[u32], dim: usize) {
         if let F32Buffer::Mapped(m) = self {
-            if dim == m.dim {
-                for &r in rows {
-                    m.live[r as usize] = true;
-                }
-            } else {
-                // Rows of another width: mark every row they overlap.
-                for &r in rows {
-                    let (from, to) = (r as usize * dim, (r as usize + 1) * dim);
-                    for row in from / m.dim..to.div_ceil(m.dim) {
-                        m.live[row] = true;
-                    }
+            // Every mapped row the written values overlap (one each, at the mapped width).
+            for &r in rows {
+                let (from, to) = (r as usize * dim, (r as usize + 1) * dim);
+                for row in from / m.dim..to.div_ceil(m.dim) {
+                    m.live[row] = true;
                 }
             }
         }

@@ -24,7 +24,8 @@ pub use learner::{
 pub use optimizer::Optimizer;
 pub use options::{
     ANCHOR_TUNED_READS_PER_ROW, DEFAULT_LEARNING_RATE, FactReport, LearnOptions, LearnReport,
-    LearnTimings, MAX_ANCHORED_ROWS, SubjectRows, TOPIC_GATE_LEARNING_RATE,
+    LearnTimings, MAX_ANCHORED_ROWS, ROUTED_RATE_ROWS, SubjectRows, TOPIC_GATE_LEARNING_RATE,
+    TOPIC_GATE_TOP_T,
 };
 pub use phrasings::{
     Example, examples, examples_with, personal_needles, speaker_tokens, topic_needles, word_starts,
