@@ -1067,13 +1067,14 @@ fn a_background_learner_steps_aside_for_a_reader_and_learns_after() {
     assert!(shared.read().unwrap().learned_facts().is_empty());
 }
 
-/// Under the routing gate each fact owns its rows. Once the rows its own words read are taken,
-/// a fact takes free rows elsewhere in the table (routing reads them wherever it is named), and
-/// when no row is free it is refused with a clear error and nothing changes.
+/// Under the routing gate each fact owns its rows, at most a 64th of a small memory. Once the
+/// rows its own words read are taken, a fact takes free rows elsewhere in the table (routing
+/// reads them wherever it is named), and when no row is free it is refused with a clear error
+/// and nothing changes.
 #[test]
 fn a_full_memory_fills_from_free_rows_then_refuses_clearly() {
     let engine = Engine::open(default_model(), &EngineOptions::default()).unwrap();
-    // 256 rows: room for two facts of 100 rows and part of a third.
+    // 256 rows: 4 per fact, 64 facts at most.
     let opts = engram::learn::RetrofitOptions {
         config: engram::MemoryConfig {
             n_keys: 16,
@@ -1096,33 +1097,28 @@ fn a_full_memory_fills_from_free_rows_then_refuses_clearly() {
     let mut engine = engine;
     engine.attach_memory(store, None).unwrap();
     assert_eq!(engine.read_gating(), ReadGating::Routes, "the default");
+    // One step on the question's own phrasings: this is about rows, not recall.
     let learn = LearnOptions {
-        top_t: 100,
-        steps: 2,
+        steps: 1,
+        asked_phrasings: false,
         ..Default::default()
     };
-    let facts = [
-        fact("Who founded the Calder rowing club?", "Edith Marlowe"),
-        fact("In which city is Brightwell Looms headquartered?", "Leeds"),
-        fact("", "My neighbour Tariq repaired my bike."),
-        fact("What colour is the Ostrava tram?", "Teal"),
-    ];
     let mut owned: Vec<u32> = Vec::new();
     let mut refused = None;
-    for (i, f) in facts.iter().enumerate() {
+    let mut filled = 0;
+    for i in 0..80 {
+        let locker = fact(&format!("What is locker {i}'s code?"), &format!("Tern{i}"));
         let before = values(&engine);
-        match engine.learn(std::slice::from_ref(f), &learn, &mut |_, _, _| true) {
+        match engine.learn(std::slice::from_ref(&locker), &learn, &mut |_, _, _| true) {
             Ok(report) => {
                 let rows = &report.facts[0].rows;
-                eprintln!("fact {i}: {} rows", rows.len());
                 assert!(!rows.is_empty(), "fact {i} learned in no row");
-                if i < 2 {
-                    assert_eq!(rows.len(), 100, "fact {i} did not get its 100 rows");
-                }
+                assert!(rows.len() <= 4, "fact {i} took {} rows of 256", rows.len());
                 assert!(
                     rows.iter().all(|r| !owned.contains(r)),
                     "fact {i} took a row an earlier fact owns"
                 );
+                filled += (rows.len() == 4) as usize;
                 owned.extend(rows);
             }
             Err(e) => {
@@ -1132,13 +1128,14 @@ fn a_full_memory_fills_from_free_rows_then_refuses_clearly() {
             }
         }
     }
-    let (at, message) = refused.expect("a 256-row memory took four facts of 100 rows");
-    eprintln!("fact {at} refused: {message}");
+    let (at, message) = refused.expect("a 256-row memory took 80 facts of 4 rows");
+    eprintln!("{filled} facts got 4 rows; fact {at} refused: {message}");
+    assert!(message.contains("the memory is full"), "{message}");
+    assert!(owned.len() <= 256);
+    // Only the rows the template reads (never changed) may be left over.
     assert!(
-        at >= 2,
+        at >= 48,
         "refused at fact {at} with {} rows owned",
         owned.len()
     );
-    assert!(message.contains("the memory is full"), "{message}");
-    assert!(owned.len() <= 256);
 }

@@ -350,32 +350,31 @@ fn learn_facts<B: Backend>(
             // A fact's rows are its own: those of earlier facts are never chosen again.
             counts.retain(|slot, _| !gate.owns(*slot));
         }
+        let shape = &model.memory()[0].lookup.shape;
+        let slots = shape.n_keys * shape.n_keys;
+        let want = rows_per_fact(opts.top_t, slots, routing_gate(model).is_some());
         let mut rows = select_slots(
             &counts,
             background,
             background_batches,
             opts.scoring,
-            opts.top_t,
+            want,
         );
-        if routing_gate(model).is_some() && rows.len() < opts.top_t {
+        if let Some(gate) = routing_gate(model).filter(|_| rows.len() < want) {
             let protected = if protect {
                 state.for_fact(model, tok, &facts[fi])?.clone()
             } else {
                 HashSet::new()
             };
-            let gate = routing_gate(model).expect("a routing gate");
-            let slots = model.memory()[0].lookup.shape.n_keys * model.memory()[0].lookup.shape.n_keys;
-            fill_from_free_rows(&mut rows, opts.top_t, slots, |r| {
+            fill_from_free_rows(&mut rows, want, slots, |r| {
                 gate.owns(r) || protected.contains(&r)
             });
             if rows.is_empty() {
                 return Err(Error::Memory(format!(
-                    "fact {}: the memory is full: all of its {slots} value rows belong to \
-                     the {} facts learned before (each takes up to {} rows); forget some \
-                     or learn into a store with more rows",
-                    fi + 1,
+                    "the memory is full: all of its {slots} value rows belong to the {} facts \
+                     learned so far ({want} rows each at most); forget some or learn into a \
+                     store with more rows",
                     gate.fact_count(),
-                    opts.top_t
                 )));
             }
         }
@@ -704,6 +703,21 @@ fn routed_rate(opts: &LearnOptions, rows: usize, routed: bool) -> f32 {
         opts.learning_rate * rows as f32 / ROUTED_RATE_ROWS as f32
     } else {
         opts.learning_rate
+    }
+}
+
+/// Facts a memory holds at the least under a routing gate: a fact there owns at most this
+/// share of the rows (a 4,096-row store 64 rows each, the 64-row stores of the tests one),
+/// whatever `top_t` asks.
+const MIN_FACTS_PER_MEMORY: usize = 64;
+
+/// Rows a fact selects: `top_t`, and under a routing gate (`routed`, where each fact owns its
+/// rows) at most a [`MIN_FACTS_PER_MEMORY`]th of the memory's `slots`, at least one.
+fn rows_per_fact(top_t: usize, slots: usize, routed: bool) -> usize {
+    if routed {
+        top_t.min((slots / MIN_FACTS_PER_MEMORY).max(1))
+    } else {
+        top_t
     }
 }
 
