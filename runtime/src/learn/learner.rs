@@ -691,7 +691,6 @@ fn named_from<B: Backend>(
     Ok(Some(from))
 }
 
-/// The memory's read gate where it routes named facts' rows.
 /// The SGD rate a fact of `rows` rows steps at. Under a routing gate a fact's rows share its
 /// read (per head, softmax weights summing to one over them), so a step changes its output by
 /// about rate × heads² / rows: the rate is set for [`ROUTED_RATE_ROWS`] rows and scaled to the
@@ -721,8 +720,8 @@ fn rows_per_fact(top_t: usize, slots: usize, routed: bool) -> usize {
     }
 }
 
-/// Tops `rows` up to `want` with rows of the whole table (`slots` of them) that no fact owns
-/// and that `taken` does not refuse, lowest first. Under a routing gate a fact's rows are read
+/// Tops `rows` up to `want` with rows of the whole table (`slots` of them) that `taken` does
+/// not refuse (an earlier fact's, a template's), lowest first. Under a routing gate a fact's rows are read
 /// by routing wherever it is named, not by the lookup, so any free row can hold it: once the
 /// rows its own words read are owned by earlier facts, the rest of the table still is free.
 fn fill_from_free_rows(
@@ -739,6 +738,7 @@ fn fill_from_free_rows(
     rows.extend(free.take(want - rows.len()));
 }
 
+/// The memory's read gate where it routes named facts' rows.
 fn routing_gate<B: Backend>(model: &Model<B>) -> Option<&ReadGate> {
     model.memory()[0].read_gate.as_ref().filter(|g| g.routes())
 }
