@@ -262,6 +262,9 @@ impl Tally {
 
     /// "71.0 % (held out 68.0 %, 17/25)" for the log.
     pub fn describe(&self) -> String {
+        if self.is_empty() {
+            return "none asked".into();
+        }
         let all = format!(
             "{:.1} % ({}/{})",
             100.0 * self.rate(),

@@ -55,19 +55,37 @@ pub fn reply_with(
     answer: &str,
     loop_guard: Option<LoopGuard>,
 ) -> Result<String, String> {
+    reply_naming(engine, question, answer, loop_guard).map(|(reply, _)| reply)
+}
+
+/// [`reply_with`], and the learned facts (by their order of learning) the routing read gate
+/// recalled anywhere in the prompt or the reply (none without a routing gate).
+fn reply_naming(
+    engine: &Engine,
+    question: &str,
+    answer: &str,
+    loop_guard: Option<LoopGuard>,
+) -> Result<(String, Vec<u32>), String> {
     let options = GenerateOptions {
         max_tokens: REPLY_TOKENS,
         loop_guard,
         ..Default::default()
     };
+    let prompt = engine
+        .tokenizer()
+        .apply_chat_template(&[ChatMessage::new("user", question)], true)
+        .and_then(|p| engine.tokenizer().encode(&p, true))
+        .map_err(|e| e.to_string())?;
+    let mut session = engine.session();
     let mut text = String::new();
-    let g = engine
-        .chat(&[ChatMessage::new("user", question)], &options, |piece| {
+    let g = session
+        .reply(&prompt, &options, |piece| {
             text.push_str(piece);
             !settled(&text, answer)
         })
         .map_err(|e| e.to_string())?;
-    Ok(g.text.trim().to_owned())
+    let named = session.facts_named_since(0).unwrap_or_default();
+    Ok((g.text.trim().to_owned(), named))
 }
 
 /// Asks each `(question, answer)` and returns whether it was right and the reply.
@@ -97,11 +115,25 @@ pub(super) struct Sets<'a> {
     pub(super) nll_before: f64,
 }
 
+/// What asking questions whose answers must be kept found.
+#[derive(Default)]
+struct Kept {
+    tally: Tally,
+    /// The questions that recalled a learned fact (the only ones learning can change).
+    recalling: Tally,
+    /// Those answered wrong, with their replies and the learned items they recalled.
+    wrong: Vec<serde_json::Value>,
+}
+
 /// Every axis measured on the memory as it is now.
 pub(super) struct Measured {
     pub(super) asks: Vec<(Ask, Tally)>,
     pub(super) retention: Tally,
     pub(super) neighbours: Tally,
+    /// The retention and neighbour questions that recalled some learned fact, and how many
+    /// of them kept their answer.
+    pub(super) retention_recalling: Tally,
+    pub(super) neighbours_recalling: Tally,
     pub(super) nll_change: f64,
     /// Retention and neighbour questions answered wrong, with their replies.
     pub(super) forgotten: Vec<serde_json::Value>,
@@ -129,8 +161,16 @@ impl Measured {
             }
         }
         axes.insert("retention".into(), self.retention.to_json());
+        axes.insert(
+            "retention_recalling".into(),
+            self.retention_recalling.to_json(),
+        );
         if !self.neighbours.is_empty() {
             axes.insert("near_neighbours".into(), self.neighbours.to_json());
+            axes.insert(
+                "near_neighbours_recalling".into(),
+                self.neighbours_recalling.to_json(),
+            );
         }
         axes.insert("heldout_nll_change".into(), json!(self.nll_change));
         axes.into()
@@ -143,15 +183,17 @@ impl Measured {
             }
         }
         eprintln!(
-            "{name}:   {:<16} {}",
+            "{name}:   {:<16} {}; of those recalling a learned fact {}",
             "retention",
-            self.retention.describe()
+            self.retention.describe(),
+            self.retention_recalling.describe()
         );
         if !self.neighbours.is_empty() {
             eprintln!(
-                "{name}:   {:<16} {}",
+                "{name}:   {:<16} {}; of those recalling a learned fact {}",
                 "near neighbours",
-                self.neighbours.describe()
+                self.neighbours.describe(),
+                self.neighbours_recalling.describe()
             );
         }
         eprintln!(
@@ -195,23 +237,37 @@ pub(super) fn measure(engine: &Engine, sets: &Sets) -> Result<Measured, String> 
             }
         }
     }
-    let mut keep =
-        |questions: Vec<(&str, &str)>| -> Result<(Tally, Vec<serde_json::Value>), String> {
-            let mut t = Tally::default();
-            let mut wrong = Vec::new();
-            for ((q, a), (right, r)) in questions.iter().zip(ask_all(engine, questions.clone())?) {
-                t.add(false, right);
-                if !right {
-                    if let Some(other) = leaked(sets.items, &r, a) {
-                        leaks.push(json!({"question": q, "reply": r, "learned_answer": other}));
-                    }
-                    wrong.push(json!({"question": q, "answer": a, "reply": r}));
-                }
+    let guard = *LOOP_GUARD.get_or_init(|| GenerateOptions::default().loop_guard);
+    // The learned items a question recalled, by id: where a kept answer was lost, these are
+    // the facts whose rows it read.
+    let recalled = |named: &[u32]| -> Vec<&str> {
+        named
+            .iter()
+            .filter_map(|&f| sets.items.get(f as usize).map(|it| it.id.as_str()))
+            .collect()
+    };
+    let mut keep = |questions: Vec<(&str, &str)>| -> Result<Kept, String> {
+        let mut kept = Kept::default();
+        for (q, a) in questions {
+            let (r, named) = reply_naming(engine, q, a, guard)?;
+            let right = correct(&r, a);
+            kept.tally.add(false, right);
+            if !named.is_empty() {
+                kept.recalling.add(false, right);
             }
-            Ok((t, wrong))
-        };
-    let (retention, forgotten) = keep(sets.retained.iter().map(qa).collect())?;
-    let (neighbours, forgotten_neighbours) = keep(
+            if !right {
+                if let Some(other) = leaked(sets.items, &r, a) {
+                    leaks.push(json!({"question": q, "reply": r, "learned_answer": other}));
+                }
+                kept.wrong
+                    .push(json!({"question": q, "answer": a, "reply": r,
+                    "recalled": recalled(&named)}));
+            }
+        }
+        Ok(kept)
+    };
+    let retention = keep(sets.retained.iter().map(qa).collect())?;
+    let neighbours = keep(
         sets.neighbours
             .iter()
             .map(|n| (n.question.as_str(), n.answer.as_str()))
@@ -220,11 +276,13 @@ pub(super) fn measure(engine: &Engine, sets: &Sets) -> Result<Measured, String> 
     let nll = mean_nll(engine, sets.held)?;
     Ok(Measured {
         asks,
-        retention,
-        neighbours,
+        retention: retention.tally,
+        neighbours: neighbours.tally,
+        retention_recalling: retention.recalling,
+        neighbours_recalling: neighbours.recalling,
         nll_change: nll / sets.nll_before - 1.0,
-        forgotten,
-        forgotten_neighbours,
+        forgotten: retention.wrong,
+        forgotten_neighbours: neighbours.wrong,
         missed,
         leaks,
     })

@@ -187,13 +187,20 @@ impl Session<'_> {
     /// the tokens run so far; `None` where no memory block has a routing gate (another gate
     /// cannot say which fact a read belongs to).
     pub fn facts_recalled_since(&self, from: usize) -> Option<usize> {
+        self.facts_named_since(from).map(|facts| facts.len())
+    }
+
+    /// Which learned facts (by their order of learning) the memory's routing read gate
+    /// recalled from position `from` of the tokens run so far; `None` where no memory block
+    /// has a routing gate.
+    pub fn facts_named_since(&self, from: usize) -> Option<Vec<u32>> {
         let routed = self
             .engine
             .model
             .memory()
             .iter()
             .any(|m| m.read_gate.as_ref().is_some_and(|g| g.routes()));
-        routed.then(|| self.cache.open.named_since(from))
+        routed.then(|| self.cache.open.facts_named_since(from))
     }
 
     /// Like [`Session::generate`] for a prompt rendered through the chat template: the reply
@@ -248,7 +255,10 @@ impl Session<'_> {
             }
         };
         let start = Instant::now();
+        // The prompt names learned facts for the routing gate; the reply's own words do not.
+        self.cache.open.set_replying(false);
         let mut next_step = step(&prompt[common..], &mut self.cache)?;
+        self.cache.open.set_replying(true);
         self.tokens.extend_from_slice(&prompt[common..]);
         let prefill_time = start.elapsed();
 
