@@ -242,12 +242,14 @@ fn common_words_name_a_question_only_without_a_rarer_one() {
     // And where there is none, the common words.
     let france = named(&Fact::qa("What is the capital of France?", "Paris"));
     assert!(france.iter().any(|n| n == "France"), "{france:?}");
-    // A note keeps its common words: "Where does Ana live?" names Ana alone.
+    // A note keeps its names, common or not: "Where does Ana live?" names Ana alone. Its
+    // common nouns ("sister") name it only where the user asks about their own.
     let ana = named(&Fact::note("My sister Ana lives in Porto."));
     assert!(
         ana.iter().any(|n| n == "Ana") && ana.iter().any(|n| n == "Porto"),
         "{ana:?}"
     );
+    assert!(!ana.iter().any(|n| n == "sister"), "{ana:?}");
 }
 
 #[test]

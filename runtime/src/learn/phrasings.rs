@@ -140,7 +140,10 @@ pub fn topic_needles(tok: &Tokenizer, fact: &Fact) -> Result<Vec<Vec<u32>>> {
     let names = questions::note_topics(text)
         .into_iter()
         .filter(|t| t.contains(' ') && t.chars().next().is_some_and(char::is_uppercase));
-    let mut words = questions::topic_words(text);
+    let mut words = match fact {
+        Fact::QuestionAnswer { .. } => questions::topic_words(text),
+        Fact::Note(_) => questions::note_naming_words(text),
+    };
     // A question's word common enough to be one token of the vocabulary ("Germany",
     // "Justice"), or an abbreviation ("U.S."), names it only where no rarer word does
     // ("Hesse", "Whaley"): otherwise "What is the capital of Germany?" reads the rows of "Who

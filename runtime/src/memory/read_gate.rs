@@ -23,8 +23,8 @@ const CACHE_MAGIC: &[u8; 8] = b"EGRKEYS2";
 /// First bytes of a saved topic gate.
 const TOPICS_MAGIC: &[u8; 8] = b"EGRTOPC1";
 
-/// First bytes of a saved routing gate.
-const ROUTES_MAGIC: &[u8; 8] = b"EGRROUT2";
+/// First bytes of a saved routing gate (3: a note with a name is named by its names alone).
+const ROUTES_MAGIC: &[u8; 8] = b"EGRROUT3";
 
 /// Marks a saved needle that names its fact only where the user speaks of themselves.
 const PERSONAL_NEEDLE: u32 = 1 << 31;
@@ -417,6 +417,17 @@ impl ReadGate {
             .unwrap_or(WordStart::Break)
     }
 
+    /// Whether the `n` tokens seen last begin a word: a needle's form without a space
+    /// ("book", for a sentence's start) does not match inside another word ("passbook").
+    fn begins_word(&self, open: &OpenFacts, n: usize) -> bool {
+        let Some(at) = open.recent.len().checked_sub(n) else {
+            return false;
+        };
+        at == 0
+            || self.class(open.recent[at].1) != WordStart::Inside
+            || self.class(open.recent[at - 1].1) == WordStart::Break
+    }
+
     /// Whether the `n` tokens seen last follow a capitalized word that belongs to another
     /// name: any, when they are one word of a learned name of several ("Acme Looms"); one
     /// not at a sentence's start otherwise ("Irving Berlin", but "Did Tariq").
@@ -513,7 +524,7 @@ impl ReadGate {
                 self.needles.get(&token)
             };
             for (needle, fact) in needles.into_iter().flatten() {
-                if open.ends_with(needle) {
+                if open.ends_with(needle) && self.begins_word(open, needle.len()) {
                     let part = self.partial.contains(&(*fact, needle.clone()));
                     if !self.follows_another_name(open, needle.len(), part) {
                         open.pending.push((*fact, at, false));
@@ -531,6 +542,7 @@ impl ReadGate {
                 let starts = (at + 1).saturating_sub(needle.len());
                 if open.speaker_at.is_some_and(|p| p < starts)
                     && open.ends_with(needle)
+                    && self.begins_word(open, needle.len())
                     && !open.pending.iter().any(|&(f, _, _)| f == *fact)
                 {
                     open.pending.push((*fact, at, true));
@@ -1111,6 +1123,8 @@ mod tests {
         // "Brightwell Looms", named whole or by "Looms"; "Tariq", a name of one word.
         gate.add_routed_fact(&[vec![3], vec![4, 5, 3]], &[], &[7]);
         gate.add_routed_fact(&[vec![7]], &[], &[8]);
+        // "ov", a word's form at a line's start (no space before it).
+        gate.add_routed_fact(&[vec![8]], &[], &[9]);
         let named = |tokens: &[u32]| {
             let mut w = vec![1.0; tokens.len()];
             let slots = vec![1; tokens.len()];
@@ -1126,7 +1140,8 @@ mod tests {
         assert_eq!(named(&[6, 1, 3, 0]), [0], "Did is Looms");
         assert_eq!(named(&[0, 6, 7, 0]), [1], "Did Tariq: a name of one word");
         assert_eq!(named(&[6, 1, 2, 7, 0]), none, "is Acme Tariq: after another name");
-        assert_eq!(named(&[0, 7, 8, 0]), none, "Tariqov: the word goes on");
+        assert_eq!(named(&[0, 7, 8, 0]), none, "Tariqov: the word goes on, ov is inside it");
+        assert_eq!(named(&[0, 8, 0]), [2], "ov at a line's start");
         assert_eq!(named(&[0, 7, 3, 0]), none, "Tariq Looms: another name follows");
         // The parts are found again when a saved gate loads.
         let mut back = ReadGate::with_routes(3).unwrap();

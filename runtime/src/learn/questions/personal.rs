@@ -5,7 +5,7 @@
 //! speaks of themselves ("I", "my", "we", "our"), so a general question holding the same word
 //! ("Which instrument has four strings?") computes what the base model computes.
 
-use super::{QUESTION_WORDS, bare, is_function, is_weak_topic, topic_words, words};
+use super::{QUESTION_WORDS, bare, is_function, is_weak_topic, note_naming_words, words};
 
 /// Verbs and nouns in nearly every sentence about oneself: as a personal word each would open
 /// most notes at once.
@@ -82,14 +82,14 @@ const SAME_THING: &[&[&str]] = &[
     &["appointment", "session"],
 ];
 
-/// The words of `note` a question about it may use that [`topic_words`] does not give: its
+/// The words of `note` a question about it may use that [`note_naming_words`] does not give: its
 /// other content words in lower case (verbs and nouns, not generic ones), their plain
 /// inflections, and the words that mean the same thing in one's own life ([`SAME_THING`]).
 /// Every note is the user's, so "Aunt Folasade has lived in Lagos." gives "aunt" and "live"
 /// although it says no "my": the question ("Where does my aunt live?") does.
 pub fn personal_words(note: &str) -> Vec<String> {
     let w = words(note);
-    let named: Vec<String> = topic_words(note).iter().map(|t| bare(t)).collect();
+    let named: Vec<String> = note_naming_words(note).iter().map(|t| bare(t)).collect();
     let mut out: Vec<String> = Vec::new();
     let push = |out: &mut Vec<String>, word: String| {
         if word.len() >= 3
