@@ -10,7 +10,7 @@ use super::optimizer::Optimizer;
 use super::options::{
     ANCHOR_TUNED_READS_PER_ROW, FactReport, LearnOptions, LearnReport, ROUTED_RATE_ROWS,
 };
-use super::phrasings::{personal_needles, prepare_phrasings};
+use super::phrasings::{context_needles, personal_needles, prepare_phrasings};
 use super::phrasings::{Example, examples, examples_with, topic_needles};
 use crate::backend::Backend;
 use crate::delta::add_diff;
@@ -387,8 +387,10 @@ fn learn_facts<B: Backend>(
         if routed {
             let needles = topic_needles(tok, &facts[fi])?;
             let personal = personal_needles(tok, &facts[fi])?;
+            let context = context_needles(tok, &facts[fi])?;
             if let Some(gate) = model.memory_mut()[0].read_gate.as_mut() {
-                gate.add_routed_fact(&needles, &personal, &rows_sorted);
+                let id = gate.add_routed_fact(&needles, &personal, &rows_sorted);
+                gate.add_context(id, &context);
             }
             let memory = &model.memory()[0];
             let gate = memory.read_gate.as_ref().expect("a routing gate");
@@ -829,8 +831,10 @@ fn reroute_read_gate<B: Backend>(
         if !kept.is_empty() {
             let needles = topic_needles(tok, fact)?;
             let personal = personal_needles(tok, fact)?;
+            let context = context_needles(tok, fact)?;
             if let Some(gate) = model.memory_mut()[0].read_gate.as_mut() {
-                gate.add_routed_fact(&needles, &personal, kept);
+                let id = gate.add_routed_fact(&needles, &personal, kept);
+                gate.add_context(id, &context);
             }
             continue;
         }
@@ -848,8 +852,10 @@ fn reroute_read_gate<B: Backend>(
         rows.retain(|&r| nonzero.get(r as usize).copied().unwrap_or(false) && !gate.owns(r));
         let needles = topic_needles(tok, fact)?;
         let personal = personal_needles(tok, fact)?;
+        let context = context_needles(tok, fact)?;
         if let Some(gate) = model.memory_mut()[0].read_gate.as_mut() {
-            gate.add_routed_fact(&needles, &personal, &rows);
+            let id = gate.add_routed_fact(&needles, &personal, &rows);
+            gate.add_context(id, &context);
         }
     }
     Ok(())

@@ -28,7 +28,8 @@ pub use options::{
     TOPIC_GATE_TOP_T,
 };
 pub use phrasings::{
-    Example, examples, examples_with, personal_needles, speaker_tokens, topic_needles, word_starts,
+    Example, context_needles, examples, examples_with, personal_needles, speaker_tokens,
+    topic_needles, word_starts,
 };
 pub use retrofit::{Init, RetrofitOptions, RetrofitProgress, retrofit};
 pub use statements::{TurnKind, asks_about_user, classify_turn, replaced_fact};

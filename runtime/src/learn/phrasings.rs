@@ -204,6 +204,36 @@ pub fn personal_needles(tok: &Tokenizer, fact: &Fact) -> Result<Vec<Vec<u32>>> {
     Ok(needles)
 }
 
+/// The token ids of a fact's context words (every word that could tell it from another fact
+/// about the same subject, and a note's personal words), each as it reads inside a sentence
+/// and at its start: where a routing gate finds several facts named at once, it reads those
+/// whose words the text holds most.
+pub fn context_needles(tok: &Tokenizer, fact: &Fact) -> Result<Vec<Vec<u32>>> {
+    let text = match fact {
+        Fact::QuestionAnswer { question, .. } => question,
+        Fact::Note(text) => text,
+    };
+    let mut words = questions::context_words(text);
+    if let Fact::Note(_) = fact {
+        for w in questions::personal_words(text) {
+            if !words.contains(&w) {
+                words.push(w);
+            }
+        }
+    }
+    let mut needles = Vec::new();
+    for w in words {
+        let upper: String = w.chars().take(1).flat_map(char::to_uppercase).chain(w.chars().skip(1)).collect();
+        for form in [format!(" {w}"), w.clone(), format!(" {upper}"), upper] {
+            let ids = tok.encode(&form, false)?;
+            if !ids.is_empty() && !needles.contains(&ids) {
+                needles.push(ids);
+            }
+        }
+    }
+    Ok(needles)
+}
+
 /// The tokens of `tok`'s vocabulary a routing gate needs to tell the user asking about
 /// themselves (see [`SpeakerTokens`]): first-person words ("I", " my", " We"), what ends a
 /// sentence or a turn (".", "?", "!", a line break, special tokens), question words ("What",

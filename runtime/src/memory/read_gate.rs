@@ -29,6 +29,9 @@ const ROUTES_MAGIC: &[u8; 8] = b"EGRROUT3";
 /// Marks a saved needle that names its fact only where the user speaks of themselves.
 const PERSONAL_NEEDLE: u32 = 1 << 31;
 
+/// Marks a saved needle that names nothing but tells open facts apart (a context word).
+const CONTEXT_NEEDLE: u32 = 1 << 30;
+
 /// Cosine a reading token's input needs to a question/answer fact's key, by default. After 100
 /// facts (ungated: 76 learned, 129 of 150 general answers kept): 0.8 gave 76 / 135, 0.9
 /// 77 / 140, 0.95 76 / 144.
@@ -114,6 +117,10 @@ pub struct ReadGate {
     /// sentence where the user speaks of themselves (routes; see
     /// [`crate::learn::personal_words`]).
     personal: HashMap<u32, Vec<(Vec<u32>, u32)>>,
+    /// Each fact's words as token ids, by their last token: they name nothing, but where
+    /// several facts are open, those whose words the text holds most are read (routes; see
+    /// [`crate::learn::context_needles`]).
+    context: HashMap<u32, Vec<(Vec<u32>, u32)>>,
     /// Which tokens make a sentence the user asking about themselves (routes).
     speaker: SpeakerTokens,
 }
@@ -161,10 +168,20 @@ pub struct OpenFacts {
     /// common names ("American", "England") opened some learned fact in 118 of 150 general
     /// questions after 1,050 facts, and its rows then rewrote the answer.
     replying: bool,
+    /// Context words of learned facts the text held: (position, fact, which word). Kept
+    /// for two windows back: a fact open now was named at most one window ago, and the
+    /// words that tell it apart may come up to a window before its name.
+    context_seen: Vec<(usize, u32, u64)>,
 }
 
 /// Tokens [`OpenFacts`] remembers: longer topic words are not matched across calls.
 const RECENT_TOKENS: usize = 16;
+
+/// Which word a context needle is, for counting distinct words: its tokens, hashed.
+fn word_key(needle: &[u32]) -> u64 {
+    let bytes: Vec<u8> = needle.iter().flat_map(|t| t.to_le_bytes()).collect();
+    xxh3_64(&bytes)
+}
 
 impl OpenFacts {
     /// Forgets what was opened or seen at or after position `len` (the cache was cut there).
@@ -172,6 +189,7 @@ impl OpenFacts {
         self.opened.retain(|_, &mut at| at < len);
         self.recent.retain(|&(at, _)| at < len);
         self.pending.retain(|&(_, at, _)| at < len);
+        self.context_seen.retain(|&(at, _, _)| at < len);
         self.personal_only.retain(|f| self.opened.contains_key(f));
         self.speaker_at = self.speaker_at.filter(|&at| at < len);
         if self.sentence_from >= len {
@@ -223,6 +241,21 @@ impl OpenFacts {
             .collect();
         facts.sort_unstable();
         facts
+    }
+
+    /// How many of `fact`'s context words the text held from one window before its latest
+    /// naming on.
+    fn context_score(&self, fact: u32, window: usize) -> usize {
+        let from = self.opened.get(&fact).map_or(0, |&at| at.saturating_sub(window));
+        let mut words: Vec<u64> = self
+            .context_seen
+            .iter()
+            .filter(|&&(at, f, _)| f == fact && at >= from)
+            .map(|&(_, _, w)| w)
+            .collect();
+        words.sort_unstable();
+        words.dedup();
+        words.len()
     }
 
     /// Facts opened so far.
@@ -307,6 +340,7 @@ impl ReadGate {
             word_starts: Vec::new(),
             partial: HashSet::new(),
             personal: HashMap::new(),
+            context: HashMap::new(),
             speaker: SpeakerTokens::default(),
         })
     }
@@ -376,6 +410,18 @@ impl ReadGate {
         }
         self.mark_partial(fact);
         fact
+    }
+
+    /// Gives a routed fact its context words as token ids: where several facts are open at
+    /// once, only those whose words the text holds most are read ("What is the name of
+    /// Wassily Kandinsky's mother?" opens both Kandinsky facts; "mother" tells them apart).
+    pub fn add_context(&mut self, fact: u32, words: &[Vec<u32>]) {
+        for w in words.iter().filter(|w| !w.is_empty()) {
+            let list = self.context.entry(w[w.len() - 1]).or_default();
+            if !list.iter().any(|(n, f)| *f == fact && n == w) {
+                list.push((w.clone(), fact));
+            }
+        }
     }
 
     /// Finds which of `fact`'s needles are one word of a longer name of it (held whole by
@@ -456,11 +502,17 @@ impl ReadGate {
             facts.retain(|&f| f < n);
             !facts.is_empty()
         });
-        for list in self.needles.values_mut().chain(self.personal.values_mut()) {
+        for list in self
+            .needles
+            .values_mut()
+            .chain(self.personal.values_mut())
+            .chain(self.context.values_mut())
+        {
             list.retain(|&(_, f)| f < n);
         }
         self.needles.retain(|_, list| !list.is_empty());
         self.personal.retain(|_, list| !list.is_empty());
+        self.context.retain(|_, list| !list.is_empty());
         self.partial.retain(|&(f, _)| f < n);
     }
 
@@ -531,6 +583,16 @@ impl ReadGate {
                     }
                 }
             }
+            if !open.replying {
+                for (word, fact) in self.context.get(&token).into_iter().flatten() {
+                    if open.ends_with(word) && self.begins_word(open, word.len()) {
+                        let key = word_key(word);
+                        open.context_seen.push((at, *fact, key));
+                    }
+                }
+                let keep_from = at.saturating_sub(2 * self.route_window.min(1 << 20));
+                open.context_seen.retain(|&(seen, _, _)| seen >= keep_from);
+            }
             // A personal word names a note after the user spoke of themselves in the same
             // sentence ("Which instrument do I play?"), never in a general question.
             let personal = if open.replying {
@@ -566,6 +628,17 @@ impl ReadGate {
             // Ana" reads Ana's note, not every note holding "sister".
             if here.iter().any(|f| !open.personal_only.contains(f)) {
                 here.retain(|f| !open.personal_only.contains(f));
+            }
+            // Of several facts open, those whose words the text holds most: a question about
+            // Kandinsky's mother reads the fact about his mother, not the one about his son.
+            if here.len() > 1 {
+                let scores: Vec<usize> = here
+                    .iter()
+                    .map(|&f| open.context_score(f, self.route_window))
+                    .collect();
+                let best = scores.iter().copied().max().unwrap_or(0);
+                let mut kept = scores.iter().map(|&s| s == best);
+                here.retain(|_| kept.next().unwrap_or(true));
             }
             here.sort_unstable();
             facts.push(here);
@@ -693,11 +766,18 @@ impl ReadGate {
             put(&mut out, self.facts);
             let needles: BTreeMap<_, _> = self.needles.iter().collect();
             let personal: BTreeMap<_, _> = self.personal.iter().collect();
-            let count = needles.values().chain(personal.values()).map(|v| v.len()).sum::<usize>();
+            let context: BTreeMap<_, _> = self.context.iter().collect();
+            let count = needles
+                .values()
+                .chain(personal.values())
+                .chain(context.values())
+                .map(|v| v.len())
+                .sum::<usize>();
             put(&mut out, count as u32);
             let named = needles.into_values().flatten().map(|(n, f)| (n, *f));
             let personal = personal.into_values().flatten().map(|(n, f)| (n, f | PERSONAL_NEEDLE));
-            for (needle, fact) in named.chain(personal) {
+            let context = context.into_values().flatten().map(|(n, f)| (n, f | CONTEXT_NEEDLE));
+            for (needle, fact) in named.chain(personal).chain(context) {
                 put(&mut out, fact);
                 put(&mut out, needle.len() as u32);
                 for &t in needle {
@@ -766,13 +846,26 @@ impl ReadGate {
             }
             for _ in 0..cur.u32()? {
                 let marked = cur.u32()? as u32;
-                let (fact, personal) = (marked & !PERSONAL_NEEDLE, marked & PERSONAL_NEEDLE != 0);
+                let fact = marked & !(PERSONAL_NEEDLE | CONTEXT_NEEDLE);
+                let (personal, context) =
+                    (marked & PERSONAL_NEEDLE != 0, marked & CONTEXT_NEEDLE != 0);
                 let len = cur.u32()?;
-                if fact >= gate.facts || len == 0 || len > RECENT_TOKENS || (personal && !gate.routes) {
+                if fact >= gate.facts
+                    || len == 0
+                    || len > RECENT_TOKENS
+                    || ((personal || context) && !gate.routes)
+                    || (personal && context)
+                {
                     return None;
                 }
                 let needle = (0..len).map(|_| cur.u32().map(|t| t as u32)).collect::<Option<Vec<u32>>>()?;
-                let map = if personal { &mut gate.personal } else { &mut gate.needles };
+                let map = if personal {
+                    &mut gate.personal
+                } else if context {
+                    &mut gate.context
+                } else {
+                    &mut gate.needles
+                };
                 map.entry(needle[len - 1]).or_default().push((needle, fact));
             }
             for _ in 0..cur.u32()? {
@@ -1108,6 +1201,33 @@ mod tests {
         let prompt = run(&mut open, &[2, 5, 2, 8, 2, 2], 0);
         assert_eq!(prompt[4], vec![0, 1]);
         assert_eq!(open.facts_named_since(3), vec![1]);
+    }
+
+    #[test]
+    fn of_facts_named_at_once_those_whose_words_the_text_holds_most_are_read() {
+        // 5 " Kandinsky" names both facts; 6 " mother" is fact 0's word, 7 " son" fact 1's.
+        let mut gate = ReadGate::with_routes(3).unwrap();
+        let mother = gate.add_routed_fact(&[vec![5]], &[], &[10]);
+        let son = gate.add_routed_fact(&[vec![5]], &[], &[11]);
+        gate.add_context(mother, &[vec![5], vec![6]]);
+        gate.add_context(son, &[vec![5], vec![7]]);
+        let read = |gate: &ReadGate, tokens: &[u32]| {
+            let slots = vec![1; tokens.len()];
+            let mut w = vec![1.0; tokens.len()];
+            let facts =
+                gate.route_in_sequence(&slots, &mut w, tokens, 0, &mut OpenFacts::default());
+            facts[tokens.len() - 1].clone()
+        };
+        assert_eq!(read(&gate, &[2, 5, 6, 2]), [mother], "Kandinsky's mother");
+        assert_eq!(read(&gate, &[7, 2, 5, 2]), [son], "the son of Kandinsky");
+        assert_eq!(read(&gate, &[2, 5, 2, 2]), [mother, son], "a tie reads both");
+        // The words are saved with the gate.
+        let mut back = ReadGate::with_routes(3).unwrap();
+        back.load_bytes(&gate.to_bytes("t"), "t").unwrap();
+        assert_eq!(read(&back, &[2, 5, 6, 2]), [mother]);
+        // And taken out with their fact.
+        gate.truncate_facts(1);
+        assert!(gate.context.values().flatten().all(|&(_, f)| f == mother));
     }
 
     #[test]

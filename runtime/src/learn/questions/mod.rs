@@ -324,6 +324,25 @@ pub fn note_naming_words(note: &str) -> Vec<String> {
     if names.is_empty() { words } else { names }
 }
 
+/// Every word of `text` that could tell it from another fact about the same subject: three
+/// letters or more, no function or question word ("mother", "son", "appointed", "Justice").
+/// These name nothing; they only rank facts a routing gate finds named at once.
+pub fn context_words(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for w in words(text) {
+        let core = strip_punct(w).trim_end_matches("'s").trim_end_matches('\u{2019}').to_owned();
+        let b = bare(&core);
+        if b.len() >= 3
+            && !is_function(&core)
+            && !QUESTION_WORDS.contains(&b.as_str())
+            && !out.contains(&core)
+        {
+            out.push(core);
+        }
+    }
+    out
+}
+
 /// The words of `text` that carry its content: four letters or more, no function word, verb,
 /// question word or word too common to name anything ("wifi", "password", "cabin";
 /// "nano-satellite").
@@ -626,6 +645,18 @@ mod tests {
             ["marathon", "Berlin"]
         );
         assert_eq!(topic_words("I have read 23 books so far this year."), ["books"]);
+    }
+
+    #[test]
+    fn context_words_keep_what_tells_two_facts_about_one_subject_apart() {
+        assert_eq!(
+            context_words("What is the name of Wassily Kandinsky's mother?"),
+            ["name", "Wassily", "Kandinsky", "mother"]
+        );
+        assert_eq!(
+            context_words("What was the name of Wassily Kandinsky's only son?"),
+            ["name", "Wassily", "Kandinsky", "only", "son"]
+        );
     }
 
     #[test]
