@@ -191,8 +191,14 @@ pub fn personal_needles(tok: &Tokenizer, fact: &Fact) -> Result<Vec<Vec<u32>>> {
     let Fact::Note(text) = fact else {
         return Ok(Vec::new());
     };
+    any_case_needles(tok, questions::personal_words(text))
+}
+
+/// The token ids of `words`, each as it reads inside a sentence (" mom") and at its start
+/// ("mom"), in lower case and capitalized (" Mom", "Mom").
+fn any_case_needles(tok: &Tokenizer, words: Vec<String>) -> Result<Vec<Vec<u32>>> {
     let mut needles = Vec::new();
-    for w in questions::personal_words(text) {
+    for w in words {
         let upper: String = w.chars().take(1).flat_map(char::to_uppercase).chain(w.chars().skip(1)).collect();
         for form in [format!(" {w}"), w.clone(), format!(" {upper}"), upper] {
             let ids = tok.encode(&form, false)?;
@@ -221,17 +227,7 @@ pub fn context_needles(tok: &Tokenizer, fact: &Fact) -> Result<Vec<Vec<u32>>> {
             }
         }
     }
-    let mut needles = Vec::new();
-    for w in words {
-        let upper: String = w.chars().take(1).flat_map(char::to_uppercase).chain(w.chars().skip(1)).collect();
-        for form in [format!(" {w}"), w.clone(), format!(" {upper}"), upper] {
-            let ids = tok.encode(&form, false)?;
-            if !ids.is_empty() && !needles.contains(&ids) {
-                needles.push(ids);
-            }
-        }
-    }
-    Ok(needles)
+    any_case_needles(tok, words)
 }
 
 /// The tokens of `tok`'s vocabulary a routing gate needs to tell the user asking about

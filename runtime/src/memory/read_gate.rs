@@ -463,6 +463,21 @@ impl ReadGate {
             .unwrap_or(WordStart::Break)
     }
 
+    /// The words of `words` that end with `token`, unless the tokens being read are the
+    /// model's own reply (whose words name nothing).
+    fn naming<'a>(
+        &self,
+        words: &'a HashMap<u32, Vec<(Vec<u32>, u32)>>,
+        open: &OpenFacts,
+        token: u32,
+    ) -> Option<&'a Vec<(Vec<u32>, u32)>> {
+        if open.replying {
+            None
+        } else {
+            words.get(&token)
+        }
+    }
+
     /// Whether the `n` tokens seen last begin a word: a needle's form without a space
     /// ("book", for a sentence's start) does not match inside another word ("passbook").
     fn begins_word(&self, open: &OpenFacts, n: usize) -> bool {
@@ -570,11 +585,7 @@ impl ReadGate {
             {
                 open.asking = true;
             }
-            let needles = if open.replying {
-                None
-            } else {
-                self.needles.get(&token)
-            };
+            let needles = self.naming(&self.needles, open, token);
             for (needle, fact) in needles.into_iter().flatten() {
                 if open.ends_with(needle) && self.begins_word(open, needle.len()) {
                     let part = self.partial.contains(&(*fact, needle.clone()));
@@ -595,11 +606,7 @@ impl ReadGate {
             }
             // A personal word names a note after the user spoke of themselves in the same
             // sentence ("Which instrument do I play?"), never in a general question.
-            let personal = if open.replying {
-                None
-            } else {
-                self.personal.get(&token)
-            };
+            let personal = self.naming(&self.personal, open, token);
             for (needle, fact) in personal.into_iter().flatten() {
                 let starts = (at + 1).saturating_sub(needle.len());
                 if open.speaker_at.is_some_and(|p| p < starts)
@@ -930,11 +937,7 @@ impl ReadGate {
         for (t, &token) in tokens.iter().enumerate() {
             let at = pos0 + t;
             open.see(at, token);
-            let needles = if open.replying {
-                None
-            } else {
-                self.needles.get(&token)
-            };
+            let needles = self.naming(&self.needles, open, token);
             for (needle, fact) in needles.into_iter().flatten() {
                 if open.ends_with(needle) {
                     open.open(*fact, at);
