@@ -183,16 +183,16 @@ fn matmul_backward_is_the_transpose_for_every_format() {
         dy[t * rows + 7] = if t == 1 { 0.5 } else { 0.0 };
     }
     let x = noise(n * cols, 12, 1.0);
-    // Both paths: decoding the quantized rows on the fly, and the full-precision copy that
-    // learning keeps (a blocked f32 GEMM over 40 rows split unevenly across two threads).
-    for (dtype, dense) in GgmlType::ALL
+    // Both paths: decoding the quantized rows on the fly, and the blocked f32 GEMM learning
+    // uses (the weight decoded a panel at a time, 40 rows split unevenly across two threads).
+    for (dtype, gemm) in GgmlType::ALL
         .into_iter()
         .flat_map(|d| [(d, false), (d, true)])
     {
         let src = f32_weight(&w, rows, cols, dtype);
         let weight = b.load_weight(&src).unwrap();
-        b.keep_dense(&weight, dense);
-        assert_eq!(weight.is_dense(), dense);
+        b.use_gemm(&weight, gemm);
+        assert_eq!(weight.is_through_gemm(), gemm);
         let dx = b.matmul_backward(&weight, &tensor(dy.clone(), n, rows));
         // Reference: dy · W with W decoded from the same blocks, in f64.
         let row_bytes = dtype.row_bytes(cols).unwrap();
@@ -211,16 +211,19 @@ fn matmul_backward_is_the_transpose_for_every_format() {
                     .sum();
                 assert!(
                     (dx.data[t * cols + c] as f64 - want).abs() < 1e-4 * (1.0 + want.abs()),
-                    "{dtype} dense {dense} ({t}, {c})"
+                    "{dtype} gemm {gemm} ({t}, {c})"
                 );
             }
         }
-        if dense {
-            // The forward through the copy computes what the quantized path does (it rounds
+        if gemm {
+            // The forward through the GEMM computes what the quantized path does (it rounds
             // the activations to the same 8-bit blocks), within f32 and f16 rounding.
             let y = b.matmul(&weight, &tensor(x.clone(), n, cols));
-            b.keep_dense(&weight, false);
-            assert!(!weight.is_dense(), "{dtype}: the copy was not dropped");
+            b.use_gemm(&weight, false);
+            assert!(
+                !weight.is_through_gemm(),
+                "{dtype}: the GEMM path was not turned off"
+            );
             let quantized = b.matmul(&weight, &tensor(x.clone(), n, cols));
             let worst = y
                 .data
@@ -228,7 +231,7 @@ fn matmul_backward_is_the_transpose_for_every_format() {
                 .zip(&quantized.data)
                 .map(|(a, q)| (a - q).abs() / (1.0 + q.abs()))
                 .fold(0f32, f32::max);
-            // Against x · Wᵀ without the rounding, which the dense path would give otherwise.
+            // Against x · Wᵀ without the rounding, which the GEMM path would give otherwise.
             let unrounded = (0..n * rows)
                 .map(|i| {
                     let (t, r) = (i / rows, i % rows);
@@ -239,14 +242,11 @@ fn matmul_backward_is_the_transpose_for_every_format() {
                 })
                 .fold(0f32, f32::max);
             eprintln!(
-                "{dtype}: dense forward within {worst:.2e} of the quantized path (unrounded: {unrounded:.2e})"
+                "{dtype}: GEMM forward within {worst:.2e} of the quantized path (unrounded: {unrounded:.2e})"
             );
             // What is left is the f16 rounding of the activation block sums that the
             // offset formats (Q4_0, Q4_1, Q4_K) multiply, and summation order.
-            assert!(
-                worst < 5e-3,
-                "{dtype}: dense forward differs by {worst:.2e}"
-            );
+            assert!(worst < 5e-3, "{dtype}: GEMM forward differs by {worst:.2e}");
             let float = matches!(dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
             assert!(
                 float || worst < 0.1 * unrounded,
@@ -265,6 +265,54 @@ fn matmul_backward_is_the_transpose_for_every_format() {
     check("matmul f32", &x, &g.data, 1e-2, &f);
 }
 
+/// Weights wider than one panel the GEMM decodes at a time (16 rows of 4,096 columns
+/// forward, 64 rows of a task's 1,024 columns backward): every panel adds its part once.
+#[test]
+fn the_gemm_decodes_wide_weights_panel_by_panel() {
+    let b = backend();
+    let (n, rows, cols) = (3, 150, 4096);
+    let w = noise(rows * cols, 41, 1.0);
+    let x = noise(n * cols, 42, 1.0);
+    let dy = noise(n * rows, 43, 1.0);
+    for dtype in [GgmlType::Q4_1, GgmlType::Q4_K, GgmlType::F16] {
+        let src = f32_weight(&w, rows, cols, dtype);
+        let weight = b.load_weight(&src).unwrap();
+        let quantized = b.matmul(&weight, &tensor(x.clone(), n, cols));
+        let quantized_dx = b.matmul_backward(&weight, &tensor(dy.clone(), n, rows));
+        b.use_gemm(&weight, true);
+        let y = b.matmul(&weight, &tensor(x.clone(), n, cols));
+        let dx = b.matmul_backward(&weight, &tensor(dy.clone(), n, rows));
+        let worst = |got: &[f32], want: &[f32]| {
+            got.iter()
+                .zip(want)
+                .map(|(a, q)| (a - q).abs() / (1.0 + q.abs()))
+                .fold(0f32, f32::max)
+        };
+        let (forward, backward) = (
+            worst(&y.data, &quantized.data),
+            worst(&dx.data, &quantized_dx.data),
+        );
+        eprintln!(
+            "{dtype}: GEMM within {forward:.2e} (forward) and {backward:.2e} (backward) of the quantized path"
+        );
+        // Forward: the activation block sums' f16 rounding and summation order (4,096 terms);
+        // backward: both decode the same blocks, so only summation order differs.
+        assert!(
+            forward < 2e-2,
+            "{dtype}: GEMM forward differs by {forward:.2e}"
+        );
+        assert!(
+            backward < 1e-4,
+            "{dtype}: GEMM backward differs by {backward:.2e}"
+        );
+        // A panel added twice or left out would be off by a whole row's share.
+        assert!(
+            y.data.iter().any(|v| v.abs() > 1.0),
+            "{dtype}: the products are all small"
+        );
+    }
+}
+
 #[test]
 fn batched_products_match_one_weight_at_a_time() {
     // q, k and v (or gate and up) of unequal widths: the batch splits their columns into
@@ -273,7 +321,7 @@ fn batched_products_match_one_weight_at_a_time() {
     let (n, cols) = (5, 64);
     let widths = [48, 16, 32];
     let x = noise(n * cols, 21, 1.0);
-    for (dtype, dense) in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F32]
+    for (dtype, gemm) in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F32]
         .into_iter()
         .flat_map(|d| [(d, false), (d, true)])
     {
@@ -283,7 +331,7 @@ fn batched_products_match_one_weight_at_a_time() {
             .map(|(i, &rows)| {
                 let w = noise(rows * cols, 30 + i as u64, 1.0);
                 let weight = b.load_weight(&f32_weight(&w, rows, cols, dtype)).unwrap();
-                b.keep_dense(&weight, dense);
+                b.use_gemm(&weight, gemm);
                 weight
             })
             .collect();
@@ -302,7 +350,7 @@ fn batched_products_match_one_weight_at_a_time() {
                 .fold(0f32, f32::max);
             assert!(
                 worst < 1e-5,
-                "{dtype} dense {dense}: product {i} off by {worst:.2e}"
+                "{dtype} gemm {gemm}: product {i} off by {worst:.2e}"
             );
         }
         let dys: Vec<_> = widths
@@ -327,7 +375,7 @@ fn batched_products_match_one_weight_at_a_time() {
             .fold(0f32, f32::max);
         assert!(
             worst < 1e-5,
-            "{dtype} dense {dense}: summed backward off by {worst:.2e}"
+            "{dtype} gemm {gemm}: summed backward off by {worst:.2e}"
         );
     }
 }
@@ -643,20 +691,20 @@ fn value_gradients_through(path: &std::path::Path, cases: &[(bool, usize)]) {
             );
         }
 
-        // The full-precision copies learning keeps of the blocks above the memory give the
-        // same loss and gradient (this model's weights are f32, so only rounding differs).
-        model.keep_dense_above_memory(true).unwrap();
-        let dense = model.value_gradients(&pair, &late_pair);
-        model.keep_dense_above_memory(false).unwrap();
-        let dense = dense.unwrap();
+        // The GEMM learning runs the blocks above the memory through gives the same loss
+        // and gradient (this model's weights are f32, so only rounding differs).
+        model.gemm_above_memory(true).unwrap();
+        let through_gemm = model.value_gradients(&pair, &late_pair);
+        model.gemm_above_memory(false).unwrap();
+        let through_gemm = through_gemm.unwrap();
         let plain_pair = model.value_gradients(&pair, &late_pair).unwrap();
         let worst = same_gradient(
             model.backend(),
-            &dense,
+            &through_gemm,
             &plain_pair,
-            &format!("gated {gated}, dense copies"),
+            &format!("gated {gated}, through the GEMM"),
         );
-        eprintln!("dense copies (gated {gated}): gradients within {worst:.2e}");
+        eprintln!("through the GEMM (gated {gated}): gradients within {worst:.2e}");
 
         // Sequences prepared together, the second run only from where it leaves the first
         // (after the first's cached keys and values), learn exactly as if prepared alone.

@@ -345,8 +345,8 @@ impl Backend for DeviceBackend {
         )))
     }
 
-    fn keep_dense(&self, w: &DeviceWeight, keep: bool) {
-        on!(self, |b, M| b.keep_dense(M::weight(w), keep))
+    fn use_gemm(&self, w: &DeviceWeight, on: bool) {
+        on!(self, |b, M| b.use_gemm(M::weight(w), on))
     }
 
     fn matmul_backward(&self, w: &DeviceWeight, dy: &DeviceTensor) -> DeviceTensor {

@@ -198,12 +198,13 @@ pub trait Backend: Send + Sync {
         weights: &Self::Tensor,
     ) -> Self::Tensor;
 
-    /// Keeps a full-precision copy of `w` for later matmuls through it (`keep`), or drops
-    /// it. Learning runs the same layers dozens of times per fact, and decoding quantized
-    /// blocks every time costs more than the copy's memory. Backends without such a path
-    /// keep nothing.
-    fn keep_dense(&self, w: &Self::Weight, keep: bool) {
-        let _ = (w, keep);
+    /// Runs later products through `w` (`on`), or no longer (`!on`), as a blocked f32 GEMM
+    /// that decodes the weight a panel at a time inside each task. Learning multiplies the
+    /// same layers by a few hundred rows at a time, dozens of times per fact, where the
+    /// GEMM beats quantized dot products; no f32 copy of the weight is kept. Backends
+    /// without such a path ignore it.
+    fn use_gemm(&self, w: &Self::Weight, on: bool) {
+        let _ = (w, on);
     }
 
     // Backward ops: gradients with respect to activations only (weights stay frozen).

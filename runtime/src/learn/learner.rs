@@ -221,7 +221,7 @@ pub fn learn<B: Backend>(
     commit: &mut dyn FnMut(Committed<'_>) -> Result<()>,
 ) -> Result<LearnReport> {
     opts.validate()?;
-    model.keep_dense_above_memory(true)?;
+    model.gemm_above_memory(true)?;
     // A routing gate holds a fact from before its first step: one whose learning does not
     // finish is taken out again, as the store's history never names it.
     let routed_before = routing_gate(model).map(ReadGate::fact_count);
@@ -249,8 +249,8 @@ pub fn learn<B: Backend>(
     ) {
         gate.truncate_facts(n + finished);
     }
-    // The copies cost memory for as long as they live: only while learning.
-    model.keep_dense_above_memory(false)?;
+    // Answering a token or a short prompt is faster through the quantized dot products.
+    model.gemm_above_memory(false)?;
     report
 }
 

@@ -113,15 +113,14 @@ impl<B: Backend> Model<B> {
         }
     }
 
-    /// Keeps full-precision copies of the weights of the blocks above the memory (`keep`),
-    /// which every learning step runs forward and backward, or drops them. On the default
-    /// model that is about 128 MB while learning, for matmuls several times faster than
-    /// through the quantized blocks.
-    pub fn keep_dense_above_memory(&self, keep: bool) -> Result<()> {
+    /// Runs the products of the blocks above the memory, which every learning step runs
+    /// forward and backward over a batch of phrasings, through the blocked GEMM (`on`,
+    /// [`Backend::use_gemm`]) or back through the quantized dot products.
+    pub fn gemm_above_memory(&self, on: bool) -> Result<()> {
         let layer = self.learning_block()?;
         for l in &self.layers[layer + 1..] {
             for w in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
-                self.backend.keep_dense(w, keep);
+                self.backend.use_gemm(w, on);
             }
         }
         Ok(())

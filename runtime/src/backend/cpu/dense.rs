@@ -1,5 +1,6 @@
-//! Dense products on the pool: blocked f32 GEMM over several terms, the 8-bit rounding
-//! learning's full-precision copies apply to their input, and the transposed quantized product.
+//! Dense products on the pool: blocked f32 GEMM over several terms (quantized weights decoded
+//! a panel at a time inside each task), the 8-bit rounding learning's GEMM applies to its
+//! input, and the transposed quantized product.
 
 use rayon::prelude::*;
 
@@ -9,10 +10,11 @@ use crate::quant::{GgmlType, Q8Act, QK, dequantize_row, quantize_activations};
 impl CpuBackend {
     /// Column blocks `(output, j0, j1)` splitting outputs of `widths` columns into about two
     /// blocks per thread over all of them (multiples of 16 columns keep every block on the
-    /// kernel's full width), so work stealing can even out blocks of unequal outputs.
-    pub(super) fn column_blocks(&self, widths: &[usize]) -> Vec<(usize, usize, usize)> {
+    /// kernel's full width, and of `align`, a power of two, on a quantized operand's blocks),
+    /// so work stealing can even out blocks of unequal outputs.
+    pub(super) fn column_blocks(&self, widths: &[usize], align: usize) -> Vec<(usize, usize, usize)> {
         let total: usize = widths.iter().sum();
-        let width = total.div_ceil(2 * self.threads()).next_multiple_of(16);
+        let width = total.div_ceil(2 * self.threads()).next_multiple_of(align.max(16));
         let mut blocks = Vec::new();
         for (o, &n) in widths.iter().enumerate() {
             for j0 in (0..n).step_by(width.max(1)) {
@@ -22,7 +24,7 @@ impl CpuBackend {
         blocks
     }
 
-    /// The input of a matmul through a full-precision copy of a weight: quantized weights
+    /// The input of a matmul through the GEMM ([`Backend::use_gemm`]): quantized weights
     /// multiply 8-bit activations, so rounding them the same way here keeps learning's
     /// forward the function that answering computes.
     pub(super) fn dense_input<'x>(
@@ -46,7 +48,8 @@ impl CpuBackend {
         if m == 0 || n == 0 {
             return out;
         }
-        let blocks = self.column_blocks(&[n]);
+        let align = terms.iter().map(|t| t.b.column_alignment()).max().unwrap_or(1);
+        let blocks = self.column_blocks(&[n], align);
         let dst = SharedOut(out.as_mut_ptr());
         self.pool.install(|| {
             blocks.par_iter().for_each(|&(_, j0, j1)| {
@@ -59,29 +62,30 @@ impl CpuBackend {
         out
     }
 
-    /// `a` (m × k) times each of `bs` ((k × n_i, strides) each), as one batch of tasks:
+    /// `a` (m × k) times each of `bs` ((k × n_i operand, n_i) each), as one batch of tasks:
     /// one row-major m × n_i result per product.
     pub(super) fn gemm_each(
         &self,
         m: usize,
         a: &[f32],
         k: usize,
-        bs: &[(&[f32], (usize, usize), usize)],
+        bs: &[(Operand<'_>, usize)],
     ) -> Vec<Vec<f32>> {
         let terms: Vec<GemmTerm<'_>> = bs
             .iter()
-            .map(|&(b, strides, n)| {
-                let t = GemmTerm { a, k, b, strides };
+            .map(|&(b, n)| {
+                let t = GemmTerm { a, k, b };
                 t.check(m, n);
                 t
             })
             .collect();
-        let widths: Vec<usize> = bs.iter().map(|&(_, _, n)| n).collect();
+        let widths: Vec<usize> = bs.iter().map(|&(_, n)| n).collect();
+        let align = bs.iter().map(|(b, _)| b.column_alignment()).max().unwrap_or(1);
         let mut outs: Vec<Vec<f32>> = widths.iter().map(|&n| buffers::zeroed(m * n)).collect();
         if m == 0 {
             return outs;
         }
-        let blocks = self.column_blocks(&widths);
+        let blocks = self.column_blocks(&widths, align);
         let dsts: Vec<SharedOut> = outs.iter_mut().map(|o| SharedOut(o.as_mut_ptr())).collect();
         self.pool.install(|| {
             blocks.par_iter().for_each(|&(o, j0, j1)| {
@@ -96,23 +100,100 @@ impl CpuBackend {
 }
 
 /// One product a · b of a [`CpuBackend::gemm_sum`] or [`CpuBackend::gemm_each`]: `a` is
-/// m × k row-major, element (i, j) of `b` (k × n) sits at `b[i·strides.0 + j·strides.1]`.
+/// m × k row-major, `b` is k × n.
 #[derive(Clone, Copy)]
 pub(super) struct GemmTerm<'a> {
     pub(super) a: &'a [f32],
     pub(super) k: usize,
-    pub(super) b: &'a [f32],
-    pub(super) strides: (usize, usize),
+    pub(super) b: Operand<'a>,
+}
+
+/// The right operand of a [`GemmTerm`].
+#[derive(Clone, Copy)]
+pub(super) enum Operand<'a> {
+    /// Wᵀ (k = W's columns, n = W's rows): the forward product x · Wᵀ. Each task decodes the
+    /// weight rows of its output columns a panel at a time, so no f32 copy of W is kept.
+    WeightTransposed(&'a CpuWeight),
+    /// W itself (k = W's rows, n = W's columns): the backward product dy · W. Each task
+    /// decodes its columns of a panel of W's rows at a time (its columns begin and end on
+    /// W's quantization blocks: see [`Operand::column_alignment`]).
+    Weight(&'a CpuWeight),
+}
+
+impl Operand<'_> {
+    /// What a task's first output column and width must be multiples of: a quantized row
+    /// decodes only whole blocks.
+    pub(super) fn column_alignment(&self) -> usize {
+        match self {
+            Operand::Weight(w) => w.src.dtype.block_size(),
+            _ => 1,
+        }
+    }
 }
 
 impl GemmTerm<'_> {
     fn check(&self, m: usize, n: usize) {
-        let (rsb, csb) = self.strides;
         assert_eq!(self.a.len(), m * self.k, "gemm: left operand is not m × k");
-        let last = (self.k.max(1) - 1) * rsb + (n.max(1) - 1) * csb;
-        assert!(
-            m == 0 || self.k == 0 || n == 0 || last < self.b.len(),
-            "gemm: right operand too small"
+        match self.b {
+            Operand::WeightTransposed(w) => assert_eq!(
+                (self.k, n),
+                (w.src.cols, w.src.rows),
+                "gemm {}: Wᵀ is not k × n",
+                w.src.name
+            ),
+            Operand::Weight(w) => assert_eq!(
+                (self.k, n),
+                (w.src.rows, w.src.cols),
+                "gemm {}: W is not k × n",
+                w.src.name
+            ),
+        }
+    }
+}
+
+/// Floats a task decodes of a weight at a time (256 KiB): the panel stays in the L2 cache
+/// while the GEMM packs it.
+const PANEL_FLOATS: usize = 64 * 1024;
+
+/// `dst` (m × n, row-major, row stride `n`) ← a · b, or += where `accumulate`; `a` with row
+/// stride `a_rs`, `b` element (i, j) at `b[i·rsb + j·csb]`.
+///
+/// # Safety
+/// Every element read or written lies inside its allocation and no other thread touches the
+/// written ones meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_into(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    a: *const f32,
+    a_rs: usize,
+    b: *const f32,
+    (rsb, csb): (usize, usize),
+) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            a,
+            1,
+            a_rs as isize,
+            b,
+            csb as isize,
+            rsb as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
         );
     }
 }
@@ -120,8 +201,9 @@ impl GemmTerm<'_> {
 /// Columns `j0..j1` of the m × n row-major `dst` = Σ `terms` (each with n columns).
 ///
 /// # Safety
-/// `dst` holds m × n values, no other thread touches these columns meanwhile, and every
-/// term passed [`GemmTerm::check`] for (m, n).
+/// `dst` holds m × n values, no other thread touches these columns meanwhile, every term
+/// passed [`GemmTerm::check`] for (m, n), and `j0`, `j1` are multiples of every term's
+/// [`Operand::column_alignment`] (or `j1` = n).
 pub(super) unsafe fn gemm_columns(
     m: usize,
     n: usize,
@@ -130,33 +212,49 @@ pub(super) unsafe fn gemm_columns(
     terms: &[GemmTerm<'_>],
 ) {
     let mut written = false;
+    let mut panel = Vec::new();
     for t in terms.iter().filter(|t| t.k > 0) {
-        let (rsb, csb) = t.strides;
-        // SAFETY: `a` holds m × k values read with strides (k, 1); `b` from offset j0·csb
-        // holds element (i, j) for i < k, j < j1 − j0 at i·rsb + j·csb, inside `b` (checked);
-        // the columns j0..j1 of dst's m rows (row stride n) are this caller's alone.
-        unsafe {
-            gemm::gemm(
-                m,
-                j1 - j0,
-                t.k,
-                dst.add(j0),
-                1,
-                n as isize,
-                written,
-                t.a.as_ptr(),
-                1,
-                t.k as isize,
-                t.b.as_ptr().add(j0 * csb),
-                csb as isize,
-                rsb as isize,
-                if written { 1.0 } else { 0.0 },
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
+        let k = t.k;
+        // SAFETY (every call below): `a` holds m × k values (checked); the panels hold the
+        // decoded elements they are read at; the columns j0..j1 of dst's m rows (row stride
+        // n) are this caller's alone.
+        match t.b {
+            Operand::WeightTransposed(w) => {
+                // Output column j is weight row j: decode a few whole rows at a time.
+                let rows_per_panel = (PANEL_FLOATS / k).max(16);
+                for c0 in (j0..j1).step_by(rows_per_panel) {
+                    let c1 = (c0 + rows_per_panel).min(j1);
+                    panel.resize((c1 - c0) * k, 0.0);
+                    for (r, out) in (c0..c1).zip(panel.chunks_exact_mut(k)) {
+                        dequantize_row(w.src.dtype, w.row(r), out);
+                    }
+                    unsafe {
+                        let (a, b) = (t.a.as_ptr(), panel.as_ptr());
+                        gemm_into((m, c1 - c0, k), dst.add(c0), n, written, a, k, b, (1, k));
+                    }
+                }
+            }
+            Operand::Weight(w) => {
+                // Output columns j0..j1 are W's columns: decode those blocks of a panel of
+                // W's rows (the sum over k) at a time, adding each panel's product.
+                let (dtype, width) = (w.src.dtype, j1 - j0);
+                let block = (dtype.block_size(), dtype.block_bytes());
+                let bytes = j0 / block.0 * block.1..j1.div_ceil(block.0) * block.1;
+                let rows_per_panel = (PANEL_FLOATS / width.max(1)).max(16);
+                for i0 in (0..k).step_by(rows_per_panel) {
+                    let i1 = (i0 + rows_per_panel).min(k);
+                    panel.resize((i1 - i0) * width, 0.0);
+                    for (r, out) in (i0..i1).zip(panel.chunks_exact_mut(width)) {
+                        dequantize_row(dtype, &w.row(r)[bytes.clone()], out);
+                    }
+                    let accumulate = written || i0 > 0;
+                    unsafe {
+                        let (a, b) = (t.a.as_ptr().add(i0), panel.as_ptr());
+                        let shape = (m, width, i1 - i0);
+                        gemm_into(shape, dst.add(j0), n, accumulate, a, k, b, (width, 1));
+                    }
+                }
+            }
         }
         written = true;
     }

@@ -1,7 +1,7 @@
-//! Weights and products: loading a weight in place, dense copies for learning, embedding
-//! lookup, the quantized matmul and its transpose.
+//! Weights and products: loading a weight in place, embedding lookup, the quantized matmul
+//! and its transpose, and the blocked GEMM path learning switches a weight to.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
@@ -33,27 +33,12 @@ pub(super) fn load_weight(_backend: &CpuBackend, w: &WeightSource) -> Result<Cpu
     Ok(CpuWeight {
         src: w.clone(),
         row_bytes,
-        dense: Mutex::new(None),
+        through_gemm: AtomicBool::new(false),
     })
 }
 
-pub(super) fn keep_dense(backend: &CpuBackend, w: &CpuWeight, keep: bool) {
-    let mut slot = w.dense.lock().unwrap_or_else(|e| e.into_inner());
-    if !keep {
-        *slot = None;
-        return;
-    }
-    if slot.is_some() {
-        return;
-    }
-    let cols = w.src.cols;
-    let mut data = vec![0f32; w.src.rows * cols];
-    backend.pool.install(|| {
-        data.par_chunks_mut(cols)
-            .enumerate()
-            .for_each(|(r, out)| dequantize_row(w.src.dtype, w.row(r), out));
-    });
-    *slot = Some(Arc::new(data));
+pub(super) fn use_gemm(w: &CpuWeight, on: bool) {
+    w.through_gemm.store(on, Ordering::Relaxed);
 }
 
 pub(super) fn embed(_backend: &CpuBackend, table: &CpuWeight, tokens: &[u32]) -> Result<CpuTensor> {
@@ -78,14 +63,12 @@ pub(super) fn embed(_backend: &CpuBackend, table: &CpuWeight, tokens: &[u32]) ->
 pub(super) fn matmul(backend: &CpuBackend, w: &CpuWeight, x: &CpuTensor) -> CpuTensor {
     assert_eq!(x.cols, w.src.cols, "matmul {}: input width", w.src.name);
     let (n, k, rows) = (x.rows, x.cols, w.src.rows);
-    if let Some(dense) = w.dense() {
+    if w.is_through_gemm() {
         let xs = backend.dense_input(is_float(w.src.dtype), x);
-        // W read as its transpose: element (i, j) of Wᵀ is W[j][i].
         let term = GemmTerm {
             a: &xs,
             k,
-            b: &dense,
-            strides: (1, k),
+            b: Operand::WeightTransposed(w),
         };
         return CpuTensor {
             data: backend.gemm_sum(n, rows, &[term]).into(),
@@ -270,8 +253,8 @@ pub(super) fn matmul_each(
         // Float and quantized weights together: one at a time.
         return ws.iter().map(|w| backend.matmul(w, x)).collect();
     };
-    let dense: Vec<_> = ws.iter().map(|w| w.dense()).collect();
-    if dense.iter().all(Option::is_none) {
+    let gemm: Vec<bool> = ws.iter().map(|w| w.is_through_gemm()).collect();
+    if gemm.iter().all(|g| !g) {
         // The input is quantized once for all the weights (q, k and v; gate and up).
         return backend.pool.install(|| {
             let xq = quantize_input(first.src.dtype, x);
@@ -280,17 +263,16 @@ pub(super) fn matmul_each(
                 .collect()
         });
     }
-    let Some(dense) = dense.into_iter().collect::<Option<Vec<_>>>() else {
-        // Some with a full-precision copy and some without: one at a time.
+    if gemm.iter().any(|g| !g) {
+        // Some through the GEMM and some not: one at a time.
         return ws.iter().map(|w| backend.matmul(w, x)).collect();
-    };
+    }
     // The input is rounded once for all the weights, and all their column blocks share
     // one batch of tasks.
     let xs = backend.dense_input(float.first().copied().unwrap_or(true), x);
     let bs: Vec<_> = ws
         .iter()
-        .zip(&dense)
-        .map(|(w, d)| (&d[..], (1, x.cols), w.src.rows))
+        .map(|w| (Operand::WeightTransposed(w), w.src.rows))
         .collect();
     backend
         .gemm_each(x.rows, &xs, x.cols, &bs)
@@ -310,10 +292,9 @@ pub(super) fn matmul_backward_sum(
     dys: &[&CpuTensor],
 ) -> CpuTensor {
     crate::backend::check_backward_sum_args(ws.len(), dys.len());
-    let dense: Option<Vec<_>> = ws.iter().map(|w| w.dense()).collect();
-    let Some(dense) = dense else {
+    if ws.iter().any(|w| !w.is_through_gemm()) {
         return crate::backend::matmul_backward_one_by_one(backend, ws, dys);
-    };
+    }
     let (n, cols) = (dys[0].rows, ws[0].src.cols);
     for (w, dy) in ws.iter().zip(dys) {
         assert_eq!(
@@ -327,12 +308,10 @@ pub(super) fn matmul_backward_sum(
     let terms: Vec<GemmTerm<'_>> = ws
         .iter()
         .zip(dys)
-        .zip(&dense)
-        .map(|((w, dy), d)| GemmTerm {
+        .map(|(w, dy)| GemmTerm {
             a: &dy.data,
             k: w.src.rows,
-            b: d,
-            strides: (cols, 1),
+            b: Operand::Weight(w),
         })
         .collect();
     CpuTensor {
@@ -349,12 +328,11 @@ pub(super) fn matmul_backward(backend: &CpuBackend, w: &CpuWeight, dy: &CpuTenso
         "matmul_backward {}: gradient width",
         w.src.name
     );
-    if let Some(dense) = w.dense() {
+    if w.is_through_gemm() {
         let term = GemmTerm {
             a: &dy.data,
             k: rows,
-            b: &dense,
-            strides: (cols, 1),
+            b: Operand::Weight(w),
         };
         return CpuTensor {
             data: backend.gemm_sum(n, cols, &[term]).into(),

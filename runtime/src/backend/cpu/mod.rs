@@ -1,7 +1,5 @@
 //! The reference backend: SIMD dot products (runtime-detected) on a rayon thread pool.
 
-use std::sync::{Arc, Mutex};
-
 use rayon::prelude::*;
 
 mod attention;
@@ -38,8 +36,8 @@ pub struct CpuTensor {
 pub struct CpuWeight {
     src: WeightSource,
     row_bytes: usize,
-    /// Rows × cols f32 copy, present while [`Backend::keep_dense`] asks for it.
-    dense: Mutex<Option<Arc<Vec<f32>>>>,
+    /// Whether products run through the blocked f32 GEMM ([`Backend::use_gemm`]).
+    through_gemm: std::sync::atomic::AtomicBool,
 }
 
 impl CpuWeight {
@@ -47,14 +45,10 @@ impl CpuWeight {
         &self.src.bytes.as_slice()[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
 
-    /// Whether matmuls through this weight use a full-precision copy ([`Backend::keep_dense`]).
-    pub fn is_dense(&self) -> bool {
-        self.dense().is_some()
-    }
-
-    fn dense(&self) -> Option<Arc<Vec<f32>>> {
-        // A panic elsewhere cannot leave the Option half-written: use it as it is.
-        self.dense.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// Whether products through this weight run through the blocked f32 GEMM
+    /// ([`Backend::use_gemm`]).
+    pub fn is_through_gemm(&self) -> bool {
+        self.through_gemm.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -156,8 +150,8 @@ impl Backend for CpuBackend {
         matmul::load_weight(self, w)
     }
 
-    fn keep_dense(&self, w: &CpuWeight, keep: bool) {
-        matmul::keep_dense(self, w, keep)
+    fn use_gemm(&self, w: &CpuWeight, on: bool) {
+        matmul::use_gemm(w, on)
     }
 
     fn upload(&self, data: &[f32], rows: usize, cols: usize) -> CpuTensor {
