@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+mod activation;
 mod attention;
 mod buffers;
 mod dense;
