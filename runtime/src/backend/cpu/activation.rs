@@ -1,6 +1,6 @@
 //! The gated FFN's activation over whole rows. SiLU runs through a polynomial `exp` the
-//! compiler widens to 8 lanes (AVX2 + FMA, chosen at run time) or 4 (NEON): libm's scalar
-//! `exp` per element took about a tenth of a long prefill.
+//! compiler widens to 8 lanes (AVX2 + FMA, chosen at run time) or 4 (NEON) instead of libm's
+//! scalar `exp` per element (46,080 per token on the default model).
 
 use crate::backend::Activation;
 
