@@ -2,7 +2,6 @@
 
 use rayon::prelude::*;
 
-mod activation;
 mod attention;
 mod buffers;
 mod dense;

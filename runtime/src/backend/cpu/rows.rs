@@ -103,7 +103,9 @@ pub(super) fn glu(backend: &CpuBackend, act: Activation, gate: &CpuTensor, up: &
     let mut data = buffers::zeroed(gate.data.len());
     backend.for_rows(&mut data, c, |r, out| {
         let (g, u) = (&gate.data[r * c..(r + 1) * c], &up.data[r * c..(r + 1) * c]);
-        super::activation::glu_row(act, g, u, out);
+        for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
+            *o = activation(act, g).0 * u;
+        }
     });
     CpuTensor {
         data: data.into(),
