@@ -173,10 +173,12 @@ pub fn print(path: &Path, gguf: &Gguf) -> engram::Result<()> {
     Ok(())
 }
 
-/// Prints the compute devices: the CPU and every wgpu adapter, with what `--device` picks.
+/// Prints the compute devices: the CPU, every CUDA device and every wgpu adapter, with what
+/// `--device` picks.
 pub fn print_devices() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("cpu       host CPU, {cores} threads   (--device cpu)");
+    print_cuda_devices();
     let adapters = engram::backend::wgpu::adapters();
     if adapters.is_empty() {
         println!("wgpu      no adapter (no Vulkan, Metal or DX12 driver found)");
@@ -201,4 +203,36 @@ pub fn print_devices() {
         Some(a) => println!("auto      → wgpu:{} ({})", a.index, a.name),
         None => println!("auto      → cpu (no discrete or integrated GPU)"),
     }
+}
+
+/// The CUDA devices, or why there are none, and whether NVRTC can compile the kernels.
+fn print_cuda_devices() {
+    #[cfg(any(target_os = "linux", target_os = "windows"))]
+    {
+        use engram::backend::cuda;
+        match cuda::devices() {
+            Err(e) => println!(
+                "cuda      {}",
+                e.to_string().trim_start_matches("unsupported: ")
+            ),
+            Ok(devices) if devices.is_empty() => println!("cuda      driver present, no device"),
+            Ok(devices) => {
+                for d in devices {
+                    println!(
+                        "cuda:{}    {} — {} MiB, compute capability {}.{} (backend not written yet)",
+                        d.index,
+                        d.name,
+                        d.memory_bytes >> 20,
+                        d.compute_capability.0,
+                        d.compute_capability.1
+                    );
+                }
+                if !cuda::nvrtc_present() {
+                    println!("          NVRTC (libnvrtc.so.12) not found: it compiles the kernels");
+                }
+            }
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "windows")))]
+    println!("cuda      none on this platform");
 }

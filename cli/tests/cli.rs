@@ -161,6 +161,28 @@ fn info_describes_the_model() {
     }
 }
 
+/// `info --devices` names the CUDA side too: the devices, or why there are none; and
+/// `--device cuda` without a usable CUDA backend is a one-line error, not a panic.
+#[test]
+fn devices_list_cuda_and_asking_for_it_is_a_one_line_error() {
+    let o = engram().args(["info", "--devices"]).output().unwrap();
+    assert!(o.status.success());
+    let text = stdout(&o);
+    assert!(
+        text.lines().any(|l| l.starts_with("cuda")),
+        "no cuda line:\n{text}"
+    );
+    let o = engram()
+        .args(["--device", "cuda", "generate", "-p", "hi"])
+        .output()
+        .unwrap();
+    if text.contains("no CUDA driver") {
+        assert_one_line_error(&o, "no CUDA driver (libcuda.so.1 not found)");
+    } else {
+        assert_one_line_error(&o, "CUDA");
+    }
+}
+
 #[test]
 fn missing_default_model_prints_the_fetch_command() {
     let dir = scratch("empty-dir");

@@ -4,6 +4,8 @@
 //! backend can keep weights, KV cache and activations resident.
 
 pub mod cpu;
+#[cfg(any(target_os = "linux", target_os = "windows"))]
+pub mod cuda;
 pub mod device;
 mod select;
 pub use select::{Device, open_backend};

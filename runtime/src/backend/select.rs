@@ -19,8 +19,10 @@ pub enum Device {
     Wgpu,
     /// wgpu adapter number N of `engram info --devices`.
     WgpuAdapter(usize),
-    /// NVIDIA GPUs through CUDA (not in this build: the error says to use wgpu).
-    Cuda,
+    /// CUDA device N (`None`: the first) of `engram info --devices`. Its driver and devices
+    /// are found at run time; the backend that runs the model on them is not written yet, so
+    /// opening one says so (NVIDIA GPUs run through wgpu meanwhile).
+    Cuda(Option<usize>),
 }
 
 impl std::str::FromStr for Device {
@@ -30,13 +32,17 @@ impl std::str::FromStr for Device {
             "auto" => Ok(Device::Auto),
             "cpu" => Ok(Device::Cpu),
             "wgpu" | "gpu" => Ok(Device::Wgpu),
-            "cuda" => Ok(Device::Cuda),
-            _ => match s.strip_prefix("wgpu:").map(str::parse) {
-                Some(Ok(i)) => Ok(Device::WgpuAdapter(i)),
-                _ => Err(Error::InvalidArgument(format!(
-                    "unknown device {s:?}: expected auto, cpu, wgpu, wgpu:N or cuda"
-                ))),
-            },
+            "cuda" => Ok(Device::Cuda(None)),
+            _ => {
+                let numbered = |prefix| s.strip_prefix(prefix).map(str::parse::<usize>);
+                match (numbered("wgpu:"), numbered("cuda:")) {
+                    (Some(Ok(i)), _) => Ok(Device::WgpuAdapter(i)),
+                    (_, Some(Ok(i))) => Ok(Device::Cuda(Some(i))),
+                    _ => Err(Error::InvalidArgument(format!(
+                        "unknown device {s:?}: expected auto, cpu, wgpu, wgpu:N, cuda or cuda:N"
+                    ))),
+                }
+            }
         }
     }
 }
@@ -83,11 +89,7 @@ pub fn open_backend(device: Device, threads: usize) -> Result<(DeviceBackend, Op
         Device::Cpu => Ok((DeviceBackend::Cpu(CpuBackend::new(threads)?), None)),
         Device::Wgpu => Ok((wgpu(None, true)?, None)),
         Device::WgpuAdapter(i) => Ok((wgpu(Some(i), true)?, None)),
-        Device::Cuda => Err(Error::Unsupported(
-            "this build of engram has no CUDA backend; NVIDIA GPUs run through wgpu \
-             (--device wgpu, Vulkan)"
-                .into(),
-        )),
+        Device::Cuda(index) => Err(cuda_unusable(index)),
         Device::Auto if !gpu_device_nodes_exist() => Ok((
             DeviceBackend::Cpu(CpuBackend::new(threads)?),
             Some("running on the CPU: no GPU device node (/dev/dri/renderD*, /dev/nvidia*)".into()),
@@ -99,5 +101,58 @@ pub fn open_backend(device: Device, threads: usize) -> Result<(DeviceBackend, Op
                 Some(format!("running on the CPU: {e}")),
             )),
         },
+    }
+}
+
+/// Why CUDA device `index` cannot run the model: no driver or no such device, or (where one
+/// answers) that the CUDA backend is not written yet.
+fn cuda_unusable(index: Option<usize>) -> Error {
+    #[cfg(any(target_os = "linux", target_os = "windows"))]
+    {
+        match super::cuda::device(index) {
+            Err(e) => e,
+            Ok(d) => Error::Unsupported(format!(
+                "CUDA device {} ({}) answers, but engram's CUDA backend is not written yet; \
+                 run it through wgpu (--device wgpu, Vulkan)",
+                d.index, d.name
+            )),
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "windows")))]
+    {
+        let _ = index;
+        Error::Unsupported("CUDA exists only on Linux and Windows".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_parse_and_bad_ones_say_what_is_accepted() {
+        assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda(None));
+        assert_eq!("cuda:1".parse::<Device>().unwrap(), Device::Cuda(Some(1)));
+        assert_eq!("wgpu:2".parse::<Device>().unwrap(), Device::WgpuAdapter(2));
+        let bad = "cuda:x".parse::<Device>().unwrap_err().to_string();
+        assert!(bad.contains("cuda:N"), "{bad}");
+    }
+
+    /// `--device cuda` is a one-line error, not cudarc's panic, on a machine without CUDA,
+    /// and names the missing driver; where a device answers it says the backend is not
+    /// written yet.
+    #[test]
+    fn asking_for_cuda_gives_a_one_line_reason() {
+        let Err(e) = open_backend(Device::Cuda(None), 1) else {
+            panic!("no CUDA backend exists, so opening one must fail");
+        };
+        let message = e.to_string();
+        assert!(!message.contains('\n'), "{message}");
+        #[cfg(any(target_os = "linux", target_os = "windows"))]
+        if !crate::backend::cuda::driver_present() {
+            assert!(message.contains("no CUDA driver (libcuda.so.1 not found)"), "{message}");
+        } else {
+            assert!(message.contains("CUDA"), "{message}");
+        }
     }
 }

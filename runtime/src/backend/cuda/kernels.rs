@@ -1,0 +1,263 @@
+//! The CUDA C kernel modules, each a file beside this one, and their compilation by NVRTC
+//! (cached on disk, keyed by the source's hash and the GPU's architecture).
+//!
+//! Each module is the port of the wgpu backend's WGSL module of the same name, entry point for
+//! entry point: a kernel takes the 64-byte `Params` struct by value, then the storage buffers
+//! its WGSL twin binds, in binding order, and runs in blocks of its WGSL workgroup size. So the
+//! host side of the two backends makes the same dispatches.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// One CUDA C module of the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CudaModule {
+    /// Quantized and float matrix products, embedding lookup, activation quantization
+    /// (`matmul.cu` after `quant.cu`, specialised per weight block format).
+    Matmul,
+    /// Per-element ops over rows (`elementwise.cu`).
+    Elementwise,
+    /// Per-row ops: RMSNorm, RoPE, argmax, cross-entropy (`rows.cu`).
+    Rows,
+    /// Attention over the KV cache and its backward (`attention.cu`).
+    Attention,
+    /// The memory layer: product-key top-k, value gather, gradients, sparse SGD (`memory.cu`).
+    Memory,
+}
+
+const QUANT: &str = include_str!("quant.cu");
+const MATMUL: &str = include_str!("matmul.cu");
+const ELEMENTWISE: &str = include_str!("elementwise.cu");
+const ROWS: &str = include_str!("rows.cu");
+const ATTENTION: &str = include_str!("attention.cu");
+const MEMORY: &str = include_str!("memory.cu");
+
+/// Block-format codes the matmul module is specialised for (the wgpu backend's codes: F32 0,
+/// F16 1, BF16 2, Q8_0 3, Q4_0 4, Q4_1 5, Q4_K 6, Q6_K 7, Q5_0 8, Q5_1 9, Q2_K 10, Q3_K 11,
+/// Q5_K 12).
+pub const DTYPE_CODES: std::ops::Range<u32> = 0..13;
+
+impl CudaModule {
+    /// Every module.
+    pub const ALL: [CudaModule; 5] = [
+        CudaModule::Matmul,
+        CudaModule::Elementwise,
+        CudaModule::Rows,
+        CudaModule::Attention,
+        CudaModule::Memory,
+    ];
+
+    /// The module's CUDA C; `dtype` (a block-format code) specialises the matmul module and is
+    /// ignored by the others.
+    pub fn source(self, dtype: u32) -> String {
+        match self {
+            CudaModule::Matmul => format!("#define DTYPE {dtype}u\n{QUANT}\n{MATMUL}"),
+            CudaModule::Elementwise => ELEMENTWISE.to_string(),
+            CudaModule::Rows => ROWS.to_string(),
+            CudaModule::Attention => ATTENTION.to_string(),
+            CudaModule::Memory => MEMORY.to_string(),
+        }
+    }
+
+    /// The file name, for messages.
+    pub fn file(self) -> &'static str {
+        match self {
+            CudaModule::Matmul => "matmul.cu",
+            CudaModule::Elementwise => "elementwise.cu",
+            CudaModule::Rows => "rows.cu",
+            CudaModule::Attention => "attention.cu",
+            CudaModule::Memory => "memory.cu",
+        }
+    }
+}
+
+/// NVRTC's `--gpu-architecture` for a device of compute capability `(major, minor)`: PTX for
+/// exactly that virtual architecture, which the driver finishes compiling for the device.
+pub fn architecture((major, minor): (u32, u32)) -> String {
+    format!("compute_{major}{minor}")
+}
+
+/// Compiles `module` (specialised for `dtype`) to PTX for `arch` (e.g. "compute_80").
+///
+/// Precise division, square root and denormals, and no fused multiply-add contraction the
+/// source does not write: the results are compared with the CPU backend's.
+pub fn compile(module: CudaModule, dtype: u32, arch: &str) -> Result<String> {
+    if !super::nvrtc_present() {
+        return Err(Error::Unsupported(
+            "NVRTC (libnvrtc.so.12) not found: it compiles the CUDA kernels".into(),
+        ));
+    }
+    let options = cudarc::nvrtc::CompileOptions {
+        ftz: Some(false),
+        prec_sqrt: Some(true),
+        prec_div: Some(true),
+        fmad: Some(false),
+        options: vec![format!("--gpu-architecture={arch}")],
+        name: Some(module.file().into()),
+        ..Default::default()
+    };
+    match cudarc::nvrtc::compile_ptx_with_opts(module.source(dtype), options) {
+        Ok(ptx) => Ok(ptx.to_src()),
+        Err(cudarc::nvrtc::CompileError::CompileError { log, .. }) => Err(Error::Internal(format!(
+            "NVRTC could not compile {} (dtype {dtype}) for {arch}: {}",
+            module.file(),
+            log.to_string_lossy().trim()
+        ))),
+        Err(e) => Err(Error::Internal(format!(
+            "NVRTC failed on {} for {arch}: {e:?}",
+            module.file()
+        ))),
+    }
+}
+
+/// [`compile`], reading the PTX from `dir` when an earlier run compiled the same source for
+/// the same architecture (NVRTC takes seconds per module; a start should not).
+pub fn compile_cached(module: CudaModule, dtype: u32, arch: &str, dir: &Path) -> Result<String> {
+    let key = xxhash_rust::xxh3::xxh3_64(module.source(dtype).as_bytes());
+    let path = dir.join(format!("{}-{dtype}-{arch}-{key:016x}.ptx", module.file()));
+    if let Ok(ptx) = std::fs::read_to_string(&path) {
+        return Ok(ptx);
+    }
+    let ptx = compile(module, dtype, arch)?;
+    // A cache that cannot be written costs only the next start's compile time. Written under
+    // a name of this process's own, then renamed: another engram starting at the same time
+    // reads a whole file or none.
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    let _ = std::fs::create_dir_all(dir)
+        .and_then(|_| std::fs::write(&tmp, &ptx))
+        .and_then(|_| std::fs::rename(&tmp, &path));
+    Ok(ptx)
+}
+
+/// Where compiled kernels are kept between runs: `$ENGRAM_CUDA_CACHE`, else
+/// `$XDG_CACHE_HOME/engram/cuda`, else `~/.cache/engram/cuda`.
+pub fn cache_dir() -> Option<PathBuf> {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dir) = var("ENGRAM_CUDA_CACHE") {
+        return Some(dir.into());
+    }
+    var("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| var("HOME").map(|h| Path::new(&h).join(".cache")))
+        .map(|base| base.join("engram").join("cuda"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The WGSL twin of each module, whose entry points and workgroup sizes the port keeps.
+    fn wgsl_twin(module: CudaModule) -> &'static str {
+        match module {
+            CudaModule::Matmul => include_str!("../wgpu/matmul.wgsl"),
+            CudaModule::Elementwise => include_str!("../wgpu/elementwise.wgsl"),
+            CudaModule::Rows => include_str!("../wgpu/rows.wgsl"),
+            CudaModule::Attention => include_str!("../wgpu/attention.wgsl"),
+            CudaModule::Memory => include_str!("../wgpu/memory.wgsl"),
+        }
+    }
+
+    /// `(entry point, workgroup size)` of every `@compute` function of a WGSL module.
+    fn wgsl_entries(wgsl: &str) -> Vec<(String, u32)> {
+        let mut entries = Vec::new();
+        let mut size = None;
+        for line in wgsl.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix("@compute @workgroup_size(") {
+                size = rest.split(')').next().and_then(|n| n.trim().parse().ok());
+            } else if let (Some(w), Some(rest)) = (size, line.strip_prefix("fn ")) {
+                let name = rest.split('(').next().unwrap_or_default().trim();
+                entries.push((name.to_string(), w));
+                size = None;
+            }
+        }
+        entries
+    }
+
+    /// `(kernel, block size)` of every `.entry` of a PTX module, the block size from the
+    /// `.maxntid` that `__launch_bounds__` writes.
+    fn ptx_entries(ptx: &str) -> Vec<(String, Option<u32>)> {
+        let mut entries: Vec<(String, Option<u32>)> = Vec::new();
+        for line in ptx.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix(".visible .entry ") {
+                let name = rest.split('(').next().unwrap_or_default().trim();
+                entries.push((name.to_string(), None));
+            } else if let (Some(rest), Some(last)) =
+                (line.strip_prefix(".maxntid"), entries.last_mut())
+            {
+                last.1 = rest.split(',').next().and_then(|n| n.trim().parse().ok());
+            }
+        }
+        entries
+    }
+
+    /// Every module compiles with NVRTC for the oldest and newest architectures engram
+    /// targets, for every block format, and defines each of its WGSL twin's entry points as
+    /// an unmangled kernel with the same block size. No GPU is needed; where NVRTC is not
+    /// installed the test says it is skipped, unless `ENGRAM_REQUIRE_NVRTC` is set (CI sets
+    /// it: there the check must run).
+    #[test]
+    fn every_kernel_compiles_with_nvrtc_and_matches_its_wgsl_entry_points() {
+        if !crate::backend::cuda::nvrtc_present() {
+            assert!(
+                std::env::var_os("ENGRAM_REQUIRE_NVRTC").is_none(),
+                "ENGRAM_REQUIRE_NVRTC is set but libnvrtc.so.12 cannot be loaded (pip install \
+                 nvidia-cuda-nvrtc-cu12 and put its lib folder on LD_LIBRARY_PATH)"
+            );
+            eprintln!("skipped: NVRTC (libnvrtc.so.12) not found; no CUDA kernel was compiled");
+            return;
+        }
+        let mut compiled = 0;
+        for arch in ["compute_70", "compute_90"] {
+            for module in CudaModule::ALL {
+                let dtypes = if module == CudaModule::Matmul {
+                    DTYPE_CODES
+                } else {
+                    0..1
+                };
+                let expected = wgsl_entries(wgsl_twin(module));
+                assert!(!expected.is_empty(), "no entry point found in {module:?}'s WGSL");
+                for dtype in dtypes {
+                    let ptx = compile(module, dtype, arch).unwrap_or_else(|e| panic!("{e}"));
+                    let got = ptx_entries(&ptx);
+                    for (name, size) in &expected {
+                        let kernel = got.iter().find(|(n, _)| n == name);
+                        assert_eq!(
+                            kernel.map(|k| k.1),
+                            Some(Some(*size)),
+                            "{} ({arch}, dtype {dtype}): kernel {name} with block size {size}",
+                            module.file()
+                        );
+                    }
+                    compiled += 1;
+                }
+            }
+        }
+        eprintln!("compiled {compiled} CUDA modules with NVRTC");
+    }
+
+    /// A second compile of the same source and architecture is read from the cache folder.
+    #[test]
+    fn compiled_kernels_are_cached_by_source_and_architecture() {
+        if !crate::backend::cuda::nvrtc_present() {
+            eprintln!("skipped: NVRTC (libnvrtc.so.12) not found");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("engram-cuda-cache-{}", std::process::id()));
+        let first = compile_cached(CudaModule::Elementwise, 0, "compute_80", &dir).unwrap();
+        let files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        assert_eq!(files.len(), 1, "one PTX file, no temporary left behind");
+        // The cached file is what a second call returns: overwrite it and see it come back.
+        std::fs::write(files[0].path(), "cached").unwrap();
+        let second = compile_cached(CudaModule::Elementwise, 0, "compute_80", &dir).unwrap();
+        assert_eq!(second, "cached");
+        assert!(first.contains(".entry"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn architecture_names_follow_the_compute_capability() {
+        assert_eq!(architecture((8, 6)), "compute_86");
+        assert_eq!(architecture((9, 0)), "compute_90");
+    }
+}
