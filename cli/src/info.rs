@@ -219,12 +219,17 @@ fn print_cuda_devices() {
             Ok(devices) => {
                 for d in devices {
                     println!(
-                        "cuda:{}    {} — {} MiB, compute capability {}.{} (backend not written yet)",
+                        "cuda:{}    {} — {} MiB, compute capability {}.{}{}",
                         d.index,
                         d.name,
                         d.memory_bytes >> 20,
                         d.compute_capability.0,
-                        d.compute_capability.1
+                        d.compute_capability.1,
+                        if engram::backend::CUDA_VERIFIED {
+                            ""
+                        } else {
+                            " (--device cuda only: not yet verified on a GPU)"
+                        }
                     );
                 }
                 if !cuda::nvrtc_present() {

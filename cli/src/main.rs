@@ -48,7 +48,7 @@ struct Cli {
     threads: usize,
     /// Where the model runs: auto (a GPU if there is one, else the CPU), cpu, wgpu (any wgpu
     /// adapter, software ones included), wgpu:N (adapter N of `engram info --devices`), cuda,
-    /// cuda:N (found at run time; the CUDA backend itself is not written yet).
+    /// cuda:N (NVIDIA GPUs; needs the driver and NVRTC, found at run time).
     /// $ENGRAM_DEVICE sets it when this is auto.
     #[arg(long, global = true, default_value = "auto", value_parser = parse_device)]
     device: Device,

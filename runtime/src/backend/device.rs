@@ -4,6 +4,8 @@
 
 use super::cpu::{CpuBackend, CpuKvCache, CpuSlots, CpuTensor, CpuWeight};
 use super::wgpu::{WgpuBackend, WgpuKvCache, WgpuSlots, WgpuTensor, WgpuWeight};
+#[cfg(any(target_os = "linux", target_os = "windows"))]
+use super::cuda::{CudaBackend, CudaKvCache, CudaSlots, CudaTensor, CudaWeight};
 use super::{Activation, AttentionShape, Backend, ProductKeyShape, Rope, WeightSource};
 use crate::error::Result;
 use crate::gguf::F32Buffer;
@@ -14,6 +16,9 @@ pub enum DeviceBackend {
     Cpu(CpuBackend),
     /// A GPU (or lavapipe) through wgpu (boxed: it is much larger than the cpu backend).
     Wgpu(Box<WgpuBackend>),
+    /// An NVIDIA GPU through CUDA (boxed, as wgpu is).
+    #[cfg(any(target_os = "linux", target_os = "windows"))]
+    Cuda(Box<CudaBackend>),
 }
 
 /// A tensor of whichever device made it.
@@ -22,6 +27,9 @@ pub enum DeviceTensor {
     Cpu(CpuTensor),
     /// In wgpu device memory.
     Wgpu(WgpuTensor),
+    /// In CUDA device memory.
+    #[cfg(any(target_os = "linux", target_os = "windows"))]
+    Cuda(CudaTensor),
 }
 
 /// A weight of whichever device loaded it.
@@ -30,6 +38,9 @@ pub enum DeviceWeight {
     Cpu(CpuWeight),
     /// Uploaded to wgpu device memory.
     Wgpu(WgpuWeight),
+    /// Uploaded to CUDA device memory.
+    #[cfg(any(target_os = "linux", target_os = "windows"))]
+    Cuda(CudaWeight),
 }
 
 /// Slot ids of whichever device looked them up.
@@ -38,6 +49,9 @@ pub enum DeviceSlots {
     Cpu(CpuSlots),
     /// In wgpu device memory.
     Wgpu(WgpuSlots),
+    /// In CUDA device memory.
+    #[cfg(any(target_os = "linux", target_os = "windows"))]
+    Cuda(CudaSlots),
 }
 
 /// A KV cache of whichever device holds it.
@@ -46,6 +60,9 @@ pub enum DeviceKvCache {
     Cpu(CpuKvCache),
     /// In wgpu device memory.
     Wgpu(WgpuKvCache),
+    /// In CUDA device memory.
+    #[cfg(any(target_os = "linux", target_os = "windows"))]
+    Cuda(CudaKvCache),
 }
 
 /// How one concrete backend's values sit inside the device enums.
@@ -129,6 +146,8 @@ macro_rules! member {
 
 member!(CpuBackend, Cpu);
 member!(WgpuBackend, Wgpu);
+#[cfg(any(target_os = "linux", target_os = "windows"))]
+member!(CudaBackend, Cuda);
 
 /// Runs `$body` with `$b` bound to the held backend and `$M` naming its type.
 macro_rules! on {
@@ -143,6 +162,13 @@ macro_rules! on {
                 let $b: &WgpuBackend = boxed;
                 #[allow(dead_code)]
                 type $M = WgpuBackend;
+                $body
+            }
+            #[cfg(any(target_os = "linux", target_os = "windows"))]
+            DeviceBackend::Cuda(boxed) => {
+                let $b: &CudaBackend = boxed;
+                #[allow(dead_code)]
+                type $M = CudaBackend;
                 $body
             }
         }
@@ -160,6 +186,8 @@ impl DeviceBackend {
         match self {
             DeviceBackend::Cpu(b) => Some(b.threads()),
             DeviceBackend::Wgpu(_) => None,
+            #[cfg(any(target_os = "linux", target_os = "windows"))]
+            DeviceBackend::Cuda(_) => None,
         }
     }
 }
@@ -299,6 +327,10 @@ impl Backend for DeviceBackend {
             (DeviceBackend::Cpu(b), DeviceTensor::Cpu(x)) => DeviceTensor::Cpu(b.reshape(x, rows, cols)),
             (DeviceBackend::Wgpu(b), DeviceTensor::Wgpu(x)) => {
                 DeviceTensor::Wgpu(b.reshape(x, rows, cols))
+            }
+            #[cfg(any(target_os = "linux", target_os = "windows"))]
+            (DeviceBackend::Cuda(b), DeviceTensor::Cuda(x)) => {
+                DeviceTensor::Cuda(b.reshape(x, rows, cols))
             }
             _ => foreign(),
         }

@@ -7,8 +7,9 @@ pub mod cpu;
 #[cfg(any(target_os = "linux", target_os = "windows"))]
 pub mod cuda;
 pub mod device;
+pub mod gpu;
 mod select;
-pub use select::{Device, open_backend};
+pub use select::{CUDA_VERIFIED, Device, open_backend};
 pub mod product_keys;
 pub mod wgpu;
 

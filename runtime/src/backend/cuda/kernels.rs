@@ -8,23 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::backend::gpu::Module;
 use crate::error::{Error, Result};
-
-/// One CUDA C module of the backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum CudaModule {
-    /// Quantized and float matrix products, embedding lookup, activation quantization
-    /// (`matmul.cu` after `quant.cu`, specialised per weight block format).
-    Matmul,
-    /// Per-element ops over rows (`elementwise.cu`).
-    Elementwise,
-    /// Per-row ops: RMSNorm, RoPE, argmax, cross-entropy (`rows.cu`).
-    Rows,
-    /// Attention over the KV cache and its backward (`attention.cu`).
-    Attention,
-    /// The memory layer: product-key top-k, value gather, gradients, sparse SGD (`memory.cu`).
-    Memory,
-}
 
 const QUANT: &str = include_str!("quant.cu");
 const MATMUL: &str = include_str!("matmul.cu");
@@ -38,37 +23,15 @@ const MEMORY: &str = include_str!("memory.cu");
 /// Q5_K 12).
 pub const DTYPE_CODES: std::ops::Range<u32> = 0..13;
 
-impl CudaModule {
-    /// Every module.
-    pub const ALL: [CudaModule; 5] = [
-        CudaModule::Matmul,
-        CudaModule::Elementwise,
-        CudaModule::Rows,
-        CudaModule::Attention,
-        CudaModule::Memory,
-    ];
-
-    /// The module's CUDA C; `dtype` (a block-format code) specialises the matmul module and is
-    /// ignored by the others.
-    pub fn source(self, dtype: u32) -> String {
-        match self {
-            CudaModule::Matmul => format!("#define DTYPE {dtype}u\n{QUANT}\n{MATMUL}"),
-            CudaModule::Elementwise => ELEMENTWISE.to_string(),
-            CudaModule::Rows => ROWS.to_string(),
-            CudaModule::Attention => ATTENTION.to_string(),
-            CudaModule::Memory => MEMORY.to_string(),
-        }
-    }
-
-    /// The file name, for messages.
-    pub fn file(self) -> &'static str {
-        match self {
-            CudaModule::Matmul => "matmul.cu",
-            CudaModule::Elementwise => "elementwise.cu",
-            CudaModule::Rows => "rows.cu",
-            CudaModule::Attention => "attention.cu",
-            CudaModule::Memory => "memory.cu",
-        }
+/// The module's CUDA C; `dtype` (a block-format code) specialises the matmul module and is
+/// ignored by the others.
+pub fn source(module: Module, dtype: u32) -> String {
+    match module {
+        Module::Matmul => format!("#define DTYPE {dtype}u\n{QUANT}\n{MATMUL}"),
+        Module::Elementwise => ELEMENTWISE.to_string(),
+        Module::Rows => ROWS.to_string(),
+        Module::Attention => ATTENTION.to_string(),
+        Module::Memory => MEMORY.to_string(),
     }
 }
 
@@ -82,7 +45,7 @@ pub fn architecture((major, minor): (u32, u32)) -> String {
 ///
 /// Precise division, square root and denormals, and no fused multiply-add contraction the
 /// source does not write: the results are compared with the CPU backend's.
-pub fn compile(module: CudaModule, dtype: u32, arch: &str) -> Result<String> {
+pub fn compile(module: Module, dtype: u32, arch: &str) -> Result<String> {
     if !super::nvrtc_present() {
         return Err(Error::Unsupported(
             "NVRTC (libnvrtc.so.12) not found: it compiles the CUDA kernels".into(),
@@ -94,28 +57,28 @@ pub fn compile(module: CudaModule, dtype: u32, arch: &str) -> Result<String> {
         prec_div: Some(true),
         fmad: Some(false),
         options: vec![format!("--gpu-architecture={arch}")],
-        name: Some(module.file().into()),
+        name: Some(format!("{}.cu", module.name())),
         ..Default::default()
     };
-    match cudarc::nvrtc::compile_ptx_with_opts(module.source(dtype), options) {
+    match cudarc::nvrtc::compile_ptx_with_opts(source(module, dtype), options) {
         Ok(ptx) => Ok(ptx.to_src()),
         Err(cudarc::nvrtc::CompileError::CompileError { log, .. }) => Err(Error::Internal(format!(
-            "NVRTC could not compile {} (dtype {dtype}) for {arch}: {}",
-            module.file(),
+            "NVRTC could not compile {}.cu (dtype {dtype}) for {arch}: {}",
+            module.name(),
             log.to_string_lossy().trim()
         ))),
         Err(e) => Err(Error::Internal(format!(
-            "NVRTC failed on {} for {arch}: {e:?}",
-            module.file()
+            "NVRTC failed on {}.cu for {arch}: {e:?}",
+            module.name()
         ))),
     }
 }
 
 /// [`compile`], reading the PTX from `dir` when an earlier run compiled the same source for
 /// the same architecture (NVRTC takes seconds per module; a start should not).
-pub fn compile_cached(module: CudaModule, dtype: u32, arch: &str, dir: &Path) -> Result<String> {
-    let key = xxhash_rust::xxh3::xxh3_64(module.source(dtype).as_bytes());
-    let path = dir.join(format!("{}-{dtype}-{arch}-{key:016x}.ptx", module.file()));
+pub fn compile_cached(module: Module, dtype: u32, arch: &str, dir: &Path) -> Result<String> {
+    let key = xxhash_rust::xxh3::xxh3_64(source(module, dtype).as_bytes());
+    let path = dir.join(format!("{}-{dtype}-{arch}-{key:016x}.ptx", module.name()));
     if let Ok(ptx) = std::fs::read_to_string(&path) {
         return Ok(ptx);
     }
@@ -143,18 +106,36 @@ pub fn cache_dir() -> Option<PathBuf> {
         .map(|base| base.join("engram").join("cuda"))
 }
 
+/// `(kernel, block size)` of every `.entry` of a PTX module, the block size from the
+/// `.maxntid` that each kernel's `__launch_bounds__` writes: a launch uses exactly the block
+/// size its WGSL twin's workgroup has.
+pub fn ptx_entries(ptx: &str) -> Vec<(String, Option<u32>)> {
+    let mut entries: Vec<(String, Option<u32>)> = Vec::new();
+    for line in ptx.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix(".visible .entry ") {
+            let name = rest.split('(').next().unwrap_or_default().trim();
+            entries.push((name.to_string(), None));
+        } else if let (Some(rest), Some(last)) =
+            (line.strip_prefix(".maxntid"), entries.last_mut())
+        {
+            last.1 = rest.split(',').next().and_then(|n| n.trim().parse().ok());
+        }
+    }
+    entries
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// The WGSL twin of each module, whose entry points and workgroup sizes the port keeps.
-    fn wgsl_twin(module: CudaModule) -> &'static str {
+    fn wgsl_twin(module: Module) -> &'static str {
         match module {
-            CudaModule::Matmul => include_str!("../wgpu/matmul.wgsl"),
-            CudaModule::Elementwise => include_str!("../wgpu/elementwise.wgsl"),
-            CudaModule::Rows => include_str!("../wgpu/rows.wgsl"),
-            CudaModule::Attention => include_str!("../wgpu/attention.wgsl"),
-            CudaModule::Memory => include_str!("../wgpu/memory.wgsl"),
+            Module::Matmul => include_str!("../wgpu/matmul.wgsl"),
+            Module::Elementwise => include_str!("../wgpu/elementwise.wgsl"),
+            Module::Rows => include_str!("../wgpu/rows.wgsl"),
+            Module::Attention => include_str!("../wgpu/attention.wgsl"),
+            Module::Memory => include_str!("../wgpu/memory.wgsl"),
         }
     }
 
@@ -169,23 +150,6 @@ mod tests {
                 let name = rest.split('(').next().unwrap_or_default().trim();
                 entries.push((name.to_string(), w));
                 size = None;
-            }
-        }
-        entries
-    }
-
-    /// `(kernel, block size)` of every `.entry` of a PTX module, the block size from the
-    /// `.maxntid` that `__launch_bounds__` writes.
-    fn ptx_entries(ptx: &str) -> Vec<(String, Option<u32>)> {
-        let mut entries: Vec<(String, Option<u32>)> = Vec::new();
-        for line in ptx.lines().map(str::trim) {
-            if let Some(rest) = line.strip_prefix(".visible .entry ") {
-                let name = rest.split('(').next().unwrap_or_default().trim();
-                entries.push((name.to_string(), None));
-            } else if let (Some(rest), Some(last)) =
-                (line.strip_prefix(".maxntid"), entries.last_mut())
-            {
-                last.1 = rest.split(',').next().and_then(|n| n.trim().parse().ok());
             }
         }
         entries
@@ -209,8 +173,8 @@ mod tests {
         }
         let mut compiled = 0;
         for arch in ["compute_70", "compute_90"] {
-            for module in CudaModule::ALL {
-                let dtypes = if module == CudaModule::Matmul {
+            for module in Module::ALL {
+                let dtypes = if module == Module::Matmul {
                     DTYPE_CODES
                 } else {
                     0..1
@@ -225,8 +189,8 @@ mod tests {
                         assert_eq!(
                             kernel.map(|k| k.1),
                             Some(Some(*size)),
-                            "{} ({arch}, dtype {dtype}): kernel {name} with block size {size}",
-                            module.file()
+                            "{}.cu ({arch}, dtype {dtype}): kernel {name} with block size {size}",
+                            module.name()
                         );
                     }
                     compiled += 1;
@@ -244,12 +208,12 @@ mod tests {
             return;
         }
         let dir = std::env::temp_dir().join(format!("engram-cuda-cache-{}", std::process::id()));
-        let first = compile_cached(CudaModule::Elementwise, 0, "compute_80", &dir).unwrap();
+        let first = compile_cached(Module::Elementwise, 0, "compute_80", &dir).unwrap();
         let files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
         assert_eq!(files.len(), 1, "one PTX file, no temporary left behind");
         // The cached file is what a second call returns: overwrite it and see it come back.
         std::fs::write(files[0].path(), "cached").unwrap();
-        let second = compile_cached(CudaModule::Elementwise, 0, "compute_80", &dir).unwrap();
+        let second = compile_cached(Module::Elementwise, 0, "compute_80", &dir).unwrap();
         assert_eq!(second, "cached");
         assert!(first.contains(".entry"));
         std::fs::remove_dir_all(&dir).unwrap();

@@ -6,10 +6,15 @@
 //! files beside this one, ported entry point for entry point from the wgpu backend's WGSL
 //! ([`kernels`]), and compiled on the user's machine by NVRTC for the GPU at hand.
 //!
-//! What exists so far: finding the driver and the devices, and compiling every kernel. The
-//! backend that runs the model on them is not written yet; `--device cuda` says so.
+//! The ops themselves are the GPU backends' shared host code (`backend/gpu`); [`CudaCompute`]
+//! is CUDA's side of it. No GPU has run this backend yet: CI compiles every kernel with NVRTC
+//! and runs them under a CPU emulation, and `scripts/gpu-check` is what a machine with an
+//! NVIDIA GPU runs to verify it.
 
+mod compute;
 pub mod kernels;
+
+pub use compute::{CudaBackend, CudaBuffer, CudaCompute, CudaKvCache, CudaSlots, CudaTensor, CudaWeight};
 
 use crate::error::{Error, Result};
 use cudarc::driver::{result as driver, sys};

@@ -1,40 +1,35 @@
-//! GPU backend: every op as a WGSL compute shader (the `.wgsl` files beside this one), run through wgpu on Vulkan,
-//! Metal or DX12 — and on Mesa's lavapipe, the CPU Vulkan driver CI tests it on.
-//!
-//! Weights are uploaded once in their quantized form and decoded in the shaders. Tensors, the
-//! KV cache and the memory values stay on the device; the host reads back only what the trait
-//! hands it (`download`, `download_slots`, the losses of `cross_entropy`). Buffers larger than
-//! the device's storage-binding limit are split into row ranges ("parts") and the ops that
-//! meet such tensors (weights, the memory value table) run once per part.
+//! GPU backend through wgpu on Vulkan, Metal or DX12 — and on Mesa's lavapipe, the CPU Vulkan
+//! driver CI tests it on: every kernel module is a WGSL file beside this one, and this file is
+//! wgpu's side of [`Compute`] (pipelines, one command encoder, staging read-backs). The ops
+//! themselves are the GPU backends' shared host code in `backend/gpu`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use wgpu::util::DeviceExt;
+
 mod adapters;
-mod attention;
-mod dispatch;
-mod matmul;
-mod memory;
-mod rows;
 mod shaders;
 
-use super::{Activation, AttentionShape, Backend, ProductKeyShape, Rope, RopeLayout, WeightSource};
+use super::gpu::{Compute, GpuBackend, GpuKvCache, GpuSlots, GpuTensor, GpuWeight, Module};
 use crate::error::{Error, Result};
-use crate::quant::GgmlType;
+pub use super::gpu::uses_integer_dot;
 pub use adapters::{AdapterSummary, WgpuOptions, adapters};
-pub use matmul::uses_integer_dot;
 use adapters::{instance, rank, summary};
 
-/// Most workgroups a dispatch may have along one dimension (WebGPU's minimum limit).
-const MAX_GROUPS: u32 = 65_535;
-/// Largest head the attention shader holds per thread (64 threads × 4 dims).
-const MAX_HEAD_DIM: usize = 256;
-/// Product-key limits of the top-k shader's workgroup memory.
-const MAX_KEYS: usize = 512;
-const MAX_TOP_K: usize = 32;
+/// Every op as a WGSL compute shader on one wgpu device.
+pub type WgpuBackend = GpuBackend<WgpuCompute>;
+/// A row-major f32 matrix in wgpu device memory.
+pub type WgpuTensor = GpuTensor<WgpuCompute>;
+/// A weight matrix in wgpu device memory, still in its block format.
+pub type WgpuWeight = GpuWeight<WgpuCompute>;
+/// Slot ids of a product-key lookup, in wgpu device memory.
+pub type WgpuSlots = GpuSlots<WgpuCompute>;
+/// Per-layer key and value buffers in wgpu device memory.
+pub type WgpuKvCache = GpuKvCache<WgpuCompute>;
 
-/// Runs every op as a WGSL compute shader on one wgpu device.
-pub struct WgpuBackend {
+/// One wgpu device and queue, with its compiled pipelines and the work not yet submitted.
+pub struct WgpuCompute {
     device: wgpu::Device,
     queue: wgpu::Queue,
     adapter: AdapterSummary,
@@ -49,7 +44,7 @@ pub struct WgpuBackend {
     profile: Option<Mutex<HashMap<&'static str, (f64, usize)>>>,
 }
 
-impl Drop for WgpuBackend {
+impl Drop for WgpuCompute {
     fn drop(&mut self) {
         if let Some(profile) = &self.profile {
             let table = profile.lock().unwrap_or_else(|e| e.into_inner());
@@ -72,62 +67,7 @@ struct Pending {
 /// Recorded ops after which the encoder is submitted anyway, to bound its size.
 const FLUSH_EVERY: usize = 1024;
 
-/// One row range of a tensor or weight, in its own buffer.
-struct Part {
-    buf: wgpu::Buffer,
-    row0: usize,
-    rows: usize,
-}
-
-/// A row-major f32 matrix in device memory, split into row ranges when it exceeds a binding.
-pub struct WgpuTensor {
-    parts: Vec<Part>,
-    rows: usize,
-    cols: usize,
-}
-
-impl WgpuTensor {
-    /// The whole tensor's buffer: activations are never split (only tables this large are).
-    fn buf(&self) -> &wgpu::Buffer {
-        assert_eq!(
-            self.parts.len(),
-            1,
-            "a {}×{} tensor split over bindings reached an op that needs it whole",
-            self.rows,
-            self.cols
-        );
-        &self.parts[0].buf
-    }
-}
-
-/// A weight matrix in device memory, still in its block format.
-pub struct WgpuWeight {
-    name: String,
-    dtype: GgmlType,
-    rows: usize,
-    cols: usize,
-    row_bytes: usize,
-    parts: Vec<Part>,
-}
-
-/// Slot ids of a product-key lookup, on the device.
-pub struct WgpuSlots {
-    buf: wgpu::Buffer,
-    rows: usize,
-    cols: usize,
-}
-
-/// Per-layer key and value buffers, grown by doubling as a conversation lengthens.
-pub struct WgpuKvCache {
-    k: Vec<wgpu::Buffer>,
-    v: Vec<wgpu::Buffer>,
-    len: Vec<usize>,
-    allocated: usize,
-    capacity: usize,
-    kv_dim: usize,
-}
-
-impl WgpuBackend {
+impl GpuBackend<WgpuCompute> {
     /// Opens the adapter `options` names, or the best one: a discrete GPU, then an integrated
     /// one, then (only with `allow_software`) any other such as lavapipe.
     pub fn new(options: &WgpuOptions) -> Result<Self> {
@@ -171,7 +111,7 @@ impl WgpuBackend {
         let max_binding = options
             .max_binding
             .map_or(device_max, |m| m.min(device_max));
-        Ok(WgpuBackend {
+        Ok(GpuBackend::with_compute(WgpuCompute {
             device,
             queue,
             adapter: summary,
@@ -180,264 +120,191 @@ impl WgpuBackend {
             pending: Mutex::new(Pending::default()),
             profile: (std::env::var("ENGRAM_WGPU_PROFILE").as_deref() == Ok("1"))
                 .then(|| Mutex::new(HashMap::new())),
-        })
+        }))
     }
 
     /// The adapter this backend runs on.
     pub fn adapter(&self) -> &AdapterSummary {
-        &self.adapter
+        &self.compute().adapter
     }
 }
 
-impl Backend for WgpuBackend {
-    type Tensor = WgpuTensor;
-    type Weight = WgpuWeight;
-    type KvCache = WgpuKvCache;
-    type Slots = WgpuSlots;
+impl WgpuCompute {
+    fn pipeline(
+        &self,
+        module: Module,
+        entry: &'static str,
+        dtype: u32,
+    ) -> Arc<wgpu::ComputePipeline> {
+        let mut cache = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry((entry, dtype))
+            .or_insert_with(|| {
+                let source = shaders::wgsl(module, dtype);
+                let shader = self
+                    .device
+                    .create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(module.name()),
+                        source: wgpu::ShaderSource::Wgsl(source.into()),
+                    });
+                Arc::new(
+                    self.device
+                        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                            label: Some(entry),
+                            layout: None,
+                            module: &shader,
+                            entry_point: Some(entry),
+                            compilation_options: Default::default(),
+                            cache: None,
+                        }),
+                )
+            })
+            .clone()
+    }
+
+    /// Appends work to the pending encoder (submitted by [`Self::flush`]).
+    fn record(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let enc = pending.encoder.get_or_insert_with(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ops") })
+        });
+        f(enc);
+        pending.ops += 1;
+        if pending.ops >= FLUSH_EVERY {
+            Self::submit(&self.queue, &mut pending);
+        }
+    }
+
+    fn submit(queue: &wgpu::Queue, pending: &mut Pending) {
+        if let Some(enc) = pending.encoder.take() {
+            queue.submit([enc.finish()]);
+        }
+        pending.ops = 0;
+    }
+
+    /// Submits everything recorded so far.
+    fn flush(&self) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        Self::submit(&self.queue, &mut pending);
+    }
+}
+
+impl Compute for WgpuCompute {
+    type Buffer = wgpu::Buffer;
 
     fn name(&self) -> String {
         format!("wgpu ({}, {})", self.adapter.name, self.adapter.api)
     }
 
-    fn load_weight(&self, w: &WeightSource) -> Result<WgpuWeight> {
-        matmul::load_weight(self, w)
+    fn max_binding(&self) -> u64 {
+        self.max_binding
     }
 
-    fn upload(&self, data: &[f32], rows: usize, cols: usize) -> WgpuTensor {
-        assert_eq!(data.len(), rows * cols, "upload: data does not match shape");
-        let t = self.zeros(rows, cols);
-        for part in &t.parts {
-            let slice = &data[part.row0 * cols..(part.row0 + part.rows) * cols];
-            if !slice.is_empty() {
-                self.queue
-                    .write_buffer(&part.buf, 0, bytemuck::cast_slice(slice));
-            }
-        }
-        t
+    fn storage(&self, bytes: usize) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            // Never zero-sized: an empty tensor still binds.
+            size: (bytes.max(4) as u64).div_ceil(4) * 4,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
     }
 
-    fn download(&self, t: &WgpuTensor) -> Vec<f32> {
-        let mut out = Vec::with_capacity(t.rows * t.cols);
-        for part in &t.parts {
-            let bytes = self.read_back(&part.buf, part.rows * t.cols * 4);
-            out.extend(
-                bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-            );
-        }
+    fn write(&self, buf: &wgpu::Buffer, bytes: &[u8]) {
+        self.queue.write_buffer(buf, 0, bytes);
+    }
+
+    fn read_back(&self, buf: &wgpu::Buffer, bytes: usize) -> Vec<u8> {
+        let size = (bytes as u64).div_ceil(4) * 4;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("staging"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.record(|enc| enc.copy_buffer_to_buffer(buf, 0, &staging, 0, size));
+        self.flush();
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .expect("wgpu device lost while reading a buffer");
+        rx.recv()
+            .expect("wgpu map callback dropped")
+            .expect("wgpu buffer map failed");
+        let view = staging.get_mapped_range(..).expect("mapped staging buffer");
+        let out = view[..bytes].to_vec();
+        drop(view);
+        staging.unmap();
         out
     }
 
-    fn argmax_rows(&self, t: &WgpuTensor) -> Vec<u32> {
-        rows::argmax_rows(self, t)
-    }
-
-    fn shape(&self, t: &WgpuTensor) -> (usize, usize) {
-        (t.rows, t.cols)
-    }
-
-    fn concat_rows(&self, parts: &[&WgpuTensor]) -> WgpuTensor {
-        let cols = parts.first().map_or(0, |p| p.cols);
-        assert!(
-            parts.iter().all(|p| p.cols == cols),
-            "concat_rows: widths differ"
-        );
-        let rows = parts.iter().map(|p| p.rows).sum();
-        let out = self.storage(rows * cols * 4);
-        let mut at = 0;
-        for p in parts {
-            self.copy(p.buf(), 0, &out, at * cols * 4, p.rows * cols * 4);
-            at += p.rows;
-        }
-        self.tensor(out, rows, cols)
-    }
-
-    fn pad_rows(&self, t: &WgpuTensor, start: usize, total: usize) -> WgpuTensor {
-        assert!(start + t.rows <= total, "pad_rows: rows do not fit");
-        let out = self.storage(total * t.cols * 4);
-        self.copy(t.buf(), 0, &out, start * t.cols * 4, t.rows * t.cols * 4);
-        self.tensor(out, total, t.cols)
-    }
-
-    fn slice_rows(&self, t: &WgpuTensor, start: usize, end: usize) -> WgpuTensor {
-        assert!(
-            start <= end && end <= t.rows,
-            "slice_rows: range outside the tensor"
-        );
-        let out = self.storage((end - start) * t.cols * 4);
-        self.copy(
-            t.buf(),
-            start * t.cols * 4,
-            &out,
-            0,
-            (end - start) * t.cols * 4,
-        );
-        self.tensor(out, end - start, t.cols)
-    }
-
-    fn embed(&self, table: &WgpuWeight, tokens: &[u32]) -> Result<WgpuTensor> {
-        matmul::embed(self, table, tokens)
-    }
-
-    fn matmul(&self, w: &WgpuWeight, x: &WgpuTensor) -> WgpuTensor {
-        matmul::matmul(self, w, x)
-    }
-
-    fn rms_norm(&self, x: &WgpuTensor, weight: &WgpuTensor, eps: f32) -> WgpuTensor {
-        rows::rms_norm(self, x, weight, eps)
-    }
-
-    fn rope(&self, x: &mut WgpuTensor, n_heads: usize, head_dim: usize, pos0: usize, rope: &Rope) {
-        rows::rope(self, x, n_heads, head_dim, pos0, rope)
-    }
-
-    fn glu(&self, act: Activation, gate: &WgpuTensor, up: &WgpuTensor) -> WgpuTensor {
-        rows::glu(self, act, gate, up)
-    }
-
-    fn scale(&self, x: &mut WgpuTensor, factor: f32) {
-        rows::scale(self, x, factor)
-    }
-
-    fn reshape(&self, mut t: WgpuTensor, rows: usize, cols: usize) -> WgpuTensor {
-        assert_eq!(rows * cols, t.rows * t.cols, "reshape: element count");
-        assert_eq!(t.parts.len(), 1, "reshape: activations are one buffer");
-        t.parts[0].rows = rows;
-        (t.rows, t.cols) = (rows, cols);
-        t
-    }
-
-    fn add_assign(&self, x: &mut WgpuTensor, y: &WgpuTensor) {
-        rows::add_assign(self, x, y)
-    }
-
-    fn add_row(&self, x: &mut WgpuTensor, row: &WgpuTensor) {
-        rows::add_row(self, x, row)
-    }
-
-    fn product_key_topk(
+    fn copy(
         &self,
-        q: &WgpuTensor,
-        keys: &WgpuTensor,
-        shape: ProductKeyShape,
-    ) -> (WgpuSlots, WgpuTensor) {
-        memory::product_key_topk(self, q, keys, shape)
-    }
-
-    fn download_slots(&self, slots: &WgpuSlots) -> Vec<u32> {
-        memory::download_slots(self, slots)
-    }
-
-    fn upload_slots(&self, ids: Vec<u32>, rows: usize, cols: usize) -> WgpuSlots {
-        assert_eq!(ids.len(), rows * cols, "upload_slots: {rows} x {cols} ids");
-        // A zero-size binding is invalid: an empty upload still holds one id.
-        let buf = if ids.is_empty() { self.u32s(&[0]) } else { self.u32s(&ids) };
-        WgpuSlots { buf, rows, cols }
-    }
-
-    fn gather_values(
-        &self,
-        values: &WgpuTensor,
-        slots: &WgpuSlots,
-        weights: &WgpuTensor,
-    ) -> WgpuTensor {
-        memory::gather_values(self, values, slots, weights)
-    }
-
-    fn matmul_backward(&self, w: &WgpuWeight, dy: &WgpuTensor) -> WgpuTensor {
-        matmul::matmul_backward(self, w, dy)
-    }
-
-    fn rms_norm_backward(
-        &self,
-        x: &WgpuTensor,
-        weight: &WgpuTensor,
-        eps: f32,
-        dy: &WgpuTensor,
-    ) -> WgpuTensor {
-        rows::rms_norm_backward(self, x, weight, eps, dy)
-    }
-
-    fn rope_backward(
-        &self,
-        dy: &mut WgpuTensor,
-        n_heads: usize,
-        head_dim: usize,
-        pos0: usize,
-        rope: &Rope,
+        src: &wgpu::Buffer,
+        src_off: usize,
+        dst: &wgpu::Buffer,
+        dst_off: usize,
+        bytes: usize,
     ) {
-        rows::rope_backward(self, dy, n_heads, head_dim, pos0, rope)
+        self.record(|enc| {
+            enc.copy_buffer_to_buffer(src, src_off as u64, dst, dst_off as u64, bytes as u64)
+        });
     }
 
-    fn glu_backward(
+    /// Runs `entry` of `module` once with `params` at binding 0 and `bufs` at their bindings.
+    fn dispatch(
         &self,
-        act: Activation,
-        gate: &WgpuTensor,
-        up: &WgpuTensor,
-        dy: &WgpuTensor,
-    ) -> (WgpuTensor, WgpuTensor) {
-        rows::glu_backward(self, act, gate, up, dy)
-    }
-
-    fn attention_backward(
-        &self,
-        q: &WgpuTensor,
-        k: &WgpuTensor,
-        v: &WgpuTensor,
-        dout: &WgpuTensor,
-        shape: AttentionShape,
-    ) -> (WgpuTensor, WgpuTensor, WgpuTensor) {
-        attention::attention_backward(self, q, k, v, dout, shape)
-    }
-
-    fn cross_entropy(&self, logits: &WgpuTensor, targets: &[u32]) -> (Vec<f32>, WgpuTensor) {
-        rows::cross_entropy(self, logits, targets)
-    }
-
-    fn value_grads(
-        &self,
-        slots: &WgpuSlots,
-        weights: &WgpuTensor,
-        dy: &WgpuTensor,
-        rows: &[u32],
-    ) -> WgpuTensor {
-        memory::value_grads(self, slots, weights, dy, rows)
-    }
-
-    fn read_rows(&self, t: &WgpuTensor, rows: &[u32]) -> WgpuTensor {
-        memory::read_rows(self, t, rows)
-    }
-
-    fn write_rows(&self, t: &mut WgpuTensor, rows: &[u32], src: &WgpuTensor) {
-        memory::write_rows(self, t, rows, src)
-    }
-
-    fn sgd_rows(&self, values: &mut WgpuTensor, rows: &[u32], grads: &WgpuTensor, lr: f32) {
-        memory::sgd_rows(self, values, rows, grads, lr)
-    }
-
-    fn new_kv_cache(&self, n_layers: usize, kv_dim: usize, capacity: usize) -> WgpuKvCache {
-        attention::new_kv_cache(self, n_layers, kv_dim, capacity)
-    }
-
-    fn kv_len(&self, cache: &WgpuKvCache) -> usize {
-        attention::kv_len(self, cache)
-    }
-
-    fn kv_truncate(&self, cache: &mut WgpuKvCache, len: usize) {
-        attention::kv_truncate(self, cache, len)
-    }
-
-    fn attention(
-        &self,
-        q: &WgpuTensor,
-        k: &WgpuTensor,
-        v: &WgpuTensor,
-        cache: &mut WgpuKvCache,
-        layer: usize,
-        shape: AttentionShape,
-    ) -> WgpuTensor {
-        attention::attention(self, q, k, v, cache, layer, shape)
+        module: Module,
+        entry: &'static str,
+        dtype: u32,
+        params: &[u8; 64],
+        bufs: &[(u32, &wgpu::Buffer)],
+        groups: (u32, u32),
+    ) {
+        let pipeline = self.pipeline(module, entry, dtype);
+        let uniform = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: params,
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        }];
+        entries.extend(bufs.iter().map(|&(binding, b)| wgpu::BindGroupEntry {
+            binding,
+            resource: b.as_entire_binding(),
+        }));
+        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(entry),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        self.record(|enc| {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(entry),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups(groups.0, groups.1, 1);
+        });
+        if let Some(profile) = &self.profile {
+            let start = std::time::Instant::now();
+            self.flush();
+            let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
+            let mut table = profile.lock().unwrap_or_else(|e| e.into_inner());
+            let e = table.entry(entry).or_insert((0.0, 0));
+            e.0 += start.elapsed().as_secs_f64();
+            e.1 += 1;
+        }
     }
 }

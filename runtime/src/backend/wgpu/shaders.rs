@@ -1,20 +1,6 @@
-//! The WGSL shader modules, each a file beside this one, and the source each compiles from.
+//! The WGSL source of each kernel module, each a file beside this one.
 
-/// One WGSL module of the wgpu backend; each op names the module and entry point it runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(super) enum Shader {
-    /// Quantized and float matrix products, embedding lookup, activation quantization
-    /// (`matmul.wgsl` after `quant.wgsl`, specialised per weight block format).
-    Matmul,
-    /// Per-element ops over rows (`elementwise.wgsl`).
-    Elementwise,
-    /// Per-row ops: RMSNorm, RoPE, argmax, cross-entropy (`rows.wgsl`).
-    Rows,
-    /// Attention over the KV cache and its backward (`attention.wgsl`).
-    Attention,
-    /// The memory layer: product-key top-k, value gather, gradients, sparse SGD (`memory.wgsl`).
-    Memory,
-}
+use crate::backend::gpu::Module;
 
 const QUANT: &str = include_str!("quant.wgsl");
 const MATMUL: &str = include_str!("matmul.wgsl");
@@ -23,160 +9,14 @@ const ROWS: &str = include_str!("rows.wgsl");
 const ATTENTION: &str = include_str!("attention.wgsl");
 const MEMORY: &str = include_str!("memory.wgsl");
 
-impl Shader {
-    /// The module's WGSL; `dtype` (a block-format code) specialises the matmul module and is
-    /// ignored by the others.
-    pub(super) fn source(self, dtype: u32) -> String {
-        match self {
-            Shader::Matmul => format!("const DTYPE: u32 = {dtype}u;\n{QUANT}\n{MATMUL}"),
-            Shader::Elementwise => ELEMENTWISE.to_string(),
-            Shader::Rows => ROWS.to_string(),
-            Shader::Attention => ATTENTION.to_string(),
-            Shader::Memory => MEMORY.to_string(),
-        }
-    }
-
-    /// A label for wgpu's validation messages.
-    pub(super) fn label(self) -> &'static str {
-        match self {
-            Shader::Matmul => "matmul.wgsl",
-            Shader::Elementwise => "elementwise.wgsl",
-            Shader::Rows => "rows.wgsl",
-            Shader::Attention => "attention.wgsl",
-            Shader::Memory => "memory.wgsl",
-        }
+/// The module's WGSL; `dtype` (a block-format code) specialises the matmul module and is
+/// ignored by the others.
+pub(super) fn wgsl(module: Module, dtype: u32) -> String {
+    match module {
+        Module::Matmul => format!("const DTYPE: u32 = {dtype}u;\n{QUANT}\n{MATMUL}"),
+        Module::Elementwise => ELEMENTWISE.to_string(),
+        Module::Rows => ROWS.to_string(),
+        Module::Attention => ATTENTION.to_string(),
+        Module::Memory => MEMORY.to_string(),
     }
 }
-
-/// The uniform parameters of one shader module: `#[repr(C)]` and padded to the 64 bytes every
-/// module's `struct Params` is bound with, field for field in the WGSL's order, so a mismatch
-/// is a compile error here and not a silent misread on the device.
-pub(super) trait ShaderParams: bytemuck::Pod {
-    /// The module whose `struct Params` this mirrors.
-    const SHADER: Shader;
-}
-
-macro_rules! shader_params {
-    ($(#[$doc:meta])* $name:ident for $shader:ident { $($(#[$fdoc:meta])* $field:ident: $ty:ty,)* } pad $pad:literal) => {
-        $(#[$doc])*
-        #[repr(C)]
-        #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-        pub(super) struct $name {
-            $($(#[$fdoc])* pub(super) $field: $ty,)*
-            /// Up to the 64 bytes the uniform is bound with.
-            pub(super) _pad: [u32; $pad],
-        }
-
-        impl ShaderParams for $name {
-            const SHADER: Shader = Shader::$shader;
-        }
-
-        const _: () = assert!(std::mem::size_of::<$name>() == 64);
-    };
-}
-
-shader_params!(
-    /// `attention.wgsl`.
-    AttentionParams for Attention {
-        /// Query tokens.
-        n: u32,
-        /// Position of the first query (cached tokens before it).
-        pos0: u32,
-        /// n_heads · head_dim.
-        q_cols: u32,
-        /// n_kv_heads · head_dim.
-        kv_cols: u32,
-        /// Query heads.
-        n_heads: u32,
-        /// Query heads per kv head.
-        group: u32,
-        /// Width of a head.
-        head_dim: u32,
-        /// 1/√head_dim.
-        scale: f32,
-        /// Sliding window (positions a query sees, itself included); 0: all.
-        window: u32,
-    } pad 7
-);
-
-shader_params!(
-    /// `elementwise.wgsl`.
-    ElementwiseParams for Elementwise {
-        /// Elements.
-        n: u32,
-        /// Row width (add_row).
-        cols: u32,
-        /// Multiplier (scale).
-        factor: f32,
-    } pad 13
-);
-
-shader_params!(
-    /// `matmul.wgsl` (after `quant.wgsl`).
-    MatmulParams for Matmul {
-        /// Weight rows in this part.
-        rows: u32,
-        /// Elements per weight row.
-        cols: u32,
-        /// Tokens.
-        n: u32,
-        /// Bytes per weight row.
-        row_bytes: u32,
-        /// All weight rows (width of y and dy).
-        out_cols: u32,
-        /// First weight row of this part.
-        row0: u32,
-    } pad 10
-);
-
-shader_params!(
-    /// `memory.wgsl`.
-    MemoryParams for Memory {
-        /// Tokens (top-k, gather) or selected rows (row ops).
-        n: u32,
-        /// Value width.
-        dim: u32,
-        /// Slots per token (all heads).
-        picks: u32,
-        /// First value row of this part.
-        row0: u32,
-        /// Value rows in this part.
-        part_rows: u32,
-        /// Learning rate of the SGD step.
-        lr: f32,
-        /// Product-key heads.
-        heads: u32,
-        /// Sub-keys per half.
-        n_keys: u32,
-        /// Picks per head.
-        top_k: u32,
-        /// Query width per head.
-        k_dim: u32,
-    } pad 6
-);
-
-shader_params!(
-    /// `rows.wgsl`.
-    RowsParams for Rows {
-        /// Rows.
-        rows: u32,
-        /// Row width.
-        cols: u32,
-        /// RMSNorm epsilon.
-        eps: f32,
-        /// RoPE: heads.
-        n_heads: u32,
-        /// RoPE: width of a head.
-        head_dim: u32,
-        /// RoPE: rotated pairs per head.
-        half_dims: u32,
-        /// RoPE: position of the first row.
-        pos0: u32,
-        /// RoPE: base^(−2/dims).
-        step: f32,
-        /// RoPE: 1 forward, −1 for the gradient.
-        direction: f32,
-        /// RoPE: 1 pairs (i, i + dims/2); 0 pairs (2i, 2i+1).
-        halves: u32,
-    } pad 6
-);

@@ -4,16 +4,16 @@
 use std::collections::HashMap;
 
 use super::dispatch::*;
-use super::shaders::*;
+use super::params::*;
 use super::*;
 use crate::backend::{Backend, ProductKeyShape};
 
-pub(super) fn product_key_topk(
-    backend: &WgpuBackend,
-    q: &WgpuTensor,
-    keys: &WgpuTensor,
+pub(super) fn product_key_topk<C: Compute>(
+    backend: &GpuBackend<C>,
+    q: &GpuTensor<C>,
+    keys: &GpuTensor<C>,
     shape: ProductKeyShape,
-) -> (WgpuSlots, WgpuTensor) {
+) -> (GpuSlots<C>, GpuTensor<C>) {
     assert_eq!(q.cols, shape.query_cols(), "product_key_topk: query width");
     assert!(
         shape.n_keys <= MAX_KEYS && shape.top_k <= MAX_TOP_K,
@@ -38,7 +38,7 @@ pub(super) fn product_key_topk(
         grid(q.rows * shape.heads),
     );
     (
-        WgpuSlots {
+        GpuSlots {
             buf: ids,
             rows: q.rows,
             cols: picks,
@@ -47,17 +47,17 @@ pub(super) fn product_key_topk(
     )
 }
 
-pub(super) fn download_slots(backend: &WgpuBackend, slots: &WgpuSlots) -> Vec<u32> {
+pub(super) fn download_slots<C: Compute>(backend: &GpuBackend<C>, slots: &GpuSlots<C>) -> Vec<u32> {
     let bytes = backend.read_back(&slots.buf, slots.rows * slots.cols * 4);
     bytemuck::pod_collect_to_vec(&bytes)
 }
 
-pub(super) fn gather_values(
-    backend: &WgpuBackend,
-    values: &WgpuTensor,
-    slots: &WgpuSlots,
-    weights: &WgpuTensor,
-) -> WgpuTensor {
+pub(super) fn gather_values<C: Compute>(
+    backend: &GpuBackend<C>,
+    values: &GpuTensor<C>,
+    slots: &GpuSlots<C>,
+    weights: &GpuTensor<C>,
+) -> GpuTensor<C> {
     assert_eq!(
         (slots.rows, slots.cols),
         (weights.rows, weights.cols),
@@ -87,13 +87,13 @@ pub(super) fn gather_values(
     backend.tensor(out, slots.rows, values.cols)
 }
 
-pub(super) fn value_grads(
-    backend: &WgpuBackend,
-    slots: &WgpuSlots,
-    weights: &WgpuTensor,
-    dy: &WgpuTensor,
+pub(super) fn value_grads<C: Compute>(
+    backend: &GpuBackend<C>,
+    slots: &GpuSlots<C>,
+    weights: &GpuTensor<C>,
+    dy: &GpuTensor<C>,
     rows: &[u32],
-) -> WgpuTensor {
+) -> GpuTensor<C> {
     // Which (token, pick) positions hit each selected row, built on the host from the slot
     // ids (a few kB): the sums then run in the CPU backend's order, with no atomics.
     let ids = backend.download_slots(slots);
@@ -131,7 +131,7 @@ pub(super) fn value_grads(
     backend.tensor(out, rows.len(), dy.cols)
 }
 
-pub(super) fn read_rows(backend: &WgpuBackend, t: &WgpuTensor, rows: &[u32]) -> WgpuTensor {
+pub(super) fn read_rows<C: Compute>(backend: &GpuBackend<C>, t: &GpuTensor<C>, rows: &[u32]) -> GpuTensor<C> {
     let out = backend.storage(rows.len() * t.cols * 4);
     let ids = backend.u32s(rows);
     for part in &t.parts {
@@ -151,11 +151,11 @@ pub(super) fn read_rows(backend: &WgpuBackend, t: &WgpuTensor, rows: &[u32]) -> 
     backend.tensor(out, rows.len(), t.cols)
 }
 
-pub(super) fn write_rows(
-    backend: &WgpuBackend,
-    t: &mut WgpuTensor,
+pub(super) fn write_rows<C: Compute>(
+    backend: &GpuBackend<C>,
+    t: &mut GpuTensor<C>,
     rows: &[u32],
-    src: &WgpuTensor,
+    src: &GpuTensor<C>,
 ) {
     assert_eq!(
         (src.rows, src.cols),
@@ -179,11 +179,11 @@ pub(super) fn write_rows(
     }
 }
 
-pub(super) fn sgd_rows(
-    backend: &WgpuBackend,
-    values: &mut WgpuTensor,
+pub(super) fn sgd_rows<C: Compute>(
+    backend: &GpuBackend<C>,
+    values: &mut GpuTensor<C>,
     rows: &[u32],
-    grads: &WgpuTensor,
+    grads: &GpuTensor<C>,
     lr: f32,
 ) {
     assert_eq!(

@@ -2,19 +2,19 @@
 //! (`attention.wgsl`).
 
 use super::dispatch::*;
-use super::shaders::*;
+use super::params::*;
 use super::*;
 use crate::backend::AttentionShape;
 
-pub(super) fn attention(
-    backend: &WgpuBackend,
-    q: &WgpuTensor,
-    k: &WgpuTensor,
-    v: &WgpuTensor,
-    cache: &mut WgpuKvCache,
+pub(super) fn attention<C: Compute>(
+    backend: &GpuBackend<C>,
+    q: &GpuTensor<C>,
+    k: &GpuTensor<C>,
+    v: &GpuTensor<C>,
+    cache: &mut GpuKvCache<C>,
     layer: usize,
     shape: AttentionShape,
-) -> WgpuTensor {
+) -> GpuTensor<C> {
     assert!(
         shape.head_dim <= MAX_HEAD_DIM,
         "wgpu attention: head_dim over {MAX_HEAD_DIM}"
@@ -59,14 +59,14 @@ pub(super) fn attention(
     backend.tensor(out, n, q.cols)
 }
 
-pub(super) fn attention_backward(
-    backend: &WgpuBackend,
-    q: &WgpuTensor,
-    k: &WgpuTensor,
-    v: &WgpuTensor,
-    dout: &WgpuTensor,
+pub(super) fn attention_backward<C: Compute>(
+    backend: &GpuBackend<C>,
+    q: &GpuTensor<C>,
+    k: &GpuTensor<C>,
+    v: &GpuTensor<C>,
+    dout: &GpuTensor<C>,
     shape: AttentionShape,
-) -> (WgpuTensor, WgpuTensor, WgpuTensor) {
+) -> (GpuTensor<C>, GpuTensor<C>, GpuTensor<C>) {
     let n = q.rows;
     let scratch = shape.n_heads * n * n * 4;
     assert!(
@@ -124,15 +124,15 @@ pub(super) fn attention_backward(
     )
 }
 
-pub(super) fn new_kv_cache(
-    backend: &WgpuBackend,
+pub(super) fn new_kv_cache<C: Compute>(
+    backend: &GpuBackend<C>,
     n_layers: usize,
     kv_dim: usize,
     capacity: usize,
-) -> WgpuKvCache {
+) -> GpuKvCache<C> {
     let allocated = capacity.clamp(1, 512);
     let bytes = allocated * kv_dim * 4;
-    WgpuKvCache {
+    GpuKvCache {
         k: (0..n_layers).map(|_| backend.storage(bytes)).collect(),
         v: (0..n_layers).map(|_| backend.storage(bytes)).collect(),
         len: vec![0; n_layers],
@@ -142,11 +142,11 @@ pub(super) fn new_kv_cache(
     }
 }
 
-pub(super) fn kv_len(_backend: &WgpuBackend, cache: &WgpuKvCache) -> usize {
+pub(super) fn kv_len<C: Compute>(_backend: &GpuBackend<C>, cache: &GpuKvCache<C>) -> usize {
     cache.len.iter().copied().min().unwrap_or(0)
 }
 
-pub(super) fn kv_truncate(_backend: &WgpuBackend, cache: &mut WgpuKvCache, len: usize) {
+pub(super) fn kv_truncate<C: Compute>(_backend: &GpuBackend<C>, cache: &mut GpuKvCache<C>, len: usize) {
     for l in cache.len.iter_mut() {
         *l = (*l).min(len);
     }

@@ -2,11 +2,11 @@
 //! argmax and cross-entropy (`rows.wgsl`, `elementwise.wgsl`).
 
 use super::dispatch::*;
-use super::shaders::*;
+use super::params::*;
 use super::*;
 use crate::backend::Rope;
 
-pub(super) fn argmax_rows(backend: &WgpuBackend, t: &WgpuTensor) -> Vec<u32> {
+pub(super) fn argmax_rows<C: Compute>(backend: &GpuBackend<C>, t: &GpuTensor<C>) -> Vec<u32> {
     if t.rows == 0 || t.cols == 0 {
         return vec![0; t.rows];
     }
@@ -25,12 +25,12 @@ pub(super) fn argmax_rows(backend: &WgpuBackend, t: &WgpuTensor) -> Vec<u32> {
     bytemuck::pod_collect_to_vec(&backend.read_back(&out, t.rows * 4))
 }
 
-pub(super) fn rms_norm(
-    backend: &WgpuBackend,
-    x: &WgpuTensor,
-    weight: &WgpuTensor,
+pub(super) fn rms_norm<C: Compute>(
+    backend: &GpuBackend<C>,
+    x: &GpuTensor<C>,
+    weight: &GpuTensor<C>,
     eps: f32,
-) -> WgpuTensor {
+) -> GpuTensor<C> {
     let out = backend.storage(x.rows * x.cols * 4);
     let p = RowsParams {
         rows: u(x.rows),
@@ -47,9 +47,9 @@ pub(super) fn rms_norm(
     backend.tensor(out, x.rows, x.cols)
 }
 
-pub(super) fn rope(
-    backend: &WgpuBackend,
-    x: &mut WgpuTensor,
+pub(super) fn rope<C: Compute>(
+    backend: &GpuBackend<C>,
+    x: &mut GpuTensor<C>,
     n_heads: usize,
     head_dim: usize,
     pos0: usize,
@@ -68,7 +68,7 @@ fn glu_entry(act: Activation, backward: bool) -> &'static str {
     }
 }
 
-pub(super) fn scale(backend: &WgpuBackend, x: &mut WgpuTensor, factor: f32) {
+pub(super) fn scale<C: Compute>(backend: &GpuBackend<C>, x: &mut GpuTensor<C>, factor: f32) {
     let n = x.rows * x.cols;
     backend.dispatch(
         ("scale", 0),
@@ -83,12 +83,12 @@ pub(super) fn scale(backend: &WgpuBackend, x: &mut WgpuTensor, factor: f32) {
     );
 }
 
-pub(super) fn glu(
-    backend: &WgpuBackend,
+pub(super) fn glu<C: Compute>(
+    backend: &GpuBackend<C>,
     act: Activation,
-    gate: &WgpuTensor,
-    up: &WgpuTensor,
-) -> WgpuTensor {
+    gate: &GpuTensor<C>,
+    up: &GpuTensor<C>,
+) -> GpuTensor<C> {
     let n = gate.rows * gate.cols;
     let out = backend.storage(n * 4);
     backend.elementwise(
@@ -100,24 +100,24 @@ pub(super) fn glu(
     backend.tensor(out, gate.rows, gate.cols)
 }
 
-pub(super) fn add_assign(backend: &WgpuBackend, x: &mut WgpuTensor, y: &WgpuTensor) {
+pub(super) fn add_assign<C: Compute>(backend: &GpuBackend<C>, x: &mut GpuTensor<C>, y: &GpuTensor<C>) {
     let n = x.rows * x.cols;
     backend.elementwise("add_assign", n, x.cols, &[(1, y.buf()), (4, x.buf())]);
 }
 
-pub(super) fn add_row(backend: &WgpuBackend, x: &mut WgpuTensor, row: &WgpuTensor) {
+pub(super) fn add_row<C: Compute>(backend: &GpuBackend<C>, x: &mut GpuTensor<C>, row: &GpuTensor<C>) {
     assert_eq!(row.rows * row.cols, x.cols, "add_row: width");
     let n = x.rows * x.cols;
     backend.elementwise("add_row", n, x.cols, &[(1, row.buf()), (4, x.buf())]);
 }
 
-pub(super) fn rms_norm_backward(
-    backend: &WgpuBackend,
-    x: &WgpuTensor,
-    weight: &WgpuTensor,
+pub(super) fn rms_norm_backward<C: Compute>(
+    backend: &GpuBackend<C>,
+    x: &GpuTensor<C>,
+    weight: &GpuTensor<C>,
     eps: f32,
-    dy: &WgpuTensor,
-) -> WgpuTensor {
+    dy: &GpuTensor<C>,
+) -> GpuTensor<C> {
     let out = backend.storage(x.rows * x.cols * 4);
     let p = RowsParams {
         rows: u(x.rows),
@@ -134,9 +134,9 @@ pub(super) fn rms_norm_backward(
     backend.tensor(out, x.rows, x.cols)
 }
 
-pub(super) fn rope_backward(
-    backend: &WgpuBackend,
-    dy: &mut WgpuTensor,
+pub(super) fn rope_backward<C: Compute>(
+    backend: &GpuBackend<C>,
+    dy: &mut GpuTensor<C>,
     n_heads: usize,
     head_dim: usize,
     pos0: usize,
@@ -145,13 +145,13 @@ pub(super) fn rope_backward(
     backend.rope_op(dy, n_heads, head_dim, pos0, rope, -1.0);
 }
 
-pub(super) fn glu_backward(
-    backend: &WgpuBackend,
+pub(super) fn glu_backward<C: Compute>(
+    backend: &GpuBackend<C>,
     act: Activation,
-    gate: &WgpuTensor,
-    up: &WgpuTensor,
-    dy: &WgpuTensor,
-) -> (WgpuTensor, WgpuTensor) {
+    gate: &GpuTensor<C>,
+    up: &GpuTensor<C>,
+    dy: &GpuTensor<C>,
+) -> (GpuTensor<C>, GpuTensor<C>) {
     let n = gate.rows * gate.cols;
     let (dg, du) = (backend.storage(n * 4), backend.storage(n * 4));
     backend.elementwise(
@@ -172,11 +172,11 @@ pub(super) fn glu_backward(
     )
 }
 
-pub(super) fn cross_entropy(
-    backend: &WgpuBackend,
-    logits: &WgpuTensor,
+pub(super) fn cross_entropy<C: Compute>(
+    backend: &GpuBackend<C>,
+    logits: &GpuTensor<C>,
     targets: &[u32],
-) -> (Vec<f32>, WgpuTensor) {
+) -> (Vec<f32>, GpuTensor<C>) {
     assert_eq!(
         targets.len(),
         logits.rows,

@@ -2,13 +2,13 @@
 //! lookup, the matmul and its transpose (`matmul.wgsl`).
 
 use super::dispatch::*;
-use super::shaders::*;
+use super::params::*;
 use super::*;
 use crate::backend::WeightSource;
 use crate::error::{Error, Result};
 use crate::quant::GgmlType;
 
-pub(super) fn load_weight(backend: &WgpuBackend, w: &WeightSource) -> Result<WgpuWeight> {
+pub(super) fn load_weight<C: Compute>(backend: &GpuBackend<C>, w: &WeightSource) -> Result<GpuWeight<C>> {
     let row_bytes = w.dtype.row_bytes(w.cols).ok_or_else(|| {
         Error::Model(format!(
             "{}: {} columns is not whole {} blocks",
@@ -34,7 +34,7 @@ pub(super) fn load_weight(backend: &WgpuBackend, w: &WeightSource) -> Result<Wgp
         });
         row0 += n.max(1);
     }
-    Ok(WgpuWeight {
+    Ok(GpuWeight {
         name: w.name.clone(),
         dtype: w.dtype,
         rows: w.rows,
@@ -44,11 +44,11 @@ pub(super) fn load_weight(backend: &WgpuBackend, w: &WeightSource) -> Result<Wgp
     })
 }
 
-pub(super) fn embed(
-    backend: &WgpuBackend,
-    table: &WgpuWeight,
+pub(super) fn embed<C: Compute>(
+    backend: &GpuBackend<C>,
+    table: &GpuWeight<C>,
     tokens: &[u32],
-) -> Result<WgpuTensor> {
+) -> Result<GpuTensor<C>> {
     if let Some(&t) = tokens.iter().find(|&&t| t as usize >= table.rows) {
         return Err(Error::InvalidArgument(format!(
             "token id {t} outside the vocabulary of {}",
@@ -92,7 +92,7 @@ pub fn uses_integer_dot(dtype: GgmlType) -> bool {
     )
 }
 
-pub(super) fn matmul(backend: &WgpuBackend, w: &WgpuWeight, x: &WgpuTensor) -> WgpuTensor {
+pub(super) fn matmul<C: Compute>(backend: &GpuBackend<C>, w: &GpuWeight<C>, x: &GpuTensor<C>) -> GpuTensor<C> {
     assert_eq!(x.cols, w.cols, "matmul {}: input width", w.name);
     let out = backend.storage(x.rows * w.rows * 4);
     let integer = uses_integer_dot(w.dtype);
@@ -126,11 +126,11 @@ pub(super) fn matmul(backend: &WgpuBackend, w: &WgpuWeight, x: &WgpuTensor) -> W
     backend.tensor(out, x.rows, w.rows)
 }
 
-pub(super) fn matmul_backward(
-    backend: &WgpuBackend,
-    w: &WgpuWeight,
-    dy: &WgpuTensor,
-) -> WgpuTensor {
+pub(super) fn matmul_backward<C: Compute>(
+    backend: &GpuBackend<C>,
+    w: &GpuWeight<C>,
+    dy: &GpuTensor<C>,
+) -> GpuTensor<C> {
     assert_eq!(
         dy.cols, w.rows,
         "matmul_backward {}: gradient width",
