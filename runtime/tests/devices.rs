@@ -1,14 +1,16 @@
 //! The runtime's fast tier: tiny random models written with engram's own GGUF writer, each
 //! test run once per device by `test_device!` (as candle's tests are). No downloaded model,
-//! no llama.cpp; the wgpu variant runs where a wgpu adapter answers (lavapipe counts) and
-//! says "skipped" where none does. `ENGRAM_SKIP_WGPU=1` skips it too.
+//! no llama.cpp; the wgpu variant runs where a wgpu adapter answers (lavapipe counts), the
+//! cuda variant where a CUDA device and NVRTC answer, and each says "skipped: …" where its
+//! device does not (a line `scripts/run-test-binaries` counts as skipped, not passed).
+//! `ENGRAM_SKIP_WGPU=1` skips the wgpu variant too.
 
 mod common;
 
-use common::tiny::{tiny_chat_llama_gguf, tiny_memory_config};
+use common::tiny::{tiny_chat_llama_gguf, tiny_llama_f32_gguf, tiny_memory_config};
 use engram::{Device, Engine, EngineOptions, Fact, GenerateOptions, LearnOptions, RetrofitOptions};
 
-/// Runs `$body(device)` as one test per device: `$name::cpu` and `$name::wgpu`.
+/// Runs `$body(device)` as one test per device: `$name::cpu`, `$name::wgpu`, `$name::cuda`.
 macro_rules! test_device {
     ($name:ident, $body:ident) => {
         mod $name {
@@ -20,12 +22,36 @@ macro_rules! test_device {
             #[test]
             fn wgpu() {
                 match super::wgpu_unavailable() {
-                    Some(why) => eprintln!("skipped: {why}"),
+                    Some(why) => super::skip(concat!(stringify!($name), "::wgpu"), &why),
                     None => super::$body(engram::Device::Wgpu),
+                }
+            }
+
+            #[test]
+            fn cuda() {
+                match super::cuda_unavailable() {
+                    Some(why) => super::skip(concat!(stringify!($name), "::cuda"), &why),
+                    None => super::$body(engram::Device::Cuda(None)),
                 }
             }
         }
     };
+}
+
+/// Says that `test` did not run and why, on a line of its own that the test harness does not
+/// capture (it writes to stderr directly, not through `eprintln!`), so every run shows it.
+fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "skipped: {test}: {why}");
+}
+
+/// Why the cuda variants cannot run here, if they cannot.
+fn cuda_unavailable() -> Option<String> {
+    match engram::cuda_devices() {
+        Ok(devices) if devices.is_empty() => Some("no CUDA device".into()),
+        Ok(_) => None,
+        Err(e) => Some(format!("no CUDA device: {e}")),
+    }
 }
 
 /// Why the wgpu variants cannot run here, if they cannot.
@@ -129,6 +155,50 @@ fn learning_a_fact_lowers_its_loss(device: Device) {
     );
 }
 test_device!(learning_lowers_the_loss, learning_a_fact_lowers_its_loss);
+
+/// The device's logits match the CPU's on a model whose weights are all f32, where both compute
+/// the same sums in f32 and only their order differs (quantized formats are compared op by op,
+/// against each format's own tolerance, in the e2e `gpu_ops` tests).
+fn logits_match_the_cpu(device: Device) {
+    let open = |device: Device| {
+        let path = std::env::temp_dir().join(format!(
+            "engram-devices-{}-parity-{device:?}.gguf",
+            std::process::id()
+        ));
+        std::fs::write(&path, tiny_llama_f32_gguf(5, 2)).expect("write tiny model");
+        let engine = Engine::open(
+            &path,
+            &EngineOptions {
+                device,
+                threads: 2,
+                ..Default::default()
+            },
+        );
+        std::fs::remove_file(&path).expect("remove the tiny model file");
+        engine.expect("the tiny f32 model opens")
+    };
+    let (engine, cpu) = (open(device), open(Device::Cpu));
+    let tokens = engine
+        .tokenizer()
+        .encode("the river flows past the hill", false)
+        .unwrap();
+    let (got, want) = (
+        engine.logits(&tokens).unwrap(),
+        cpu.logits(&tokens).unwrap(),
+    );
+    assert_eq!(got.len(), want.len());
+    let rms = (want.iter().map(|v| v * v).sum::<f32>() / want.len() as f32).sqrt();
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst <= 1e-4 * rms,
+        "{device:?}: logits differ from the cpu's by {worst:.2e} (rms {rms:.2e})"
+    );
+}
+test_device!(logits_agree_with_the_cpu, logits_match_the_cpu);
 
 fn greedy_generation_repeats_itself_exactly(device: Device) {
     let engine = tiny_engine("generate", device);

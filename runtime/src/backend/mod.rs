@@ -9,7 +9,7 @@ pub mod cuda;
 pub mod device;
 pub mod gpu;
 mod select;
-pub use select::{CUDA_VERIFIED, Device, open_backend};
+pub use select::{CUDA_VERIFIED, CudaDeviceSummary, Device, cuda_devices, open_backend};
 pub mod product_keys;
 pub mod wgpu;
 

@@ -114,14 +114,34 @@ pub fn open_backend(device: Device, threads: usize) -> Result<(DeviceBackend, Op
     }
 }
 
-/// Whether a CUDA driver answers with at least one device.
-fn cuda_answers() -> bool {
+/// One CUDA device as the driver reports it.
+#[derive(Clone, Debug)]
+pub struct CudaDeviceSummary {
+    /// Ordinal (what `--device cuda:N` takes).
+    pub index: usize,
+    /// Device name, e.g. "NVIDIA H100 80GB HBM3".
+    pub name: String,
+    /// Device memory, bytes.
+    pub memory_bytes: usize,
+    /// Compute capability (major, minor): which PTX it runs.
+    pub compute_capability: (u32, u32),
+}
+
+/// Every CUDA device on this machine, or a one-line reason there is none to use.
+pub fn cuda_devices() -> Result<Vec<CudaDeviceSummary>> {
     #[cfg(any(target_os = "linux", target_os = "windows"))]
     {
-        super::cuda::devices().is_ok_and(|d| !d.is_empty())
+        super::cuda::devices()
     }
     #[cfg(not(any(target_os = "linux", target_os = "windows")))]
-    false
+    {
+        Err(Error::Unsupported("CUDA exists only on Linux and Windows".into()))
+    }
+}
+
+/// Whether a CUDA driver answers with at least one device.
+fn cuda_answers() -> bool {
+    cuda_devices().is_ok_and(|d| !d.is_empty())
 }
 
 /// Whether the CUDA backend has passed `scripts/gpu-check` on a real GPU. Until it has, `auto`
@@ -168,7 +188,7 @@ mod tests {
                 #[cfg(any(target_os = "linux", target_os = "windows"))]
                 if !crate::backend::cuda::driver_present() {
                     assert!(message.contains("no CUDA driver (libcuda.so.1 not found)"));
-                    eprintln!("skipped opening a CUDA device: {message}");
+                    crate::skipped("opening_a_cuda_device", &message);
                 }
             }
             Ok((backend, _)) => assert!(backend.name().starts_with("cuda ("), "{}", backend.name()),

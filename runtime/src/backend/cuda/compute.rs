@@ -36,6 +36,8 @@ pub struct CudaCompute {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     summary: CudaDeviceSummary,
+    /// Bytes one kernel argument covers: the split size for large tensors.
+    max_binding: u64,
     /// NVRTC's `--gpu-architecture` for this device.
     arch: String,
     /// Where compiled PTX is kept between runs (none: compiled every run).
@@ -82,10 +84,28 @@ impl Drop for CudaBuffer {
 #[repr(C, align(16))]
 struct ParamBlock([u8; 64]);
 
+/// How to open the CUDA backend.
+#[derive(Clone, Debug, Default)]
+pub struct CudaOptions {
+    /// CUDA device ordinal; `None` takes the first.
+    pub device: Option<usize>,
+    /// Lowers the bytes one kernel argument covers (tests use it to run the split paths on
+    /// small tensors); `None` keeps the 2 GiB the kernels' 32-bit offsets allow.
+    pub max_binding: Option<u64>,
+}
+
 impl GpuBackend<CudaCompute> {
     /// Opens CUDA device `index` (`None`: the first), or says in one line why it cannot.
     pub fn new(index: Option<usize>) -> Result<Self> {
-        let summary = device(index)?;
+        Self::with_options(&CudaOptions {
+            device: index,
+            max_binding: None,
+        })
+    }
+
+    /// Opens the CUDA device `options` names, or says in one line why it cannot.
+    pub fn with_options(options: &CudaOptions) -> Result<Self> {
+        let summary = device(options.device)?;
         if !nvrtc_present() {
             return Err(Error::Unsupported(
                 "NVRTC (libnvrtc.so.12) not found: it compiles engram's CUDA kernels; install \
@@ -101,6 +121,9 @@ impl GpuBackend<CudaCompute> {
         let stream = ctx.default_stream();
         let async_alloc = ctx.has_async_alloc();
         Ok(GpuBackend::with_compute(CudaCompute {
+            max_binding: options
+                .max_binding
+                .map_or(MAX_ARGUMENT_BYTES, |m| m.min(MAX_ARGUMENT_BYTES)),
             arch: kernels::architecture(summary.compute_capability),
             ctx,
             stream,
@@ -177,7 +200,7 @@ impl Compute for CudaCompute {
     }
 
     fn max_binding(&self) -> u64 {
-        MAX_ARGUMENT_BYTES
+        self.max_binding
     }
 
     fn storage(&self, bytes: usize) -> CudaBuffer {

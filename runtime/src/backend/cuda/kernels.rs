@@ -168,7 +168,10 @@ mod tests {
                 "ENGRAM_REQUIRE_NVRTC is set but libnvrtc.so.12 cannot be loaded (pip install \
                  nvidia-cuda-nvrtc-cu12 and put its lib folder on LD_LIBRARY_PATH)"
             );
-            eprintln!("skipped: NVRTC (libnvrtc.so.12) not found; no CUDA kernel was compiled");
+            crate::skipped(
+                "every_kernel_compiles_with_nvrtc",
+                "NVRTC (libnvrtc.so.12) not found; no CUDA kernel was compiled",
+            );
             return;
         }
         let mut compiled = 0;
@@ -204,7 +207,10 @@ mod tests {
     #[test]
     fn compiled_kernels_are_cached_by_source_and_architecture() {
         if !crate::backend::cuda::nvrtc_present() {
-            eprintln!("skipped: NVRTC (libnvrtc.so.12) not found");
+            crate::skipped(
+                "compiled_kernels_are_cached",
+                "NVRTC (libnvrtc.so.12) not found",
+            );
             return;
         }
         let dir = std::env::temp_dir().join(format!("engram-cuda-cache-{}", std::process::id()));

@@ -14,23 +14,13 @@
 mod compute;
 pub mod kernels;
 
-pub use compute::{CudaBackend, CudaBuffer, CudaCompute, CudaKvCache, CudaSlots, CudaTensor, CudaWeight};
+pub use compute::{
+    CudaBackend, CudaBuffer, CudaCompute, CudaKvCache, CudaOptions, CudaSlots, CudaTensor, CudaWeight,
+};
 
+pub use crate::backend::select::CudaDeviceSummary;
 use crate::error::{Error, Result};
 use cudarc::driver::{result as driver, sys};
-
-/// One CUDA device as the driver reports it.
-#[derive(Clone, Debug)]
-pub struct CudaDeviceSummary {
-    /// Ordinal (what `--device cuda:N` takes).
-    pub index: usize,
-    /// Device name, e.g. "NVIDIA H100 80GB HBM3".
-    pub name: String,
-    /// Device memory, bytes.
-    pub memory_bytes: usize,
-    /// Compute capability (major, minor): which PTX it runs.
-    pub compute_capability: (u32, u32),
-}
 
 /// The file name the CUDA driver library has on this platform, for messages.
 pub const DRIVER_LIBRARY: &str = if cfg!(windows) {
@@ -121,7 +111,7 @@ mod tests {
                 assert!(!driver_present() || message.contains("driver is present"));
                 if !driver_present() {
                     assert!(message.contains("no CUDA driver (libcuda.so.1 not found)"));
-                    eprintln!("skipped the device checks: {message}");
+                    crate::skipped("devices_describe_each", &message);
                 }
                 assert!(device(None).is_err() && device(Some(3)).is_err());
             }

@@ -1,8 +1,11 @@
-//! Every op of the wgpu backend against the cpu backend on random inputs.
+//! Every op of the GPU backends against the cpu backend on random inputs: each test runs once
+//! on wgpu (`NAME::wgpu`) and once on CUDA (`NAME::cuda`), through the same shared host code.
 //!
-//! Runs on whatever adapter wgpu finds — in CI that is lavapipe (Mesa's CPU Vulkan driver);
-//! the adapter's name is printed. Without any adapter the tests fail, naming what to install,
-//! unless `ENGRAM_SKIP_WGPU=1` says on purpose that this machine has none.
+//! wgpu runs on whatever adapter it finds — in CI that is lavapipe (Mesa's CPU Vulkan driver);
+//! the adapter's name is printed. Without any adapter the wgpu tests fail, naming what to
+//! install, unless `ENGRAM_SKIP_WGPU=1` says on purpose that this machine has none. The CUDA
+//! tests run where a CUDA device and NVRTC answer and print "skipped: …" elsewhere (counted as
+//! skipped by `scripts/run-test-binaries`).
 //!
 //! Tolerance: max |gpu − cpu| over the output, divided by the output's RMS, at most 1e-4 (f32
 //! sums in a different order; RoPE included at position 3000). Copies must be exact, slot ids
@@ -12,7 +15,9 @@
 //! dequantized weights and unquantized activations.
 
 use engram::backend::cpu::{CpuBackend, CpuTensor};
-use engram::backend::wgpu::{WgpuBackend, WgpuOptions, WgpuTensor, uses_integer_dot};
+use engram::backend::cuda::{CudaBackend, CudaOptions};
+use engram::backend::gpu::{Compute, GpuBackend, GpuTensor, uses_integer_dot};
+use engram::backend::wgpu::{WgpuBackend, WgpuOptions};
 use engram::backend::{
     Activation, AttentionShape, Backend, ProductKeyShape, Rope, RopeLayout, WeightSource,
 };
@@ -43,8 +48,52 @@ fn gpu_with(max_binding: Option<u64>) -> Option<WgpuBackend> {
     }
 }
 
-fn gpu() -> Option<WgpuBackend> {
-    gpu_with(None)
+/// The CUDA backend with bindings of `max_binding` bytes, or `None` (after saying why) where no
+/// CUDA device or no NVRTC answers.
+fn cuda_with(max_binding: Option<u64>) -> Option<CudaBackend> {
+    match CudaBackend::with_options(&CudaOptions {
+        device: None,
+        max_binding,
+    }) {
+        Ok(b) => {
+            eprintln!("cuda device: {}", b.name());
+            Some(b)
+        }
+        Err(e) => {
+            use std::io::Write;
+            let test = std::thread::current()
+                .name()
+                .unwrap_or("a cuda test")
+                .to_string();
+            let _ = writeln!(std::io::stderr(), "skipped: {test}: {e}");
+            None
+        }
+    }
+}
+
+/// Runs `$body(gpu)` once per GPU backend: `$body::wgpu` and `$body::cuda`, each with
+/// bindings of `$max_binding` bytes (`None`: the device's own limit).
+macro_rules! gpu_test {
+    ($body:ident, $max_binding:expr) => {
+        mod $body {
+            #[test]
+            fn wgpu() {
+                if let Some(g) = super::gpu_with($max_binding) {
+                    super::$body(g);
+                }
+            }
+
+            #[test]
+            fn cuda() {
+                if let Some(g) = super::cuda_with($max_binding) {
+                    super::$body(g);
+                }
+            }
+        }
+    };
+    ($body:ident) => {
+        gpu_test!($body, None);
+    };
 }
 
 fn cpu() -> CpuBackend {
@@ -72,17 +121,17 @@ fn close(name: &str, got: &[f32], want: &[f32], tol: f32) {
     );
 }
 
-struct Pair {
+struct Pair<C: Compute> {
     c: CpuBackend,
-    g: WgpuBackend,
+    g: GpuBackend<C>,
 }
 
-impl Pair {
-    fn new(g: WgpuBackend) -> Self {
+impl<C: Compute> Pair<C> {
+    fn new(g: GpuBackend<C>) -> Self {
         Pair { c: cpu(), g }
     }
 
-    fn up(&self, data: &[f32], rows: usize, cols: usize) -> (CpuTensor, WgpuTensor) {
+    fn up(&self, data: &[f32], rows: usize, cols: usize) -> (CpuTensor, GpuTensor<C>) {
         (
             CpuTensor {
                 data: data.to_vec().into(),
@@ -93,7 +142,7 @@ impl Pair {
         )
     }
 
-    fn check(&self, name: &str, c: &CpuTensor, g: &WgpuTensor, tol: f32) {
+    fn check(&self, name: &str, c: &CpuTensor, g: &GpuTensor<C>, tol: f32) {
         assert_eq!(self.g.shape(g), (c.rows, c.cols), "{name}: shape");
         close(name, &self.g.download(g), &c.data, tol);
     }
@@ -139,7 +188,7 @@ fn dequantized(src: &WeightSource) -> WeightSource {
     }
 }
 
-fn matmuls_on(p: &Pair, label: &str, rows: usize) {
+fn matmuls_on<C: Compute>(p: &Pair<C>, label: &str, rows: usize) {
     for dtype in GgmlType::ALL {
         let cols = cols_for(dtype);
         let src = weight(dtype, rows, cols, 7 + dtype.id() as u64);
@@ -192,9 +241,7 @@ fn matmuls_on(p: &Pair, label: &str, rows: usize) {
 
 /// Activation blocks of tiny values (a GeLU's near-zero outputs) quantize to scales below
 /// f16's normal range: the GPU must keep them as subnormals, as the cpu does, not drop them.
-#[test]
-fn tiny_activations_keep_their_blocks() {
-    let Some(g) = gpu() else { return };
+fn tiny_activations_keep_their_blocks<C: Compute>(g: GpuBackend<C>) {
     let p = Pair::new(g);
     for dtype in [GgmlType::Q4_K, GgmlType::Q4_0, GgmlType::Q8_0] {
         let cols = cols_for(dtype);
@@ -217,25 +264,23 @@ fn tiny_activations_keep_their_blocks() {
         );
     }
 }
+gpu_test!(tiny_activations_keep_their_blocks);
 
-#[test]
-fn matmul_embed_and_transpose_for_every_format() {
-    let Some(g) = gpu() else { return };
+fn matmul_embed_and_transpose_for_every_format<C: Compute>(g: GpuBackend<C>) {
     matmuls_on(&Pair::new(g), "whole", 70);
 }
+gpu_test!(matmul_embed_and_transpose_for_every_format);
 
-#[test]
-fn weights_split_over_bindings_give_the_same_results() {
+fn weights_split_over_bindings_give_the_same_results<C: Compute>(g: GpuBackend<C>) {
     // 16 KiB bindings: 300-row weights are cut into 2 to 6 row ranges (activations stay whole).
-    let Some(g) = gpu_with(Some(16 << 10)) else {
-        return;
-    };
     matmuls_on(&Pair::new(g), "split", 300);
 }
+gpu_test!(
+    weights_split_over_bindings_give_the_same_results,
+    Some(16 << 10)
+);
 
-#[test]
-fn norms_rope_and_elementwise_ops() {
-    let Some(g) = gpu() else { return };
+fn norms_rope_and_elementwise_ops<C: Compute>(g: GpuBackend<C>) {
     let p = Pair::new(g);
     let (n, d) = (5, 96);
     let (xc, xg) = p.up(&noise(n * d, 1, 3.0), n, d);
@@ -347,10 +392,9 @@ fn norms_rope_and_elementwise_ops() {
     close("cross_entropy losses", &loss_g, &loss_c, 1e-4);
     p.check("cross_entropy gradient", &grad_c, &grad_g, 1e-4);
 }
+gpu_test!(norms_rope_and_elementwise_ops);
 
-#[test]
-fn attention_with_cache_and_its_gradient() {
-    let Some(g) = gpu() else { return };
+fn attention_with_cache_and_its_gradient<C: Compute>(g: GpuBackend<C>) {
     let p = Pair::new(g);
     // Grouped-query as in the default model: 9 query heads over 3 kv heads of 64 dims; 70
     // cached positions cross a 64-key tile. Then Gemma 3's local layers: a sliding window
@@ -374,8 +418,9 @@ fn attention_with_cache_and_its_gradient() {
         },
     );
 }
+gpu_test!(attention_with_cache_and_its_gradient);
 
-fn attention_on(p: &Pair, shape: AttentionShape) {
+fn attention_on<C: Compute>(p: &Pair<C>, shape: AttentionShape) {
     let (qd, kd) = (
         shape.n_heads * shape.head_dim,
         shape.n_kv_heads * shape.head_dim,
@@ -448,7 +493,13 @@ fn attention_on(p: &Pair, shape: AttentionShape) {
     p.check("attention_backward dv", &c, &z, 1e-4);
 }
 
-fn memory_ops_on(p: &Pair, label: &str, shape: ProductKeyShape, slots: usize, dim: usize) {
+fn memory_ops_on<C: Compute>(
+    p: &Pair<C>,
+    label: &str,
+    shape: ProductKeyShape,
+    slots: usize,
+    dim: usize,
+) {
     let n = 5;
     let (qc, qg) = p.up(
         &noise(n * shape.query_cols(), 100, 1.0),
@@ -507,9 +558,7 @@ fn memory_ops_on(p: &Pair, label: &str, shape: ProductKeyShape, slots: usize, di
     p.check(&format!("{label} write_rows"), &vc, &vg, 0.0);
 }
 
-#[test]
-fn product_keys_values_and_sparse_updates() {
-    let Some(g) = gpu() else { return };
+fn product_keys_values_and_sparse_updates<C: Compute>(g: GpuBackend<C>) {
     let p = Pair::new(g);
     // The default memory's lookup shape (256 keys per half, top-32, 4 heads) on a narrow table.
     let default_shape = ProductKeyShape {
@@ -527,13 +576,10 @@ fn product_keys_values_and_sparse_updates() {
     };
     memory_ops_on(&p, "small", small, 144, 40);
 }
+gpu_test!(product_keys_values_and_sparse_updates);
 
-#[test]
-fn value_tables_split_over_bindings() {
+fn value_tables_split_over_bindings<C: Compute>(g: GpuBackend<C>) {
     // 1 KiB bindings: a 144 × 8 table lives in 5 parts of 32 rows; every row op meets the seams.
-    let Some(g) = gpu_with(Some(1024)) else {
-        return;
-    };
     let p = Pair::new(g);
     let small = ProductKeyShape {
         heads: 2,
@@ -543,3 +589,4 @@ fn value_tables_split_over_bindings() {
     };
     memory_ops_on(&p, "split", small, 144, 8);
 }
+gpu_test!(value_tables_split_over_bindings, Some(1024));
