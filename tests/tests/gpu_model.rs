@@ -1,8 +1,10 @@
-//! The default model end to end on wgpu against the cpu backend: logits, greedy answers, and a
-//! fact learned on each device.
+//! The default model end to end on the GPU backends against the cpu backend: logits, greedy
+//! answers, and a fact learned on each device. Each test runs once on wgpu (`NAME::wgpu`) and
+//! once on CUDA (`NAME::cuda`).
 //!
-//! Runs on whatever adapter wgpu finds (lavapipe in CI; its name is printed) and fails without
-//! one unless `ENGRAM_SKIP_WGPU=1` says on purpose that this machine has none.
+//! wgpu runs on whatever adapter it finds (lavapipe in CI; its name is printed) and fails
+//! without one unless `ENGRAM_SKIP_WGPU=1` says on purpose that this machine has none. The CUDA
+//! variants run where a CUDA device and NVRTC answer and print "skipped: …" elsewhere.
 //!
 //! What "the same" means here: both backends quantize activations to 8-bit blocks and sum the
 //! same integers, but their float ops (norms, exp, sums) round differently in the last bit.
@@ -23,7 +25,8 @@ use engram_e2e::{
     LlamaCpp, background_documents, default_model, tiny_llama_f32_gguf, tiny_memory_config,
 };
 
-/// The default model on `device`, or `None` when wgpu is wanted, absent and skipping is allowed.
+/// The default model on `device`, or `None` (after saying why) when the device is CUDA and none
+/// answers, or wgpu, absent, with skipping allowed.
 fn open(device: Device) -> Option<Engine> {
     open_model(&default_model(), device)
 }
@@ -39,6 +42,10 @@ fn open_model(path: &std::path::Path, device: Device) -> Option<Engine> {
             eprintln!("{device:?}: running on {}", e.device_name());
             Some(e)
         }
+        Err(e) if matches!(device, Device::Cuda(_)) => {
+            skip(&e.to_string());
+            None
+        }
         Err(e)
             if device != Device::Cpu && std::env::var("ENGRAM_SKIP_WGPU").as_deref() == Ok("1") =>
         {
@@ -48,6 +55,42 @@ fn open_model(path: &std::path::Path, device: Device) -> Option<Engine> {
         Err(e) => panic!(
             "{device:?}: {e} (install mesa-vulkan-drivers for lavapipe, or set ENGRAM_SKIP_WGPU=1)"
         ),
+    }
+}
+
+/// Says that the running test did not run and why, on a line the harness does not capture
+/// (counted as skipped by `scripts/run-test-binaries`).
+fn skip(why: &str) {
+    use std::io::Write;
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a gpu test")
+        .to_string();
+    let _ = writeln!(std::io::stderr(), "skipped: {test}: {why}");
+}
+
+/// Runs `$body(device)` once per GPU backend: `$body::wgpu` and `$body::cuda`.
+macro_rules! gpu_test {
+    ($body:ident) => {
+        mod $body {
+            #[test]
+            fn wgpu() {
+                super::$body(engram::Device::Wgpu);
+            }
+
+            #[test]
+            fn cuda() {
+                super::$body(engram::Device::Cuda(None));
+            }
+        }
+    };
+}
+
+/// The device's short name for messages and folders.
+fn name(device: Device) -> &'static str {
+    match device {
+        Device::Cuda(_) => "cuda",
+        _ => "wgpu",
     }
 }
 
@@ -77,9 +120,9 @@ fn noise_floor(engine: &Engine, prompts: &[Vec<u32>]) -> f32 {
     floor
 }
 
-#[test]
-fn logits_stay_within_the_noise_floor_of_the_cpu() {
+fn logits_stay_within_the_noise_floor_of_the_cpu(device: Device) {
     logits_within_the_noise_floor(
+        device,
         &default_model(),
         &[
             "The capital of France is",
@@ -89,13 +132,14 @@ fn logits_stay_within_the_noise_floor_of_the_cpu() {
         ],
     );
 }
+gpu_test!(logits_stay_within_the_noise_floor_of_the_cpu);
 
 /// Gemma 3 270M on the GPU: GeGLU, q/k norms, post-norms, the embedding scale and its
 /// 262,144-row table split over storage bindings (the sliding window is checked op by op
-/// in wgpu_ops.rs: a prompt past 512 tokens would need gigabytes of logits here).
-#[test]
-fn gemma3_logits_stay_within_the_noise_floor_of_the_cpu() {
+/// in gpu_ops.rs: a prompt past 512 tokens would need gigabytes of logits here).
+fn gemma3_logits_stay_within_the_noise_floor_of_the_cpu(device: Device) {
     logits_within_the_noise_floor(
+        device,
         &engram_e2e::gemma3_model(),
         &[
             "The capital of France is",
@@ -104,9 +148,11 @@ fn gemma3_logits_stay_within_the_noise_floor_of_the_cpu() {
         ],
     );
 }
+gpu_test!(gemma3_logits_stay_within_the_noise_floor_of_the_cpu);
 
-fn logits_within_the_noise_floor(path: &std::path::Path, prompts: &[&str]) {
-    let Some(gpu) = open_model(path, Device::Wgpu) else {
+fn logits_within_the_noise_floor(device: Device, path: &std::path::Path, prompts: &[&str]) {
+    let dev = name(device);
+    let Some(gpu) = open_model(path, device) else {
         return;
     };
     let cpu = open_model(path, Device::Cpu).unwrap();
@@ -131,7 +177,10 @@ fn logits_within_the_noise_floor(path: &std::path::Path, prompts: &[&str]) {
                 agree += 1;
             } else {
                 let margin = a[ta] - a[tb];
-                eprintln!("near tie at position {i}: cpu {ta}, wgpu {tb} (cpu margin {margin:.3})");
+                eprintln!(
+                    "near tie at position {i}: cpu {ta}, {} {tb} (cpu margin {margin:.3})",
+                    name(device)
+                );
                 assert!(
                     margin <= floor,
                     "top-1 differs at position {i} with cpu margin {margin} over the floor {floor}"
@@ -140,7 +189,7 @@ fn logits_within_the_noise_floor(path: &std::path::Path, prompts: &[&str]) {
         }
     }
     eprintln!(
-        "wgpu vs cpu over {positions} positions: max |Δlogit| {worst:.3} (floor {floor:.3}); top-1 identical at {agree}"
+        "{dev} vs cpu over {positions} positions: max |Δlogit| {worst:.3} (floor {floor:.3}); top-1 identical at {agree}"
     );
     assert!(
         worst <= floor,
@@ -164,9 +213,9 @@ fn greedy(engine: &Engine, question: &str, max_tokens: usize) -> (Vec<u32>, Vec<
     (tokens, g.tokens)
 }
 
-#[test]
-fn greedy_answers_match_the_cpu() {
-    let Some(gpu) = open(Device::Wgpu) else {
+fn greedy_answers_match_the_cpu(device: Device) {
+    let dev = name(device);
+    let Some(gpu) = open(device) else {
         return;
     };
     let cpu = open(Device::Cpu).unwrap();
@@ -183,7 +232,7 @@ fn greedy_answers_match_the_cpu() {
         let (prompt, c) = greedy(&cpu, q, 20);
         let (_, g) = greedy(&gpu, q, 20);
         let text = |t: &[u32]| cpu.tokenizer().decode(t, true);
-        eprintln!("{q}\n  cpu:  {:?}\n  wgpu: {:?}", text(&c), text(&g));
+        eprintln!("{q}\n  cpu:  {:?}\n  {dev}: {:?}", text(&c), text(&g));
         if c == g {
             identical += 1;
             continue;
@@ -210,6 +259,7 @@ fn greedy_answers_match_the_cpu() {
         questions.len()
     );
 }
+gpu_test!(greedy_answers_match_the_cpu);
 
 /// A default-shape memory fitted on 4,096 background tokens (on the cpu, the fast place).
 fn memory(cpu: &Engine) -> MemoryStore {
@@ -271,16 +321,21 @@ fn touched_rows(engine: &Engine, tokens: &[u32]) -> Vec<u32> {
 
 /// On an all-f32 model there is no 8-bit rounding to amplify differences, so learning on the
 /// two devices must agree to float precision: same selected rows, values within 1e-3.
-#[test]
-fn learning_on_a_float_model_matches_the_cpu_closely() {
-    let path = engram_e2e::scratch_dir("wgpu").join("tiny.gguf");
+fn learning_on_a_float_model_matches_the_cpu_closely(device: Device) {
+    let dev = name(device);
+    // A folder per device: the wgpu and cuda variants run at the same time.
+    let path = engram_e2e::scratch_dir(&format!("gpu-{}", name(device))).join("tiny.gguf");
     std::fs::write(&path, tiny_llama_f32_gguf(31, 3)).unwrap();
     let options = |device| EngineOptions {
         device,
         ..Default::default()
     };
-    let gpu = match Engine::open(&path, &options(Device::Wgpu)) {
+    let gpu = match Engine::open(&path, &options(device)) {
         Ok(e) => e,
+        Err(e) if matches!(device, Device::Cuda(_)) => {
+            skip(&e.to_string());
+            return;
+        }
         Err(e) if std::env::var("ENGRAM_SKIP_WGPU").as_deref() == Ok("1") => {
             eprintln!("SKIPPED: no wgpu adapter ({e}) and ENGRAM_SKIP_WGPU=1");
             return;
@@ -320,7 +375,7 @@ fn learning_on_a_float_model_matches_the_cpu_closely() {
     let (lc, gc) = sequence_gradient(&engines[0], &tokens, &all);
     let (lg, gg) = sequence_gradient(&engines[1], &tokens, &all);
     let grad_err = relative(&gg, &gc);
-    eprintln!("tiny f32 model: loss cpu {lc:.6} wgpu {lg:.6}; gradient ‖Δ‖/‖cpu‖ {grad_err:.2e}");
+    eprintln!("tiny f32 model: loss cpu {lc:.6} {dev} {lg:.6}; gradient ‖Δ‖/‖cpu‖ {grad_err:.2e}");
     assert!((lc - lg).abs() <= 1e-4 * lc.abs(), "losses differ");
     assert!(grad_err <= 1e-4, "gradients differ by {grad_err:.2e}");
 
@@ -338,7 +393,7 @@ fn learning_on_a_float_model_matches_the_cpu_closely() {
         let g = model.value_gradients(&seqs, &late).unwrap();
         let err = relative(&model.backend().download(&g.grads), &gp);
         eprintln!(
-            "wgpu, {frozen} frozen positions: loss {:.6} vs {lp:.6}, gradient ‖Δ‖/‖plain‖ {err:.2e}",
+            "{dev}, {frozen} frozen positions: loss {:.6} vs {lp:.6}, gradient ‖Δ‖/‖plain‖ {err:.2e}",
             g.loss
         );
         assert!(frozen >= half, "only {frozen} positions were frozen");
@@ -366,7 +421,7 @@ fn learning_on_a_float_model_matches_the_cpu_closely() {
     let (after_c, _) = sequence_gradient(&engines[0], &tokens, &[]);
     let (after_g, _) = sequence_gradient(&engines[1], &tokens, &[]);
     eprintln!(
-        "3 SGD steps on {} rows: loss cpu {lc:.4} -> {after_c:.4}, wgpu {lg:.4} -> {after_g:.4}; values ‖Δ‖/‖cpu‖ {value_err:.2e}",
+        "3 SGD steps on {} rows: loss cpu {lc:.4} -> {after_c:.4}, {dev} {lg:.4} -> {after_g:.4}; values ‖Δ‖/‖cpu‖ {value_err:.2e}",
         all.len()
     );
     assert!(after_c < lc, "the tiny model learned nothing");
@@ -376,12 +431,13 @@ fn learning_on_a_float_model_matches_the_cpu_closely() {
     );
     let _ = std::fs::remove_file(&path);
 }
+gpu_test!(learning_on_a_float_model_matches_the_cpu_closely);
 
 /// On the quantized default model the devices' gradients agree within the activation-rounding
 /// noise, and a fact learned with the default settings is recalled on both.
-#[test]
-fn a_fact_learned_on_wgpu_is_recalled_as_on_cpu() {
-    let Some(mut gpu) = open(Device::Wgpu) else {
+fn a_fact_learned_on_the_gpu_is_recalled_as_on_cpu(device: Device) {
+    let dev = name(device);
+    let Some(mut gpu) = open(device) else {
         return;
     };
     let mut cpu = open(Device::Cpu).unwrap();
@@ -404,7 +460,7 @@ fn a_fact_learned_on_wgpu_is_recalled_as_on_cpu() {
     let (lg, gg) = sequence_gradient(&gpu, &tokens, &touched);
     let grad_err = relative(&gg, &gc);
     eprintln!(
-        "default model, {} touched rows: loss cpu {lc:.4} wgpu {lg:.4}; gradient ‖Δ‖/‖cpu‖ {grad_err:.3}",
+        "default model, {} touched rows: loss cpu {lc:.4} {dev} {lg:.4}; gradient ‖Δ‖/‖cpu‖ {grad_err:.3}",
         touched.len()
     );
     assert!(grad_err <= 0.25, "gradients differ by {grad_err:.3}");
@@ -439,3 +495,4 @@ fn a_fact_learned_on_wgpu_is_recalled_as_on_cpu() {
     assert!(ac.contains("Bruno"), "cpu did not recall the fact: {ac:?}");
     assert!(ag.contains("Bruno"), "wgpu did not recall the fact: {ag:?}");
 }
+gpu_test!(a_fact_learned_on_the_gpu_is_recalled_as_on_cpu);
