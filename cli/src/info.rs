@@ -219,10 +219,11 @@ fn print_cuda_devices() {
             Ok(devices) => {
                 for d in devices {
                     println!(
-                        "cuda:{}    {} — {} MiB, compute capability {}.{}{}",
+                        "cuda:{}    {} — {} MiB, {:.0} GB/s, compute capability {}.{}{}",
                         d.index,
                         d.name,
                         d.memory_bytes >> 20,
+                        d.memory_bandwidth_bytes_per_s as f64 / 1e9,
                         d.compute_capability.0,
                         d.compute_capability.1,
                         if engram::backend::CUDA_VERIFIED {

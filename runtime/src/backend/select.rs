@@ -125,6 +125,9 @@ pub struct CudaDeviceSummary {
     pub memory_bytes: usize,
     /// Compute capability (major, minor): which PTX it runs.
     pub compute_capability: (u32, u32),
+    /// Peak memory bandwidth, bytes per second (memory clock × bus width × 2): the bound on
+    /// decode speed, which reads every weight once per token.
+    pub memory_bandwidth_bytes_per_s: u64,
 }
 
 /// Every CUDA device on this machine, or a one-line reason there is none to use.

@@ -68,6 +68,9 @@ pub fn devices() -> Result<Vec<CudaDeviceSummary>> {
             let minor = attribute(
                 sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
             )?;
+            let clock_khz = attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE)?;
+            let bus_bits =
+                attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH)?;
             // SAFETY: as above.
             let memory_bytes = unsafe { driver::device::total_mem(dev) }
                 .map_err(|e| failed("cuDeviceTotalMem", e))?;
@@ -76,6 +79,12 @@ pub fn devices() -> Result<Vec<CudaDeviceSummary>> {
                 name,
                 memory_bytes,
                 compute_capability: (major as u32, minor as u32),
+                // Double data rate: two transfers per clock.
+                memory_bandwidth_bytes_per_s: clock_khz.max(0) as u64
+                    * 1000
+                    * 2
+                    * bus_bits.max(0) as u64
+                    / 8,
             })
         })
         .collect()
