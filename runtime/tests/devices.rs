@@ -67,14 +67,19 @@ fn wgpu_unavailable() -> Option<String> {
 
 const TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
-/// A tiny chat model on `device`. The file is removed once the engine has mapped it (the
-/// mapping keeps the bytes), so the tests leave nothing behind.
+/// A tiny chat model on `device`.
 fn tiny_engine(tag: &str, device: Device) -> Engine {
+    engine_of(&tiny_chat_llama_gguf(11, TEMPLATE), tag, device)
+}
+
+/// The model file `gguf` opened on `device`. The file is removed once the engine has mapped
+/// it (the mapping keeps the bytes), so the tests leave nothing behind.
+fn engine_of(gguf: &[u8], tag: &str, device: Device) -> Engine {
     let path = std::env::temp_dir().join(format!(
         "engram-devices-{}-{tag}-{device:?}.gguf",
         std::process::id()
     ));
-    std::fs::write(&path, tiny_chat_llama_gguf(11, TEMPLATE)).expect("write tiny model");
+    std::fs::write(&path, gguf).expect("write tiny model");
     let engine = Engine::open(
         &path,
         &EngineOptions {
@@ -160,24 +165,11 @@ test_device!(learning_lowers_the_loss, learning_a_fact_lowers_its_loss);
 /// the same sums in f32 and only their order differs (quantized formats are compared op by op,
 /// against each format's own tolerance, in the e2e `gpu_ops` tests).
 fn logits_match_the_cpu(device: Device) {
-    let open = |device: Device| {
-        let path = std::env::temp_dir().join(format!(
-            "engram-devices-{}-parity-{device:?}.gguf",
-            std::process::id()
-        ));
-        std::fs::write(&path, tiny_llama_f32_gguf(5, 2)).expect("write tiny model");
-        let engine = Engine::open(
-            &path,
-            &EngineOptions {
-                device,
-                threads: 2,
-                ..Default::default()
-            },
-        );
-        std::fs::remove_file(&path).expect("remove the tiny model file");
-        engine.expect("the tiny f32 model opens")
-    };
-    let (engine, cpu) = (open(device), open(Device::Cpu));
+    let gguf = tiny_llama_f32_gguf(5, 2);
+    let (engine, cpu) = (
+        engine_of(&gguf, "parity", device),
+        engine_of(&gguf, "parity-cpu", Device::Cpu),
+    );
     let tokens = engine
         .tokenizer()
         .encode("the river flows past the hill", false)
