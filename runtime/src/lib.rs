@@ -61,11 +61,3 @@ pub use memory::{DEFAULT_NOTE_READ_GATE, DEFAULT_READ_GATE, MemoryConfig, SlotSc
 pub use model::ModelConfig;
 pub use sampling::SamplingConfig;
 pub use tokenizer::{ChatMessage, SystemPrompt, Tokenizer};
-
-/// Says that unit test `test` did not run and why, on a line the test harness does not
-/// capture (written to stderr directly), which `scripts/run-test-binaries` counts as skipped.
-#[cfg(test)]
-pub(crate) fn skipped(test: &str, why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "skipped: {test}: {why}");
-}

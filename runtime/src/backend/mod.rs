@@ -327,3 +327,11 @@ pub fn argmax(logits: &[f32]) -> u32 {
     }
     best as u32
 }
+
+/// Says that unit test `test` did not run and why, on a line the test harness does not
+/// capture (written to stderr directly), which `scripts/run-test-binaries` counts as skipped.
+#[cfg(test)]
+pub(crate) fn skipped(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "skipped: {test}: {why}");
+}

@@ -191,7 +191,7 @@ mod tests {
                 #[cfg(any(target_os = "linux", target_os = "windows"))]
                 if !crate::backend::cuda::driver_present() {
                     assert!(message.contains("no CUDA driver (libcuda.so.1 not found)"));
-                    crate::skipped("opening_a_cuda_device", &message);
+                    crate::backend::skipped("opening_a_cuda_device", &message);
                 }
             }
             Ok((backend, _)) => assert!(backend.name().starts_with("cuda ("), "{}", backend.name()),

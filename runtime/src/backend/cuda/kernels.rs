@@ -168,7 +168,7 @@ mod tests {
                 "ENGRAM_REQUIRE_NVRTC is set but libnvrtc.so.12 cannot be loaded (pip install \
                  nvidia-cuda-nvrtc-cu12 and put its lib folder on LD_LIBRARY_PATH)"
             );
-            crate::skipped(
+            crate::backend::skipped(
                 "every_kernel_compiles_with_nvrtc",
                 "NVRTC (libnvrtc.so.12) not found; no CUDA kernel was compiled",
             );
@@ -207,7 +207,7 @@ mod tests {
     #[test]
     fn compiled_kernels_are_cached_by_source_and_architecture() {
         if !crate::backend::cuda::nvrtc_present() {
-            crate::skipped(
+            crate::backend::skipped(
                 "compiled_kernels_are_cached",
                 "NVRTC (libnvrtc.so.12) not found",
             );

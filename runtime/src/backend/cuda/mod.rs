@@ -120,7 +120,7 @@ mod tests {
                 assert!(!driver_present() || message.contains("driver is present"));
                 if !driver_present() {
                     assert!(message.contains("no CUDA driver (libcuda.so.1 not found)"));
-                    crate::skipped("devices_describe_each", &message);
+                    crate::backend::skipped("devices_describe_each", &message);
                 }
                 assert!(device(None).is_err() && device(Some(3)).is_err());
             }
