@@ -117,14 +117,38 @@ impl GpuBackend<CudaCompute> {
         let failed = |what: &str, e: driver::DriverError| {
             Error::Unsupported(format!("CUDA device {}: {what} failed: {e:?}", summary.index))
         };
+        let (major, minor) = summary.compute_capability;
+        let arch = kernels::supported_architecture(summary.compute_capability).ok_or_else(|| {
+            Error::Unsupported(format!(
+                "this NVRTC cannot compile for compute capability {major}.{minor} ({}): it is \
+                 too old for that NVRTC",
+                summary.name
+            ))
+        })?;
         let ctx = CudaContext::new(summary.index).map_err(|e| failed("creating a context", e))?;
         let stream = ctx.default_stream();
         let async_alloc = ctx.has_async_alloc();
-        Ok(GpuBackend::with_compute(CudaCompute {
+        if async_alloc {
+            // Freed blocks stay in the pool across read-backs (each synchronizes the stream,
+            // once per decoded token); with the default threshold of 0 they went back to the
+            // driver every time and the next token mapped them again.
+            let mut keep = u64::MAX;
+            // SAFETY: the device's own default pool; the attribute takes a u64.
+            let _ = unsafe {
+                driver::device::get_default_mem_pool(ctx.cu_device()).and_then(|pool| {
+                    driver::mem_pool::set_attribute(
+                        pool,
+                        sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                        &mut keep as *mut u64 as *mut c_void,
+                    )
+                })
+            };
+        }
+        let backend = GpuBackend::with_compute(CudaCompute {
             max_binding: options
                 .max_binding
                 .map_or(MAX_ARGUMENT_BYTES, |m| m.min(MAX_ARGUMENT_BYTES)),
-            arch: kernels::architecture(summary.compute_capability),
+            arch,
             ctx,
             stream,
             summary,
@@ -132,7 +156,26 @@ impl GpuBackend<CudaCompute> {
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
             async_alloc,
-        }))
+        });
+        // A driver older than the NVRTC cannot load its PTX: say so now, in one line, rather
+        // than at the first op.
+        let c = backend.compute();
+        c.bind();
+        c.load(Module::Elementwise, 0).map_err(|e| {
+            let mut driver_version = 0;
+            // SAFETY: one out-parameter.
+            let _ = unsafe { sys::cuDriverGetVersion(&mut driver_version) };
+            let (nv_major, nv_minor) = kernels::nvrtc_version().unwrap_or_default();
+            Error::Unsupported(format!(
+                "CUDA device {}: the driver (CUDA {}.{}) cannot load kernels compiled by \
+                 NVRTC {nv_major}.{nv_minor} for {}: {e}; use an NVRTC no newer than the driver",
+                c.summary.index,
+                driver_version / 1000,
+                driver_version % 1000 / 10,
+                c.arch
+            ))
+        })?;
+        Ok(backend)
     }
 
     /// The device this backend runs on.
@@ -159,19 +202,13 @@ impl CudaCompute {
             return f.clone();
         }
         let mut modules = lock(&self.modules);
-        let (cu_module, blocks) = modules.entry((module, dtype)).or_insert_with(|| {
-            let ptx = match &self.cache_dir {
-                Some(dir) => kernels::compile_cached(module, dtype, &self.arch, dir),
-                None => kernels::compile(module, dtype, &self.arch),
-            }
-            .unwrap_or_else(|e| panic!("CUDA: {e}"));
-            let blocks = kernels::ptx_entries(&ptx);
-            let loaded = self
-                .ctx
-                .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-                .unwrap_or_else(|e| panic!("CUDA: loading {}.cu failed: {e:?}", module.name()));
-            (loaded, blocks)
-        });
+        let (cu_module, blocks) = match modules.entry((module, dtype)) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                self.load(module, dtype)
+                    .unwrap_or_else(|e| panic!("CUDA: {e}")),
+            ),
+        };
         let block = blocks
             .iter()
             .find(|(name, _)| name == entry)
@@ -182,6 +219,25 @@ impl CudaCompute {
             .unwrap_or_else(|e| panic!("CUDA: loading kernel {entry} failed: {e:?}"));
         lock(&self.functions).insert((entry, dtype), (function.clone(), block));
         (function, block)
+    }
+}
+
+impl CudaCompute {
+    /// Compiles (or reads from the cache) and loads `module` for block format `dtype`, with
+    /// `(kernel, block size)` of each of its entries.
+    fn load(&self, module: Module, dtype: u32) -> Result<LoadedModule> {
+        let ptx = match &self.cache_dir {
+            Some(dir) => kernels::compile_cached(module, dtype, &self.arch, dir),
+            None => kernels::compile(module, dtype, &self.arch),
+        }?;
+        let blocks = kernels::ptx_entries(&ptx);
+        let loaded = self
+            .ctx
+            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+            .map_err(|e| {
+                Error::Unsupported(format!("loading {}.cu failed: {e:?}", module.name()))
+            })?;
+        Ok((loaded, blocks))
     }
 }
 
@@ -226,6 +282,9 @@ impl Compute for CudaCompute {
     }
 
     fn write(&self, buf: &CudaBuffer, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
         self.bind();
         // SAFETY: the buffer holds at least `bytes.len()` bytes (the shared code allocates
         // before it writes); a copy from pageable memory has read `bytes` when it returns.
@@ -268,8 +327,13 @@ impl Compute for CudaCompute {
         bufs: &[(u32, &CudaBuffer)],
         groups: (u32, u32),
     ) {
-        let (function, block) = self.function(module, entry, dtype);
+        if groups.0 == 0 || groups.1 == 0 {
+            // Nothing to run (an empty tensor); CUDA refuses a launch of no blocks.
+            return;
+        }
+        // The context first: looking a kernel up needs it current on this thread too.
         self.bind();
+        let (function, block) = self.function(module, entry, dtype);
         // The kernel's arguments: the parameter block by value, then the buffers in binding
         // order (what each kernel's signature lists), each as a pointer to its device address.
         let mut block_bytes = ParamBlock(*params);
@@ -280,8 +344,10 @@ impl Compute for CudaCompute {
         let mut args: Vec<*mut c_void> = Vec::with_capacity(1 + ptrs.len());
         args.push(&mut block_bytes as *mut ParamBlock as *mut c_void);
         args.extend(ptrs.iter_mut().map(|p| p as *mut sys::CUdeviceptr as *mut c_void));
-        // SAFETY: `args` matches the kernel's parameter list (checked against the WGSL twin's
-        // bindings by the compile test) and outlives the call, which copies the values.
+        // SAFETY: `args` is the kernel's parameter list: the block, then one pointer per buffer
+        // the kernel's signature lists, in binding order (the .cu files' tables; reviewed by
+        // hand against every dispatch, not checked by a test). It outlives the call, which
+        // copies the values.
         unsafe {
             driver::launch_kernel(
                 function.cu_function(),

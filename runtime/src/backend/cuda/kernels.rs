@@ -41,6 +41,43 @@ pub fn architecture((major, minor): (u32, u32)) -> String {
     format!("compute_{major}{minor}")
 }
 
+/// The newest architecture this NVRTC compiles for that a device of compute capability
+/// `(major, minor)` runs: the device's own, or (for a GPU newer than the NVRTC) an older one
+/// whose PTX the driver still finishes for it. `None` where the NVRTC supports nothing that old
+/// (CUDA 13 dropped everything before compute_75).
+pub fn supported_architecture((major, minor): (u32, u32)) -> Option<String> {
+    let wanted = (major * 10 + minor) as i32;
+    let mut count = 0;
+    // SAFETY: NVRTC's documented pair of calls: the count, then an array of that many.
+    let supported = unsafe {
+        use cudarc::nvrtc::sys;
+        if sys::nvrtcGetNumSupportedArchs(&mut count) != sys::nvrtcResult::NVRTC_SUCCESS {
+            return None;
+        }
+        let mut archs = vec![0i32; count.max(0) as usize];
+        if sys::nvrtcGetSupportedArchs(archs.as_mut_ptr()) != sys::nvrtcResult::NVRTC_SUCCESS {
+            return None;
+        }
+        archs
+    };
+    supported
+        .into_iter()
+        .filter(|&a| a <= wanted)
+        .max()
+        .map(|a| format!("compute_{a}"))
+}
+
+/// NVRTC's version (major, minor), where it can be loaded.
+pub fn nvrtc_version() -> Option<(i32, i32)> {
+    if !super::nvrtc_present() {
+        return None;
+    }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: two out-parameters, written by NVRTC.
+    let status = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    (status == cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS).then_some((major, minor))
+}
+
 /// Compiles `module` (specialised for `dtype`) to PTX for `arch` (e.g. "compute_80").
 ///
 /// Precise division, square root and denormals, and no fused multiply-add contraction the
@@ -75,18 +112,26 @@ pub fn compile(module: Module, dtype: u32, arch: &str) -> Result<String> {
 }
 
 /// [`compile`], reading the PTX from `dir` when an earlier run compiled the same source for
-/// the same architecture (NVRTC takes seconds per module; a start should not).
+/// the same architecture with the same NVRTC (NVRTC takes seconds per module; a start should
+/// not; and a driver older than the NVRTC cannot load its PTX, so a user who changes NVRTC to
+/// fix that must not get the old PTX back).
 pub fn compile_cached(module: Module, dtype: u32, arch: &str, dir: &Path) -> Result<String> {
     let key = xxhash_rust::xxh3::xxh3_64(source(module, dtype).as_bytes());
-    let path = dir.join(format!("{}-{dtype}-{arch}-{key:016x}.ptx", module.name()));
+    let (major, minor) = nvrtc_version().unwrap_or_default();
+    let path = dir.join(format!(
+        "{}-{dtype}-{arch}-nvrtc{major}.{minor}-{key:016x}.ptx",
+        module.name()
+    ));
     if let Ok(ptx) = std::fs::read_to_string(&path) {
         return Ok(ptx);
     }
     let ptx = compile(module, dtype, arch)?;
     // A cache that cannot be written costs only the next start's compile time. Written under
-    // a name of this process's own, then renamed: another engram starting at the same time
-    // reads a whole file or none.
-    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    // a name of this write's own, then renamed: another engram (or another backend in this
+    // process) starting at the same time reads a whole file or none.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("{}-{n}.tmp", std::process::id()));
     let _ = std::fs::create_dir_all(dir)
         .and_then(|_| std::fs::write(&tmp, &ptx))
         .and_then(|_| std::fs::rename(&tmp, &path));
@@ -229,5 +274,22 @@ mod tests {
     fn architecture_names_follow_the_compute_capability() {
         assert_eq!(architecture((8, 6)), "compute_86");
         assert_eq!(architecture((9, 0)), "compute_90");
+    }
+
+    /// A device NVRTC knows gets its own architecture; one newer than the NVRTC the newest the
+    /// NVRTC has; one older than all it supports none.
+    #[test]
+    fn the_architecture_is_the_newest_nvrtc_has_up_to_the_device() {
+        if !crate::backend::cuda::nvrtc_present() {
+            crate::backend::skipped("the_architecture_is_the_newest", "NVRTC not found");
+            return;
+        }
+        assert_eq!(supported_architecture((8, 6)).as_deref(), Some("compute_86"));
+        let newest = supported_architecture((99, 9)).expect("NVRTC supports some architecture");
+        let n: u32 = newest.trim_start_matches("compute_").parse().unwrap();
+        assert!(n >= 90, "{newest}");
+        assert_eq!(supported_architecture((1, 0)), None);
+        let (major, _) = nvrtc_version().expect("a loaded NVRTC has a version");
+        assert!(major >= 11);
     }
 }

@@ -49,7 +49,14 @@ __shared__ unsigned int top_i[MAX_TOP_K];
 static __device__ __forceinline__ unsigned int min_u32(unsigned int a, unsigned int b) { return a < b ? a : b; }
 
 // The ranking rule of the CPU lookup: higher score first, then the smaller index.
+// A NaN score ranks as -inf: the order must stay strict and total, or items share a rank and
+// some top-k slots are never written — which wgpu would read as zeros, but CUDA's shared
+// memory keeps whatever an earlier block left there.
+static __device__ __forceinline__ float rank_score(float s) { return s != s ? __uint_as_float(0xff800000u) : s; }
+
 static __device__ __forceinline__ bool better(float sa, unsigned int ia, float sb, unsigned int ib) {
+    sa = rank_score(sa);
+    sb = rank_score(sb);
     return sa > sb || (sa == sb && ia < ib);
 }
 
