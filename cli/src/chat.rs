@@ -144,7 +144,10 @@ fn turns(
             }
             "/learned" => {
                 for f in engine.learned_facts() {
-                    eprintln!("  {:>4}  {}", f.uid, f.text);
+                    match f.replaced.last() {
+                        Some(old) => eprintln!("  {:>4}  {}  (replaced {old:?})", f.uid, f.text),
+                        None => eprintln!("  {:>4}  {}", f.uid, f.text),
+                    }
                 }
                 eprintln!("({} learned facts)", engine.learned_facts().len());
             }

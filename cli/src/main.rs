@@ -540,7 +540,10 @@ fn run(cli: Cli) -> Result<(), String> {
                 } else {
                     f.uid.to_string()
                 };
-                println!("{number:>5}  {}", f.text);
+                match f.replaced.last() {
+                    Some(old) => println!("{number:>5}  {}  (replaced {old:?})", f.text),
+                    None => println!("{number:>5}  {}", f.text),
+                }
             }
             Ok(())
         }

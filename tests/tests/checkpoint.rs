@@ -51,6 +51,7 @@ fn fact(text: &str, ids: &[u32], v: f32, dim: usize) -> Change {
             text: text.into(),
             rows: ids.to_vec(),
             uid: 0,
+            replaced: Vec::new(),
         },
         diff: RowSet {
             ids: ids.to_vec(),

@@ -282,6 +282,7 @@ fn sample_records() -> Vec<Record> {
             text: "Q: Who fixed my bike? A: Tariq".into(),
             rows: vec![2, 3],
             uid: 0,
+            replaced: Vec::new(),
         }),
         Change::Import {
             id: "ab".into(),
@@ -298,6 +299,8 @@ fn sample_records() -> Vec<Record> {
                 text: "My sister Ana lives in Porto.".into(),
                 rows: vec![5, 9],
                 uid: 0,
+                // An update's record ends with what it replaced.
+                replaced: vec!["My sister Ana lives in Braga.".into()],
             },
             diff: rows(vec![5, 9]),
         },

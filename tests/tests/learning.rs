@@ -931,6 +931,108 @@ fn forgetting_one_fact_takes_out_exactly_its_change_and_its_words() {
     check(&open(MemoryAccess::Read));
 }
 
+/// What a question recalls, by the routing gate's fact ids (facts in the order of learning,
+/// forgotten ones left out).
+fn named_by(engine: &Engine, question: &str) -> Vec<u32> {
+    let prompt = chat_tokens(engine, question);
+    let mut session = engine.session();
+    let options = engram::GenerateOptions {
+        max_tokens: 1,
+        ..Default::default()
+    };
+    session.generate(&prompt, &options, |_| true).unwrap();
+    session.facts_named_since(0).unwrap()
+}
+
+/// An update keeps the words of the fact it replaced: "Which city do we live in now?" and
+/// "Did we stay in Braga?" recall "We moved to Coimbra last month." (which replaced "We live in
+/// Braga, in the north of Portugal."), right after learning and after reopening, with the
+/// saved gate keys and without them; forgetting the update takes the replaced fact's words
+/// off the disk too.
+#[test]
+fn an_update_is_named_by_the_words_of_what_it_replaced() {
+    let (engine, store) = engine_and_store();
+    let path = engram_e2e::scratch_dir("update_names").join("update.engram");
+    store.save(&path).unwrap();
+    drop(engine);
+    let open = |access: MemoryAccess| {
+        let mut e = Engine::open(default_model(), &EngineOptions::default()).unwrap();
+        e.open_memory(&path, access).unwrap();
+        e
+    };
+    let mut engine = open(MemoryAccess::Write);
+    let opts = LearnOptions::default();
+    let braga = "We live in Braga, in the north of Portugal.";
+    for note in [braga, "My sister Ana is a pilot."] {
+        let r = engine.remember(note, &opts, &mut |_, _, _| true).unwrap();
+        assert!(r.replaced.is_none(), "{note} replaced nothing");
+    }
+    let asked = ["Which city do we live in now?", "Did we stay in Braga?"];
+    for q in asked {
+        assert_eq!(named_by(&engine, q), vec![0], "{q} before the update");
+    }
+    let r = engine
+        .remember("We moved to Coimbra last month.", &opts, &mut |_, _, _| {
+            true
+        })
+        .unwrap();
+    assert_eq!(r.replaced.map(|f| f.text).as_deref(), Some(braga));
+    let last = engine.learned_facts().last().unwrap().clone();
+    assert_eq!(last.replaced, vec![braga.to_owned()]);
+    // Facts now: Ana (0), the move (1).
+    let check = |engine: &Engine, when: &str| {
+        for q in asked {
+            assert_eq!(named_by(engine, q), vec![1], "{q} {when}");
+        }
+        assert!(
+            named_by(engine, "What is the capital of Japan?").is_empty(),
+            "a question naming nothing learned {when}"
+        );
+    };
+    check(&engine, "right after learning");
+    drop(engine);
+    check(&open(MemoryAccess::Read), "reopened with the saved keys");
+    let _ = std::fs::remove_file(engram::read_keys_path(&path));
+    check(&open(MemoryAccess::Read), "reopened, keyed anew");
+    // Checkpointed, the history (what the update replaced included) is read from the store
+    // file, not the journal.
+    let mut engine = open(MemoryAccess::Write);
+    engine.checkpoint().unwrap();
+    drop(engine);
+    assert_eq!(
+        std::fs::metadata(engram::delta::journal_path(&path)).map_or(0, |m| m.len()),
+        0,
+        "the checkpoint emptied the journal"
+    );
+    let _ = std::fs::remove_file(engram::read_keys_path(&path));
+    let engine = open(MemoryAccess::Read);
+    assert_eq!(engine.learned_facts().last(), Some(&last));
+    check(&engine, "after a checkpoint");
+    drop(engine);
+    let mut engine = open(MemoryAccess::Write);
+    engine.forget(last.uid).unwrap();
+    for q in asked {
+        assert!(
+            named_by(&engine, q).is_empty(),
+            "{q} after forgetting the move"
+        );
+    }
+    drop(engine);
+    for file in [
+        path.clone(),
+        engram::delta::journal_path(&path),
+        engram::delta::fact_log_path(&path),
+        engram::read_keys_path(&path),
+    ] {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        assert!(
+            !bytes.windows(5).any(|w| w == b"Braga"),
+            "{} still holds the replaced fact's words",
+            file.display()
+        );
+    }
+}
+
 /// Learning in the background of a chat: a statement queued is learned on the worker; a
 /// reader that asks for the engine meanwhile gets it at the worker's next gradient step (the
 /// fact steps aside, nothing of it kept, and is learned again once the reader is done); the

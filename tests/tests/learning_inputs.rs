@@ -207,6 +207,44 @@ fn training_phrasings_target_only_what_the_fact_says() {
     assert!(whole.iter().any(|w| w.contains("The answer is Ana Porto.")));
 }
 
+/// An update is trained on the questions the fact it replaced answered, each answered with
+/// the update (and targeting only that answer); a fact that replaced nothing gets none.
+#[test]
+fn an_update_answers_what_was_asked_of_the_fact_it_replaced() {
+    let engine = Engine::open(default_model(), &EngineOptions::default()).unwrap();
+    let tok = engine.tokenizer();
+    let update = Fact::note("We moved to Coimbra last month.");
+    let replaced = ["We live in Braga, in the north of Portugal.".to_owned()];
+    let examples = engram::learn::update_examples(tok, &update, &replaced).unwrap();
+    assert!(
+        !examples.is_empty() && examples.len() <= 4,
+        "{}",
+        examples.len()
+    );
+    let whole: Vec<String> = examples
+        .iter()
+        .map(|e| tok.decode(&e.tokens, false))
+        .collect();
+    eprintln!("{whole:#?}");
+    assert!(
+        whole.iter().any(|w| w.contains("Where do we live")),
+        "{whole:?}"
+    );
+    for e in &examples {
+        let target = tok.decode(&e.tokens[e.targets.start + 1..e.targets.end + 1], false);
+        assert!(
+            target.starts_with("You moved to Coimbra last month."),
+            "{target:?}"
+        );
+        assert!(!target.contains("Braga"), "{target:?} trains the old value");
+    }
+    assert!(
+        engram::learn::update_examples(tok, &update, &[])
+            .unwrap()
+            .is_empty()
+    );
+}
+
 /// A question fact is named by its rare words where it has any: a country or an
 /// abbreviation in it would otherwise open it for every question about that country.
 #[test]

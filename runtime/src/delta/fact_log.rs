@@ -233,6 +233,7 @@ mod tests {
                 text: text.into(),
                 rows: diff.ids.clone(),
                 uid,
+                replaced: Vec::new(),
             },
             diff,
         )

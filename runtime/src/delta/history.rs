@@ -111,6 +111,11 @@ pub struct LearnedEntry {
     /// Its number in this store, what `forget` names it by: one more than the largest
     /// before it (0: learned before facts were numbered, 2026-12-06, and not forgettable).
     pub uid: u64,
+    /// The earlier facts this one replaced, as text, oldest first (an update, see
+    /// `Engine::remember`): their words still name it to the read gate, so "Which city do we
+    /// live in now?" reads "We moved to Coimbra." after it replaced "We live in Braga.".
+    /// Empty for facts that replaced none, and for those learned before 2026-12-08.
+    pub replaced: Vec<String>,
 }
 
 /// Everything about a store's past that deltas and snapshots need.
@@ -567,6 +572,7 @@ mod tests {
                 text: format!("fact {uid}"),
                 rows: diff.ids.clone(),
                 uid,
+                replaced: Vec::new(),
             },
             diff: diff.clone(),
         }

@@ -295,6 +295,14 @@ impl Record {
                 w.ids(&diff.ids);
                 w.values_exact(&diff.values);
                 w.u64(entry.uid);
+                // Only an update says what it replaced: other facts' records end at the number,
+                // as they did before updates kept it (2026-12-08).
+                if !entry.replaced.is_empty() {
+                    w.u32(entry.replaced.len() as u32);
+                    for text in &entry.replaced {
+                        w.str(text);
+                    }
+                }
             }
             Change::Snapshot { name, created } => {
                 w.u8(3);
@@ -371,6 +379,7 @@ fn decode_change(b: &mut Reader<'_>) -> Option<Change> {
                     (0..b.u32()?).map(|_| b.u32()).collect::<Option<_>>()?
                 },
                 uid: 0,
+                replaced: Vec::new(),
             }),
             3 => Change::Snapshot {
                 name: b.str()?,
@@ -412,12 +421,19 @@ fn decode_change(b: &mut Reader<'_>) -> Option<Change> {
                 let values = b.values_exact()?;
                 // Records written before facts were numbered (2026-12-06) end here.
                 let uid = if b.at == body_len { 0 } else { b.u64()? };
+                // A fact that replaced none ends here.
+                let replaced = if b.at == body_len {
+                    Vec::new()
+                } else {
+                    (0..b.u32()?).map(|_| b.str()).collect::<Option<_>>()?
+                };
                 Change::LearnedFact {
                     entry: LearnedEntry {
                         at,
                         text,
                         rows: own.unwrap_or_else(|| ids.clone()),
                         uid,
+                        replaced,
                     },
                     diff: RowSet { ids, values },
                 }
@@ -642,6 +658,7 @@ mod tests {
                     text: "Q: x? A: y".into(),
                     rows: vec![3, 9, 40],
                     uid: 0,
+                    replaced: Vec::new(),
                 }),
             },
             Record {
@@ -678,6 +695,7 @@ mod tests {
                         text: "My sister Ana lives in Porto.".into(),
                         rows: vec![2, 7],
                         uid: 0,
+                        replaced: Vec::new(),
                     },
                     diff: RowSet {
                         ids: vec![2, 7],
@@ -693,6 +711,7 @@ mod tests {
                         text: "Q: y? A: z".into(),
                         rows: vec![1, 2, 3],
                         uid: 12,
+                        replaced: vec!["We live in Braga.".into(), "We moved to Évora.".into()],
                     },
                     diff: RowSet {
                         ids: vec![4],
@@ -812,6 +831,7 @@ mod sealed_tests {
                 text: "My dentist is Dr Okafor.".into(),
                 rows: Vec::new(),
                 uid: 0,
+                replaced: Vec::new(),
             }),
         };
         let bytes = record.encode_with(Some(&key)).unwrap();

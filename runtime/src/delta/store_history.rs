@@ -48,6 +48,22 @@ impl MemoryStore {
                     .collect(),
             ),
         );
+        // Only stores holding an update say what facts replaced (2026-12-08 on).
+        if h.learned.iter().any(|e| !e.replaced.is_empty()) {
+            w.set(
+                "engram.history.learned.replaced_counts",
+                u64s(h.learned.iter().map(|e| e.replaced.len() as u64).collect()),
+            );
+            w.set(
+                "engram.history.learned.replaced",
+                strings(
+                    h.learned
+                        .iter()
+                        .flat_map(|e| e.replaced.iter().map(String::as_str))
+                        .collect(),
+                ),
+            );
+        }
         w.set(
             "engram.history.snapshot.names",
             strings(h.snapshots.iter().map(|x| x.name.as_str()).collect()),
@@ -207,7 +223,23 @@ impl MemoryStore {
         if uids.len() != texts.len() {
             return Err(bad("engram.history.learned.uid disagrees with the facts".into()));
         }
+        // Stores that hold no update (and those written before 2026-12-08) have neither list.
+        let (replaced_counts, mut replaced) = match g.get("engram.history.learned.replaced_counts") {
+            None => (vec![0; texts.len()], Vec::new()),
+            Some(_) => (
+                u64s("engram.history.learned.replaced_counts")?,
+                strings("engram.history.learned.replaced")?,
+            ),
+        };
+        if replaced_counts.len() != texts.len()
+            || replaced_counts.iter().sum::<u64>() != replaced.len() as u64
+        {
+            return Err(bad(
+                "engram.history.learned.replaced disagrees with the facts".into(),
+            ));
+        }
         let mut rest = learned_rows.drain(..);
+        let mut replaced_rest = replaced.drain(..);
         let mut h = StoreHistory {
             journal_seq: seq,
             learned: texts
@@ -215,11 +247,13 @@ impl MemoryStore {
                 .zip(ats)
                 .zip(counts)
                 .zip(uids)
-                .map(|(((text, at), n), uid)| LearnedEntry {
+                .zip(replaced_counts)
+                .map(|((((text, at), n), uid), n_replaced)| LearnedEntry {
                     at,
                     text,
                     rows: rest.by_ref().take(n as usize).map(|r| r as u32).collect(),
                     uid,
+                    replaced: replaced_rest.by_ref().take(n_replaced as usize).collect(),
                 })
                 .collect(),
             learned_at_snapshot: learned_at,

@@ -252,6 +252,8 @@ fn run_job(shared: &Shared, options: &LearnOptions, job: &Job) -> LearnerEvent {
     let started = Instant::now();
     let mut yielded = 0;
     let mut replaced: Option<ForgetReport> = None;
+    // What the statement's fact records as replaced (see `Engine::remember`).
+    let mut earlier: Vec<String> = Vec::new();
     let mut replacement_checked = false;
     let what = match job {
         Job::Remember(t) | Job::Forget(t) => t.clone(),
@@ -279,20 +281,24 @@ fn run_job(shared: &Shared, options: &LearnOptions, job: &Job) -> LearnerEvent {
         if !replacement_checked {
             replacement_checked = true;
             if let Some(uid) = engine.replaced_by(text) {
-                match engine.forget(uid) {
-                    Ok(r) => replaced = Some(r),
+                match engine.forget_replaced(uid) {
+                    Ok((r, texts)) => {
+                        replaced = Some(r);
+                        earlier = texts;
+                    }
                     Err(e) => return failed(e),
                 }
             }
         }
         let stepped_aside = Cell::new(false);
         let (readers, steps) = (&shared.readers, &shared.steps);
-        let result = engine.learn(&[Fact::note(text)], options, &mut |_, _, _| {
-            steps.fetch_add(1, Ordering::SeqCst);
-            let go_on = readers.load(Ordering::SeqCst) == 0;
-            stepped_aside.set(!go_on);
-            go_on
-        });
+        let result =
+            engine.learn_replacing(&[Fact::note(text)], &earlier, options, &mut |_, _, _| {
+                steps.fetch_add(1, Ordering::SeqCst);
+                let go_on = readers.load(Ordering::SeqCst) == 0;
+                stepped_aside.set(!go_on);
+                go_on
+            });
         match result {
             Ok(_) => {
                 let uid = engine.learned_facts().last().map_or(0, |f| f.uid);

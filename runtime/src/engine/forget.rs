@@ -87,11 +87,15 @@ impl Engine {
         options: &LearnOptions,
         progress: &mut dyn FnMut(usize, usize, f64) -> bool,
     ) -> Result<RememberReport> {
-        let replaced = match self.replaced_by(statement) {
-            Some(uid) => Some(self.forget(uid)?),
-            None => None,
+        let (replaced, earlier) = match self.replaced_by(statement) {
+            Some(uid) => {
+                let (report, earlier) = self.forget_replaced(uid)?;
+                (Some(report), earlier)
+            }
+            None => (None, Vec::new()),
         };
-        let learned = self.learn(&[Fact::note(statement)], options, progress)?;
+        let learned =
+            self.learn_replacing(&[Fact::note(statement)], &earlier, options, progress)?;
         Ok(RememberReport { replaced, learned })
     }
 
@@ -111,9 +115,19 @@ impl Engine {
     /// without it. With a store open for writing this is journaled, then checkpointed (so no
     /// journal record holds the fact any more) and its fact-log records are overwritten.
     pub fn forget(&mut self, uid: u64) -> Result<ForgetReport> {
+        self.forget_replaced(uid).map(|(report, _)| report)
+    }
+
+    /// [`Self::forget`] for an update that replaces fact `uid`: also the texts the update
+    /// keeps as what it replaced (those `uid` replaced, then its own text), so the words that
+    /// named the old value name the new one ("live" of "We live in Braga." for "We moved to
+    /// Coimbra.").
+    pub(super) fn forget_replaced(&mut self, uid: u64) -> Result<(ForgetReport, Vec<String>)> {
         let (m, mut rows) = self.attached()?;
         let index = m.durable.history.learned_index(uid)?;
         let entry = m.durable.history.learned[index].clone();
+        let mut earlier = entry.replaced.clone();
+        earlier.push(entry.text.clone());
         let diff = m.durable.facts.find(uid)?.ok_or_else(|| {
             Error::InvalidArgument(format!(
                 "fact {uid} ({:?}) cannot be forgotten: its change is not in {} (learned by an \
@@ -145,12 +159,13 @@ impl Engine {
         }
         let m = self.memory.as_mut().ok_or_else(super::memory::no_memory)?;
         let erased = m.durable.facts.erase(uid)?;
-        Ok(ForgetReport {
+        let report = ForgetReport {
             uid,
             text: entry.text,
             rows: n_rows,
             shared,
             erased: if writable { erased } else { 0 },
-        })
+        };
+        Ok((report, earlier))
     }
 }

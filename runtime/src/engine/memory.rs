@@ -11,7 +11,7 @@ use crate::delta::{
     MemoryStore, RowAccess, Snapshot, StoreHistory, StoreKey, open_store, unix_now,
 };
 use crate::error::{Error, Result};
-use crate::learn::{Fact, LearnOptions, LearnReport, LearningState, rekey_read_gate};
+use crate::learn::{Fact, KeyedFact, LearnOptions, LearnReport, LearningState, rekey_read_gate};
 use crate::memory::{MemoryBlock, MemoryConfig, ReadGate, SlotUsage};
 use crate::model::Model;
 
@@ -89,18 +89,20 @@ pub(super) fn keyed_fact_texts(history: &StoreHistory) -> impl Iterator<Item = &
     )
 }
 
-/// [`keyed_fact_texts`] as facts, each with the rows learning chose for it (empty where the
-/// store does not know them: facts of imported deltas and of stores written before
-/// 2026-12-06).
-pub(super) fn keyed_facts(history: &StoreHistory) -> Vec<(Fact, Vec<u32>)> {
-    let learned = history
-        .learned
-        .iter()
-        .map(|e| (Fact::from_description(&e.text), e.rows.clone()));
+/// [`keyed_fact_texts`] as the read gate is keyed with them: each with the rows learning
+/// chose for it (empty where the store does not know them: facts of imported deltas and of
+/// stores written before 2026-12-06) and the facts it replaced.
+pub(super) fn keyed_facts(history: &StoreHistory) -> Vec<KeyedFact> {
+    let learned = history.learned.iter().map(|e| KeyedFact {
+        fact: Fact::from_description(&e.text),
+        rows: e.rows.clone(),
+        replaced: e.replaced.clone(),
+    });
     let imported = history.imports.iter().flat_map(|d| {
-        d.learned.iter().enumerate().map(|(i, t)| {
-            let rows = d.learned_rows.get(i).cloned().unwrap_or_default();
-            (Fact::from_description(t), rows)
+        d.learned.iter().enumerate().map(|(i, t)| KeyedFact {
+            fact: Fact::from_description(t),
+            rows: d.learned_rows.get(i).cloned().unwrap_or_default(),
+            replaced: Vec::new(),
         })
     });
     learned.chain(imported).collect()
@@ -115,6 +117,13 @@ pub(super) fn read_keys_tag(model_fingerprint: &str, m: &AttachedMemory) -> Stri
         texts.extend(text.as_bytes());
         texts.push(0);
         count += 1;
+    }
+    // What updates replaced names them too (keys made before 2026-12-08 knew none).
+    for (i, e) in m.durable.history.learned.iter().enumerate() {
+        for text in &e.replaced {
+            texts.extend(format!("{i} replaced {text}").as_bytes());
+            texts.push(0);
+        }
     }
     format!(
         "model {model_fingerprint} memory {} facts {count} {:016x}",
@@ -352,12 +361,13 @@ impl Engine {
             return Ok(());
         };
         gate.set_exempt(rows);
-        let facts: Vec<(Fact, Vec<u32>)> = texts
+        let facts: Vec<KeyedFact> = texts
             .iter()
             .enumerate()
-            .map(|(i, t)| {
-                let rows = fact_rows.get(i).cloned().unwrap_or_default();
-                (Fact::from_description(t), rows)
+            .map(|(i, t)| KeyedFact {
+                fact: Fact::from_description(t),
+                rows: fact_rows.get(i).cloned().unwrap_or_default(),
+                replaced: Vec::new(),
             })
             .collect();
         rekey_read_gate(&mut self.model, &self.tokenizer, &facts)?;
@@ -420,6 +430,19 @@ impl Engine {
         options: &LearnOptions,
         progress: &mut dyn FnMut(usize, usize, f64) -> bool,
     ) -> Result<LearnReport> {
+        self.learn_replacing(facts, &[], options, progress)
+    }
+
+    /// [`Self::learn`], each fact recorded as replacing the facts `replaced` (texts, oldest
+    /// first: what an update forgot, see `Engine::remember`): it is trained on the questions
+    /// the last of them answered too, and their words name it to a routing read gate.
+    pub(super) fn learn_replacing(
+        &mut self,
+        facts: &[Fact],
+        replaced: &[String],
+        options: &LearnOptions,
+        progress: &mut dyn FnMut(usize, usize, f64) -> bool,
+    ) -> Result<LearnReport> {
         let m = self.memory.as_mut().ok_or_else(no_memory)?;
         let layer = &m.store.layers[0];
         let durable = &mut m.durable;
@@ -429,6 +452,7 @@ impl Engine {
             &layer.background,
             m.store.background.batches,
             facts,
+            replaced,
             options,
             &mut m.learning,
             progress,
@@ -440,6 +464,7 @@ impl Engine {
                         rows: c.rows.to_vec(),
                         // Numbered by the durable side (the next free number).
                         uid: 0,
+                        replaced: replaced.to_vec(),
                     },
                     // The learning memory is the first layer: slot ids are global row ids.
                     c.rows,

@@ -11,7 +11,7 @@ use super::options::{
     ANCHOR_TUNED_READS_PER_ROW, FactReport, LearnOptions, LearnReport, ROUTED_RATE_ROWS,
 };
 use super::phrasings::{context_needles, personal_needles, prepare_phrasings};
-use super::phrasings::{Example, examples, examples_with, topic_needles};
+use super::phrasings::{Example, examples, examples_with, topic_needles, update_examples};
 use crate::backend::Backend;
 use crate::delta::add_diff;
 use crate::error::{Error, Result};
@@ -207,7 +207,8 @@ pub struct Committed<'a> {
 /// were, so a caller that journals in `commit` never reports a fact that a crash could
 /// lose, and nothing half learned stays.
 /// `state` keeps the template rows found for this memory, and the reads of the facts
-/// learned into it, from one call to the next.
+/// learned into it, from one call to the next. `replaced` (texts, usually empty) are the facts
+/// an update replaces: each fact is also trained on their questions and named by their words.
 #[allow(clippy::too_many_arguments)]
 pub fn learn<B: Backend>(
     model: &mut Model<B>,
@@ -215,6 +216,7 @@ pub fn learn<B: Backend>(
     background: &crate::memory::BackgroundStats,
     background_batches: u64,
     facts: &[Fact],
+    replaced: &[String],
     opts: &LearnOptions,
     state: &mut LearningState,
     progress: &mut dyn FnMut(usize, usize, f64) -> bool,
@@ -237,6 +239,7 @@ pub fn learn<B: Backend>(
         background,
         background_batches,
         facts,
+        replaced,
         opts,
         state,
         progress,
@@ -261,6 +264,7 @@ fn learn_facts<B: Backend>(
     background: &crate::memory::BackgroundStats,
     background_batches: u64,
     facts: &[Fact],
+    replaced: &[String],
     opts: &LearnOptions,
     state: &mut LearningState,
     progress: &mut dyn FnMut(usize, usize, f64) -> bool,
@@ -271,7 +275,13 @@ fn learn_facts<B: Backend>(
     // Tokenize everything first: a bad fact is refused before anything changes.
     let batches: Vec<Vec<Example>> = facts
         .iter()
-        .map(|f| examples_with(tok, f, opts.asked_phrasings))
+        .map(|f| {
+            let mut batch = examples_with(tok, f, opts.asked_phrasings)?;
+            if opts.asked_phrasings {
+                batch.extend(update_examples(tok, f, replaced)?);
+            }
+            Ok(batch)
+        })
         .collect::<Result<_>>()?;
     // Slots the lookup reads per token (heads × top-k).
     let reads = model.memory()[0].lookup.shape.heads * model.memory()[0].lookup.shape.top_k;
@@ -392,6 +402,7 @@ fn learn_facts<B: Backend>(
                 let id = gate.add_routed_fact(&needles, &personal, &rows_sorted);
                 gate.add_context(id, &context);
             }
+            name_by_replaced(model, tok, replaced)?;
             let memory = &model.memory()[0];
             let gate = memory.read_gate.as_ref().expect("a routing gate");
             let b = model.backend();
@@ -793,18 +804,30 @@ fn key_read_gate<B: Backend>(
     Ok(())
 }
 
+/// A fact learned earlier, as the read gate is keyed with it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyedFact {
+    /// The fact.
+    pub fact: Fact,
+    /// The rows learning chose for it (empty where not known: facts of deltas made before
+    /// deltas carried them, of stores written before 2026-12-06).
+    pub rows: Vec<u32>,
+    /// The texts of the facts it replaced (an update): their words name it too.
+    pub replaced: Vec<String>,
+}
+
 /// Keys the memory's read gate with facts learned earlier, each with the rows learning chose
 /// for it where known (a routing gate gives a fact exactly those). The layers below the
 /// memory are frozen, so their phrasings give the same keys as when they were learned.
 pub fn rekey_read_gate<B: Backend>(
     model: &mut Model<B>,
     tok: &Tokenizer,
-    facts: &[(Fact, Vec<u32>)],
+    facts: &[KeyedFact],
 ) -> Result<()> {
     if routing_gate(model).is_some() {
         return reroute_read_gate(model, tok, facts);
     }
-    for (fact, _) in facts {
+    for KeyedFact { fact, .. } in facts {
         let batch = examples(tok, fact)?;
         let seqs = prepare_phrasings(model, &batch)?;
         key_read_gate(model, tok, &seqs, fact)?;
@@ -819,15 +842,16 @@ pub fn rekey_read_gate<B: Backend>(
 fn reroute_read_gate<B: Backend>(
     model: &mut Model<B>,
     tok: &Tokenizer,
-    facts: &[(Fact, Vec<u32>)],
+    facts: &[KeyedFact],
 ) -> Result<()> {
-    let needs_reads = facts.iter().any(|(_, rows)| rows.is_empty());
+    let needs_reads = facts.iter().any(|k| k.rows.is_empty());
     let nonzero = if needs_reads {
         nonzero_rows(model)
     } else {
         Vec::new()
     };
-    for (fact, kept) in facts {
+    for keyed in facts {
+        let (fact, kept) = (&keyed.fact, &keyed.rows);
         if !kept.is_empty() {
             let needles = topic_needles(tok, fact)?;
             let personal = personal_needles(tok, fact)?;
@@ -836,6 +860,7 @@ fn reroute_read_gate<B: Backend>(
                 let id = gate.add_routed_fact(&needles, &personal, kept);
                 gate.add_context(id, &context);
             }
+            name_by_replaced(model, tok, &keyed.replaced)?;
             continue;
         }
         let batch = examples(tok, fact)?;
@@ -855,6 +880,29 @@ fn reroute_read_gate<B: Backend>(
         let context = context_needles(tok, fact)?;
         if let Some(gate) = model.memory_mut()[0].read_gate.as_mut() {
             let id = gate.add_routed_fact(&needles, &personal, &rows);
+            gate.add_context(id, &context);
+        }
+        name_by_replaced(model, tok, &keyed.replaced)?;
+    }
+    Ok(())
+}
+
+/// Gives the routed fact added last the words of the facts it replaced (texts; see
+/// [`KeyedFact`]): "Which city do we live in now?" names "We moved to Coimbra." by "live" from
+/// the "We live in Braga." it replaced.
+fn name_by_replaced<B: Backend>(
+    model: &mut Model<B>,
+    tok: &Tokenizer,
+    replaced: &[String],
+) -> Result<()> {
+    for text in replaced {
+        let old = Fact::from_description(text);
+        let needles = topic_needles(tok, &old)?;
+        let personal = personal_needles(tok, &old)?;
+        let context = context_needles(tok, &old)?;
+        if let Some(gate) = model.memory_mut()[0].read_gate.as_mut() {
+            let id = gate.fact_count().saturating_sub(1) as u32;
+            gate.add_names(id, &needles, &personal);
             gate.add_context(id, &context);
         }
     }

@@ -19,7 +19,7 @@ mod statements;
 pub use anchor::BackgroundAnchor;
 pub use facts::Fact;
 pub use learner::{
-    Committed, LearningState, MAX_KEPT_TOKENS, learn, rekey_read_gate, template_rows,
+    Committed, KeyedFact, LearningState, MAX_KEPT_TOKENS, learn, rekey_read_gate, template_rows,
 };
 pub use optimizer::Optimizer;
 pub use options::{
@@ -29,7 +29,7 @@ pub use options::{
 };
 pub use phrasings::{
     Example, context_needles, examples, examples_with, personal_needles, speaker_tokens,
-    topic_needles, word_starts,
+    topic_needles, update_examples, word_starts,
 };
 pub use retrofit::{Init, RetrofitOptions, RetrofitProgress, retrofit};
 pub use statements::{TurnKind, asks_about_user, classify_turn, replaced_fact};

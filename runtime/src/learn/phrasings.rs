@@ -342,6 +342,26 @@ pub fn examples_with(tok: &Tokenizer, fact: &Fact, asked: bool) -> Result<Vec<Ex
 /// Most rule-made questions a note is trained on: each is a phrasing more per step.
 const NOTE_QUESTIONS: usize = 6;
 
+/// The phrasings an update is trained on besides its own: the questions the fact it replaced
+/// (the last of `replaced`, texts) answered, now answered by the update as the assistant would
+/// say it ("Where do we live in the north of Portugal?" → "You moved to Coimbra last month."),
+/// so what was asked of the old fact gets the new one. None for a question/answer fact.
+pub fn update_examples(tok: &Tokenizer, fact: &Fact, replaced: &[String]) -> Result<Vec<Example>> {
+    let (Fact::Note(text), Some(old)) = (fact, replaced.last()) else {
+        return Ok(Vec::new());
+    };
+    let Fact::Note(old) = Fact::from_description(old) else {
+        return Ok(Vec::new());
+    };
+    let told = questions::second_person(text.trim());
+    let mut made = questions::note_questions(&old);
+    made.truncate(UPDATE_QUESTIONS);
+    made.iter().map(|q| chat_example(tok, q, "", &told)).collect()
+}
+
+/// Most questions of the replaced fact an update is trained on.
+const UPDATE_QUESTIONS: usize = 4;
+
 /// Runs a fact's phrasings up to the memory, each scored on its targets.
 pub(super) fn prepare_phrasings<B: Backend>(
     model: &Model<B>,

@@ -400,16 +400,29 @@ impl ReadGate {
             self.row_facts.insert(r, vec![fact]);
         }
         self.fact_rows.push(own);
+        self.add_names(fact, needles, personal);
+        fact
+    }
+
+    /// Gives routed fact `fact` more names and personal words (those of the facts it replaced,
+    /// the roles other notes give its names); ones it has already are skipped.
+    pub fn add_names(&mut self, fact: u32, needles: &[Vec<u32>], personal: &[Vec<u32>]) {
         for n in needles.iter().filter(|n| !n.is_empty()) {
-            let last = n[n.len() - 1];
-            self.needles.entry(last).or_default().push((n.clone(), fact));
+            let list = self.needles.entry(n[n.len() - 1]).or_default();
+            if !list.iter().any(|(m, f)| *f == fact && m == n) {
+                list.push((n.clone(), fact));
+            }
         }
-        for n in personal.iter().filter(|n| !n.is_empty() && !needles.contains(n)) {
-            let last = n[n.len() - 1];
-            self.personal.entry(last).or_default().push((n.clone(), fact));
+        for n in personal.iter().filter(|n| !n.is_empty()) {
+            if self.needles.get(&n[n.len() - 1]).is_some_and(|l| l.iter().any(|(m, f)| *f == fact && m == n)) {
+                continue;
+            }
+            let list = self.personal.entry(n[n.len() - 1]).or_default();
+            if !list.iter().any(|(m, f)| *f == fact && m == n) {
+                list.push((n.clone(), fact));
+            }
         }
         self.mark_partial(fact);
-        fact
     }
 
     /// Gives a routed fact its context words as token ids: where several facts are open at
