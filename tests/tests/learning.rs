@@ -724,17 +724,10 @@ fn subject_rows_store_a_fact_where_its_subject_is_read_and_answer_other_wordings
 
 #[test]
 fn the_routing_gate_answers_other_wordings_and_leaves_unnamed_questions_as_the_base_model() {
-    let (engine, store) = engine_and_store();
-    let path = engram_e2e::scratch_dir("routing_gate").join("gate.engram");
-    store.save(&path).unwrap();
-    drop(engine);
+    let path = saved_store("routing_gate");
     let keys_file = engram::read_keys_path(&path);
     let _ = std::fs::remove_file(&keys_file);
-    let open = |access: MemoryAccess| {
-        let mut e = Engine::open(default_model(), &EngineOptions::default()).unwrap();
-        e.open_memory(&path, access).unwrap();
-        e
-    };
+    let open = |access: MemoryAccess| open_at(&path, access);
     let mut engine = open(MemoryAccess::Write);
     assert_eq!(engine.read_gating(), ReadGating::Routes, "the default");
     // Asked in words no training phrasing uses: a note through a question, a fact through a
@@ -814,21 +807,48 @@ fn the_routing_gate_answers_other_wordings_and_leaves_unnamed_questions_as_the_b
     reopened_logits_match(&open, &keys_file, &[(&neighbour, &base), (&named, &answer)]);
 }
 
+/// A fresh default store saved as `<scratch>/<name>/store.engram`.
+fn saved_store(name: &str) -> std::path::PathBuf {
+    let (engine, store) = engine_and_store();
+    let path = engram_e2e::scratch_dir(name).join("store.engram");
+    store.save(&path).unwrap();
+    drop(engine);
+    path
+}
+
+/// The default model with the store at `path` attached.
+fn open_at(path: &std::path::Path, access: MemoryAccess) -> Engine {
+    let mut e = Engine::open(default_model(), &EngineOptions::default()).unwrap();
+    e.open_memory(path, access).unwrap();
+    e
+}
+
+/// Asserts that no file of the store at `path` (the store, its journal, fact log and read
+/// keys) holds `words`.
+fn assert_off_the_disk(path: &std::path::Path, words: &[u8], what: &str) {
+    for file in [
+        path.to_path_buf(),
+        engram::delta::journal_path(path),
+        engram::delta::fact_log_path(path),
+        engram::read_keys_path(path),
+    ] {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        assert!(
+            !bytes.windows(words.len()).any(|w| w == words),
+            "{} still holds {what}",
+            file.display()
+        );
+    }
+}
+
 /// Learn A, B, C into a store; forget B: A and C are still answered, B is not, B's rows are
 /// back to their values before it (bit for bit where nothing else changed them), a question
 /// about none of them reads as before, and nothing of B is left on disk — not in the history
 /// after reopening, not in the journal, not in the fact log.
 #[test]
 fn forgetting_one_fact_takes_out_exactly_its_change_and_its_words() {
-    let (engine, store) = engine_and_store();
-    let path = engram_e2e::scratch_dir("forget").join("forget.engram");
-    store.save(&path).unwrap();
-    drop(engine);
-    let open = |access: MemoryAccess| {
-        let mut e = Engine::open(default_model(), &EngineOptions::default()).unwrap();
-        e.open_memory(&path, access).unwrap();
-        e
-    };
+    let path = saved_store("forget");
+    let open = |access: MemoryAccess| open_at(&path, access);
     let mut engine = open(MemoryAccess::Write);
     let taught = [
         (
@@ -910,19 +930,7 @@ fn forgetting_one_fact_takes_out_exactly_its_change_and_its_words() {
     };
     check(&engine);
     drop(engine);
-    for file in [
-        path.clone(),
-        engram::delta::journal_path(&path),
-        engram::delta::fact_log_path(&path),
-        engram::read_keys_path(&path),
-    ] {
-        let bytes = std::fs::read(&file).unwrap_or_default();
-        assert!(
-            !bytes.windows(8).any(|w| w == b"Quennell"),
-            "{} still holds the forgotten fact's words",
-            file.display()
-        );
-    }
+    assert_off_the_disk(&path, b"Quennell", "the forgotten fact's words");
     let fact_log = std::fs::read(engram::delta::fact_log_path(&path)).unwrap();
     assert!(
         fact_log.windows(5).any(|w| w == b"Tariq"),
@@ -951,15 +959,8 @@ fn named_by(engine: &Engine, question: &str) -> Vec<u32> {
 /// off the disk too.
 #[test]
 fn an_update_is_named_by_the_words_of_what_it_replaced() {
-    let (engine, store) = engine_and_store();
-    let path = engram_e2e::scratch_dir("update_names").join("update.engram");
-    store.save(&path).unwrap();
-    drop(engine);
-    let open = |access: MemoryAccess| {
-        let mut e = Engine::open(default_model(), &EngineOptions::default()).unwrap();
-        e.open_memory(&path, access).unwrap();
-        e
-    };
+    let path = saved_store("update_names");
+    let open = |access: MemoryAccess| open_at(&path, access);
     let mut engine = open(MemoryAccess::Write);
     let opts = LearnOptions::default();
     let braga = "We live in Braga, in the north of Portugal.";
@@ -1018,19 +1019,7 @@ fn an_update_is_named_by_the_words_of_what_it_replaced() {
         );
     }
     drop(engine);
-    for file in [
-        path.clone(),
-        engram::delta::journal_path(&path),
-        engram::delta::fact_log_path(&path),
-        engram::read_keys_path(&path),
-    ] {
-        let bytes = std::fs::read(&file).unwrap_or_default();
-        assert!(
-            !bytes.windows(5).any(|w| w == b"Braga"),
-            "{} still holds the replaced fact's words",
-            file.display()
-        );
-    }
+    assert_off_the_disk(&path, b"Braga", "the replaced fact's words");
 }
 
 /// Learning in the background of a chat: a statement queued is learned on the worker; a

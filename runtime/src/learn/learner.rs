@@ -395,14 +395,7 @@ fn learn_facts<B: Backend>(
         // A routing gate reads the fact's rows wherever it is named: learn them read so.
         let routed = routing_gate(model).is_some();
         if routed {
-            let needles = topic_needles(tok, &facts[fi])?;
-            let personal = personal_needles(tok, &facts[fi])?;
-            let context = context_needles(tok, &facts[fi])?;
-            if let Some(gate) = model.memory_mut()[0].read_gate.as_mut() {
-                let id = gate.add_routed_fact(&needles, &personal, &rows_sorted);
-                gate.add_context(id, &context);
-            }
-            name_by_replaced(model, tok, replaced)?;
+            add_routed(model, tok, &facts[fi], &rows_sorted, replaced)?;
             let memory = &model.memory()[0];
             let gate = memory.read_gate.as_ref().expect("a routing gate");
             let b = model.backend();
@@ -853,14 +846,7 @@ fn reroute_read_gate<B: Backend>(
     for keyed in facts {
         let (fact, kept) = (&keyed.fact, &keyed.rows);
         if !kept.is_empty() {
-            let needles = topic_needles(tok, fact)?;
-            let personal = personal_needles(tok, fact)?;
-            let context = context_needles(tok, fact)?;
-            if let Some(gate) = model.memory_mut()[0].read_gate.as_mut() {
-                let id = gate.add_routed_fact(&needles, &personal, kept);
-                gate.add_context(id, &context);
-            }
-            name_by_replaced(model, tok, &keyed.replaced)?;
+            add_routed(model, tok, fact, kept, &keyed.replaced)?;
             continue;
         }
         let batch = examples(tok, fact)?;
@@ -875,16 +861,28 @@ fn reroute_read_gate<B: Backend>(
         }
         let gate = routing_gate(model).expect("a routing gate");
         rows.retain(|&r| nonzero.get(r as usize).copied().unwrap_or(false) && !gate.owns(r));
-        let needles = topic_needles(tok, fact)?;
-        let personal = personal_needles(tok, fact)?;
-        let context = context_needles(tok, fact)?;
-        if let Some(gate) = model.memory_mut()[0].read_gate.as_mut() {
-            let id = gate.add_routed_fact(&needles, &personal, &rows);
-            gate.add_context(id, &context);
-        }
-        name_by_replaced(model, tok, &keyed.replaced)?;
+        add_routed(model, tok, fact, &rows, &keyed.replaced)?;
     }
     Ok(())
+}
+
+/// Adds `fact` to the routing gate owning `rows` (those no fact before it owns), named by its
+/// own words and by those of the facts it `replaced` (texts).
+fn add_routed<B: Backend>(
+    model: &mut Model<B>,
+    tok: &Tokenizer,
+    fact: &Fact,
+    rows: &[u32],
+    replaced: &[String],
+) -> Result<()> {
+    let needles = topic_needles(tok, fact)?;
+    let personal = personal_needles(tok, fact)?;
+    let context = context_needles(tok, fact)?;
+    if let Some(gate) = model.memory_mut()[0].read_gate.as_mut() {
+        let id = gate.add_routed_fact(&needles, &personal, rows);
+        gate.add_context(id, &context);
+    }
+    name_by_replaced(model, tok, replaced)
 }
 
 /// Gives the routed fact added last the words of the facts it replaced (texts; see
