@@ -19,22 +19,26 @@ pub fn engine_with_memory() -> Engine {
 pub fn engine_and_store() -> (Engine, MemoryStore) {
     static FITTED: std::sync::OnceLock<MemoryStore> = std::sync::OnceLock::new();
     let engine = Engine::open(default_model(), &EngineOptions::default()).unwrap();
-    let store = FITTED.get_or_init(|| {
-        let opts = RetrofitOptions {
-            max_tokens: 4096,
-            ..Default::default()
-        };
-        retrofit(
-            engine.model(),
-            engine.tokenizer(),
-            &engine.fingerprint(),
-            &background_documents(),
-            &opts,
-            &mut |_| true,
-        )
-        .unwrap()
-    });
+    let store = FITTED.get_or_init(|| fit_memory(&engine));
     (engine, store.clone())
+}
+
+/// A default-shape memory for `engine`'s model fitted on 4,096 background tokens (the CPU is
+/// the fast place for it).
+pub fn fit_memory(engine: &Engine) -> MemoryStore {
+    let opts = RetrofitOptions {
+        max_tokens: 4096,
+        ..Default::default()
+    };
+    retrofit(
+        engine.model(),
+        engine.tokenizer(),
+        &engine.fingerprint(),
+        &background_documents(),
+        &opts,
+        &mut |_| true,
+    )
+    .unwrap()
 }
 
 /// The values of the engine's first memory layer, downloaded from its backend.

@@ -20,6 +20,28 @@ pub use tiny::{
     tiny_memory_config,
 };
 
+/// A weight `name` of `rows` × `cols` from f32 `data` (row-major), each row quantized to
+/// `dtype`, as a backend loads it.
+pub fn quantized_weight(
+    name: &str,
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+    dtype: engram::quant::GgmlType,
+) -> engram::backend::WeightSource {
+    engram::backend::WeightSource {
+        name: name.into(),
+        dtype,
+        rows,
+        cols,
+        bytes: engram::gguf::TensorBytes::from_vec(
+            data.chunks_exact(cols)
+                .flat_map(|r| engram::quant::quantize_row(dtype, r))
+                .collect(),
+        ),
+    }
+}
+
 /// The workspace root (parent of this crate).
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -16,14 +16,11 @@
 
 use engram::backend::Backend;
 use engram::backend::argmax;
-use engram::delta::MemoryStore;
 use engram::learn::{Fact, LearnOptions};
 use engram::learn::{RetrofitOptions, retrofit};
 use engram::memory::MemoryConfig;
 use engram::{ChatMessage, Device, Engine, EngineOptions, GenerateOptions};
-use engram_e2e::{
-    LlamaCpp, background_documents, default_model, tiny_llama_f32_gguf, tiny_memory_config,
-};
+use engram_e2e::{LlamaCpp, default_model, tiny_llama_f32_gguf, tiny_memory_config};
 
 /// The default model on `device`, or `None` (after saying why) when the device is CUDA and none
 /// answers, or wgpu, absent, with skipping allowed.
@@ -261,23 +258,6 @@ fn greedy_answers_match_the_cpu(device: Device) {
 }
 gpu_test!(greedy_answers_match_the_cpu);
 
-/// A default-shape memory fitted on 4,096 background tokens (on the cpu, the fast place).
-fn memory(cpu: &Engine) -> MemoryStore {
-    let opts = RetrofitOptions {
-        max_tokens: 4096,
-        ..Default::default()
-    };
-    retrofit(
-        cpu.model(),
-        cpu.tokenizer(),
-        &cpu.fingerprint(),
-        &background_documents(),
-        &opts,
-        &mut |_| true,
-    )
-    .unwrap()
-}
-
 fn rows(engine: &Engine, ids: &[u32]) -> Vec<f32> {
     let b = engine.model().backend();
     b.download(&b.read_rows(&engine.model().memory()[0].values, ids))
@@ -441,7 +421,7 @@ fn a_fact_learned_on_the_gpu_is_recalled_as_on_cpu(device: Device) {
         return;
     };
     let mut cpu = open(Device::Cpu).unwrap();
-    let store = memory(&cpu);
+    let store = engram_e2e::learning::fit_memory(&cpu);
     cpu.attach_memory(store.clone(), None).unwrap();
     gpu.attach_memory(store, None).unwrap();
 

@@ -22,7 +22,7 @@ use engram::backend::{
     Activation, AttentionShape, Backend, ProductKeyShape, Rope, RopeLayout, WeightSource,
 };
 use engram::gguf::TensorBytes;
-use engram::quant::{GgmlType, dequantize_row, quantize_row};
+use engram::quant::{GgmlType, dequantize_row};
 use engram_e2e::noise;
 
 /// The wgpu backend, or `None` (after saying so) when `ENGRAM_SKIP_WGPU=1` and none exists.
@@ -150,17 +150,7 @@ impl<C: Compute> Pair<C> {
 
 fn weight(dtype: GgmlType, rows: usize, cols: usize, seed: u64) -> WeightSource {
     let data = noise(rows * cols, seed, 1.0);
-    WeightSource {
-        name: format!("w.{dtype}"),
-        dtype,
-        rows,
-        cols,
-        bytes: TensorBytes::from_vec(
-            data.chunks_exact(cols)
-                .flat_map(|r| quantize_row(dtype, r))
-                .collect(),
-        ),
-    }
+    engram_e2e::quantized_weight(&format!("w.{dtype}"), &data, rows, cols, dtype)
 }
 
 fn cols_for(dtype: GgmlType) -> usize {

@@ -7,10 +7,9 @@
 
 use engram::backend::cpu::{CpuBackend, CpuTensor};
 use engram::backend::{Activation, AttentionShape, Backend, Rope, RopeLayout, WeightSource};
-use engram::gguf::TensorBytes;
 use engram::learn::{RetrofitOptions, retrofit};
 use engram::memory::MemoryConfig;
-use engram::quant::{GgmlType, dequantize_row, quantize_row};
+use engram::quant::{GgmlType, dequantize_row};
 use engram::{Engine, EngineOptions};
 use engram_e2e::{noise, tiny_llama_f32_gguf, tiny_memory_config};
 
@@ -156,17 +155,7 @@ fn rope_backward_is_the_transpose() {
 }
 
 fn f32_weight(data: &[f32], rows: usize, cols: usize, dtype: GgmlType) -> WeightSource {
-    WeightSource {
-        name: "w".into(),
-        dtype,
-        rows,
-        cols,
-        bytes: TensorBytes::from_vec(
-            data.chunks_exact(cols)
-                .flat_map(|r| quantize_row(dtype, r))
-                .collect(),
-        ),
-    }
+    engram_e2e::quantized_weight("w", data, rows, cols, dtype)
 }
 
 #[test]
