@@ -33,7 +33,9 @@ pub struct ForgetReport {
 
 impl Engine {
     /// Learned facts (oldest first) that `query` names: the fact numbered `query` when it is
-    /// a number, else those whose text contains it (ignoring case).
+    /// a number, else those whose text contains it (ignoring case), or whose replaced facts'
+    /// text does: an update holds the words of what it replaced, so forgetting "Braga" must
+    /// find "We moved to Coimbra." that replaced "We live in Braga.".
     pub fn find_learned(&self, query: &str) -> Vec<&LearnedEntry> {
         let query = query.trim();
         if let Ok(uid) = query.parse::<u64>() {
@@ -47,9 +49,10 @@ impl Engine {
         if needle.is_empty() {
             return Vec::new();
         }
+        let holds = |text: &str| text.to_lowercase().contains(&needle);
         self.learned_facts()
             .iter()
-            .filter(|e| e.text.to_lowercase().contains(&needle))
+            .filter(|e| holds(&e.text) || e.replaced.iter().any(|r| holds(r)))
             .collect()
     }
 
