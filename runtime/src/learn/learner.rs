@@ -878,30 +878,23 @@ fn add_routed<B: Backend>(
     let needles = topic_needles(tok, fact)?;
     let personal = personal_needles(tok, fact)?;
     let context = context_needles(tok, fact)?;
+    // What an update replaced names it too: "Which city do we live in now?" names "We moved
+    // to Coimbra." by the "live" of the "We live in Braga." it replaced.
+    let mut more = Vec::with_capacity(replaced.len());
+    for text in replaced {
+        let old = Fact::from_description(text);
+        more.push((
+            topic_needles(tok, &old)?,
+            personal_needles(tok, &old)?,
+            context_needles(tok, &old)?,
+        ));
+    }
     if let Some(gate) = model.memory_mut()[0].read_gate.as_mut() {
         let id = gate.add_routed_fact(&needles, &personal, rows);
         gate.add_context(id, &context);
-    }
-    name_by_replaced(model, tok, replaced)
-}
-
-/// Gives the routed fact added last the words of the facts it replaced (texts; see
-/// [`KeyedFact`]): "Which city do we live in now?" names "We moved to Coimbra." by "live" from
-/// the "We live in Braga." it replaced.
-fn name_by_replaced<B: Backend>(
-    model: &mut Model<B>,
-    tok: &Tokenizer,
-    replaced: &[String],
-) -> Result<()> {
-    for text in replaced {
-        let old = Fact::from_description(text);
-        let needles = topic_needles(tok, &old)?;
-        let personal = personal_needles(tok, &old)?;
-        let context = context_needles(tok, &old)?;
-        if let Some(gate) = model.memory_mut()[0].read_gate.as_mut() {
-            let id = gate.fact_count().saturating_sub(1) as u32;
-            gate.add_names(id, &needles, &personal);
-            gate.add_context(id, &context);
+        for (needles, personal, context) in &more {
+            gate.add_names(id, needles, personal);
+            gate.add_context(id, context);
         }
     }
     Ok(())
